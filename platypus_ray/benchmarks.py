@@ -1,0 +1,192 @@
+"""Benchmark test sets (MMLU, ARC, HellaSwag, TruthfulQA, generic questions) as uniform items.
+
+The refine stage embeds them to find contaminated training rows; the evaluate stage scores
+models on the same items. A malformed row is an error naming the file and line: benchmark
+files are references, and silently skipping a test item would hide contamination.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+from dataclasses import dataclass, field
+from typing import Any, Callable, Iterator, Literal
+
+import pyarrow.parquet as pq
+from pydantic import Field, field_validator
+
+from platypus_ray.config import StrictModel
+from platypus_ray.errors import InputError
+from platypus_ray.paths import check_input_path, default_name, expand_files, open_input
+
+BenchmarkFormat = Literal["mmlu_csv", "arc_jsonl", "hellaswag_jsonl", "truthfulqa_csv", "questions"]
+
+_EXTENSIONS: dict[str, tuple[str, ...]] = {
+    "mmlu_csv": ("csv",),
+    "arc_jsonl": ("jsonl", "json"),
+    "hellaswag_jsonl": ("jsonl", "json"),
+    "truthfulqa_csv": ("csv",),
+    "questions": ("jsonl", "json", "parquet", "csv"),
+}
+
+
+class BenchmarkConfig(StrictModel):
+    """One benchmark file or folder; the same entry serves refine (decontamination) and evaluate."""
+
+    path: str
+    format: BenchmarkFormat
+    name: str | None = None  # defaults to the file or folder name
+    num_fewshot: int = Field(0, ge=0, description="few-shot examples per prompt (evaluate only)")
+
+    @field_validator("path")
+    @classmethod
+    def _path_exists(cls, path: str, info) -> str:
+        fmt = info.data.get("format")
+        extensions = _EXTENSIONS.get(fmt, ("jsonl", "json", "parquet", "csv"))
+        return check_input_path(path, extensions)
+
+    @property
+    def benchmark_name(self) -> str:
+        return self.name or default_name(self.path)
+
+
+class BenchmarkFormatError(InputError):
+    """A benchmark row that cannot be read; names the file and line."""
+
+
+@dataclass(frozen=True)
+class BenchmarkItem:
+    """One test question. ``id`` is ``<benchmark>/<file stem>:<row>`` unless the file carries ids."""
+
+    id: str
+    benchmark: str
+    question: str
+    choices: list[str] = field(default_factory=list)
+    answer: int | None = None  # index into choices
+
+
+def load_benchmark(cfg: BenchmarkConfig) -> list[BenchmarkItem]:
+    """Every item of a benchmark entry, in file order."""
+    parse = _PARSERS[cfg.format]
+    items: list[BenchmarkItem] = []
+    for path in expand_files(cfg.path, _EXTENSIONS[cfg.format]):
+        stem = default_name(path)
+        for row, (line, record) in enumerate(_records(path, cfg.format)):
+            try:
+                question, choices, answer, own_id = parse(record)
+            except (KeyError, TypeError, ValueError, IndexError) as exc:
+                raise BenchmarkFormatError(f"{path}, line {line}: not a {cfg.format} row ({_reason(exc)})") from None
+            if not question.strip():
+                raise BenchmarkFormatError(f"{path}, line {line}: empty question")
+            item_id = f"{cfg.benchmark_name}/{own_id or f'{stem}:{row}'}"
+            items.append(BenchmarkItem(item_id, cfg.benchmark_name, question, choices, answer))
+    return items
+
+
+def _reason(exc: Exception) -> str:
+    return f"missing field {exc}" if isinstance(exc, KeyError) else str(exc)
+
+
+def _records(path: str, fmt: str) -> Iterator[tuple[int, Any]]:
+    """(line number, raw record) pairs; JSON errors and ragged CSV rows name the line."""
+    with open_input(path) as stream:
+        data = stream.read()
+    if path.lower().endswith(".parquet"):
+        for i, row in enumerate(pq.read_table(io.BytesIO(data)).to_pylist()):
+            yield i + 1, row
+        return
+    text = data.decode("utf-8")
+    if path.lower().endswith(".csv"):
+        reader = csv.reader(io.StringIO(text))
+        header = None if fmt == "mmlu_csv" else next(reader, None)
+        start = reader.line_num + 1
+        for row in reader:
+            if not any(cell.strip() for cell in row):
+                start = reader.line_num + 1
+                continue
+            yield start, (row if header is None else _csv_record(header, row, path, start))
+            start = reader.line_num + 1
+        return
+    if path.lower().endswith(".json") and text.lstrip().startswith("["):
+        for i, row in enumerate(json.loads(text)):
+            yield i + 1, row
+        return
+    for number, line in enumerate(text.splitlines(), start=1):
+        if line.strip():
+            try:
+                yield number, json.loads(line)
+            except json.JSONDecodeError as exc:
+                raise BenchmarkFormatError(f"{path}, line {number}: malformed JSON ({exc.msg})") from None
+
+
+def _csv_record(header: list[str], row: list[str], path: str, line: int) -> dict[str, str]:
+    if len(row) != len(header):
+        raise BenchmarkFormatError(f"{path}, line {line}: {len(row)} fields, the header has {len(header)}")
+    return dict(zip(header, row))
+
+
+Parsed = tuple[str, list[str], "int | None", "str | None"]
+
+
+def _mmlu(row: list[str]) -> Parsed:
+    if len(row) != 6:
+        raise ValueError(f"expected 6 fields question,A,B,C,D,answer, got {len(row)}")
+    answer = row[5].strip().upper()
+    if answer not in "ABCD" or len(answer) != 1:
+        raise ValueError(f"answer must be one of A-D, got {row[5]!r}")
+    return row[0], row[1:5], "ABCD".index(answer), None
+
+
+def _arc(rec: dict[str, Any]) -> Parsed:
+    question = rec["question"]
+    if isinstance(question, dict):  # AI2 release: {"stem", "choices": [{"text", "label"}]}
+        stem, choices = question["stem"], question["choices"]
+        texts, labels = [c["text"] for c in choices], [c["label"] for c in choices]
+    else:  # Hugging Face datasets layout: {"question", "choices": {"text": [], "label": []}}
+        stem, texts, labels = question, rec["choices"]["text"], rec["choices"]["label"]
+    key = str(rec["answerKey"])
+    return stem, list(texts), [str(label) for label in labels].index(key), rec.get("id")
+
+
+def _hellaswag(rec: dict[str, Any]) -> Parsed:
+    ctx = rec.get("ctx") or f"{rec['ctx_a']} {rec['ctx_b']}".strip()
+    label = rec.get("label")
+    ind = rec.get("ind")
+    return ctx, list(rec["endings"]), None if label in (None, "") else int(label), None if ind is None else str(ind)
+
+
+def _truthfulqa(rec: dict[str, str]) -> Parsed:
+    # TruthfulQA.csv: the best answer first, then the incorrect ones (';'-separated).
+    incorrect = [a.strip() for a in rec.get("Incorrect Answers", "").split(";") if a.strip()]
+    return rec["Question"], [rec["Best Answer"], *incorrect], 0, None
+
+
+def _questions(rec: dict[str, Any]) -> Parsed:
+    if not isinstance(rec.get("question"), str):
+        raise ValueError("needs a string `question` field")
+    choices = rec.get("choices") or []
+    if isinstance(choices, str):
+        choices = json.loads(choices) if choices.lstrip().startswith("[") else choices.split(";")
+    choices = [str(c) for c in choices]
+    answer = rec.get("answer")
+    if isinstance(answer, str) and answer.strip():
+        answer = answer.strip()
+        if answer.isdigit():
+            answer = int(answer)
+        elif len(answer) == 1 and answer.upper() in "ABCDEFGH"[: len(choices)]:
+            answer = "ABCDEFGH".index(answer.upper())
+        else:
+            answer = choices.index(answer)
+    elif answer == "" or answer is None:
+        answer = None
+    return rec["question"], choices, answer, None if rec.get("id") is None else str(rec["id"])
+
+
+_PARSERS: dict[str, Callable[[Any], Parsed]] = {
+    "mmlu_csv": _mmlu,
+    "arc_jsonl": _arc,
+    "hellaswag_jsonl": _hellaswag,
+    "truthfulqa_csv": _truthfulqa,
+    "questions": _questions,
+}

@@ -1,0 +1,78 @@
+"""Input paths: local files, folders and globs, or any URI pyarrow's filesystems read (s3://, gs://)."""
+
+from __future__ import annotations
+
+import glob
+import os
+from pathlib import Path
+
+import pyarrow.fs as pafs
+
+_GLOB_CHARS = set("*?[")
+
+
+def is_remote(path: str) -> bool:
+    return "://" in path and not path.startswith("file://")
+
+
+def default_name(path: str) -> str:
+    """A readable name for a source or benchmark: the file stem or folder name."""
+    stem = path.rstrip("/").split("/")[-1]
+    for ch in "*?[":
+        stem = stem.split(ch)[0]
+    return Path(stem).stem or "data"
+
+
+def expand_files(path: str, extensions: tuple[str, ...]) -> list[str]:
+    """The files a path names, sorted, so that row order (and thus ``source_index``) is stable."""
+    if is_remote(path):
+        fs, root = pafs.FileSystem.from_uri(path)
+        info = fs.get_file_info(root)
+        if info.type == pafs.FileType.File:
+            return [path]
+        scheme = path.split("://", 1)[0]
+        selector = pafs.FileSelector(root, recursive=True)
+        files = [i.path for i in fs.get_file_info(selector) if i.type == pafs.FileType.File]
+        return sorted(f"{scheme}://{f}" for f in files if _has_extension(f, extensions))
+    if path.startswith("file://"):
+        path = path[len("file://") :]
+    if _GLOB_CHARS & set(path):
+        return sorted(p for p in glob.glob(path, recursive=True) if os.path.isfile(p))
+    if os.path.isdir(path):
+        found = [str(p) for p in Path(path).rglob("*") if p.is_file() and _has_extension(p.name, extensions)]
+        return sorted(found)
+    return [path] if os.path.isfile(path) else []
+
+
+def open_input(path: str):
+    """A binary input stream for a local path or a URI."""
+    if is_remote(path):
+        fs, inner = pafs.FileSystem.from_uri(path)
+        return fs.open_input_stream(inner)
+    return open(path, "rb")
+
+
+def check_input_path(path: str, extensions: tuple[str, ...]) -> str:
+    """Fail (as a config error) when a local path names no readable file; say what is there."""
+    if is_remote(path):
+        return path  # checked when read: no network calls during config validation
+    if expand_files(path, extensions):
+        return path
+    probe = Path(path.split("*")[0].split("?")[0] or ".")
+    folder = probe if probe.is_dir() else probe.parent
+    if folder.is_dir():
+        entries = sorted(p.name + ("/" if p.is_dir() else "") for p in folder.iterdir())[:12]
+        listing = ", ".join(entries) if entries else "nothing"
+        kinds = "/".join(extensions)
+        if Path(path).is_dir():
+            what = f"holds no .{kinds} file"
+        elif _GLOB_CHARS & set(path):
+            what = f"matches no .{kinds} file"
+        else:
+            what = "does not exist"
+        raise ValueError(f"'{path}' {what}; '{folder}' holds: {listing}")
+    raise ValueError(f"'{path}' does not exist (no folder '{folder}' either)")
+
+
+def _has_extension(name: str, extensions: tuple[str, ...]) -> bool:
+    return any(name.lower().endswith("." + ext) for ext in extensions)

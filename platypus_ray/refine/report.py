@@ -1,0 +1,149 @@
+"""Human-facing refine outputs: ``review.csv`` (flagged pairs side by side) and ``report.html``."""
+
+from __future__ import annotations
+
+import base64
+import csv
+import html
+import io
+import json
+from pathlib import Path
+
+import numpy as np
+
+from platypus_ray.benchmarks import BenchmarkItem
+from platypus_ray.refine.ledger import Decisions
+
+REVIEW_COLUMNS = [
+    "kind", "category", "score", "signal", "source", "source_index", "id", "text",
+    "matched", "matched_source", "matched_source_index", "matched_text", "removed",
+]
+BORDERLINE_MARGIN = 0.05  # near-duplicate removals this close above the threshold go to review
+MAX_BORDERLINE = 2000
+
+
+def review_rows(decisions: Decisions, items: list[BenchmarkItem], texts: dict[int, str], threshold: float) -> list[dict]:
+    """Every contamination flag, then the borderline near-duplicate removals (lowest score first)."""
+    by_item = {item.id: item for item in items}
+    rows = []
+    flagged = np.flatnonzero(decisions.category != "")
+    for uid in flagged[np.argsort(-decisions.score[flagged], kind="stable")]:
+        item = by_item[decisions.matched_id[uid]]
+        rows.append(_row(decisions, uid, "contamination", texts, matched=item.id, matched_text=item.question))
+    for uid in _borderline(decisions, threshold):
+        match = decisions.matched_uid[uid]
+        rows.append(
+            _row(decisions, uid, "near_duplicate", texts, matched=decisions.ids[match], matched_text=texts.get(match, ""),
+                 matched_source=decisions.sources[match], matched_index=int(decisions.source_index[match]))
+        )
+    return rows
+
+
+def review_uids(decisions: Decisions, threshold: float) -> np.ndarray:
+    """Rows whose text the review file and the report show."""
+    flagged = np.flatnonzero(decisions.category != "")
+    border = _borderline(decisions, threshold)
+    top = _top_pairs(decisions)
+    return np.unique(np.concatenate([flagged, border, decisions.matched_uid[border], *top[:2]]).astype(np.int64))
+
+
+def write_review(path: Path, rows: list[dict]) -> None:
+    with open(path, "w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=REVIEW_COLUMNS)
+        writer.writeheader()
+        writer.writerows(rows)
+
+
+def write_report(path: Path, stats: dict, decisions: Decisions, nearest: np.ndarray, contamination_scores: np.ndarray,
+                 texts: dict[int, str], review: list[dict], cfg) -> None:
+    """A single self-contained HTML file (plots inlined as PNG) that opens offline."""
+    plots = [
+        _histogram(nearest[nearest > -1], cfg.dedup.threshold, "Nearest-neighbour cosine among rows after decontamination",
+                   "semantic dedup threshold"),
+    ]
+    if len(contamination_scores):
+        plots.append(_histogram(contamination_scores, cfg.contamination.threshold,
+                                "Best benchmark-match cosine per training row", "contamination threshold"))
+    i, j, s = _top_pairs(decisions)
+    top_pairs = [
+        (f"{s[k]:.3f}", f"{decisions.sources[i[k]]}#{decisions.source_index[i[k]]}", texts.get(i[k], ""),
+         f"{decisions.sources[j[k]]}#{decisions.source_index[j[k]]}", texts.get(j[k], ""))
+        for k in range(len(s))
+    ]
+    flags = [(r["score"], r["category"], r["signal"], f"{r['source']}#{r['source_index']}", r["text"], r["matched"], r["matched_text"])
+             for r in review if r["kind"] == "contamination"][:50]
+    counts = [(name, s_["rows"], s_["kept"], s_["invalid"], ", ".join(f"{k}: {v}" for k, v in s_["removed"].items()) or "-")
+              for name, s_ in stats["per_source"].items()]
+    body = [
+        "<h1>platypus-ray refine report</h1>",
+        f"<p>{stats['input_rows']} input rows &rarr; <b>{stats['kept']} kept</b>, {stats['invalid']} invalid, "
+        f"removed: {html.escape(json.dumps(stats['removed']))}</p>",
+        _table(["source", "rows", "kept", "invalid", "removed"], counts),
+        "<h2>Timings (s)</h2>", _table(list(stats["timings_s"]), [tuple(stats["timings_s"].values())]),
+        *(f'<img alt="histogram" src="data:image/png;base64,{p}">' for p in plots),
+        "<h2>Contamination flags</h2>",
+        _table(["score", "category", "signal", "row", "training text", "benchmark item", "item text"], flags) if flags else "<p>none</p>",
+        "<h2>Most similar near-duplicate pairs</h2>",
+        _table(["cosine", "row", "text", "row", "text"], top_pairs) if top_pairs else "<p>none</p>",
+    ]
+    style = "body{font-family:sans-serif;max-width:1200px;margin:auto}td,th{border:1px solid #ccc;padding:4px;vertical-align:top;font-size:13px}table{border-collapse:collapse}"
+    path.write_text(f"<!doctype html><html><head><meta charset='utf-8'><title>refine report</title><style>{style}</style></head><body>{''.join(body)}</body></html>")
+
+
+def _row(decisions: Decisions, uid: int, kind: str, texts: dict[int, str], matched: str, matched_text: str,
+         matched_source: str = "", matched_index: int = -1) -> dict:
+    return {
+        "kind": kind,
+        "category": decisions.category[uid],
+        "score": round(float(decisions.score[uid]), 4),
+        "signal": decisions.signal[uid],
+        "source": decisions.sources[uid],
+        "source_index": int(decisions.source_index[uid]),
+        "id": decisions.ids[uid],
+        "text": texts.get(uid, ""),
+        "matched": matched,
+        "matched_source": matched_source,
+        "matched_source_index": matched_index,
+        "matched_text": matched_text,
+        "removed": decisions.status[uid] == "removed",
+    }
+
+
+def _borderline(decisions: Decisions, threshold: float) -> np.ndarray:
+    near = np.flatnonzero((decisions.reason == "near_duplicate") & (decisions.score < threshold + BORDERLINE_MARGIN))
+    return near[np.argsort(decisions.score[near], kind="stable")][:MAX_BORDERLINE]
+
+
+def _top_pairs(decisions: Decisions, k: int = 20):
+    if decisions.near_pairs is None:
+        empty = np.empty(0, dtype=np.int64)
+        return empty, empty, np.empty(0)
+    i, j, s = decisions.near_pairs
+    top = np.argsort(-s, kind="stable")[:k]
+    return i[top], j[top], s[top]
+
+
+def _histogram(values: np.ndarray, threshold: float, title: str, label: str) -> str:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 3))
+    ax.hist(values, bins=50, color="#4477aa")
+    ax.axvline(threshold, color="#cc3311", linestyle="--", label=f"{label} {threshold}")
+    ax.set_title(title)
+    ax.set_xlabel("cosine similarity")
+    ax.set_ylabel("rows")
+    ax.legend()
+    buffer = io.BytesIO()
+    fig.tight_layout()
+    fig.savefig(buffer, format="png", dpi=90)
+    plt.close(fig)
+    return base64.b64encode(buffer.getvalue()).decode()
+
+
+def _table(header: list[str], rows: list[tuple]) -> str:
+    head = "".join(f"<th>{html.escape(str(h))}</th>" for h in header)
+    body = "".join("<tr>" + "".join(f"<td>{html.escape(str(c))}</td>" for c in row) + "</tr>" for row in rows)
+    return f"<table><tr>{head}</tr>{body}</table>"

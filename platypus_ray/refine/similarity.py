@@ -1,0 +1,153 @@
+"""Exact cosine similarity search as parallel Ray tasks over tiles of unit vectors.
+
+Each task owns one block of ``tile`` rows and walks the column tiles, so a task never
+holds more than a ``tile x tile`` similarity matrix; no N x N matrix exists anywhere.
+Tiles are multiplied in float32 (on a GPU when one is assigned); every pair that comes
+within ``_EPS`` of the threshold is re-scored in float64, so decisions match a float64
+brute-force reference instead of depending on the GEMM's summation order.
+"""
+
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass
+
+import numpy as np
+import ray
+import torch
+
+_EPS = 1e-5
+# Tiles are read-only views of the shared object-store array; torch warns but never writes to them.
+warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
+
+
+@dataclass
+class Pairs:
+    """Pairs ``i < j`` with cosine ``score >= threshold``, and each row's nearest-neighbour cosine."""
+
+    i: np.ndarray
+    j: np.ndarray
+    score: np.ndarray
+    nearest: np.ndarray  # max cosine of each row to any other row (-1 when alone)
+
+
+@dataclass
+class BestMatch:
+    """For each query row: the index of its most similar reference row and that cosine."""
+
+    index: np.ndarray
+    score: np.ndarray
+
+
+def all_pairs_above(emb: np.ndarray, threshold: float, tile: int, num_gpus: float = 0.0) -> Pairs:
+    """Every pair of rows with cosine >= threshold (exact), plus nearest-neighbour scores."""
+    n = len(emb)
+    nearest = np.full(n, -1.0, dtype=np.float32)
+    if n < 2:
+        empty = np.empty(0, dtype=np.int64)
+        return Pairs(empty, empty, np.empty(0), nearest)
+    emb_ref = ray.put(np.ascontiguousarray(emb, dtype=np.float32))
+    task = _pairs_in_row_block.options(num_gpus=num_gpus)
+    pending = [task.remote(emb_ref, start, tile, threshold - _EPS) for start in range(0, n, tile)]
+    found_i, found_j = [], []
+    while pending:  # merge results as they arrive so the driver holds one block's output at a time
+        done, pending = ray.wait(pending, num_returns=1)
+        start, i, j, row_max, col_max = ray.get(done[0])
+        found_i.append(i)
+        found_j.append(j)
+        np.maximum(nearest[start : start + len(row_max)], row_max, out=nearest[start : start + len(row_max)])
+        np.maximum(nearest[start:], col_max, out=nearest[start:])
+    i = np.concatenate(found_i)
+    j = np.concatenate(found_j)
+    score = _exact_scores(emb, i, j)
+    keep = score >= threshold
+    order = np.lexsort((j[keep], i[keep]))
+    return Pairs(i[keep][order], j[keep][order], score[keep][order], nearest)
+
+
+def best_matches(
+    queries: np.ndarray, references: np.ndarray, threshold: float, tile: int, num_gpus: float = 0.0
+) -> BestMatch:
+    """For each query row, its most similar reference row; exact (float64) around ``threshold``."""
+    n = len(queries)
+    if n == 0 or len(references) == 0:
+        return BestMatch(np.full(n, -1, dtype=np.int64), np.full(n, -1.0))
+    q_ref = ray.put(np.ascontiguousarray(queries, dtype=np.float32))
+    r_ref = ray.put(np.ascontiguousarray(references, dtype=np.float32))
+    task = _best_in_row_block.options(num_gpus=num_gpus)
+    index = np.empty(n, dtype=np.int64)
+    score = np.empty(n, dtype=np.float64)
+    pending = [task.remote(q_ref, r_ref, start, tile, threshold) for start in range(0, n, tile)]
+    while pending:
+        done, pending = ray.wait(pending, num_returns=1)
+        start, best_idx, best_score = ray.get(done[0])
+        index[start : start + len(best_idx)] = best_idx
+        score[start : start + len(best_idx)] = best_score
+    return BestMatch(index, score)
+
+
+def _device(num_gpus_assigned: bool) -> torch.device:
+    return torch.device("cuda") if num_gpus_assigned and torch.cuda.is_available() else torch.device("cpu")
+
+
+@ray.remote
+def _pairs_in_row_block(emb: np.ndarray, start: int, tile: int, cutoff: float):
+    """Candidate pairs (i in this block, j > i) with float32 cosine >= cutoff."""
+    device = _device(bool(ray.get_gpu_ids()))
+    n = len(emb)
+    stop = min(start + tile, n)
+    rows = torch.from_numpy(emb[start:stop]).to(device)
+    row_max = torch.full((stop - start,), -1.0, device=device)
+    col_max = torch.full((n - start,), -1.0, device=device)
+    found_i, found_j = [], []
+    for col in range(start, n, tile):
+        col_stop = min(col + tile, n)
+        sims = rows @ torch.from_numpy(emb[col:col_stop]).to(device).T
+        if col == start:  # diagonal tile: only j > i counts
+            sims = torch.triu(sims, diagonal=1) + torch.tril(torch.full_like(sims, -2.0))
+        row_max = torch.maximum(row_max, sims.max(dim=1).values)
+        col_max[col - start : col_stop - start] = torch.maximum(col_max[col - start : col_stop - start], sims.max(dim=0).values)
+        hit_i, hit_j = torch.nonzero(sims >= cutoff, as_tuple=True)
+        found_i.append((hit_i + start).cpu().numpy())
+        found_j.append((hit_j + col).cpu().numpy())
+    return start, np.concatenate(found_i), np.concatenate(found_j), row_max.cpu().numpy(), col_max.cpu().numpy()
+
+
+@ray.remote
+def _best_in_row_block(queries: np.ndarray, references: np.ndarray, start: int, tile: int, threshold: float):
+    """Best reference for each query row of this block."""
+    device = _device(bool(ray.get_gpu_ids()))
+    stop = min(start + tile, len(queries))
+    rows = torch.from_numpy(queries[start:stop]).to(device)
+    best = torch.full((stop - start,), -2.0, device=device)
+    best_idx = torch.zeros((stop - start,), dtype=torch.int64, device=device)
+    for col in range(0, len(references), tile):
+        sims = rows @ torch.from_numpy(references[col : col + tile]).to(device).T
+        values, idx = sims.max(dim=1)
+        better = values > best
+        best = torch.where(better, values, best)
+        best_idx = torch.where(better, idx + col, best_idx)
+    idx_np = best_idx.cpu().numpy()
+    best_np = _exact_scores_between(queries[start:stop], references, np.arange(stop - start), idx_np)
+    # A row whose float32 best lies within _EPS of the threshold is re-scored in float64
+    # against every reference: another reference may cross the threshold where this one does not.
+    for k in np.flatnonzero(np.abs(best.cpu().numpy() - threshold) < _EPS):
+        exact = references.astype(np.float64) @ queries[start + k].astype(np.float64)
+        idx_np[k] = int(np.argmax(exact))
+        best_np[k] = float(exact[idx_np[k]])
+    return start, idx_np, best_np
+
+
+def _exact_scores(emb: np.ndarray, i: np.ndarray, j: np.ndarray) -> np.ndarray:
+    """Float64 cosine of the pairs (i, j) of one matrix (unit vectors: the dot product)."""
+    return _exact_scores_between(emb, emb, i, j)
+
+
+def _exact_scores_between(a: np.ndarray, b: np.ndarray, i: np.ndarray, j: np.ndarray) -> np.ndarray:
+    """Float64 dot products a[i] . b[j], in chunks so memory stays bounded."""
+    out = np.empty(len(i), dtype=np.float64)
+    for start in range(0, len(i), 65536):
+        left = a[i[start : start + 65536]].astype(np.float64)
+        right = b[j[start : start + 65536]].astype(np.float64)
+        out[start : start + 65536] = np.einsum("ij,ij->i", left, right)
+    return out

@@ -1,0 +1,152 @@
+"""Read instruction sources into canonical rows with Ray Data: one task per file, every row kept.
+
+A row that cannot be used (malformed JSON line, missing field, non-string, empty) is not
+dropped: it becomes an ``invalid`` row with a reason and goes to the ledger. A file that
+cannot be read as its format at all is an :class:`InputError` naming the file.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+from dataclasses import asdict, dataclass
+from typing import Any, Iterator
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import ray
+
+from platypus_ray.errors import InputError
+from platypus_ray.paths import expand_files, open_input
+from platypus_ray.refine.config import ColumnMapping, SourceConfig
+from platypus_ray.refine.rows import content_id, dedup_key, embed_text, raw_id, validate_record
+
+SOURCE_EXTENSIONS = ("json", "jsonl", "parquet", "csv")
+
+PARSED_SCHEMA = pa.schema(
+    [
+        ("source", pa.string()),
+        ("file", pa.string()),
+        ("file_rank", pa.int64()),  # global rank of the file over all sources, in config order
+        ("row_in_file", pa.int64()),
+        ("valid", pa.bool_()),
+        ("reason", pa.string()),
+        ("detail", pa.string()),
+        ("id", pa.string()),
+        ("instruction", pa.string()),
+        ("input", pa.string()),
+        ("output", pa.string()),
+        ("dedup_key", pa.int64()),
+        ("text_len", pa.int64()),
+        ("output_len", pa.int64()),
+    ]
+)
+
+
+@dataclass(frozen=True)
+class SourceFile:
+    source: str
+    path: str
+    file_rank: int
+    format: str
+    columns: dict[str, str]
+
+
+def list_source_files(sources: list[SourceConfig]) -> list[SourceFile]:
+    """All input files in input order: sources as configured, files sorted within each."""
+    files: list[SourceFile] = []
+    for src in sources:
+        paths = expand_files(src.path, SOURCE_EXTENSIONS)
+        if not paths:
+            raise InputError(f"source '{src.source_name}': '{src.path}' names no {'/'.join(SOURCE_EXTENSIONS)} file")
+        for path in paths:
+            fmt = src.format or _infer_format(path)
+            files.append(SourceFile(src.source_name, path, len(files), fmt, src.columns.model_dump()))
+    return files
+
+
+def read_sources(files: list[SourceFile]) -> ray.data.Dataset:
+    """A Ray Data dataset of parsed rows (valid and invalid), one block per file."""
+    items = [asdict(f) for f in files]
+    return ray.data.from_items(items, override_num_blocks=len(items)).map_batches(
+        _parse_files, batch_size=1, batch_format="pyarrow"
+    )
+
+
+def _parse_files(batch: pa.Table) -> pa.Table:
+    tables = [parse_source_file(SourceFile(**row)) for row in batch.to_pylist()]
+    return pa.concat_tables(tables) if tables else PARSED_SCHEMA.empty_table()
+
+
+def parse_source_file(sf: SourceFile) -> pa.Table:
+    """Parse one file into PARSED_SCHEMA rows, one per input record, in file order."""
+    columns = ColumnMapping(**sf.columns)
+    out: dict[str, list[Any]] = {f.name: [] for f in PARSED_SCHEMA}
+    for row_in_file, (record, raw, error) in enumerate(_records(sf)):
+        fields, reason, detail = (None, "malformed_json", error) if error else validate_record(record, columns)
+        out["source"].append(sf.source)
+        out["file"].append(sf.path)
+        out["file_rank"].append(sf.file_rank)
+        out["row_in_file"].append(row_in_file)
+        out["valid"].append(fields is not None)
+        out["reason"].append(reason)
+        out["detail"].append(detail)
+        if fields is None:
+            fields = {"instruction": "", "input": "", "output": ""}
+            out["id"].append(raw_id(raw))
+            out["dedup_key"].append(0)
+        else:
+            out["id"].append(content_id(fields["instruction"], fields["input"], fields["output"]))
+            out["dedup_key"].append(dedup_key(fields["instruction"], fields["input"]))
+        for name in ("instruction", "input", "output"):
+            out[name].append(fields[name])
+        out["text_len"].append(len(embed_text(fields["instruction"], fields["input"])))
+        out["output_len"].append(len(fields["output"]))
+    return pa.table(out, schema=PARSED_SCHEMA)
+
+
+def _infer_format(path: str) -> str:
+    ext = path.lower().rsplit(".", 1)[-1]
+    if ext not in SOURCE_EXTENSIONS:
+        raise InputError(f"cannot infer the format of '{path}'; set `format:` to one of {', '.join(SOURCE_EXTENSIONS)}")
+    return ext
+
+
+def _records(sf: SourceFile) -> Iterator[tuple[Any, str, str]]:
+    """(record, raw text, error) per input row; ``error`` is set for an unparseable row."""
+    try:
+        with open_input(sf.path) as stream:
+            data = stream.read()
+    except OSError as exc:
+        raise InputError(f"cannot read '{sf.path}': {exc}") from None
+    if sf.format == "parquet":
+        try:
+            rows = pq.read_table(io.BytesIO(data)).to_pylist()
+        except pa.ArrowInvalid as exc:
+            raise InputError(f"'{sf.path}' is not a Parquet file: {exc}") from None
+        yield from ((row, repr(row), "") for row in rows)
+        return
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise InputError(f"'{sf.path}' is not UTF-8 text ({exc})") from None
+    if sf.format == "csv":
+        yield from ((row, repr(row), "") for row in csv.DictReader(io.StringIO(text)))
+    elif sf.format == "json" and text.lstrip().startswith("["):
+        try:
+            rows = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise InputError(
+                f"'{sf.path}' is not a valid JSON array (line {exc.lineno}, column {exc.colno}: {exc.msg}); "
+                "for one JSON object per line use format: jsonl"
+            ) from None
+        yield from ((row, json.dumps(row), "") for row in rows)
+    else:  # jsonl, or a .json file that holds one object per line
+        for number, line in enumerate(text.splitlines(), start=1):
+            if not line.strip():
+                continue  # a blank line is not a row
+            try:
+                yield json.loads(line), line, ""
+            except json.JSONDecodeError as exc:
+                yield None, line, f"line {number}: malformed JSON ({exc.msg} at column {exc.colno})"

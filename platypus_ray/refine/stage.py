@@ -1,0 +1,253 @@
+"""``platypus-ray refine``: validate → exact dedup → embed → decontaminate → semantic dedup → write.
+
+Heavy per-row work (parsing, hashing, embedding, n-grams, similarity tiles, writing) runs
+on Ray. Decisions that need a global view (which exact duplicate wins, the greedy
+near-duplicate walk) run on the driver over compact per-row numbers, never over text.
+
+Contamination is checked before semantic dedup, so a contaminated row can never be the
+reason a clean paraphrase of it was dropped.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import ray
+
+from platypus_ray.benchmarks import BenchmarkItem, load_benchmark
+from platypus_ray.config import dump_config
+from platypus_ray.outputs import replaced_atomically
+from platypus_ray.refine import contamination as contam
+from platypus_ray.refine.config import RefineConfig
+from platypus_ray.refine.embed import check_model, embed_texts, resolve_device
+from platypus_ray.refine.ledger import Decisions, fetch_texts, summarize, write_rows
+from platypus_ray.refine.report import review_rows, review_uids, write_report, write_review
+from platypus_ray.refine.rows import embed_text
+from platypus_ray.refine.semantic_dedup import priority_order, resolve_greedy
+from platypus_ray.refine.similarity import all_pairs_above, best_matches
+from platypus_ray.refine.sources import list_source_files, read_sources
+from platypus_ray.runtime import init_ray
+
+_META_COLUMNS = ["source", "file_rank", "row_in_file", "valid", "reason", "detail", "id", "dedup_key", "output_len", "text_len"]
+
+
+@dataclass
+class RefineResult:
+    """What a refine run produced: output paths, counts, timings."""
+
+    output: Path
+    input_rows: int
+    kept: int
+    removed: dict[str, int]
+    invalid: int
+    timings_s: dict[str, float] = field(default_factory=dict)
+    stats: dict = field(default_factory=dict)
+
+    @property
+    def kept_path(self) -> Path:
+        return self.output / "kept"
+
+    @property
+    def ledger_path(self) -> Path:
+        return self.output / "ledger"
+
+    def summary(self) -> str:
+        """A console summary: counts per source and reason, contamination, timings, outputs."""
+        lines = [f"refine: {self.input_rows} input rows -> {self.kept} kept, {self.invalid} invalid, "
+                 f"{sum(self.removed.values())} removed {self.removed or ''}".rstrip()]
+        for name, s in self.stats["per_source"].items():
+            lines.append(f"  source {name}: {s['rows']} rows, {s['kept']} kept, {s['invalid']} invalid, removed {s['removed']}")
+        for bench, counts in self.stats["contamination"].items():
+            lines.append(f"  benchmark {bench}: {counts}")
+        if self.stats.get("embed_rows_per_s"):
+            lines.append(f"  embedded {self.stats['embedded_rows']} rows at {self.stats['embed_rows_per_s']} rows/s")
+        lines.append("  timings (s): " + ", ".join(f"{k} {v}" for k, v in self.timings_s.items()))
+        lines.append(f"  outputs: {self.output}/{{kept/, ledger/, review.csv, stats.json, report.html}}")
+        return "\n".join(lines)
+
+
+class _Timer:
+    def __init__(self) -> None:
+        self.timings: dict[str, float] = {}
+        self._last = time.perf_counter()
+
+    def lap(self, name: str) -> None:
+        now = time.perf_counter()
+        self.timings[name] = round(now - self._last, 3)
+        self._last = now
+
+
+def run(cfg: RefineConfig) -> RefineResult:
+    """Run the refine stage end to end and write its outputs under ``cfg.output``."""
+    timer = _Timer()
+    # Everything a user can get wrong is checked before Ray starts.
+    check_model(cfg.embedding.model)
+    items = [item for bench in cfg.benchmarks for item in load_benchmark(bench)]
+    files = list_source_files(cfg.sources)
+    init_ray()
+    ray.data.DataContext.get_current().execution_options.preserve_order = True
+    timer.lap("setup")
+
+    parsed = read_sources(files).materialize()
+    meta = _gather_meta(parsed)
+    decisions = Decisions.start(meta)
+    file_offset = _file_offsets(meta, len(files))
+    timer.lap("read_validate")
+
+    survivors = _exact_dedup(meta, decisions)
+    key_of_uid = np.full(len(meta["valid"]), -1, dtype=np.int64)
+    key_of_uid[survivors] = np.arange(len(survivors))
+    rows = parsed.map_batches(
+        _with_keys, fn_kwargs={"file_offset": file_offset, "key_of_uid": key_of_uid}, batch_format="pyarrow"
+    ).materialize()
+    timer.lap("exact_dedup")
+
+    # One actor pool embeds the training rows and the benchmark probes together.
+    probes = contam.make_probes(items, cfg.contamination.window_words)
+    to_embed = rows.select_columns(["key", "text", "text_len"])
+    if probes.texts:
+        offset = len(survivors)
+        to_embed = to_embed.union(ray.data.from_items(
+            [{"key": offset + k, "text": t, "text_len": len(t)} for k, t in enumerate(probes.texts)]
+        ))
+    vectors = embed_texts(to_embed, len(survivors) + len(probes.texts), cfg.embedding)
+    emb, probe_emb = vectors[: len(survivors)], vectors[len(survivors) :]
+    timer.lap("embed")
+    num_gpus = 1 if resolve_device(cfg.embedding) == "cuda" else 0
+
+    remaining = np.ones(len(survivors), dtype=bool)
+    contamination_scores = np.empty(0)
+    if items:
+        flagged, contamination_scores = _decontaminate(rows, emb, probe_emb, probes, items, survivors, decisions, cfg, num_gpus)
+        remaining &= ~flagged
+    timer.lap("contamination")
+
+    nearest = _semantic_dedup(emb, survivors, remaining, meta, decisions, cfg, num_gpus)
+    timer.lap("semantic_dedup")
+
+    with replaced_atomically(cfg.output) as staging:
+        write_rows(staging, parsed, file_offset, decisions)
+        texts = fetch_texts(parsed, file_offset, review_uids(decisions, cfg.dedup.threshold))
+        review = review_rows(decisions, items, texts, cfg.dedup.threshold)
+        write_review(staging / "review.csv", review)
+        timer.lap("write")
+        n_items = {b.benchmark_name: sum(i.benchmark == b.benchmark_name for i in items) for b in cfg.benchmarks}
+        stats = summarize(decisions, len(survivors), timer.timings["embed"], n_items)
+        stats["timings_s"] = timer.timings
+        (staging / "stats.json").write_text(json.dumps(stats, indent=2))
+        write_report(staging / "report.html", stats, decisions, nearest, contamination_scores, texts, review, cfg)
+        dump_config(cfg, staging / "config.yaml")
+    return RefineResult(
+        output=Path(cfg.output),
+        input_rows=stats["input_rows"],
+        kept=stats["kept"],
+        removed=stats["removed"],
+        invalid=stats["invalid"],
+        timings_s=timer.timings,
+        stats=stats,
+    )
+
+
+def _gather_meta(parsed: ray.data.Dataset) -> dict[str, np.ndarray]:
+    """Compact per-row columns on the driver, in input order (sorted by file, then row)."""
+    table = pa.concat_tables(
+        [ray.get(ref) for ref in parsed.select_columns(_META_COLUMNS).to_arrow_refs()]
+    ) if parsed.count() else pa.table({c: [] for c in _META_COLUMNS})
+    order = np.lexsort((table["row_in_file"].to_numpy(), table["file_rank"].to_numpy()))
+    table = table.take(pa.array(order))
+    return {name: table[name].to_numpy(zero_copy_only=False) for name in _META_COLUMNS}
+
+
+def _file_offsets(meta: dict[str, np.ndarray], n_files: int) -> np.ndarray:
+    """uid of each file's first row: uid = file_offset[file_rank] + row_in_file."""
+    counts = np.bincount(meta["file_rank"].astype(np.int64), minlength=n_files)
+    return np.concatenate([[0], np.cumsum(counts)[:-1]]).astype(np.int64)
+
+
+def _with_keys(batch: pa.Table, file_offset: np.ndarray, key_of_uid: np.ndarray) -> pa.Table:
+    """Rows that survived exact dedup, with their dense key and embedded text."""
+    uid = file_offset[batch["file_rank"].to_numpy()] + batch["row_in_file"].to_numpy()
+    key = key_of_uid[uid]
+    mask = key >= 0
+    batch = batch.filter(pa.array(mask))
+    texts = [embed_text(i, x) for i, x in zip(batch["instruction"].to_pylist(), batch["input"].to_pylist())]
+    return pa.table(
+        {
+            "key": key[mask],
+            "text": texts,
+            "text_len": batch["text_len"],
+            "instruction": batch["instruction"],
+            "input": batch["input"],
+            "output": batch["output"],
+        }
+    )
+
+
+def _exact_dedup(meta: dict[str, np.ndarray], decisions: Decisions) -> np.ndarray:
+    """Collapse rows with equal normalised instruction+input; keep the longest output, ties by
+    input order. Returns the uids of the rows that remain, in input order."""
+    valid = np.flatnonzero(meta["valid"])
+    keys = meta["dedup_key"][valid]
+    order = valid[np.lexsort((valid, -meta["output_len"][valid], keys))]
+    sorted_keys = meta["dedup_key"][order]
+    first = np.ones(len(order), dtype=bool)
+    first[1:] = sorted_keys[1:] != sorted_keys[:-1]
+    winner_of_group = order[first][np.cumsum(first) - 1]
+    losers = ~first
+    decisions.remove(order[losers], "exact_duplicate", matched=winner_of_group[losers], score=1.0)
+    return np.sort(order[first])
+
+
+def _decontaminate(rows, emb, probe_emb, probes: contam.Probes, items: list[BenchmarkItem], survivors,
+                   decisions: Decisions, cfg: RefineConfig, num_gpus):
+    """Flag survivors that match a benchmark item by embedding or verbatim n-grams."""
+    ccfg = cfg.contamination
+    best = best_matches(emb, probe_emb, ccfg.threshold, cfg.dedup.tile_size, num_gpus)
+    emb_item = np.where(best.index >= 0, probes.item[np.maximum(best.index, 0)], -1)
+
+    index = contam.NgramIndex.build(items, ccfg.ngram)
+    ngram = np.full(len(survivors), -1, dtype=np.int64)
+    coverage = np.zeros(len(survivors))
+    for batch in rows.map_batches(contam.ngram_matches, fn_kwargs={"index": index}, batch_format="numpy").iter_batches(
+        batch_format="numpy", batch_size=None
+    ):
+        ngram[batch["key"]] = batch["ngram_item"]
+        coverage[batch["key"]] = batch["ngram_coverage"]
+
+    category = contam.categorize(best.score, coverage, ccfg)
+    by_embedding = best.score >= ccfg.threshold
+    by_ngram = coverage > 0
+    flagged = category != ""
+    item_index = np.where(by_embedding, emb_item, ngram)
+    signal = np.where(by_embedding & by_ngram, "embedding+ngram", np.where(by_embedding, "embedding", "ngram"))
+    removed = flagged & np.isin(category, ccfg.remove)
+    for key in np.flatnonzero(flagged):
+        item = items[item_index[key]]
+        decisions.flag(
+            survivors[key],
+            remove=bool(removed[key]),
+            item_id=item.id,
+            benchmark=item.benchmark,
+            category=str(category[key]),
+            signal=str(signal[key]),
+            score=float(best.score[key]) if by_embedding[key] else float(coverage[key]),
+        )
+    return removed, best.score
+
+
+def _semantic_dedup(emb, survivors, remaining, meta, decisions: Decisions, cfg: RefineConfig, num_gpus) -> np.ndarray:
+    """Exact all-pairs search on the remaining rows, then the greedy walk in priority order."""
+    keys = np.flatnonzero(remaining)
+    pairs = all_pairs_above(emb[keys], cfg.dedup.threshold, cfg.dedup.tile_size, num_gpus)
+    uids = survivors[keys]
+    order = priority_order(meta["output_len"][uids], cfg.dedup.keep)
+    decision = resolve_greedy(len(keys), pairs, order)
+    gone = np.flatnonzero(~decision.keep)
+    decisions.remove(uids[gone], "near_duplicate", matched=uids[decision.matched[gone]], score=decision.score[gone])
+    decisions.record_pairs(uids[pairs.i], uids[pairs.j], pairs.score)
+    return pairs.nearest

@@ -1,0 +1,36 @@
+"""The embedding actor's ``__call__`` on a 3-row batch, without Ray (real MiniLM, offline)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from platypus_ray.errors import UserError
+from platypus_ray.refine.embed import Embedder, check_model, resolve_model
+
+
+def test_bundled_minilm_resolves_to_a_local_folder():
+    path = resolve_model("all-MiniLM-L6-v2")
+    assert path.endswith("model") and (__import__("pathlib").Path(path) / "config.json").is_file()
+    assert resolve_model("sentence-transformers/all-MiniLM-L6-v2") == path
+
+
+def test_unknown_model_fails_clearly_offline(monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(UserError, match="embedding.model: 'org/not-here' is not a local folder and the hub is offline"):
+        check_model("org/not-here")
+
+
+def test_embedder_batch_gives_unit_vectors_that_rank_paraphrases_first():
+    embedder = Embedder("all-MiniLM-L6-v2", device="cpu", batch_size=8)
+    batch = {
+        "key": np.array([7, 8, 9]),
+        "text": np.array(["What is the capital city of Australia?", "Which city is the capital of Australia?",
+                          "Write a haiku about autumn leaves."], dtype=object),
+    }
+    out = embedder(batch)
+    assert out["key"].tolist() == [7, 8, 9]
+    assert out["embedding"].shape == (3, 384) and out["embedding"].dtype == np.float32
+    np.testing.assert_allclose(np.linalg.norm(out["embedding"], axis=1), 1.0, atol=1e-5)
+    sims = out["embedding"] @ out["embedding"].T
+    assert sims[0, 1] > 0.9 > 0.3 > sims[0, 2]

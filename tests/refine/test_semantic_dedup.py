@@ -1,0 +1,83 @@
+"""Tiled, distributed semantic dedup must decide exactly as the brute-force one-vs-kept loop."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from platypus_ray.refine.reference import greedy_reference, platypus_notebook_loop
+from platypus_ray.refine.semantic_dedup import priority_order, resolve_greedy
+from platypus_ray.refine.similarity import Pairs, all_pairs_above, best_matches
+
+
+def clustered_embeddings(n: int, dim: int = 32, clusters: int = 40, spread: float = 0.6, seed: int = 0) -> np.ndarray:
+    """Unit vectors in tight clusters: many pairs above 0.8, chains of them, and plenty below."""
+    rng = np.random.default_rng(seed)
+    centres = rng.normal(size=(clusters, dim))
+    centres /= np.linalg.norm(centres, axis=1, keepdims=True)
+    points = centres[rng.integers(0, clusters, n)] + spread * rng.normal(size=(n, dim)) / np.sqrt(dim)
+    return (points / np.linalg.norm(points, axis=1, keepdims=True)).astype(np.float32)
+
+
+def brute_force_pairs(emb: np.ndarray, threshold: float) -> set[tuple[int, int]]:
+    sims = emb.astype(np.float64) @ emb.astype(np.float64).T
+    i, j = np.nonzero(np.triu(sims >= threshold, k=1))
+    return set(zip(i.tolist(), j.tolist()))
+
+
+@pytest.mark.parametrize("tile", [16, 37, 100, 1000])
+def test_all_pairs_equal_brute_force_for_tiles_not_dividing_n(ray_session, tile):
+    emb = clustered_embeddings(301)
+    pairs = all_pairs_above(emb, 0.8, tile)
+    assert set(zip(pairs.i.tolist(), pairs.j.tolist())) == brute_force_pairs(emb, 0.8)
+    assert len(pairs.i) > 150  # the fixture really has many duplicate pairs
+    sims = emb.astype(np.float64) @ emb.astype(np.float64).T
+    np.fill_diagonal(sims, -1)
+    np.testing.assert_allclose(pairs.nearest, sims.max(axis=1), atol=1e-5)
+    np.testing.assert_allclose(pairs.score, sims[pairs.i, pairs.j], atol=1e-12)
+
+
+@pytest.mark.parametrize("keep", ["first", "longest_output"])
+@pytest.mark.parametrize("tile", [23, 128])
+def test_greedy_decisions_identical_to_reference(ray_session, keep, tile):
+    emb = clustered_embeddings(517, seed=1)
+    output_len = np.random.default_rng(2).integers(1, 40, len(emb))  # many ties: input order breaks them
+    order = priority_order(output_len, keep)
+    decision = resolve_greedy(len(emb), all_pairs_above(emb, 0.8, tile), order)
+    expected = greedy_reference(emb, order, 0.8)
+    assert 50 < expected.sum() < len(emb) - 50  # both kept and removed rows in numbers
+    np.testing.assert_array_equal(decision.keep, expected)
+    # Every removed row points at a kept row of higher priority at >= threshold.
+    rank = np.argsort(order)
+    removed = np.flatnonzero(~decision.keep)
+    assert decision.keep[decision.matched[removed]].all()
+    assert (rank[decision.matched[removed]] < rank[removed]).all()
+    assert (decision.score[removed] >= 0.8).all()
+
+
+def test_keep_first_reproduces_the_platypus_notebook_loop(ray_session):
+    emb = clustered_embeddings(400, seed=3)
+    decision = resolve_greedy(len(emb), all_pairs_above(emb, 0.8, 64), priority_order(np.zeros(len(emb)), "first"))
+    np.testing.assert_array_equal(decision.keep, platypus_notebook_loop(emb, 0.8))
+
+
+def test_priority_order_longest_output_ties_by_input_order():
+    assert priority_order(np.array([3, 5, 5, 1]), "longest_output").tolist() == [1, 2, 0, 3]
+    assert priority_order(np.array([3, 5, 5, 1]), "first").tolist() == [0, 1, 2, 3]
+
+
+def test_chain_keeps_the_far_end():
+    # a ~ b, b ~ c, a !~ c: greedy in order a, b, c keeps a and c (b is removed by a, c has no kept match).
+    pairs = Pairs(np.array([0, 1]), np.array([1, 2]), np.array([0.9, 0.85]), np.zeros(3))
+    decision = resolve_greedy(3, pairs, np.arange(3))
+    assert decision.keep.tolist() == [True, False, True]
+    assert decision.matched.tolist() == [-1, 0, -1]
+
+
+def test_best_matches_equals_argmax(ray_session):
+    queries = clustered_embeddings(150, seed=4)
+    references = clustered_embeddings(61, seed=5)
+    best = best_matches(queries, references, 0.8, tile=32)
+    sims = queries.astype(np.float64) @ references.astype(np.float64).T
+    np.testing.assert_allclose(best.score, sims.max(axis=1), atol=1e-12)
+    np.testing.assert_array_equal(sims[np.arange(len(queries)), best.index], sims.max(axis=1))
