@@ -1,6 +1,7 @@
-"""``platypus-ray <stage> --config FILE [--set key.sub=value ...]``: parse, validate, call the stage.
+"""``platypus-ray <command> --config FILE [--set key.sub=value ...]``: parse, validate, call ``run``.
 
-Nothing stage-specific lives here: each stage is a config model plus a ``run(cfg)``.
+Nothing stage-specific lives here: each command is a config model plus ``run(cfg)``.
+Some commands accept a few ``--key VALUE`` flags as shorthand for ``--set key=VALUE``.
 """
 
 from __future__ import annotations
@@ -8,36 +9,57 @@ from __future__ import annotations
 import argparse
 import importlib
 import sys
-from typing import Callable
+from dataclasses import dataclass
 
 from platypus_ray.config import load_config
 from platypus_ray.errors import find_user_error
 
-# stage -> (help, module exposing ``run(cfg)``, name of its config class in that module)
-STAGES: dict[str, tuple[str, str, str]] = {
-    "refine": ("curate instruction data: validate, dedup, decontaminate (Ray Data)", "platypus_ray.refine", "RefineConfig"),
+
+@dataclass(frozen=True)
+class Command:
+    help: str
+    module: str  # exposes ``run(cfg)``
+    config: str  # name of the config class in ``module``
+    flags: tuple[str, ...] = ()  # --flag VALUE shorthands for top-level keys
+
+
+COMMANDS: dict[str, Command] = {
+    "refine": Command("curate instruction data: validate, dedup, decontaminate (Ray Data)",
+                      "platypus_ray.refine", "RefineConfig"),
+    "train": Command("LoRA fine-tune with DeepSpeed ZeRO-3 on Ray Train", "platypus_ray.train", "TrainConfig"),
+    "merge": Command("fold a LoRA adapter into a base model", "platypus_ray.merge", "MergeConfig",
+                     flags=("base", "adapter", "out")),
+    "make-tiny-model": Command("build a tiny LLaMA + locally trained tokenizer (tests, demo)",
+                               "platypus_ray.tiny_model", "TinyModelConfig", flags=("out",)),
 }
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="platypus-ray", description="The Platypus recipe on Ray.")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for name, (help_text, _, _) in STAGES.items():
-        stage = commands.add_parser(name, help=help_text, description=help_text)
-        stage.add_argument("--config", "-c", help="YAML config file")
-        stage.add_argument(
+    for name, command in COMMANDS.items():
+        sub = commands.add_parser(name, help=command.help, description=command.help)
+        sub.add_argument("--config", "-c", help="YAML config file")
+        sub.add_argument(
             "--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
             help="override a config key, e.g. --set dedup.threshold=0.85 (repeatable)",
         )
+        for flag in command.flags:
+            sub.add_argument(f"--{flag}", dest=f"flag_{flag}", metavar=flag.upper(), help=f"same as --set {flag}=...")
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    _, module_name, config_name = STAGES[args.command]
-    module = importlib.import_module(module_name)
+    command = COMMANDS[args.command]
+    overrides = list(args.overrides)
+    for flag in command.flags:
+        value = getattr(args, f"flag_{flag}")
+        if value is not None:
+            overrides.append(f"{flag}={value}")
+    module = importlib.import_module(command.module)
     try:
-        cfg = load_config(getattr(module, config_name), args.config, args.overrides)
+        cfg = load_config(getattr(module, command.config), args.config, overrides)
         result = module.run(cfg)
     except Exception as exc:  # user mistakes get one clear line, anything else a traceback
         user_error = find_user_error(exc)
@@ -45,7 +67,5 @@ def main(argv: list[str] | None = None) -> int:
             raise
         print(f"platypus-ray {args.command}: error: {user_error}", file=sys.stderr)
         return 2
-    summary: Callable[[], str] | None = getattr(result, "summary", None)
-    if summary is not None:
-        print(summary())
+    print(result.summary())
     return 0

@@ -76,3 +76,26 @@ def check_input_path(path: str, extensions: tuple[str, ...]) -> str:
 
 def _has_extension(name: str, extensions: tuple[str, ...]) -> bool:
     return any(name.lower().endswith("." + ext) for ext in extensions)
+
+
+def read_text(path: str) -> str | None:
+    """A small text file at a local path or URI; None when it does not exist."""
+    if not is_remote(path):
+        return Path(path).read_text() if os.path.isfile(path) else None
+    fs, inner = pafs.FileSystem.from_uri(path)
+    if fs.get_file_info(inner).type != pafs.FileType.File:
+        return None
+    with fs.open_input_stream(inner) as stream:
+        return stream.read().decode()
+
+
+def write_text(path: str, text: str) -> None:
+    """Write a small text file at a local path or URI, creating parent folders."""
+    if not is_remote(path):
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        Path(path).write_text(text)
+        return
+    fs, inner = pafs.FileSystem.from_uri(path)
+    fs.create_dir(inner.rsplit("/", 1)[0])
+    with fs.open_output_stream(inner) as stream:
+        stream.write(text.encode())

@@ -4,12 +4,17 @@ from __future__ import annotations
 
 import logging
 import os
+import sys
 
 import ray
+import ray.data
 
-# Environment every worker process needs: offline model loading where weights are local,
-# quiet tokenizers in forked workers, DeepSpeed on CPU when there is no GPU.
-WORKER_ENV = {"TOKENIZERS_PARALLELISM": "false"}
+# Environment every worker process needs (jobs/runtime_env.yaml carries the same for `ray job submit`).
+WORKER_ENV = {
+    "TOKENIZERS_PARALLELISM": "false",
+    # Ray Train tees every worker print() into its logger as well: each line would show twice.
+    "RAY_TRAIN_ENABLE_PRINT_PATCH": "0",
+}
 _PASSED_THROUGH = ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "TORCH_EXTENSIONS_DIR", "DS_ACCELERATOR", "HF_HOME")
 
 
@@ -22,14 +27,17 @@ def init_ray() -> None:
     if ray.is_initialized():
         return
     env = dict(WORKER_ENV)
+    if not os.environ.get("RAY_ADDRESS") and "DS_ACCELERATOR" not in os.environ:
+        import torch
+
+        if not torch.cuda.is_available():
+            env["DS_ACCELERATOR"] = "cpu"  # DeepSpeed would otherwise probe for CUDA in every worker
     env.update({k: os.environ[k] for k in _PASSED_THROUGH if k in os.environ})
     if os.environ.get("RAY_ADDRESS"):
         # A submitted job already carries its runtime env (jobs/runtime_env.yaml); don't override it.
         ray.init(logging_level=logging.WARNING)
     else:
-        ray.init(
-            address="local",
-            include_dashboard=False,
-            runtime_env={"env_vars": env},
-            logging_level=logging.WARNING,
-        )
+        # The dashboard serves Ray's state API (Ray Train's placement-group cleaner polls it) and UI.
+        ray.init(address="local", runtime_env={"env_vars": env}, logging_level=logging.WARNING)
+    if not sys.stdout.isatty():  # job logs and CI: no progress-bar redraws
+        ray.data.DataContext.get_current().enable_progress_bars = False

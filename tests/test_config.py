@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
 import yaml
@@ -109,12 +110,13 @@ def test_every_shipped_config_parses():
     """Each YAML under jobs/configs validates against its stage's config (no Ray)."""
     from pathlib import Path
 
-    from platypus_ray.cli import STAGES
     import importlib
+
+    from platypus_ray.cli import COMMANDS
 
     configs = sorted(Path(__file__).parents[1].glob("jobs/configs/*.yaml"))
     assert configs
     for path in configs:
-        stage = path.stem.split("-")[-1]
-        _, module_name, config_name = STAGES[stage]
-        load_config(getattr(importlib.import_module(module_name), config_name), path)
+        # Every preset's header names the command that runs it (and thus its config class).
+        command = COMMANDS[re.search(r"platypus-ray (\S+) --config", path.read_text()).group(1)]
+        load_config(getattr(importlib.import_module(command.module), command.config), path)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 
 import numpy as np
+import pyarrow as pa
 import ray
 
 from platypus_ray.errors import UserError
@@ -67,26 +68,41 @@ def resolve_device(cfg: EmbeddingConfig) -> str:
 def embed_texts(ds: ray.data.Dataset, n: int, cfg: EmbeddingConfig) -> np.ndarray:
     """Embed a dataset of ``key`` (dense 0..n-1) and ``text``; returns an (n, dim) float32 matrix.
 
-    Rows are sorted by text length and cut into one block per batch first, so each batch
-    pads to similar lengths and the pool load-balances (the longest batches come last).
+    Rows are regrouped into batches of similar length (little padding), longest batch
+    first, one block per batch; actors take one block at a time, so the pool balances
+    like longest-processing-time-first scheduling instead of queueing blocks per actor.
     """
     if n == 0:
         return np.zeros((0, 0), dtype=np.float32)
     device = resolve_device(cfg)
-    num_batches = max(1, -(-n // cfg.batch_size))
-    ordered = ds.sort("text_len").repartition(num_batches).select_columns(["key", "text"]).materialize()
-    embedded = ordered.map_batches(
+    batches = length_sorted_batches(ds, cfg.batch_size)
+    embedded = ray.data.from_arrow(batches).map_batches(
         Embedder,
         fn_constructor_kwargs={"model": cfg.model, "device": device, "batch_size": cfg.batch_size},
-        batch_size=cfg.batch_size,
-        compute=ray.data.ActorPoolStrategy(size=min(cfg.actors, num_batches)),
+        batch_size=None,  # one block is one length-homogeneous batch
+        compute=ray.data.ActorPoolStrategy(size=min(cfg.actors, len(batches)), max_tasks_in_flight_per_actor=1),
         num_cpus=cfg.cpus_per_actor,
         num_gpus=1 if device == "cuda" else 0,
     )
     matrix: np.ndarray | None = None
+    filled = 0
     for batch in embedded.iter_batches(batch_format="numpy", batch_size=None):
         if matrix is None:
             matrix = np.empty((n, batch["embedding"].shape[1]), dtype=np.float32)
         matrix[batch["key"]] = batch["embedding"]
-    assert matrix is not None
+        filled += len(batch["key"])
+    assert matrix is not None and filled == n, f"embedded {filled} of {n} rows"
     return matrix
+
+
+def length_sorted_batches(ds: ray.data.Dataset, batch_size: int) -> list[pa.Table]:
+    """``key``/``text`` tables of ``batch_size`` rows, grouped by text length, longest first.
+
+    The grouping needs every row's length at once; the driver already holds an (n, dim)
+    float matrix of the results, so holding the texts briefly costs less than a shuffle.
+    """
+    ds = ds.materialize()  # no-op when it already is; then the blocks are fetched without a new execution
+    table = pa.concat_tables([ray.get(ref).select(["key", "text", "text_len"]) for ref in ds.to_arrow_refs()])
+    order = np.argsort(-table["text_len"].to_numpy(), kind="stable")
+    table = table.select(["key", "text"]).take(pa.array(order))
+    return [table.slice(start, batch_size) for start in range(0, len(table), batch_size)]

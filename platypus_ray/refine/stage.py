@@ -137,7 +137,7 @@ def run(cfg: RefineConfig) -> RefineResult:
         write_review(staging / "review.csv", review)
         timer.lap("write")
         n_items = {b.benchmark_name: sum(i.benchmark == b.benchmark_name for i in items) for b in cfg.benchmarks}
-        stats = summarize(decisions, len(survivors), timer.timings["embed"], n_items)
+        stats = summarize(decisions, len(survivors) + len(probes.texts), timer.timings["embed"], n_items)
         stats["timings_s"] = timer.timings
         (staging / "stats.json").write_text(json.dumps(stats, indent=2))
         write_report(staging / "report.html", stats, decisions, nearest, contamination_scores, texts, review, cfg)

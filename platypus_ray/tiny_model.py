@@ -1,0 +1,136 @@
+"""``platypus-ray make-tiny-model --out DIR``: a tiny LLaMA and a locally trained tokenizer.
+
+Tests and ``make demo`` train this instead of LLaMA-2: the same architecture (RMSNorm,
+rotary attention with grouped KV heads, gate/up/down MLP), a few layers wide, saved with
+``save_pretrained`` so every code path that loads a hub model loads it the same way.
+The byte-level BPE tokenizer is trained on the shipped sample corpus in Alpaca format.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+from pydantic import Field
+
+from platypus_ray.config import StrictModel
+from platypus_ray.samples import CORPUS
+from platypus_ray.train.prompts import build_prompt
+
+SPECIAL_TOKENS = ["<unk>", "<s>", "</s>", "<pad>"]
+
+
+def training_texts(corpus: Path = CORPUS) -> list[str]:
+    """Alpaca-formatted sample rows (valid ones), so template tokens get their own merges."""
+    texts = []
+    for line in corpus.read_text().splitlines():
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if isinstance(row.get("instruction"), str) and isinstance(row.get("output"), str):
+            texts.append(build_prompt(row["instruction"], row.get("input") or "") + row["output"])
+    return texts
+
+
+def train_tokenizer(vocab_size: int = 1024, max_length: int = 512):
+    """Byte-level BPE (any text encodes, no unknowns) with LLaMA's special tokens; BOS is
+    prepended on encode, EOS is left to the SFT formatting, padding is a separate token."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tokenizer = Tokenizer(models.BPE(unk_token="<unk>"))
+    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tokenizer.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        special_tokens=SPECIAL_TOKENS,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        min_frequency=2,
+        show_progress=False,
+    )
+    tokenizer.train_from_iterator(training_texts(), trainer=trainer)
+    bos = tokenizer.token_to_id("<s>")
+    tokenizer.post_processor = processors.TemplateProcessing(
+        single="<s> $A", pair="<s> $A <s> $B", special_tokens=[("<s>", bos)]
+    )
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tokenizer,
+        bos_token="<s>",
+        eos_token="</s>",
+        pad_token="<pad>",
+        unk_token="<unk>",
+        padding_side="right",
+        model_max_length=max_length,
+    )
+
+
+def pretrain(model, tokenizer, steps: int, seed: int, batch_size: int = 8, max_tokens: int = 128) -> None:
+    """A few hundred AdamW steps of next-token prediction on the sample texts (seconds on a CPU)."""
+    import torch
+
+    texts = training_texts()
+    generator = torch.Generator().manual_seed(seed)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3)
+    model.train()
+    for _ in range(steps):
+        picks = torch.randint(len(texts), (batch_size,), generator=generator).tolist()
+        batch = tokenizer([texts[i] for i in picks], return_tensors="pt", padding=True, truncation=True, max_length=max_tokens)
+        labels = batch["input_ids"].masked_fill(batch["attention_mask"] == 0, -100)
+        loss = model(**batch, labels=labels).loss
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad()
+    model.eval()
+
+
+class TinyModelConfig(StrictModel):
+    """Shape of the tiny LLaMA (``--out DIR`` and friends on the command line)."""
+
+    out: str = "out/tiny-llama"
+    hidden_size: int = Field(64, ge=8)
+    intermediate_size: int = Field(176, ge=8)
+    layers: int = Field(2, ge=1)
+    heads: int = Field(4, ge=1)
+    kv_heads: int = Field(2, ge=1)
+    max_length: int = Field(512, ge=16)
+    pretrain_steps: int = Field(200, ge=0, description="full-parameter steps on the sample corpus, so LoRA adapts a model that already knows the format")
+    seed: int = 0
+
+
+@dataclass
+class TinyModelResult:
+    out: Path
+    parameters: int
+
+    def summary(self) -> str:
+        return f"make-tiny-model: saved a {self.parameters:,}-parameter LLaMA and its tokenizer to {self.out}"
+
+
+def run(cfg: TinyModelConfig) -> TinyModelResult:
+    """Build, save and return the folder of a randomly initialised tiny LLaMA + tokenizer."""
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    out = Path(cfg.out)
+    tokenizer = train_tokenizer(max_length=cfg.max_length)
+    config = LlamaConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=cfg.hidden_size,
+        intermediate_size=cfg.intermediate_size,
+        num_hidden_layers=cfg.layers,
+        num_attention_heads=cfg.heads,
+        num_key_value_heads=cfg.kv_heads,
+        max_position_embeddings=cfg.max_length,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+        tie_word_embeddings=False,
+    )
+    torch.manual_seed(cfg.seed)
+    model = LlamaForCausalLM(config)
+    pretrain(model, tokenizer, cfg.pretrain_steps, cfg.seed)
+    model.save_pretrained(out)
+    tokenizer.save_pretrained(out)
+    return TinyModelResult(out, sum(p.numel() for p in model.parameters()))

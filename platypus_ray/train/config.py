@@ -1,0 +1,172 @@
+"""Train stage config: model, data, LoRA, optimisation, DeepSpeed, cluster shape, run storage."""
+
+from __future__ import annotations
+
+import os
+from typing import Literal
+
+from pydantic import Field, ValidationInfo, field_validator, model_validator
+
+from platypus_ray.config import StrictModel
+from platypus_ray.paths import is_remote
+
+def _on_worker(info: ValidationInfo) -> bool:
+    """Workers re-validate the driver's config; its paths were checked (and resolved) there."""
+    return bool(info.context and info.context.get("on_worker"))
+
+
+# Named LoRA target sets (LLaMA module names).
+TARGET_SETS: dict[str, list[str]] = {
+    "attention": ["q_proj", "k_proj", "v_proj", "o_proj"],
+    "mlp": ["gate_proj", "up_proj", "down_proj"],  # what Platypus tuned
+    "all": ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"],
+}
+
+
+class ModelSettings(StrictModel):
+    """Base model: a hub id (e.g. meta-llama/Llama-2-70b-hf) or a local folder."""
+
+    name_or_path: str
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"  # auto: bf16 on GPU, fp32 on CPU
+
+    @field_validator("name_or_path")
+    @classmethod
+    def _exists_if_local(cls, value: str, info: ValidationInfo) -> str:
+        if _on_worker(info):
+            return value
+        looks_local = value.startswith((".", "/", "~")) or os.path.exists(value)
+        if looks_local and not os.path.isfile(os.path.join(os.path.expanduser(value), "config.json")):
+            raise ValueError(f"'{value}' is not a model folder (no config.json); "
+                             "build one with `platypus-ray make-tiny-model --out DIR` or name a hub id")
+        return value
+
+
+class DataSettings(StrictModel):
+    """Training data: the refine stage's ``kept/`` Parquet, formatted with the Alpaca template."""
+
+    path: str = Field("out/refine/kept", validate_default=True)
+    val_size: float = Field(0.02, ge=0, description="held-out rows: a fraction (< 1) or a row count (>= 1)")
+    cutoff_len: int = Field(4096, ge=8, description="tokens per example after truncation")
+    train_on_inputs: bool = False  # false: prompt tokens are masked out of the loss (-100)
+    add_eos_token: bool = True
+    shuffle: bool = True
+
+    @field_validator("path")
+    @classmethod
+    def _exists_if_local(cls, value: str, info: ValidationInfo) -> str:
+        if _on_worker(info):
+            return value
+        if not is_remote(value) and not os.path.exists(value):
+            raise ValueError(f"'{value}' does not exist; run `platypus-ray refine` first or point to a Parquet folder")
+        return value
+
+
+class LoraSettings(StrictModel):
+    """LoRA adapter shape. Higher rank: more capacity and memory; Platypus used r=16 on the MLP."""
+
+    r: int = Field(16, ge=1)
+    alpha: int = Field(16, ge=1)
+    dropout: float = Field(0.05, ge=0, lt=1)
+    target_modules: Literal["attention", "mlp", "all"] | list[str] = "mlp"
+
+    @property
+    def modules(self) -> list[str]:
+        return TARGET_SETS[self.target_modules] if isinstance(self.target_modules, str) else list(self.target_modules)
+
+    @field_validator("target_modules")
+    @classmethod
+    def _non_empty(cls, value):
+        if isinstance(value, list) and not value:
+            raise ValueError("give at least one module name, or one of attention | mlp | all")
+        return value
+
+
+class TrainingSettings(StrictModel):
+    """Optimisation. global_batch_size = micro_batch_size x workers x gradient accumulation."""
+
+    learning_rate: float = Field(3e-4, gt=0)
+    global_batch_size: int = Field(16, ge=1)
+    micro_batch_size: int = Field(1, ge=1)
+    epochs: int = Field(1, ge=1)
+    max_steps: int | None = Field(None, ge=1, description="optimizer steps; overrides epochs when set")
+    scheduler: Literal["cosine", "linear", "constant", "constant_with_warmup"] = "cosine"
+    warmup_steps: int = Field(100, ge=0)
+    weight_decay: float = Field(0.0, ge=0)
+    max_grad_norm: float = Field(1.0, ge=0)
+    eval_every: int = Field(50, ge=1, description="optimizer steps between evaluations (and checkpoints)")
+    logging_steps: int = Field(1, ge=1)
+    gradient_checkpointing: bool = False
+    seed: int = 42
+
+
+class DeepSpeedSettings(StrictModel):
+    """ZeRO-3 shards parameters, gradients and optimizer state across all workers."""
+
+    stage: Literal[2, 3] = 3
+    offload_optimizer: bool = False  # optimizer state to CPU RAM: less GPU memory, slower steps
+    offload_params: bool = False
+    config_file: str | None = None  # a full DeepSpeed JSON; replaces the generated config
+
+    @field_validator("config_file")
+    @classmethod
+    def _file_exists(cls, value: str | None, info: ValidationInfo) -> str | None:
+        if value is not None and not _on_worker(info) and not os.path.isfile(value):
+            raise ValueError(f"'{value}' does not exist")
+        return value
+
+
+class ClusterSettings(StrictModel):
+    """Ray Train worker group: one worker per GPU on a GPU cluster."""
+
+    workers: int = Field(8, ge=1)
+    use_gpu: bool = True
+    resources_per_worker: dict[str, float] = {"GPU": 1, "CPU": 8}
+    placement_strategy: Literal["PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD"] = "PACK"
+    gpus_per_node: int = Field(8, ge=1, description="GPUs per node, for DeepSpeed's memory estimate")
+    memory_per_worker_gb: float | None = Field(
+        None, gt=0, description="device memory per worker; default 80 on GPU (A100/H100-80GB), RAM / workers on CPU"
+    )
+
+    @model_validator(mode="after")
+    def _gpu_consistent(self) -> "ClusterSettings":
+        gpus = self.resources_per_worker.get("GPU", 0)
+        if self.use_gpu and gpus <= 0:
+            raise ValueError("use_gpu is true but resources_per_worker has no GPU; set GPU: 1 or use_gpu: false")
+        if not self.use_gpu and gpus > 0:
+            raise ValueError("use_gpu is false but resources_per_worker asks for GPUs; drop GPU or set use_gpu: true")
+        return self
+
+
+class RunSettings(StrictModel):
+    """Where checkpoints and results go; a rerun with the same name resumes."""
+
+    name: str = "platypus-lora"
+    storage_path: str = "out/train"  # local folder, shared filesystem, s3:// or gs://
+    max_failures: int = Field(2, ge=-1, description="worker-group restarts from the last checkpoint; -1: forever")
+    keep_checkpoints: int = Field(2, ge=1)
+
+
+class TrainConfig(StrictModel):
+    """Root config of ``platypus-ray train``."""
+
+    model: ModelSettings
+    data: DataSettings = Field(default_factory=dict, validate_default=True)  # type: ignore[arg-type]
+    lora: LoraSettings = LoraSettings()
+    training: TrainingSettings = TrainingSettings()
+    deepspeed: DeepSpeedSettings = DeepSpeedSettings()
+    cluster: ClusterSettings = ClusterSettings()
+    run: RunSettings = RunSettings()
+
+    @model_validator(mode="after")
+    def _batch_divides(self) -> "TrainConfig":
+        per_step = self.training.micro_batch_size * self.cluster.workers
+        if self.training.global_batch_size % per_step:
+            raise ValueError(
+                f"training.global_batch_size ({self.training.global_batch_size}) must be a multiple of "
+                f"training.micro_batch_size x cluster.workers ({self.training.micro_batch_size} x {self.cluster.workers})"
+            )
+        return self
+
+    @property
+    def gradient_accumulation_steps(self) -> int:
+        return self.training.global_batch_size // (self.training.micro_batch_size * self.cluster.workers)

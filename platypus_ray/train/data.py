@@ -1,0 +1,86 @@
+"""Training data in Ray Data: read ``kept/``, hold out validation rows, tokenise with the Alpaca template."""
+
+from __future__ import annotations
+
+import functools
+from dataclasses import dataclass
+
+import numpy as np
+import pyarrow as pa
+import ray
+
+from platypus_ray.train.config import TrainConfig
+from platypus_ray.train.prompts import IGNORE_INDEX, tokenize_example
+
+
+@dataclass
+class TokenizedData:
+    """Tokenised train/validation datasets plus the counts the plan needs."""
+
+    train: ray.data.Dataset
+    validation: ray.data.Dataset | None
+    train_rows: int
+    validation_rows: int
+    train_tokens: int
+    dropped_rows: int  # prompt alone fills cutoff_len: no response token left to learn from
+
+
+@functools.lru_cache(maxsize=4)
+def load_tokenizer(name_or_path: str):
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(name_or_path)
+    if tokenizer.pad_token_id is None:  # LLaMA-2 ships none; Platypus padded with id 0 (<unk>)
+        tokenizer.pad_token_id = 0
+    return tokenizer
+
+
+def tokenize_batch(batch: dict[str, np.ndarray], tokenizer_path: str, cutoff_len: int, train_on_inputs: bool,
+                   add_eos_token: bool) -> pa.Table:
+    """Ray Data batch function: canonical rows in, token ids and labels out (rows without a
+    single label token are dropped here and counted by the caller)."""
+    tokenizer = load_tokenizer(tokenizer_path)
+    rows = [
+        tokenize_example(tokenizer, ins, inp, out, cutoff_len, train_on_inputs, add_eos_token)
+        for ins, inp, out in zip(batch["instruction"], batch["input"], batch["output"])
+    ]
+    keep = [any(label != IGNORE_INDEX for label in row["labels"]) for row in rows]
+    rows = [row for row, k in zip(rows, keep) if k]
+    return pa.table(
+        {
+            "input_ids": pa.array([r["input_ids"] for r in rows], type=pa.list_(pa.int32())),
+            "labels": pa.array([r["labels"] for r in rows], type=pa.list_(pa.int32())),
+            "num_tokens": pa.array([len(r["input_ids"]) for r in rows], type=pa.int64()),
+        }
+    )
+
+
+def prepare_data(cfg: TrainConfig) -> TokenizedData:
+    """Read, split and tokenise; materialised so every worker shard and trial reads the same rows."""
+    ds = ray.data.read_parquet(cfg.data.path, columns=["instruction", "input", "output"])
+    n_rows = ds.count()
+    val_size = cfg.data.val_size if cfg.data.val_size < 1 else int(cfg.data.val_size)
+    if val_size and n_rows > 1:
+        train, validation = ds.train_test_split(test_size=val_size, shuffle=cfg.data.shuffle, seed=cfg.training.seed)
+    else:
+        train, validation = (ds.random_shuffle(seed=cfg.training.seed) if cfg.data.shuffle else ds), None
+    kwargs = {
+        "tokenizer_path": cfg.model.name_or_path,
+        "cutoff_len": cfg.data.cutoff_len,
+        "train_on_inputs": cfg.data.train_on_inputs,
+        "add_eos_token": cfg.data.add_eos_token,
+    }
+    train = train.map_batches(tokenize_batch, fn_kwargs=kwargs, batch_format="numpy").materialize()
+    train_rows = train.count()
+    if validation is not None:
+        validation = validation.map_batches(tokenize_batch, fn_kwargs=kwargs, batch_format="numpy").materialize()
+    validation_rows = validation.count() if validation is not None else 0
+    held_out = n_rows - train_rows - validation_rows
+    return TokenizedData(
+        train=train,
+        validation=validation if validation_rows else None,
+        train_rows=train_rows,
+        validation_rows=validation_rows,
+        train_tokens=int(train.sum("num_tokens")) if train_rows else 0,
+        dropped_rows=held_out,
+    )

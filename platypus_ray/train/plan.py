@@ -1,0 +1,169 @@
+"""The launch plan: cluster shape, batch arithmetic, step counts and a ZeRO-3 memory estimate.
+
+Printed before any worker starts; a shape that cannot fit is refused with the numbers.
+Parameter counts come from the model's config on the meta device: nothing is allocated,
+so planning a 70B run takes a second on a laptop.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from platypus_ray.errors import UserError
+from platypus_ray.train.config import TrainConfig
+
+GIB = 1024**3
+_DTYPE_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}
+
+
+@dataclass
+class ModelSize:
+    """Parameter counts read from a model config without allocating weights."""
+
+    total: int
+    largest_layer: int
+    lora: int
+    hidden_size: int
+    layers: int
+    vocab_size: int
+
+
+def model_size(cfg: TrainConfig) -> ModelSize | None:
+    """Counts for ``cfg.model`` with ``cfg.lora`` applied; None when the config is not reachable."""
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    try:
+        config = AutoConfig.from_pretrained(cfg.model.name_or_path)
+    except (OSError, ValueError):
+        return None
+    with torch.device("meta"):
+        model = AutoModelForCausalLM.from_config(config)
+    total = sum(p.numel() for p in model.parameters())
+    largest = max(sum(p.numel() for p in m.parameters(recurse=False)) for m in model.modules())
+    lora = sum(
+        cfg.lora.r * (module.in_features + module.out_features)
+        for name, module in model.named_modules()
+        if isinstance(module, torch.nn.Linear) and name.rsplit(".", 1)[-1] in cfg.lora.modules
+    )
+    return ModelSize(total, largest, lora, config.hidden_size, config.num_hidden_layers, config.vocab_size)
+
+
+@dataclass
+class TrainPlan:
+    cfg: TrainConfig
+    size: ModelSize | None
+    train_rows: int
+    validation_rows: int
+    train_tokens: int
+    dropped_rows: int
+
+    @property
+    def steps_per_epoch(self) -> int:
+        per_worker = self.train_rows // self.cfg.cluster.workers
+        return per_worker // self.cfg.training.micro_batch_size // self.cfg.gradient_accumulation_steps
+
+    @property
+    def total_steps(self) -> int:
+        return self.cfg.training.max_steps or self.steps_per_epoch * self.cfg.training.epochs
+
+    @property
+    def param_bytes(self) -> int:
+        dtype = self.cfg.model.dtype
+        if dtype == "auto":
+            dtype = "bfloat16" if self.cfg.cluster.use_gpu else "float32"
+        return _DTYPE_BYTES[dtype]
+
+    def memory_per_worker(self) -> float | None:
+        """Estimated bytes per worker for LoRA under ZeRO-3 (DeepSpeed's own estimator assumes full
+        fine-tuning). Base weights sharded; LoRA weights with fp32 master, grads and Adam (~18 B)
+        sharded; two gathered layers in flight; activations (34 B/token/hidden/layer in 16-bit,
+        about 2 with gradient checkpointing) and fp32 logits for one micro batch."""
+        if self.size is None:
+            return None
+        world = self.cfg.cluster.workers
+        base = self.size.total * self.param_bytes / (world if self.cfg.deepspeed.stage == 3 else 1)
+        if self.cfg.deepspeed.offload_params:
+            base = 0
+        lora = self.size.lora * 18 / world
+        gathered = 2 * self.size.largest_layer * self.param_bytes
+        tokens = self.cfg.training.micro_batch_size * self.cfg.data.cutoff_len
+        per_layer = (2 if self.cfg.training.gradient_checkpointing else 34) * tokens * self.size.hidden_size
+        activations = per_layer * self.size.layers * self.param_bytes / 2 + 34 * tokens * self.size.hidden_size
+        logits = 3 * tokens * self.size.vocab_size * 4
+        return base + lora + gathered + activations + logits
+
+    def capacity_per_worker(self) -> float:
+        if self.cfg.cluster.memory_per_worker_gb is not None:
+            return self.cfg.cluster.memory_per_worker_gb * GIB
+        if self.cfg.cluster.use_gpu:
+            return 80 * GIB  # the A100/H100-80GB class the presets are sized for
+        import psutil
+
+        return psutil.virtual_memory().total / self.cfg.cluster.workers
+
+    def render(self) -> str:
+        c, t = self.cfg, self.cfg.training
+        device = f"{c.cluster.workers} x {c.cluster.resources_per_worker}"
+        lines = [
+            "train plan:",
+            f"  model        {c.model.name_or_path} ({self._params()})",
+            f"  lora         r={c.lora.r} alpha={c.lora.alpha} dropout={c.lora.dropout} on {', '.join(c.lora.modules)}"
+            + (f" ({self.size.lora:,} trainable)" if self.size else ""),
+            f"  workers      {device}, {'GPU' if c.cluster.use_gpu else 'CPU'}, DeepSpeed ZeRO-{c.deepspeed.stage}"
+            + (" + optimizer offload" if c.deepspeed.offload_optimizer else "")
+            + (" + param offload" if c.deepspeed.offload_params else ""),
+            f"  batch        global {t.global_batch_size} = micro {t.micro_batch_size} x {c.cluster.workers} workers"
+            f" x {c.gradient_accumulation_steps} accumulation",
+            f"  data         {self.train_rows} train rows ({self.train_tokens:,} tokens), {self.validation_rows} validation"
+            + (f", {self.dropped_rows} dropped (prompt fills cutoff_len {c.data.cutoff_len})" if self.dropped_rows else ""),
+            f"  steps        {self.total_steps} optimizer steps ({self.steps_per_epoch}/epoch), warmup {t.warmup_steps},"
+            f" eval + checkpoint every {t.eval_every}",
+        ]
+        memory = self.memory_per_worker()
+        if memory is not None:
+            lines.append(
+                f"  memory       ~{memory / GIB:.2f} GiB per worker (LoRA + ZeRO-{c.deepspeed.stage} estimate) of "
+                f"{self.capacity_per_worker() / GIB:.1f} GiB; DeepSpeed full fine-tune estimate: "
+                f"{self._deepspeed_estimate()}"
+            )
+        return "\n".join(lines)
+
+    def check(self) -> None:
+        """Refuse shapes that cannot train: no optimizer step, or more memory than a worker has."""
+        c = self.cfg
+        if self.total_steps < 1:
+            raise UserError(
+                f"{self.train_rows} training rows give no optimizer step with training.global_batch_size "
+                f"{c.training.global_batch_size}; lower it or add data"
+            )
+        memory = self.memory_per_worker()
+        capacity = self.capacity_per_worker()
+        if memory is not None and memory > 0.9 * capacity:
+            raise UserError(
+                f"estimated {memory / GIB:.1f} GiB per worker does not fit in {capacity / GIB:.1f} GiB: add workers "
+                "(cluster.workers), set training.gradient_checkpointing: true, lower data.cutoff_len or "
+                "training.micro_batch_size, or offload (deepspeed.offload_params / offload_optimizer)"
+            )
+
+    def _params(self) -> str:
+        if self.size is None:
+            return "size unknown: config not reachable offline"
+        return f"{self.size.total / 1e9:.2f}B params" if self.size.total > 1e9 else f"{self.size.total:,} params"
+
+    def _deepspeed_estimate(self) -> str:
+        """DeepSpeed's own ZeRO-3 estimate (full fine-tuning, so an upper bound for LoRA)."""
+        import contextlib
+        import io
+
+        from deepspeed.runtime.zero.stage3 import estimate_zero3_model_states_mem_needs
+
+        workers = self.cfg.cluster.workers
+        per_node = min(self.cfg.cluster.gpus_per_node, workers) if self.cfg.cluster.use_gpu else workers
+        nodes = -(-workers // per_node)
+        with contextlib.redirect_stdout(io.StringIO()):
+            _, device_bytes, _ = estimate_zero3_model_states_mem_needs(
+                self.size.total, self.size.largest_layer, num_gpus_per_node=per_node, num_nodes=nodes,
+                cpu_offload=self.cfg.deepspeed.offload_optimizer, cpu_offload_params=self.cfg.deepspeed.offload_params,
+            )
+        return f"{device_bytes / GIB:.1f} GiB per device"

@@ -1,0 +1,262 @@
+"""What every Ray Train worker runs: the Hugging Face Trainer with DeepSpeed ZeRO-3 and PEFT LoRA.
+
+Order matters under ZeRO-3: DeepSpeed's communicator must wrap Ray's process group, and
+``TrainingArguments(deepspeed=...)`` must exist before ``from_pretrained`` so the base
+model is partitioned while it loads (``zero.Init``): no worker ever holds all of it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+import time
+from typing import Any
+
+import ray.train
+import torch
+from ray.data.collate_fn import NumpyBatchCollateFn
+from transformers import PrinterCallback, Trainer, TrainerCallback, TrainingArguments
+
+from platypus_ray.train.config import TrainConfig
+from platypus_ray.train.prompts import IGNORE_INDEX
+
+CHECKPOINT_SUBDIR = "checkpoint"  # the Hugging Face/DeepSpeed checkpoint inside each Ray checkpoint
+
+
+def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
+    """Ray Train entry: rebuild the typed config, train, report metrics and checkpoints to Ray."""
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM, set_seed
+
+    cfg = TrainConfig.model_validate(loop_config["config"], context={"on_worker": True})
+    context = ray.train.get_context()
+    rank, world = context.get_world_rank(), context.get_world_size()
+    on_gpu = cfg.cluster.use_gpu and torch.cuda.is_available()
+
+    import deepspeed
+
+    deepspeed.init_distributed(dist_backend="nccl" if on_gpu else "gloo")  # wraps Ray's process group
+    args = _training_arguments(cfg, loop_config, on_gpu)  # registers the ZeRO-3 config for from_pretrained
+    model = AutoModelForCausalLM.from_pretrained(cfg.model.name_or_path, dtype=_dtype(cfg, on_gpu))
+    partition = zero3_partition_report(model, world)
+    if cfg.training.gradient_checkpointing:
+        model.enable_input_require_grads()
+    set_seed(cfg.training.seed)  # every rank must start from the same LoRA initialisation
+    model = get_peft_model(
+        model,
+        LoraConfig(r=cfg.lora.r, lora_alpha=cfg.lora.alpha, lora_dropout=cfg.lora.dropout,
+                   target_modules=cfg.lora.modules, bias="none", task_type="CAUSAL_LM"),
+    )
+    if rank == 0:
+        model.print_trainable_parameters()
+
+    from platypus_ray.train.data import load_tokenizer
+
+    tokenizer = load_tokenizer(cfg.model.name_or_path)
+    collate = PadCollate(tokenizer.pad_token_id)
+    trainer = ShardTrainer(
+        model=model,
+        args=args,
+        processing_class=tokenizer,
+        train_shard=ray.train.get_dataset_shard("train"),
+        eval_shard=ray.train.get_dataset_shard("validation") if loop_config["has_validation"] else None,
+        collate=collate,
+        micro_batch_size=cfg.training.micro_batch_size,
+    )
+    trainer.remove_callback(PrinterCallback)  # ReportToRay prints one line per log on rank 0
+    trainer.add_callback(
+        ReportToRay(trainer, rank, loop_config["steps_per_epoch"], {"train_rows": loop_config["train_rows"], **partition})
+    )
+    checkpoint = ray.train.get_checkpoint()
+    if checkpoint is None:
+        trainer.train()
+    else:
+        with checkpoint.as_directory() as folder:
+            resume = os.path.join(folder, CHECKPOINT_SUBDIR)
+            # A finished run restarted under the same name has nothing left to do (the Trainer
+            # would otherwise take one extra step past max_steps).
+            if _global_step(resume) < loop_config["total_steps"]:
+                trainer.train(resume_from_checkpoint=resume)
+    torch.distributed.barrier()  # ranks sharing a node also share the scratch folder
+    if context.get_local_rank() == 0:
+        shutil.rmtree(args.output_dir, ignore_errors=True)
+
+
+def _global_step(hf_checkpoint: str) -> int:
+    with open(os.path.join(hf_checkpoint, "trainer_state.json")) as handle:
+        return int(json.load(handle)["global_step"])
+
+
+def _dtype(cfg: TrainConfig, on_gpu: bool) -> torch.dtype:
+    if cfg.model.dtype == "auto":
+        return torch.bfloat16 if on_gpu else torch.float32
+    return getattr(torch, cfg.model.dtype)
+
+
+def _training_arguments(cfg: TrainConfig, loop_config: dict[str, Any], on_gpu: bool) -> TrainingArguments:
+    t = cfg.training
+    evaluate = loop_config["has_validation"]
+    return TrainingArguments(
+        output_dir=loop_config["scratch_dir"],
+        deepspeed=loop_config["deepspeed"],
+        per_device_train_batch_size=t.micro_batch_size,
+        per_device_eval_batch_size=t.micro_batch_size,
+        gradient_accumulation_steps=cfg.gradient_accumulation_steps,
+        max_steps=loop_config["total_steps"],  # the data is an endless stream of shard epochs
+        learning_rate=t.learning_rate,
+        lr_scheduler_type=t.scheduler,
+        warmup_steps=t.warmup_steps,
+        weight_decay=t.weight_decay,
+        max_grad_norm=t.max_grad_norm,
+        logging_steps=t.logging_steps,
+        eval_strategy="steps" if evaluate else "no",
+        eval_steps=t.eval_every,
+        save_strategy="steps",
+        save_steps=t.eval_every,
+        save_total_limit=cfg.run.keep_checkpoints,
+        gradient_checkpointing=t.gradient_checkpointing,
+        bf16=on_gpu and cfg.model.dtype in ("auto", "bfloat16"),
+        use_cpu=not on_gpu,
+        ddp_backend="nccl" if on_gpu else "gloo",
+        seed=t.seed,
+        report_to=[],
+        disable_tqdm=True,
+        remove_unused_columns=False,
+        dataloader_num_workers=0,
+        log_level="warning",
+    )
+
+
+def zero3_partition_report(model: torch.nn.Module, world: int) -> dict[str, float]:
+    """How much of the base model this rank holds right after loading (ZeRO-3: ~1/world)."""
+    params = list(model.parameters())
+    partitioned = [p for p in params if hasattr(p, "ds_numel") and p.numel() == 0]
+    full = sum(getattr(p, "ds_numel", p.numel()) for p in params)
+    local = sum(p.ds_tensor.numel() if hasattr(p, "ds_tensor") else p.numel() for p in params)
+    return {
+        "zero3_params": len(params),
+        "zero3_partitioned_params": len(partitioned),
+        "zero3_local_fraction": local / full if full else 1.0,
+        "world_size": world,
+    }
+
+
+class PadCollate(NumpyBatchCollateFn):
+    """Right-pad a Ray Data batch of token lists to the longest row (a multiple of 8, as Platypus)."""
+
+    def __init__(self, pad_token_id: int):
+        self.pad_token_id = pad_token_id
+
+    def __call__(self, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
+        rows = [(list(ids), list(labels)) for ids, labels in zip(batch["input_ids"], batch["labels"])]
+        width = -(-max(len(ids) for ids, _ in rows) // 8) * 8
+        input_ids = torch.full((len(rows), width), self.pad_token_id, dtype=torch.long)
+        labels = torch.full((len(rows), width), IGNORE_INDEX, dtype=torch.long)
+        attention = torch.zeros((len(rows), width), dtype=torch.long)
+        for k, (ids, lab) in enumerate(rows):
+            input_ids[k, : len(ids)] = torch.tensor(ids)
+            labels[k, : len(lab)] = torch.tensor(lab)
+            attention[k, : len(ids)] = 1
+        return {"input_ids": input_ids, "labels": labels, "attention_mask": attention}
+
+
+class _ShardStream(torch.utils.data.IterableDataset):
+    """Batches from this worker's Ray Data shard; ``endless`` repeats epochs so gradient
+    accumulation never sees a partial group and a resume fast-forwards to the exact batch."""
+
+    def __init__(self, shard, batch_size: int, collate: PadCollate, endless: bool):
+        self.shard, self.batch_size, self.collate, self.endless = shard, batch_size, collate, endless
+
+    def __iter__(self):
+        while True:
+            # drop_last keeps the number of forward passes equal on every rank (ZeRO-3 needs it).
+            yield from self.shard.iter_torch_batches(
+                batch_size=self.batch_size, collate_fn=self.collate, drop_last=self.endless
+            )
+            if not self.endless:
+                return
+
+
+class ShardTrainer(Trainer):
+    """A Trainer fed by Ray Data shards (already split per worker: accelerate must not re-shard)."""
+
+    def __init__(self, *, train_shard, eval_shard, collate, micro_batch_size, **kwargs):
+        self._train = _ShardStream(train_shard, micro_batch_size, collate, endless=True)
+        self._eval = None if eval_shard is None else _ShardStream(eval_shard, micro_batch_size, collate, endless=False)
+        super().__init__(train_dataset=self._train, eval_dataset=self._eval, **kwargs)
+        self.tokens_seen = 0
+
+    def get_train_dataloader(self):
+        return torch.utils.data.DataLoader(self._train, batch_size=None)
+
+    def get_eval_dataloader(self, eval_dataset=None):
+        return torch.utils.data.DataLoader(self._eval, batch_size=None)
+
+    def training_step(self, model, inputs, num_items_in_batch=None):
+        self.tokens_seen += int(inputs["attention_mask"].sum())
+        return super().training_step(model, inputs, num_items_in_batch)
+
+
+class ReportToRay(TrainerCallback):
+    """Metrics (loss, eval_loss, learning rate, tokens/s over all ranks) to the console and to
+    Ray; every saved checkpoint (and one at the last step) becomes a Ray Train checkpoint."""
+
+    def __init__(self, trainer: ShardTrainer, rank: int, steps_per_epoch: int, static: dict[str, Any]):
+        self.trainer, self.rank, self.steps_per_epoch, self.static = trainer, rank, steps_per_epoch, static
+        self.metrics: dict[str, float] = {}
+        self._last_tokens, self._last_time = 0, None
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        self._last_time = time.perf_counter()
+        self._last_tokens = self.trainer.tokens_seen
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if state.global_step >= state.max_steps:
+            control.should_save = True  # the final adapter is always in a checkpoint
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        logs = logs if logs is not None else {}
+        ours: dict[str, float] = {}
+        if "epoch" in logs:  # the Trainer cannot know epochs of an endless stream; we do
+            ours["epoch"] = round(state.global_step / self.steps_per_epoch, 3)
+        if "loss" in logs:  # a training log: all ranks take part in the all-reduce
+            now = time.perf_counter()
+            tokens = torch.tensor([self.trainer.tokens_seen - self._last_tokens], dtype=torch.float64)
+            torch.distributed.all_reduce(tokens)
+            ours["tokens_per_s"] = round(float(tokens.item()) / max(now - self._last_time, 1e-9), 1)
+            self._last_tokens, self._last_time = self.trainer.tokens_seen, now
+        logs.update(ours)
+        if state.log_history:  # the Trainer recorded its copy before calling us
+            state.log_history[-1].update(ours)
+        self.metrics.update({k: float(v) for k, v in logs.items() if isinstance(v, (int, float))})
+        self.metrics["step"] = state.global_step
+        if self.rank == 0:
+            shown = " ".join(f"{k} {v:.4g}" for k, v in logs.items() if isinstance(v, float))
+            print(f"[train] step {state.global_step}/{state.max_steps} {shown}", flush=True)
+
+    def on_save(self, args, state, control, **kwargs):
+        torch.distributed.barrier()  # every rank has written its shard of the checkpoint
+        source = os.path.join(args.output_dir, f"checkpoint-{state.global_step}")
+        with tempfile.TemporaryDirectory() as tmp:
+            _copy_rank_files(source, os.path.join(tmp, CHECKPOINT_SUBDIR), self.rank)
+            ray.train.report(
+                {**self.static, **self.metrics, "step": state.global_step},
+                checkpoint=ray.train.Checkpoint.from_directory(tmp),
+                checkpoint_dir_name=f"checkpoint_{state.global_step:06d}",
+            )
+
+
+def _copy_rank_files(source: str, target: str, rank: int) -> None:
+    """Rank 0 uploads the whole checkpoint; other ranks only their own ZeRO shards and RNG
+    state, so nodes without a shared filesystem still assemble a complete checkpoint."""
+    if rank == 0:
+        shutil.copytree(source, target)
+        return
+    for root, _, files in os.walk(source):
+        for name in files:
+            if f"rank_{rank}_" in name or name == f"rng_state_{rank}.pth":
+                relative = os.path.relpath(os.path.join(root, name), source)
+                os.makedirs(os.path.dirname(os.path.join(target, relative)), exist_ok=True)
+                shutil.copy2(os.path.join(root, name), os.path.join(target, relative))

@@ -1,0 +1,63 @@
+"""Train config validation and the generated DeepSpeed config (no Ray)."""
+
+from __future__ import annotations
+
+import pytest
+
+from platypus_ray.config import ConfigError, validate_config
+from platypus_ray.train.config import TrainConfig
+from platypus_ray.train.deepspeed_config import deepspeed_config
+
+
+@pytest.fixture
+def base(tmp_path):
+    model = tmp_path / "model"
+    model.mkdir()
+    (model / "config.json").write_text("{}")
+    data = tmp_path / "kept"
+    data.mkdir()
+    return {"model": {"name_or_path": str(model)}, "data": {"path": str(data)}}
+
+
+def test_named_target_sets_and_accumulation(base):
+    cfg = validate_config(TrainConfig, {**base, "cluster": {"workers": 2, "use_gpu": False,
+                                                           "resources_per_worker": {"CPU": 1}}})
+    assert cfg.lora.modules == ["gate_proj", "up_proj", "down_proj"]
+    assert cfg.gradient_accumulation_steps == 8  # 16 / (1 x 2)
+    cfg = validate_config(TrainConfig, {**base, "lora": {"target_modules": ["q_proj"]}})
+    assert cfg.lora.modules == ["q_proj"]
+
+
+def test_batch_must_divide_and_gpu_settings_must_agree(base):
+    with pytest.raises(ConfigError) as err:
+        validate_config(TrainConfig, {**base, "training": {"global_batch_size": 10}, "cluster": {"workers": 4}})
+    assert "global_batch_size (10) must be a multiple of training.micro_batch_size x cluster.workers (1 x 4)" in str(err.value)
+    with pytest.raises(ConfigError, match="use_gpu is true but resources_per_worker has no GPU"):
+        validate_config(TrainConfig, {**base, "cluster": {"resources_per_worker": {"CPU": 2}}})
+
+
+def test_missing_model_and_data_paths_name_the_fix(tmp_path):
+    with pytest.raises(ConfigError) as err:
+        validate_config(TrainConfig, {"model": {"name_or_path": str(tmp_path / "nope")}, "data": {"path": str(tmp_path / "kept")}})
+    message = str(err.value)
+    assert "model.name_or_path" in message and "make-tiny-model" in message
+    assert "data.path" in message and "platypus-ray refine" in message
+
+
+def test_worker_side_validation_skips_local_path_checks(tmp_path):
+    raw = {"model": {"name_or_path": "/elsewhere/model"}, "data": {"path": "/elsewhere/kept"}}
+    cfg = TrainConfig.model_validate(raw, context={"on_worker": True})
+    assert cfg.model.name_or_path == "/elsewhere/model"
+
+
+def test_deepspeed_config_is_zero3_with_gathered_saves(base):
+    cfg = validate_config(TrainConfig, base)
+    ds = deepspeed_config(cfg.deepspeed, on_gpu=False)
+    zero = ds["zero_optimization"]
+    assert zero["stage"] == 3 and zero["stage3_gather_16bit_weights_on_model_save"] is True
+    assert ds["train_micro_batch_size_per_gpu"] == "auto" and "optimizer" not in ds
+    offload = validate_config(TrainConfig, {**base, "deepspeed": {"offload_optimizer": True, "offload_params": True}})
+    ds = deepspeed_config(offload.deepspeed, on_gpu=True)
+    assert ds["zero_optimization"]["offload_optimizer"]["device"] == "cpu"
+    assert ds["zero_optimization"]["offload_param"]["device"] == "cpu"
+    assert ds["optimizer"]["type"] == "AdamW"  # offloaded state needs DeepSpeed's CPU Adam

@@ -1,0 +1,107 @@
+"""Real Ray Train V2, real DeepSpeed ZeRO-3, real PEFT on 2 CPU workers with the tiny LLaMA."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from platypus_ray.errors import UserError
+from platypus_ray.train import run
+from platypus_ray.train.adapter import check_adapter
+from tests.train.conftest import train_config
+
+pytestmark = pytest.mark.slow
+
+
+# Warmup then constant: the schedule does not depend on max_steps, so a run stopped at step 6
+# and resumed to 12 must land exactly where an uninterrupted 12-step run does.
+SCHEDULE = {"scheduler": "constant_with_warmup", "warmup_steps": 2}
+
+
+@pytest.fixture(scope="module")
+def trained(ray_session, tiny_model, kept_folder, tmp_path_factory):
+    storage = str(tmp_path_factory.mktemp("train"))
+    return run(train_config(tiny_model, kept_folder, storage, "zero3", training=SCHEDULE)), storage
+
+
+def test_base_model_is_partitioned_across_the_two_workers(trained):
+    result, _ = trained
+    m = result.metrics
+    assert m["world_size"] == 2
+    assert m["zero3_partitioned_params"] == m["zero3_params"] > 0  # every tensor sharded at load
+    assert 0.45 <= m["zero3_local_fraction"] <= 0.55  # each rank holds about half
+
+
+def test_loss_goes_down_and_metrics_are_recorded(trained):
+    result, _ = trained
+    losses = [h["loss"] for h in result.history if "loss" in h]
+    evals = [h["eval_loss"] for h in result.history if "eval_loss" in h]
+    assert len(losses) == 12 and len(evals) == 2
+    assert sum(losses[-3:]) / 3 < sum(losses[:3]) / 3
+    assert evals[-1] < evals[0]
+    assert result.metrics["step"] == 12
+    lines = [json.loads(x) for x in Path(result.run_dir, "metrics.jsonl").read_text().splitlines()]
+    assert any("tokens_per_s" in x and x["tokens_per_s"] > 0 for x in lines)
+
+
+def test_adapter_has_real_weights_reloads_and_changes_logits(trained, tiny_model):
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    result, _ = trained
+    shapes = check_adapter(result.adapter_path)
+    assert all(0 not in shape for shape in shapes.values())
+    assert {name.split(".")[-3] for name in shapes} == {"gate_proj", "up_proj", "down_proj"}
+    tokenizer = AutoTokenizer.from_pretrained(result.adapter_path)
+    inputs = tokenizer("### Instruction:\nWhat is the capital city of France?\n\n### Response:\n", return_tensors="pt")
+    base = AutoModelForCausalLM.from_pretrained(tiny_model)
+    with torch.no_grad():
+        before = base(**inputs).logits
+        tuned = PeftModel.from_pretrained(base, result.adapter_path)
+        after = tuned(**inputs).logits
+    assert (after - before).abs().max() > 1e-3
+
+
+def test_merge_folds_the_adapter_in(trained, tiny_model, tmp_path):
+    from transformers import AutoModelForCausalLM
+
+    from platypus_ray.merge import MergeConfig, run as merge
+
+    result, _ = trained
+    merged = merge(MergeConfig(base=tiny_model, adapter=result.adapter_path, out=str(tmp_path / "merged")))
+    assert merged.max_logit_difference < 1e-4
+    model = AutoModelForCausalLM.from_pretrained(merged.out)
+    assert not [n for n, _ in model.named_parameters() if "lora" in n]
+    assert (merged.out / "tokenizer.json").is_file()
+
+
+def test_restarted_run_resumes_model_optimizer_and_data_exactly(trained, tiny_model, kept_folder):
+    from safetensors.torch import load_file
+
+    straight, storage = trained
+    first = run(train_config(tiny_model, kept_folder, storage, "resumed", training={**SCHEDULE, "max_steps": 6}))
+    assert first.metrics["step"] == 6
+    resumed = run(train_config(tiny_model, kept_folder, storage, "resumed", training={**SCHEDULE, "max_steps": 12}))
+    steps = [h["step"] for h in resumed.history if "loss" in h]
+    assert steps == list(range(1, 13))  # continued at 7, not restarted at 1
+    # Identical losses and adapter weights: weights, Adam moments, LR schedule, RNG and the
+    # data position all came back from the step-6 checkpoint.
+    assert [h["loss"] for h in resumed.history if "loss" in h] == [h["loss"] for h in straight.history if "loss" in h]
+    a = load_file(f"{resumed.adapter_path}/adapter_model.safetensors")
+    b = load_file(f"{straight.adapter_path}/adapter_model.safetensors")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_rerun_of_a_finished_run_changes_nothing(trained, tiny_model, kept_folder):
+    straight, storage = trained
+    again = run(train_config(tiny_model, kept_folder, storage, "zero3", training=SCHEDULE))
+    assert again.metrics["step"] == 12 and again.history == straight.history
+
+
+def test_rerun_with_a_different_problem_is_refused(trained, tiny_model, kept_folder):
+    _, storage = trained
+    with pytest.raises(UserError, match=r"different config \(lora: .*'r': 8.*'r': 4"):
+        run(train_config(tiny_model, kept_folder, storage, "zero3", training=SCHEDULE, lora={"r": 4}))
