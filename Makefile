@@ -18,14 +18,21 @@ $(VENV)/.installed: pyproject.toml
 	$(PY) -m pip install --quiet -e ".[test]"
 	touch $@
 
+# The whole recipe on the embedded local Ray, on the shipped sample data and a tiny LLaMA:
+# refine (Ray Data) -> tiny base model -> LoRA with ZeRO-3 on 2 workers (Ray Train) -> merge.
 demo: setup
-	$(PY) -m platypus_ray demo --out out/demo
+	rm -rf out/demo
+	$(PY) -m platypus_ray refine --config jobs/configs/demo-refine.yaml
+	$(PY) -m platypus_ray make-tiny-model --out out/tiny-llama
+	$(PY) -m platypus_ray train --config jobs/configs/tiny-cpu.yaml
+	$(PY) -m platypus_ray merge --base out/tiny-llama --adapter out/demo/train/tiny-cpu/adapter --out out/demo/merged
 
 test: setup
 	$(PY) -m pytest -q
 
 bench: setup
 	$(PY) -m platypus_ray.bench.refine
+	$(PY) -m platypus_ray.bench.train
 
 clean:
 	rm -rf out .pytest_cache

@@ -8,30 +8,21 @@ The byte-level BPE tokenizer is trained on the shipped sample corpus in Alpaca f
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
 from pydantic import Field
 
 from platypus_ray.config import StrictModel
-from platypus_ray.samples import CORPUS
+from platypus_ray.samples import sample_rows
 from platypus_ray.train.prompts import build_prompt
 
 SPECIAL_TOKENS = ["<unk>", "<s>", "</s>", "<pad>"]
 
 
-def training_texts(corpus: Path = CORPUS) -> list[str]:
-    """Alpaca-formatted sample rows (valid ones), so template tokens get their own merges."""
-    texts = []
-    for line in corpus.read_text().splitlines():
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError:
-            continue
-        if isinstance(row.get("instruction"), str) and isinstance(row.get("output"), str):
-            texts.append(build_prompt(row["instruction"], row.get("input") or "") + row["output"])
-    return texts
+def training_texts() -> list[str]:
+    """Alpaca-formatted sample rows, so template tokens get their own merges."""
+    return [build_prompt(r["instruction"], r["input"]) + r["output"] for r in sample_rows()]
 
 
 def train_tokenizer(vocab_size: int = 1024, max_length: int = 512):

@@ -91,14 +91,21 @@ def test_contamination_thresholds_must_be_ordered(tmp_path, corpus):
         load_config(RefineConfig, path)
 
 
-def test_cli_bad_config_fails_before_ray_starts(tmp_path, corpus, capsys):
-    import ray
+def test_cli_bad_config_fails_before_ray_starts(tmp_path, corpus):
+    """A fresh CLI process pointed at an unreachable Ray address: if anything touched Ray before
+    validation, it would fail connecting instead of printing the config error."""
+    import os
+    import subprocess
+    import sys
 
     path = write_yaml(tmp_path, {"sources": [{"path": str(corpus)}], "embeding": {}})
-    assert main(["refine", "--config", path]) == 2
-    err = capsys.readouterr().err
-    assert "platypus-ray refine: error: invalid config" in err and "embeding: unknown key (did you mean 'embedding'?)" in err
-    assert not ray.is_initialized()
+    env = {**os.environ, "RAY_ADDRESS": "127.0.0.1:9"}
+    proc = subprocess.run([sys.executable, "-m", "platypus_ray", "refine", "--config", path],
+                          capture_output=True, text=True, env=env, timeout=120)
+    assert proc.returncode == 2, proc.stderr
+    assert "platypus-ray refine: error: invalid config" in proc.stderr
+    assert "embeding: unknown key (did you mean 'embedding'?)" in proc.stderr
+    assert "Traceback" not in proc.stderr
 
 
 def test_cli_missing_config_file(capsys):

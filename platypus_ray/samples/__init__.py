@@ -131,6 +131,21 @@ def benchmark_rows() -> list[str]:
     ]
 
 
+def sample_rows() -> list[dict[str, str]]:
+    """The valid rows of the shipped corpus in the refine stage's kept/ schema (for tiny runs)."""
+    rows = []
+    for line in CORPUS.read_text().splitlines():
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        instruction, output = record.get("instruction"), record.get("output")
+        if isinstance(instruction, str) and instruction.strip() and isinstance(output, str):
+            rows.append({"id": str(len(rows)), "instruction": instruction, "input": record.get("input") or "",
+                         "output": output, "data_source": "sample"})
+    return rows
+
+
 def write_samples(directory: Path = SAMPLES_DIR) -> None:
     (directory / "corpus.jsonl").write_text("\n".join(corpus_rows()) + "\n")
     (directory / "benchmark.jsonl").write_text("\n".join(benchmark_rows()) + "\n")

@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-import json
-
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from platypus_ray.samples import CORPUS
+from platypus_ray.samples import sample_rows
 
 
 @pytest.fixture(scope="session")
@@ -21,15 +19,7 @@ def tiny_model(tmp_path_factory):
 @pytest.fixture(scope="session")
 def kept_folder(tmp_path_factory):
     """The valid sample rows in the refine stage's kept/ schema."""
-    rows = []
-    for line in CORPUS.read_text().splitlines():
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError:
-            continue
-        if isinstance(record.get("instruction"), str) and record["instruction"].strip() and isinstance(record.get("output"), str):
-            rows.append({"id": str(len(rows)), "instruction": record["instruction"], "input": record.get("input") or "",
-                         "output": record["output"], "data_source": "sample"})
+    rows = sample_rows()
     folder = tmp_path_factory.mktemp("refine") / "kept"
     folder.mkdir()
     pq.write_table(pa.Table.from_pylist(rows), folder / "part-0.parquet")
