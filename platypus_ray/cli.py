@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 from dataclasses import dataclass
 
@@ -57,6 +58,7 @@ def main(argv: list[str] | None = None) -> int:
         value = getattr(args, f"flag_{flag}")
         if value is not None:
             overrides.append(f"{flag}={value}")
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
     module = importlib.import_module(command.module)
     try:
         cfg = load_config(getattr(module, command.config), args.config, overrides)

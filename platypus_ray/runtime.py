@@ -14,6 +14,7 @@ WORKER_ENV = {
     "TOKENIZERS_PARALLELISM": "false",
     # Ray Train tees every worker print() into its logger as well: each line would show twice.
     "RAY_TRAIN_ENABLE_PRINT_PATCH": "0",
+    "HF_HUB_DISABLE_PROGRESS_BARS": "1",  # no weight-loading bars from every actor and worker
 }
 _PASSED_THROUGH = ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "TORCH_EXTENSIONS_DIR", "DS_ACCELERATOR", "HF_HOME")
 
@@ -39,5 +40,6 @@ def init_ray() -> None:
     else:
         # The dashboard serves Ray's state API (Ray Train's placement-group cleaner polls it) and UI.
         ray.init(address="local", runtime_env={"env_vars": env}, logging_level=logging.WARNING)
+    logging.getLogger("ray.data").setLevel(logging.WARNING)  # one INFO block per dataset execution otherwise
     if not sys.stdout.isatty():  # job logs and CI: no progress-bar redraws
         ray.data.DataContext.get_current().enable_progress_bars = False

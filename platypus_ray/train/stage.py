@@ -99,6 +99,7 @@ def run(cfg: TrainConfig, callbacks: list | None = None) -> TrainResult:
             checkpoint_config=ray.train.CheckpointConfig(num_to_keep=cfg.run.keep_checkpoints),
             failure_config=ray.train.FailureConfig(max_failures=cfg.run.max_failures),
             callbacks=callbacks,
+            logging_config=ray.train.LoggingConfig(log_level="WARNING"),  # progress comes from the [train] lines
         ),
         datasets={"train": data.train, **({"validation": data.validation} if data.validation is not None else {})},
     )

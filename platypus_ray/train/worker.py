@@ -12,6 +12,7 @@ import os
 import shutil
 import tempfile
 import time
+import warnings
 from typing import Any
 
 import ray.train
@@ -30,6 +31,8 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM, set_seed
 
+    # DeepSpeed calls torch.distributed APIs torch has renamed; one warning per call floods the log.
+    warnings.filterwarnings("ignore", message=r"`torch\.distributed\.\w+` is deprecated", category=FutureWarning)
     cfg = TrainConfig.model_validate(loop_config["config"], context={"on_worker": True})
     context = ray.train.get_context()
     rank, world = context.get_world_rank(), context.get_world_size()
