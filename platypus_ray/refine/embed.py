@@ -65,7 +65,7 @@ def resolve_device(cfg: EmbeddingConfig) -> str:
     return "cuda" if ray.cluster_resources().get("GPU", 0) >= 1 else "cpu"
 
 
-def embed_texts(ds: ray.data.Dataset, n: int, cfg: EmbeddingConfig) -> np.ndarray:
+def embed_texts(ds: ray.data.Dataset, n: int, cfg: EmbeddingConfig, embedder: type[Embedder] = Embedder) -> np.ndarray:
     """Embed a dataset of ``key`` (dense 0..n-1) and ``text``; returns an (n, dim) float32 matrix.
 
     Rows are regrouped into batches of similar length (little padding), longest batch
@@ -77,7 +77,7 @@ def embed_texts(ds: ray.data.Dataset, n: int, cfg: EmbeddingConfig) -> np.ndarra
     device = resolve_device(cfg)
     batches = length_sorted_batches(ds, cfg.batch_size)
     embedded = ray.data.from_arrow(batches).map_batches(
-        Embedder,
+        embedder,
         fn_constructor_kwargs={"model": cfg.model, "device": device, "batch_size": cfg.batch_size},
         batch_size=None,  # one block is one length-homogeneous batch
         compute=ray.data.ActorPoolStrategy(size=min(cfg.actors, len(batches)), max_tasks_in_flight_per_actor=1),
