@@ -22,12 +22,15 @@ class Command:
     module: str  # exposes ``run(cfg)``
     config: str  # name of the config class in ``module``
     flags: tuple[str, ...] = ()  # --flag VALUE shorthands for top-level keys
+    switches: tuple[str, ...] = ()  # --switch shorthands for top-level booleans (key=true)
 
 
 COMMANDS: dict[str, Command] = {
     "refine": Command("curate instruction data: validate, dedup, decontaminate (Ray Data)",
                       "platypus_ray.refine", "RefineConfig"),
     "train": Command("LoRA fine-tune with DeepSpeed ZeRO-3 on Ray Train", "platypus_ray.train", "TrainConfig"),
+    "sweep": Command("Ray Tune over LoRA rank / target modules / learning rate (ASHA)",
+                     "platypus_ray.sweep", "SweepConfig", switches=("resume",)),
     "merge": Command("fold a LoRA adapter into a base model", "platypus_ray.merge", "MergeConfig",
                      flags=("base", "adapter", "out")),
     "make-tiny-model": Command("build a tiny LLaMA + locally trained tokenizer (tests, demo)",
@@ -47,6 +50,8 @@ def build_parser() -> argparse.ArgumentParser:
         )
         for flag in command.flags:
             sub.add_argument(f"--{flag}", dest=f"flag_{flag}", metavar=flag.upper(), help=f"same as --set {flag}=...")
+        for switch in command.switches:
+            sub.add_argument(f"--{switch}", dest=f"switch_{switch}", action="store_true", help=f"same as --set {switch}=true")
     return parser
 
 
@@ -58,6 +63,7 @@ def main(argv: list[str] | None = None) -> int:
         value = getattr(args, f"flag_{flag}")
         if value is not None:
             overrides.append(f"{flag}={value}")
+    overrides += [f"{switch}=true" for switch in command.switches if getattr(args, f"switch_{switch}")]
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
     module = importlib.import_module(command.module)
     try:

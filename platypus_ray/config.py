@@ -106,6 +106,8 @@ def _describe_error(model: type[BaseModel], err: dict[str, Any]) -> str:
     message = err["msg"].removeprefix("Value error, ")
     if err["type"] == "missing":
         return f"{key}: required key is missing"
+    if not loc:  # a rule across several keys: the message names them
+        return message
     shown = err.get("input")
     if err["type"] not in ("value_error", "assertion_error") and not isinstance(shown, (dict, list)):
         message = f"{message} (got {shown!r})"

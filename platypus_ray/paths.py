@@ -91,11 +91,24 @@ def read_text(path: str) -> str | None:
 
 def write_text(path: str, text: str) -> None:
     """Write a small text file at a local path or URI, creating parent folders."""
+    write_bytes(path, text.encode())
+
+
+def write_bytes(path: str, data: bytes) -> None:
+    """Write a small file at a local path or URI, creating parent folders."""
     if not is_remote(path):
         Path(path).parent.mkdir(parents=True, exist_ok=True)
-        Path(path).write_text(text)
+        Path(path).write_bytes(data)
         return
     fs, inner = pafs.FileSystem.from_uri(path)
     fs.create_dir(inner.rsplit("/", 1)[0])
     with fs.open_output_stream(inner) as stream:
-        stream.write(text.encode())
+        stream.write(data)
+
+
+def is_file(path: str) -> bool:
+    """Whether a local path or URI names an existing file."""
+    if not is_remote(path):
+        return os.path.isfile(path)
+    fs, inner = pafs.FileSystem.from_uri(path)
+    return fs.get_file_info(inner).type == pafs.FileType.File

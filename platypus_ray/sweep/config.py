@@ -56,18 +56,15 @@ class SweepConfig(TrainConfig):
     sweep: SweepSettings = SweepSettings()
     resume: bool = False  # continue an interrupted sweep with the same run.name (Tune restore)
 
+    _workers_key = "sweep.gpus_per_trial"
+
     @property
-    def workers_per_trial(self) -> int:
+    def workers(self) -> int:
+        """Ray Train workers of one trial."""
         return self.sweep.gpus_per_trial or self.cluster.workers
 
     @model_validator(mode="after")
-    def _trials_can_train(self) -> "SweepConfig":
-        per_step = self.training.micro_batch_size * self.workers_per_trial
-        if self.training.global_batch_size % per_step:
-            raise ValueError(
-                f"training.global_batch_size ({self.training.global_batch_size}) must be a multiple of "
-                f"training.micro_batch_size x sweep.gpus_per_trial ({self.training.micro_batch_size} x {self.workers_per_trial})"
-            )
+    def _metric_needs_validation(self) -> "SweepConfig":
         if self.sweep.metric.startswith("eval_") and self.data.val_size == 0:
             raise ValueError(f"sweep.metric {self.sweep.metric} needs held-out rows: set data.val_size > 0")
         return self
@@ -78,6 +75,6 @@ class SweepConfig(TrainConfig):
         raw["lora"].update({"r": lora_r, "target_modules": target_modules})
         if learning_rate is not None:
             raw["training"]["learning_rate"] = learning_rate
-        raw["cluster"]["workers"] = self.workers_per_trial
+        raw["cluster"]["workers"] = self.workers
         raw["run"].update({"name": name, "storage_path": storage})
         return TrainConfig.model_validate(raw, context={"on_worker": True})

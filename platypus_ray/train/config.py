@@ -159,14 +159,21 @@ class TrainConfig(StrictModel):
 
     @model_validator(mode="after")
     def _batch_divides(self) -> "TrainConfig":
-        per_step = self.training.micro_batch_size * self.cluster.workers
+        per_step = self.training.micro_batch_size * self.workers
         if self.training.global_batch_size % per_step:
             raise ValueError(
                 f"training.global_batch_size ({self.training.global_batch_size}) must be a multiple of "
-                f"training.micro_batch_size x cluster.workers ({self.training.micro_batch_size} x {self.cluster.workers})"
+                f"training.micro_batch_size x {self._workers_key} ({self.training.micro_batch_size} x {self.workers})"
             )
         return self
 
     @property
+    def workers(self) -> int:
+        """Ray Train workers of one run."""
+        return self.cluster.workers
+
+    _workers_key = "cluster.workers"
+
+    @property
     def gradient_accumulation_steps(self) -> int:
-        return self.training.global_batch_size // (self.training.micro_batch_size * self.cluster.workers)
+        return self.training.global_batch_size // (self.training.micro_batch_size * self.workers)

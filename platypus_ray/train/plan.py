@@ -60,7 +60,7 @@ class TrainPlan:
 
     @property
     def steps_per_epoch(self) -> int:
-        per_worker = self.train_rows // self.cfg.cluster.workers
+        per_worker = self.train_rows // self.cfg.workers
         return per_worker // self.cfg.training.micro_batch_size // self.cfg.gradient_accumulation_steps
 
     @property
@@ -81,7 +81,7 @@ class TrainPlan:
         about 2 with gradient checkpointing) and fp32 logits for one micro batch."""
         if self.size is None:
             return None
-        world = self.cfg.cluster.workers
+        world = self.cfg.workers
         base = self.size.total * self.param_bytes / (world if self.cfg.deepspeed.stage == 3 else 1)
         if self.cfg.deepspeed.offload_params:
             base = 0
@@ -100,11 +100,11 @@ class TrainPlan:
             return 80 * GIB  # the A100/H100-80GB class the presets are sized for
         import psutil
 
-        return psutil.virtual_memory().total / self.cfg.cluster.workers
+        return psutil.virtual_memory().total / self.cfg.workers
 
     def render(self) -> str:
         c, t = self.cfg, self.cfg.training
-        device = f"{c.cluster.workers} x {c.cluster.resources_per_worker}"
+        device = f"{c.workers} x {c.cluster.resources_per_worker}"
         lines = [
             "train plan:",
             f"  model        {c.model.name_or_path} ({self._params()})",
@@ -113,7 +113,7 @@ class TrainPlan:
             f"  workers      {device}, {'GPU' if c.cluster.use_gpu else 'CPU'}, DeepSpeed ZeRO-{c.deepspeed.stage}"
             + (" + optimizer offload" if c.deepspeed.offload_optimizer else "")
             + (" + param offload" if c.deepspeed.offload_params else ""),
-            f"  batch        global {t.global_batch_size} = micro {t.micro_batch_size} x {c.cluster.workers} workers"
+            f"  batch        global {t.global_batch_size} = micro {t.micro_batch_size} x {c.workers} workers"
             f" x {c.gradient_accumulation_steps} accumulation",
             f"  data         {self.train_rows} train rows ({self.train_tokens:,} tokens), {self.validation_rows} validation"
             + (f", {self.dropped_rows} dropped (prompt fills cutoff_len {c.data.cutoff_len})" if self.dropped_rows else ""),
@@ -158,7 +158,7 @@ class TrainPlan:
 
         from deepspeed.runtime.zero.stage3 import estimate_zero3_model_states_mem_needs
 
-        workers = self.cfg.cluster.workers
+        workers = self.cfg.workers
         per_node = min(self.cfg.cluster.gpus_per_node, workers) if self.cfg.cluster.use_gpu else workers
         nodes = -(-workers // per_node)
         with contextlib.redirect_stdout(io.StringIO()):

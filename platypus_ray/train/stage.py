@@ -16,7 +16,7 @@ import time
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import ray
 import ray.train
@@ -28,10 +28,13 @@ from platypus_ray.paths import is_remote, read_text, write_text
 from platypus_ray.runtime import init_ray
 from platypus_ray.train.adapter import check_adapter, export_adapter
 from platypus_ray.train.config import TrainConfig
-from platypus_ray.train.data import prepare_data
+from platypus_ray.train.data import TokenizedData, prepare_data
 from platypus_ray.train.deepspeed_config import deepspeed_config
 from platypus_ray.train.plan import TrainPlan, model_size
 from platypus_ray.train.worker import CHECKPOINT_SUBDIR, train_loop_per_worker
+
+
+TrainConfigT = TypeVar("TrainConfigT", bound=TrainConfig)
 
 
 @dataclass
@@ -62,15 +65,16 @@ class TrainResult:
         return "\n".join(lines)
 
 
-def run(cfg: TrainConfig, callbacks: list | None = None) -> TrainResult:
-    """Train a LoRA adapter; ``callbacks`` go to ``RunConfig`` (Ray Tune passes its reporter here)."""
+def run(cfg: TrainConfig, callbacks: list | None = None, data: TokenizedData | None = None) -> TrainResult:
+    """Train a LoRA adapter. ``callbacks`` go to ``RunConfig`` (Ray Tune passes its reporter);
+    ``data`` is tokenised data prepared once by a sweep driver for all of its trials."""
     start = time.perf_counter()
-    cfg = _resolve_local_paths(cfg)
+    cfg = resolve_local_paths(cfg)
     size = model_size(cfg)  # meta device: cheap even for 70B; checked again once the data is counted
     run_dir = f"{cfg.run.storage_path.rstrip('/')}/{cfg.run.name}"
     init_ray()
     _check_cluster_fits(cfg)
-    data = prepare_data(cfg)
+    data = data or prepare_data(cfg)
     plan = TrainPlan(cfg, size, data.train_rows, data.validation_rows, data.train_tokens, data.dropped_rows)
     print(plan.render(), flush=True)
     plan.check()
@@ -125,7 +129,7 @@ def run(cfg: TrainConfig, callbacks: list | None = None) -> TrainResult:
     )
 
 
-def _resolve_local_paths(cfg: TrainConfig) -> TrainConfig:
+def resolve_local_paths(cfg: TrainConfigT) -> TrainConfigT:
     """Workers start in their own folder: hand them absolute paths for local inputs and storage."""
     cfg = cfg.model_copy(deep=True)
     if os.path.isdir(os.path.expanduser(cfg.model.name_or_path)):

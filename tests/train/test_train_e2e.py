@@ -11,7 +11,7 @@ import torch
 from platypus_ray.errors import UserError
 from platypus_ray.train import run
 from platypus_ray.train.adapter import check_adapter
-from tests.train.conftest import train_config
+from tests.helpers import train_config
 
 pytestmark = pytest.mark.slow
 

@@ -1,0 +1,26 @@
+"""Config builders shared by the train and sweep tests."""
+
+from __future__ import annotations
+
+
+def train_raw(model: str, data: str, storage: str, name: str, **sections) -> dict:
+    """A raw 2-worker CPU ZeRO-3 config for the tiny model; ``sections`` override per section."""
+    raw = {
+        "model": {"name_or_path": model},
+        "data": {"path": data, "val_size": 0.1, "cutoff_len": 128},
+        "lora": {"r": 8, "alpha": 16, "dropout": 0.05, "target_modules": "mlp"},
+        "training": {"learning_rate": 5e-3, "global_batch_size": 8, "micro_batch_size": 4, "max_steps": 12,
+                     "warmup_steps": 2, "eval_every": 6, "logging_steps": 1},
+        "cluster": {"workers": 2, "use_gpu": False, "resources_per_worker": {"CPU": 1}},
+        "run": {"name": name, "storage_path": storage, "max_failures": 0},
+    }
+    for section, values in sections.items():
+        raw[section] = {**raw.get(section, {}), **values}
+    return raw
+
+
+def train_config(model: str, data: str, storage: str, name: str, **sections):
+    from platypus_ray.config import validate_config
+    from platypus_ray.train.config import TrainConfig
+
+    return validate_config(TrainConfig, train_raw(model, data, storage, name, **sections))
