@@ -116,6 +116,31 @@ def bench_dedup(emb: np.ndarray, threshold: float, tile: int) -> tuple[float, np
     return time.perf_counter() - start, decision.keep
 
 
+def check_refine_output(output: Path, source: Path, threshold: float, batch_size: int) -> None:
+    """A `platypus-ray refine` run on ``source`` (dedup.keep first, no benchmarks) must keep
+    exactly the rows the brute-force greedy loop keeps over the valid rows, on vectors from a
+    bare `encode` in another process; its ledger must hold every input row once."""
+    import pandas as pd
+
+    from platypus_ray.refine.reference import greedy_reference
+
+    ledger = pd.read_parquet(output / "ledger").sort_values("source_index")
+    records = json.loads(source.read_text())
+    assert len(ledger) == len(records) and ledger.source_index.tolist() == list(range(len(records))), "ledger rows"
+    valid = ledger[ledger.status != "invalid"]
+    assert "exact_duplicate" not in set(valid.reason), "this check assumes no exact duplicates"
+    from platypus_ray.refine.rows import embed_text
+
+    texts = [embed_text(records[i]["instruction"], records[i].get("input") or "") for i in valid.source_index]
+    _, _, vectors = bench_bare_encode(texts, batch_size)
+    reference = greedy_reference(vectors, np.arange(len(texts)), threshold)
+    kept = (valid.status == "kept").to_numpy()
+    differ = int((kept != reference).sum())
+    print(f"check  {output}: ledger {len(ledger)} rows = input rows; {int((ledger.status == 'invalid').sum())} invalid; "
+          f"kept {int(kept.sum())}, brute-force reference keeps {int(reference.sum())}: "
+          f"{'identical' if differ == 0 else f'{differ} rows differ'}")
+
+
 def synthetic_embeddings(n: int, dim: int = 384, seed: int = 0) -> np.ndarray:
     """Unit vectors with about the near-duplicate structure of Alpaca: a few percent of rows
     sit >= 0.8 to an earlier one, the rest are spread out."""
@@ -137,6 +162,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--tile", type=int, default=2048)
     parser.add_argument("--scale-rows", type=int, default=25_000, help="rows for the dedup-at-scale comparison")
     parser.add_argument("--skip-notebook-loop", action="store_true", help="skip the slowest baseline")
+    parser.add_argument("--check-output", type=Path, default=None,
+                        help="a refine output of --source (keep: first, no benchmarks) to check against brute force")
     args = parser.parse_args(argv)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
@@ -170,6 +197,9 @@ def main(argv: list[str] | None = None) -> int:
               f"identical to brute force on bare-encode vectors: {'yes' if same else f'NO ({int((keep != reference).sum())} rows differ)'}")
     else:
         print(f"embed  skipped: {args.source} not found (pass --source)")
+
+    if args.check_output is not None:
+        check_refine_output(args.check_output, args.source, args.threshold, args.batch_size)
 
     emb = synthetic_embeddings(args.scale_rows)
     ours_s, keep = bench_dedup(emb, args.threshold, args.tile)
