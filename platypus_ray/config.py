@@ -8,12 +8,13 @@ and list the valid ones; all problems are collected and reported in one
 from __future__ import annotations
 
 import difflib
+import os
 import typing
 from pathlib import Path
 from typing import Any, TypeVar
 
 import yaml
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import BaseModel, ConfigDict, ValidationError, ValidationInfo
 
 from platypus_ray.errors import UserError
 
@@ -26,33 +27,53 @@ class StrictModel(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
 
+def _normal(path: str) -> str:
+    return os.path.normpath(os.path.expanduser(path))
+
+
+def is_planned(path: str, info: ValidationInfo) -> bool:
+    """Whether an earlier pipeline stage will write ``path`` (or a folder holding it)."""
+    planned = (info.context or {}).get("planned", ())
+    path = _normal(path)
+    return any(path == p or path.startswith(p + os.sep) for p in planned)
+
+
 class ConfigError(UserError, ValueError):
     """A user mistake in a config file or override; the message names every bad key."""
 
 
-def load_config(model: type[M], path: str | Path | None, overrides: list[str] | None = None) -> M:
-    """Read ``path`` (YAML), apply ``key.sub=value`` overrides, validate into ``model``."""
+def load_raw(path: str | Path) -> dict[str, Any]:
+    """The mapping in a YAML config file, or a ConfigError saying why there is none."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file '{path}' does not exist")
+    try:
+        loaded = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"config file '{path}' is not valid YAML: {exc}") from None
+    if loaded is not None and not isinstance(loaded, dict):
+        raise ConfigError(f"config file '{path}' must hold a mapping of keys, got {type(loaded).__name__}")
+    return loaded or {}
+
+
+def load_config(model: type[M], path: str | Path | None, overrides: list[str] | None = None,
+                planned: set[str] | None = None) -> M:
+    """Read ``path`` (YAML), apply ``key.sub=value`` overrides, validate into ``model``.
+
+    ``planned``: paths an earlier pipeline stage will write; inputs under them need not exist yet.
+    """
     raw: dict[str, Any] = {}
     if path is not None:
-        path = Path(path)
-        if not path.is_file():
-            raise ConfigError(f"config file '{path}' does not exist")
-        try:
-            loaded = yaml.safe_load(path.read_text())
-        except yaml.YAMLError as exc:
-            raise ConfigError(f"config file '{path}' is not valid YAML: {exc}") from None
-        if loaded is not None and not isinstance(loaded, dict):
-            raise ConfigError(f"config file '{path}' must hold a mapping of keys, got {type(loaded).__name__}")
-        raw = loaded or {}
+        raw = load_raw(path)
     for override in overrides or []:
         apply_override(raw, override)
-    return validate_config(model, raw, origin=str(path) if path else "overrides")
+    return validate_config(model, raw, origin=str(path) if path else "overrides", planned=planned)
 
 
-def validate_config(model: type[M], raw: dict[str, Any], origin: str = "config") -> M:
+def validate_config(model: type[M], raw: dict[str, Any], origin: str = "config", planned: set[str] | None = None) -> M:
     """Validate a raw mapping; on failure raise one ConfigError listing every problem."""
     try:
-        return model.model_validate(raw)
+        return model.model_validate(raw, context={"planned": {_normal(p) for p in planned or ()}})
     except ValidationError as exc:
         lines = [_describe_error(model, err) for err in exc.errors()]
         raise ConfigError(f"invalid config ({origin}):\n" + "\n".join(f"  - {line}" for line in lines)) from None

@@ -12,9 +12,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-from pydantic import field_validator
+from pydantic import ValidationInfo, field_validator
 
-from platypus_ray.config import StrictModel
+from platypus_ray.config import StrictModel, is_planned
 
 
 class MergeConfig(StrictModel):
@@ -27,8 +27,8 @@ class MergeConfig(StrictModel):
 
     @field_validator("adapter")
     @classmethod
-    def _adapter_exists(cls, value: str) -> str:
-        if not os.path.isfile(os.path.join(value, "adapter_config.json")):
+    def _adapter_exists(cls, value: str, info: ValidationInfo) -> str:
+        if not is_planned(value, info) and not os.path.isfile(os.path.join(value, "adapter_config.json")):
             raise ValueError(f"'{value}' is not a LoRA adapter folder (no adapter_config.json)")
         return value
 

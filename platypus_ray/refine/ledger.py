@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.parquet as pq
 import ray
 
 from platypus_ray.refine.rows import CANONICAL_COLUMNS, embed_text
@@ -159,6 +160,10 @@ def write_rows(staging: Path, parsed: ray.data.Dataset, file_offset: np.ndarray,
     parsed.map_batches(
         _ledger_rows, fn_kwargs={"file_offset": file_offset, "decided": decisions.table()}, batch_format="pyarrow"
     ).write_parquet(str(staging / "ledger"))
+    if not (staging / "kept").exists():  # Ray Data writes no file for zero rows; readers still need the schema
+        (staging / "kept").mkdir()
+        empty = pa.table({name: pa.array([], pa.string()) for name in CANONICAL_COLUMNS})
+        pq.write_table(empty, staging / "kept" / "empty.parquet")
 
 
 def summarize(decisions: Decisions, embedded_rows: int, embed_seconds: float, n_items: dict[str, int]) -> dict:

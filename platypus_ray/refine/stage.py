@@ -120,14 +120,13 @@ def run(cfg: RefineConfig) -> RefineResult:
     timer.lap("embed")
     num_gpus = 1 if resolve_device(cfg.embedding) == "cuda" else 0
 
-    remaining = np.ones(len(survivors), dtype=bool)
+    flagged = np.zeros(len(survivors), dtype=bool)
     contamination_scores = np.empty(0)
     if items:
         flagged, contamination_scores = _decontaminate(rows, emb, probe_emb, probes, items, survivors, decisions, cfg, num_gpus)
-        remaining &= ~flagged
     timer.lap("contamination")
 
-    nearest = _semantic_dedup(emb, survivors, remaining, meta, decisions, cfg, num_gpus)
+    nearest = _semantic_dedup(emb, survivors, ~flagged, meta, decisions, cfg, num_gpus)
     timer.lap("semantic_dedup")
 
     with replaced_atomically(cfg.output) as staging:

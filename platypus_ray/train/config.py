@@ -7,7 +7,7 @@ from typing import Literal
 
 from pydantic import Field, ValidationInfo, field_validator, model_validator
 
-from platypus_ray.config import StrictModel
+from platypus_ray.config import StrictModel, is_planned
 from platypus_ray.paths import is_remote
 
 def _on_worker(info: ValidationInfo) -> bool:
@@ -32,7 +32,7 @@ class ModelSettings(StrictModel):
     @field_validator("name_or_path")
     @classmethod
     def _exists_if_local(cls, value: str, info: ValidationInfo) -> str:
-        if _on_worker(info):
+        if _on_worker(info) or is_planned(value, info):
             return value
         looks_local = value.startswith((".", "/", "~")) or os.path.exists(value)
         if looks_local and not os.path.isfile(os.path.join(os.path.expanduser(value), "config.json")):
@@ -54,7 +54,7 @@ class DataSettings(StrictModel):
     @field_validator("path")
     @classmethod
     def _exists_if_local(cls, value: str, info: ValidationInfo) -> str:
-        if _on_worker(info):
+        if _on_worker(info) or is_planned(value, info):
             return value
         if not is_remote(value) and not os.path.exists(value):
             raise ValueError(f"'{value}' does not exist; run `platypus-ray refine` first or point to a Parquet folder")

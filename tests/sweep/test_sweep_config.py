@@ -45,3 +45,19 @@ def test_auto_concurrency_is_capacity_over_demand(ray_session, tiny_model, kept_
     raw["training"]["global_batch_size"] = 8
     with pytest.raises(UserError, match=r"not even one trial fits this Ray instance \(CPU: 4 per trial, cluster has 2\)"):
         max_concurrent_trials(validate_config(SweepConfig, raw))
+
+
+def test_search_space_grid_and_random(tiny_model, kept_folder, tmp_path):
+    from ray import tune
+
+    from platypus_ray.sweep.stage import _param_space
+
+    grid = validate_config(SweepConfig, sweep_raw(tiny_model, kept_folder, tmp_path, lora_r=[4, 8], target_modules=["mlp", ["q_proj"]]))
+    space = _param_space(grid)
+    assert space["lora_r"] == {"grid_search": [4, 8]} and space["target_modules"] == {"grid_search": ["mlp", ["q_proj"]]}
+    assert "learning_rate" not in space  # the train config's rate is used
+    random = validate_config(SweepConfig, sweep_raw(tiny_model, kept_folder, tmp_path, search="random", num_samples=5,
+                                                     learning_rate=[1e-4, 3e-4]))
+    space = _param_space(random)
+    assert isinstance(space["lora_r"], tune.search.sample.Categorical)
+    assert space["learning_rate"].categories == [1e-4, 3e-4]
