@@ -7,7 +7,7 @@ TORCH_SPEC ?= torch==2.13.0
 export TORCH_EXTENSIONS_DIR ?= $(CURDIR)/.venv/torch_extensions
 export HF_HUB_OFFLINE ?= 1
 
-.PHONY: setup demo test bench clean
+.PHONY: setup demo test bench clean local-cluster
 
 setup: $(VENV)/.installed
 
@@ -18,14 +18,16 @@ $(VENV)/.installed: pyproject.toml
 	$(PY) -m pip install --quiet -e ".[test]"
 	touch $@
 
-# The whole recipe on the embedded local Ray, on the shipped sample data and a tiny LLaMA:
-# refine (Ray Data) -> tiny base model -> LoRA with ZeRO-3 on 2 workers (Ray Train) -> merge.
+# The whole recipe on the embedded local Ray, on the shipped sample data and a tiny LLaMA
+# (jobs/configs/demo.yaml): tiny base model -> refine (Ray Data) -> LoRA with ZeRO-3 on
+# 2 workers (Ray Train) -> merge, each stage feeding the next.
 demo: setup
 	rm -rf out/demo
-	$(PY) -m platypus_ray refine --config jobs/configs/demo-refine.yaml
-	$(PY) -m platypus_ray make-tiny-model --out out/tiny-llama
-	$(PY) -m platypus_ray train --config jobs/configs/tiny-cpu.yaml
-	$(PY) -m platypus_ray merge --base out/tiny-llama --adapter out/demo/train/tiny-cpu/adapter --out out/demo/merged
+	$(PY) -m platypus_ray pipeline --config jobs/configs/demo.yaml
+
+# A real two-node Ray cluster on this machine (own temp dirs and ports; Ctrl-C stops it).
+local-cluster: setup
+	$(PY) -m platypus_ray.local_cluster --nodes 2 --cpus-per-node 1
 
 test: setup
 	$(PY) -m pytest -q

@@ -16,7 +16,7 @@ from typing import Any, Callable, Iterator, Literal
 import pyarrow.parquet as pq
 from pydantic import Field, field_validator
 
-from platypus_ray.config import StrictModel
+from platypus_ray.config import StrictModel, is_planned
 from platypus_ray.errors import InputError
 from platypus_ray.paths import check_input_path, default_name, expand_files, open_input
 
@@ -44,6 +44,8 @@ class BenchmarkConfig(StrictModel):
     def _path_exists(cls, path: str, info) -> str:
         fmt = info.data.get("format")
         extensions = _EXTENSIONS.get(fmt, ("jsonl", "json", "parquet", "csv"))
+        if is_planned(path, info):
+            return path
         return check_input_path(path, extensions)
 
     @property

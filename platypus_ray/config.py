@@ -32,7 +32,8 @@ def _normal(path: str) -> str:
 
 
 def is_planned(path: str, info: ValidationInfo) -> bool:
-    """Whether an earlier pipeline stage will write ``path`` (or a folder holding it)."""
+    """Whether ``path`` will exist when its stage runs though it does not now: an earlier
+    pipeline stage writes it (or the folder holding it)."""
     planned = (info.context or {}).get("planned", ())
     path = _normal(path)
     return any(path == p or path.startswith(p + os.sep) for p in planned)
@@ -64,10 +65,32 @@ def load_config(model: type[M], path: str | Path | None, overrides: list[str] | 
     """
     raw: dict[str, Any] = {}
     if path is not None:
-        raw = load_raw(path)
+        raw = _inline_section_files(model, load_raw(path), Path(path).parent)
     for override in overrides or []:
         apply_override(raw, override)
     return validate_config(model, raw, origin=str(path) if path else "overrides", planned=planned)
+
+
+def _inline_section_files(model: type[BaseModel], raw: dict[str, Any], config_dir: Path) -> dict[str, Any]:
+    """A top-level section may name a YAML file holding it (``train: jobs/configs/tiny-cpu.yaml``).
+
+    The file is read in place, so ``--set train.lora.r=8`` overrides reach into it. Its path is
+    taken as given, else relative to the including config's folder.
+    """
+    for key, value in raw.items():
+        field = model.model_fields.get(key)
+        if not isinstance(value, str) or field is None or not _section_model(field.annotation):
+            continue
+        path = Path(value) if Path(value).is_file() else config_dir / value
+        if not path.is_file():
+            raise ConfigError(f"{key}: config file '{value}' does not exist")
+        raw[key] = load_raw(path)
+    return raw
+
+
+def _section_model(annotation: Any) -> bool:
+    candidates = typing.get_args(annotation) or (annotation,)
+    return any(isinstance(c, type) and issubclass(c, BaseModel) for c in candidates)
 
 
 def validate_config(model: type[M], raw: dict[str, Any], origin: str = "config", planned: set[str] | None = None) -> M:

@@ -43,6 +43,21 @@ class MergeResult:
                 f"= {self.max_logit_difference:.2e}")
 
 
+def memory_needed(cfg: MergeConfig) -> int:
+    """Bytes of RAM a merge holds: the base weights in their load dtype, plus headroom for the
+    adapter, the check's activations and the save buffers."""
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    config = AutoConfig.from_pretrained(cfg.base)
+    with torch.device("meta"):
+        params = sum(p.numel() for p in AutoModelForCausalLM.from_config(config).parameters())
+    dtype = getattr(torch, cfg.dtype) if cfg.dtype != "auto" else (getattr(config, "dtype", None) or torch.float32)
+    if isinstance(dtype, str):
+        dtype = getattr(torch, dtype)
+    return int(params * dtype.itemsize * 1.5) + 2**30
+
+
 def run(cfg: MergeConfig) -> MergeResult:
     import torch
     from peft import PeftModel

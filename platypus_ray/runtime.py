@@ -15,6 +15,7 @@ WORKER_ENV = {
     # Ray Train tees every worker print() into its logger as well: each line would show twice.
     "RAY_TRAIN_ENABLE_PRINT_PATCH": "0",
     "HF_HUB_DISABLE_PROGRESS_BARS": "1",  # no weight-loading bars from every actor and worker
+    "RAY_DATA_LOG_LEVEL": "WARNING",  # one INFO block per dataset execution in every Train worker otherwise
 }
 _PASSED_THROUGH = ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "TORCH_EXTENSIONS_DIR", "DS_ACCELERATOR", "HF_HOME")
 

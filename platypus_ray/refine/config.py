@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, ValidationInfo, field_validator, model_validator
 
 from platypus_ray.benchmarks import BenchmarkConfig
-from platypus_ray.config import StrictModel
+from platypus_ray.config import StrictModel, is_planned
 from platypus_ray.paths import check_input_path
 
 SourceFormat = Literal["json", "jsonl", "parquet", "csv"]
@@ -32,7 +32,9 @@ class SourceConfig(StrictModel):
 
     @field_validator("path")
     @classmethod
-    def _path_exists(cls, path: str) -> str:
+    def _path_exists(cls, path: str, info: ValidationInfo) -> str:
+        if is_planned(path, info):
+            return path
         return check_input_path(path, ("json", "jsonl", "parquet", "csv"))
 
     @property

@@ -49,7 +49,7 @@ def run(cfg: SweepConfig) -> SweepResult:
     cfg = resolve_local_paths(cfg)
     init_ray()
     concurrency = max_concurrent_trials(cfg)
-    sweep_dir = f"{cfg.run.storage_path.rstrip('/')}/{cfg.run.name}"
+    sweep_dir = cfg.run.run_dir
     exists = tune.Tuner.can_restore(sweep_dir)
     if cfg.resume and not exists:
         raise UserError(f"resume: no sweep to continue at {sweep_dir}; drop --resume to start one")

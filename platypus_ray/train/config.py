@@ -145,6 +145,15 @@ class RunSettings(StrictModel):
     max_failures: int = Field(2, ge=-1, description="worker-group restarts from the last checkpoint; -1: forever")
     keep_checkpoints: int = Field(2, ge=1)
 
+    @property
+    def run_dir(self) -> str:
+        return f"{self.storage_path.rstrip('/')}/{self.name}"
+
+    @property
+    def adapter_path(self) -> str:
+        """Where the trained adapter is exported once the run finishes."""
+        return f"{self.run_dir}/adapter"
+
 
 class TrainConfig(StrictModel):
     """Root config of ``platypus-ray train``."""

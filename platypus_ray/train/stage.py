@@ -71,9 +71,9 @@ def run(cfg: TrainConfig, callbacks: list | None = None, data: TokenizedData | N
     start = time.perf_counter()
     cfg = resolve_local_paths(cfg)
     size = model_size(cfg)  # meta device: cheap even for 70B; checked again once the data is counted
-    run_dir = f"{cfg.run.storage_path.rstrip('/')}/{cfg.run.name}"
+    run_dir = cfg.run.run_dir
     init_ray()
-    _check_cluster_fits(cfg)
+    check_cluster_fits(cfg)
     data = data or prepare_data(cfg)
     plan = TrainPlan(cfg, size, data.train_rows, data.validation_rows, data.train_tokens, data.dropped_rows)
     print(plan.render(), flush=True)
@@ -115,7 +115,7 @@ def run(cfg: TrainConfig, callbacks: list | None = None, data: TokenizedData | N
         raise RuntimeError("training finished without a checkpoint")
 
     history = _history(result.checkpoint)
-    adapter_path = export_adapter(result.checkpoint, f"{run_dir}/adapter")
+    adapter_path = export_adapter(result.checkpoint, cfg.run.adapter_path)
     check_adapter(adapter_path)
     _write_run_files(run_dir, history)
     return TrainResult(
@@ -141,7 +141,7 @@ def resolve_local_paths(cfg: TrainConfigT) -> TrainConfigT:
     return cfg
 
 
-def _check_cluster_fits(cfg: TrainConfig) -> None:
+def check_cluster_fits(cfg: TrainConfig) -> None:
     """On a fixed cluster (the local one), a worker group that can never be placed is an error
     now, not a hang; on a remote cluster the autoscaler may still add nodes, so only warn."""
     available = ray.cluster_resources()

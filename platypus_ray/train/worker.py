@@ -37,6 +37,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     context = ray.train.get_context()
     rank, world = context.get_world_rank(), context.get_world_size()
     on_gpu = cfg.cluster.use_gpu and torch.cuda.is_available()
+    os.environ.setdefault("DS_ACCELERATOR", "cuda" if on_gpu else "cpu")  # no probing, no fallback warning
 
     import deepspeed
 

@@ -1,0 +1,188 @@
+"""A real multi-process Ray cluster on one machine, for job-submission and multi-node tests.
+
+``ray start --head`` (and optionally more ``ray start --address=...`` nodes), each with its own
+temp dir, its own free ports on loopback and a custom resource naming the node, and token
+authentication with a token of its own (clients get it from :attr:`client_env`). Teardown stops
+exactly the processes of this cluster (found by its temp dirs), never other Ray instances:
+``ray stop`` would kill every Ray process on the machine.
+
+    python -m platypus_ray.local_cluster --nodes 2    # prints the address; Ctrl-C stops it
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import psutil
+
+LOOPBACK = "127.0.0.1"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind((LOOPBACK, 0))
+        return s.getsockname()[1]
+
+
+def _ray_cli() -> str:
+    return str(Path(sys.executable).with_name("ray"))
+
+
+@dataclass
+class LocalNode:
+    name: str  # also a custom resource on the node: {"node:<name>": 1}
+    temp_dir: Path
+
+
+@dataclass
+class LocalCluster:
+    """Start with :meth:`start` (or as a context manager); ``address`` for ``ray.init``,
+    ``dashboard_url`` for ``ray job submit --address``."""
+
+    cpus_per_node: int = 2
+    env: dict[str, str] = field(default_factory=dict)  # extra environment for the nodes' processes
+    root: Path = field(default_factory=lambda: Path(tempfile.mkdtemp(prefix="prc-", dir="/tmp")))
+    nodes: list[LocalNode] = field(default_factory=list)
+    gcs_port: int = 0
+    dashboard_port: int = 0
+    token: str = field(default_factory=lambda: secrets.token_hex(32))
+
+    @property
+    def address(self) -> str:
+        return f"{LOOPBACK}:{self.gcs_port}"
+
+    @property
+    def dashboard_url(self) -> str:
+        return f"http://{LOOPBACK}:{self.dashboard_port}"
+
+    @property
+    def client_env(self) -> dict[str, str]:
+        """Environment for a process that talks to this cluster (ray.init, ray job submit)."""
+        return {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": self.token, "RAY_ADDRESS": self.address}
+
+    def start(self, nodes: int = 1) -> "LocalCluster":
+        self.gcs_port, self.dashboard_port = free_port(), free_port()
+        self._start_node("head", ["--head", f"--port={self.gcs_port}", "--include-dashboard=true",
+                                  f"--dashboard-host={LOOPBACK}", f"--dashboard-port={self.dashboard_port}",
+                                  f"--ray-client-server-port={free_port()}"])
+        for i in range(1, nodes):
+            self.add_node(f"worker{i}")
+        return self
+
+    def add_node(self, name: str) -> LocalNode:
+        return self._start_node(name, [f"--address={self.address}"])
+
+    def _start_node(self, name: str, args: list[str]) -> LocalNode:
+        # Unix socket paths are limited to ~107 bytes: keep temp dirs short.
+        temp_dir = self.root / name
+        temp_dir.mkdir(parents=True, exist_ok=True)
+        low = free_port()
+        command = [
+            _ray_cli(), "start", *args, f"--node-ip-address={LOOPBACK}", f"--temp-dir={temp_dir}",
+            f"--num-cpus={self.cpus_per_node}", f'--resources={{"node:{name}": 1}}',
+            f"--node-manager-port={free_port()}", f"--object-manager-port={free_port()}",
+            f"--dashboard-agent-listen-port={free_port()}", f"--dashboard-agent-grpc-port={free_port()}",
+            f"--runtime-env-agent-port={free_port()}", f"--metrics-export-port={free_port()}",
+            f"--min-worker-port={low}", f"--max-worker-port={low + 200}",
+            "--disable-usage-stats", "--object-store-memory=200000000",
+        ]
+        env = {**os.environ, **self.env, **self.client_env, "RAY_USAGE_STATS_ENABLED": "0",
+               # `python` in a job's entrypoint is this interpreter, as on a cluster whose image has one.
+               "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"}
+        env.pop("RAY_ADDRESS")
+        proc = subprocess.run(command, env=env, capture_output=True, text=True, timeout=180)
+        if proc.returncode != 0:
+            self.stop()
+            raise RuntimeError(f"`ray start` for node {name} failed:\n{proc.stdout}\n{proc.stderr}")
+        node = LocalNode(name, temp_dir)
+        self.nodes.append(node)
+        return node
+
+    def processes(self, node: LocalNode | None = None) -> list[psutil.Process]:
+        """This cluster's processes (or one node's): every process naming its temp dir."""
+        roots = [str(n.temp_dir) for n in ([node] if node else self.nodes)]
+        found = []
+        for proc in psutil.process_iter(["cmdline"]):
+            cmdline = " ".join(proc.info["cmdline"] or [])
+            if any(root in cmdline for root in roots):
+                found.append(proc)
+        return found
+
+    def kill_node(self, node: LocalNode) -> list[int]:
+        """SIGKILL one node's processes (a lost machine); returns their pids."""
+        procs = self.processes(node)
+        for proc in procs:
+            try:
+                proc.send_signal(signal.SIGKILL)
+            except psutil.NoSuchProcess:
+                pass
+        psutil.wait_procs(procs, timeout=10)
+        self.nodes.remove(node)
+        return [p.pid for p in procs]
+
+    def stop(self) -> None:
+        """Stop this cluster's processes: SIGTERM, then SIGKILL what is left; remove its temp dirs."""
+        procs = self.processes()
+        # Workers and drivers started by this cluster's raylets are their children.
+        for proc in list(procs):
+            try:
+                procs += proc.children(recursive=True)
+            except psutil.NoSuchProcess:
+                pass
+        procs = list({p.pid: p for p in procs}.values())
+        for proc in procs:
+            try:
+                proc.terminate()
+            except psutil.NoSuchProcess:
+                pass
+        _, alive = psutil.wait_procs(procs, timeout=15)
+        for proc in alive:
+            try:
+                proc.kill()
+            except psutil.NoSuchProcess:
+                pass
+        psutil.wait_procs(alive, timeout=10)
+        self.nodes.clear()
+        shutil.rmtree(self.root, ignore_errors=True)
+
+    def __enter__(self) -> "LocalCluster":
+        return self if self.nodes else self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+
+def main() -> None:
+    import argparse
+
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--nodes", type=int, default=2)
+    parser.add_argument("--cpus-per-node", type=int, default=1)
+    args = parser.parse_args()
+    cluster = LocalCluster(cpus_per_node=args.cpus_per_node).start(args.nodes)
+    print(f"Ray cluster with {args.nodes} nodes: address {cluster.address}, dashboard {cluster.dashboard_url}")
+    print(f"  export RAY_AUTH_MODE=token RAY_AUTH_TOKEN={cluster.token}")
+    print(f"  ray job submit --address {cluster.dashboard_url} --working-dir . "
+          "--runtime-env jobs/runtime_env.yaml -- python jobs/pipeline.py --config jobs/configs/demo.yaml")
+    print("Ctrl-C stops it.", flush=True)
+    try:
+        while True:
+            time.sleep(3600)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        cluster.stop()
+
+
+if __name__ == "__main__":
+    main()
