@@ -38,6 +38,8 @@ class BenchmarkConfig(StrictModel):
     format: BenchmarkFormat
     name: str | None = None  # defaults to the file or folder name
     num_fewshot: int = Field(0, ge=0, description="few-shot examples per prompt (evaluate only)")
+    fewshot_path: str | None = None  # evaluate only: a dev split in the same format to draw examples from
+    limit: int | None = Field(None, ge=1, description="score only the first N items (evaluate only)")
 
     @field_validator("path")
     @classmethod
@@ -47,6 +49,13 @@ class BenchmarkConfig(StrictModel):
         if is_planned(path, info):
             return path
         return check_input_path(path, extensions)
+
+    @field_validator("fewshot_path")
+    @classmethod
+    def _fewshot_path_exists(cls, path: str | None, info) -> str | None:
+        if path is None or is_planned(path, info):
+            return path
+        return check_input_path(path, _EXTENSIONS.get(info.data.get("format"), ("jsonl", "json", "parquet", "csv")))
 
     @property
     def benchmark_name(self) -> str:
@@ -68,11 +77,11 @@ class BenchmarkItem:
     answer: int | None = None  # index into choices
 
 
-def load_benchmark(cfg: BenchmarkConfig) -> list[BenchmarkItem]:
-    """Every item of a benchmark entry, in file order."""
+def load_benchmark(cfg: BenchmarkConfig, path: str | None = None) -> list[BenchmarkItem]:
+    """Every item of a benchmark entry (or of ``path`` in its format, e.g. its dev split), in file order."""
     parse = _PARSERS[cfg.format]
     items: list[BenchmarkItem] = []
-    for path in expand_files(cfg.path, _EXTENSIONS[cfg.format]):
+    for path in expand_files(path or cfg.path, _EXTENSIONS[cfg.format]):
         stem = default_name(path)
         for row, (line, record) in enumerate(_records(path, cfg.format)):
             try:

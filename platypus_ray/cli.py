@@ -33,6 +33,8 @@ COMMANDS: dict[str, Command] = {
                      "platypus_ray.sweep", "SweepConfig", switches=("resume",)),
     "merge": Command("fold a LoRA adapter into a base model", "platypus_ray.merge", "MergeConfig",
                      flags=("base", "adapter", "out")),
+    "evaluate": Command("benchmark accuracy (acc, acc_norm) and held-out loss, as Ray Data batch inference",
+                        "platypus_ray.evaluate", "EvaluateConfig"),
     "pipeline": Command("refine -> train -> merge in one run, each stage feeding the next",
                         "platypus_ray.pipeline", "PipelineConfig"),
     "make-tiny-model": Command("build a tiny LLaMA + locally trained tokenizer (tests, demo)",

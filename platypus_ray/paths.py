@@ -15,6 +15,13 @@ def is_remote(path: str) -> bool:
     return "://" in path and not path.startswith("file://")
 
 
+def absolute_if_local(path: str) -> str:
+    """An absolute path for an existing local path (Ray workers start in another folder);
+    a hub id or URI stays as it is."""
+    expanded = os.path.expanduser(path)
+    return os.path.abspath(expanded) if os.path.exists(expanded) else path
+
+
 def default_name(path: str) -> str:
     """A readable name for a source or benchmark: the file stem or folder name."""
     stem = path.rstrip("/").split("/")[-1]

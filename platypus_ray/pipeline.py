@@ -1,7 +1,8 @@
-"""``platypus-ray pipeline`` (``jobs/pipeline.py``): refine → train → merge in one job.
+"""``platypus-ray pipeline`` (``jobs/pipeline.py``): refine → train → merge → evaluate in one job.
 
 Each stage's output feeds the next: train reads refine's ``kept/`` rows, merge folds the
-trained adapter into train's base model. Every section is validated before anything runs
+trained adapter into train's base model, evaluate scores the merged model (or base plus
+adapter when there is no merge) against the base. Every section is validated before anything runs
 (inputs an earlier stage will write count as present), and the train cluster shape is
 checked before refine starts, so a bad train section never costs a refine run.
 A section may be inline or name a stage's YAML file: ``train: tiny-cpu.yaml``.
@@ -16,8 +17,11 @@ from typing import Any, Literal
 
 from pydantic import ValidationInfo, model_validator
 
+from platypus_ray.benchmarks import BenchmarkConfig
 from platypus_ray.config import StrictModel
+from platypus_ray.evaluate.config import EvaluateConfig, InferenceSettings, ValidationSettings
 from platypus_ray.merge import MergeConfig
+from platypus_ray.paths import absolute_if_local
 from platypus_ray.refine.config import RefineConfig
 from platypus_ray.tiny_model import TinyModelConfig
 from platypus_ray.train.config import TrainConfig
@@ -31,6 +35,24 @@ class MergeStep(StrictModel):
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
 
 
+class EvaluateStep(StrictModel):
+    """Evaluate settings; the model is the pipeline's fine-tune (merged, or base + adapter)."""
+
+    benchmarks: list[BenchmarkConfig] = []
+    validation: ValidationSettings | None = None
+    inference: InferenceSettings = InferenceSettings()
+    output: str = "out/eval"
+    compare_with_base: bool = True  # also score train.model.name_or_path, side by side
+    seed: int = 1234
+
+    def evaluate_config(self, model: dict, base: str) -> EvaluateConfig:
+        compare = {"name_or_path": base, "label": "base"} if self.compare_with_base else None
+        return EvaluateConfig.model_validate({
+            **self.model_dump(exclude={"compare_with_base"}), "model": {**model, "label": "fine-tuned"},
+            "compare_with": compare,
+        })
+
+
 class PipelineConfig(StrictModel):
     """Root config of ``platypus-ray pipeline``; every section is optional, in stage order."""
 
@@ -38,6 +60,7 @@ class PipelineConfig(StrictModel):
     refine: RefineConfig | None = None
     train: TrainConfig | None = None
     merge: MergeStep | None = None
+    evaluate: EvaluateStep | None = None
 
     @model_validator(mode="before")
     @classmethod
@@ -60,6 +83,10 @@ class PipelineConfig(StrictModel):
     def _merge_needs_train(self) -> "PipelineConfig":
         if self.merge is not None and self.train is None:
             raise ValueError("merge: needs a train section (the adapter to merge comes from it)")
+        if self.evaluate is not None and self.train is None:
+            raise ValueError("evaluate: needs a train section (it scores the fine-tune); use `platypus-ray evaluate` for a model you have")
+        if self.evaluate is not None and not (self.evaluate.benchmarks or self.evaluate.validation):
+            raise ValueError("evaluate: give benchmarks, a validation set, or both")
         if self.build_tiny_model and self.train is None:
             raise ValueError("build_tiny_model: needs a train section (the model is built at train.model.name_or_path)")
         if not (self.refine or self.train):
@@ -114,14 +141,16 @@ def run(cfg: PipelineConfig) -> PipelineResult:
         trained = step("train", cfg.train.run.adapter_path, train.run, cfg.train)
         if cfg.merge is not None:
             base = cfg.merge.base or cfg.train.model.name_or_path
-            merge_cfg = MergeConfig(base=_absolute_if_local(base), adapter=_absolute_if_local(trained.adapter_path),
+            merge_cfg = MergeConfig(base=absolute_if_local(base), adapter=absolute_if_local(trained.adapter_path),
                                     out=os.path.abspath(cfg.merge.out), dtype=cfg.merge.dtype)
             step("merge", merge_cfg.out, merge_on_cluster, merge_cfg)
+        if cfg.evaluate is not None:
+            from platypus_ray import evaluate
+
+            base = cfg.train.model.name_or_path
+            model = {"name_or_path": cfg.merge.out} if cfg.merge else {"name_or_path": base, "adapter": trained.adapter_path}
+            step("evaluate", cfg.evaluate.output, evaluate.run, cfg.evaluate.evaluate_config(model, base))
     return result
-
-
-def _absolute_if_local(path: str) -> str:
-    return os.path.abspath(path) if os.path.exists(path) else path  # a hub id stays as it is
 
 
 def merge_on_cluster(cfg: MergeConfig):

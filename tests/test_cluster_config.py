@@ -12,6 +12,7 @@ import pytest
 import ray
 import yaml
 
+from platypus_ray.evaluate.config import EvaluateConfig
 from platypus_ray.pipeline import PipelineConfig
 from platypus_ray.refine.config import RefineConfig
 from platypus_ray.runtime import WORKER_ENV
@@ -60,15 +61,22 @@ def cluster_presets() -> dict[str, object]:
     """The presets under jobs/configs meant for a GPU cluster."""
     presets = {}
     for name, cfg in shipped_presets(planned={"out", SHARED}).items():
-        sections = [cfg.refine, cfg.train] if isinstance(cfg, PipelineConfig) else [cfg]
-        if any(_on_gpu(s) for s in sections if s is not None):
+        if any(_on_gpu(s) for s in _sections(cfg)):
             presets[name] = cfg
     return presets
+
+
+def _sections(cfg) -> list:
+    if isinstance(cfg, PipelineConfig):
+        return [s for s in (cfg.refine, cfg.train) if s is not None]
+    return [cfg]
 
 
 def _on_gpu(section) -> bool:
     if isinstance(section, RefineConfig):
         return section.embedding.device == "cuda"
+    if isinstance(section, EvaluateConfig):
+        return section.inference.device == "cuda"
     return section.cluster.use_gpu
 
 
@@ -84,14 +92,16 @@ def _fits(demand: dict[str, float], count: int, config: dict) -> bool:
 def test_every_cluster_preset_fits_the_clusters_node_types_and_writes_to_shared_storage():
     presets = cluster_presets()
     assert {"platypus2-13b.yaml", "platypus2-70b.yaml", "refine-cluster.yaml", "sweep-13b.yaml",
-            "platypus2-13b-pipeline.yaml"} <= set(presets)
+            "platypus2-13b-pipeline.yaml", "evaluate-13b.yaml"} <= set(presets)
     for path in CLUSTERS:
         config = yaml.safe_load(path.read_text())
         for name, cfg in presets.items():
-            sections = [cfg.refine, cfg.train] if isinstance(cfg, PipelineConfig) else [cfg]
-            for section in filter(None, sections):
+            for section in _sections(cfg):
                 if isinstance(section, RefineConfig):
                     demand, count = {"GPU": 1, "CPU": section.embedding.cpus_per_actor}, section.embedding.actors
+                    outputs = [section.output]
+                elif isinstance(section, EvaluateConfig):
+                    demand, count = {"GPU": 1, "CPU": section.inference.cpus_per_actor}, section.inference.actors
                     outputs = [section.output]
                 else:
                     demand, count = section.cluster.resources_per_worker, section.workers
@@ -101,8 +111,9 @@ def test_every_cluster_preset_fits_the_clusters_node_types_and_writes_to_shared_
                 assert _fits(demand, count, config), f"{name} needs {count} x {demand}: more than {path.name} offers"
                 # A relative path would land in the job's private working-dir copy on one node.
                 assert all(o.startswith(SHARED) or "://" in o for o in outputs), (name, outputs)
-            if isinstance(cfg, PipelineConfig) and cfg.merge is not None:
-                assert cfg.merge.out.startswith(SHARED)
+            if isinstance(cfg, PipelineConfig):
+                assert all(step.out.startswith(SHARED) for step in [cfg.merge] if step is not None)
+                assert all(step.output.startswith(SHARED) for step in [cfg.evaluate] if step is not None)
 
 
 def test_the_fit_check_does_catch_a_preset_too_big_for_the_cluster():

@@ -4,6 +4,7 @@ project's runtime env, then exactly that cluster stopped."""
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -53,6 +54,7 @@ def test_pipeline_job_succeeds_and_writes_every_stage(head, tiny_model, tmp_path
         "--set", f"train.run.storage_path={out}/train", "--set", "train.training.max_steps=4",
         "--set", "train.training.eval_every=2",
         "--set", f"merge.out={out}/merged",
+        "--set", f"evaluate.output={out}/eval", "--set", "evaluate.compare_with_base=false",
         timeout=900,
     )
     (tmp_path / "job.log").write_text(done.stdout)
@@ -60,7 +62,8 @@ def test_pipeline_job_succeeds_and_writes_every_stage(head, tiny_model, tmp_path
     assert "succeeded" in job_status(head, submission_id).lower()
     # The job log carries each stage's summary, in order.
     log = done.stdout
-    assert log.index("refine: ") < log.index("train: ") < log.index("merge: saved") < log.index("pipeline: done")
+    assert (log.index("refine: ") < log.index("train: ") < log.index("merge: saved") < log.index("evaluate: fine-tuned")
+            < log.index("pipeline: done"))
     # Every stage's output, where the config said.
     kept = pq.read_table(out / "refine/kept")
     ledger = pq.read_table(out / "refine/ledger")
@@ -68,6 +71,8 @@ def test_pipeline_job_succeeds_and_writes_every_stage(head, tiny_model, tmp_path
     adapter = out / "train/tiny-cpu/adapter"
     assert (adapter / "adapter_model.safetensors").stat().st_size > 0
     assert (out / "merged/config.json").is_file() and list((out / "merged").glob("*.safetensors"))
+    summary = json.loads((out / "eval/summary.json").read_text())
+    assert summary["models"]["fine-tuned"]["benchmarks"]["sample-quiz"]["items"] == 12
 
 
 def test_job_with_an_invalid_config_fails_fast_with_the_message(head, tmp_path):

@@ -8,6 +8,7 @@ import numpy as np
 import pyarrow as pa
 import ray
 
+from platypus_ray.batching import length_sorted_slices, resolve_device
 from platypus_ray.errors import UserError
 from platypus_ray.refine.config import EmbeddingConfig
 
@@ -58,23 +59,15 @@ class Embedder:
         return {"key": batch["key"], "embedding": vectors.astype(np.float32)}
 
 
-def resolve_device(cfg: EmbeddingConfig) -> str:
-    """``auto`` means cuda when the Ray cluster has GPUs, else cpu."""
-    if cfg.device != "auto":
-        return cfg.device
-    return "cuda" if ray.cluster_resources().get("GPU", 0) >= 1 else "cpu"
-
-
 def embed_texts(ds: ray.data.Dataset, n: int, cfg: EmbeddingConfig, embedder: type[Embedder] = Embedder) -> np.ndarray:
     """Embed a dataset of ``key`` (dense 0..n-1) and ``text``; returns an (n, dim) float32 matrix.
 
-    Rows are regrouped into batches of similar length (little padding), longest batch
-    first, one block per batch; actors take one block at a time, so the pool balances
-    like longest-processing-time-first scheduling instead of queueing blocks per actor.
+    Rows are regrouped into batches of similar length, longest first, one block per batch
+    (see :mod:`platypus_ray.batching`).
     """
     if n == 0:
         return np.zeros((0, 0), dtype=np.float32)
-    device = resolve_device(cfg)
+    device = resolve_device(cfg.device)
     batches = length_sorted_batches(ds, cfg.batch_size)
     embedded = ray.data.from_arrow(batches).map_batches(
         embedder,
@@ -103,6 +96,4 @@ def length_sorted_batches(ds: ray.data.Dataset, batch_size: int) -> list[pa.Tabl
     """
     ds = ds.materialize()  # no-op when it already is; then the blocks are fetched without a new execution
     table = pa.concat_tables([ray.get(ref).select(["key", "text", "text_len"]) for ref in ds.to_arrow_refs()])
-    order = np.argsort(-table["text_len"].to_numpy(), kind="stable")
-    table = table.select(["key", "text"]).take(pa.array(order))
-    return [table.slice(start, batch_size) for start in range(0, len(table), batch_size)]
+    return length_sorted_slices(table.select(["key", "text"]), table["text_len"].to_numpy(), batch_size)

@@ -24,7 +24,8 @@ from platypus_ray.config import dump_config
 from platypus_ray.outputs import replaced_atomically
 from platypus_ray.refine import contamination as contam
 from platypus_ray.refine.config import RefineConfig
-from platypus_ray.refine.embed import check_model, embed_texts, resolve_device
+from platypus_ray.batching import resolve_device
+from platypus_ray.refine.embed import check_model, embed_texts
 from platypus_ray.refine.ledger import Decisions, fetch_texts, summarize, write_rows
 from platypus_ray.refine.report import review_rows, review_uids, write_report, write_review
 from platypus_ray.refine.rows import embed_text
@@ -118,7 +119,7 @@ def run(cfg: RefineConfig) -> RefineResult:
     vectors = embed_texts(to_embed, len(survivors) + len(probes.texts), cfg.embedding)
     emb, probe_emb = vectors[: len(survivors)], vectors[len(survivors) :]
     timer.lap("embed")
-    num_gpus = 1 if resolve_device(cfg.embedding) == "cuda" else 0
+    num_gpus = 1 if resolve_device(cfg.embedding.device) == "cuda" else 0
 
     flagged = np.zeros(len(survivors), dtype=bool)
     contamination_scores = np.empty(0)

@@ -1,4 +1,4 @@
-"""Real Ray Tune over real Ray Train runs (2 CPU workers per trial) on the tiny LLaMA."""
+"""Real Ray Tune over real Ray Train runs (1 or 2 CPU workers per trial) on the tiny LLaMA."""
 
 from __future__ import annotations
 
@@ -23,10 +23,10 @@ def sweep_config(tiny_model, kept_folder, storage, name, **sweep):
     return validate_config(SweepConfig, raw)
 
 
-@pytest.mark.timeout(600)  # auto concurrency on 2 CPUs with 2 workers per trial must not hang
 def test_four_trial_grid_every_trial_has_a_real_eval_loss(ray_session, tiny_model, kept_folder, tmp_path):
+    # One worker per trial: `auto` runs two trials side by side on the 2 CPUs.
     cfg = sweep_config(tiny_model, kept_folder, str(tmp_path), "grid", lora_r=[4, 8], target_modules=["attention", "mlp"],
-                       scheduler={"type": "asha", "grace_period": 2, "max_t": 2})
+                       scheduler={"type": "asha", "grace_period": 2, "max_t": 2}, gpus_per_trial=1)
     result = run(cfg)
     assert len(result.rows) == 4
     assert {(r.lora_r, r.target_modules) for r in result.rows} == {(4, "attention"), (8, "attention"), (4, "mlp"), (8, "mlp")}
@@ -45,8 +45,9 @@ def test_four_trial_grid_every_trial_has_a_real_eval_loss(ray_session, tiny_mode
     assert result.best_adapter == result.rows[0].adapter
 
 
+@pytest.mark.timeout(600)  # auto concurrency on 2 CPUs with 2 workers per trial must not hang
 def test_asha_stops_the_diverging_trial_before_max_t(ray_session, tiny_model, kept_folder, tmp_path):
-    # Trials run one at a time in grid order: the good trial sets the rung, the one with a
+    # `auto` with 2 workers per trial on 2 CPUs: trials run one at a time in grid order: the good trial sets the rung, the one with a
     # learning rate 100x too high is far worse at its first evaluation and gets stopped there.
     cfg = sweep_config(tiny_model, kept_folder, str(tmp_path), "asha", lora_r=[8], target_modules=["mlp"],
                        learning_rate=[5e-3, 0.5], scheduler={"type": "asha", "grace_period": 1, "max_t": 2})

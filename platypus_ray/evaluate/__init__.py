@@ -1,0 +1,12 @@
+"""Evaluate stage: held-out loss and benchmark multiple-choice accuracy (Ray Data batch inference)."""
+
+from platypus_ray.evaluate.config import EvaluateConfig
+
+__all__ = ["EvaluateConfig", "run"]
+
+
+def run(cfg: EvaluateConfig):
+    """Run the evaluate stage; see :func:`platypus_ray.evaluate.stage.run`."""
+    from platypus_ray.evaluate.stage import run as _run
+
+    return _run(cfg)

@@ -1,0 +1,93 @@
+"""Evaluate stage config: the model (and an optional one to compare with), benchmarks, held-out rows."""
+
+from __future__ import annotations
+
+import os
+from typing import Literal
+
+from pydantic import Field, ValidationInfo, field_validator, model_validator
+
+from platypus_ray.benchmarks import BenchmarkConfig
+from platypus_ray.config import StrictModel, is_planned
+from platypus_ray.paths import is_remote
+
+
+class ModelRef(StrictModel):
+    """A causal LM: a hub id or a local folder (e.g. ``out/merged``), optionally plus a LoRA adapter."""
+
+    name_or_path: str
+    adapter: str | None = None  # a LoRA adapter folder; merged into the model in each actor
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"  # auto: bf16 on GPU, fp32 on CPU
+    label: str | None = None  # column name in the tables; default: the folder or hub name
+
+    @field_validator("name_or_path")
+    @classmethod
+    def _model_exists_if_local(cls, value: str, info: ValidationInfo) -> str:
+        looks_local = value.startswith((".", "/", "~")) or os.path.exists(value)
+        if looks_local and not is_planned(value, info) and not os.path.isfile(os.path.join(os.path.expanduser(value), "config.json")):
+            raise ValueError(f"'{value}' is not a model folder (no config.json)")
+        return value
+
+    @field_validator("adapter")
+    @classmethod
+    def _adapter_exists(cls, value: str | None, info: ValidationInfo) -> str | None:
+        if value is None or is_planned(value, info) or is_remote(value):
+            return value
+        if not os.path.isfile(os.path.join(os.path.expanduser(value), "adapter_config.json")):
+            raise ValueError(f"'{value}' is not a LoRA adapter folder (no adapter_config.json)")
+        return value
+
+    @property
+    def display_name(self) -> str:
+        if self.label:
+            return self.label
+        name = self.name_or_path.rstrip("/").split("/")[-1]
+        return f"{name}+{self.adapter.rstrip('/').split('/')[-1]}" if self.adapter else name
+
+
+class ValidationSettings(StrictModel):
+    """Held-out loss: rows in the kept/ schema, formatted and masked exactly as training does."""
+
+    path: str
+    rows: int = Field(500, ge=1, description="the first N rows are scored")
+    add_eos_token: bool = True
+
+    @field_validator("path")
+    @classmethod
+    def _exists(cls, value: str, info: ValidationInfo) -> str:
+        if not is_remote(value) and not is_planned(value, info) and not os.path.exists(value):
+            raise ValueError(f"'{value}' does not exist")
+        return value
+
+
+class InferenceSettings(StrictModel):
+    """The Ray Data actor pool that scores: one model replica per actor (one GPU each on a cluster)."""
+
+    actors: int = Field(1, ge=1)
+    batch_size: int = Field(8, ge=1, description="sequences per forward pass")
+    device: Literal["auto", "cpu", "cuda"] = "auto"  # auto: cuda when the cluster has GPUs
+    cpus_per_actor: float = Field(1.0, gt=0)
+    max_length: int | None = Field(None, ge=8, description="tokens per sequence (left-truncated); default: the model's context")
+
+
+class EvaluateConfig(StrictModel):
+    """Root config of ``platypus-ray evaluate``."""
+
+    model: ModelRef
+    compare_with: ModelRef | None = None  # e.g. the base model, for a side-by-side table
+    benchmarks: list[BenchmarkConfig] = []
+    validation: ValidationSettings | None = None
+    inference: InferenceSettings = InferenceSettings()
+    output: str = "out/eval"
+    seed: int = 1234  # few-shot example draws
+
+    @model_validator(mode="after")
+    def _something_to_do(self) -> "EvaluateConfig":
+        if not self.benchmarks and self.validation is None:
+            raise ValueError("give benchmarks, a validation set, or both")
+        names = [b.benchmark_name for b in self.benchmarks]
+        if len(set(names)) != len(names):
+            raise ValueError(f"benchmark names must be unique (got {names}); set `name:` on each")
+        if self.compare_with is not None and self.compare_with.display_name == self.model.display_name:
+            raise ValueError("model and compare_with have the same label; set `label:` on one of them")
+        return self

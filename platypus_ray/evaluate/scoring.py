@@ -1,0 +1,100 @@
+"""Log-likelihood of a continuation given a context, batched, in a Ray Data actor.
+
+Tokenisation follows lm-evaluation-harness: trailing whitespace of the context moves to the
+continuation (multiple-choice requests), the pair is encoded jointly and the continuation is
+what the joint encoding adds beyond the context's own tokens; sequences longer than
+``max_length`` lose tokens on the left. Padding is on the right, so a causal model sees every
+real token exactly as it would alone.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import numpy as np
+
+
+def encode_pair(tokenizer: Any, context: str, continuation: str, add_eos: bool = False,
+                move_space: bool = True) -> tuple[list[int], int]:
+    """Token ids of context + continuation, and how many trailing ids are the continuation."""
+    if move_space:
+        spaces = len(context) - len(context.rstrip())
+        if spaces:
+            context, continuation = context[:-spaces], context[-spaces:] + continuation
+    context_ids = tokenizer(context, add_special_tokens=True)["input_ids"]
+    whole = tokenizer(context + continuation, add_special_tokens=True)["input_ids"]
+    continuation_ids = whole[len(context_ids):]
+    if add_eos and (not continuation_ids or continuation_ids[-1] != tokenizer.eos_token_id):
+        continuation_ids = continuation_ids + [tokenizer.eos_token_id]
+    return context_ids + continuation_ids, len(continuation_ids)
+
+
+def score_encoded(model: Any, encoded: list[tuple[list[int], int]], pad_id: int, max_length: int,
+                  device: str = "cpu") -> list[tuple[float, int, bool]]:
+    """(summed log-prob, continuation tokens, continuation is the greedy choice) per sequence."""
+    import torch
+
+    trimmed = [(ids[-(max_length + 1):], min(n, max_length)) for ids, n in encoded]
+    width = max(len(ids) - 1 for ids, _ in trimmed)
+    input_ids = torch.full((len(trimmed), width), pad_id, dtype=torch.long)
+    attention = torch.zeros((len(trimmed), width), dtype=torch.long)
+    for row, (ids, _) in enumerate(trimmed):
+        input_ids[row, : len(ids) - 1] = torch.tensor(ids[:-1])
+        attention[row, : len(ids) - 1] = 1
+    with torch.no_grad():
+        logits = model(input_ids=input_ids.to(device), attention_mask=attention.to(device)).logits.float()
+    logprobs = torch.log_softmax(logits, dim=-1)
+    results = []
+    for row, (ids, n) in enumerate(trimmed):
+        if n == 0:
+            results.append((0.0, 0, True))
+            continue
+        end = len(ids) - 1
+        targets = torch.tensor(ids[-n:], device=logprobs.device)
+        picked = logprobs[row, end - n : end].gather(-1, targets[:, None]).squeeze(-1)
+        greedy = bool((logits[row, end - n : end].argmax(-1) == targets).all())
+        results.append((float(picked.double().sum()), n, greedy))
+    return results
+
+
+def load_model(name_or_path: str, adapter: str | None, dtype: str, device: str):
+    """Tokenizer and eval-mode model; an adapter is merged in (inference needs no LoRA branch)."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    torch_dtype = getattr(torch, dtype) if dtype != "auto" else (torch.bfloat16 if device == "cuda" else torch.float32)
+    tokenizer_source = adapter if adapter and os.path.isfile(os.path.join(adapter, "tokenizer_config.json")) else name_or_path
+    tokenizer = AutoTokenizer.from_pretrained(tokenizer_source)
+    model = AutoModelForCausalLM.from_pretrained(name_or_path, dtype=torch_dtype).to(device)
+    if adapter:
+        from peft import PeftModel
+
+        model = PeftModel.from_pretrained(model, adapter).merge_and_unload()
+    model.eval()
+    return tokenizer, model
+
+
+class Scorer:
+    """Ray Data callable class: one model replica per actor; a batch of requests in, scores out."""
+
+    def __init__(self, name_or_path: str, adapter: str | None, dtype: str, device: str, max_length: int | None):
+        self.tokenizer, self.model = load_model(name_or_path, adapter, dtype, device)
+        self.device = device
+        self.max_length = max_length or getattr(self.model.config, "max_position_embeddings", 2048)
+        pad = self.tokenizer.pad_token_id
+        self.pad_id = pad if pad is not None else self.tokenizer.eos_token_id
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        encoded = [
+            encode_pair(self.tokenizer, context, continuation, bool(add_eos), bool(move_space))
+            for context, continuation, add_eos, move_space in zip(
+                batch["context"], batch["continuation"], batch["add_eos"], batch["move_space"])
+        ]
+        scores = score_encoded(self.model, encoded, self.pad_id, self.max_length, self.device)
+        return {
+            "request": batch["request"],
+            "logprob": np.array([s[0] for s in scores], dtype=np.float64),
+            "n_tokens": np.array([s[1] for s in scores], dtype=np.int64),
+            "greedy": np.array([s[2] for s in scores], dtype=bool),
+        }
