@@ -52,7 +52,8 @@ class TrainResult:
     def summary(self) -> str:
         losses = [h["loss"] for h in self.history if "loss" in h]
         evals = [h["eval_loss"] for h in self.history if "eval_loss" in h]
-        lines = [f"train: {self.metrics.get('step')} steps in {self.wall_s:.0f} s"]
+        lines = [f"train: {self.metrics.get('step')} steps in {self.wall_s:.0f} s on "
+                 f"{self.metrics.get('world_size', '?')} workers across {self.metrics.get('nodes', '?')} node(s)"]
         if losses:
             lines.append(f"  loss {losses[0]:.4f} -> {losses[-1]:.4f}")
         if evals:
@@ -117,7 +118,7 @@ def run(cfg: TrainConfig, callbacks: list | None = None, data: TokenizedData | N
     history = _history(result.checkpoint)
     adapter_path = export_adapter(result.checkpoint, cfg.run.adapter_path)
     check_adapter(adapter_path)
-    _write_run_files(run_dir, history)
+    _write_run_files(run_dir, history, dict(result.metrics))
     return TrainResult(
         run_dir=run_dir,
         adapter_path=adapter_path,
@@ -205,5 +206,6 @@ def _resume_fingerprint(cfg: TrainConfig) -> dict[str, Any]:
     }
 
 
-def _write_run_files(run_dir: str, history: list[dict[str, Any]]) -> None:
+def _write_run_files(run_dir: str, history: list[dict[str, Any]], final: dict[str, Any]) -> None:
     write_text(f"{run_dir}/metrics.jsonl", "".join(json.dumps(entry) + "\n" for entry in history))
+    write_text(f"{run_dir}/result.json", json.dumps(final, indent=2))  # last report: step, losses, worker placement

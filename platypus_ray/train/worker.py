@@ -45,6 +45,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     args = _training_arguments(cfg, loop_config, on_gpu)  # registers the ZeRO-3 config for from_pretrained
     model = AutoModelForCausalLM.from_pretrained(cfg.model.name_or_path, dtype=_dtype(cfg, on_gpu))
     partition = zero3_partition_report(model, world)
+    partition.update(worker_placement())
     if cfg.training.gradient_checkpointing:
         model.enable_input_require_grads()
     set_seed(cfg.training.seed)  # every rank must start from the same LoRA initialisation
@@ -86,6 +87,13 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     torch.distributed.barrier()  # ranks sharing a node also share the scratch folder
     if context.get_local_rank() == 0:
         shutil.rmtree(args.output_dir, ignore_errors=True)
+
+
+def worker_placement() -> dict[str, Any]:
+    """Which Ray node each rank runs on (rank order), and how many nodes the group spans."""
+    nodes: list[str | None] = [None] * torch.distributed.get_world_size()
+    torch.distributed.all_gather_object(nodes, ray.get_runtime_context().get_node_id())
+    return {"worker_nodes": ",".join(nodes), "nodes": len(set(nodes))}
 
 
 def _global_step(hf_checkpoint: str) -> int:

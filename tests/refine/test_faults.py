@@ -1,0 +1,97 @@
+"""Refine under faults: an embedding actor killed mid-run changes nothing in the output, and
+a run that fails while writing leaves the previous output whole."""
+
+from __future__ import annotations
+
+import json
+import random
+import signal
+import threading
+import time
+
+import pandas as pd
+import psutil
+import pytest
+
+from platypus_ray.config import validate_config
+from platypus_ray.refine import RefineConfig, run
+
+pytestmark = pytest.mark.slow
+EMBED_ACTOR = "ray::MapWorker(MapBatches(Embedder))"
+
+
+def write_corpus(path, n: int = 1200) -> None:
+    """Varied rows with some near-duplicates, enough for a few seconds of embedding."""
+    rng = random.Random(0)
+    topics = ["rivers", "volcanoes", "bread", "chess", "satellites", "orchids", "tax law", "violins", "glaciers"]
+    verbs = ["Explain", "Describe", "Summarize", "Give three facts about", "Write a haiku about", "List uses of"]
+    rows = []
+    for i in range(n):
+        instruction = f"{rng.choice(verbs)} {rng.choice(topics)} for reader number {i % 400} in {rng.randrange(10**6)} words."
+        rows.append({"instruction": instruction, "input": "", "output": f"Answer {i}: " + " ".join(rng.sample(topics, 4))})
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+
+
+def config(corpus, output) -> RefineConfig:
+    return validate_config(RefineConfig, {
+        "sources": [{"path": str(corpus), "name": "gen"}], "output": str(output),
+        "embedding": {"actors": 2, "batch_size": 16}, "dedup": {"threshold": 0.9, "keep": "first"},
+    })
+
+
+def embed_actors() -> list[psutil.Process]:
+    found = []
+    for proc in psutil.Process().children(recursive=True):  # this session's local Ray only
+        try:
+            if proc.cmdline() and proc.cmdline()[0].startswith(EMBED_ACTOR):
+                found.append(proc)
+        except psutil.NoSuchProcess:
+            pass
+    return found
+
+
+def test_an_embedding_actor_killed_mid_run_changes_nothing(ray_session, tmp_path):
+    corpus = tmp_path / "corpus.jsonl"
+    write_corpus(corpus)
+    calm = run(config(corpus, tmp_path / "calm"))
+
+    outcome: dict = {}
+    worker = threading.Thread(target=lambda: outcome.update(result=run(config(corpus, tmp_path / "killed"))))
+    worker.start()
+    victim = None
+    deadline = time.time() + 180
+    while victim is None and time.time() < deadline and worker.is_alive():
+        actors = [p for p in embed_actors() if time.time() - p.create_time() > 4]  # model loaded, encoding
+        if actors:
+            victim = actors[0]
+            victim.send_signal(signal.SIGKILL)
+        time.sleep(0.1)
+    worker.join(timeout=300)
+    assert victim is not None, "no embedding actor to kill (the run ended first)"
+    result = outcome["result"]
+
+    for folder in ("kept", "ledger"):
+        before = pd.read_parquet(tmp_path / "calm" / folder)
+        after = pd.read_parquet(tmp_path / "killed" / folder)
+        pd.testing.assert_frame_equal(before, after)
+    assert result.kept == calm.kept and result.input_rows == 1200
+
+
+def test_a_run_that_fails_while_writing_leaves_the_old_output_whole(ray_session, tmp_path, monkeypatch):
+    from platypus_ray.refine import stage
+
+    corpus = tmp_path / "corpus.jsonl"
+    write_corpus(corpus, n=60)
+    output = tmp_path / "out"
+    run(config(corpus, output))
+    before = {p.relative_to(output): p.read_bytes() for p in output.rglob("*") if p.is_file()}
+
+    def broken_report(*args, **kwargs):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(stage, "write_report", broken_report)
+    with pytest.raises(OSError, match="disk full"):
+        run(config(corpus, output))
+    after = {p.relative_to(output): p.read_bytes() for p in output.rglob("*") if p.is_file()}
+    assert after == before  # the old output, every file, byte for byte
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no staging left behind
