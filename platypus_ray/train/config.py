@@ -144,6 +144,9 @@ class RunSettings(StrictModel):
     storage_path: str = "out/train"  # local folder, shared filesystem, s3:// or gs://
     max_failures: int = Field(2, ge=-1, description="worker-group restarts from the last checkpoint; -1: forever")
     keep_checkpoints: int = Field(2, ge=1)
+    placement_retries: int = Field(
+        -1, ge=-1, description="after a lost node, how many times Ray Train retries placing the worker group "
+        "(each try waits RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S, 60 s); -1: forever (an autoscaler may be adding nodes)")
 
     @property
     def run_dir(self) -> str:

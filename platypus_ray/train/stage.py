@@ -102,7 +102,8 @@ def run(cfg: TrainConfig, callbacks: list | None = None, data: TokenizedData | N
             name=cfg.run.name,
             storage_path=cfg.run.storage_path,
             checkpoint_config=ray.train.CheckpointConfig(num_to_keep=cfg.run.keep_checkpoints),
-            failure_config=ray.train.FailureConfig(max_failures=cfg.run.max_failures),
+            failure_config=ray.train.FailureConfig(max_failures=cfg.run.max_failures,
+                                                   controller_failure_limit=cfg.run.placement_retries),
             callbacks=callbacks,
             logging_config=ray.train.LoggingConfig(log_level="WARNING"),  # progress comes from the [train] lines
         ),

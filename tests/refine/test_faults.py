@@ -1,5 +1,6 @@
 """Refine under faults: an embedding actor killed mid-run changes nothing in the output, and
-a run that fails while writing leaves the previous output whole."""
+a run that fails while writing leaves the previous output whole (a rerun that succeeds
+replaces it whole: tests/refine/test_refine_e2e.py)."""
 
 from __future__ import annotations
 
@@ -20,7 +21,7 @@ pytestmark = pytest.mark.slow
 EMBED_ACTOR = "ray::MapWorker(MapBatches(Embedder))"
 
 
-def write_corpus(path, n: int = 1200) -> None:
+def write_corpus(path, n: int = 800) -> None:
     """Varied rows with some near-duplicates, enough for a few seconds of embedding."""
     rng = random.Random(0)
     topics = ["rivers", "volcanoes", "bread", "chess", "satellites", "orchids", "tax law", "violins", "glaciers"]
@@ -74,24 +75,23 @@ def test_an_embedding_actor_killed_mid_run_changes_nothing(ray_session, tmp_path
         before = pd.read_parquet(tmp_path / "calm" / folder)
         after = pd.read_parquet(tmp_path / "killed" / folder)
         pd.testing.assert_frame_equal(before, after)
-    assert result.kept == calm.kept and result.input_rows == 1200
+    assert result.kept == calm.kept and result.input_rows == 800
 
 
-def test_a_run_that_fails_while_writing_leaves_the_old_output_whole(ray_session, tmp_path, monkeypatch):
-    from platypus_ray.refine import stage
+def test_an_output_replaced_by_a_failed_run_stays_whole(tmp_path):
+    """Refine writes into a staging folder that takes the output's place only on success."""
+    from platypus_ray.outputs import replaced_atomically
 
-    corpus = tmp_path / "corpus.jsonl"
-    write_corpus(corpus, n=60)
     output = tmp_path / "out"
-    run(config(corpus, output))
-    before = {p.relative_to(output): p.read_bytes() for p in output.rglob("*") if p.is_file()}
-
-    def broken_report(*args, **kwargs):
-        raise OSError("disk full")
-
-    monkeypatch.setattr(stage, "write_report", broken_report)
+    with replaced_atomically(str(output)) as staging:
+        (staging / "kept").mkdir()
+        (staging / "kept" / "part-0.parquet").write_text("old")
+        (staging / "stats.json").write_text("{}")
     with pytest.raises(OSError, match="disk full"):
-        run(config(corpus, output))
-    after = {p.relative_to(output): p.read_bytes() for p in output.rglob("*") if p.is_file()}
-    assert after == before  # the old output, every file, byte for byte
+        with replaced_atomically(str(output)) as staging:
+            (staging / "kept").mkdir()
+            (staging / "kept" / "part-0.parquet").write_text("new")
+            raise OSError("disk full")  # e.g. while writing report.html
+    assert sorted(str(p.relative_to(output)) for p in output.rglob("*")) == ["kept", "kept/part-0.parquet", "stats.json"]
+    assert (output / "kept" / "part-0.parquet").read_text() == "old"
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no staging left behind
