@@ -12,6 +12,7 @@ exactly the processes of this cluster (found by its temp dirs), never other Ray 
 from __future__ import annotations
 
 import os
+import random
 import secrets
 import shutil
 import signal
@@ -71,42 +72,58 @@ class LocalCluster:
         return {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": self.token, "RAY_ADDRESS": self.address}
 
     def start(self, nodes: int = 1) -> "LocalCluster":
-        self.gcs_port, self.dashboard_port = free_port(), free_port()
-        self._start_node("head", ["--head", f"--port={self.gcs_port}", "--include-dashboard=true",
-                                  f"--dashboard-host={LOOPBACK}", f"--dashboard-port={self.dashboard_port}",
-                                  f"--ray-client-server-port={free_port()}"])
+        self._start_node("head")
         for i in range(1, nodes):
             self.add_node(f"worker{i}")
         return self
 
     def add_node(self, name: str) -> LocalNode:
-        return self._start_node(name, [f"--address={self.address}"])
+        return self._start_node(name)
 
-    def _start_node(self, name: str, args: list[str]) -> LocalNode:
+    def _start_node(self, name: str, attempts: int = 3) -> LocalNode:
+        """``ray start`` with fresh free ports; a port taken between choosing and binding it
+        (another process on the machine) fails the start, which is then retried."""
         # Unix socket paths are limited to ~107 bytes: keep temp dirs short.
         temp_dir = self.root / name
-        temp_dir.mkdir(parents=True, exist_ok=True)
-        low = free_port()
-        command = [
-            _ray_cli(), "start", *args, f"--node-ip-address={LOOPBACK}", f"--temp-dir={temp_dir}",
-            f"--num-cpus={self.cpus_per_node}", f'--resources={{"node:{name}": 1}}',
-            f"--node-manager-port={free_port()}", f"--object-manager-port={free_port()}",
-            f"--dashboard-agent-listen-port={free_port()}", f"--dashboard-agent-grpc-port={free_port()}",
-            f"--runtime-env-agent-port={free_port()}", f"--metrics-export-port={free_port()}",
-            f"--min-worker-port={low}", f"--max-worker-port={low + 200}",
-            "--disable-usage-stats", "--object-store-memory=200000000",
-        ]
+        node = LocalNode(name, temp_dir)
         env = {**os.environ, **self.env, **self.client_env, "RAY_USAGE_STATS_ENABLED": "0",
                # `python` in a job's entrypoint is this interpreter, as on a cluster whose image has one.
                "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"}
         env.pop("RAY_ADDRESS")
-        proc = subprocess.run(command, env=env, capture_output=True, text=True, timeout=180)
-        if proc.returncode != 0:
-            self.stop()
-            raise RuntimeError(f"`ray start` for node {name} failed:\n{proc.stdout}\n{proc.stderr}")
-        node = LocalNode(name, temp_dir)
-        self.nodes.append(node)
-        return node
+        for attempt in range(attempts):
+            temp_dir.mkdir(parents=True, exist_ok=True)
+            if name == "head":
+                self.gcs_port, self.dashboard_port = free_port(), free_port()
+                role = ["--head", f"--port={self.gcs_port}", "--include-dashboard=true", f"--dashboard-host={LOOPBACK}",
+                        f"--dashboard-port={self.dashboard_port}", f"--ray-client-server-port={free_port()}"]
+            else:
+                role = [f"--address={self.address}"]
+            proc = subprocess.run([_ray_cli(), "start", *role, *self._node_args(name, temp_dir)],
+                                  env=env, capture_output=True, text=True, timeout=180)
+            if proc.returncode == 0:
+                self.nodes.append(node)
+                return node
+            self._kill(self.processes(node))
+            shutil.rmtree(temp_dir, ignore_errors=True)
+        self.stop()
+        raise RuntimeError(f"`ray start` for node {name} failed {attempts} times; last output:\n{proc.stdout}\n{proc.stderr}")
+
+    def _node_args(self, name: str, temp_dir: Path) -> list[str]:
+        ports = [free_port() for _ in range(6)]
+        taken = set(ports) | {self.gcs_port, self.dashboard_port}
+        # Worker ports: a block above Linux's ephemeral range (32768-60999), so free_port()
+        # never hands one of them out; a random offset keeps clusters on one machine apart.
+        low = random.randrange(61000, 65000, 256)
+        while taken & set(range(low, low + 256)):
+            low = random.randrange(61000, 65000, 256)
+        return [
+            f"--node-ip-address={LOOPBACK}", f"--temp-dir={temp_dir}", f"--num-cpus={self.cpus_per_node}",
+            f'--resources={{"node:{name}": 1}}', f"--node-manager-port={ports[0]}", f"--object-manager-port={ports[1]}",
+            f"--dashboard-agent-listen-port={ports[2]}", f"--dashboard-agent-grpc-port={ports[3]}",
+            f"--runtime-env-agent-port={ports[4]}", f"--metrics-export-port={ports[5]}",
+            f"--min-worker-port={low}", f"--max-worker-port={low + 255}",
+            "--disable-usage-stats", "--object-store-memory=200000000",
+        ]
 
     def processes(self, node: LocalNode | None = None) -> list[psutil.Process]:
         """This cluster's processes (or one node's): every process naming its temp dir."""
@@ -121,14 +138,18 @@ class LocalCluster:
     def kill_node(self, node: LocalNode) -> list[int]:
         """SIGKILL one node's processes (a lost machine); returns their pids."""
         procs = self.processes(node)
+        self._kill(procs)
+        self.nodes.remove(node)
+        return [p.pid for p in procs]
+
+    @staticmethod
+    def _kill(procs: list[psutil.Process]) -> None:
         for proc in procs:
             try:
                 proc.send_signal(signal.SIGKILL)
             except psutil.NoSuchProcess:
                 pass
         psutil.wait_procs(procs, timeout=10)
-        self.nodes.remove(node)
-        return [p.pid for p in procs]
 
     def stop(self) -> None:
         """Stop this cluster's processes: SIGTERM, then SIGKILL what is left; remove its temp dirs."""
