@@ -25,7 +25,8 @@ RAY = str(Path(sys.executable).with_name("ray"))
 
 @pytest.fixture(scope="module")
 def two_nodes():
-    with LocalCluster(cpus_per_node=1, env={"HF_HUB_OFFLINE": "1"}).start(2) as cluster:
+    # No log dedup: the test reads which steps ran twice from the job log.
+    with LocalCluster(cpus_per_node=1, env={"HF_HUB_OFFLINE": "1", "RAY_DEDUP_LOGS": "0"}).start(2) as cluster:
         yield cluster
     assert not cluster.processes(), "teardown left processes of the test cluster running"
 

@@ -31,7 +31,7 @@ from platypus_ray.train.config import TrainConfig
 from platypus_ray.train.data import TokenizedData, prepare_data
 from platypus_ray.train.deepspeed_config import deepspeed_config
 from platypus_ray.train.plan import TrainPlan, model_size
-from platypus_ray.train.worker import CHECKPOINT_SUBDIR, train_loop_per_worker
+from platypus_ray.train.worker import CHECKPOINT_SUBDIR, INJECT_FAULT_ENV, train_loop_per_worker
 
 
 TrainConfigT = TypeVar("TrainConfigT", bound=TrainConfig)
@@ -89,6 +89,9 @@ def run(cfg: TrainConfig, callbacks: list | None = None, data: TokenizedData | N
             "steps_per_epoch": plan.steps_per_epoch,
             "train_rows": data.train_rows,
             "has_validation": data.validation is not None,
+            # Fault-injection hook for tests and drills: the last rank raises once at this step.
+            "inject_fault_at_step": int(os.environ.get(INJECT_FAULT_ENV, 0)) or None,
+            "fault_marker": os.path.join(run_dir, ".injected-fault"),
             "scratch_dir": os.path.join(tempfile.gettempdir(), "platypus-ray", f"{cfg.run.name}-{uuid.uuid4().hex[:8]}"),
         },
         torch_config=TorchConfig(backend="nccl" if cfg.cluster.use_gpu else "gloo"),

@@ -74,6 +74,8 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     trainer.add_callback(
         ReportToRay(trainer, rank, loop_config["steps_per_epoch"], {"train_rows": loop_config["train_rows"], **partition})
     )
+    if loop_config.get("inject_fault_at_step") and rank == world - 1:
+        trainer.add_callback(InjectedFault(loop_config["inject_fault_at_step"], loop_config["fault_marker"]))
     checkpoint = ray.train.get_checkpoint()
     if checkpoint is None:
         trainer.train()
@@ -209,6 +211,23 @@ class ShardTrainer(Trainer):
     def training_step(self, model, inputs, num_items_in_batch=None):
         self.tokens_seen += int(inputs["attention_mask"].sum())
         return super().training_step(model, inputs, num_items_in_batch)
+
+
+INJECT_FAULT_ENV = "PLATYPUS_RAY_INJECT_FAULT_AT_STEP"
+
+
+class InjectedFault(TrainerCallback):
+    """Raise once at ``step`` (a marker file remembers it across restarts): a worker crash on
+    demand, to exercise FailureConfig restarts from the last checkpoint."""
+
+    def __init__(self, step: int, marker: str):
+        self.step, self.marker = step, marker
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if state.global_step == self.step and not os.path.exists(self.marker):
+            with open(self.marker, "w") as handle:
+                handle.write(f"{self.step}\n")
+            raise RuntimeError(f"injected fault at step {self.step} ({INJECT_FAULT_ENV})")
 
 
 class ReportToRay(TrainerCallback):

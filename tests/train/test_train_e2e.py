@@ -78,15 +78,21 @@ def test_merge_folds_the_adapter_in(trained, tiny_model, tmp_path):
     assert (merged.out / "tokenizer.json").is_file()
 
 
-def test_restarted_run_resumes_model_optimizer_and_data_exactly(trained, tiny_model, kept_folder):
+def test_restarted_run_resumes_model_optimizer_and_data_exactly(trained, tiny_model, kept_folder, monkeypatch):
     from safetensors.torch import load_file
 
     straight, storage = trained
     first = run(train_config(tiny_model, kept_folder, storage, "resumed", training={**SCHEDULE, "max_steps": 6}))
     assert first.metrics["step"] == 6
-    resumed = run(train_config(tiny_model, kept_folder, storage, "resumed", training={**SCHEDULE, "max_steps": 12}))
+    # Extended to 12 steps under the same name, and a worker crashes at step 9: FailureConfig
+    # restarts the group from the step-6 checkpoint (not from step 1) and the run finishes.
+    monkeypatch.setenv("PLATYPUS_RAY_INJECT_FAULT_AT_STEP", "9")
+    resumed = run(train_config(tiny_model, kept_folder, storage, "resumed", training={**SCHEDULE, "max_steps": 12},
+                               run={"max_failures": 1}))
+    assert (Path(storage) / "resumed" / ".injected-fault").read_text() == "9\n"  # the fault did fire
+    assert resumed.metrics["step"] == 12
     steps = [h["step"] for h in resumed.history if "loss" in h]
-    assert steps == list(range(1, 13))  # continued at 7, not restarted at 1
+    assert steps == list(range(1, 13))
     # Identical losses and adapter weights: weights, Adam moments, LR schedule, RNG and the
     # data position all came back from the step-6 checkpoint.
     assert [h["loss"] for h in resumed.history if "loss" in h] == [h["loss"] for h in straight.history if "loss" in h]
