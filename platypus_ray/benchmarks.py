@@ -16,9 +16,9 @@ from typing import Any, Callable, Iterator, Literal
 import pyarrow.parquet as pq
 from pydantic import Field, field_validator
 
-from platypus_ray.config import StrictModel, is_planned
+from platypus_ray.config import StrictModel, check_input
 from platypus_ray.errors import InputError
-from platypus_ray.paths import check_input_path, default_name, expand_files, open_input
+from platypus_ray.paths import default_name, expand_files, open_input
 
 BenchmarkFormat = Literal["mmlu_csv", "arc_jsonl", "hellaswag_jsonl", "truthfulqa_csv", "questions"]
 
@@ -41,21 +41,11 @@ class BenchmarkConfig(StrictModel):
     fewshot_path: str | None = None  # evaluate only: a dev split in the same format to draw examples from
     limit: int | None = Field(None, ge=1, description="score only the first N items (evaluate only)")
 
-    @field_validator("path")
+    @field_validator("path", "fewshot_path")
     @classmethod
-    def _path_exists(cls, path: str, info) -> str:
-        fmt = info.data.get("format")
-        extensions = _EXTENSIONS.get(fmt, ("jsonl", "json", "parquet", "csv"))
-        if is_planned(path, info):
-            return path
-        return check_input_path(path, extensions)
-
-    @field_validator("fewshot_path")
-    @classmethod
-    def _fewshot_path_exists(cls, path: str | None, info) -> str | None:
-        if path is None or is_planned(path, info):
-            return path
-        return check_input_path(path, _EXTENSIONS.get(info.data.get("format"), ("jsonl", "json", "parquet", "csv")))
+    def _path_exists(cls, path: str | None, info) -> str | None:
+        extensions = _EXTENSIONS.get(info.data.get("format"), ("jsonl", "json", "parquet", "csv"))
+        return None if path is None else check_input(path, extensions, info)
 
     @property
     def benchmark_name(self) -> str:

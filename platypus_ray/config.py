@@ -39,6 +39,22 @@ def is_planned(path: str, info: ValidationInfo) -> bool:
     return any(path == p or path.startswith(p + os.sep) for p in planned)
 
 
+def check_input(path: str, extensions: tuple[str, ...], info: ValidationInfo) -> str:
+    """An input file, folder or glob that exists now, or that an earlier stage will write."""
+    from platypus_ray.paths import check_input_path
+
+    return path if is_planned(path, info) else check_input_path(path, extensions)
+
+
+def check_model_folder(value: str, info: ValidationInfo) -> str:
+    """A hub id, or a local model folder (one with config.json) that exists or is planned."""
+    looks_local = value.startswith((".", "/", "~")) or os.path.exists(value)
+    if looks_local and not is_planned(value, info) and not os.path.isfile(os.path.join(os.path.expanduser(value), "config.json")):
+        raise ValueError(f"'{value}' is not a model folder (no config.json); "
+                         "build one with `platypus-ray make-tiny-model --out DIR` or name a hub id")
+    return value
+
+
 class ConfigError(UserError, ValueError):
     """A user mistake in a config file or override; the message names every bad key."""
 

@@ -43,6 +43,11 @@ class MergeResult:
                 f"= {self.max_logit_difference:.2e}")
 
 
+def tokenizer_source(base: str, adapter: str | None) -> str:
+    """The adapter's folder when training saved a tokenizer beside it, else the base's."""
+    return adapter if adapter and os.path.isfile(os.path.join(adapter, "tokenizer_config.json")) else base
+
+
 def memory_needed(cfg: MergeConfig) -> int:
     """Bytes of RAM a merge holds: the base weights in their load dtype, plus headroom for the
     adapter, the check's activations and the save buffers."""
@@ -65,8 +70,7 @@ def run(cfg: MergeConfig) -> MergeResult:
 
     dtype = "auto" if cfg.dtype == "auto" else getattr(torch, cfg.dtype)
     base = AutoModelForCausalLM.from_pretrained(cfg.base, dtype=dtype)
-    tokenizer_source = cfg.adapter if os.path.isfile(os.path.join(cfg.adapter, "tokenizer_config.json")) else cfg.base
-    tokenizer = AutoTokenizer.from_pretrained(tokenizer_source)
+    tokenizer = AutoTokenizer.from_pretrained(tokenizer_source(cfg.base, cfg.adapter))
     model = PeftModel.from_pretrained(base, cfg.adapter)
     model.eval()
     probe = tokenizer("### Instruction:\nSay hello.\n\n### Response:\n", return_tensors="pt")

@@ -8,7 +8,7 @@ from typing import Literal
 from pydantic import Field, ValidationInfo, field_validator, model_validator
 
 from platypus_ray.benchmarks import BenchmarkConfig
-from platypus_ray.config import StrictModel, is_planned
+from platypus_ray.config import StrictModel, check_model_folder, is_planned
 from platypus_ray.paths import is_remote
 
 
@@ -23,10 +23,7 @@ class ModelRef(StrictModel):
     @field_validator("name_or_path")
     @classmethod
     def _model_exists_if_local(cls, value: str, info: ValidationInfo) -> str:
-        looks_local = value.startswith((".", "/", "~")) or os.path.exists(value)
-        if looks_local and not is_planned(value, info) and not os.path.isfile(os.path.join(os.path.expanduser(value), "config.json")):
-            raise ValueError(f"'{value}' is not a model folder (no config.json)")
-        return value
+        return check_model_folder(value, info)
 
     @field_validator("adapter")
     @classmethod

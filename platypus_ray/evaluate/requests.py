@@ -32,6 +32,7 @@ MMLU_LETTERS = "ABCD"
 
 @dataclass(frozen=True)
 class Skipped:
+    benchmark: str
     item_id: str
     reason: str
 
@@ -89,7 +90,7 @@ def benchmark_requests(cfg: BenchmarkConfig, items: list[BenchmarkItem], pool: l
     rows, skipped = [], []
     for item in items[: cfg.limit] if cfg.limit else items:
         if not _scorable(item):
-            skipped.append(Skipped(item.id, "no answer" if item.answer is None else "fewer than 2 choices"))
+            skipped.append(Skipped(cfg.benchmark_name, item.id, "no answer" if item.answer is None else "fewer than 2 choices"))
             continue
         context = context_for(item, cfg.format, fewshot_examples(item, pool, cfg.num_fewshot, seed))
         _, choices = prompt_and_choices(item, cfg.format)

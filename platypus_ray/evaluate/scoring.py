@@ -9,7 +9,6 @@ real token exactly as it would alone.
 
 from __future__ import annotations
 
-import os
 from typing import Any
 
 import numpy as np
@@ -64,8 +63,9 @@ def load_model(name_or_path: str, adapter: str | None, dtype: str, device: str):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     torch_dtype = getattr(torch, dtype) if dtype != "auto" else (torch.bfloat16 if device == "cuda" else torch.float32)
-    tokenizer_source = adapter if adapter and os.path.isfile(os.path.join(adapter, "tokenizer_config.json")) else name_or_path
-    tokenizer = AutoTokenizer.from_pretrained(tokenizer_source)
+    from platypus_ray.merge import tokenizer_source
+
+    tokenizer = AutoTokenizer.from_pretrained(tokenizer_source(name_or_path, adapter))
     model = AutoModelForCausalLM.from_pretrained(name_or_path, dtype=torch_dtype).to(device)
     if adapter:
         from peft import PeftModel

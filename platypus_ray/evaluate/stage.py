@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import math
+from collections import Counter
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -172,8 +173,7 @@ def run(cfg: EvaluateConfig) -> EvaluateResult:
     table, skipped = build_requests(cfg)
     init_ray()
     device = resolve_device(cfg.inference.device)
-    requests = table.drop_columns(["context"]).to_pandas().set_index("request").sort_index()
-    requests["continuation"] = table["continuation"].to_pylist()
+    requests = table.drop_columns(["context"]).to_pandas()  # in request order: row i is request i
     models = [cfg.model] + ([cfg.compare_with] if cfg.compare_with is not None else [])
     summary: dict = {"models": {}, "requests": len(table), "device": device}
     item_frames, validation_frames = [], []
@@ -183,9 +183,7 @@ def run(cfg: EvaluateConfig) -> EvaluateResult:
         item_frames.append(items.assign(model=model.display_name))
         validation_frames.append(validation.assign(model=model.display_name))
         summary["models"][model.display_name] = model_summary
-    skipped_counts: dict[str, int] = {}
-    for s in skipped:
-        skipped_counts[s.item_id.split("/", 1)[0]] = skipped_counts.get(s.item_id.split("/", 1)[0], 0) + 1
+    skipped_counts = dict(Counter(s.benchmark for s in skipped))
     summary["skipped"] = skipped_counts
     with replaced_atomically(cfg.output) as staging:
         pd.concat(item_frames).to_parquet(staging / "items.parquet", index=False)

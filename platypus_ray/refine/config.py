@@ -7,8 +7,7 @@ from typing import Literal
 from pydantic import Field, ValidationInfo, field_validator, model_validator
 
 from platypus_ray.benchmarks import BenchmarkConfig
-from platypus_ray.config import StrictModel, is_planned
-from platypus_ray.paths import check_input_path
+from platypus_ray.config import StrictModel, check_input
 
 SourceFormat = Literal["json", "jsonl", "parquet", "csv"]
 ContaminationCategory = Literal["duplicate", "gray_area", "similar_but_different"]
@@ -33,9 +32,7 @@ class SourceConfig(StrictModel):
     @field_validator("path")
     @classmethod
     def _path_exists(cls, path: str, info: ValidationInfo) -> str:
-        if is_planned(path, info):
-            return path
-        return check_input_path(path, ("json", "jsonl", "parquet", "csv"))
+        return check_input(path, ("json", "jsonl", "parquet", "csv"), info)
 
     @property
     def source_name(self) -> str:

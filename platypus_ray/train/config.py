@@ -7,7 +7,7 @@ from typing import Literal
 
 from pydantic import Field, ValidationInfo, field_validator, model_validator
 
-from platypus_ray.config import StrictModel, is_planned
+from platypus_ray.config import StrictModel, check_model_folder, is_planned
 from platypus_ray.paths import is_remote
 
 def _on_worker(info: ValidationInfo) -> bool:
@@ -32,13 +32,7 @@ class ModelSettings(StrictModel):
     @field_validator("name_or_path")
     @classmethod
     def _exists_if_local(cls, value: str, info: ValidationInfo) -> str:
-        if _on_worker(info) or is_planned(value, info):
-            return value
-        looks_local = value.startswith((".", "/", "~")) or os.path.exists(value)
-        if looks_local and not os.path.isfile(os.path.join(os.path.expanduser(value), "config.json")):
-            raise ValueError(f"'{value}' is not a model folder (no config.json); "
-                             "build one with `platypus-ray make-tiny-model --out DIR` or name a hub id")
-        return value
+        return value if _on_worker(info) else check_model_folder(value, info)
 
 
 class DataSettings(StrictModel):

@@ -24,7 +24,7 @@ import yaml
 from ray.train.torch import TorchConfig, TorchTrainer
 
 from platypus_ray.errors import UserError
-from platypus_ray.paths import is_remote, read_text, write_text
+from platypus_ray.paths import absolute_if_local, is_remote, read_text, write_text
 from platypus_ray.runtime import init_ray
 from platypus_ray.train.adapter import check_adapter, export_adapter
 from platypus_ray.train.config import TrainConfig
@@ -137,8 +137,7 @@ def run(cfg: TrainConfig, callbacks: list | None = None, data: TokenizedData | N
 def resolve_local_paths(cfg: TrainConfigT) -> TrainConfigT:
     """Workers start in their own folder: hand them absolute paths for local inputs and storage."""
     cfg = cfg.model_copy(deep=True)
-    if os.path.isdir(os.path.expanduser(cfg.model.name_or_path)):
-        cfg.model.name_or_path = os.path.abspath(os.path.expanduser(cfg.model.name_or_path))
+    cfg.model.name_or_path = absolute_if_local(cfg.model.name_or_path)
     if not is_remote(cfg.data.path):
         cfg.data.path = os.path.abspath(cfg.data.path)
     if not is_remote(cfg.run.storage_path):
