@@ -1,35 +1,89 @@
-"""Output folders that are replaced whole: a rerun never leaves a mix of old and new files."""
+"""Output folders: guarded before anything runs, and replaced whole when a stage rewrites them.
+
+A stage may only replace (or write into) a folder it can prove it owns: one that does not
+exist yet, or one that carries this project's marker file from an earlier run. Everything
+else (the working directory, home, a filesystem root, a folder holding the inputs) is
+refused before Ray starts, with the key to change.
+"""
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
+import sys
+import time
 import uuid
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator
+from typing import Iterable, Iterator
 
 from platypus_ray.errors import UserError
 from platypus_ray.paths import is_remote
 
+MARKER = ".platypus-ray-output"
+_LEFTOVER_KINDS = ("staging", "old")
+
+
+def check_output(output: str, key: str, inputs: Iterable[str] = (), source_folders: Iterable[str] = ()) -> None:
+    """Refuse an output folder whose replacement could destroy data this project did not write.
+
+    ``key`` is the config key named in the message (``output``, ``run.storage_path``);
+    ``inputs`` are paths the stage reads (the output may not equal or contain them);
+    ``source_folders`` are folders read recursively (the output may not sit inside them,
+    or the next run would read it back as input).
+    """
+    if is_remote(output):
+        return  # object stores: written key by key, never replaced whole (see replaced_atomically)
+    fix = f"set {key} to a new folder (--set {key}=out/NAME)"
+    if not output.strip():
+        raise UserError(f"{key} is empty; {fix}")
+    target = _resolved(output)
+    if target == Path(target.anchor) or target == _resolved("~") or target == _resolved("."):
+        raise UserError(f"{key}: '{output}' is {_what(target)}; refusing to replace it; {fix}")
+    if _is_within(Path.cwd().resolve(), target):
+        raise UserError(f"{key}: '{output}' holds the working directory; refusing to replace it; {fix}")
+    for path in inputs:
+        if not is_remote(path) and _is_within(_resolved(_glob_root(path)), target):
+            raise UserError(f"{key}: '{output}' holds the input '{path}'; replacing it would delete the input; {fix}")
+    for folder in source_folders:
+        if not is_remote(folder) and _is_within(target, _resolved(folder)):
+            raise UserError(f"{key}: '{output}' is inside the source folder '{folder}', so the next run would read "
+                            f"it back as input; {fix}")
+    if target.is_file():
+        raise UserError(f"{key}: '{output}' is a file, not a folder; {fix}")
+    if target.is_dir() and any(target.iterdir()) and not (target / MARKER).is_file():
+        raise UserError(f"{key}: '{output}' exists, is not empty and was not written by platypus-ray (no {MARKER} "
+                        f"file in it); {fix}, or move its contents away first")
+
+
+def mark_output(folder: str | Path, stage: str) -> None:
+    """Write the marker that lets a later run of this project replace ``folder``."""
+    marker = Path(folder) / MARKER
+    marker.write_text(json.dumps({"stage": stage, "written": time.strftime("%Y-%m-%dT%H:%M:%S%z")}) + "\n")
+
 
 @contextmanager
-def replaced_atomically(output: str) -> Iterator[Path]:
+def replaced_atomically(output: str, stage: str) -> Iterator[Path]:
     """Yield a staging folder beside ``output``; on success it takes ``output``'s place.
 
     The swap is two renames on the same filesystem (old aside, new in), so a reader sees
     either the complete old output or the complete new one. On failure the staging folder
-    is removed and the old output stays untouched.
+    is removed and the old output stays untouched. Staging folders left by a killed run
+    are removed first (only ours: they carry the marker from their first moment).
     """
     if is_remote(output):
         raise UserError(
-            f"output: '{output}' is remote; refine writes a local or shared-filesystem folder "
+            f"output: '{output}' is remote; {stage} writes a local or shared-filesystem folder "
             "(mount the bucket, or copy the folder afterwards)"
         )
-    target = Path(output).resolve()
+    check_output(output, "output")
+    target = _resolved(output)
     target.parent.mkdir(parents=True, exist_ok=True)
+    remove_leftovers(target)
     staging = target.with_name(f".{target.name}.staging-{uuid.uuid4().hex[:8]}")
     staging.mkdir()
+    mark_output(staging, stage)
     try:
         yield staging
     except BaseException:
@@ -40,3 +94,38 @@ def replaced_atomically(output: str) -> Iterator[Path]:
         os.rename(target, retired)
     os.rename(staging, target)
     shutil.rmtree(retired, ignore_errors=True)
+
+
+def remove_leftovers(target: Path) -> None:
+    """Remove ``.NAME.staging-*`` / ``.NAME.old-*`` folders of killed runs that carry our marker."""
+    if not target.parent.is_dir():
+        return
+    for kind in _LEFTOVER_KINDS:
+        for leftover in target.parent.glob(f".{target.name}.{kind}-*"):
+            if leftover.is_dir() and (leftover / MARKER).is_file():
+                print(f"removing {leftover} (left by an interrupted run)", file=sys.stderr, flush=True)
+                shutil.rmtree(leftover, ignore_errors=True)
+
+
+def _resolved(path: str) -> Path:
+    return Path(os.path.expanduser(path[len("file://"):] if path.startswith("file://") else path)).resolve()
+
+
+def _glob_root(path: str) -> str:
+    """The literal folder part of a glob (``data/*.jsonl`` -> ``data``); a literal path as is."""
+    if os.path.exists(os.path.expanduser(path)):
+        return path
+    cut = min((path.find(ch) for ch in "*?[" if ch in path), default=-1)
+    return path if cut < 0 else os.path.dirname(path[:cut]) or "."
+
+
+def _is_within(path: Path, folder: Path) -> bool:
+    return path == folder or folder in path.parents
+
+
+def _what(target: Path) -> str:
+    if target == Path(target.anchor):
+        return "a filesystem root"
+    if target == _resolved("~"):
+        return "your home folder"
+    return "the working directory"

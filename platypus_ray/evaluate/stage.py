@@ -185,7 +185,7 @@ def run(cfg: EvaluateConfig) -> EvaluateResult:
         summary["models"][model.display_name] = model_summary
     skipped_counts = dict(Counter(s.benchmark for s in skipped))
     summary["skipped"] = skipped_counts
-    with replaced_atomically(cfg.output) as staging:
+    with replaced_atomically(cfg.output, "evaluate") as staging:
         pd.concat(item_frames).to_parquet(staging / "items.parquet", index=False)
         pd.concat(validation_frames).to_parquet(staging / "validation.parquet", index=False)
         (staging / "summary.json").write_text(json.dumps(summary, indent=2))

@@ -130,7 +130,7 @@ def run(cfg: RefineConfig) -> RefineResult:
     nearest = _semantic_dedup(emb, survivors, ~flagged, meta, decisions, cfg, num_gpus)
     timer.lap("semantic_dedup")
 
-    with replaced_atomically(cfg.output) as staging:
+    with replaced_atomically(cfg.output, "refine") as staging:
         write_rows(staging, parsed, file_offset, decisions)
         texts = fetch_texts(parsed, file_offset, review_uids(decisions, cfg.dedup.threshold))
         review = review_rows(decisions, items, texts, cfg.dedup.threshold)

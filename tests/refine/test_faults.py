@@ -83,12 +83,12 @@ def test_an_output_replaced_by_a_failed_run_stays_whole(tmp_path):
     from platypus_ray.outputs import replaced_atomically
 
     output = tmp_path / "out"
-    with replaced_atomically(str(output)) as staging:
+    with replaced_atomically(str(output), "test") as staging:
         (staging / "kept").mkdir()
         (staging / "kept" / "part-0.parquet").write_text("old")
         (staging / "stats.json").write_text("{}")
     with pytest.raises(OSError, match="disk full"):
-        with replaced_atomically(str(output)) as staging:
+        with replaced_atomically(str(output), "test") as staging:
             (staging / "kept").mkdir()
             (staging / "kept" / "part-0.parquet").write_text("new")
             raise OSError("disk full")  # e.g. while writing report.html
