@@ -92,6 +92,8 @@ def test_an_output_replaced_by_a_failed_run_stays_whole(tmp_path):
             (staging / "kept").mkdir()
             (staging / "kept" / "part-0.parquet").write_text("new")
             raise OSError("disk full")  # e.g. while writing report.html
-    assert sorted(str(p.relative_to(output)) for p in output.rglob("*")) == ["kept", "kept/part-0.parquet", "stats.json"]
+    from platypus_ray.outputs import MARKER
+
+    assert sorted(str(p.relative_to(output)) for p in output.rglob("*")) == [MARKER, "kept", "kept/part-0.parquet", "stats.json"]
     assert (output / "kept" / "part-0.parquet").read_text() == "old"
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no staging left behind
