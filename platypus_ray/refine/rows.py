@@ -13,13 +13,15 @@ from platypus_ray.refine.config import ColumnMapping
 
 CANONICAL_COLUMNS = ("id", "instruction", "input", "output", "data_source")
 _SPACES = re.compile(r"\s+")
+_SURROGATE = re.compile("[\ud800-\udfff]")
 
 
 def validate_record(record: Any, columns: ColumnMapping) -> tuple[dict[str, str] | None, str, str]:
     """Map a raw record to (instruction, input, output) or explain why it is invalid.
 
     Returns ``(fields, reason, detail)``; ``fields`` is None for an invalid record and
-    ``reason`` is a short code (``not_an_object``, ``missing_field``, ``not_a_string``, ``empty``).
+    ``reason`` is a short code (``not_an_object``, ``missing_field``, ``not_a_string``,
+    ``lone_surrogate``, ``empty``).
     """
     if not isinstance(record, dict):
         return None, "not_an_object", f"row is a JSON {type(record).__name__}, not an object"
@@ -34,6 +36,9 @@ def validate_record(record: Any, columns: ColumnMapping) -> tuple[dict[str, str]
                 return None, "missing_field", f"no '{name}' (source column '{column}')"
         if not isinstance(value, str):
             return None, "not_a_string", f"'{name}' (source column '{column}') is {type(value).__name__}, not a string"
+        if _SURROGATE.search(value):
+            return None, "lone_surrogate", (f"'{name}' (source column '{column}') holds a lone UTF-16 surrogate "
+                                            "(an escape such as \\ud800 without its pair): not valid Unicode")
         if name != "input" and not value.strip():
             return None, "empty", f"'{name}' (source column '{column}') is empty after stripping"
         fields[name] = value

@@ -7,19 +7,16 @@ cannot be read as its format at all is an :class:`InputError` naming the file.
 
 from __future__ import annotations
 
-import csv
-import io
-import json
 from dataclasses import asdict, dataclass
 from typing import Any, Iterator
 
 import pyarrow as pa
-import pyarrow.parquet as pq
 import ray
 
 from platypus_ray.errors import InputError
 from platypus_ray.paths import expand_files, open_input
 from platypus_ray.refine.config import ColumnMapping, SourceConfig
+from platypus_ray.refine.readers import Record, read_records
 from platypus_ray.refine.rows import content_id, dedup_key, embed_text, raw_id, validate_record
 
 SOURCE_EXTENSIONS = ("json", "jsonl", "parquet", "csv")
@@ -83,8 +80,9 @@ def parse_source_file(sf: SourceFile) -> pa.Table:
     """Parse one file into PARSED_SCHEMA rows, one per input record, in file order."""
     columns = ColumnMapping(**sf.columns)
     out: dict[str, list[Any]] = {f.name: [] for f in PARSED_SCHEMA}
-    for row_in_file, (record, raw, error) in enumerate(_records(sf)):
-        fields, reason, detail = (None, "malformed_json", error) if error else validate_record(record, columns)
+    for row_in_file, record in enumerate(_records(sf)):
+        fields, reason, detail = (None, record.reason, record.detail) if record.reason else validate_record(record.value, columns)
+        detail = f"{record.where}: {detail}" if detail else ""
         out["source"].append(sf.source)
         out["file"].append(sf.path)
         out["file_rank"].append(sf.file_rank)
@@ -94,7 +92,7 @@ def parse_source_file(sf: SourceFile) -> pa.Table:
         out["detail"].append(detail)
         if fields is None:
             fields = {"instruction": "", "input": "", "output": ""}
-            out["id"].append(raw_id(raw))
+            out["id"].append(raw_id(record.raw))
             out["dedup_key"].append(0)
         else:
             out["id"].append(content_id(fields["instruction"], fields["input"], fields["output"]))
@@ -113,40 +111,10 @@ def _infer_format(path: str) -> str:
     return ext
 
 
-def _records(sf: SourceFile) -> Iterator[tuple[Any, str, str]]:
-    """(record, raw text, error) per input row; ``error`` is set for an unparseable row."""
+def _records(sf: SourceFile) -> Iterator[Record]:
     try:
         with open_input(sf.path) as stream:
             data = stream.read()
     except OSError as exc:
         raise InputError(f"cannot read '{sf.path}': {exc}") from None
-    if sf.format == "parquet":
-        try:
-            rows = pq.read_table(io.BytesIO(data)).to_pylist()
-        except pa.ArrowInvalid as exc:
-            raise InputError(f"'{sf.path}' is not a Parquet file: {exc}") from None
-        yield from ((row, repr(row), "") for row in rows)
-        return
-    try:
-        text = data.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        raise InputError(f"'{sf.path}' is not UTF-8 text ({exc})") from None
-    if sf.format == "csv":
-        yield from ((row, repr(row), "") for row in csv.DictReader(io.StringIO(text)))
-    elif sf.format == "json" and text.lstrip().startswith("["):
-        try:
-            rows = json.loads(text)
-        except json.JSONDecodeError as exc:
-            raise InputError(
-                f"'{sf.path}' is not a valid JSON array (line {exc.lineno}, column {exc.colno}: {exc.msg}); "
-                "for one JSON object per line use format: jsonl"
-            ) from None
-        yield from ((row, json.dumps(row), "") for row in rows)
-    else:  # jsonl, or a .json file that holds one object per line
-        for number, line in enumerate(text.splitlines(), start=1):
-            if not line.strip():
-                continue  # a blank line is not a row
-            try:
-                yield json.loads(line), line, ""
-            except json.JSONDecodeError as exc:
-                yield None, line, f"line {number}: malformed JSON ({exc.msg} at column {exc.colno})"
+    return read_records(data, sf.format, sf.path)

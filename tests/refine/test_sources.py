@@ -39,7 +39,7 @@ def test_jsonl_quarantines_bad_lines_and_skips_blank_ones(tmp_path):
     assert [r["row_in_file"] for r in rows] == list(range(7))  # the blank line is not a row
     assert [r["reason"] for r in rows] == ["", "malformed_json", "missing_field", "not_a_string", "empty", "not_an_object", ""]
     assert rows[1]["detail"].startswith("line 3: malformed JSON")
-    assert rows[2]["detail"] == "no 'output' (source column 'output')"
+    assert rows[2]["detail"] == "line 4: no 'output' (source column 'output')"
     assert [r["valid"] for r in rows] == [True, False, False, False, False, False, True]
     assert rows[0]["id"] == content_id("Add", "1 2", "3")
     assert rows[6]["input"] == ""  # null input is an empty input

@@ -1,0 +1,176 @@
+"""The records of one source file, whatever its bytes: one :class:`Record` per input row.
+
+A row that cannot become a record (bad UTF-8, malformed JSON, a duplicated key) is still
+yielded, with a reason, so the ledger accounts for it. Only a file that cannot be read as
+its format at all (a broken JSON array, a broken Parquet file) raises :class:`InputError`.
+
+Rules that differ from the obvious one-liners, and why:
+* JSONL is split on ``\\n`` only (``str.splitlines`` also splits on U+2028, U+2029, U+0085,
+  which are legal inside JSON strings); bytes are decoded line by line, so one bad byte
+  costs one row, not the file.
+* A UTF-8 byte-order mark is dropped (Windows tools write one).
+* ``{"a": 1, "a": 2}`` is quarantined: silently keeping the last value hides a broken export.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import re
+import sys
+from dataclasses import dataclass
+from typing import Any, Iterator
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from platypus_ray.errors import InputError
+
+_BOM = b"\xef\xbb\xbf"
+_ESCAPED_BYTE = re.compile("[\udc80-\udcff]")  # how errors="surrogateescape" spells an undecodable byte
+csv.field_size_limit(min(sys.maxsize, 2**31 - 1))  # long outputs are ordinary in instruction data
+
+
+@dataclass(frozen=True)
+class Record:
+    """One input row: the parsed value, or why there is none."""
+
+    value: Any
+    raw: str  # the row's text as read, for the id of an invalid row
+    where: str  # "line 12" or "record 3": where a person finds the row in the file
+    reason: str = ""
+    detail: str = ""
+
+
+class _DuplicatedKeys(dict):
+    """A JSON object in which some key appears more than once (the first such key is kept)."""
+
+    duplicate: str = ""
+
+
+def _object(pairs: list[tuple[str, Any]]) -> dict:
+    result: dict = {}
+    for key, value in pairs:
+        if key in result and not isinstance(result, _DuplicatedKeys):
+            result = _DuplicatedKeys(result)
+            result.duplicate = key
+        result[key] = value
+    return result
+
+
+def _loads(text: str) -> Any:
+    return json.loads(text, object_pairs_hook=_object)
+
+
+def _checked(value: Any, raw: str, where: str, bad_bytes: bool = False) -> Record:
+    """``bad_bytes``: the file did not decode as UTF-8, so escaped bytes may hide in ``value``."""
+    if isinstance(value, _DuplicatedKeys):
+        return Record(None, raw, where, "duplicate_key", f"key {value.duplicate!r} appears more than once")
+    if bad_bytes and _ESCAPED_BYTE.search(json.dumps(value, ensure_ascii=False)):
+        return Record(None, raw, where, "invalid_utf8", "holds bytes that are not UTF-8")
+    return Record(value, raw, where)
+
+
+def read_records(data: bytes, fmt: str, path: str) -> Iterator[Record]:
+    """Every row of one file's bytes in ``fmt`` (``json``, ``jsonl``, ``csv``, ``parquet``), in order."""
+    if fmt == "parquet":
+        yield from _parquet(data, path)
+        return
+    data = data[len(_BOM):] if data.startswith(_BOM) else data
+    if fmt == "csv":
+        yield from _csv(data, path)
+    elif data.lstrip()[:1] == b"[":
+        array = _json_array(data, path, strict=fmt == "json")
+        if array is not None:
+            yield from array
+            return
+        yield from _json_lines(data)  # a .jsonl file whose first line happens to be a JSON array
+    else:
+        yield from _json_lines(data)
+
+
+def _json_lines(data: bytes) -> Iterator[Record]:
+    for number, line in enumerate(data.split(b"\n"), start=1):
+        line = line[:-1] if line.endswith(b"\r") else line
+        if not line.strip():
+            continue  # a blank line is not a row
+        where = f"line {number}"
+        try:
+            text = line.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            yield Record(None, line.decode("utf-8", "replace"), where, "invalid_utf8",
+                         f"byte {line[exc.start]:#04x} at byte {exc.start + 1} is not UTF-8")
+            continue
+        try:
+            value = _loads(text)
+        except json.JSONDecodeError as exc:
+            yield Record(None, text, where, "malformed_json", f"malformed JSON ({exc.msg} at column {exc.colno})")
+            continue
+        except RecursionError:
+            yield Record(None, text, where, "malformed_json", "malformed JSON (nested too deeply)")
+            continue
+        yield _checked(value, text, where)
+
+
+def _decoded(data: bytes) -> tuple[str, bool]:
+    """Text of a whole-file format, and whether it had bytes that are not UTF-8: those survive
+    as escapes that mark their rows invalid, so the other rows are still read."""
+    try:
+        return data.decode("utf-8"), False
+    except UnicodeDecodeError:
+        return data.decode("utf-8", "surrogateescape"), True
+
+
+def _json_array(data: bytes, path: str, strict: bool) -> list[Record] | None:
+    """The records of a JSON array; None (when not ``strict``) if the text is not one."""
+    text, bad_bytes = _decoded(data)
+    try:
+        value = _loads(text)
+    except json.JSONDecodeError as exc:
+        if not strict:
+            return None
+        raise InputError(f"'{path}' is not a valid JSON array (line {exc.lineno}, column {exc.colno}: {exc.msg}); "
+                         "for one JSON object per line use format: jsonl") from None
+    except RecursionError:
+        if not strict:
+            return None
+        raise InputError(f"'{path}' is a JSON array nested too deeply to read") from None
+    if not isinstance(value, list):
+        return None if not strict else [_checked(value, text, "record 1", bad_bytes)]
+    return [_checked(row, json.dumps(row, ensure_ascii=True), f"record {i}", bad_bytes) for i, row in enumerate(value, 1)]
+
+
+def _csv(data: bytes, path: str) -> Iterator[Record]:
+    text, bad_bytes = _decoded(data)
+    reader = csv.reader(io.StringIO(text, newline=""))
+    try:
+        header = next(reader, None)
+        if header is None:
+            return
+        repeated = next((name for i, name in enumerate(header) if name in header[:i]), None)
+        start = reader.line_num + 1
+        for row in reader:
+            where = f"line {start}"
+            start = reader.line_num + 1
+            if not any(cell.strip() for cell in row):
+                continue  # a blank line is not a row
+            raw = ",".join(row)
+            if repeated is not None:
+                yield Record(None, raw, where, "duplicate_key", f"column {repeated!r} appears twice in the header")
+                continue
+            if len(row) != len(header):
+                yield Record(None, raw, where, "ragged_row", f"{len(row)} fields, the header has {len(header)}")
+                continue
+            yield _checked(dict(zip(header, row)), raw, where, bad_bytes)
+    except csv.Error as exc:
+        raise InputError(f"'{path}' is not a readable CSV file (line {reader.line_num}: {exc})") from None
+
+
+def _parquet(data: bytes, path: str) -> Iterator[Record]:
+    try:
+        rows = pq.read_table(io.BytesIO(data)).to_pylist()
+    except (pa.ArrowException, OSError, UnicodeDecodeError) as exc:
+        raise InputError(f"'{path}' is not a readable Parquet file: {exc}") from None
+    for i, row in enumerate(rows, 1):
+        yield Record(row, repr(row), f"row {i}")
