@@ -62,11 +62,11 @@ def load_model(name_or_path: str, adapter: str | None, dtype: str, device: str):
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    torch_dtype = getattr(torch, dtype) if dtype != "auto" else (torch.bfloat16 if device == "cuda" else torch.float32)
+    from platypus_ray.dtypes import torch_dtype
     from platypus_ray.merge import tokenizer_source
 
     tokenizer = AutoTokenizer.from_pretrained(tokenizer_source(name_or_path, adapter))
-    model = AutoModelForCausalLM.from_pretrained(name_or_path, dtype=torch_dtype).to(device)
+    model = AutoModelForCausalLM.from_pretrained(name_or_path, dtype=torch_dtype(dtype, device == "cuda")).to(device)
     if adapter:
         from peft import PeftModel
 

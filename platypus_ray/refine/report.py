@@ -5,7 +5,6 @@ from __future__ import annotations
 import base64
 import csv
 import html
-import io
 import json
 from pathlib import Path
 
@@ -124,23 +123,16 @@ def _top_pairs(decisions: Decisions, k: int = 20):
 
 
 def _histogram(values: np.ndarray, threshold: float, title: str, label: str) -> str:
-    import matplotlib
+    from platypus_ray.plots import new_figure, png_bytes
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(7, 3))
+    fig, ax = new_figure((7, 3))
     ax.hist(values, bins=50, color="#4477aa")
     ax.axvline(threshold, color="#cc3311", linestyle="--", label=f"{label} {threshold}")
     ax.set_title(title)
     ax.set_xlabel("cosine similarity")
     ax.set_ylabel("rows")
     ax.legend()
-    buffer = io.BytesIO()
-    fig.tight_layout()
-    fig.savefig(buffer, format="png", dpi=90)
-    plt.close(fig)
-    return base64.b64encode(buffer.getvalue()).decode()
+    return base64.b64encode(png_bytes(fig, dpi=90)).decode()
 
 
 def _table(header: list[str], rows: list[tuple]) -> str:
