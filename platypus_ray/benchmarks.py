@@ -13,6 +13,7 @@ import json
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterator, Literal
 
+import pyarrow as pa
 import pyarrow.parquet as pq
 from pydantic import Field, field_validator
 
@@ -67,21 +68,29 @@ class BenchmarkItem:
     answer: int | None = None  # index into choices
 
 
-def load_benchmark(cfg: BenchmarkConfig, path: str | None = None) -> list[BenchmarkItem]:
-    """Every item of a benchmark entry (or of ``path`` in its format, e.g. its dev split), in file order."""
+def load_benchmark(cfg: BenchmarkConfig, path: str | None = None, allow_empty: bool = False) -> list[BenchmarkItem]:
+    """Every item of a benchmark entry (or of ``path`` in its format, e.g. its dev split), in file order.
+
+    No items is an error unless ``allow_empty``: an empty test set would make decontamination a no-op."""
     parse = _PARSERS[cfg.format]
+    path = path or cfg.path
     items: list[BenchmarkItem] = []
-    for path in expand_files(path or cfg.path, _EXTENSIONS[cfg.format]):
-        stem = default_name(path)
-        for row, (line, record) in enumerate(_records(path, cfg.format)):
+    for file in expand_files(path, _EXTENSIONS[cfg.format]):
+        stem = default_name(file)
+        for row, (line, record) in enumerate(_records(file, cfg.format)):
             try:
                 question, choices, answer, own_id = parse(record)
-            except (KeyError, TypeError, ValueError, IndexError) as exc:
-                raise BenchmarkFormatError(f"{path}, line {line}: not a {cfg.format} row ({_reason(exc)})") from None
-            if not question.strip():
-                raise BenchmarkFormatError(f"{path}, line {line}: empty question")
+            except (KeyError, TypeError, ValueError, IndexError, AttributeError) as exc:
+                raise BenchmarkFormatError(f"{file}, line {line}: not a {cfg.format} row ({_reason(exc)})") from None
+            if not isinstance(question, str) or not question.strip():
+                raise BenchmarkFormatError(f"{file}, line {line}: empty question")
             item_id = f"{cfg.benchmark_name}/{own_id or f'{stem}:{row}'}"
             items.append(BenchmarkItem(item_id, cfg.benchmark_name, question, choices, answer))
+    if not items and not allow_empty:
+        raise BenchmarkFormatError(
+            f"benchmark '{cfg.benchmark_name}': '{path}' holds no {cfg.format} items, so nothing would be "
+            "checked against it; fix the file, drop the entry, or pass --allow-empty-benchmark"
+        )
     return items
 
 
@@ -90,16 +99,20 @@ def _reason(exc: Exception) -> str:
 
 
 def _records(path: str, fmt: str) -> Iterator[tuple[int, Any]]:
-    """(line number, raw record) pairs; JSON errors and ragged CSV rows name the line."""
+    """(line number, raw record) pairs; JSON errors, bad bytes and ragged CSV rows name the line."""
     with open_input(path) as stream:
         data = stream.read()
     if path.lower().endswith(".parquet"):
-        for i, row in enumerate(pq.read_table(io.BytesIO(data)).to_pylist()):
+        try:
+            rows = pq.read_table(io.BytesIO(data)).to_pylist()
+        except (pa.ArrowException, OSError, UnicodeDecodeError) as exc:
+            raise BenchmarkFormatError(f"{path}: not a readable Parquet file ({exc})") from None
+        for i, row in enumerate(rows):
             yield i + 1, row
         return
-    text = data.decode("utf-8")
+    text = _utf8(data, path)
     if path.lower().endswith(".csv"):
-        reader = csv.reader(io.StringIO(text))
+        reader = csv.reader(io.StringIO(text, newline=""))
         header = None if fmt == "mmlu_csv" else next(reader, None)
         start = reader.line_num + 1
         for row in reader:
@@ -110,15 +123,29 @@ def _records(path: str, fmt: str) -> Iterator[tuple[int, Any]]:
             start = reader.line_num + 1
         return
     if path.lower().endswith(".json") and text.lstrip().startswith("["):
-        for i, row in enumerate(json.loads(text)):
+        try:
+            rows = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise BenchmarkFormatError(f"{path}, line {exc.lineno}: not a valid JSON array ({exc.msg})") from None
+        for i, row in enumerate(rows):
             yield i + 1, row
         return
-    for number, line in enumerate(text.splitlines(), start=1):
+    for number, line in enumerate(text.split("\n"), start=1):  # not splitlines: U+2028 may sit inside a string
         if line.strip():
             try:
                 yield number, json.loads(line)
             except json.JSONDecodeError as exc:
                 raise BenchmarkFormatError(f"{path}, line {number}: malformed JSON ({exc.msg})") from None
+
+
+def _utf8(data: bytes, path: str) -> str:
+    """The text of a benchmark file (a byte-order mark dropped); bad bytes are an error naming the line."""
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        line = data[: exc.start].count(b"\n") + 1
+        raise BenchmarkFormatError(f"{path}, line {line}: byte {data[exc.start]:#04x} is not UTF-8; "
+                                   "re-save the file as UTF-8") from None
 
 
 def _csv_record(header: list[str], row: list[str], path: str, line: int) -> dict[str, str]:

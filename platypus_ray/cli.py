@@ -22,12 +22,12 @@ class Command:
     module: str  # exposes ``run(cfg)``
     config: str  # name of the config class in ``module``
     flags: tuple[str, ...] = ()  # --flag VALUE shorthands for top-level keys
-    switches: tuple[str, ...] = ()  # --switch shorthands for top-level booleans (key=true)
+    switches: tuple[str, ...] = ()  # --some-switch shorthands for top-level booleans (some_switch=true)
 
 
 COMMANDS: dict[str, Command] = {
     "refine": Command("curate instruction data: validate, dedup, decontaminate (Ray Data)",
-                      "platypus_ray.refine", "RefineConfig"),
+                      "platypus_ray.refine", "RefineConfig", switches=("allow_empty_benchmark",)),
     "train": Command("LoRA fine-tune with DeepSpeed ZeRO-3 on Ray Train", "platypus_ray.train", "TrainConfig"),
     "sweep": Command("Ray Tune over LoRA rank / target modules / learning rate (ASHA)",
                      "platypus_ray.sweep", "SweepConfig", switches=("resume",)),
@@ -55,7 +55,8 @@ def build_parser() -> argparse.ArgumentParser:
         for flag in command.flags:
             sub.add_argument(f"--{flag}", dest=f"flag_{flag}", metavar=flag.upper(), help=f"same as --set {flag}=...")
         for switch in command.switches:
-            sub.add_argument(f"--{switch}", dest=f"switch_{switch}", action="store_true", help=f"same as --set {switch}=true")
+            sub.add_argument(f"--{switch.replace('_', '-')}", dest=f"switch_{switch}", action="store_true",
+                             help=f"same as --set {switch}=true")
     return parser
 
 

@@ -20,7 +20,8 @@ def find_user_error(exc: BaseException) -> UserError | None:
         if current is None or id(current) in seen:
             continue
         seen.add(id(current))
-        if isinstance(current, UserError):
+        cause = getattr(current, "cause", None)  # Ray's RayTaskError(InputError) wraps the real one
+        if isinstance(current, UserError) and not isinstance(cause, BaseException):
             return current
-        stack += [getattr(current, "cause", None), current.__cause__, current.__context__]
+        stack += [cause, current.__cause__, current.__context__]
     return None

@@ -30,8 +30,8 @@ def check_output(output: str, key: str, inputs: Iterable[str] = (), source_folde
 
     ``key`` is the config key named in the message (``output``, ``run.storage_path``);
     ``inputs`` are paths the stage reads (the output may not equal or contain them);
-    ``source_folders`` are folders read recursively (the output may not sit inside them,
-    or the next run would read it back as input).
+    ``source_folders`` are folders or globs read recursively (the output may not sit inside
+    them, or the next run would read it back as input).
     """
     if is_remote(output):
         return  # object stores: written key by key, never replaced whole (see replaced_atomically)
@@ -47,7 +47,10 @@ def check_output(output: str, key: str, inputs: Iterable[str] = (), source_folde
         if not is_remote(path) and _is_within(_resolved(_glob_root(path)), target):
             raise UserError(f"{key}: '{output}' holds the input '{path}'; replacing it would delete the input; {fix}")
     for folder in source_folders:
-        if not is_remote(folder) and _is_within(target, _resolved(folder)):
+        root = _glob_root(folder)
+        if is_remote(folder) or os.path.isfile(root):
+            continue
+        if _is_within(target, _resolved(root)):
             raise UserError(f"{key}: '{output}' is inside the source folder '{folder}', so the next run would read "
                             f"it back as input; {fix}")
     if target.is_file():

@@ -25,7 +25,7 @@ def absolute_if_local(path: str) -> str:
 def default_name(path: str) -> str:
     """A readable name for a source or benchmark: the file stem or folder name."""
     stem = path.rstrip("/").split("/")[-1]
-    for ch in "*?[":
+    for ch in "*?[" if not os.path.exists(path) else "":  # an existing file may be named data[1].jsonl
         stem = stem.split(ch)[0]
     return Path(stem).stem or "data"
 
@@ -43,7 +43,7 @@ def expand_files(path: str, extensions: tuple[str, ...]) -> list[str]:
         return sorted(f"{scheme}://{f}" for f in files if _has_extension(f, extensions))
     if path.startswith("file://"):
         path = path[len("file://") :]
-    if _GLOB_CHARS & set(path):
+    if _GLOB_CHARS & set(path) and not os.path.exists(path):  # an existing path is literal, even data[1].jsonl
         return sorted(p for p in glob.glob(path, recursive=True) if os.path.isfile(p))
     if os.path.isdir(path):
         found = [str(p) for p in Path(path).rglob("*") if p.is_file() and _has_extension(p.name, extensions)]

@@ -26,8 +26,17 @@ def init_ray() -> None:
     The local instance is explicit (``address="local"``) so a stale cluster started by
     ``ray start`` elsewhere on the machine is never joined by accident.
     """
-    if ray.is_initialized():
-        return
+    if not ray.is_initialized():
+        _start_or_join()
+    context = ray.data.DataContext.get_current()
+    # An input error raised in a Ray Data task (a broken file) reaches the CLI as itself, not
+    # as Ray's generic UserCodeException, so it prints as one `error:` line (errors.find_user_error).
+    context.raise_original_map_exception = True
+    if not sys.stdout.isatty():  # job logs and CI: no progress-bar redraws
+        context.enable_progress_bars = False
+
+
+def _start_or_join() -> None:
     env = dict(WORKER_ENV)
     if not os.environ.get("RAY_ADDRESS") and "DS_ACCELERATOR" not in os.environ:
         import torch
@@ -42,5 +51,3 @@ def init_ray() -> None:
         # The dashboard serves Ray's state API (Ray Train's placement-group cleaner polls it) and UI.
         ray.init(address="local", runtime_env={"env_vars": env}, logging_level=logging.WARNING)
     logging.getLogger("ray.data").setLevel(logging.WARNING)  # one INFO block per dataset execution otherwise
-    if not sys.stdout.isatty():  # job logs and CI: no progress-bar redraws
-        ray.data.DataContext.get_current().enable_progress_bars = False

@@ -13,11 +13,15 @@ import ray
 
 from platypus_ray.refine.rows import CANONICAL_COLUMNS, embed_text
 
-LEDGER_COLUMNS = [
-    "source", "file", "source_index", "id", "status", "reason", "detail",
-    "matched_id", "matched_source", "matched_source_index", "score",
-    "benchmark", "category", "signal",
-]
+LEDGER_SCHEMA = pa.schema([
+    (name, pa.int64() if name.endswith("source_index") else pa.float64() if name == "score" else pa.string())
+    for name in ("source", "file", "source_index", "id", "status", "reason", "detail", "matched_id",
+                 "matched_source", "matched_source_index", "score", "benchmark", "category", "signal")
+])
+LEDGER_COLUMNS = LEDGER_SCHEMA.names
+DECIDED_SCHEMA = pa.schema([f for f in LEDGER_SCHEMA if f.name not in ("source", "file", "id")])
+KEPT_SCHEMA = pa.schema([(name, pa.string()) for name in CANONICAL_COLUMNS])
+TEXT_SCHEMA = pa.schema([("uid", pa.int64()), ("text", pa.string())])
 
 
 @dataclass
@@ -89,21 +93,20 @@ class Decisions:
         """The ledger columns that do not come from the parsed rows, indexed by uid."""
         matched = np.maximum(self.matched_uid, 0)
         has_match = self.matched_uid >= 0
-        return pa.table(
-            {
-                "source_index": self.source_index,
-                "status": self.status.tolist(),
-                "reason": self.reason.tolist(),
-                "detail": self.detail.tolist(),
-                "matched_id": self.matched_id.tolist(),
-                "matched_source": np.where(has_match, self.sources[matched], "").tolist(),
-                "matched_source_index": np.where(has_match, self.source_index[matched], -1),
-                "score": self.score,
-                "benchmark": self.benchmark.tolist(),
-                "category": self.category.tolist(),
-                "signal": self.signal.tolist(),
-            }
-        )
+        columns = {
+            "source_index": self.source_index,
+            "status": self.status.tolist(),
+            "reason": self.reason.tolist(),
+            "detail": self.detail.tolist(),
+            "matched_id": self.matched_id.tolist(),
+            "matched_source": np.where(has_match, self.sources[matched], "").tolist(),
+            "matched_source_index": np.where(has_match, self.source_index[matched], -1),
+            "score": self.score,
+            "benchmark": self.benchmark.tolist(),
+            "category": self.category.tolist(),
+            "signal": self.signal.tolist(),
+        }
+        return pa.table([columns[f.name] for f in DECIDED_SCHEMA], schema=DECIDED_SCHEMA)
 
 
 def _uids(batch: pa.Table, file_offset: np.ndarray) -> np.ndarray:
@@ -114,20 +117,12 @@ def _ledger_rows(batch: pa.Table, file_offset: np.ndarray, decided: pa.Table) ->
     picked = decided.take(pa.array(_uids(batch, file_offset)))
     columns = {"source": batch["source"], "file": batch["file"], "id": batch["id"]}
     columns.update({name: picked[name] for name in picked.column_names})
-    return pa.table({name: columns[name] for name in LEDGER_COLUMNS})
+    return pa.table([columns[name] for name in LEDGER_COLUMNS], schema=LEDGER_SCHEMA)
 
 
 def _kept_rows(batch: pa.Table, file_offset: np.ndarray, keep: np.ndarray) -> pa.Table:
     kept = batch.filter(pa.array(keep[_uids(batch, file_offset)]))
-    return pa.table(
-        {
-            "id": kept["id"],
-            "instruction": kept["instruction"],
-            "input": kept["input"],
-            "output": kept["output"],
-            "data_source": kept["source"],
-        }
-    ).select(list(CANONICAL_COLUMNS))
+    return pa.table([kept["id"], kept["instruction"], kept["input"], kept["output"], kept["source"]], schema=KEPT_SCHEMA)
 
 
 def _text_rows(batch: pa.Table, file_offset: np.ndarray, wanted: np.ndarray) -> pa.Table:
@@ -135,7 +130,7 @@ def _text_rows(batch: pa.Table, file_offset: np.ndarray, wanted: np.ndarray) -> 
     mask = np.isin(uid, wanted)
     rows = batch.filter(pa.array(mask))
     texts = [embed_text(i, x) for i, x in zip(rows["instruction"].to_pylist(), rows["input"].to_pylist())]
-    return pa.table({"uid": uid[mask], "text": texts})
+    return pa.table([uid[mask], texts], schema=TEXT_SCHEMA)
 
 
 def fetch_texts(parsed: ray.data.Dataset, file_offset: np.ndarray, uids: np.ndarray) -> dict[int, str]:
@@ -154,16 +149,20 @@ def fetch_texts(parsed: ray.data.Dataset, file_offset: np.ndarray, uids: np.ndar
 def write_rows(staging: Path, parsed: ray.data.Dataset, file_offset: np.ndarray, decisions: Decisions) -> None:
     """Write ``kept/`` (canonical schema, input order) and ``ledger/`` (every input row) as Parquet."""
     keep = decisions.status == "kept"
-    parsed.map_batches(
-        _kept_rows, fn_kwargs={"file_offset": file_offset, "keep": keep}, batch_format="pyarrow"
-    ).write_parquet(str(staging / "kept"))
-    parsed.map_batches(
+    kept = parsed.map_batches(_kept_rows, fn_kwargs={"file_offset": file_offset, "keep": keep}, batch_format="pyarrow")
+    _write_parquet(kept, staging / "kept", KEPT_SCHEMA)
+    ledger = parsed.map_batches(
         _ledger_rows, fn_kwargs={"file_offset": file_offset, "decided": decisions.table()}, batch_format="pyarrow"
-    ).write_parquet(str(staging / "ledger"))
-    if not (staging / "kept").exists():  # Ray Data writes no file for zero rows; readers still need the schema
-        (staging / "kept").mkdir()
-        empty = pa.table({name: pa.array([], pa.string()) for name in CANONICAL_COLUMNS})
-        pq.write_table(empty, staging / "kept" / "empty.parquet")
+    )
+    _write_parquet(ledger, staging / "ledger", LEDGER_SCHEMA)
+
+
+def _write_parquet(ds: ray.data.Dataset, folder: Path, schema: pa.Schema) -> None:
+    """Ray Data writes no file for zero rows; readers of an empty output still need the schema."""
+    ds.write_parquet(str(folder))
+    if not folder.exists() or not any(folder.glob("*.parquet")):
+        folder.mkdir(exist_ok=True)
+        pq.write_table(schema.empty_table(), folder / "empty.parquet")
 
 
 def summarize(decisions: Decisions, embedded_rows: int, embed_seconds: float, n_items: dict[str, int]) -> dict:

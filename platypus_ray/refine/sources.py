@@ -20,6 +20,7 @@ from platypus_ray.refine.readers import Record, read_records
 from platypus_ray.refine.rows import content_id, dedup_key, embed_text, raw_id, validate_record
 
 SOURCE_EXTENSIONS = ("json", "jsonl", "parquet", "csv")
+UNREADABLE = "unreadable_file"
 
 PARSED_SCHEMA = pa.schema(
     [
@@ -72,8 +73,28 @@ def read_sources(files: list[SourceFile]) -> ray.data.Dataset:
 
 
 def _parse_files(batch: pa.Table) -> pa.Table:
-    tables = [parse_source_file(SourceFile(**row)) for row in batch.to_pylist()]
+    tables = [_parse_or_report(SourceFile(**row)) for row in batch.to_pylist()]
     return pa.concat_tables(tables) if tables else PARSED_SCHEMA.empty_table()
+
+
+def _parse_or_report(sf: SourceFile) -> pa.Table:
+    """A file that cannot be read at all becomes one marker row (``row_in_file`` -1) that
+    :func:`check_readable` turns into an error on the driver: raising here would make Ray
+    print its own traceback before ours."""
+    try:
+        return parse_source_file(sf)
+    except InputError as exc:
+        row = {f.name: None for f in PARSED_SCHEMA}
+        row.update(source=sf.source, file=sf.path, file_rank=sf.file_rank, row_in_file=-1, valid=False,
+                   reason=UNREADABLE, detail=str(exc))
+        return pa.Table.from_pylist([row], schema=PARSED_SCHEMA)
+
+
+def check_readable(reason, detail) -> None:
+    """Raise one InputError naming every file that could not be read as its format."""
+    problems = [str(d) for r, d in zip(reason, detail) if r == UNREADABLE]
+    if problems:
+        raise InputError("; ".join(problems))
 
 
 def parse_source_file(sf: SourceFile) -> pa.Table:

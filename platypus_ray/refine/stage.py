@@ -11,6 +11,7 @@ reason a clean paraphrase of it was dropped.
 from __future__ import annotations
 
 import json
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -31,7 +32,7 @@ from platypus_ray.refine.report import review_rows, review_uids, write_report, w
 from platypus_ray.refine.rows import embed_text
 from platypus_ray.refine.semantic_dedup import priority_order, resolve_greedy
 from platypus_ray.refine.similarity import all_pairs_above, best_matches
-from platypus_ray.refine.sources import list_source_files, read_sources
+from platypus_ray.refine.sources import PARSED_SCHEMA, check_readable, list_source_files, read_sources
 from platypus_ray.runtime import init_ray
 
 _META_COLUMNS = ["source", "file_rank", "row_in_file", "valid", "reason", "detail", "id", "dedup_key", "output_len", "text_len"]
@@ -61,6 +62,8 @@ class RefineResult:
         """A console summary: counts per source and reason, contamination, timings, outputs."""
         lines = [f"refine: {self.input_rows} input rows -> {self.kept} kept, {self.invalid} invalid, "
                  f"{sum(self.removed.values())} removed {self.removed or ''}".rstrip()]
+        if self.input_rows == 0:
+            lines.append("refine: WARNING: 0 input rows: every source is empty (the outputs are written, all empty)")
         for name, s in self.stats["per_source"].items():
             lines.append(f"  source {name}: {s['rows']} rows, {s['kept']} kept, {s['invalid']} invalid, removed {s['removed']}")
         for bench, counts in self.stats["contamination"].items():
@@ -87,8 +90,13 @@ def run(cfg: RefineConfig) -> RefineResult:
     """Run the refine stage end to end and write its outputs under ``cfg.output``."""
     timer = _Timer()
     # Everything a user can get wrong is checked before Ray starts.
+    cfg.check_output()
     check_model(cfg.embedding.model)
-    items = [item for bench in cfg.benchmarks for item in load_benchmark(bench)]
+    items = [item for bench in cfg.benchmarks for item in load_benchmark(bench, allow_empty=cfg.allow_empty_benchmark)]
+    for bench in cfg.benchmarks:
+        if not any(item.benchmark == bench.benchmark_name for item in items):
+            print(f"refine: WARNING: benchmark '{bench.benchmark_name}' has no items; nothing is checked against it",
+                  file=sys.stderr, flush=True)
     files = list_source_files(cfg.sources)
     init_ray()
     ray.data.DataContext.get_current().execution_options.preserve_order = True
@@ -96,6 +104,7 @@ def run(cfg: RefineConfig) -> RefineResult:
 
     parsed = read_sources(files).materialize()
     meta = _gather_meta(parsed)
+    check_readable(meta["reason"], meta["detail"])
     decisions = Decisions.start(meta)
     file_offset = _file_offsets(meta, len(files))
     timer.lap("read_validate")
@@ -108,16 +117,8 @@ def run(cfg: RefineConfig) -> RefineResult:
     ).materialize()
     timer.lap("exact_dedup")
 
-    # One actor pool embeds the training rows and the benchmark probes together.
     probes = contam.make_probes(items, cfg.contamination.window_words)
-    to_embed = rows.select_columns(["key", "text", "text_len"])
-    if probes.texts:
-        offset = len(survivors)
-        to_embed = to_embed.union(ray.data.from_items(
-            [{"key": offset + k, "text": t, "text_len": len(t)} for k, t in enumerate(probes.texts)]
-        ))
-    vectors = embed_texts(to_embed, len(survivors) + len(probes.texts), cfg.embedding)
-    emb, probe_emb = vectors[: len(survivors)], vectors[len(survivors) :]
+    emb, probe_emb = _embed(rows, len(survivors), probes, cfg)
     timer.lap("embed")
     num_gpus = 1 if resolve_device(cfg.embedding.device) == "cuda" else 0
 
@@ -153,11 +154,25 @@ def run(cfg: RefineConfig) -> RefineResult:
     )
 
 
+def _embed(rows: ray.data.Dataset, n_rows: int, probes: contam.Probes, cfg: RefineConfig) -> tuple[np.ndarray, np.ndarray]:
+    """Vectors of the rows and of the benchmark probes, from one actor pool; none when there
+    are no rows (nothing to compare the probes with)."""
+    if n_rows == 0:
+        return np.zeros((0, 0), dtype=np.float32), np.zeros((0, 0), dtype=np.float32)
+    to_embed = rows.select_columns(["key", "text", "text_len"])
+    if probes.texts:
+        keys = np.arange(n_rows, n_rows + len(probes.texts), dtype=np.int64)
+        lengths = np.array([len(t) for t in probes.texts], dtype=np.int64)
+        to_embed = to_embed.union(ray.data.from_arrow(pa.table({"key": keys, "text": probes.texts, "text_len": lengths})))
+    vectors = embed_texts(to_embed, n_rows + len(probes.texts), cfg.embedding)
+    return vectors[:n_rows], vectors[n_rows:]
+
+
 def _gather_meta(parsed: ray.data.Dataset) -> dict[str, np.ndarray]:
     """Compact per-row columns on the driver, in input order (sorted by file, then row)."""
-    table = pa.concat_tables(
-        [ray.get(ref) for ref in parsed.select_columns(_META_COLUMNS).to_arrow_refs()]
-    ) if parsed.count() else pa.table({c: [] for c in _META_COLUMNS})
+    blocks = [ray.get(ref) for ref in parsed.select_columns(_META_COLUMNS).to_arrow_refs()]
+    blocks = [block for block in blocks if block.num_rows]
+    table = pa.concat_tables(blocks) if blocks else PARSED_SCHEMA.empty_table().select(_META_COLUMNS)
     order = np.lexsort((table["row_in_file"].to_numpy(), table["file_rank"].to_numpy()))
     table = table.take(pa.array(order))
     return {name: table[name].to_numpy(zero_copy_only=False) for name in _META_COLUMNS}
@@ -169,6 +184,10 @@ def _file_offsets(meta: dict[str, np.ndarray], n_files: int) -> np.ndarray:
     return np.concatenate([[0], np.cumsum(counts)[:-1]]).astype(np.int64)
 
 
+KEYED_SCHEMA = pa.schema([("key", pa.int64()), ("text", pa.string()), ("text_len", pa.int64()),
+                          ("instruction", pa.string()), ("input", pa.string()), ("output", pa.string())])
+
+
 def _with_keys(batch: pa.Table, file_offset: np.ndarray, key_of_uid: np.ndarray) -> pa.Table:
     """Rows that survived exact dedup, with their dense key and embedded text."""
     uid = file_offset[batch["file_rank"].to_numpy()] + batch["row_in_file"].to_numpy()
@@ -176,16 +195,8 @@ def _with_keys(batch: pa.Table, file_offset: np.ndarray, key_of_uid: np.ndarray)
     mask = key >= 0
     batch = batch.filter(pa.array(mask))
     texts = [embed_text(i, x) for i, x in zip(batch["instruction"].to_pylist(), batch["input"].to_pylist())]
-    return pa.table(
-        {
-            "key": key[mask],
-            "text": texts,
-            "text_len": batch["text_len"],
-            "instruction": batch["instruction"],
-            "input": batch["input"],
-            "output": batch["output"],
-        }
-    )
+    columns = [key[mask], texts, batch["text_len"], batch["instruction"], batch["input"], batch["output"]]
+    return pa.table(columns, schema=KEYED_SCHEMA)
 
 
 def _exact_dedup(meta: dict[str, np.ndarray], decisions: Decisions) -> np.ndarray:

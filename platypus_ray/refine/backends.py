@@ -1,0 +1,218 @@
+"""Embedding backends: one ``encode(texts) -> unit float32 vectors`` per runtime.
+
+| backend | runs | vectors vs torch fp32 |
+|---|---|---|
+| ``torch`` | sentence-transformers on torch; fp16/bf16 on CUDA (``embedding.precision``) | the reference |
+| ``onnx`` | the exported fp32 graph on ONNX Runtime | equal to float rounding |
+| ``openvino`` | the same ONNX graph compiled by OpenVINO for the CPU | equal to float rounding |
+| ``onnx-int8`` | the graph with int8 weights (dynamic quantisation) | approximate: cosines move ~1e-2 |
+| ``static`` | a model2vec static model (``platypus-ray distill-embedder``) | a different vector space |
+
+The exported backends tokenize with the saved ``tokenizer.json`` (the ``tokenizers`` package)
+and run a graph that already pools and normalises, so an actor imports neither torch nor
+transformers. Every encoder sorts its input by token count and pads each batch only to its
+longest row, as sentence-transformers' ``encode`` does.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from platypus_ray.refine.export import ensure_export, export_root
+
+EXACT = ("torch", "onnx", "openvino")  # candidates for `auto`: identical decisions are possible
+APPROXIMATE = ("onnx-int8",)
+DIFFERENT_SPACE = ("static",)
+
+
+@dataclass(frozen=True)
+class EncoderSpec:
+    """Everything an actor needs to build its encoder (resolved on the driver, before actors start)."""
+
+    model: str
+    backend: str  # never "auto" here
+    device: str = "cpu"
+    precision: str = "float32"  # torch only: float32 | float16 | bfloat16
+    batch_size: int = 256
+    threads: int = 1
+    export_dir: str | None = None
+    static_model: str | None = None
+
+
+class Encoder:
+    """Unit vectors for a list of texts; ``version`` names the runtime and its version."""
+
+    name: str
+    version: str
+
+    def __init__(self, spec: EncoderSpec):
+        self.spec = spec
+
+    def encode(self, texts: list[str]) -> np.ndarray:
+        raise NotImplementedError
+
+
+class TorchEncoder(Encoder):
+    name = "torch"
+
+    def __init__(self, spec: EncoderSpec):
+        super().__init__(spec)
+        import sentence_transformers
+        import torch
+        from sentence_transformers import SentenceTransformer
+
+        from platypus_ray.refine.embed import resolve_model
+
+        if spec.device == "cpu":
+            torch.set_num_threads(spec.threads)
+        self.model = SentenceTransformer(resolve_model(spec.model), device=spec.device)
+        if spec.precision != "float32":  # fp16 / bf16: the CUDA path (it also runs, slowly, on a CPU)
+            self.model.to(getattr(torch, spec.precision))
+        self.version = f"sentence-transformers {sentence_transformers.__version__}, torch {torch.__version__}, {spec.precision}"
+
+    def encode(self, texts: list[str]) -> np.ndarray:
+        vectors = self.model.encode(texts, batch_size=self.spec.batch_size, normalize_embeddings=True,
+                                    convert_to_numpy=True, show_progress_bar=False)
+        return _unit(vectors)
+
+
+class GraphEncoder(Encoder):
+    """Shared by ONNX Runtime and OpenVINO: tokenize, sort by length, pad per batch, run the graph."""
+
+    def __init__(self, spec: EncoderSpec, kind: str):
+        super().__init__(spec)
+        from tokenizers import Tokenizer
+
+        self.folder = ensure_export(spec.model, kind, export_root(spec.export_dir))
+        import json
+
+        self.info = json.loads((self.folder / "export.json").read_text())
+        self.tokenizer = Tokenizer.from_file(str(self.folder / "tokenizer.json"))
+        self.tokenizer.no_padding()
+        self.tokenizer.enable_truncation(self.info["max_seq_length"])
+        self.run: Callable[[dict[str, np.ndarray]], np.ndarray]
+
+    def encode(self, texts: list[str]) -> np.ndarray:
+        encodings = self.tokenizer.encode_batch([t.strip() for t in texts])
+        lengths = np.array([len(e.ids) for e in encodings])
+        order = np.argsort(-lengths, kind="stable")
+        out = np.empty((len(texts), self.info["dim"]), dtype=np.float32)
+        for start in range(0, len(order), self.spec.batch_size):
+            rows = order[start : start + self.spec.batch_size]
+            width = int(lengths[rows].max())
+            ids = np.zeros((len(rows), width), dtype=np.int64)
+            mask = np.zeros((len(rows), width), dtype=np.int64)
+            for r, row in enumerate(rows):
+                ids[r, : lengths[row]] = encodings[row].ids
+                mask[r, : lengths[row]] = 1
+            feeds = {"input_ids": ids, "attention_mask": mask, "token_type_ids": np.zeros_like(ids)}
+            out[rows] = self.run({k: v for k, v in feeds.items() if k in self.info["inputs"]})
+        return _unit(out)
+
+
+class OnnxEncoder(GraphEncoder):
+    name = "onnx"
+
+    def __init__(self, spec: EncoderSpec, kind: str = "onnx"):
+        super().__init__(spec, kind)
+        import onnxruntime as ort
+
+        from platypus_ray.errors import UserError
+
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = spec.threads
+        options.inter_op_num_threads = 1
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        try:
+            session = ort.InferenceSession(str(self.folder / "model.onnx"), options, providers=["CPUExecutionProvider"])
+        except Exception as exc:  # noqa: BLE001 - any load failure means a broken export
+            raise UserError(f"embedding.export_dir: ONNX Runtime cannot load {self.folder / 'model.onnx'} ({exc}); "
+                            f"delete {self.folder} and run again to re-export it") from None
+        self.run = lambda feeds: session.run(None, feeds)[0]
+        self.version = f"onnxruntime {ort.__version__}"
+
+
+class OnnxInt8Encoder(OnnxEncoder):
+    name = "onnx-int8"
+
+    def __init__(self, spec: EncoderSpec):
+        super().__init__(spec, "onnx-int8")
+        self.version += ", int8 dynamic quantisation (approximate)"
+
+
+class OpenVinoEncoder(GraphEncoder):
+    name = "openvino"
+
+    def __init__(self, spec: EncoderSpec):
+        super().__init__(spec, "onnx")
+        import openvino as ov
+
+        from platypus_ray.errors import UserError
+
+        core = ov.Core()
+        config = {"INFERENCE_NUM_THREADS": spec.threads, "PERFORMANCE_HINT": "LATENCY",
+                  "INFERENCE_PRECISION_HINT": "f32"}  # no silent bf16 on CPUs that have it
+        try:
+            compiled = core.compile_model(core.read_model(str(self.folder / "model.onnx")), "CPU", config)
+        except Exception as exc:  # noqa: BLE001
+            raise UserError(f"embedding.export_dir: OpenVINO cannot compile {self.folder / 'model.onnx'} ({exc}); "
+                            f"delete {self.folder} and run again to re-export it") from None
+        request = compiled.create_infer_request()
+        self.run = lambda feeds: request.infer(feeds)[compiled.output(0)].copy()
+        self.version = f"openvino {ov.__version__.split('-')[0]}"
+
+
+class StaticEncoder(Encoder):
+    name = "static"
+
+    def __init__(self, spec: EncoderSpec):
+        super().__init__(spec)
+        import model2vec
+        from model2vec import StaticModel
+
+        from platypus_ray.refine.export import verify_export
+
+        if spec.static_model:
+            folder = Path(spec.static_model).expanduser()
+            verify_export(folder)
+        else:
+            folder = ensure_export(spec.model, "static", export_root(spec.export_dir))
+        self.model = StaticModel.from_pretrained(str(folder))
+        self.version = f"model2vec {model2vec.__version__}, {self.model.dim} dims (different vector space)"
+
+    def encode(self, texts: list[str]) -> np.ndarray:
+        return _unit(self.model.encode(texts, batch_size=max(self.spec.batch_size, 1024), use_multiprocessing=False))
+
+
+ENCODERS: dict[str, type[Encoder]] = {
+    "torch": TorchEncoder, "onnx": OnnxEncoder, "openvino": OpenVinoEncoder,
+    "onnx-int8": OnnxInt8Encoder, "static": StaticEncoder,
+}
+
+
+def load_encoder(spec: EncoderSpec) -> Encoder:
+    """The encoder for ``spec.backend`` (exporting its model first when it is not cached yet)."""
+    return ENCODERS[spec.backend](spec)
+
+
+def resolve_precision(precision: str, device: str) -> str:
+    """``auto``: float16 on CUDA (half the memory traffic; cosines move ~1e-3), float32 on CPU.
+    bfloat16 needs a GPU that has it (Ampere or newer); float16 is used otherwise."""
+    if precision == "auto":
+        return "float16" if device == "cuda" else "float32"
+    if precision == "bfloat16" and device == "cuda":
+        import torch
+
+        if not torch.cuda.is_bf16_supported():
+            return "float16"
+    return precision
+
+
+def _unit(vectors: np.ndarray) -> np.ndarray:
+    vectors = np.asarray(vectors, dtype=np.float32)
+    norms = np.linalg.norm(vectors, axis=1, keepdims=True)
+    return vectors / np.maximum(norms, 1e-12)

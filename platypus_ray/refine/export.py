@@ -1,0 +1,155 @@
+"""Exported embedding models, built once from the local sentence-transformers weights (offline).
+
+Kinds: ``onnx`` (fp32 graph with pooling and normalisation inside; ONNX Runtime and OpenVINO
+both run it), ``onnx-int8`` (the same graph, weights dynamically quantised to int8) and
+``static`` (a model2vec static model distilled from the transformer). Each lives in
+``<export root>/<model>-<key>/<kind>/``, where the key changes whenever the source weights do.
+
+A folder is complete only when its ``export.json`` exists and the model file's sha256 matches
+the one recorded there. Exports are written to a temporary folder and renamed into place, so a
+killed export never leaves a folder under the final name, and a later corruption (a truncated
+copy, a half-synced shared disk) stops the run with the folder to delete instead of computing
+wrong vectors.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import time
+import uuid
+from pathlib import Path
+
+from platypus_ray.errors import UserError
+
+KINDS = ("onnx", "onnx-int8", "static")
+MANIFEST = "export.json"
+_FILES = {"onnx": "model.onnx", "onnx-int8": "model.onnx", "static": "model.safetensors"}
+_INPUTS = ["input_ids", "attention_mask", "token_type_ids"]
+
+
+def export_root(export_dir: str | None) -> Path:
+    """``embedding.export_dir``, else ``$PLATYPUS_RAY_CACHE/embedders``, else ``~/.cache/platypus-ray/embedders``."""
+    if export_dir:
+        return Path(export_dir).expanduser()
+    base = os.environ.get("PLATYPUS_RAY_CACHE") or "~/.cache/platypus-ray"
+    return Path(base).expanduser() / "embedders"
+
+
+def model_folder(root: Path, model: str) -> Path:
+    """``root/<name>-<key>``: the key hashes the resolved weights' file names, sizes and config."""
+    from platypus_ray.refine.embed import resolve_model
+
+    source = Path(resolve_model(model))
+    digest = hashlib.sha256(str(source).encode())
+    for path in sorted(p for p in source.rglob("*") if p.is_file()):
+        digest.update(f"{path.relative_to(source)}:{path.stat().st_size}".encode())
+        if path.suffix == ".json":
+            digest.update(path.read_bytes())
+    return root / f"{source.name if source.name != 'model' else source.parent.name}-{digest.hexdigest()[:12]}"
+
+
+def ensure_export(model: str, kind: str, root: Path) -> Path:
+    """The complete export folder of ``kind`` for ``model``, building it when absent."""
+    folder = model_folder(root, model) / kind
+    if folder.exists():
+        verify_export(folder)
+        return folder
+    staging = folder.parent / f".{kind}-{uuid.uuid4().hex[:8]}.partial"
+    staging.mkdir(parents=True)
+    try:
+        if kind == "static":
+            from platypus_ray.refine.distill import distill_static
+
+            info: dict = {"dim": int(distill_static(model, staging).dim)}
+        else:
+            info = _export_onnx(model, staging, quantize=kind == "onnx-int8")
+        _write_manifest(staging, kind, model, info)
+        try:
+            staging.rename(folder)
+        except OSError:  # another actor or run finished the same export first
+            if not folder.exists():
+                raise
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    verify_export(folder)
+    return folder
+
+
+def verify_export(folder: Path) -> dict:
+    """The manifest of a complete export; a UserError naming the folder when it is partial or corrupt."""
+    manifest = folder / MANIFEST
+    fix = f"delete {folder} and run again to re-export it"
+    if not manifest.is_file():
+        raise UserError(f"embedding.export_dir: {folder} is a partial export (no {MANIFEST}); {fix}")
+    try:
+        info = json.loads(manifest.read_text())
+        model_file = folder / info["file"]
+    except (ValueError, KeyError) as exc:
+        raise UserError(f"embedding.export_dir: {manifest} is unreadable ({exc}); {fix}") from None
+    if not model_file.is_file():
+        raise UserError(f"embedding.export_dir: {model_file} is missing from the export; {fix}")
+    if _sha256(model_file) != info.get("sha256"):
+        raise UserError(f"embedding.export_dir: {model_file} does not match the checksum in {MANIFEST} "
+                        f"(truncated or changed after export); {fix}")
+    return info
+
+
+def _write_manifest(folder: Path, kind: str, model: str, info: dict) -> None:
+    from importlib.metadata import version
+
+    versions = {}
+    for package in ("torch", "sentence-transformers", "onnx", "onnxruntime", "model2vec"):
+        try:
+            versions[package] = version(package)
+        except Exception:  # noqa: BLE001 - a missing optional package is simply not recorded
+            pass
+    file = _FILES[kind]
+    manifest = {"kind": kind, "model": model, "file": file, "sha256": _sha256(folder / file),
+                "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "versions": versions, **info}
+    (folder / MANIFEST).write_text(json.dumps(manifest, indent=2))
+
+
+def _export_onnx(model: str, folder: Path, quantize: bool) -> dict:
+    """Trace the whole sentence-transformers pipeline (transformer, pooling, normalise) to ONNX;
+    the tokenizer is saved beside it so actors need neither torch nor transformers to run it."""
+    import torch
+    from sentence_transformers import SentenceTransformer
+
+    from platypus_ray.refine.embed import resolve_model
+
+    st = SentenceTransformer(resolve_model(model), device="cpu").eval()
+    names = [n for n in _INPUTS if n in st.tokenizer.model_input_names]
+    features = st.preprocess(["an example sentence to trace", "a second, longer example sentence to trace"])
+
+    class Pipeline(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.st = st
+
+        def forward(self, *tensors):
+            return self.st(dict(zip(names, tensors)))["sentence_embedding"]
+
+    target = folder / ("fp32.onnx" if quantize else "model.onnx")
+    axes = {n: {0: "batch", 1: "sequence"} for n in names} | {"sentence_embedding": {0: "batch"}}
+    with torch.no_grad():
+        torch.onnx.export(Pipeline().eval(), tuple(features[n] for n in names), str(target), input_names=names,
+                          output_names=["sentence_embedding"], dynamic_axes=axes, opset_version=17, dynamo=False)
+    st.tokenizer.save_pretrained(str(folder))
+    if quantize:
+        from onnxruntime.quantization import QuantType, quantize_dynamic
+
+        quantize_dynamic(str(target), str(folder / "model.onnx"), weight_type=QuantType.QInt8)
+        target.unlink()
+    return {"inputs": names, "max_seq_length": int(st.max_seq_length),
+            "dim": int(st.get_sentence_embedding_dimension())}
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
