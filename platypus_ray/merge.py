@@ -25,6 +25,12 @@ class MergeConfig(StrictModel):
     out: str = "out/merged"
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"  # auto: the base's saved dtype
 
+    def check_output(self) -> None:
+        """Refuse an ``out`` whose replacement would delete the base, the adapter or foreign files."""
+        from platypus_ray.outputs import check_output
+
+        check_output(self.out, "out", inputs=[self.base, self.adapter])
+
     @field_validator("adapter")
     @classmethod
     def _adapter_exists(cls, value: str, info: ValidationInfo) -> str:
@@ -68,6 +74,9 @@ def run(cfg: MergeConfig) -> MergeResult:
     from peft import PeftModel
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    from platypus_ray.outputs import replaced_atomically
+
+    cfg.check_output()
     dtype = "auto" if cfg.dtype == "auto" else getattr(torch, cfg.dtype)
     base = AutoModelForCausalLM.from_pretrained(cfg.base, dtype=dtype)
     tokenizer = AutoTokenizer.from_pretrained(tokenizer_source(cfg.base, cfg.adapter))
@@ -79,6 +88,7 @@ def run(cfg: MergeConfig) -> MergeResult:
         merged = model.merge_and_unload()
         actual = merged(**probe).logits
     difference = float((expected - actual).abs().max())
-    merged.save_pretrained(cfg.out)
-    tokenizer.save_pretrained(cfg.out)
+    with replaced_atomically(cfg.out, "merge") as staging:
+        merged.save_pretrained(staging)
+        tokenizer.save_pretrained(staging)
     return MergeResult(Path(cfg.out), difference)

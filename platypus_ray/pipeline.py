@@ -21,6 +21,7 @@ from platypus_ray.benchmarks import BenchmarkConfig
 from platypus_ray.config import StrictModel
 from platypus_ray.evaluate.config import EvaluateConfig, InferenceSettings, ValidationSettings
 from platypus_ray.merge import MergeConfig
+from platypus_ray.outputs import check_output
 from platypus_ray.paths import absolute_if_local
 from platypus_ray.refine.config import RefineConfig
 from platypus_ray.tiny_model import TinyModelConfig
@@ -122,11 +123,18 @@ def run(cfg: PipelineConfig) -> PipelineResult:
         print(out.summary(), "\n", flush=True)
         return out
 
+    # Outputs are checked before Ray starts; train checks its run folder in its own prepare step.
+    if cfg.refine is not None:
+        cfg.refine.check_output("refine.output")
+    if cfg.evaluate is not None:
+        check_output(cfg.evaluate.output, "evaluate.output", inputs=[b.path for b in cfg.evaluate.benchmarks])
+    if cfg.merge is not None:
+        check_output(cfg.merge.out, "merge.out", inputs=[cfg.merge.base or cfg.train.model.name_or_path])
     init_ray()
     if cfg.train is not None:
-        from platypus_ray.train.stage import check_cluster_fits
+        from platypus_ray.train.capacity import check_cluster_fits
 
-        check_cluster_fits(cfg.train)  # before refine runs: a train shape that cannot fit fails now
+        check_cluster_fits(cfg.train.cluster)  # before refine runs: a train shape that cannot fit fails now
     if cfg.build_tiny_model and not os.path.isfile(os.path.join(cfg.train.model.name_or_path, "config.json")):
         from platypus_ray import tiny_model
 

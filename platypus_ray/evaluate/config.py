@@ -78,6 +78,15 @@ class EvaluateConfig(StrictModel):
     output: str = "out/eval"
     seed: int = 1234  # few-shot example draws
 
+    def check_output(self) -> None:
+        """Refuse an output whose replacement would delete an input or a folder this project did not write."""
+        from platypus_ray.outputs import check_output
+
+        models = [m for m in (self.model, self.compare_with) if m is not None]
+        inputs = [m.name_or_path for m in models] + [m.adapter for m in models if m.adapter]
+        inputs += [b.path for b in self.benchmarks] + ([self.validation.path] if self.validation else [])
+        check_output(self.output, "output", inputs=inputs)
+
     @model_validator(mode="after")
     def _something_to_do(self) -> "EvaluateConfig":
         if not self.benchmarks and self.validation is None:

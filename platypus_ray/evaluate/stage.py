@@ -170,6 +170,7 @@ def _stderr(values: np.ndarray) -> float:
 
 def run(cfg: EvaluateConfig) -> EvaluateResult:
     start = time.perf_counter()
+    cfg.check_output()
     table, skipped = build_requests(cfg)
     init_ray()
     device = resolve_device(cfg.inference.device)

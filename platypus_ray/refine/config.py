@@ -91,12 +91,12 @@ class RefineConfig(StrictModel):
     output: str = "out/refine"
     allow_empty_benchmark: bool = False  # a benchmark with no items is an error unless this is set
 
-    def check_output(self) -> None:
+    def check_output(self, key: str = "output") -> None:
         """Refuse an output whose replacement would delete an input or a folder this project did not write."""
         from platypus_ray.outputs import check_output
 
         inputs = [s.path for s in self.sources] + [b.path for b in self.benchmarks]
-        check_output(self.output, "output", inputs=inputs, source_folders=[s.path for s in self.sources])
+        check_output(self.output, key, inputs=inputs, source_folders=[s.path for s in self.sources])
 
     @model_validator(mode="after")
     def _unique_names(self) -> "RefineConfig":
