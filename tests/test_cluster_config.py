@@ -104,7 +104,7 @@ def test_every_cluster_preset_fits_the_clusters_node_types_and_writes_to_shared_
                     demand, count = {"GPU": 1, "CPU": section.inference.cpus_per_actor}, section.inference.actors
                     outputs = [section.output]
                 else:
-                    demand, count = section.cluster.resources_per_worker, section.workers
+                    demand, count = section.cluster.resources_per_worker, section.cluster.workers
                     if isinstance(section, SweepConfig) and section.sweep.max_concurrent_trials != "auto":
                         count *= section.sweep.max_concurrent_trials
                     outputs = [section.run.storage_path, section.data.path]

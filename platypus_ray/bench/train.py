@@ -101,7 +101,7 @@ def main(argv: list[str] | None = None) -> int:
     from platypus_ray.config import validate_config
     from platypus_ray.samples import sample_rows
     from platypus_ray.tiny_model import TinyModelConfig, run as make_model
-    from platypus_ray.train import TrainConfig, run as train
+    from platypus_ray.train import TrainConfig, fit, prepare
 
     work = tempfile.mkdtemp(prefix="bench-train-")
     scale = args.hidden / DEFAULTS["hidden"]
@@ -130,7 +130,7 @@ def main(argv: list[str] | None = None) -> int:
         "cluster": {"workers": workers, "use_gpu": False, "resources_per_worker": {"CPU": 1}},
         "run": {"name": "bench", "storage_path": f"{work}/runs", "max_failures": 0},
     })
-    result = train(cfg)
+    result = fit(prepare(cfg))
     ray_speeds = [h["tokens_per_s"] for h in result.history if "tokens_per_s" in h]
 
     base = statistics.median(base_speeds[args.skip:])

@@ -1,4 +1,4 @@
-"""Sweep stage: Ray Tune over LoRA rank, target-module sets and learning rate."""
+"""Sweep stage: Ray Tune over any train-config keys (`sweep.space`), each trial the train stage's prepare + fit."""
 
 from platypus_ray.sweep.config import SweepConfig
 

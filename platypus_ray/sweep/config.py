@@ -1,16 +1,14 @@
-"""Sweep config: a train config plus the search space, the scheduler and trial resources."""
+"""Sweep config: a train config plus ``sweep``: the search space over train keys, the scheduler, concurrency."""
 
 from __future__ import annotations
 
 import importlib.util
-from typing import Literal
+from typing import Any, Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, ValidationInfo, model_validator
 
 from platypus_ray.config import StrictModel
 from platypus_ray.train.config import TrainConfig
-
-TargetSet = Literal["attention", "mlp", "all"] | list[str]
 
 
 class SchedulerSettings(StrictModel):
@@ -31,17 +29,19 @@ class SchedulerSettings(StrictModel):
 class SweepSettings(StrictModel):
     """What to search over and how trials share the cluster."""
 
-    lora_r: list[int] = Field([8, 16, 64], min_length=1)
-    target_modules: list[TargetSet] = Field(["attention", "mlp", "all"], min_length=1)
-    learning_rate: list[float] | None = None  # null: the train config's learning rate
+    # Dotted train key -> a list (grid, or choices for random/optuna) or a distribution
+    # ({loguniform: [lo, hi]}, {uniform: [lo, hi]}, {randint: [lo, hi)}); see sweep/space.py.
+    space: dict[str, Any] = Field(
+        default_factory=lambda: {"lora.r": [8, 16, 64], "lora.target_modules": ["attention", "mlp", "all"]},
+        min_length=1,
+    )
     search: Literal["grid", "random", "optuna"] = "grid"
     num_samples: int = Field(1, ge=1, description="grid: repeats of the grid; random/optuna: trials")
     scheduler: SchedulerSettings = SchedulerSettings()
     metric: str = "eval_loss"
     mode: Literal["min", "max"] = "min"
-    gpus_per_trial: int | None = Field(None, ge=1, description="workers per trial (one GPU each; on CPU, CPU workers); default cluster.workers")
     max_concurrent_trials: int | Literal["auto"] = "auto"  # auto: cluster capacity / per-trial demand
-    time_budget_s: float | None = Field(None, gt=0)
+    time_budget_s: float | None = Field(None, gt=0, allow_inf_nan=False)
 
     @model_validator(mode="after")
     def _optuna_installed(self) -> "SweepSettings":
@@ -51,30 +51,23 @@ class SweepSettings(StrictModel):
 
 
 class SweepConfig(TrainConfig):
-    """Root config of ``platypus-ray sweep``: every train key, plus ``sweep``."""
+    """Root config of ``platypus-ray sweep``: every train key (what each trial starts from), plus ``sweep``."""
 
     sweep: SweepSettings = SweepSettings()
     resume: bool = False  # continue an interrupted sweep with the same run.name (Tune restore)
 
-    _workers_key = "sweep.gpus_per_trial"
-
-    @property
-    def workers(self) -> int:
-        """Ray Train workers of one trial."""
-        return self.sweep.gpus_per_trial or self.cluster.workers
-
     @model_validator(mode="after")
-    def _metric_needs_validation(self) -> "SweepConfig":
+    def _checked_space(self, info: ValidationInfo) -> "SweepConfig":
+        from platypus_ray.sweep.space import space_problems
+
+        problems = []
         if self.sweep.metric.startswith("eval_") and self.data.val_size == 0:
-            raise ValueError(f"sweep.metric {self.sweep.metric} needs held-out rows: set data.val_size > 0")
+            problems.append(f"sweep.metric {self.sweep.metric} needs held-out rows: set data.val_size > 0")
+        problems += space_problems(self, info.context)
+        if problems:
+            raise ValueError("\n    ".join(problems))
         return self
 
-    def train_config(self, lora_r: int, target_modules, learning_rate: float | None, name: str, storage: str) -> TrainConfig:
-        """The train config of one trial."""
-        raw = self.model_dump(mode="json", exclude={"sweep", "resume"})
-        raw["lora"].update({"r": lora_r, "target_modules": target_modules})
-        if learning_rate is not None:
-            raw["training"]["learning_rate"] = learning_rate
-        raw["cluster"]["workers"] = self.workers
-        raw["run"].update({"name": name, "storage_path": storage})
-        return TrainConfig.model_validate(raw, context={"on_worker": True})
+    def train_raw(self) -> dict[str, Any]:
+        """The train part of this config, as a raw mapping (what every trial starts from)."""
+        return self.model_dump(mode="json", exclude={"sweep", "resume"})

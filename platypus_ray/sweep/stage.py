@@ -1,29 +1,36 @@
-"""``platypus-ray sweep``: Ray Tune over LoRA rank, target modules and learning rate.
+"""``platypus-ray sweep``: Ray Tune over any train-config keys (``sweep.space``), ASHA.
 
-Train V2 pattern: each trial is a driver function that calls the train stage's ``run``
-(the same function the CLI calls) with a ``TuneReportCallback``, so the scheduler sees every
-evaluation round. The trial driver asks for no CPU (only a little memory): its Train
-workers hold the CPUs/GPUs, and a driver holding a CPU would deadlock a small box.
+Train V2 pattern: each trial is a driver function that calls the train stage's own
+``prepare`` and ``fit`` on the sweep's train config with the trial's values set, with a
+``TuneReportCallback`` so the scheduler sees every evaluation round. The trial driver asks
+for no CPU (only a little memory): its Train workers hold the CPUs/GPUs, and a driver
+holding a CPU would deadlock a small box.
 """
 
 from __future__ import annotations
 
+import json
 import os
 from dataclasses import dataclass, field
 from typing import Any
 
-import ray
 from ray import tune
 
 from platypus_ray.errors import UserError
+from platypus_ray.outputs import check_output, mark_output
 from platypus_ray.runtime import init_ray
 from platypus_ray.sweep.config import SweepConfig
 from platypus_ray.sweep.report import TrialRow, collect_rows, write_outputs
+from platypus_ray.sweep.runs import open_parent, tag_trials
+from platypus_ray.sweep.space import data_key, data_variants, param_space, trial_config
+from platypus_ray.tracking import check_reachable
+from platypus_ray.train.capacity import check_cluster_fits
 from platypus_ray.train.data import TokenizedData, prepare_data
 from platypus_ray.train.plan import TrainPlan
-from platypus_ray.train.stage import resolve_local_paths
+from platypus_ray.train.stage import START_TIMEOUT_ENV, resolve_local_paths
 
 TRIAL_DRIVER_RESOURCES = {"CPU": 0, "memory": 512 * 1024**2}
+LOCAL_PLACEMENT_RETRIES = 4  # on a fixed local instance nothing new arrives: a trial must not wait forever
 
 
 @dataclass
@@ -47,110 +54,101 @@ class SweepResult:
 def run(cfg: SweepConfig) -> SweepResult:
     """Run (or with ``resume: true`` continue) a sweep and write its ranked results."""
     cfg = resolve_local_paths(cfg)
+    sweep_dir = cfg.run.run_dir
+    check_output(sweep_dir, "run.storage_path", inputs=[cfg.data.path, cfg.model.name_or_path])
+    uri = cfg.tracking.mlflow_uri(cfg.run.storage_path)
+    check_reachable(uri)
     init_ray()
     concurrency = max_concurrent_trials(cfg)
-    sweep_dir = cfg.run.run_dir
     exists = tune.Tuner.can_restore(sweep_dir)
     if cfg.resume and not exists:
         raise UserError(f"resume: no sweep to continue at {sweep_dir}; drop --resume to start one")
     if exists and not cfg.resume:
         raise UserError(f"a sweep named '{cfg.run.name}' exists at {sweep_dir}; continue it with --resume or set run.name")
-    # Tokenise once here: every trial reads the same rows, and Ray Data work inside a trial
-    # would be confined to the trial driver's CPU-less placement group.
-    base = cfg.train_config(cfg.lora.r, cfg.lora.target_modules, None, "data", sweep_dir)
-    data = prepare_data(base)
-    plan = TrainPlan(base, None, data.train_rows, data.validation_rows, data.train_tokens, data.dropped_rows)
-    plan.check()
+    os.makedirs(sweep_dir, exist_ok=True)
+    mark_output(sweep_dir, "sweep")
+    base = trial_base(cfg, uri)
+    # Tokenise here, once per data variant: trials read the same rows, and Ray Data work inside
+    # a trial would be confined to the trial driver's CPU-less placement group.
+    data: dict[str, TokenizedData] = {}
+    for variant in data_variants(cfg):
+        variant_cfg = trial_config(base, variant)
+        data[data_key(variant_cfg)] = prepared = prepare_data(variant_cfg)
+        plan = TrainPlan(variant_cfg, None, prepared.train_rows, prepared.validation_rows, prepared.train_tokens,
+                         prepared.dropped_rows)
+        plan.check()
     rounds = -(-plan.total_steps // cfg.training.eval_every)
     print(f"sweep: {plan.total_steps} steps ({rounds} evaluation rounds) per trial, {concurrency} trial(s) at a time",
           flush=True)
     if cfg.sweep.scheduler.type == "asha" and rounds > cfg.sweep.scheduler.max_t:
         print(f"sweep: note: scheduler.max_t {cfg.sweep.scheduler.max_t} < {rounds} rounds: every trial stops by "
               f"step {cfg.sweep.scheduler.max_t * cfg.training.eval_every}", flush=True)
+    parent = open_parent(cfg, uri, sweep_dir)
     trainable = tune.with_resources(
-        tune.with_parameters(_trial, sweep=cfg.model_dump(mode="json"), trials_dir=f"{sweep_dir}/trials", data=data),
+        tune.with_parameters(_trial, base=base, trials_dir=f"{sweep_dir}/trials", data=data, parent_run_id=parent.target.run_id),
         TRIAL_DRIVER_RESOURCES,
     )
     if cfg.resume:
         tuner = tune.Tuner.restore(sweep_dir, trainable=trainable, resume_unfinished=True, resume_errored=True)
     else:
-        tuner = tune.Tuner(
-            trainable,
-            param_space=_param_space(cfg),
-            tune_config=tune.TuneConfig(
-                metric=cfg.sweep.metric,
-                mode=cfg.sweep.mode,
-                scheduler=_scheduler(cfg),
-                search_alg=_search(cfg),
-                num_samples=cfg.sweep.num_samples,
-                max_concurrent_trials=concurrency,
-                time_budget_s=cfg.sweep.time_budget_s,
-            ),
-            run_config=tune.RunConfig(name=cfg.run.name, storage_path=cfg.run.storage_path),
-        )
+        tuner = tune.Tuner(trainable, param_space=param_space(cfg), tune_config=_tune_config(cfg, concurrency),
+                           run_config=tune.RunConfig(name=cfg.run.name, storage_path=cfg.run.storage_path))
     grid = tuner.fit()
-    rows = collect_rows(grid, cfg, plan.total_steps)
+    rows = collect_rows(grid, cfg, plan.total_steps, f"{sweep_dir}/trials")
+    tag_trials(parent, rows, cfg.sweep.metric)
     if not any(row.metric is not None for row in rows):
         errors = "; ".join(f"{row.trial}: {row.status}" for row in rows)
-        raise RuntimeError(f"no trial reported {cfg.sweep.metric} ({errors})")
-    files, table, best_config, best_adapter = write_outputs(rows, cfg, sweep_dir)
-    return SweepResult(sweep_dir, rows, table, best_config, best_adapter, files)
+        raise UserError(f"sweep: no trial reported {cfg.sweep.metric} ({errors})")
+    files, table, best_config = write_outputs(rows, cfg, sweep_dir)
+    return SweepResult(sweep_dir, rows, table, best_config, rows[0].adapter or None, files)
+
+
+def trial_base(cfg: SweepConfig, mlflow_uri: str | None) -> dict[str, Any]:
+    """The train config every trial starts from: the sweep's, with tracking pointed at the sweep's
+    store and experiment, and worker-group placement bounded on a fixed local instance."""
+    base = cfg.train_raw()
+    base["tracking"] = {"mlflow": mlflow_uri or False, "experiment": cfg.tracking.experiment or cfg.run.name,
+                        "tensorboard": cfg.tracking.tensorboard}
+    if cfg.run.placement_retries == -1 and not os.environ.get("RAY_ADDRESS"):
+        base["run"]["placement_retries"] = LOCAL_PLACEMENT_RETRIES
+    if cfg.run.placement_timeout_s is None and os.environ.get(START_TIMEOUT_ENV):
+        base["run"]["placement_timeout_s"] = float(os.environ[START_TIMEOUT_ENV])  # trial drivers do not inherit it
+    return base
 
 
 def max_concurrent_trials(cfg: SweepConfig) -> int:
     """``auto``: how many trials the cluster can run at once (its capacity over one trial's demand)."""
-    demand = {name: amount * cfg.workers for name, amount in cfg.cluster.resources_per_worker.items() if amount}
-    capacity = ray.cluster_resources()
-    fits = min((int(capacity.get(name, 0) // need) for name, need in demand.items()), default=1)
-    if cfg.sweep.max_concurrent_trials != "auto":
-        return cfg.sweep.max_concurrent_trials
-    if fits >= 1:
-        return fits
-    detail = ", ".join(f"{name}: {need:g} per trial, cluster has {capacity.get(name, 0):g}" for name, need in demand.items())
-    if os.environ.get("RAY_ADDRESS"):
-        print(f"sweep: the cluster cannot hold a trial yet ({detail}); running one at a time while it scales", flush=True)
-        return 1
-    raise UserError(
-        f"sweep: not even one trial fits this Ray instance ({detail}); lower sweep.gpus_per_trial or "
-        "cluster.resources_per_worker"
-    )
+    fits = check_cluster_fits(cfg.cluster, what="sweep")
+    return fits if cfg.sweep.max_concurrent_trials == "auto" else cfg.sweep.max_concurrent_trials
 
 
-def _trial(params: dict[str, Any], sweep: dict[str, Any], trials_dir: str, data: TokenizedData) -> None:
-    """One Tune trial: a full train-stage run with the trial's LoRA settings."""
+def _trial(params: dict[str, Any], base: dict[str, Any], trials_dir: str, data: dict[str, TokenizedData],
+           parent_run_id: str | None) -> None:
+    """One Tune trial: the train stage's prepare + fit with the trial's values."""
     from ray.tune.integration.ray_train import TuneReportCallback
 
-    from platypus_ray.train.stage import run as train
+    from platypus_ray.train.stage import fit, prepare
 
-    cfg = SweepConfig.model_validate(sweep, context={"on_worker": True})
     name = tune.get_context().get_trial_id()  # the trial's Train run folder: trials/<trial id>/
-    train(
-        cfg.train_config(params["lora_r"], params["target_modules"], params.get("learning_rate"), name, trials_dir),
-        callbacks=[TuneReportCallback()],
-        data=data,
-    )
+    point = {key: params[key] for key in params}
+    cfg = trial_config(base, {**point, "run.name": name, "run.storage_path": trials_dir})
+    tags = {"platypus.trial": name, **{f"space.{k}": json.dumps(v) for k, v in point.items()}}
+    job = prepare(cfg, data=data[data_key(cfg)], tracking_parent=parent_run_id, tracking_tags=tags)
+    fit(job, callbacks=[TuneReportCallback()])
 
 
-def _param_space(cfg: SweepConfig) -> dict[str, Any]:
-    sample = tune.grid_search if cfg.sweep.search == "grid" else tune.choice
-    space = {"lora_r": sample(cfg.sweep.lora_r), "target_modules": sample(cfg.sweep.target_modules)}
-    if cfg.sweep.learning_rate:
-        space["learning_rate"] = sample(cfg.sweep.learning_rate)
-    return space
+def _tune_config(cfg: SweepConfig, concurrency: int) -> tune.TuneConfig:
+    s = cfg.sweep
+    if s.scheduler.type == "fifo":
+        scheduler = tune.schedulers.FIFOScheduler()
+    else:
+        scheduler = tune.schedulers.ASHAScheduler(time_attr="training_iteration", max_t=s.scheduler.max_t,
+                                                  grace_period=s.scheduler.grace_period,
+                                                  reduction_factor=s.scheduler.reduction_factor)
+    search = None
+    if s.search == "optuna":
+        from ray.tune.search.optuna import OptunaSearch
 
-
-def _scheduler(cfg: SweepConfig):
-    s = cfg.sweep.scheduler
-    if s.type == "fifo":
-        return tune.schedulers.FIFOScheduler()
-    return tune.schedulers.ASHAScheduler(
-        time_attr="training_iteration", max_t=s.max_t, grace_period=s.grace_period, reduction_factor=s.reduction_factor
-    )
-
-
-def _search(cfg: SweepConfig):
-    if cfg.sweep.search != "optuna":
-        return None
-    from ray.tune.search.optuna import OptunaSearch
-
-    return OptunaSearch()
+        search = OptunaSearch()
+    return tune.TuneConfig(metric=s.metric, mode=s.mode, scheduler=scheduler, search_alg=search,
+                           num_samples=s.num_samples, max_concurrent_trials=concurrency, time_budget_s=s.time_budget_s)

@@ -13,6 +13,7 @@ import shutil
 import ray.train
 
 from platypus_ray.paths import is_remote
+from platypus_ray.train.layout import CHECKPOINT_SUBDIR
 
 ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors")
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "tokenizer.model")
@@ -20,8 +21,6 @@ TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_ma
 
 def export_adapter(checkpoint: ray.train.Checkpoint, destination: str) -> str:
     """Copy adapter + tokenizer files out of a Ray checkpoint to ``destination`` (local or URI)."""
-    from platypus_ray.train.worker import CHECKPOINT_SUBDIR
-
     with checkpoint.as_directory() as folder:
         source = os.path.join(folder, CHECKPOINT_SUBDIR)
         names = [n for n in (*ADAPTER_FILES, *TOKENIZER_FILES) if os.path.isfile(os.path.join(source, n))]

@@ -8,7 +8,9 @@ from typing import Literal
 from pydantic import Field, ValidationInfo, field_validator, model_validator
 
 from platypus_ray.config import StrictModel, check_model_folder, is_planned
+from platypus_ray.dtypes import DTypeName
 from platypus_ray.paths import is_remote
+from platypus_ray.tracking import TrackingSettings, remote_storage_problems
 
 def _on_worker(info: ValidationInfo) -> bool:
     """Workers re-validate the driver's config; its paths were checked (and resolved) there."""
@@ -27,7 +29,7 @@ class ModelSettings(StrictModel):
     """Base model: a hub id (e.g. meta-llama/Llama-2-70b-hf) or a local folder."""
 
     name_or_path: str
-    dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"  # auto: bf16 on GPU, fp32 on CPU
+    dtype: DTypeName = "auto"  # auto: bf16 on GPU, fp32 on CPU
 
     @field_validator("name_or_path")
     @classmethod
@@ -140,7 +142,10 @@ class RunSettings(StrictModel):
     keep_checkpoints: int = Field(2, ge=1)
     placement_retries: int = Field(
         -1, ge=-1, description="after a lost node, how many times Ray Train retries placing the worker group "
-        "(each try waits RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S, 60 s); -1: forever (an autoscaler may be adding nodes)")
+        "(each try waits run.placement_timeout_s); -1: forever (an autoscaler may be adding nodes)")
+    placement_timeout_s: float | None = Field(
+        None, gt=0, allow_inf_nan=False, description="how long one try to place the worker group waits for its "
+        "resources; null: RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S from the environment, else Ray's 60 s")
 
     @property
     def run_dir(self) -> str:
@@ -162,24 +167,21 @@ class TrainConfig(StrictModel):
     deepspeed: DeepSpeedSettings = DeepSpeedSettings()
     cluster: ClusterSettings = ClusterSettings()
     run: RunSettings = RunSettings()
+    tracking: TrackingSettings = TrackingSettings()
 
     @model_validator(mode="after")
     def _batch_divides(self) -> "TrainConfig":
-        per_step = self.training.micro_batch_size * self.workers
+        per_step = self.training.micro_batch_size * self.cluster.workers
         if self.training.global_batch_size % per_step:
             raise ValueError(
                 f"training.global_batch_size ({self.training.global_batch_size}) must be a multiple of "
-                f"training.micro_batch_size x {self._workers_key} ({self.training.micro_batch_size} x {self.workers})"
+                f"training.micro_batch_size x cluster.workers ({self.training.micro_batch_size} x {self.cluster.workers})"
             )
+        problems = remote_storage_problems(self.tracking, self.run.storage_path)
+        if problems:
+            raise ValueError("; ".join(problems))
         return self
 
     @property
-    def workers(self) -> int:
-        """Ray Train workers of one run."""
-        return self.cluster.workers
-
-    _workers_key = "cluster.workers"
-
-    @property
     def gradient_accumulation_steps(self) -> int:
-        return self.training.global_batch_size // (self.training.micro_batch_size * self.workers)
+        return self.training.global_batch_size // (self.training.micro_batch_size * self.cluster.workers)

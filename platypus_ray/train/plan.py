@@ -7,13 +7,15 @@ so planning a 70B run takes a second on a laptop.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Any
 
+from platypus_ray.dtypes import BYTES, resolve_dtype
 from platypus_ray.errors import UserError
+from platypus_ray.tracking import TrackingTarget
 from platypus_ray.train.config import TrainConfig
 
 GIB = 1024**3
-_DTYPE_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}
 
 
 @dataclass
@@ -50,6 +52,22 @@ def model_size(cfg: TrainConfig) -> ModelSize | None:
 
 
 @dataclass
+class WorkerPlan:
+    """Everything a Ray Train worker is handed: the resolved config and what the driver decided."""
+
+    config: dict[str, Any]  # the resolved TrainConfig as JSON; workers re-validate it
+    deepspeed: dict[str, Any]
+    total_steps: int
+    steps_per_epoch: int
+    train_rows: int
+    has_validation: bool
+    scratch_dir: str  # per-worker Hugging Face output folder (removed at the end)
+    fault_marker: str
+    inject_fault_at_step: int | None = None  # fault drills: the last rank raises once at this step
+    tracking: TrackingTarget = field(default_factory=TrackingTarget)
+
+
+@dataclass
 class TrainPlan:
     cfg: TrainConfig
     size: ModelSize | None
@@ -60,7 +78,7 @@ class TrainPlan:
 
     @property
     def steps_per_epoch(self) -> int:
-        per_worker = self.train_rows // self.cfg.workers
+        per_worker = self.train_rows // self.cfg.cluster.workers
         return per_worker // self.cfg.training.micro_batch_size // self.cfg.gradient_accumulation_steps
 
     @property
@@ -69,10 +87,7 @@ class TrainPlan:
 
     @property
     def param_bytes(self) -> int:
-        dtype = self.cfg.model.dtype
-        if dtype == "auto":
-            dtype = "bfloat16" if self.cfg.cluster.use_gpu else "float32"
-        return _DTYPE_BYTES[dtype]
+        return BYTES[resolve_dtype(self.cfg.model.dtype, self.cfg.cluster.use_gpu)]
 
     def memory_per_worker(self) -> float | None:
         """Estimated bytes per worker for LoRA under ZeRO-3 (DeepSpeed's own estimator assumes full
@@ -81,7 +96,7 @@ class TrainPlan:
         about 2 with gradient checkpointing) and fp32 logits for one micro batch."""
         if self.size is None:
             return None
-        world = self.cfg.workers
+        world = self.cfg.cluster.workers
         base = self.size.total * self.param_bytes / (world if self.cfg.deepspeed.stage == 3 else 1)
         if self.cfg.deepspeed.offload_params:
             base = 0
@@ -100,11 +115,11 @@ class TrainPlan:
             return 80 * GIB  # the A100/H100-80GB class the presets are sized for
         import psutil
 
-        return psutil.virtual_memory().total / self.cfg.workers
+        return psutil.virtual_memory().total / self.cfg.cluster.workers
 
     def render(self) -> str:
         c, t = self.cfg, self.cfg.training
-        device = f"{c.workers} x {c.cluster.resources_per_worker}"
+        device = f"{c.cluster.workers} x {c.cluster.resources_per_worker}"
         lines = [
             "train plan:",
             f"  model        {c.model.name_or_path} ({self._params()})",
@@ -113,7 +128,7 @@ class TrainPlan:
             f"  workers      {device}, {'GPU' if c.cluster.use_gpu else 'CPU'}, DeepSpeed ZeRO-{c.deepspeed.stage}"
             + (" + optimizer offload" if c.deepspeed.offload_optimizer else "")
             + (" + param offload" if c.deepspeed.offload_params else ""),
-            f"  batch        global {t.global_batch_size} = micro {t.micro_batch_size} x {c.workers} workers"
+            f"  batch        global {t.global_batch_size} = micro {t.micro_batch_size} x {c.cluster.workers} workers"
             f" x {c.gradient_accumulation_steps} accumulation",
             f"  data         {self.train_rows} train rows ({self.train_tokens:,} tokens), {self.validation_rows} validation"
             + (f", {self.dropped_rows} dropped (prompt fills cutoff_len {c.data.cutoff_len})" if self.dropped_rows else ""),
@@ -128,6 +143,15 @@ class TrainPlan:
                 f"{self._deepspeed_estimate()}"
             )
         return "\n".join(lines)
+
+    def params(self) -> dict[str, str]:
+        """The plan's numbers as tracking params."""
+        memory = self.memory_per_worker()
+        numbers = {"train_rows": self.train_rows, "validation_rows": self.validation_rows,
+                   "train_tokens": self.train_tokens, "dropped_rows": self.dropped_rows,
+                   "total_steps": self.total_steps, "steps_per_epoch": self.steps_per_epoch,
+                   "memory_per_worker_gib": "unknown" if memory is None else f"{memory / GIB:.3f}"}
+        return {f"plan.{k}": str(v) for k, v in numbers.items()}
 
     def check(self) -> None:
         """Refuse shapes that cannot train: no optimizer step, or more memory than a worker has."""
@@ -158,7 +182,7 @@ class TrainPlan:
 
         from deepspeed.runtime.zero.stage3 import estimate_zero3_model_states_mem_needs
 
-        workers = self.cfg.workers
+        workers = self.cfg.cluster.workers
         per_node = min(self.cfg.cluster.gpus_per_node, workers) if self.cfg.cluster.use_gpu else workers
         nodes = -(-workers // per_node)
         with contextlib.redirect_stdout(io.StringIO()):

@@ -1,14 +1,17 @@
 """``platypus-ray train``: LoRA on Ray Train with DeepSpeed ZeRO-3; the driver side.
 
-Plans and checks the run, tokenises the data in Ray Data, builds the ``TorchTrainer``,
-and after ``fit`` exports the adapter and the metric history next to the checkpoints.
-A rerun with the same ``run.name`` and ``run.storage_path`` resumes from the latest
-checkpoint (Ray Train restores its checkpoint list; the workers resume the Hugging Face
-state from it: weights, optimizer, scheduler, data position).
+Two steps, used by the CLI, ``jobs/``, the pipeline and every sweep trial alike:
+``prepare(cfg)`` checks paths, the tracking server and the cluster, tokenises the data in
+Ray Data and prints the plan (no training); ``fit(job, callbacks=...)`` builds the
+``TorchTrainer``, trains, and exports the adapter and the metric history next to the
+checkpoints. A rerun with the same ``run.name`` and ``run.storage_path`` resumes from the
+latest checkpoint (Ray Train restores its checkpoint list; the workers resume the Hugging
+Face state from it: weights, optimizer, scheduler, data position).
 """
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import tempfile
@@ -20,21 +23,36 @@ from typing import Any, TypeVar
 
 import ray
 import ray.train
-import yaml
 from ray.train.torch import TorchConfig, TorchTrainer
 
 from platypus_ray.errors import UserError
-from platypus_ray.paths import absolute_if_local, is_remote, read_text, write_text
+from platypus_ray.paths import absolute_if_local, is_remote, write_text
 from platypus_ray.runtime import init_ray
+from platypus_ray.tracking import JobRun, check_reachable, flatten
 from platypus_ray.train.adapter import check_adapter, export_adapter
+from platypus_ray.train.capacity import check_cluster_fits
 from platypus_ray.train.config import TrainConfig
 from platypus_ray.train.data import TokenizedData, prepare_data
 from platypus_ray.train.deepspeed_config import deepspeed_config
-from platypus_ray.train.plan import TrainPlan, model_size
-from platypus_ray.train.worker import CHECKPOINT_SUBDIR, INJECT_FAULT_ENV, train_loop_per_worker
-
+from platypus_ray.train.layout import CHECKPOINT_SUBDIR, INJECT_FAULT_ENV
+from platypus_ray.train.plan import TrainPlan, WorkerPlan, model_size
+from platypus_ray.train.resume import check_resumable, claim_run_folder
 
 TrainConfigT = TypeVar("TrainConfigT", bound=TrainConfig)
+START_TIMEOUT_ENV = "RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S"  # Ray Train passes it on to its controller
+
+
+@dataclass
+class TrainJob:
+    """A checked, planned training job: what ``fit`` runs."""
+
+    cfg: TrainConfig
+    data: TokenizedData
+    plan: TrainPlan
+    worker: WorkerPlan
+    tracking_parent: str | None = None  # MLflow run id of a sweep: this job's run becomes its child
+    tracking_tags: dict[str, str] = field(default_factory=dict)
+    started: float = field(default_factory=time.perf_counter)
 
 
 @dataclass
@@ -48,6 +66,7 @@ class TrainResult:
     history: list[dict[str, Any]] = field(default_factory=list)
     plan: TrainPlan | None = None
     wall_s: float = 0.0
+    mlflow_run_id: str | None = None
 
     def summary(self) -> str:
         losses = [h["loss"] for h in self.history if "loss" in h]
@@ -63,37 +82,59 @@ class TrainResult:
             lines.append(f"  tokens/s (all workers) median {sorted(speeds)[len(speeds) // 2]:.0f}")
         lines += [f"  adapter     {self.adapter_path}", f"  checkpoint  {self.checkpoint_path}",
                   f"  metrics     {self.run_dir}/metrics.jsonl"]
+        if self.mlflow_run_id:
+            lines.append(f"  mlflow run  {self.mlflow_run_id}")
         return "\n".join(lines)
 
 
-def run(cfg: TrainConfig, callbacks: list | None = None, data: TokenizedData | None = None) -> TrainResult:
-    """Train a LoRA adapter. ``callbacks`` go to ``RunConfig`` (Ray Tune passes its reporter);
-    ``data`` is tokenised data prepared once by a sweep driver for all of its trials."""
-    start = time.perf_counter()
+def run(cfg: TrainConfig) -> TrainResult:
+    """Train a LoRA adapter: ``fit(prepare(cfg))``."""
+    return fit(prepare(cfg))
+
+
+def prepare(cfg: TrainConfig, data: TokenizedData | None = None, tracking_parent: str | None = None,
+            tracking_tags: dict[str, str] | None = None) -> TrainJob:
+    """Check and plan a job; no training. ``data``: tokenised rows a sweep driver prepared once
+    for all of its trials; ``tracking_parent``/``tracking_tags``: the sweep's MLflow run and the
+    trial's overrides."""
+    started = time.perf_counter()
     cfg = resolve_local_paths(cfg)
+    claim_run_folder(cfg)  # before Ray starts, like every config check
+    check_reachable(cfg.tracking.mlflow_uri(cfg.run.storage_path))
     size = model_size(cfg)  # meta device: cheap even for 70B; checked again once the data is counted
-    run_dir = cfg.run.run_dir
     init_ray()
-    check_cluster_fits(cfg)
+    check_cluster_fits(cfg.cluster)
     data = data or prepare_data(cfg)
     plan = TrainPlan(cfg, size, data.train_rows, data.validation_rows, data.train_tokens, data.dropped_rows)
     print(plan.render(), flush=True)
     plan.check()
+    check_resumable(cfg)
+    run_dir = cfg.run.run_dir
+    worker = WorkerPlan(
+        config=cfg.model_dump(mode="json"),
+        deepspeed=deepspeed_config(cfg.deepspeed, on_gpu=cfg.cluster.use_gpu),
+        total_steps=plan.total_steps,
+        steps_per_epoch=plan.steps_per_epoch,
+        train_rows=data.train_rows,
+        has_validation=data.validation is not None,
+        scratch_dir=os.path.join(tempfile.gettempdir(), "platypus-ray", f"{cfg.run.name}-{uuid.uuid4().hex[:8]}"),
+        fault_marker=os.path.join(run_dir, ".injected-fault"),
+        inject_fault_at_step=int(os.environ.get(INJECT_FAULT_ENV, 0)) or None,
+    )
+    return TrainJob(cfg, data, plan, worker, tracking_parent, dict(tracking_tags or {}), started)
 
+
+def fit(job: TrainJob, callbacks: list | None = None) -> TrainResult:
+    """Train a prepared job. ``callbacks`` go to ``RunConfig`` (Ray Tune passes its reporter)."""
+    cfg, data = job.cfg, job.data
+    tracker = JobRun.open(cfg.tracking, cfg.run.storage_path, cfg.run.run_dir, cfg.run.name,
+                          {**flatten(cfg.model_dump(mode="json")), **job.plan.params()}, job.tracking_tags,
+                          job.tracking_parent)
+    job.worker.tracking = tracker.target
+    if cfg.run.placement_timeout_s is not None:
+        os.environ[START_TIMEOUT_ENV] = str(cfg.run.placement_timeout_s)
     trainer = TorchTrainer(
-        train_loop_per_worker,
-        train_loop_config={
-            "config": cfg.model_dump(mode="json"),
-            "deepspeed": deepspeed_config(cfg.deepspeed, on_gpu=cfg.cluster.use_gpu),
-            "total_steps": plan.total_steps,
-            "steps_per_epoch": plan.steps_per_epoch,
-            "train_rows": data.train_rows,
-            "has_validation": data.validation is not None,
-            # Fault-injection hook for tests and drills: the last rank raises once at this step.
-            "inject_fault_at_step": int(os.environ.get(INJECT_FAULT_ENV, 0)) or None,
-            "fault_marker": os.path.join(run_dir, ".injected-fault"),
-            "scratch_dir": os.path.join(tempfile.gettempdir(), "platypus-ray", f"{cfg.run.name}-{uuid.uuid4().hex[:8]}"),
-        },
+        functools.partial(train_loop_per_worker, job.worker),
         torch_config=TorchConfig(backend="nccl" if cfg.cluster.use_gpu else "gloo"),
         scaling_config=ray.train.ScalingConfig(
             num_workers=cfg.cluster.workers,
@@ -112,25 +153,50 @@ def run(cfg: TrainConfig, callbacks: list | None = None, data: TokenizedData | N
         ),
         datasets={"train": data.train, **({"validation": data.validation} if data.validation is not None else {})},
     )
-    _check_resumable(run_dir, cfg)
-    result = trainer.fit()
-    if result.error is not None:
-        raise result.error
-    if result.checkpoint is None:
-        raise RuntimeError("training finished without a checkpoint")
-
-    history = _history(result.checkpoint)
-    adapter_path = export_adapter(result.checkpoint, cfg.run.adapter_path)
-    check_adapter(adapter_path)
-    _write_run_files(run_dir, history, dict(result.metrics))
+    try:
+        try:
+            result = trainer.fit()  # raises the run's TrainingFailedError
+        except Exception as exc:
+            clear = placement_error(exc, cfg)
+            if clear is None:
+                raise
+            raise clear from exc
+        if result.checkpoint is None:
+            raise RuntimeError("training finished without a checkpoint")
+        history = _history(result.checkpoint)
+        adapter_path = export_adapter(result.checkpoint, cfg.run.adapter_path)
+        check_adapter(adapter_path)
+    except BaseException:
+        tracker.finish({}, status="FAILED")
+        raise
+    _write_run_files(cfg.run.run_dir, history, dict(result.metrics))
+    tracker.finish({"adapter_path": adapter_path, "final_step": str(result.metrics.get("step"))})
     return TrainResult(
-        run_dir=run_dir,
+        run_dir=cfg.run.run_dir,
         adapter_path=adapter_path,
         checkpoint_path=f"{result.checkpoint.path}/{CHECKPOINT_SUBDIR}",
         metrics=dict(result.metrics),
         history=history,
-        plan=plan,
-        wall_s=time.perf_counter() - start,
+        plan=job.plan,
+        wall_s=time.perf_counter() - job.started,
+        mlflow_run_id=tracker.target.run_id,
+    )
+
+
+def placement_error(error: BaseException, cfg: TrainConfig) -> UserError | None:
+    """Ray Train gave up placing the worker group (each try releases its placement group):
+    say so in the job's own terms instead of a controller traceback."""
+    from ray.train.v2._internal.exceptions import WorkerGroupStartupTimeoutError
+
+    if not isinstance(getattr(error, "controller_failure", None), WorkerGroupStartupTimeoutError):
+        return None
+    timeout = os.environ.get(START_TIMEOUT_ENV, "60")
+    tries = cfg.run.placement_retries + 1
+    return UserError(
+        f"train: run '{cfg.run.name}' could not place its worker group ({cfg.cluster.workers} x "
+        f"{cfg.cluster.resources_per_worker}) in {tries} tries of {float(timeout):g} s: other work holds the "
+        "resources (Ray released this run's reservations after each try); free them, or raise "
+        "run.placement_retries / run.placement_timeout_s"
     )
 
 
@@ -145,26 +211,11 @@ def resolve_local_paths(cfg: TrainConfigT) -> TrainConfigT:
     return cfg
 
 
-def check_cluster_fits(cfg: TrainConfig) -> None:
-    """On a fixed cluster (the local one), a worker group that can never be placed is an error
-    now, not a hang; on a remote cluster the autoscaler may still add nodes, so only warn."""
-    available = ray.cluster_resources()
-    short = {
-        name: (need * cfg.cluster.workers, available.get(name, 0))
-        for name, need in cfg.cluster.resources_per_worker.items()
-        if need * cfg.cluster.workers > available.get(name, 0)
-    }
-    if not short:
-        return
-    detail = ", ".join(f"{name}: needs {need:g}, has {have:g}" for name, (need, have) in short.items())
-    if os.environ.get("RAY_ADDRESS"):
-        print(f"train: waiting for the autoscaler; the cluster is short of {detail}", flush=True)
-        return
-    raise UserError(
-        f"cluster: {cfg.cluster.workers} workers x {cfg.cluster.resources_per_worker} do not fit this Ray "
-        f"instance ({detail}); on a laptop use e.g. --set cluster.workers=2 --set cluster.use_gpu=false "
-        "--set cluster.resources_per_worker.CPU=1 (and drop GPU), or run on the cluster (see README)"
-    )
+def train_loop_per_worker(plan: WorkerPlan) -> None:
+    """Imported lazily: the worker module pulls in torch and transformers."""
+    from platypus_ray.train.worker import train_loop_per_worker as loop
+
+    loop(plan)
 
 
 def _history(checkpoint: ray.train.Checkpoint) -> list[dict[str, Any]]:
@@ -172,41 +223,6 @@ def _history(checkpoint: ray.train.Checkpoint) -> list[dict[str, Any]]:
     with checkpoint.as_directory() as folder:
         state = json.loads(Path(folder, CHECKPOINT_SUBDIR, "trainer_state.json").read_text())
     return state.get("log_history", [])
-
-
-def _check_resumable(run_dir: str, cfg: TrainConfig) -> None:
-    """A rerun under an existing name resumes its checkpoints, so it must be the same training
-    problem: same model, data formatting, LoRA shape, optimisation and worker count (ZeRO-3
-    shards are saved per rank). max_steps/epochs may change: that extends or shortens the run."""
-    previous_text = read_text(f"{run_dir}/config.yaml")
-    current = _resume_fingerprint(cfg)
-    if previous_text is not None:
-        previous = _resume_fingerprint(TrainConfig.model_validate(yaml.safe_load(previous_text), context={"on_worker": True}))
-        changed = sorted(k for k in current if previous.get(k) != current[k])
-        if changed:
-            details = "; ".join(f"{k}: {previous.get(k)!r} -> {current[k]!r}" for k in changed)
-            raise UserError(
-                f"run '{cfg.run.name}' in {cfg.run.storage_path} was started with a different config ({details}); "
-                "its checkpoints cannot be resumed with this one: use another run.name or remove the folder"
-            )
-    write_text(f"{run_dir}/config.yaml", yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False))
-
-
-def _resume_fingerprint(cfg: TrainConfig) -> dict[str, Any]:
-    t = cfg.training
-    return {
-        "model.name_or_path": cfg.model.name_or_path,
-        "data.cutoff_len": cfg.data.cutoff_len,
-        "data.train_on_inputs": cfg.data.train_on_inputs,
-        "lora": cfg.lora.model_dump(),
-        "training.learning_rate": t.learning_rate,
-        "training.global_batch_size": t.global_batch_size,
-        "training.micro_batch_size": t.micro_batch_size,
-        "training.scheduler": t.scheduler,
-        "training.seed": t.seed,
-        "deepspeed.stage": cfg.deepspeed.stage,
-        "cluster.workers": cfg.cluster.workers,
-    }
 
 
 def _write_run_files(run_dir: str, history: list[dict[str, Any]], final: dict[str, Any]) -> None:

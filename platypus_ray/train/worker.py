@@ -10,30 +10,30 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import tempfile
-import time
 import warnings
 from typing import Any
 
 import ray.train
 import torch
 from ray.data.collate_fn import NumpyBatchCollateFn
-from transformers import PrinterCallback, Trainer, TrainerCallback, TrainingArguments
+from transformers import PrinterCallback, Trainer, TrainingArguments
 
+from platypus_ray.dtypes import torch_dtype
+from platypus_ray.train.callbacks import InjectedFault, ReportToRay, TrackingCallback
 from platypus_ray.train.config import TrainConfig
+from platypus_ray.train.layout import CHECKPOINT_SUBDIR
+from platypus_ray.train.plan import WorkerPlan
 from platypus_ray.train.prompts import IGNORE_INDEX
 
-CHECKPOINT_SUBDIR = "checkpoint"  # the Hugging Face/DeepSpeed checkpoint inside each Ray checkpoint
 
-
-def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
+def train_loop_per_worker(plan: WorkerPlan) -> None:
     """Ray Train entry: rebuild the typed config, train, report metrics and checkpoints to Ray."""
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM, set_seed
 
     # DeepSpeed calls torch.distributed APIs torch has renamed; one warning per call floods the log.
     warnings.filterwarnings("ignore", message=r"`torch\.distributed\.\w+` is deprecated", category=FutureWarning)
-    cfg = TrainConfig.model_validate(loop_config["config"], context={"on_worker": True})
+    cfg = TrainConfig.model_validate(plan.config, context={"on_worker": True})
     context = ray.train.get_context()
     rank, world = context.get_world_rank(), context.get_world_size()
     on_gpu = cfg.cluster.use_gpu and torch.cuda.is_available()
@@ -42,8 +42,8 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     import deepspeed
 
     deepspeed.init_distributed(dist_backend="nccl" if on_gpu else "gloo")  # wraps Ray's process group
-    args = _training_arguments(cfg, loop_config, on_gpu)  # registers the ZeRO-3 config for from_pretrained
-    model = AutoModelForCausalLM.from_pretrained(cfg.model.name_or_path, dtype=_dtype(cfg, on_gpu))
+    args = _training_arguments(cfg, plan, on_gpu)  # registers the ZeRO-3 config for from_pretrained
+    model = AutoModelForCausalLM.from_pretrained(cfg.model.name_or_path, dtype=torch_dtype(cfg.model.dtype, on_gpu))
     partition = zero3_partition_report(model, world)
     partition.update(worker_placement())
     if cfg.training.gradient_checkpointing:
@@ -66,16 +66,16 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
         args=args,
         processing_class=tokenizer,
         train_shard=ray.train.get_dataset_shard("train"),
-        eval_shard=ray.train.get_dataset_shard("validation") if loop_config["has_validation"] else None,
+        eval_shard=ray.train.get_dataset_shard("validation") if plan.has_validation else None,
         collate=collate,
         micro_batch_size=cfg.training.micro_batch_size,
     )
     trainer.remove_callback(PrinterCallback)  # ReportToRay prints one line per log on rank 0
-    trainer.add_callback(
-        ReportToRay(trainer, rank, loop_config["steps_per_epoch"], {"train_rows": loop_config["train_rows"], **partition})
-    )
-    if loop_config.get("inject_fault_at_step") and rank == world - 1:
-        trainer.add_callback(InjectedFault(loop_config["inject_fault_at_step"], loop_config["fault_marker"]))
+    trainer.add_callback(ReportToRay(trainer, rank, plan.steps_per_epoch, {"train_rows": plan.train_rows, **partition}))
+    if rank == 0 and plan.tracking.active:  # after ReportToRay: it adds tokens/s to each log
+        trainer.add_callback(TrackingCallback(plan.tracking))
+    if plan.inject_fault_at_step and rank == world - 1:
+        trainer.add_callback(InjectedFault(plan.inject_fault_at_step, plan.fault_marker))
     checkpoint = ray.train.get_checkpoint()
     if checkpoint is None:
         trainer.train()
@@ -84,7 +84,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
             resume = os.path.join(folder, CHECKPOINT_SUBDIR)
             # A finished run restarted under the same name has nothing left to do (the Trainer
             # would otherwise take one extra step past max_steps).
-            if _global_step(resume) < loop_config["total_steps"]:
+            if _global_step(resume) < plan.total_steps:
                 trainer.train(resume_from_checkpoint=resume)
     torch.distributed.barrier()  # ranks sharing a node also share the scratch folder
     if context.get_local_rank() == 0:
@@ -103,22 +103,16 @@ def _global_step(hf_checkpoint: str) -> int:
         return int(json.load(handle)["global_step"])
 
 
-def _dtype(cfg: TrainConfig, on_gpu: bool) -> torch.dtype:
-    if cfg.model.dtype == "auto":
-        return torch.bfloat16 if on_gpu else torch.float32
-    return getattr(torch, cfg.model.dtype)
-
-
-def _training_arguments(cfg: TrainConfig, loop_config: dict[str, Any], on_gpu: bool) -> TrainingArguments:
+def _training_arguments(cfg: TrainConfig, plan: WorkerPlan, on_gpu: bool) -> TrainingArguments:
     t = cfg.training
-    evaluate = loop_config["has_validation"]
+    evaluate = plan.has_validation
     return TrainingArguments(
-        output_dir=loop_config["scratch_dir"],
-        deepspeed=loop_config["deepspeed"],
+        output_dir=plan.scratch_dir,
+        deepspeed=plan.deepspeed,
         per_device_train_batch_size=t.micro_batch_size,
         per_device_eval_batch_size=t.micro_batch_size,
         gradient_accumulation_steps=cfg.gradient_accumulation_steps,
-        max_steps=loop_config["total_steps"],  # the data is an endless stream of shard epochs
+        max_steps=plan.total_steps,  # the data is an endless stream of shard epochs
         learning_rate=t.learning_rate,
         lr_scheduler_type=t.scheduler,
         warmup_steps=t.warmup_steps,
@@ -131,7 +125,7 @@ def _training_arguments(cfg: TrainConfig, loop_config: dict[str, Any], on_gpu: b
         save_steps=t.eval_every,
         save_total_limit=cfg.run.keep_checkpoints,
         gradient_checkpointing=t.gradient_checkpointing,
-        bf16=on_gpu and cfg.model.dtype in ("auto", "bfloat16"),
+        bf16=str(torch_dtype(cfg.model.dtype, on_gpu)) == "torch.bfloat16",
         use_cpu=not on_gpu,
         ddp_backend="nccl" if on_gpu else "gloo",
         seed=t.seed,
@@ -211,83 +205,3 @@ class ShardTrainer(Trainer):
     def training_step(self, model, inputs, num_items_in_batch=None):
         self.tokens_seen += int(inputs["attention_mask"].sum())
         return super().training_step(model, inputs, num_items_in_batch)
-
-
-INJECT_FAULT_ENV = "PLATYPUS_RAY_INJECT_FAULT_AT_STEP"
-
-
-class InjectedFault(TrainerCallback):
-    """Raise once at ``step`` (a marker file remembers it across restarts): a worker crash on
-    demand, to exercise FailureConfig restarts from the last checkpoint."""
-
-    def __init__(self, step: int, marker: str):
-        self.step, self.marker = step, marker
-
-    def on_step_end(self, args, state, control, **kwargs):
-        if state.global_step == self.step and not os.path.exists(self.marker):
-            with open(self.marker, "w") as handle:
-                handle.write(f"{self.step}\n")
-            raise RuntimeError(f"injected fault at step {self.step} ({INJECT_FAULT_ENV})")
-
-
-class ReportToRay(TrainerCallback):
-    """Metrics (loss, eval_loss, learning rate, tokens/s over all ranks) to the console and to
-    Ray; every saved checkpoint (and one at the last step) becomes a Ray Train checkpoint."""
-
-    def __init__(self, trainer: ShardTrainer, rank: int, steps_per_epoch: int, static: dict[str, Any]):
-        self.trainer, self.rank, self.steps_per_epoch, self.static = trainer, rank, steps_per_epoch, static
-        self.metrics: dict[str, float] = {}
-        self._last_tokens, self._last_time = 0, None
-
-    def on_train_begin(self, args, state, control, **kwargs):
-        self._last_time = time.perf_counter()
-        self._last_tokens = self.trainer.tokens_seen
-
-    def on_step_end(self, args, state, control, **kwargs):
-        if state.global_step >= state.max_steps:
-            control.should_save = True  # the final adapter is always in a checkpoint
-
-    def on_log(self, args, state, control, logs=None, **kwargs):
-        logs = logs if logs is not None else {}
-        ours: dict[str, float] = {}
-        if "epoch" in logs:  # the Trainer cannot know epochs of an endless stream; we do
-            ours["epoch"] = round(state.global_step / self.steps_per_epoch, 3)
-        if "loss" in logs:  # a training log: all ranks take part in the all-reduce
-            now = time.perf_counter()
-            tokens = torch.tensor([self.trainer.tokens_seen - self._last_tokens], dtype=torch.float64)
-            torch.distributed.all_reduce(tokens)
-            ours["tokens_per_s"] = round(float(tokens.item()) / max(now - self._last_time, 1e-9), 1)
-            self._last_tokens, self._last_time = self.trainer.tokens_seen, now
-        logs.update(ours)
-        if state.log_history:  # the Trainer recorded its copy before calling us
-            state.log_history[-1].update(ours)
-        self.metrics.update({k: float(v) for k, v in logs.items() if isinstance(v, (int, float))})
-        self.metrics["step"] = state.global_step
-        if self.rank == 0:
-            shown = " ".join(f"{k} {v:.4g}" for k, v in logs.items() if isinstance(v, float))
-            print(f"[train] step {state.global_step}/{state.max_steps} {shown}", flush=True)
-
-    def on_save(self, args, state, control, **kwargs):
-        torch.distributed.barrier()  # every rank has written its shard of the checkpoint
-        source = os.path.join(args.output_dir, f"checkpoint-{state.global_step}")
-        with tempfile.TemporaryDirectory() as tmp:
-            _copy_rank_files(source, os.path.join(tmp, CHECKPOINT_SUBDIR), self.rank)
-            ray.train.report(
-                {**self.static, **self.metrics, "step": state.global_step},
-                checkpoint=ray.train.Checkpoint.from_directory(tmp),
-                checkpoint_dir_name=f"checkpoint_{state.global_step:06d}",
-            )
-
-
-def _copy_rank_files(source: str, target: str, rank: int) -> None:
-    """Rank 0 uploads the whole checkpoint; other ranks only their own ZeRO shards and RNG
-    state, so nodes without a shared filesystem still assemble a complete checkpoint."""
-    if rank == 0:
-        shutil.copytree(source, target)
-        return
-    for root, _, files in os.walk(source):
-        for name in files:
-            if f"rank_{rank}_" in name or name == f"rng_state_{rank}.pth":
-                relative = os.path.relpath(os.path.join(root, name), source)
-                os.makedirs(os.path.dirname(os.path.join(target, relative)), exist_ok=True)
-                shutil.copy2(os.path.join(root, name), os.path.join(target, relative))

@@ -11,25 +11,29 @@ import yaml
 
 from platypus_ray.config import validate_config
 from platypus_ray.sweep import SweepConfig, run
+from platypus_ray.train import run as train
 from platypus_ray.train.config import TrainConfig
 from tests.helpers import train_raw
 
 pytestmark = pytest.mark.slow
 
 
-def sweep_config(tiny_model, kept_folder, storage, name, **sweep):
-    raw = train_raw(tiny_model, kept_folder, storage, name, training={"max_steps": 10, "eval_every": 5})
-    raw["sweep"] = {"gpus_per_trial": 2, "max_concurrent_trials": "auto", **sweep}
+def sweep_config(tiny_model, kept_folder, storage, name, workers=2, tracking=None, **sweep):
+    raw = train_raw(tiny_model, kept_folder, storage, name, training={"max_steps": 10, "eval_every": 5},
+                    cluster={"workers": workers}, tracking=tracking or {})
+    raw["sweep"] = {"max_concurrent_trials": "auto", **sweep}
     return validate_config(SweepConfig, raw)
 
 
 def test_four_trial_grid_every_trial_has_a_real_eval_loss(ray_session, tiny_model, kept_folder, tmp_path):
     # One worker per trial: `auto` runs two trials side by side on the 2 CPUs.
-    cfg = sweep_config(tiny_model, kept_folder, str(tmp_path), "grid", lora_r=[4, 8], target_modules=["attention", "mlp"],
-                       scheduler={"type": "asha", "grace_period": 2, "max_t": 2}, gpus_per_trial=1)
+    cfg = sweep_config(tiny_model, kept_folder, str(tmp_path), "grid", workers=1, tracking={"mlflow": True},
+                       space={"lora.r": [4, 8], "lora.target_modules": ["attention", "mlp"]},
+                       scheduler={"type": "asha", "grace_period": 2, "max_t": 2})
     result = run(cfg)
     assert len(result.rows) == 4
-    assert {(r.lora_r, r.target_modules) for r in result.rows} == {(4, "attention"), (8, "attention"), (4, "mlp"), (8, "mlp")}
+    assert {(r.params["lora.r"], r.params["lora.target_modules"]) for r in result.rows} == {
+        (4, "attention"), (8, "attention"), (4, "mlp"), (8, "mlp")}
     for row in result.rows:  # Tune can call a trial TERMINATED that never reported: not here
         assert row.metric is not None and math.isfinite(row.metric) and row.rounds == 2, row
         assert row.status == "completed" and Path(row.adapter, "adapter_model.safetensors").is_file()
@@ -39,24 +43,49 @@ def test_four_trial_grid_every_trial_has_a_real_eval_loss(ray_session, tiny_mode
         assert [int(r["rank"]) for r in csv.DictReader(handle)] == [1, 2, 3, 4]
     assert Path(result.sweep_dir, "eval_loss.png").stat().st_size > 1000
     assert "| 1 |" in result.table
-    best = validate_config(TrainConfig, yaml.safe_load(Path(result.best_config_path).read_text()))
-    assert best.lora.r == result.rows[0].lora_r and best.run.name == "grid-best"
-    assert best.lora.target_modules == result.rows[0].target_modules
     assert result.best_adapter == result.rows[0].adapter
+    _check_mlflow(result, f"file:{tmp_path}/mlruns")
+
+    # best.yaml is the config the best trial ran (under a new name): trained again, same metric.
+    best = validate_config(TrainConfig, yaml.safe_load(Path(result.best_config_path).read_text()))
+    ran = validate_config(TrainConfig, yaml.safe_load(Path(result.rows[0].config).read_text()))
+    assert best.run.name == "grid-best" and best.model_dump(exclude={"run"}) == ran.model_dump(exclude={"run"})
+    assert (best.lora.r, best.lora.target_modules) == (result.rows[0].params["lora.r"], result.rows[0].params["lora.target_modules"])
+    again = train(best)
+    assert again.metrics["eval_loss"] == pytest.approx(result.rows[0].metric, abs=1e-4)
+
+
+def _check_mlflow(result, uri):
+    import mlflow
+
+    mlflow.set_tracking_uri(uri)
+    runs = mlflow.search_runs(experiment_names=["grid"])
+    parents = runs[runs["tags.platypus.kind"] == "sweep"]
+    assert len(parents) == 1
+    parent = parents.iloc[0]
+    children = runs[runs["tags.mlflow.parentRunId"] == parent["run_id"]]
+    assert len(children) == 4 and len(runs) == 5
+    by_trial = {row["tags.platypus.trial"]: row for _, row in children.iterrows()}
+    for row in result.rows:
+        child = by_trial[row.trial]
+        assert child["tags.space.lora.r"] == str(row.params["lora.r"])
+        assert float(child["tags.final_eval_loss"]) == pytest.approx(row.metric, rel=1e-5)
+        assert child["tags.best"] == ("true" if row.rank == 1 else "false")
+    assert parent["tags.best_trial"] == result.rows[0].trial
 
 
 @pytest.mark.timeout(600)  # auto concurrency on 2 CPUs with 2 workers per trial must not hang
 def test_asha_stops_the_diverging_trial_before_max_t(ray_session, tiny_model, kept_folder, tmp_path):
     # `auto` with 2 workers per trial on 2 CPUs: trials run one at a time in grid order: the good trial sets the rung, the one with a
     # learning rate 100x too high is far worse at its first evaluation and gets stopped there.
-    cfg = sweep_config(tiny_model, kept_folder, str(tmp_path), "asha", lora_r=[8], target_modules=["mlp"],
-                       learning_rate=[5e-3, 0.5], scheduler={"type": "asha", "grace_period": 1, "max_t": 2})
+    cfg = sweep_config(tiny_model, kept_folder, str(tmp_path), "asha", space={"training.learning_rate": [5e-3, 0.5]},
+                       scheduler={"type": "asha", "grace_period": 1, "max_t": 2})
     result = run(cfg)
-    by_lr = {row.learning_rate: row for row in result.rows}
+    by_lr = {row.params["training.learning_rate"]: row for row in result.rows}
     assert by_lr[5e-3].rounds == 2 and by_lr[5e-3].status == "completed"
     assert by_lr[0.5].rounds == 1 and by_lr[0.5].status.startswith("stopped early")
     assert by_lr[0.5].metric > by_lr[5e-3].metric  # stopped trials keep their last metrics
-    assert result.rows[0].learning_rate == 5e-3
+    assert result.rows[0].params["training.learning_rate"] == 5e-3
 
     # --resume restores the finished sweep from Tune's state: same trials, nothing retrained.
     resumed = run(cfg.model_copy(update={"resume": True}))
@@ -66,6 +95,6 @@ def test_asha_stops_the_diverging_trial_before_max_t(ray_session, tiny_model, ke
 def test_resume_without_a_sweep_is_a_clear_error(ray_session, tiny_model, kept_folder, tmp_path):
     from platypus_ray.errors import UserError
 
-    cfg = sweep_config(tiny_model, kept_folder, str(tmp_path), "never-ran", lora_r=[4], target_modules=["mlp"])
+    cfg = sweep_config(tiny_model, kept_folder, str(tmp_path), "never-ran", space={"lora.r": [4]})
     with pytest.raises(UserError, match="resume: no sweep to continue at .*never-ran; drop --resume to start one"):
         run(cfg.model_copy(update={"resume": True}))

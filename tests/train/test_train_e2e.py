@@ -24,7 +24,8 @@ SCHEDULE = {"scheduler": "constant_with_warmup", "warmup_steps": 2}
 @pytest.fixture(scope="module")
 def trained(ray_session, tiny_model, kept_folder, tmp_path_factory):
     storage = str(tmp_path_factory.mktemp("train"))
-    return run(train_config(tiny_model, kept_folder, storage, "zero3", training=SCHEDULE)), storage
+    tracking = {"mlflow": True, "tensorboard": True}
+    return run(train_config(tiny_model, kept_folder, storage, "zero3", training=SCHEDULE, tracking=tracking)), storage
 
 
 def test_base_model_is_partitioned_across_the_two_workers(trained):
@@ -45,6 +46,33 @@ def test_loss_goes_down_and_metrics_are_recorded(trained):
     assert result.metrics["step"] == 12
     lines = [json.loads(x) for x in Path(result.run_dir, "metrics.jsonl").read_text().splitlines()]
     assert any("tokens_per_s" in x and x["tokens_per_s"] > 0 for x in lines)
+
+
+def test_one_mlflow_run_and_tensorboard_events_per_job(trained):
+    import mlflow
+    from mlflow import MlflowClient
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    result, storage = trained
+    uri = f"file:{storage}/mlruns"
+    mlflow.set_tracking_uri(uri)
+    runs = mlflow.search_runs(experiment_names=["zero3"])
+    assert len(runs) == 1  # two workers, one run: only rank 0 logs
+    run = runs.iloc[0]
+    assert run["run_id"] == result.mlflow_run_id and run["status"] == "FINISHED"
+    assert (run["params.lora.r"], run["params.lora.target_modules"], run["params.cluster.workers"]) == ("8", "mlp", "2")
+    assert run["params.plan.total_steps"] == "12" and run["params.plan.train_rows"] == str(result.metrics["train_rows"])
+    assert run["tags.adapter_path"] == result.adapter_path
+    client = MlflowClient(uri)
+    losses = client.get_metric_history(result.mlflow_run_id, "loss")
+    assert [m.step for m in losses] == list(range(1, 13))
+    assert [m.value for m in losses] == pytest.approx([h["loss"] for h in result.history if "loss" in h])
+    for key in ("learning_rate", "grad_norm", "tokens_per_s", "eval_loss"):
+        assert client.get_metric_history(result.mlflow_run_id, key), key
+    events = EventAccumulator(str(Path(result.run_dir, "tensorboard")))
+    events.Reload()
+    assert [e.step for e in events.Scalars("loss")] == list(range(1, 13))
+    assert "eval_loss" in events.Tags()["scalars"]
 
 
 def test_adapter_has_real_weights_reloads_and_changes_logits(trained, tiny_model):
