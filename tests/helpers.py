@@ -1,4 +1,4 @@
-"""Config builders shared by the train and sweep tests."""
+"""Builders shared by tests: train and sweep configs, a tiny sentence-transformers model."""
 
 from __future__ import annotations
 
@@ -48,3 +48,22 @@ def shipped_presets(planned: set[str]) -> dict[str, object]:
         model = getattr(importlib.import_module(command.module), command.config)
         presets[path.name] = load_config(model, path, planned=planned)
     return presets
+
+
+def build_static_embedder(folder, texts: list[str], dim: int = 64) -> str:
+    """A tiny sentence-transformers model saved at ``folder``: a WordPiece vocabulary trained on
+    ``texts`` (Chinese characters split one per token) and random token vectors, mean-pooled and
+    normalised. It reads any script it saw, like a multilingual model, and loads by path offline."""
+    import numpy as np
+    from sentence_transformers import SentenceTransformer
+    from sentence_transformers import models as st_models
+    from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, trainers
+
+    tokenizer = Tokenizer(models.WordPiece(unk_token="[UNK]"))
+    tokenizer.normalizer = normalizers.BertNormalizer(handle_chinese_chars=True, lowercase=True)
+    tokenizer.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    tokenizer.train_from_iterator(texts, trainers.WordPieceTrainer(vocab_size=2000, special_tokens=["[UNK]", "[PAD]"]))
+    weights = np.random.default_rng(0).standard_normal((tokenizer.get_vocab_size(), dim)).astype(np.float32)
+    model = SentenceTransformer(modules=[st_models.StaticEmbedding(tokenizer, embedding_weights=weights), st_models.Normalize()])
+    model.save(str(folder))
+    return str(folder)

@@ -11,6 +11,7 @@ from platypus_ray.config import StrictModel, check_input
 
 SourceFormat = Literal["json", "jsonl", "parquet", "csv"]
 ContaminationCategory = Literal["duplicate", "gray_area", "similar_but_different"]
+EmbeddingBackend = Literal["auto", "torch", "onnx", "openvino", "onnx-int8", "static"]
 
 
 class ColumnMapping(StrictModel):
@@ -49,6 +50,27 @@ class EmbeddingConfig(StrictModel):
     actors: int = Field(2, ge=1, description="actor pool size; one model replica (and one GPU) per actor")
     cpus_per_actor: float = Field(1.0, gt=0)
     device: Literal["auto", "cpu", "cuda"] = "auto"  # auto: cuda when the cluster has GPUs
+    # auto: the fastest of torch/onnx/openvino whose decisions equal torch fp32's on this machine (a recorded
+    # calibration); onnx-int8 is approximate (faster, a few decisions move); static is a different vector space
+    backend: EmbeddingBackend = "auto"
+    precision: Literal["auto", "float32", "float16", "bfloat16"] = "auto"  # torch backend; auto: float16 on CUDA, else float32
+    export_dir: str | None = Field(None, description="exported models + calibration records; default ~/.cache/platypus-ray/embedders")
+    static_model: str | None = Field(None, description="a `platypus-ray distill-embedder` folder; default: distilled on first use")
+    calibration_rows: int = Field(512, ge=16, description="texts `auto` times the backends on and compares decisions over")
+    # ISO 639-1 codes the model reads, or [multilingual]; default: known for the bundled MiniLM (en), else unchecked
+    languages: list[str] | None = None
+    allow_language_mismatch: bool = False  # embed a source that is mostly in scripts the model cannot read
+
+    @field_validator("languages")
+    @classmethod
+    def _known_languages(cls, value: list[str] | None) -> list[str] | None:
+        from platypus_ray.refine.languages import LANGUAGE_SCRIPTS, MULTILINGUAL
+
+        unknown = [code for code in value or [] if code not in LANGUAGE_SCRIPTS and code != MULTILINGUAL]
+        if unknown:
+            raise ValueError(f"unknown language code(s) {unknown}; use ISO 639-1 codes ({', '.join(sorted(LANGUAGE_SCRIPTS))}) "
+                             f"or '{MULTILINGUAL}'")
+        return value
 
 
 class DedupConfig(StrictModel):

@@ -12,6 +12,7 @@ import numpy as np
 
 from platypus_ray.benchmarks import BenchmarkItem
 from platypus_ray.refine.ledger import Decisions
+from platypus_ray.refine.calibrate import report_html as embedding_section
 
 REVIEW_COLUMNS = [
     "kind", "category", "score", "signal", "source", "source_index", "id", "text",
@@ -78,6 +79,9 @@ def write_report(path: Path, stats: dict, decisions: Decisions, nearest: np.ndar
         f"<p>{stats['input_rows']} input rows &rarr; <b>{stats['kept']} kept</b>, {stats['invalid']} invalid, "
         f"removed: {html.escape(json.dumps(stats['removed']))}</p>",
         _table(["source", "rows", "kept", "invalid", "removed"], counts),
+        *(f"<p><b>WARNING:</b> {html.escape(w)}</p>" for w in stats.get("warnings", [])),
+        *_languages_section(stats.get("languages")),
+        *embedding_section(stats.get("embedding")),
         "<h2>Timings (s)</h2>", _table(list(stats["timings_s"]), [tuple(stats["timings_s"].values())]),
         *(f'<img alt="histogram" src="data:image/png;base64,{p}">' for p in plots),
         "<h2>Contamination flags</h2>",
@@ -87,6 +91,22 @@ def write_report(path: Path, stats: dict, decisions: Decisions, nearest: np.ndar
     ]
     style = "body{font-family:sans-serif;max-width:1200px;margin:auto}td,th{border:1px solid #ccc;padding:4px;vertical-align:top;font-size:13px}table{border-collapse:collapse}"
     path.write_text(f"<!doctype html><html><head><meta charset='utf-8'><title>refine report</title><style>{style}</style></head><body>{''.join(body)}</body></html>")
+
+
+def _languages_section(languages: dict | None) -> list[str]:
+    """Per source: script shares, rows the model cannot read, and how alike its vectors are."""
+    if not languages:
+        return []
+    rows = [(name, s.get("rows", ""), ", ".join(f"{k} {v:.0%}" for k, v in s.get("shares", {}).items()), s.get("outside", ""),
+             s.get("mean_pairwise_cosine"), s.get("median_nearest_cosine"), s.get("near_duplicate_rate"),
+             "COLLAPSED" if s.get("collapsed") else "")
+            for name, s in languages["per_source"].items()]
+    corpus = languages.get("corpus", {})
+    rows.append(("(corpus)", "", "", "", corpus.get("mean_pairwise_cosine"), corpus.get("median_nearest_cosine"),
+                 corpus.get("near_duplicate_rate"), ""))
+    header = ["source", "valid rows", "scripts", "outside model", "mean pairwise cosine", "median nearest cosine",
+              "near-duplicate rate", ""]
+    return [f"<h2>Languages (model reads: {html.escape(str(languages['model_languages']))})</h2>", _table(header, rows)]
 
 
 def _row(decisions: Decisions, uid: int, kind: str, texts: dict[int, str], matched: str, matched_text: str,

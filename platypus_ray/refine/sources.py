@@ -16,6 +16,7 @@ import ray
 from platypus_ray.errors import InputError
 from platypus_ray.paths import expand_files, open_input
 from platypus_ray.refine.config import ColumnMapping, SourceConfig
+from platypus_ray.refine.languages import dominant_script
 from platypus_ray.refine.readers import Record, read_records
 from platypus_ray.refine.rows import content_id, dedup_key, embed_text, raw_id, validate_record
 
@@ -38,6 +39,7 @@ PARSED_SCHEMA = pa.schema(
         ("dedup_key", pa.int64()),
         ("text_len", pa.int64()),
         ("output_len", pa.int64()),
+        ("script", pa.string()),  # dominant Unicode script of the embedded text (refine/languages.py)
     ]
 )
 
@@ -120,8 +122,10 @@ def parse_source_file(sf: SourceFile) -> pa.Table:
             out["dedup_key"].append(dedup_key(fields["instruction"], fields["input"]))
         for name in ("instruction", "input", "output"):
             out[name].append(fields[name])
-        out["text_len"].append(len(embed_text(fields["instruction"], fields["input"])))
+        text = embed_text(fields["instruction"], fields["input"])
+        out["text_len"].append(len(text))
         out["output_len"].append(len(fields["output"]))
+        out["script"].append(dominant_script(text) if out["valid"][-1] else "")
     return pa.table(out, schema=PARSED_SCHEMA)
 
 

@@ -26,7 +26,8 @@ from platypus_ray.outputs import replaced_atomically
 from platypus_ray.refine import contamination as contam
 from platypus_ray.refine.config import RefineConfig
 from platypus_ray.batching import resolve_device
-from platypus_ray.refine.embed import check_model, embed_texts
+from platypus_ray.refine.embed import BackendChoice, check_model, embed_texts
+from platypus_ray.refine.languages import check_languages, collapse_check
 from platypus_ray.refine.ledger import Decisions, fetch_texts, summarize, write_rows
 from platypus_ray.refine.report import review_rows, review_uids, write_report, write_review
 from platypus_ray.refine.rows import embed_text
@@ -35,7 +36,8 @@ from platypus_ray.refine.similarity import all_pairs_above, best_matches
 from platypus_ray.refine.sources import PARSED_SCHEMA, check_readable, list_source_files, read_sources
 from platypus_ray.runtime import init_ray
 
-_META_COLUMNS = ["source", "file_rank", "row_in_file", "valid", "reason", "detail", "id", "dedup_key", "output_len", "text_len"]
+_META_COLUMNS = ["source", "file_rank", "row_in_file", "valid", "reason", "detail", "id", "dedup_key", "output_len", "text_len",
+                 "script"]
 
 
 @dataclass
@@ -64,6 +66,7 @@ class RefineResult:
                  f"{sum(self.removed.values())} removed {self.removed or ''}".rstrip()]
         if self.input_rows == 0:
             lines.append("refine: WARNING: 0 input rows: every source is empty (the outputs are written, all empty)")
+        lines += [f"refine: WARNING: {warning}" for warning in self.stats.get("warnings", [])]
         for name, s in self.stats["per_source"].items():
             lines.append(f"  source {name}: {s['rows']} rows, {s['kept']} kept, {s['invalid']} invalid, removed {s['removed']}")
         for bench, counts in self.stats["contamination"].items():
@@ -106,6 +109,8 @@ def run(cfg: RefineConfig) -> RefineResult:
     meta = _gather_meta(parsed)
     check_readable(meta["reason"], meta["detail"])
     decisions = Decisions.start(meta)
+    languages, warnings = check_languages(meta, decisions.detail, cfg.embedding.model, cfg.embedding.languages,
+                                          cfg.embedding.allow_language_mismatch)
     file_offset = _file_offsets(meta, len(files))
     timer.lap("read_validate")
 
@@ -118,7 +123,7 @@ def run(cfg: RefineConfig) -> RefineResult:
     timer.lap("exact_dedup")
 
     probes = contam.make_probes(items, cfg.contamination.window_words)
-    emb, probe_emb = _embed(rows, len(survivors), probes, cfg)
+    emb, probe_emb, backend = _embed(rows, len(survivors), probes, cfg)
     timer.lap("embed")
     num_gpus = 1 if resolve_device(cfg.embedding.device) == "cuda" else 0
 
@@ -130,6 +135,10 @@ def run(cfg: RefineConfig) -> RefineResult:
 
     nearest = _semantic_dedup(emb, survivors, ~flagged, meta, decisions, cfg, num_gpus)
     timer.lap("semantic_dedup")
+    nearest_per_row = np.full(len(survivors), np.nan)
+    nearest_per_row[np.flatnonzero(~flagged)] = np.where(nearest > -1, nearest, np.nan)
+    warnings += collapse_check(emb, meta["source"][survivors], decisions.reason[survivors] == "near_duplicate",
+                               nearest_per_row, languages)
 
     with replaced_atomically(cfg.output, "refine") as staging:
         write_rows(staging, parsed, file_offset, decisions)
@@ -140,6 +149,8 @@ def run(cfg: RefineConfig) -> RefineResult:
         n_items = {b.benchmark_name: sum(i.benchmark == b.benchmark_name for i in items) for b in cfg.benchmarks}
         stats = summarize(decisions, len(survivors) + len(probes.texts), timer.timings["embed"], n_items)
         stats["timings_s"] = timer.timings
+        stats["embedding"] = backend.as_stats() if backend else None
+        stats["languages"], stats["warnings"] = languages, warnings
         (staging / "stats.json").write_text(json.dumps(stats, indent=2))
         write_report(staging / "report.html", stats, decisions, nearest, contamination_scores, texts, review, cfg)
         dump_config(cfg, staging / "config.yaml")
@@ -154,18 +165,19 @@ def run(cfg: RefineConfig) -> RefineResult:
     )
 
 
-def _embed(rows: ray.data.Dataset, n_rows: int, probes: contam.Probes, cfg: RefineConfig) -> tuple[np.ndarray, np.ndarray]:
+def _embed(rows: ray.data.Dataset, n_rows: int, probes: contam.Probes, cfg: RefineConfig) -> tuple[np.ndarray, np.ndarray, BackendChoice | None]:
     """Vectors of the rows and of the benchmark probes, from one actor pool; none when there
     are no rows (nothing to compare the probes with)."""
     if n_rows == 0:
-        return np.zeros((0, 0), dtype=np.float32), np.zeros((0, 0), dtype=np.float32)
+        return np.zeros((0, 0), dtype=np.float32), np.zeros((0, 0), dtype=np.float32), None
     to_embed = rows.select_columns(["key", "text", "text_len"])
     if probes.texts:
         keys = np.arange(n_rows, n_rows + len(probes.texts), dtype=np.int64)
         lengths = np.array([len(t) for t in probes.texts], dtype=np.int64)
         to_embed = to_embed.union(ray.data.from_arrow(pa.table({"key": keys, "text": probes.texts, "text_len": lengths})))
-    vectors = embed_texts(to_embed, n_rows + len(probes.texts), cfg.embedding)
-    return vectors[:n_rows], vectors[n_rows:]
+    vectors, backend = embed_texts(to_embed, n_rows + len(probes.texts), cfg.embedding,
+                                   thresholds=(cfg.dedup.threshold, cfg.contamination.threshold))
+    return vectors[:n_rows], vectors[n_rows:], backend
 
 
 def _gather_meta(parsed: ray.data.Dataset) -> dict[str, np.ndarray]:

@@ -1,0 +1,181 @@
+"""What each source is written in, what the embedding model can read, and whether its vectors collapsed.
+
+An English-only model (the bundled all-MiniLM-L6-v2) maps text in a script it never saw
+into one small region of its space: distinct Chinese rows look like paraphrases and are
+removed as near-duplicates. Refine tells the user instead of silently losing rows:
+
+* each row's dominant Unicode script (letters only; cheap, per row, during read/validate);
+* a model's coverage: the scripts of the languages it declares (``embedding.languages``;
+  the bundled MiniLM declares English); a source mostly outside it stops the run before
+  embedding, a minority is a warning and a ledger detail;
+* collapse, read from the vectors whatever the language: the mean pairwise cosine of a
+  source's rows (``|sum of unit vectors|^2`` over pairs, so it streams) sits near 0.1 for
+  ordinary English instruction data under MiniLM and above 0.5 for text it cannot read.
+
+No row is ever removed for its language.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import numpy as np
+
+from platypus_ray.errors import UserError
+
+# (first code point, script) where a script's letters start; a code point belongs to the
+# last start at or below it. "" marks digits, punctuation, symbols and gaps: not counted.
+_STARTS = [
+    (0x0000, ""), (0x0041, "latin"), (0x005B, ""), (0x0061, "latin"), (0x007B, ""), (0x00C0, "latin"),
+    (0x0250, ""), (0x0370, "greek"), (0x0400, "cyrillic"), (0x0530, "armenian"), (0x0590, "hebrew"),
+    (0x0600, "arabic"), (0x0780, ""), (0x08A0, "arabic"), (0x0900, "devanagari"), (0x0980, "bengali"),
+    (0x0A00, ""), (0x0B80, "tamil"), (0x0C00, ""), (0x0E00, "thai"), (0x0E80, ""), (0x10A0, "georgian"),
+    (0x1100, "hangul"), (0x1200, ""), (0x1E00, "latin"), (0x1F00, "greek"), (0x2000, ""),
+    (0x2E80, "han"), (0x3000, ""), (0x3040, "kana"), (0x3100, ""), (0x3130, "hangul"), (0x3190, ""),
+    (0x31F0, "kana"), (0x3200, ""), (0x3400, "han"), (0x4DC0, ""), (0x4E00, "han"), (0xA000, ""),
+    (0xAC00, "hangul"), (0xD7B0, ""), (0xF900, "han"), (0xFB00, ""), (0xFB50, "arabic"), (0xFE00, ""),
+    (0xFE70, "arabic"), (0xFF00, ""), (0xFF21, "latin"), (0xFF3B, ""), (0xFF41, "latin"), (0xFF5B, ""),
+    (0xFF66, "kana"), (0xFFA0, ""), (0x20000, "han"), (0x30000, ""),
+]
+_BOUNDS = np.array([start for start, _ in _STARTS], dtype=np.uint32)
+_SCRIPT_IDS = np.array([name for _, name in _STARTS], dtype=object)
+NO_LETTERS = "none"
+
+LANGUAGE_SCRIPTS: dict[str, tuple[str, ...]] = {
+    **{code: ("latin",) for code in "en fr de es it pt nl sv da no fi pl cs sk sl hr ro hu tr id ms vi tl sw "
+                                    "ca eu gl et lv lt sq af is ga cy".split()},
+    "zh": ("han",), "ja": ("han", "kana"), "ko": ("hangul", "han"),
+    **{code: ("cyrillic",) for code in "ru uk bg sr mk be kk ky mn".split()},
+    **{code: ("arabic",) for code in "ar fa ur ps".split()},
+    "he": ("hebrew",), "el": ("greek",), "hi": ("devanagari",), "mr": ("devanagari",), "ne": ("devanagari",),
+    "bn": ("bengali",), "ta": ("tamil",), "th": ("thai",), "ka": ("georgian",), "hy": ("armenian",),
+}
+MULTILINGUAL = "multilingual"  # every script
+# Declared coverage of models refine knows by name; any other model is "unknown" unless configured.
+KNOWN_MODELS = {"all-MiniLM-L6-v2": ("en",), "sentence-transformers/all-MiniLM-L6-v2": ("en",)}
+MISMATCH_ERROR_SHARE = 0.5  # a source with more of its rows outside the model than this stops the run
+COLLAPSE_MEAN_COSINE = 0.35  # mean pairwise cosine above this: the model cannot tell the rows apart
+
+
+def dominant_script(text: str) -> str:
+    """The script most of ``text``'s letters are written in, or ``none`` when it has no letters."""
+    points = np.frombuffer(text.encode("utf-32-le", "replace"), dtype=np.uint32)
+    scripts = _SCRIPT_IDS[np.searchsorted(_BOUNDS, points, side="right") - 1]
+    letters = scripts[scripts != ""]
+    if len(letters) == 0:
+        return NO_LETTERS
+    names, counts = np.unique(letters, return_counts=True)
+    return str(names[int(np.argmax(counts))])
+
+
+def model_languages(model: str, declared: list[str] | None) -> tuple[str, ...] | None:
+    """The languages a model reads: as configured, else as known for the bundled model, else unknown (None)."""
+    if declared is not None:
+        return tuple(declared)
+    return KNOWN_MODELS.get(model)
+
+
+def covered_scripts(languages: tuple[str, ...] | None) -> set[str] | None:
+    """Scripts a model with these languages reads; None means every script (or unknown: nothing to check)."""
+    if languages is None or MULTILINGUAL in languages:
+        return None
+    return {script for code in languages for script in LANGUAGE_SCRIPTS[code]}
+
+
+@dataclass
+class SourceLanguages:
+    """One source's script mix and how much of it the model cannot read."""
+
+    rows: int
+    shares: dict[str, float]  # script -> share of the source's valid rows
+    outside: int  # valid rows whose script the model does not cover
+
+    @property
+    def outside_share(self) -> float:
+        return self.outside / self.rows if self.rows else 0.0
+
+
+def survey(sources: np.ndarray, scripts: np.ndarray, valid: np.ndarray,
+           covered: set[str] | None) -> tuple[dict[str, SourceLanguages], np.ndarray]:
+    """Per-source script shares, and a mask of the valid rows outside ``covered``."""
+    outside = valid & np.array([covered is not None and s not in covered and s != NO_LETTERS for s in scripts], dtype=bool)
+    result: dict[str, SourceLanguages] = {}
+    for name in dict.fromkeys(sources.tolist()):
+        mine = (sources == name) & valid
+        n = int(mine.sum())
+        names, counts = np.unique(scripts[mine].astype(str), return_counts=True) if n else ([], [])
+        shares = {str(s): round(int(c) / n, 4) for s, c in sorted(zip(names, counts), key=lambda sc: -sc[1])}
+        result[name] = SourceLanguages(n, shares, int((outside & (sources == name)).sum()))
+    return result, outside
+
+
+def mismatch_message(name: str, lang: SourceLanguages, languages: tuple[str, ...], model: str) -> str:
+    top = ", ".join(f"{script} {share:.0%}" for script, share in list(lang.shares.items())[:3])
+    return (f"source '{name}': {lang.outside} of {lang.rows} rows ({lang.outside_share:.0%}) are in scripts that "
+            f"embedding.model '{model}' does not read (it covers {', '.join(languages)}; this source is {top}); "
+            "its rows would look alike and be removed as near-duplicates. Use a multilingual model (e.g. "
+            "--set embedding.model=paraphrase-multilingual-MiniLM-L12-v2 --set embedding.languages=[multilingual]), "
+            "or --set embedding.allow_language_mismatch=true to proceed knowingly")
+
+
+def mean_pairwise_cosine(vectors: np.ndarray, groups: np.ndarray, n_groups: int) -> np.ndarray:
+    """Per group, the mean cosine over distinct pairs of its unit vectors (nan below 2 rows)."""
+    sums = np.zeros((n_groups, vectors.shape[1] if vectors.ndim == 2 else 0), dtype=np.float64)
+    np.add.at(sums, groups, vectors)
+    counts = np.bincount(groups, minlength=n_groups).astype(np.float64)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(counts >= 2, ((sums**2).sum(axis=1) - counts) / (counts * (counts - 1)), np.nan)
+
+
+def check_languages(meta: dict[str, np.ndarray], detail: np.ndarray, model: str, declared: list[str] | None,
+                    allow_mismatch: bool) -> tuple[dict, list[str]]:
+    """Before embedding: stop on sources mostly outside the model (unless allowed), mark the
+    rows outside it in ``detail`` (the ledger's), and return per-source stats and warnings."""
+    languages = model_languages(model, declared)
+    per_source, outside = survey(meta["source"], meta["script"], meta["valid"], covered_scripts(languages))
+    errors = [mismatch_message(name, lang, languages, model) for name, lang in per_source.items()
+              if lang.outside_share > MISMATCH_ERROR_SHARE and not allow_mismatch]
+    if errors:
+        raise UserError("; ".join(errors))
+    warnings = [f"source '{name}': {lang.outside} of {lang.rows} rows ({lang.outside_share:.0%}) are in scripts "
+                f"embedding.model does not read ({', '.join(languages)}); their near-duplicate decisions are unreliable "
+                "(marked in the ledger's detail)" for name, lang in per_source.items() if lang.outside]
+    for uid in np.flatnonzero(outside):
+        detail[uid] = (f"script {meta['script'][uid]} is outside what embedding.model reads ({', '.join(languages)}); "
+                       "similarity scores for this row are unreliable")
+    stats = {"model_languages": list(languages) if languages else "unknown (set embedding.languages)",
+             "per_source": {name: asdict(lang) for name, lang in per_source.items()}}
+    return stats, warnings
+
+
+def collapse_check(emb: np.ndarray, row_sources: np.ndarray, near_removed: np.ndarray, nearest: np.ndarray,
+                   stats: dict) -> list[str]:
+    """After dedup: per source, how alike its vectors are, next to the corpus; a warning per collapsed source.
+
+    ``row_sources``/``near_removed``/``nearest`` are per embedded row (nan nearest: not searched)."""
+    if len(emb) < 2:
+        return []
+    names, groups = np.unique(row_sources.astype(str), return_inverse=True)
+    spread = mean_pairwise_cosine(emb, groups, len(names))
+    corpus_spread = float(mean_pairwise_cosine(emb, np.zeros(len(emb), dtype=np.int64), 1)[0])
+    corpus_rate, corpus_nn = float(near_removed.mean()), float(np.nanmedian(nearest)) if np.isfinite(nearest).any() else np.nan
+    warnings = []
+    for g, name in enumerate(names):
+        mine = groups == g
+        rate, nn = float(near_removed[mine].mean()), float(np.nanmedian(nearest[mine])) if np.isfinite(nearest[mine]).any() else np.nan
+        collapsed = bool(spread[g] >= COLLAPSE_MEAN_COSINE) or (rate >= 0.3 and rate >= 3 * max(corpus_rate, 0.01) and len(names) > 1)
+        stats["per_source"].setdefault(name, {}).update(
+            mean_pairwise_cosine=_round(spread[g]), median_nearest_cosine=_round(nn), near_duplicate_rate=round(rate, 4),
+            collapsed=collapsed)
+        if collapsed:
+            warnings.append(f"source '{name}' looks collapsed in the embedding space: mean pairwise cosine "
+                            f"{spread[g]:.2f} (corpus {corpus_spread:.2f}), median nearest-neighbour cosine {nn:.2f} "
+                            f"(corpus {corpus_nn:.2f}), {rate:.0%} removed as near_duplicate (corpus {corpus_rate:.0%}); "
+                            "embedding.model may not read its text (see embedding.languages)")
+    stats["corpus"] = {"mean_pairwise_cosine": _round(corpus_spread), "median_nearest_cosine": _round(corpus_nn),
+                       "near_duplicate_rate": round(corpus_rate, 4)}
+    return warnings
+
+
+def _round(value: float) -> float | None:
+    return None if value is None or not np.isfinite(value) else round(float(value), 4)

@@ -1,0 +1,111 @@
+"""Refine tells the user when its embedder cannot read a source, instead of deduplicating it away."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from platypus_ray.cli import main
+from platypus_ray.config import ConfigError, validate_config
+from platypus_ray.refine import RefineConfig
+from platypus_ray.refine.languages import dominant_script, mean_pairwise_cosine
+
+# Distinct Chinese instructions (hand-written for this test): an English-only model reads them as one blur.
+ZH = """请写一首关于秋天落叶的诗。|如何在家里烤制酸面包？|解释一下为什么海洋会有潮汐。|给我五个节省购物开支的建议。
+|按照离太阳的距离列出太阳系的行星。|描述一下火山是如何形成的。|把“早上好”翻译成德语。|写一封礼貌地拒绝会议邀请的电子邮件。
+|归并排序是如何工作的？它的时间复杂度是多少？|讲一个关于猫喜欢游泳的小故事。|光合作用的主要产物是什么？
+|请推荐三本适合初学者的编程书籍。|计算一辆汽车以每小时六十公里行驶三小时的距离。|简要介绍中国古代的四大发明。
+|如何提高睡眠质量？|写一段关于环境保护的演讲稿开头。|解释什么是通货膨胀。|为一家新开的咖啡店想一个名字。
+|比较猫和狗作为宠物的优缺点。|什么是机器学习中的过拟合？|用三句话总结《西游记》的故事。|如何学习一门新的外语？
+|列出五种常见的水果及其营养价值。|说明地球四季变化的原因。|写一个计算斐波那契数列的函数。|为什么天空是蓝色的？
+|给一位即将毕业的大学生写一段祝福语。|介绍一下长城的历史。|如何制作一杯手冲咖啡？|解释一下区块链技术的基本原理。"""
+ZH_ROWS = [t.strip() for t in ZH.replace("\n", "").split("|")]
+EN_ROWS = ["Write a haiku about the sea.", "How do vaccines train the immune system?", "Convert 5 miles to kilometres.",
+           "Summarise the plot of Hamlet in two sentences.", "What causes the northern lights?",
+           "Give three tips for a job interview.", "Explain recursion to a ten-year-old.", "Name the largest desert on Earth.",
+           "Draft a tweet announcing a bake sale.", "Why do cats purr?", "List the noble gases.",
+           "What is the difference between weather and climate?"]
+
+
+def jsonl(texts) -> str:
+    return "".join(json.dumps({"instruction": t, "output": "ok"}, ensure_ascii=False) + "\n" for t in texts)
+
+
+def test_dominant_script_and_mean_pairwise_cosine():
+    assert [dominant_script(t) for t in ("Hello world", "你好，世界 ok", "Привет", "مرحبا", "123 !?", "こんにちは")] == [
+        "latin", "han", "cyrillic", "arabic", "none", "kana"]
+    vectors = np.array([[1.0, 0.0], [1.0, 0.0], [0.0, 1.0], [-1.0, 0.0]])
+    spread = mean_pairwise_cosine(vectors, np.array([0, 0, 1, 1]), 2)
+    assert spread[0] == pytest.approx(1.0) and spread[1] == pytest.approx(0.0)
+
+
+def test_unknown_language_code_is_a_config_error(tmp_path):
+    (tmp_path / "a.jsonl").write_text(jsonl(EN_ROWS))
+    with pytest.raises(ConfigError, match=r"embedding.languages: .*unknown language code\(s\) \['english'\]"):
+        validate_config(RefineConfig, {"sources": [{"path": str(tmp_path / "a.jsonl")}], "embedding": {"languages": ["english"]}})
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory):
+    root = tmp_path_factory.mktemp("lang")
+    (root / "zh.jsonl").write_text(jsonl(ZH_ROWS))
+    (root / "en.jsonl").write_text(jsonl(EN_ROWS))
+    (root / "mixed.jsonl").write_text(jsonl(EN_ROWS[:8] + ZH_ROWS[:2]))
+    return root
+
+
+def _args(corpus, output, *sources, extra=()):
+    listing = ", ".join(f"{{path: {corpus / s}}}" for s in sources)
+    return ["refine", "--set", f"sources=[{listing}]", "--set", f"output={output}", "--set", "embedding.actors=1", *extra]
+
+
+@pytest.mark.slow
+def test_chinese_source_with_english_model_stops_before_embedding(ray_session, corpus, tmp_path, capsys):
+    assert main(_args(corpus, tmp_path / "out", "zh.jsonl", "en.jsonl")) == 2
+    err = capsys.readouterr().err
+    assert "error: source 'zh': 30 of 30 rows (100%) are in scripts that embedding.model 'all-MiniLM-L6-v2' does not read" in err
+    assert "han 100%" in err and "embedding.allow_language_mismatch=true" in err
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.slow
+def test_override_runs_and_names_the_collapsed_source_and_the_mixed_rows(ray_session, corpus, tmp_path, capsys):
+    code = main(_args(corpus, tmp_path / "out", "zh.jsonl", "en.jsonl", "mixed.jsonl",
+                      extra=["--set", "embedding.allow_language_mismatch=true"]))
+    out = capsys.readouterr().out
+    assert code == 0
+    assert "WARNING: source 'zh' looks collapsed in the embedding space" in out
+    assert "looks collapsed" not in out.replace("source 'zh' looks collapsed", "")  # only zh
+    assert "WARNING: source 'mixed': 2 of 10 rows (20%) are in scripts embedding.model does not read (en)" in out
+    stats = json.loads((tmp_path / "out" / "stats.json").read_text())["languages"]
+    assert stats["per_source"]["mixed"]["shares"] == {"latin": 0.8, "han": 0.2}
+    assert stats["per_source"]["zh"]["collapsed"] and not stats["per_source"]["en"]["collapsed"]
+    assert stats["per_source"]["zh"]["mean_pairwise_cosine"] > 3 * stats["per_source"]["en"]["mean_pairwise_cosine"]
+    ledger = pd.read_parquet(tmp_path / "out" / "ledger")
+    mixed = ledger[ledger.source == "mixed"]
+    assert mixed.detail.str.startswith("script han is outside").tolist() == [False] * 8 + [True] * 2
+    report = (tmp_path / "out" / "report.html").read_text()
+    assert "Languages (model reads: [&#x27;en&#x27;])" in report and "COLLAPSED" in report
+
+
+@pytest.mark.slow
+def test_a_declared_multilingual_model_serves_dedup_and_contamination(ray_session, corpus, tmp_path, capsys):
+    """A local sentence-transformers folder (built here: the hub is offline) that declares its
+    languages is used by path for both rows and benchmark probes, so a Chinese test item copied
+    into the training data is caught."""
+    from tests.helpers import build_static_embedder
+
+    model = build_static_embedder(tmp_path / "embedder", ZH_ROWS + EN_ROWS)
+    (tmp_path / "bench.jsonl").write_text(json.dumps({"question": ZH_ROWS[5]}, ensure_ascii=False) + "\n")
+    extra = ["--set", f"embedding.model={model}", "--set", "embedding.languages=[en, zh]",
+             "--set", f"benchmarks=[{{path: {tmp_path / 'bench.jsonl'}, format: questions, name: zhbench}}]"]
+    assert main(_args(corpus, tmp_path / "out", "zh.jsonl", "en.jsonl", extra=extra)) == 0
+    out = capsys.readouterr().out
+    assert "WARNING" not in out
+    ledger = pd.read_parquet(tmp_path / "out" / "ledger")
+    flagged = ledger[ledger.reason == "contaminated"]
+    assert flagged[["source", "source_index", "benchmark", "category"]].values.tolist() == [["zh", 5, "zhbench", "duplicate"]]
+    assert (ledger[ledger.source == "zh"].status == "kept").sum() == 29
