@@ -1,8 +1,14 @@
-"""Sentence embeddings in a Ray Data actor pool: one model replica per actor, batches sorted by length."""
+"""Sentence embeddings in a Ray Data actor pool: one encoder per actor, batches sorted by length.
+
+The encoder comes from :mod:`platypus_ray.refine.backends` (torch, ONNX Runtime, OpenVINO,
+int8, model2vec static); which one is settled on the driver before any actor starts
+(:func:`choose_backend`), exporting the model once if needed, and recorded in stats.json.
+"""
 
 from __future__ import annotations
 
 import os
+from dataclasses import asdict, dataclass, field
 
 import numpy as np
 import pyarrow as pa
@@ -10,6 +16,7 @@ import ray
 
 from platypus_ray.batching import length_sorted_slices, resolve_device
 from platypus_ray.errors import UserError
+from platypus_ray.refine.backends import APPROXIMATE, DIFFERENT_SPACE, EncoderSpec, load_encoder, resolve_precision
 from platypus_ray.refine.config import EmbeddingConfig
 
 _BUNDLED_MINILM = ("all-MiniLM-L6-v2", "sentence-transformers/all-MiniLM-L6-v2")
@@ -40,38 +47,89 @@ def check_model(name: str) -> None:
 
 
 class Embedder:
-    """Ray Data callable class: loads the model once per actor; batch of text in, unit vectors out."""
+    """Ray Data callable class: builds its encoder once per actor; batch of text in, unit vectors out."""
 
-    def __init__(self, model: str, device: str, batch_size: int):
-        from sentence_transformers import SentenceTransformer
-
-        self.model = SentenceTransformer(resolve_model(model), device=device)
-        self.batch_size = batch_size
+    def __init__(self, model: str, device: str, batch_size: int, spec: EncoderSpec | None = None):
+        self.encoder = load_encoder(spec or EncoderSpec(model, "torch", device=device, batch_size=batch_size))
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        vectors = self.model.encode(
-            batch["text"].tolist(),
-            batch_size=self.batch_size,
-            normalize_embeddings=True,
-            convert_to_numpy=True,
-            show_progress_bar=False,
-        )
+        vectors = self.encoder.encode(batch["text"].tolist())
         return {"key": batch["key"], "embedding": vectors.astype(np.float32)}
 
 
-def embed_texts(ds: ray.data.Dataset, n: int, cfg: EmbeddingConfig, embedder: type[Embedder] = Embedder) -> np.ndarray:
-    """Embed a dataset of ``key`` (dense 0..n-1) and ``text``; returns an (n, dim) float32 matrix.
+@dataclass
+class BackendChoice:
+    """Which backend embedded a run, why, and how its decisions compare with torch fp32."""
+
+    spec: EncoderSpec
+    requested: str
+    version: str = ""
+    calibration: dict | None = None  # the calibration record (see refine/calibrate.py), when one was used
+    notes: list[str] = field(default_factory=list)
+
+    def as_stats(self) -> dict:
+        agreement = None
+        if self.calibration:
+            agreement = next((b for b in self.calibration["backends"] if b["name"] == self.spec.backend), None)
+        return {"backend": self.spec.backend, "requested": self.requested, "version": self.version,
+                "precision": self.spec.precision if self.spec.backend == "torch" else None,
+                "approximate": self.spec.backend in APPROXIMATE + DIFFERENT_SPACE, "notes": self.notes,
+                "agreement": agreement, "calibration": self.calibration}
+
+
+def choose_backend(cfg: EmbeddingConfig, device: str, texts: list[str], thresholds: tuple[float, float]) -> BackendChoice:
+    """Settle ``embedding.backend`` on the driver: calibrate ``auto`` (or reuse the record), measure
+    the agreement of an approximate backend, and make sure its export exists before actors start."""
+    from platypus_ray.refine.calibrate import recorded_choice
+    from platypus_ray.refine.export import export_root, model_folder
+
+    spec = EncoderSpec(cfg.model, "torch" if cfg.backend == "auto" else cfg.backend, device=device,
+                       precision=resolve_precision(cfg.precision, device), batch_size=cfg.batch_size,
+                       threads=max(1, int(cfg.cpus_per_actor)), export_dir=cfg.export_dir, static_model=cfg.static_model)
+    choice = BackendChoice(spec, cfg.backend)
+    if device == "cuda" and spec.backend != "torch":
+        raise UserError(f"embedding.backend: '{cfg.backend}' runs on CPU actors only; use torch (or auto) on GPU "
+                        "nodes, or set embedding.device=cpu")
+    if cfg.backend == "auto" and device == "cuda":
+        choice.notes.append(f"auto on CUDA: torch in {spec.precision}, no calibration (exported backends are CPU-only)")
+    elif cfg.backend == "auto" or spec.backend in APPROXIMATE + DIFFERENT_SPACE:
+        backends = ("torch", "onnx", "openvino") if cfg.backend == "auto" else ("torch", spec.backend)
+        record = recorded_choice(texts, spec, *thresholds, wanted_rows=cfg.calibration_rows, backends=backends,
+                                 record_dir=model_folder(export_root(cfg.export_dir), cfg.model),
+                                 measure_small=cfg.backend != "auto")
+        if record is None:
+            choice.notes.append(f"auto: {len(texts)} texts < embedding.calibration_rows ({cfg.calibration_rows}) and no "
+                                "calibration recorded on this machine yet: torch, not calibrated")
+        else:
+            choice.calibration = record
+            if cfg.backend == "auto":
+                spec = choice.spec = EncoderSpec(**{**asdict(spec), "backend": record["chosen"]})
+    if spec.backend in APPROXIMATE:
+        choice.notes.append("approximate: int8 weights move cosines by up to a few hundredths; see the agreement numbers")
+    if spec.backend in DIFFERENT_SPACE:
+        choice.notes.append("static (model2vec) is a different vector space: thresholds tuned for the transformer "
+                            "do not carry over; see the agreement numbers")
+    choice.version = load_encoder(spec).version  # exports (once) before the actors start, and fails here if broken
+    return choice
+
+
+def embed_texts(ds: ray.data.Dataset, n: int, cfg: EmbeddingConfig, embedder: type[Embedder] = Embedder,
+                thresholds: tuple[float, float] = (0.8, 0.8)) -> tuple[np.ndarray, BackendChoice | None]:
+    """Embed a dataset of ``key`` (dense 0..n-1) and ``text``; returns an (n, dim) float32 matrix
+    and the backend that made it. ``thresholds`` (dedup, contamination) are what calibration
+    compares decisions at.
 
     Rows are regrouped into batches of similar length, longest first, one block per batch
     (see :mod:`platypus_ray.batching`).
     """
     if n == 0:
-        return np.zeros((0, 0), dtype=np.float32)
+        return np.zeros((0, 0), dtype=np.float32), None
     device = resolve_device(cfg.device)
     batches = length_sorted_batches(ds, cfg.batch_size)
+    choice = choose_backend(cfg, device, [t for b in batches for t in b["text"].to_pylist()], thresholds)
     embedded = ray.data.from_arrow(batches).map_batches(
         embedder,
-        fn_constructor_kwargs={"model": cfg.model, "device": device, "batch_size": cfg.batch_size},
+        fn_constructor_kwargs={"model": cfg.model, "device": device, "batch_size": cfg.batch_size, "spec": choice.spec},
         batch_size=None,  # one block is one length-homogeneous batch
         compute=ray.data.ActorPoolStrategy(size=min(cfg.actors, len(batches)), max_tasks_in_flight_per_actor=1),
         num_cpus=cfg.cpus_per_actor,
@@ -85,7 +143,7 @@ def embed_texts(ds: ray.data.Dataset, n: int, cfg: EmbeddingConfig, embedder: ty
         matrix[batch["key"]] = batch["embedding"]
         filled += len(batch["key"])
     assert matrix is not None and filled == n, f"embedded {filled} of {n} rows"
-    return matrix
+    return matrix, choice
 
 
 def length_sorted_batches(ds: ray.data.Dataset, batch_size: int) -> list[pa.Table]:
