@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import math
+import threading
 from pathlib import Path
 
 import pytest
@@ -23,6 +24,15 @@ def sweep_config(tiny_model, kept_folder, storage, name, workers=2, tracking=Non
                     cluster={"workers": workers}, tracking=tracking or {})
     raw["sweep"] = {"max_concurrent_trials": "auto", **sweep}
     return validate_config(SweepConfig, raw)
+
+
+def hold_one_cpu(ray):
+    """A competing reservation: one of the 2 CPUs, held by a placement group."""
+    from ray.util.placement_group import placement_group
+
+    hog = placement_group([{"CPU": 1}])
+    ray.get(hog.ready(), timeout=60)
+    return hog
 
 
 def test_four_trial_grid_every_trial_has_a_real_eval_loss(ray_session, tiny_model, kept_folder, tmp_path):
@@ -80,7 +90,22 @@ def test_asha_stops_the_diverging_trial_before_max_t(ray_session, tiny_model, ke
     # learning rate 100x too high is far worse at its first evaluation and gets stopped there.
     cfg = sweep_config(tiny_model, kept_folder, str(tmp_path), "asha", space={"training.learning_rate": [5e-3, 0.5]},
                        scheduler={"type": "asha", "grace_period": 1, "max_t": 2})
-    result = run(cfg)
+    from ray.util.placement_group import remove_placement_group
+
+    # A busy box first: other work holds one of the 2 CPUs for 8 s. The first trial's worker group
+    # cannot be placed; Ray Train releases the reservation after 3 s and retries until it fits.
+    cfg.run.placement_timeout_s = 3
+    hog = hold_one_cpu(ray_session)
+    released = threading.Event()
+    release = threading.Timer(8, lambda: (remove_placement_group(hog), released.set()))
+    release.start()
+    try:
+        result = run(cfg)
+    finally:
+        release.cancel()
+        release.join()
+        if not released.is_set():
+            remove_placement_group(hog)
     by_lr = {row.params["training.learning_rate"]: row for row in result.rows}
     assert by_lr[5e-3].rounds == 2 and by_lr[5e-3].status == "completed"
     assert by_lr[0.5].rounds == 1 and by_lr[0.5].status.startswith("stopped early")
