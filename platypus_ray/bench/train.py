@@ -1,6 +1,7 @@
 """Train benchmark: Ray Train + DeepSpeed ZeRO-3 (2 workers) vs one process of HF Trainer + PEFT.
 
     python -m platypus_ray.bench.train [--hidden 512] [--steps 30]
+    python -m platypus_ray.bench.train --packing [--json FILE]     # unpacked vs padded vs packed (bench/packing.py)
 
 Same tiny LLaMA, same tokenised rows, same LoRA, same global batch and micro batch, same
 cores. Throughput is non-pad tokens per second of optimizer-step time (logged every step,
@@ -85,11 +86,19 @@ def _baseline(model_dir: str, data_dir: str, steps: int, micro: int, accumulatio
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--hidden", type=int, default=DEFAULTS["hidden"])
-    parser.add_argument("--steps", type=int, default=30)
-    parser.add_argument("--skip", type=int, default=5, help="warm-up steps left out of the median")
+    parser.add_argument("--steps", type=int, default=None, help="optimizer steps per run (30; 8 with --packing)")
+    parser.add_argument("--skip", type=int, default=None, help="warm-up steps left out of the median (5; 2 with --packing)")
     parser.add_argument("--micro-batch", type=int, default=8)
     parser.add_argument("--global-batch", type=int, default=16)
+    parser.add_argument("--packing", action="store_true", help="compare unpacked, padded and packed training instead")
+    parser.add_argument("--cutoff", type=int, default=1024, help="cutoff_len of the --packing runs")
+    parser.add_argument("--json", help="--packing: write the numbers to this file")
+    parser.add_argument("--source", default="../shared/data/alpaca_5000.json",
+                        help="--packing: Alpaca JSON rows (the shipped sample rows when absent)")
+    parser.add_argument("--rows", type=int, default=1000, help="--packing: rows taken from --source")
     args = parser.parse_args(argv)
+    args.steps = args.steps or (8 if args.packing else 30)
+    args.skip = args.skip if args.skip is not None else (2 if args.packing else 5)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
     import multiprocessing
@@ -112,7 +121,19 @@ def main(argv: list[str] | None = None) -> int:
     data_dir = f"{work}/kept"
     os.makedirs(data_dir)
     rows = sample_rows()
+    if args.packing and os.path.isfile(args.source):
+        import json
+
+        with open(args.source) as handle:
+            rows = [{k: r.get(k) or "" for k in ("instruction", "input", "output")} for r in json.load(handle)[:args.rows]]
     pq.write_table(pa.Table.from_pylist(rows), f"{data_dir}/part-0.parquet")
+    if args.packing:
+        from platypus_ray.bench import packing
+
+        numbers = packing.run_variants(model_dir, data_dir, work, args.steps, args.skip, args.cutoff)
+        numbers["loss_max_abs_diff"] = packing.loss_max_abs_diff(model_dir, rows[:64], args.cutoff)
+        packing.report(numbers, args.json)
+        return 0
     workers = 2
     lr = 1e-3
 

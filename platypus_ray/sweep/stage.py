@@ -75,7 +75,7 @@ def run(cfg: SweepConfig) -> SweepResult:
         variant_cfg = trial_config(base, variant)
         data[data_key(variant_cfg)] = prepared = prepare_data(variant_cfg)
         plan = TrainPlan(variant_cfg, None, prepared.train_rows, prepared.validation_rows, prepared.train_tokens,
-                         prepared.dropped_rows)
+                         prepared.dropped_rows, prepared.train_sequences, prepared.truncated_rows)
         plan.check()
     rounds = -(-plan.total_steps // cfg.training.eval_every)
     print(f"sweep: {plan.total_steps} steps ({rounds} evaluation rounds) per trial, {concurrency} trial(s) at a time",

@@ -10,7 +10,11 @@ import pyarrow as pa
 import ray
 
 from platypus_ray.train.config import TrainConfig
+from platypus_ray.train.packing import pack_batch
 from platypus_ray.train.prompts import IGNORE_INDEX, tokenize_example
+
+
+PACK_ROWS = 4096  # rows bin-packed together: larger packs fuller, smaller spreads the work wider
 
 
 @dataclass
@@ -23,6 +27,8 @@ class TokenizedData:
     validation_rows: int
     train_tokens: int
     dropped_rows: int  # prompt alone fills cutoff_len: no response token left to learn from
+    train_sequences: int = 0  # what the workers step through: packed sequences, or train_rows unpacked
+    truncated_rows: int = 0  # rows cut at cutoff_len (as without packing; never split across sequences)
 
 
 @functools.lru_cache(maxsize=4)
@@ -72,6 +78,12 @@ def prepare_data(cfg: TrainConfig) -> TokenizedData:
     }
     train = train.map_batches(tokenize_batch, fn_kwargs=kwargs, batch_format="numpy").materialize()
     train_rows = train.count()
+    cutoff = cfg.data.cutoff_len
+    truncated = train.filter(lambda row: row["num_tokens"] >= cutoff).count() if train_rows else 0
+    train_tokens = int(train.sum("num_tokens")) if train_rows else 0
+    if cfg.data.packing == "packed" and train_rows:
+        train = train.map_batches(pack_batch, fn_kwargs={"cutoff_len": cfg.data.cutoff_len, "seed": cfg.training.seed},
+                                  batch_size=PACK_ROWS, batch_format="numpy").materialize()
     if validation is not None:
         validation = validation.map_batches(tokenize_batch, fn_kwargs=kwargs, batch_format="numpy").materialize()
     validation_rows = validation.count() if validation is not None else 0
@@ -81,6 +93,8 @@ def prepare_data(cfg: TrainConfig) -> TokenizedData:
         validation=validation if validation_rows else None,
         train_rows=train_rows,
         validation_rows=validation_rows,
-        train_tokens=int(train.sum("num_tokens")) if train_rows else 0,
+        train_tokens=train_tokens,
         dropped_rows=held_out,
+        train_sequences=train.count() if cfg.data.packing == "packed" and train_rows else train_rows,
+        truncated_rows=truncated,
     )

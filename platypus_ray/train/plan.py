@@ -7,6 +7,8 @@ so planning a 70B run takes a second on a laptop.
 
 from __future__ import annotations
 
+import importlib.util
+import inspect
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -28,6 +30,7 @@ class ModelSize:
     hidden_size: int
     layers: int
     vocab_size: int
+    position_ids: bool = True  # the model's forward takes position_ids (packing needs it)
 
 
 def model_size(cfg: TrainConfig) -> ModelSize | None:
@@ -48,7 +51,8 @@ def model_size(cfg: TrainConfig) -> ModelSize | None:
         for name, module in model.named_modules()
         if isinstance(module, torch.nn.Linear) and name.rsplit(".", 1)[-1] in cfg.lora.modules
     )
-    return ModelSize(total, largest, lora, config.hidden_size, config.num_hidden_layers, config.vocab_size)
+    takes_positions = "position_ids" in inspect.signature(model.forward).parameters
+    return ModelSize(total, largest, lora, config.hidden_size, config.num_hidden_layers, config.vocab_size, takes_positions)
 
 
 @dataclass
@@ -75,10 +79,21 @@ class TrainPlan:
     validation_rows: int
     train_tokens: int
     dropped_rows: int
+    train_sequences: int = 0  # packed sequences (data.packing: packed); 0: one row per sequence
+    truncated_rows: int = 0
+
+    @property
+    def sequences(self) -> int:
+        return self.train_sequences or self.train_rows
+
+    @property
+    def packing_efficiency(self) -> float:
+        """Real tokens over the token capacity of the sequences the workers step through."""
+        return self.train_tokens / (self.sequences * self.cfg.data.cutoff_len) if self.sequences else 0.0
 
     @property
     def steps_per_epoch(self) -> int:
-        per_worker = self.train_rows // self.cfg.cluster.workers
+        per_worker = self.sequences // self.cfg.cluster.workers
         return per_worker // self.cfg.training.micro_batch_size // self.cfg.gradient_accumulation_steps
 
     @property
@@ -131,7 +146,10 @@ class TrainPlan:
             f"  batch        global {t.global_batch_size} = micro {t.micro_batch_size} x {c.cluster.workers} workers"
             f" x {c.gradient_accumulation_steps} accumulation",
             f"  data         {self.train_rows} train rows ({self.train_tokens:,} tokens), {self.validation_rows} validation"
-            + (f", {self.dropped_rows} dropped (prompt fills cutoff_len {c.data.cutoff_len})" if self.dropped_rows else ""),
+            + (f", {self.dropped_rows} dropped (prompt fills cutoff_len {c.data.cutoff_len})" if self.dropped_rows else "")
+            + (f", {self.truncated_rows} truncated at cutoff_len" if self.truncated_rows else ""),
+            f"  packing      {c.data.packing}: {self.sequences} sequences of <= {c.data.cutoff_len} tokens, "
+            f"efficiency {self.packing_efficiency:.2f} (real tokens / capacity)",
             f"  steps        {self.total_steps} optimizer steps ({self.steps_per_epoch}/epoch), warmup {t.warmup_steps},"
             f" eval + checkpoint every {t.eval_every}",
         ]
@@ -150,6 +168,7 @@ class TrainPlan:
         numbers = {"train_rows": self.train_rows, "validation_rows": self.validation_rows,
                    "train_tokens": self.train_tokens, "dropped_rows": self.dropped_rows,
                    "total_steps": self.total_steps, "steps_per_epoch": self.steps_per_epoch,
+                   "train_sequences": self.sequences, "packing_efficiency": f"{self.packing_efficiency:.4f}",
                    "memory_per_worker_gib": "unknown" if memory is None else f"{memory / GIB:.3f}"}
         return {f"plan.{k}": str(v) for k, v in numbers.items()}
 
@@ -158,9 +177,10 @@ class TrainPlan:
         c = self.cfg
         if self.total_steps < 1:
             raise UserError(
-                f"{self.train_rows} training rows give no optimizer step with training.global_batch_size "
+                f"{self.train_rows} training rows ({self.sequences} sequences) give no optimizer step with training.global_batch_size "
                 f"{c.training.global_batch_size}; lower it or add data"
             )
+        self._check_packing()
         memory = self.memory_per_worker()
         capacity = self.capacity_per_worker()
         if memory is not None and memory > 0.9 * capacity:
@@ -169,6 +189,18 @@ class TrainPlan:
                 "(cluster.workers), set training.gradient_checkpointing: true, lower data.cutoff_len or "
                 "training.micro_batch_size, or offload (deepspeed.offload_params / offload_optimizer)"
             )
+
+    def _check_packing(self) -> None:
+        """Packed rows stay apart only through position ids: the model must take them, and on GPU
+        flash-attention 2 (varlen) must be installed."""
+        if self.cfg.data.packing != "packed":
+            return
+        if self.size is not None and not self.size.position_ids:
+            raise UserError(f"data.packing: packed needs a model whose forward takes position_ids; "
+                            f"{self.cfg.model.name_or_path} does not: set data.packing: none")
+        if self.cfg.cluster.use_gpu and importlib.util.find_spec("flash_attn") is None:
+            raise UserError("data.packing: packed on GPU uses flash-attention 2 (varlen), which is not installed: "
+                            "pip install flash-attn (see README), or set data.packing: none")
 
     def _params(self) -> str:
         if self.size is None:

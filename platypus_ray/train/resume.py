@@ -46,6 +46,7 @@ def _fingerprint(cfg: TrainConfig) -> dict[str, Any]:
         "model.name_or_path": cfg.model.name_or_path,
         "data.cutoff_len": cfg.data.cutoff_len,
         "data.train_on_inputs": cfg.data.train_on_inputs,
+        "data.packing": cfg.data.packing,
         "lora": cfg.lora.model_dump(),
         "training.learning_rate": t.learning_rate,
         "training.global_batch_size": t.global_batch_size,

@@ -105,7 +105,8 @@ def prepare(cfg: TrainConfig, data: TokenizedData | None = None, tracking_parent
     init_ray()
     check_cluster_fits(cfg.cluster)
     data = data or prepare_data(cfg)
-    plan = TrainPlan(cfg, size, data.train_rows, data.validation_rows, data.train_tokens, data.dropped_rows)
+    plan = TrainPlan(cfg, size, data.train_rows, data.validation_rows, data.train_tokens, data.dropped_rows,
+                     data.train_sequences, data.truncated_rows)
     print(plan.render(), flush=True)
     plan.check()
     check_resumable(cfg)

@@ -43,7 +43,11 @@ def train_loop_per_worker(plan: WorkerPlan) -> None:
 
     deepspeed.init_distributed(dist_backend="nccl" if on_gpu else "gloo")  # wraps Ray's process group
     args = _training_arguments(cfg, plan, on_gpu)  # registers the ZeRO-3 config for from_pretrained
-    model = AutoModelForCausalLM.from_pretrained(cfg.model.name_or_path, dtype=torch_dtype(cfg.model.dtype, on_gpu))
+    packed = cfg.data.packing == "packed"
+    attention = {"attn_implementation": "flash_attention_2"} if packed and on_gpu else {}  # varlen via position ids
+    model = AutoModelForCausalLM.from_pretrained(cfg.model.name_or_path, dtype=torch_dtype(cfg.model.dtype, on_gpu),
+                                                 **attention)
+    model.config.use_cache = False  # training; a KV cache would also turn off the packed-sequence mask
     partition = zero3_partition_report(model, world)
     partition.update(worker_placement())
     if cfg.training.gradient_checkpointing:
@@ -60,14 +64,15 @@ def train_loop_per_worker(plan: WorkerPlan) -> None:
     from platypus_ray.train.data import load_tokenizer
 
     tokenizer = load_tokenizer(cfg.model.name_or_path)
-    collate = PadCollate(tokenizer.pad_token_id)
+    collate = PadCollate(tokenizer.pad_token_id)  # validation rows stay unpacked: eval_loss is comparable
     trainer = ShardTrainer(
         model=model,
         args=args,
         processing_class=tokenizer,
         train_shard=ray.train.get_dataset_shard("train"),
         eval_shard=ray.train.get_dataset_shard("validation") if plan.has_validation else None,
-        collate=collate,
+        train_collate=PackedCollate(tokenizer.pad_token_id) if packed else collate,
+        eval_collate=collate,
         micro_batch_size=cfg.training.micro_batch_size,
     )
     trainer.remove_callback(PrinterCallback)  # ReportToRay prints one line per log on rank 0
@@ -170,6 +175,25 @@ class PadCollate(NumpyBatchCollateFn):
         return {"input_ids": input_ids, "labels": labels, "attention_mask": attention}
 
 
+class PackedCollate(PadCollate):
+    """Packed sequences, right-padded to a multiple of 8. Position ids restart at every row (the
+    pad tail is one more segment, all -100) and there is no attention mask: transformers then
+    confines attention to each row (block-diagonal causal mask; flash-attention 2 varlen on GPU)."""
+
+    def __call__(self, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
+        seqs = list(zip(batch["input_ids"], batch["labels"], batch["position_ids"]))
+        width = -(-max(len(ids) for ids, _, _ in seqs) // 8) * 8
+        input_ids = torch.full((len(seqs), width), self.pad_token_id, dtype=torch.long)
+        labels = torch.full((len(seqs), width), IGNORE_INDEX, dtype=torch.long)
+        positions = torch.zeros((len(seqs), width), dtype=torch.long)
+        for k, (ids, lab, pos) in enumerate(seqs):
+            n = len(ids)
+            input_ids[k, :n], labels[k, :n], positions[k, :n] = torch.tensor(ids), torch.tensor(lab), torch.tensor(pos)
+            positions[k, n:] = torch.arange(width - n)
+        real = torch.tensor(sum(len(ids) for ids, _, _ in seqs))
+        return {"input_ids": input_ids, "labels": labels, "position_ids": positions, "real_tokens": real}
+
+
 class _ShardStream(torch.utils.data.IterableDataset):
     """Batches from this worker's Ray Data shard; ``endless`` repeats epochs so gradient
     accumulation never sees a partial group and a resume fast-forwards to the exact batch."""
@@ -190,9 +214,9 @@ class _ShardStream(torch.utils.data.IterableDataset):
 class ShardTrainer(Trainer):
     """A Trainer fed by Ray Data shards (already split per worker: accelerate must not re-shard)."""
 
-    def __init__(self, *, train_shard, eval_shard, collate, micro_batch_size, **kwargs):
-        self._train = _ShardStream(train_shard, micro_batch_size, collate, endless=True)
-        self._eval = None if eval_shard is None else _ShardStream(eval_shard, micro_batch_size, collate, endless=False)
+    def __init__(self, *, train_shard, eval_shard, train_collate, eval_collate, micro_batch_size, **kwargs):
+        self._train = _ShardStream(train_shard, micro_batch_size, train_collate, endless=True)
+        self._eval = None if eval_shard is None else _ShardStream(eval_shard, micro_batch_size, eval_collate, endless=False)
         super().__init__(train_dataset=self._train, eval_dataset=self._eval, **kwargs)
         self.tokens_seen = 0
 
@@ -203,5 +227,6 @@ class ShardTrainer(Trainer):
         return torch.utils.data.DataLoader(self._eval, batch_size=None)
 
     def training_step(self, model, inputs, num_items_in_batch=None):
-        self.tokens_seen += int(inputs["attention_mask"].sum())
+        real = inputs.pop("real_tokens", None)  # packed batches carry their non-pad token count
+        self.tokens_seen += int(real if real is not None else inputs["attention_mask"].sum())
         return super().training_step(model, inputs, num_items_in_batch)

@@ -11,7 +11,7 @@ import torch
 from platypus_ray.errors import UserError
 from platypus_ray.train import run
 from platypus_ray.train.adapter import check_adapter
-from tests.helpers import train_config
+from tests.helpers import train_raw
 
 pytestmark = pytest.mark.slow
 
@@ -19,13 +19,22 @@ pytestmark = pytest.mark.slow
 # Warmup then constant: the schedule does not depend on max_steps, so a run stopped at step 6
 # and resumed to 12 must land exactly where an uninterrupted 12-step run does.
 SCHEDULE = {"scheduler": "constant_with_warmup", "warmup_steps": 2}
+# These runs train on packed sequences (the sweep tests cover unpacked rows): ZeRO-3 on 2 workers,
+# resume after a fault and the adapter checks all hold with several rows per sequence.
+def packed_config(model, data, storage, name, **sections):
+    from platypus_ray.config import validate_config
+    from platypus_ray.train.config import TrainConfig
+
+    raw = train_raw(model, data, storage, name, **sections)
+    raw["data"]["packing"] = "packed"
+    return validate_config(TrainConfig, raw)
 
 
 @pytest.fixture(scope="module")
 def trained(ray_session, tiny_model, kept_folder, tmp_path_factory):
     storage = str(tmp_path_factory.mktemp("train"))
     tracking = {"mlflow": True, "tensorboard": True}
-    return run(train_config(tiny_model, kept_folder, storage, "zero3", training=SCHEDULE, tracking=tracking)), storage
+    return run(packed_config(tiny_model, kept_folder, storage, "zero3", training=SCHEDULE, tracking=tracking)), storage
 
 
 def test_base_model_is_partitioned_across_the_two_workers(trained):
@@ -34,6 +43,13 @@ def test_base_model_is_partitioned_across_the_two_workers(trained):
     assert m["world_size"] == 2
     assert m["zero3_partitioned_params"] == m["zero3_params"] > 0  # every tensor sharded at load
     assert 0.45 <= m["zero3_local_fraction"] <= 0.55  # each rank holds about half
+
+
+def test_packed_sequences_are_fewer_and_full(trained):
+    plan = trained[0].plan
+    assert plan.train_sequences < 0.6 * plan.train_rows  # about two rows per 128-token sequence
+    assert plan.packing_efficiency > 0.85
+    assert plan.steps_per_epoch == plan.train_sequences // 2 // 4 // 1  # workers, micro batch, accumulation
 
 
 def test_loss_goes_down_and_metrics_are_recorded(trained):
@@ -110,12 +126,12 @@ def test_restarted_run_resumes_model_optimizer_and_data_exactly(trained, tiny_mo
     from safetensors.torch import load_file
 
     straight, storage = trained
-    first = run(train_config(tiny_model, kept_folder, storage, "resumed", training={**SCHEDULE, "max_steps": 6}))
+    first = run(packed_config(tiny_model, kept_folder, storage, "resumed", training={**SCHEDULE, "max_steps": 6}))
     assert first.metrics["step"] == 6
     # Extended to 12 steps under the same name, and a worker crashes at step 9: FailureConfig
     # restarts the group from the step-6 checkpoint (not from step 1) and the run finishes.
     monkeypatch.setenv("PLATYPUS_RAY_INJECT_FAULT_AT_STEP", "9")
-    resumed = run(train_config(tiny_model, kept_folder, storage, "resumed", training={**SCHEDULE, "max_steps": 12},
+    resumed = run(packed_config(tiny_model, kept_folder, storage, "resumed", training={**SCHEDULE, "max_steps": 12},
                                run={"max_failures": 1}))
     assert (Path(storage) / "resumed" / ".injected-fault").read_text() == "9\n"  # the fault did fire
     assert resumed.metrics["step"] == 12
@@ -131,11 +147,11 @@ def test_restarted_run_resumes_model_optimizer_and_data_exactly(trained, tiny_mo
 
 def test_rerun_of_a_finished_run_changes_nothing(trained, tiny_model, kept_folder):
     straight, storage = trained
-    again = run(train_config(tiny_model, kept_folder, storage, "zero3", training=SCHEDULE))
+    again = run(packed_config(tiny_model, kept_folder, storage, "zero3", training=SCHEDULE))
     assert again.metrics["step"] == 12 and again.history == straight.history
 
 
 def test_rerun_with_a_different_problem_is_refused(trained, tiny_model, kept_folder):
     _, storage = trained
     with pytest.raises(UserError, match=r"different config \(lora: .*'r': 8.*'r': 4"):
-        run(train_config(tiny_model, kept_folder, storage, "zero3", training=SCHEDULE, lora={"r": 4}))
+        run(packed_config(tiny_model, kept_folder, storage, "zero3", training=SCHEDULE, lora={"r": 4}))
