@@ -1,6 +1,7 @@
 """Refine benchmark: every number is a ratio against a baseline measured in the same run.
 
     python -m platypus_ray.bench.refine --source ../shared/data/alpaca_5000.json
+    python -m platypus_ray.bench.refine --backends --json out/backends.json   # see bench/backends.py
 
 1. Embed: bare sentence-transformers ``encode`` (one process, all cores) vs the pipeline's
    embed stage (Ray Data actor pool on the same rows and cores), rows/s and ratio.
@@ -57,7 +58,8 @@ def bench_bare_encode(texts: list[str], batch_size: int) -> tuple[float, float, 
     return time.perf_counter() - start, encode_s, vectors
 
 
-def bench_pipeline_embed(texts: list[str], batch_size: int, actors: int) -> tuple[float, float, np.ndarray]:
+def bench_pipeline_embed(texts: list[str], batch_size: int, actors: int, backend: str = "torch",
+                         export_dir: str | None = None) -> tuple[float, float, np.ndarray]:
     """The refine stage's embed step (length-sorted blocks, actor pool, collect): (total seconds,
     steady-state seconds from the first batch starting to the last finishing, vectors)."""
     import ray
@@ -67,9 +69,9 @@ def bench_pipeline_embed(texts: list[str], batch_size: int, actors: int) -> tupl
 
     ds = ray.data.from_items([{"key": k, "text": t, "text_len": len(t)} for k, t in enumerate(texts)]).materialize()
     clock = _batch_clock().remote()
-    cfg = EmbeddingConfig(batch_size=batch_size, actors=actors, device="cpu")
+    cfg = EmbeddingConfig(batch_size=batch_size, actors=actors, device="cpu", backend=backend, export_dir=export_dir)
     start = time.perf_counter()
-    vectors = embed_texts(ds, len(texts), cfg, embedder=_timed_embedder(clock))
+    vectors, _ = embed_texts(ds, len(texts), cfg, embedder=_timed_embedder(clock))
     total = time.perf_counter() - start
     first, last = ray.get(clock.span.remote())
     return total, last - first, vectors
@@ -164,6 +166,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--skip-notebook-loop", action="store_true", help="skip the slowest baseline")
     parser.add_argument("--check-output", type=Path, default=None,
                         help="a refine output of --source (keep: first, no benchmarks) to check against brute force")
+    parser.add_argument("--backends", action="store_true",
+                        help="compare the embedding backends (speed and refine decisions vs torch fp32) and stop")
+    parser.add_argument("--json", type=Path, default=None, help="with --backends: write the results here")
     args = parser.parse_args(argv)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
@@ -175,6 +180,11 @@ def main(argv: list[str] | None = None) -> int:
     init_ray()
     ray.data.DataContext.get_current().enable_progress_bars = False
     cores = os.cpu_count()
+    if args.backends:
+        from platypus_ray.bench.backends import run_backends
+
+        run_backends(load_texts(args.source, args.rows), args.batch_size, args.actors, args.threshold, args.json)
+        return 0
 
     if args.source.is_file():
         texts = load_texts(args.source, args.rows)

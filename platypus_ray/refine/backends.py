@@ -194,6 +194,24 @@ ENCODERS: dict[str, type[Encoder]] = {
 }
 
 
+def prepare(spec: EncoderSpec) -> str:
+    """On the driver, before actors start: make sure the backend's export exists and is intact
+    (exporting it once if not), without loading a model. Returns the runtime and its version."""
+    from importlib.metadata import version
+
+    from platypus_ray.refine.export import verify_export
+
+    if spec.backend == "static" and spec.static_model:
+        verify_export(Path(spec.static_model).expanduser())
+    elif spec.backend != "torch":
+        ensure_export(spec.model, {"openvino": "onnx"}.get(spec.backend, spec.backend), export_root(spec.export_dir))
+    package = {"torch": "sentence-transformers", "onnx": "onnxruntime", "onnx-int8": "onnxruntime",
+               "openvino": "openvino", "static": "model2vec"}[spec.backend]
+    extra = {"torch": f", torch {version('torch')}, {spec.precision}", "onnx-int8": ", int8 (approximate)",
+             "static": " (different vector space)"}.get(spec.backend, "")
+    return f"{package} {version(package)}{extra}"
+
+
 def load_encoder(spec: EncoderSpec) -> Encoder:
     """The encoder for ``spec.backend`` (exporting its model first when it is not cached yet)."""
     return ENCODERS[spec.backend](spec)

@@ -64,6 +64,12 @@ def run(cfg: DistillConfig) -> DistillResult:
     from platypus_ray.errors import UserError
     from platypus_ray.refine.export import MANIFEST, _write_manifest
 
+    from platypus_ray.refine.embed import check_model
+
+    try:
+        check_model(cfg.model)
+    except UserError as exc:  # same check as refine's, under this command's key name
+        raise UserError(str(exc).replace("embedding.model:", "model:", 1)) from None
     out = Path(cfg.out).expanduser()
     if out.exists() and any(out.iterdir()) and not (out / MANIFEST).is_file():
         raise UserError(f"out: {out} is a non-empty folder that holds no static model; choose an empty or new folder")
@@ -71,7 +77,11 @@ def run(cfg: DistillConfig) -> DistillResult:
     staging = out.parent / f".{out.name}.partial"
     shutil.rmtree(staging, ignore_errors=True)
     staging.mkdir(parents=True)
-    static = distill_static(cfg.model, staging, cfg.pca_dims, cfg.token_remove_pattern)
+    try:
+        static = distill_static(cfg.model, staging, cfg.pca_dims, cfg.token_remove_pattern)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
     _write_manifest(staging, "static", cfg.model, {"dim": int(static.dim)})
     shutil.rmtree(out, ignore_errors=True)
     staging.rename(out)

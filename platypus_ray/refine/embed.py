@@ -16,7 +16,7 @@ import ray
 
 from platypus_ray.batching import length_sorted_slices, resolve_device
 from platypus_ray.errors import UserError
-from platypus_ray.refine.backends import APPROXIMATE, DIFFERENT_SPACE, EncoderSpec, load_encoder, resolve_precision
+from platypus_ray.refine.backends import APPROXIMATE, DIFFERENT_SPACE, EncoderSpec, load_encoder, prepare, resolve_precision
 from platypus_ray.refine.config import EmbeddingConfig
 
 _BUNDLED_MINILM = ("all-MiniLM-L6-v2", "sentence-transformers/all-MiniLM-L6-v2")
@@ -109,7 +109,7 @@ def choose_backend(cfg: EmbeddingConfig, device: str, texts: list[str], threshol
     if spec.backend in DIFFERENT_SPACE:
         choice.notes.append("static (model2vec) is a different vector space: thresholds tuned for the transformer "
                             "do not carry over; see the agreement numbers")
-    choice.version = load_encoder(spec).version  # exports (once) before the actors start, and fails here if broken
+    choice.version = prepare(spec)  # exports (once) before the actors start, and fails here if broken
     return choice
 
 

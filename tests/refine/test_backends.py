@@ -17,6 +17,8 @@ from platypus_ray.errors import UserError
 from platypus_ray.refine.backends import EncoderSpec, load_encoder
 from platypus_ray.refine.calibrate import Agreement, calibrate, choose, compare, recorded_choice
 from platypus_ray.refine.export import MANIFEST, ensure_export, model_folder, verify_export
+from tests.refine.test_refine_e2e import corpus, make_config  # noqa: F401 - the planted corpus, as a fixture here
+from tests.refine.test_refine_e2e import test_every_planted_row_lands_where_expected as check_planted_rows
 
 # Two planted paraphrase pairs (cosine ~0.9+ under MiniLM) among unrelated texts.
 TEXTS = [
@@ -128,3 +130,33 @@ def test_torch_half_precision_path_runs_and_stays_close(export_dir, torch_vector
     vectors = load_encoder(_spec(export_dir, "torch", precision=precision)).encode(TEXTS)
     assert vectors.dtype == np.float32
     assert np.abs(vectors @ vectors.T - torch_vectors @ torch_vectors.T).max() < 0.05
+
+
+def test_distill_embedder_command_names_the_key_on_a_bad_model(tmp_path, capsys):
+    from platypus_ray.cli import main
+
+    assert main(["distill-embedder", "--model", str(tmp_path / "absent"), "--out", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("platypus-ray distill-embedder: error: model: ")
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.slow
+def test_refine_with_auto_backend_calibrates_records_and_decides_as_torch(ray_session, export_dir, corpus, tmp_path):
+    """A whole refine run with `auto` (calibrated on 16 of its texts): the planted outcomes of the
+    torch end-to-end test hold, and stats.json and report.html name the backend and its agreement."""
+    from platypus_ray.refine import run
+
+    cfg = make_config(corpus, tmp_path / "out")
+    cfg = cfg.model_copy(update={"embedding": cfg.embedding.model_copy(
+        update={"backend": "auto", "calibration_rows": 16, "export_dir": str(export_dir)})})
+    run(cfg)
+    check_planted_rows((None, tmp_path / "out"))
+    embedding = json.loads((tmp_path / "out" / "stats.json").read_text())["embedding"]
+    record = embedding["calibration"]
+    assert record["rows"] == 16 and [b["name"] for b in record["backends"]] == ["torch", "onnx", "openvino"]
+    assert embedding["backend"] == record["chosen"] and embedding["agreement"]["kept_differs"] == 0
+    assert embedding["requested"] == "auto" and not embedding["approximate"] and embedding["version"]
+    html = (tmp_path / "out" / "report.html").read_text()
+    assert "Embedding backend" in html and "dedup threshold 0.8" in html and "kept differs" in html
+
