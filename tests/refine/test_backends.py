@@ -160,3 +160,16 @@ def test_refine_with_auto_backend_calibrates_records_and_decides_as_torch(ray_se
     html = (tmp_path / "out" / "report.html").read_text()
     assert "Embedding backend" in html and "dedup threshold 0.8" in html and "kept differs" in html
 
+
+
+def test_cuda_settings_resolve_without_a_gpu():
+    """What runs on CUDA actors, decided on the driver: fp16 by default, exported backends refused."""
+    from platypus_ray.refine.backends import resolve_precision
+    from platypus_ray.refine.config import EmbeddingConfig
+    from platypus_ray.refine.embed import choose_backend
+
+    assert resolve_precision("auto", "cuda") == "float16" and resolve_precision("auto", "cpu") == "float32"
+    with pytest.raises(UserError, match="embedding.backend: 'onnx' runs on CPU actors only"):
+        choose_backend(EmbeddingConfig(backend="onnx"), "cuda", TEXTS, (0.8, 0.8))
+    choice = choose_backend(EmbeddingConfig(backend="auto"), "cuda", TEXTS, (0.8, 0.8))
+    assert choice.spec.backend == "torch" and choice.spec.precision == "float16" and choice.calibration is None
