@@ -98,7 +98,10 @@ def check_reachable(uri: str | None) -> None:
                         "fix the URI, or set tracking.mlflow: true for a local store") from None
     finally:
         for key, value in saved.items():
-            os.environ.pop(key, None) if value is None else os.environ.__setitem__(key, value)
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
 
 
 def warn(what: str, exc: BaseException) -> None:

@@ -130,7 +130,7 @@ def _trial(params: dict[str, Any], base: dict[str, Any], trials_dir: str, data: 
     from platypus_ray.train.stage import fit, prepare
 
     name = tune.get_context().get_trial_id()  # the trial's Train run folder: trials/<trial id>/
-    point = {key: params[key] for key in params}
+    point = dict(params)  # the trial's values, keyed by dotted train-config keys
     cfg = trial_config(base, {**point, "run.name": name, "run.storage_path": trials_dir})
     tags = {"platypus.trial": name, **{f"space.{k}": json.dumps(v) for k, v in point.items()}}
     job = prepare(cfg, data=data[data_key(cfg)], tracking_parent=parent_run_id, tracking_tags=tags)
