@@ -168,7 +168,10 @@ def main(argv: list[str] | None = None) -> int:
                         help="a refine output of --source (keep: first, no benchmarks) to check against brute force")
     parser.add_argument("--backends", action="store_true",
                         help="compare the embedding backends (speed and refine decisions vs torch fp32) and stop")
-    parser.add_argument("--json", type=Path, default=None, help="with --backends: write the results here")
+    parser.add_argument("--json", type=Path, default=None, help="with --backends or --scale: write the results here")
+    parser.add_argument("--scale", type=int, default=None, metavar="N",
+                        help="clustered dedup of N generated rows with its measured recall, and stop")
+    parser.add_argument("--recall-sample", type=int, default=20_000, help="with --scale: rows checked exactly")
     args = parser.parse_args(argv)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
@@ -180,6 +183,11 @@ def main(argv: list[str] | None = None) -> int:
     init_ray()
     ray.data.DataContext.get_current().enable_progress_bars = False
     cores = os.cpu_count()
+    if args.scale is not None:
+        from platypus_ray.bench.scale import main as run_scale
+
+        run_scale(args.scale, args.json, args.recall_sample)
+        return 0
     if args.backends:
         from platypus_ray.bench.backends import run_backends
 

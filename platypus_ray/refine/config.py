@@ -79,6 +79,13 @@ class DedupConfig(StrictModel):
     threshold: float = Field(0.8, gt=0.0, le=1.0)
     keep: Literal["longest_output", "first"] = "longest_output"  # first = input order (Platypus notebook)
     tile_size: int = Field(2048, ge=16, description="rows per similarity tile; memory per task ~ tile_size^2 * 4 B")
+    # exact: all pairs, identical to brute force. clustered: k-means partitions, exact inside, recall measured.
+    mode: Literal["auto", "exact", "clustered"] = "auto"
+    auto_exact_max_rows: int = Field(50_000, ge=0, description="auto: exact up to this many rows, clustered above")
+    rows_per_cluster: int = Field(1000, ge=16, description="clustered: k = rows / this")
+    cluster_margin: float = Field(0.04, ge=0.0, le=1.0, description="clustered: also join centroids this close to the nearest")
+    recall_sample: int = Field(20_000, ge=0, description="clustered: rows checked against an exact search on every run")
+    timeout_s: float = Field(3600.0, gt=0, description="bound on the similarity tasks of one run")
 
 
 class ContaminationConfig(StrictModel):

@@ -81,6 +81,7 @@ def write_report(path: Path, stats: dict, decisions: Decisions, nearest: np.ndar
         _table(["source", "rows", "kept", "invalid", "removed"], counts),
         *(f"<p><b>WARNING:</b> {html.escape(w)}</p>" for w in stats.get("warnings", [])),
         *_languages_section(stats.get("languages")),
+        *_dedup_section(stats.get("dedup")),
         *embedding_section(stats.get("embedding")),
         "<h2>Timings (s)</h2>", _table(list(stats["timings_s"]), [tuple(stats["timings_s"].values())]),
         *(f'<img alt="histogram" src="data:image/png;base64,{p}">' for p in plots),
@@ -91,6 +92,21 @@ def write_report(path: Path, stats: dict, decisions: Decisions, nearest: np.ndar
     ]
     style = "body{font-family:sans-serif;max-width:1200px;margin:auto}td,th{border:1px solid #ccc;padding:4px;vertical-align:top;font-size:13px}table{border-collapse:collapse}"
     path.write_text(f"<!doctype html><html><head><meta charset='utf-8'><title>refine report</title><style>{style}</style></head><body>{''.join(body)}</body></html>")
+
+
+def _dedup_section(dedup: dict | None) -> list[str]:
+    """The pair search that ran; for clustered mode, its recall as measured on this run."""
+    if not dedup:
+        return []
+    parts = [f"<h2>Semantic dedup: {html.escape(dedup['mode'])}</h2><p>{html.escape(dedup['why'])}</p>"]
+    if dedup["mode"] == "clustered":
+        parts.append(
+            f"<p>{dedup['clusters']} k-means clusters, {dedup['assignments_per_row']} clusters per row. An exact search "
+            f"for {dedup['exact_sample_rows']} random rows against all rows found {dedup['exact_pairs']} pairs at or "
+            f"above the threshold; the clustered search had {dedup['found_pairs']} of them: <b>pair recall "
+            f"{dedup['pair_recall']:.4f}</b>. {dedup['decisions_differing']} sampled rows would be decided differently "
+            f"with their exact neighbours: <b>decision agreement {dedup['decision_agreement']:.4f}</b>.</p>")
+    return parts
 
 
 def _languages_section(languages: dict | None) -> list[str]:

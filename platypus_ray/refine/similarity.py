@@ -16,6 +16,8 @@ import numpy as np
 import ray
 import torch
 
+from platypus_ray.errors import UserError
+
 _EPS = 1e-5
 # Tiles are read-only views of the shared object-store array; torch warns but never writes to them.
 warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
@@ -37,6 +39,18 @@ class BestMatch:
 
     index: np.ndarray
     score: np.ndarray
+
+
+def wait_all(refs: list, timeout_s: float) -> list:
+    """Results of ``refs`` in order; if they are not all done within ``timeout_s``, cancel the
+    rest (releasing their CPUs) and raise, rather than wait forever on a stuck or starved task."""
+    ready, pending = ray.wait(list(refs), num_returns=len(refs), timeout=timeout_s, fetch_local=False)
+    if pending:
+        for ref in pending:
+            ray.cancel(ref, force=True)
+        raise UserError(f"{len(pending)} of {len(refs)} similarity tasks did not finish within {timeout_s:.0f} s "
+                        "(dedup.timeout_s); the cluster may lack free CPUs, or raise the bound")
+    return ray.get(list(refs))
 
 
 def all_pairs_above(emb: np.ndarray, threshold: float, tile: int, num_gpus: float = 0.0) -> Pairs:

@@ -31,8 +31,8 @@ from platypus_ray.refine.languages import check_languages, collapse_check
 from platypus_ray.refine.ledger import Decisions, fetch_texts, summarize, write_rows
 from platypus_ray.refine.report import review_rows, review_uids, write_report, write_review
 from platypus_ray.refine.rows import embed_text
-from platypus_ray.refine.semantic_dedup import priority_order, resolve_greedy
-from platypus_ray.refine.similarity import all_pairs_above, best_matches
+from platypus_ray.refine.pair_search import dedup_rows
+from platypus_ray.refine.similarity import best_matches
 from platypus_ray.refine.sources import PARSED_SCHEMA, check_readable, list_source_files, read_sources
 from platypus_ray.runtime import init_ray
 
@@ -71,6 +71,11 @@ class RefineResult:
             lines.append(f"  source {name}: {s['rows']} rows, {s['kept']} kept, {s['invalid']} invalid, removed {s['removed']}")
         for bench, counts in self.stats["contamination"].items():
             lines.append(f"  benchmark {bench}: {counts}")
+        dedup = self.stats.get("dedup") or {}
+        if dedup.get("mode") == "clustered":
+            lines.append(f"  semantic dedup: clustered ({dedup['clusters']} clusters); against an exact search on "
+                         f"{dedup['exact_sample_rows']} sampled rows: pair recall {dedup['pair_recall']:.4f}, "
+                         f"decision agreement {dedup['decision_agreement']:.4f}")
         if self.stats.get("embed_rows_per_s"):
             lines.append(f"  embedded {self.stats['embedded_rows']} rows at {self.stats['embed_rows_per_s']} rows/s")
         lines.append("  timings (s): " + ", ".join(f"{k} {v}" for k, v in self.timings_s.items()))
@@ -133,7 +138,7 @@ def run(cfg: RefineConfig) -> RefineResult:
         flagged, contamination_scores = _decontaminate(rows, emb, probe_emb, probes, items, survivors, decisions, cfg, num_gpus)
     timer.lap("contamination")
 
-    nearest = _semantic_dedup(emb, survivors, ~flagged, meta, decisions, cfg, num_gpus)
+    nearest, dedup_stats = _semantic_dedup(emb, survivors, ~flagged, meta, decisions, cfg, num_gpus)
     timer.lap("semantic_dedup")
     nearest_per_row = np.full(len(survivors), np.nan)
     nearest_per_row[np.flatnonzero(~flagged)] = np.where(nearest > -1, nearest, np.nan)
@@ -150,7 +155,7 @@ def run(cfg: RefineConfig) -> RefineResult:
         stats = summarize(decisions, len(survivors) + len(probes.texts), timer.timings["embed"], n_items)
         stats["timings_s"] = timer.timings
         stats["embedding"] = backend.as_stats() if backend else None
-        stats["languages"], stats["warnings"] = languages, warnings
+        stats["languages"], stats["warnings"], stats["dedup"] = languages, warnings, dedup_stats
         (staging / "stats.json").write_text(json.dumps(stats, indent=2))
         write_report(staging / "report.html", stats, decisions, nearest, contamination_scores, texts, review, cfg)
         dump_config(cfg, staging / "config.yaml")
@@ -263,14 +268,13 @@ def _decontaminate(rows, emb, probe_emb, probes: contam.Probes, items: list[Benc
     return removed, best.score
 
 
-def _semantic_dedup(emb, survivors, remaining, meta, decisions: Decisions, cfg: RefineConfig, num_gpus) -> np.ndarray:
-    """Exact all-pairs search on the remaining rows, then the greedy walk in priority order."""
+def _semantic_dedup(emb, survivors, remaining, meta, decisions: Decisions, cfg: RefineConfig, num_gpus):
+    """Pair search on the remaining rows (exact or clustered), then the greedy walk in priority order."""
     keys = np.flatnonzero(remaining)
-    pairs = all_pairs_above(emb[keys], cfg.dedup.threshold, cfg.dedup.tile_size, num_gpus)
     uids = survivors[keys]
-    order = priority_order(meta["output_len"][uids], cfg.dedup.keep)
-    decision = resolve_greedy(len(keys), pairs, order)
+    outcome = dedup_rows(emb[keys], meta["output_len"][uids], cfg.dedup, num_gpus)
+    decision, pairs = outcome.decision, outcome.pairs
     gone = np.flatnonzero(~decision.keep)
     decisions.remove(uids[gone], "near_duplicate", matched=uids[decision.matched[gone]], score=decision.score[gone])
     decisions.record_pairs(uids[pairs.i], uids[pairs.j], pairs.score)
-    return pairs.nearest
+    return pairs.nearest, outcome.stats

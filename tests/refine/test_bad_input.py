@@ -153,6 +153,7 @@ def awkward_run(ray_session, tmp_path_factory):
         "sources": [{"path": str(root / name), "name": name.split(".")[0]} for name in AWKWARD],
         "benchmarks": [{"path": str(root / "bench.jsonl"), "format": "questions", "name": "bench"}],
         "embedding": {"batch_size": 8, "actors": 1},
+        "dedup": {"mode": "clustered"},  # the clustered path end to end, on rows this small one cluster
         "output": str(root / "out"),
     })
     from platypus_ray.refine import run
@@ -174,6 +175,8 @@ def test_every_awkward_source_is_accounted_for(awkward_run):
     kept = pd.read_parquet(output / "kept")
     assert sorted(kept.id) == sorted(ledger[ledger.status == "kept"].id)
     assert "Say\u2028hi" in kept.instruction.tolist()
+    assert stats["dedup"]["mode"] == "clustered" and stats["dedup"]["pair_recall"] == 1.0
+    assert "pair recall" in (output / "report.html").read_text()
 
 
 @pytest.mark.slow

@@ -1,0 +1,53 @@
+"""Which pair search semantic dedup runs (exact or clustered), and the greedy decision over its pairs."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from platypus_ray.refine.clustered import ClusterSettings, EmbeddingBlocks, clustered_pairs_above
+from platypus_ray.refine.config import DedupConfig
+from platypus_ray.refine.recall import measure_recall
+from platypus_ray.refine.semantic_dedup import DedupDecision, priority_order, resolve_greedy
+from platypus_ray.refine.similarity import Pairs, all_pairs_above
+
+
+@dataclass
+class DedupOutcome:
+    pairs: Pairs
+    decision: DedupDecision
+    stats: dict = field(default_factory=dict)  # mode, why, and for clustered: clusters, recall
+
+
+def choose_mode(rows: int, cfg: DedupConfig) -> tuple[str, str]:
+    """(mode, why): ``auto`` is exact while all-pairs is cheap, clustered above."""
+    if cfg.mode != "auto":
+        return cfg.mode, f"dedup.mode: {cfg.mode}"
+    if rows <= cfg.auto_exact_max_rows:
+        return "exact", f"{rows} rows <= dedup.auto_exact_max_rows ({cfg.auto_exact_max_rows}): all pairs are cheap"
+    return "clustered", f"{rows} rows > dedup.auto_exact_max_rows ({cfg.auto_exact_max_rows}): all pairs grow as rows^2"
+
+
+def dedup_rows(emb: np.ndarray, output_len: np.ndarray, cfg: DedupConfig, num_gpus: float) -> DedupOutcome:
+    """Find the near-duplicate pairs among ``emb``'s rows and apply the greedy rule in priority order."""
+    n = len(emb)
+    mode, why = choose_mode(n, cfg)
+    print(f"refine: semantic dedup of {n} rows: {mode} ({why})", flush=True)
+    order = priority_order(output_len, cfg.keep)
+    if mode == "exact" or n < 2:
+        pairs = all_pairs_above(emb, cfg.threshold, cfg.tile_size, num_gpus)
+        return DedupOutcome(pairs, resolve_greedy(n, pairs, order), {"mode": mode, "why": why})
+    blocks = EmbeddingBlocks.from_matrix(emb)
+    settings = ClusterSettings(rows_per_cluster=cfg.rows_per_cluster, margin=cfg.cluster_margin, tile=cfg.tile_size)
+    found = clustered_pairs_above(blocks, cfg.threshold, settings, cfg.timeout_s)
+    decision = resolve_greedy(n, found.pairs, order)
+    rank = np.empty(n, dtype=np.int64)
+    rank[order] = np.arange(n)
+    recall = measure_recall(blocks, found.pairs, decision.keep, rank, cfg.threshold, cfg.recall_sample, 0, cfg.timeout_s)
+    print(f"refine: clustered dedup: {found.clusters} clusters, {found.assignments_per_row:.2f} per row; on "
+          f"{recall.exact_sample_rows} sampled rows pair recall {recall.pair_recall:.4f}, decision agreement "
+          f"{recall.decision_agreement:.4f} against an exact search", flush=True)
+    stats = {"mode": mode, "why": why, "clusters": found.clusters, "assignments_per_row": round(found.assignments_per_row, 3),
+             "largest_cluster": found.largest_cluster, **recall.as_dict()}
+    return DedupOutcome(found.pairs, decision, stats)

@@ -1,0 +1,95 @@
+"""How good was an approximate (clustered) pair search? Measured on every run, on a random sample.
+
+For ``sample`` random rows, an exact search against **all** rows finds every pair >= the
+threshold that touches a sampled row. Then:
+
+* ``pair_recall``: the share of those exact pairs the clustered search also found;
+* ``decision_agreement``: the share of sampled rows whose keep/remove decision is what the
+  greedy rule gives with their exact neighbour lists, the other rows' decisions as made.
+  A missed pair only matters when it would have removed the row: that is what this counts.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import numpy as np
+import ray
+import torch
+
+from platypus_ray.refine.clustered import EmbeddingBlocks
+from platypus_ray.refine.similarity import _EPS, Pairs, wait_all
+
+
+@dataclass
+class RecallReport:
+    exact_sample_rows: int
+    exact_pairs: int
+    found_pairs: int
+    pair_recall: float
+    decision_agreement: float
+    decisions_differing: int
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+def measure_recall(blocks: EmbeddingBlocks, pairs: Pairs, keep: np.ndarray, rank: np.ndarray, threshold: float,
+                   sample: int, seed: int, timeout_s: float, tile: int = 2048) -> RecallReport:
+    """Compare ``pairs`` (and the decisions ``keep`` made from them) with an exact search for a row sample.
+
+    ``rank``: each row's position in priority order (0 = first)."""
+    n = blocks.n
+    rows = np.sort(np.random.default_rng(seed).choice(n, size=min(sample, n), replace=False))
+    if len(rows) == 0:
+        return RecallReport(0, 0, 0, 1.0, 1.0, 0)
+    queries = ray.put(np.concatenate(wait_all([_gather.remote(blocks.refs, blocks.offsets, rows[s : s + tile])
+                                               for s in range(0, len(rows), tile)], timeout_s)))
+    found = wait_all([_exact_block.remote(queries, ref, int(start), threshold, tile)
+                      for ref, start in zip(blocks.refs, blocks.offsets[:-1])], timeout_s)
+    q = np.concatenate([f[0] for f in found])
+    j = np.concatenate([f[1] for f in found])
+    s_row = rows[q]
+    self_pair = s_row == j
+    s_row, j = s_row[~self_pair], j[~self_pair]
+    # exact pairs that touch a sampled row, as (low, high) keys; a pair of two sampled rows appears twice
+    exact = np.unique(np.minimum(s_row, j) * np.int64(n) + np.maximum(s_row, j))
+    found_keys = np.unique(np.minimum(pairs.i, pairs.j) * np.int64(n) + np.maximum(pairs.i, pairs.j))
+    hits = int(np.isin(exact, found_keys, assume_unique=True).sum())
+    # the greedy rule for each sampled row with its exact neighbours: removed iff a higher-priority one is kept
+    higher_kept = (rank[j] < rank[s_row]) & keep[j]
+    removed_exact = np.zeros(n, dtype=bool)
+    removed_exact[s_row[higher_kept]] = True
+    differing = int((removed_exact[rows] == keep[rows]).sum())
+    return RecallReport(len(rows), len(exact), hits, hits / len(exact) if len(exact) else 1.0,
+                        1.0 - differing / len(rows), differing)
+
+
+@ray.remote
+def _gather(refs: list, offsets: np.ndarray, rows: np.ndarray) -> np.ndarray:
+    """Vectors of global ``rows`` (sorted), read from the blocks that hold them."""
+    block_of = np.searchsorted(offsets, rows, side="right") - 1
+    parts = []
+    for b in np.unique(block_of):
+        block = ray.get(refs[b])
+        parts.append(block[rows[block_of == b] - offsets[b]])
+    return np.concatenate(parts)
+
+
+@ray.remote
+def _exact_block(queries: np.ndarray, block: np.ndarray, start: int, threshold: float, tile: int):
+    """(query index, global row) of every pair >= threshold between the queries and this block."""
+    out_q, out_j = [], []
+    x = torch.from_numpy(np.array(block))  # a writable copy: object-store arrays are read-only
+    for s in range(0, len(queries), tile):
+        sims = torch.from_numpy(np.array(queries[s : s + tile])) @ x.T
+        qi, bj = torch.nonzero(sims >= threshold - _EPS, as_tuple=True)
+        qi, bj = qi.numpy() + s, bj.numpy()
+        close = np.abs(sims[qi - s, bj].numpy().astype(np.float64) - threshold) < _EPS
+        exact = np.ones(len(qi), dtype=bool)
+        if close.any():
+            dots = np.einsum("kd,kd->k", queries[qi[close]].astype(np.float64), block[bj[close]].astype(np.float64))
+            exact[np.flatnonzero(close)] = dots >= threshold
+        out_q.append(qi[exact])
+        out_j.append(bj[exact] + start)
+    return np.concatenate(out_q), np.concatenate(out_j)
