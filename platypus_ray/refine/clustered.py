@@ -24,7 +24,7 @@ import numpy as np
 import ray
 import torch
 
-from platypus_ray.refine.similarity import _EPS, Pairs, wait_all
+from platypus_ray.refine.similarity import _EPS, Pairs, _exact_scores, wait_all
 
 _PAIR_DTYPES = (np.int64, np.int64, np.float64)
 
@@ -185,8 +185,13 @@ def _rescored(x: np.ndarray, i: np.ndarray, j: np.ndarray, score: np.ndarray, th
     """Cosines within _EPS of the threshold recomputed in float64, as exact mode does."""
     close = np.abs(score - threshold) < _EPS
     if close.any():
-        score[close] = np.einsum("kd,kd->k", x[i[close]].astype(np.float64), x[j[close]].astype(np.float64))
+        score[close] = _exact_scores(x, i[close], j[close])
     return score
+
+
+def pair_keys(i: np.ndarray, j: np.ndarray, n: int) -> np.ndarray:
+    """One int64 per unordered pair of row indices below ``n``: (i, j) and (j, i) get the same key."""
+    return np.minimum(i, j) * np.int64(n) + np.maximum(i, j)
 
 
 def _union(found: list[tuple], n: int, threshold: float) -> Pairs:
@@ -195,7 +200,7 @@ def _union(found: list[tuple], n: int, threshold: float) -> Pairs:
     j = np.concatenate([f[1] for f in found]) if found else np.empty(0, np.int64)
     score = np.concatenate([f[2] for f in found]) if found else np.empty(0)
     lo, hi = np.minimum(i, j), np.maximum(i, j)
-    _, first = np.unique(lo * np.int64(n) + hi, return_index=True)
+    _, first = np.unique(pair_keys(lo, hi, n), return_index=True)
     lo, hi, score = lo[first], hi[first], score[first]
     nearest = np.full(n, -1.0, dtype=np.float32)
     for f in found:

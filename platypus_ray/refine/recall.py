@@ -17,8 +17,8 @@ import numpy as np
 import ray
 import torch
 
-from platypus_ray.refine.clustered import EmbeddingBlocks
-from platypus_ray.refine.similarity import _EPS, Pairs, wait_all
+from platypus_ray.refine.clustered import EmbeddingBlocks, pair_keys
+from platypus_ray.refine.similarity import _EPS, Pairs, _exact_scores_between, wait_all
 
 
 @dataclass
@@ -53,8 +53,8 @@ def measure_recall(blocks: EmbeddingBlocks, pairs: Pairs, keep: np.ndarray, rank
     self_pair = s_row == j
     s_row, j = s_row[~self_pair], j[~self_pair]
     # exact pairs that touch a sampled row, as (low, high) keys; a pair of two sampled rows appears twice
-    exact = np.unique(np.minimum(s_row, j) * np.int64(n) + np.maximum(s_row, j))
-    found_keys = np.unique(np.minimum(pairs.i, pairs.j) * np.int64(n) + np.maximum(pairs.i, pairs.j))
+    exact = np.unique(pair_keys(s_row, j, n))
+    found_keys = np.unique(pair_keys(pairs.i, pairs.j, n))
     hits = int(np.isin(exact, found_keys, assume_unique=True).sum())
     # the greedy rule for each sampled row with its exact neighbours: removed iff a higher-priority one is kept
     higher_kept = (rank[j] < rank[s_row]) & keep[j]
@@ -88,7 +88,7 @@ def _exact_block(queries: np.ndarray, block: np.ndarray, start: int, threshold: 
         close = np.abs(sims[qi - s, bj].numpy().astype(np.float64) - threshold) < _EPS
         exact = np.ones(len(qi), dtype=bool)
         if close.any():
-            dots = np.einsum("kd,kd->k", queries[qi[close]].astype(np.float64), block[bj[close]].astype(np.float64))
+            dots = _exact_scores_between(queries, block, qi[close], bj[close])
             exact[np.flatnonzero(close)] = dots >= threshold
         out_q.append(qi[exact])
         out_j.append(bj[exact] + start)
