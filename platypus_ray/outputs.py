@@ -110,6 +110,13 @@ def remove_leftovers(target: Path) -> None:
                 shutil.rmtree(leftover, ignore_errors=True)
 
 
+def inside(path: str, folder: str) -> bool:
+    """Whether local ``path`` is ``folder`` (a folder or glob) or lies under it."""
+    if is_remote(path) or is_remote(folder):
+        return False
+    return _is_within(_resolved(path), _resolved(_glob_root(folder)))
+
+
 def _resolved(path: str) -> Path:
     return Path(os.path.expanduser(path[len("file://"):] if path.startswith("file://") else path)).resolve()
 

@@ -172,10 +172,15 @@ def report_html(embedding: dict | None) -> list[str]:
 
     if not embedding:
         return []
-    out = ["<h2>Embedding backend</h2>",
-           f"<p><b>{html.escape(embedding['backend'])}</b> ({html.escape(embedding['version'])}), requested "
-           f"{html.escape(embedding['requested'])}{' &mdash; <b>APPROXIMATE</b>' if embedding['approximate'] else ''}</p>",
-           *(f"<p>{html.escape(note)}</p>" for note in embedding["notes"])]
+    out = ["<h2>Embedding backend</h2>"]
+    if embedding.get("cache"):
+        out.append(f"<p>{embedding['from_cache']} vectors read from the embedding cache, {embedding['computed']} computed "
+                   f"(cache <code>{html.escape(embedding['cache'])}</code>).</p>")
+    if not embedding.get("backend"):
+        return out
+    out += [f"<p><b>{html.escape(embedding['backend'])}</b> ({html.escape(embedding['version'])}), requested "
+            f"{html.escape(embedding['requested'])}{' &mdash; <b>APPROXIMATE</b>' if embedding['approximate'] else ''}</p>",
+            *(f"<p>{html.escape(note)}</p>" for note in embedding["notes"])]
     record = embedding.get("calibration")
     if record:
         head = ["backend", "version", "rows/s", "x torch", "max |cos diff|", "kept differs", "flags differ"]

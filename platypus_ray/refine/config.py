@@ -8,6 +8,7 @@ from pydantic import Field, ValidationInfo, field_validator, model_validator
 
 from platypus_ray.benchmarks import BenchmarkConfig
 from platypus_ray.config import StrictModel, check_input
+from platypus_ray.errors import UserError
 
 SourceFormat = Literal["json", "jsonl", "parquet", "csv"]
 ContaminationCategory = Literal["duplicate", "gray_area", "similar_but_different"]
@@ -56,6 +57,8 @@ class EmbeddingConfig(StrictModel):
     precision: Literal["auto", "float32", "float16", "bfloat16"] = "auto"  # torch backend; auto: float16 on CUDA, else float32
     export_dir: str | None = Field(None, description="exported models + calibration records; default ~/.cache/platypus-ray/embedders")
     static_model: str | None = Field(None, description="a `platypus-ray distill-embedder` folder; default: distilled on first use")
+    # true: <output's parent>/embedding-cache, shared by runs; a path or URI (s3://...) to choose; false: off
+    cache: bool | str = True
     calibration_rows: int = Field(512, ge=16, description="texts `auto` times the backends on and compares decisions over")
     # ISO 639-1 codes the model reads, or [multilingual]; default: known for the bundled MiniLM (en), else unchecked
     languages: list[str] | None = None
@@ -126,6 +129,23 @@ class RefineConfig(StrictModel):
 
         inputs = [s.path for s in self.sources] + [b.path for b in self.benchmarks]
         check_output(self.output, key, inputs=inputs, source_folders=[s.path for s in self.sources])
+        cache = self.cache_location
+        if cache:
+            from platypus_ray.outputs import inside
+
+            for kind, folder in [("output", self.output)] + [("source", s.path) for s in self.sources]:
+                if inside(cache, folder):
+                    raise UserError(f"embedding.cache: '{cache}' is inside the {kind} '{folder}' (the output is replaced "
+                                    "whole on every run; a source folder would read it as input); choose a folder elsewhere")
+
+    @property
+    def cache_location(self) -> str | None:
+        """Where embeddings are cached, or None when ``embedding.cache`` is false."""
+        from platypus_ray.refine.embedding_cache import default_location
+
+        if self.embedding.cache is False:
+            return None
+        return default_location(self.output) if self.embedding.cache is True else self.embedding.cache
 
     @model_validator(mode="after")
     def _unique_names(self) -> "RefineConfig":

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
@@ -18,6 +19,7 @@ from platypus_ray.batching import length_sorted_slices, resolve_device
 from platypus_ray.errors import UserError
 from platypus_ray.refine.backends import APPROXIMATE, DIFFERENT_SPACE, EncoderSpec, load_encoder, prepare, resolve_precision
 from platypus_ray.refine.config import EmbeddingConfig
+from platypus_ray.refine.embedding_cache import EmbeddingCache, as_keys
 
 _BUNDLED_MINILM = ("all-MiniLM-L6-v2", "sentence-transformers/all-MiniLM-L6-v2")
 
@@ -54,7 +56,10 @@ class Embedder:
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         vectors = self.encoder.encode(batch["text"].tolist())
-        return {"key": batch["key"], "embedding": vectors.astype(np.float32)}
+        out = {"key": batch["key"], "embedding": vectors.astype(np.float32)}
+        if "text_hash" in batch:  # carried through for the embedding cache
+            out["text_hash"] = batch["text_hash"]
+        return out
 
 
 @dataclass
@@ -113,37 +118,94 @@ def choose_backend(cfg: EmbeddingConfig, device: str, texts: list[str], threshol
     return choice
 
 
-def embed_texts(ds: ray.data.Dataset, n: int, cfg: EmbeddingConfig, embedder: type[Embedder] = Embedder,
-                thresholds: tuple[float, float] = (0.8, 0.8)) -> tuple[np.ndarray, BackendChoice | None]:
-    """Embed a dataset of ``key`` (dense 0..n-1) and ``text``; returns an (n, dim) float32 matrix
-    and the backend that made it. ``thresholds`` (dedup, contamination) are what calibration
-    compares decisions at.
+@dataclass
+class Embedded:
+    """Vectors for keys 0..n-1: how many came from the cache, how many were computed and by what."""
 
-    Rows are regrouped into batches of similar length, longest first, one block per batch
-    (see :mod:`platypus_ray.batching`).
+    vectors: np.ndarray
+    backend: BackendChoice | None = None
+    from_cache: int = 0
+    computed: int = 0
+    warnings: list[str] = field(default_factory=list)
+    cache: str | None = None  # the cache folder read and written, if any
+
+
+def open_cache(location: str, cfg: EmbeddingConfig) -> EmbeddingCache:
+    """The cache folder for this model, backend and precision under ``location`` (checked, not yet created)."""
+    from platypus_ray.refine.export import model_folder
+
+    identity = {"model_key": model_folder(Path("."), cfg.model).name, "backend": cfg.backend,
+                "precision": resolve_precision(cfg.precision, resolve_device(cfg.device)), "static_model": cfg.static_model}
+    cache = EmbeddingCache(location, identity)
+    cache.check()
+    return cache
+
+
+def embed_texts(ds: ray.data.Dataset, n: int, cfg: EmbeddingConfig, embedder: type[Embedder] = Embedder,
+                thresholds: tuple[float, float] = (0.8, 0.8), cache: EmbeddingCache | None = None) -> Embedded:
+    """Embed a dataset of ``key`` (dense 0..n-1) and ``text`` into an (n, dim) float32 matrix.
+    ``thresholds`` (dedup, contamination) are what calibration compares decisions at.
+
+    With a ``cache`` (the dataset then carries ``text_hash``), cached vectors are read and only
+    the other rows go to the actor pool, whose vectors are added to the cache; with every row
+    cached, no backend is chosen and no actor starts. Rows are regrouped into batches of similar
+    length, longest first, one block per batch (see :mod:`platypus_ray.batching`).
     """
     if n == 0:
-        return np.zeros((0, 0), dtype=np.float32), None
+        return Embedded(np.zeros((0, 0), dtype=np.float32))
+    matrix: np.ndarray | None = None
+    result = Embedded(matrix, cache=cache.uri if cache else None)
+    if cache is not None:
+        ds = ds.materialize()
+        keys, hashes = _keys_and_hashes(ds)
+        hit = cache.lookup(hashes)
+        result.warnings, result.from_cache = hit.warnings, int(hit.found.sum())
+        if result.from_cache:
+            matrix = np.empty((n, hit.vectors.shape[1]), dtype=np.float32)
+            matrix[keys[hit.found]] = hit.vectors
+        if result.from_cache == n:
+            result.vectors = matrix
+            return result
+        if result.from_cache:
+            todo = np.zeros(n, dtype=bool)
+            todo[keys[~hit.found]] = True
+            ds = ds.map_batches(_rows_of_keys, fn_kwargs={"wanted": todo}, batch_format="pyarrow")
     device = resolve_device(cfg.device)
     batches = length_sorted_batches(ds, cfg.batch_size)
-    choice = choose_backend(cfg, device, [t for b in batches for t in b["text"].to_pylist()], thresholds)
+    result.backend = choose_backend(cfg, device, [t for b in batches for t in b["text"].to_pylist()], thresholds)
     embedded = ray.data.from_arrow(batches).map_batches(
         embedder,
-        fn_constructor_kwargs={"model": cfg.model, "device": device, "batch_size": cfg.batch_size, "spec": choice.spec},
+        fn_constructor_kwargs={"model": cfg.model, "device": device, "batch_size": cfg.batch_size, "spec": result.backend.spec},
         batch_size=None,  # one block is one length-homogeneous batch
         compute=ray.data.ActorPoolStrategy(size=min(cfg.actors, len(batches)), max_tasks_in_flight_per_actor=1),
         num_cpus=cfg.cpus_per_actor,
         num_gpus=1 if device == "cuda" else 0,
     )
-    matrix: np.ndarray | None = None
-    filled = 0
+    if cache is not None:
+        embedded = embedded.materialize()
+        cache.store(embedded)
     for batch in embedded.iter_batches(batch_format="numpy", batch_size=None):
         if matrix is None:
             matrix = np.empty((n, batch["embedding"].shape[1]), dtype=np.float32)
+        if batch["embedding"].shape[1] != matrix.shape[1]:
+            raise UserError(f"embedding.cache: its vectors have {matrix.shape[1]} dimensions, the model's "
+                            f"{batch['embedding'].shape[1]}; move {cache.uri if cache else 'the cache'} away")
         matrix[batch["key"]] = batch["embedding"]
-        filled += len(batch["key"])
-    assert matrix is not None and filled == n, f"embedded {filled} of {n} rows"
-    return matrix, choice
+        result.computed += len(batch["key"])
+    assert matrix is not None and result.from_cache + result.computed == n, f"embedded {result.computed} of {n} rows"
+    result.vectors = matrix
+    return result
+
+
+def _keys_and_hashes(ds: ray.data.Dataset) -> tuple[np.ndarray, np.ndarray]:
+    """Every row's key and text hash (24 bytes a row) on the driver, for the cache lookup."""
+    tables = [ray.get(ref).select(["key", "text_hash"]) for ref in ds.to_arrow_refs()]
+    table = pa.concat_tables([t for t in tables if t.num_rows] or tables)
+    return table["key"].to_numpy(), as_keys(table["text_hash"])
+
+
+def _rows_of_keys(batch: pa.Table, wanted: np.ndarray) -> pa.Table:
+    return batch.filter(pa.array(wanted[batch["key"].to_numpy()]))
 
 
 def length_sorted_batches(ds: ray.data.Dataset, batch_size: int) -> list[pa.Table]:
@@ -153,5 +215,6 @@ def length_sorted_batches(ds: ray.data.Dataset, batch_size: int) -> list[pa.Tabl
     float matrix of the results, so holding the texts briefly costs less than a shuffle.
     """
     ds = ds.materialize()  # no-op when it already is; then the blocks are fetched without a new execution
-    table = pa.concat_tables([ray.get(ref).select(["key", "text", "text_len"]) for ref in ds.to_arrow_refs()])
-    return length_sorted_slices(table.select(["key", "text"]), table["text_len"].to_numpy(), batch_size)
+    columns = ["key", "text", "text_len"] + (["text_hash"] if "text_hash" in ds.schema().names else [])
+    table = pa.concat_tables([ray.get(ref).select(columns) for ref in ds.to_arrow_refs()])
+    return length_sorted_slices(table.drop_columns(["text_len"]), table["text_len"].to_numpy(), batch_size)

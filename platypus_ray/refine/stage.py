@@ -11,6 +11,7 @@ reason a clean paraphrase of it was dropped.
 from __future__ import annotations
 
 import json
+import resource
 import sys
 import time
 from dataclasses import dataclass, field
@@ -26,7 +27,8 @@ from platypus_ray.outputs import replaced_atomically
 from platypus_ray.refine import contamination as contam
 from platypus_ray.refine.config import RefineConfig
 from platypus_ray.batching import resolve_device
-from platypus_ray.refine.embed import BackendChoice, check_model, embed_texts
+from platypus_ray.refine.embed import Embedded, check_model, embed_texts, open_cache
+from platypus_ray.refine.embedding_cache import HASH_BYTES, hash_array
 from platypus_ray.refine.languages import check_languages, collapse_check
 from platypus_ray.refine.ledger import Decisions, fetch_texts, summarize, write_rows
 from platypus_ray.refine.report import review_rows, review_uids, write_report, write_review
@@ -76,9 +78,15 @@ class RefineResult:
             lines.append(f"  semantic dedup: clustered ({dedup['clusters']} clusters); against an exact search on "
                          f"{dedup['exact_sample_rows']} sampled rows: pair recall {dedup['pair_recall']:.4f}, "
                          f"decision agreement {dedup['decision_agreement']:.4f}")
-        if self.stats.get("embed_rows_per_s"):
+        embedding = self.stats.get("embedding") or {}
+        if embedding.get("cache"):
+            lines.append(f"  embedding: {embedding['from_cache']} vectors from the cache, {embedding['computed']} computed "
+                         f"(cache {embedding['cache']})")
+        if self.stats.get("embed_rows_per_s") and self.stats.get("embedded_rows"):
             lines.append(f"  embedded {self.stats['embedded_rows']} rows at {self.stats['embed_rows_per_s']} rows/s")
         lines.append("  timings (s): " + ", ".join(f"{k} {v}" for k, v in self.timings_s.items()))
+        if self.stats.get("driver_peak_rss_mb"):
+            lines.append(f"  driver peak RSS: {self.stats['driver_peak_rss_mb']} MB (object store not counted)")
         lines.append(f"  outputs: {self.output}/{{kept/, ledger/, review.csv, stats.json, report.html}}")
         return "\n".join(lines)
 
@@ -128,7 +136,8 @@ def run(cfg: RefineConfig) -> RefineResult:
     timer.lap("exact_dedup")
 
     probes = contam.make_probes(items, cfg.contamination.window_words)
-    emb, probe_emb, backend = _embed(rows, len(survivors), probes, cfg)
+    emb, probe_emb, embedded = _embed(rows, len(survivors), probes, cfg)
+    warnings += embedded.warnings
     timer.lap("embed")
     num_gpus = 1 if resolve_device(cfg.embedding.device) == "cuda" else 0
 
@@ -152,10 +161,13 @@ def run(cfg: RefineConfig) -> RefineResult:
         write_review(staging / "review.csv", review)
         timer.lap("write")
         n_items = {b.benchmark_name: sum(i.benchmark == b.benchmark_name for i in items) for b in cfg.benchmarks}
-        stats = summarize(decisions, len(survivors) + len(probes.texts), timer.timings["embed"], n_items)
+        stats = summarize(decisions, embedded.computed, timer.timings["embed"], n_items)
         stats["timings_s"] = timer.timings
-        stats["embedding"] = backend.as_stats() if backend else None
+        stats["embedding"] = {"from_cache": embedded.from_cache, "computed": embedded.computed,
+                              "cache": embedded.cache, **(embedded.backend.as_stats() if embedded.backend else {})}
         stats["languages"], stats["warnings"], stats["dedup"] = languages, warnings, dedup_stats
+        # Linux reports kB; the object store (shared memory, other processes) is not counted.
+        stats["driver_peak_rss_mb"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
         (staging / "stats.json").write_text(json.dumps(stats, indent=2))
         write_report(staging / "report.html", stats, decisions, nearest, contamination_scores, texts, review, cfg)
         dump_config(cfg, staging / "config.yaml")
@@ -170,19 +182,23 @@ def run(cfg: RefineConfig) -> RefineResult:
     )
 
 
-def _embed(rows: ray.data.Dataset, n_rows: int, probes: contam.Probes, cfg: RefineConfig) -> tuple[np.ndarray, np.ndarray, BackendChoice | None]:
-    """Vectors of the rows and of the benchmark probes, from one actor pool; none when there
-    are no rows (nothing to compare the probes with)."""
+def _embed(rows: ray.data.Dataset, n_rows: int, probes: contam.Probes, cfg: RefineConfig) -> tuple[np.ndarray, np.ndarray, Embedded]:
+    """Vectors of the rows and of the benchmark probes (from the cache, else one actor pool);
+    none when there are no rows (nothing to compare the probes with)."""
     if n_rows == 0:
-        return np.zeros((0, 0), dtype=np.float32), np.zeros((0, 0), dtype=np.float32), None
-    to_embed = rows.select_columns(["key", "text", "text_len"])
+        return np.zeros((0, 0), dtype=np.float32), np.zeros((0, 0), dtype=np.float32), Embedded(np.zeros((0, 0)))
+    to_embed = rows.select_columns(["key", "text", "text_hash", "text_len"])
     if probes.texts:
         keys = np.arange(n_rows, n_rows + len(probes.texts), dtype=np.int64)
         lengths = np.array([len(t) for t in probes.texts], dtype=np.int64)
-        to_embed = to_embed.union(ray.data.from_arrow(pa.table({"key": keys, "text": probes.texts, "text_len": lengths})))
-    vectors, backend = embed_texts(to_embed, n_rows + len(probes.texts), cfg.embedding,
-                                   thresholds=(cfg.dedup.threshold, cfg.contamination.threshold))
-    return vectors[:n_rows], vectors[n_rows:], backend
+        probe_table = pa.table({"key": keys, "text": probes.texts, "text_hash": hash_array(probes.texts), "text_len": lengths})
+        to_embed = to_embed.union(ray.data.from_arrow(probe_table))
+    cache = open_cache(cfg.cache_location, cfg.embedding) if cfg.cache_location else None
+    embedded = embed_texts(to_embed, n_rows + len(probes.texts), cfg.embedding,
+                           thresholds=(cfg.dedup.threshold, cfg.contamination.threshold), cache=cache)
+    for warning in embedded.warnings:
+        print(f"refine: WARNING: {warning}", file=sys.stderr, flush=True)
+    return embedded.vectors[:n_rows], embedded.vectors[n_rows:], embedded
 
 
 def _gather_meta(parsed: ray.data.Dataset) -> dict[str, np.ndarray]:
@@ -201,7 +217,7 @@ def _file_offsets(meta: dict[str, np.ndarray], n_files: int) -> np.ndarray:
     return np.concatenate([[0], np.cumsum(counts)[:-1]]).astype(np.int64)
 
 
-KEYED_SCHEMA = pa.schema([("key", pa.int64()), ("text", pa.string()), ("text_len", pa.int64()),
+KEYED_SCHEMA = pa.schema([("key", pa.int64()), ("text", pa.string()), ("text_hash", pa.binary(HASH_BYTES)), ("text_len", pa.int64()),
                           ("instruction", pa.string()), ("input", pa.string()), ("output", pa.string())])
 
 
@@ -212,7 +228,7 @@ def _with_keys(batch: pa.Table, file_offset: np.ndarray, key_of_uid: np.ndarray)
     mask = key >= 0
     batch = batch.filter(pa.array(mask))
     texts = [embed_text(i, x) for i, x in zip(batch["instruction"].to_pylist(), batch["input"].to_pylist())]
-    columns = [key[mask], texts, batch["text_len"], batch["instruction"], batch["input"], batch["output"]]
+    columns = [key[mask], texts, hash_array(texts), batch["text_len"], batch["instruction"], batch["input"], batch["output"]]
     return pa.table(columns, schema=KEYED_SCHEMA)
 
 
@@ -235,7 +251,7 @@ def _decontaminate(rows, emb, probe_emb, probes: contam.Probes, items: list[Benc
                    decisions: Decisions, cfg: RefineConfig, num_gpus):
     """Flag survivors that match a benchmark item by embedding or verbatim n-grams."""
     ccfg = cfg.contamination
-    best = best_matches(emb, probe_emb, ccfg.threshold, cfg.dedup.tile_size, num_gpus)
+    best = best_matches(emb, probe_emb, ccfg.threshold, cfg.dedup.tile_size, num_gpus, cfg.dedup.timeout_s)
     emb_item = np.where(best.index >= 0, probes.item[np.maximum(best.index, 0)], -1)
 
     index = contam.NgramIndex.build(items, ccfg.ngram)

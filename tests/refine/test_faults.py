@@ -34,9 +34,11 @@ def write_corpus(path, n: int = 800) -> None:
 
 
 def config(corpus, output) -> RefineConfig:
+    # Each run its own embedding cache: a shared one would serve the second run without any actor.
     return validate_config(RefineConfig, {
         "sources": [{"path": str(corpus), "name": "gen"}], "output": str(output),
-        "embedding": {"actors": 2, "batch_size": 16}, "dedup": {"threshold": 0.9, "keep": "first"},
+        "embedding": {"actors": 2, "batch_size": 16, "cache": str(output) + "-cache"},
+        "dedup": {"threshold": 0.9, "keep": "first"},
     })
 
 
@@ -76,6 +78,7 @@ def test_an_embedding_actor_killed_mid_run_changes_nothing(ray_session, tmp_path
         after = pd.read_parquet(tmp_path / "killed" / folder)
         pd.testing.assert_frame_equal(before, after)
     assert result.kept == calm.kept and result.input_rows == 800
+    assert result.stats["embedding"]["computed"] == calm.stats["embedding"]["computed"] == 800
 
 
 def test_an_output_replaced_by_a_failed_run_stays_whole(tmp_path):

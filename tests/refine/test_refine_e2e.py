@@ -99,7 +99,7 @@ def corpus(tmp_path_factory) -> Path:
     return root
 
 
-def make_config(corpus: Path, output: Path, **dedup) -> RefineConfig:
+def make_config(corpus: Path, output: Path, extra_sources: tuple[dict, ...] = (), **dedup) -> RefineConfig:
     return validate_config(
         RefineConfig,
         {
@@ -107,6 +107,7 @@ def make_config(corpus: Path, output: Path, **dedup) -> RefineConfig:
                 {"path": str(corpus / "chat.jsonl"), "name": "chat"},
                 {"path": str(corpus / "forum.csv"), "name": "forum",
                  "columns": {"instruction": "prompt", "input": "context", "output": "response"}},
+                *extra_sources,
             ],
             "benchmarks": [{"path": str(corpus / "mmlu"), "format": "mmlu_csv", "name": "mmlu"}],
             "embedding": {"batch_size": 8, "actors": 2},
@@ -160,6 +161,7 @@ def test_ledger_accounts_for_every_input_row_once_and_reconciles_with_stats(refi
         mine = ledger[ledger.source == source]
         assert counts["rows"] == len(mine) and counts["kept"] == (mine.status == "kept").sum()
     assert stats["contamination"]["mmlu"]["removed"] == 3
+    assert 0 < stats["driver_peak_rss_mb"] < 4096 and "driver peak RSS" in result.summary()
     assert set(stats["timings_s"]) >= {"read_validate", "exact_dedup", "embed", "contamination", "semantic_dedup", "write"}
 
 
@@ -186,11 +188,33 @@ def test_review_csv_and_offline_report(refined):
     assert (output / "config.yaml").is_file()
 
 
+def test_a_new_source_embeds_only_its_rows_and_the_cached_rows_decide_as_the_fresh_run(refined, corpus, tmp_path):
+    """The cache the first run wrote serves every old row; the two new rows (unlike any other) are the
+    only ones embedded, and every old row's decision equals the fresh run's."""
+    first, output = refined
+    extra = tmp_path / "extra.jsonl"
+    extra.write_text("".join(json.dumps({"instruction": q, "output": "x"}) + "\n"
+                             for q in ("Name two noble gases.", "What does a barometer measure?")))
+    config = make_config(corpus, output.parent / "grown", extra_sources=({"path": str(extra), "name": "extra"},))
+    grown = run(config)
+    assert first.stats["embedding"]["from_cache"] == 0 and first.stats["embedding"]["cache"] == grown.stats["embedding"]["cache"]
+    assert (grown.stats["embedding"]["from_cache"], grown.stats["embedding"]["computed"]) == (first.stats["embedding"]["computed"], 2)
+    columns = ["source", "source_index", "status", "reason", "matched_id", "category"]
+    fresh = pd.read_parquet(output / "ledger", columns=columns)
+    cached = pd.read_parquet(output.parent / "grown" / "ledger", columns=columns)
+    pd.testing.assert_frame_equal(cached[cached.source != "extra"].reset_index(drop=True), fresh)
+    assert (cached[cached.source == "extra"].status == "kept").all()
+
+
 def test_keep_first_rerun_replaces_output_whole(refined, corpus):
-    _, output = refined
+    first, output = refined
     marker = output / "ledger" / "stale-marker.parquet"
     marker.write_text("old run")
     result = run(make_config(corpus, output, keep="first"))
+    # Another keep policy embeds nothing: every vector comes from the cache beside the output.
+    embedded = first.stats["embedding"]["computed"]
+    assert (result.stats["embedding"]["from_cache"], result.stats["embedding"]["computed"]) == (embedded, 0)
+    assert "backend" not in result.stats["embedding"] and f"{embedded} vectors from the cache, 0 computed" in result.summary()
     ledger = pd.read_parquet(output / "ledger")
     by_key = {(r.source, r.source_index): r for r in ledger.itertuples()}
     # Input order now decides: the earlier SQL row stays and the later paraphrase goes.
@@ -199,3 +223,4 @@ def test_keep_first_rerun_replaces_output_whole(refined, corpus):
     assert not marker.exists()  # no mix of old and new files
     assert not [p for p in output.parent.iterdir() if p.name.startswith(".")]  # no staging left behind
     assert result.kept == 14
+

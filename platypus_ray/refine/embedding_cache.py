@@ -1,0 +1,179 @@
+"""Embedding cache: vectors kept as Parquet shards, keyed by a hash of the embedded text.
+
+Layout (local folder or any URI pyarrow can write, ``s3://`` included)::
+
+    <embedding.cache>/<model key>-<backend>-<precision>-<digest>/
+        identity.json        what made the vectors: model fingerprint, backend, precision
+        <run>_*.parquet      text_hash: fixed_size_binary(16), embedding: fixed_size_list<float32>[dim]
+
+The hash covers the embedded text itself, so a change to the text rule misses by construction;
+the folder name covers the model (its files' names, sizes and config, as exports do) and the
+backend, so another model misses by construction. Shards are only ever added, under names unique
+to the run that wrote them, so runs sharing a cache never overwrite each other. A shard that cannot
+be read, has another schema or dimension, or holds vectors that are not unit length is skipped with
+a warning naming it, and its rows are embedded again: never silently wrong vectors.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import dataclass, field
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.fs as pafs
+import pyarrow.parquet as pq
+
+from platypus_ray.errors import UserError
+
+HASH_BYTES = 16
+FORMAT = 1  # bump when the shard layout changes: old shards then sit in another folder
+_UNIT_TOLERANCE = 1e-3
+
+
+def text_hash(text: str) -> bytes:
+    """The cache key of one embedded text."""
+    return hashlib.blake2b(text.encode("utf-8", "surrogatepass"), digest_size=HASH_BYTES).digest()
+
+
+def hash_array(texts: list[str]) -> pa.Array:
+    return pa.array([text_hash(t) for t in texts], type=pa.binary(HASH_BYTES))
+
+
+def as_keys(column: pa.Array | pa.ChunkedArray) -> np.ndarray:
+    """A fixed_size_binary(16) column as a numpy ``S16`` array (sortable, searchable, no copies per row)."""
+    array = column.combine_chunks() if isinstance(column, pa.ChunkedArray) else column
+    if array.null_count:
+        raise ValueError("null text hashes")
+    data = np.frombuffer(array.buffers()[1], dtype=f"S{HASH_BYTES}")
+    return data[array.offset : array.offset + len(array)]
+
+
+def default_location(output: str) -> str:
+    """Beside the refine output (never inside it: the output is replaced whole on every run)."""
+    return os.path.join(os.path.dirname(os.path.abspath(os.path.expanduser(output))), "embedding-cache")
+
+
+@dataclass
+class Lookup:
+    """Which of the asked hashes the cache holds, and their vectors (in the order of ``found``'s true entries)."""
+
+    found: np.ndarray
+    vectors: np.ndarray
+    warnings: list[str] = field(default_factory=list)
+
+
+class EmbeddingCache:
+    """The shards of one (model, backend, precision) under a cache location."""
+
+    def __init__(self, location: str, identity: dict):
+        self.location = location
+        self.identity = {"format": FORMAT, **identity}
+        digest = hashlib.sha256(json.dumps(self.identity, sort_keys=True).encode()).hexdigest()[:10]
+        name = f"{identity['model_key']}-{identity['backend']}-{identity['precision']}-{digest}"
+        if "://" in location:
+            self.fs, root = pafs.FileSystem.from_uri(location)
+        else:
+            self.fs, root = pafs.LocalFileSystem(), os.path.abspath(os.path.expanduser(location))
+        self.folder = f"{root.rstrip('/')}/{name}"
+        self.uri = f"{location.rstrip('/')}/{name}" if "://" in location else self.folder
+
+    def check(self) -> None:
+        """Refuse a namespace folder whose identity.json names something else (copied or hand-edited)."""
+        try:
+            with self.fs.open_input_stream(f"{self.folder}/identity.json") as handle:
+                recorded = json.loads(handle.read())
+        except FileNotFoundError:
+            return
+        except (OSError, ValueError) as exc:
+            raise UserError(f"embedding.cache: {self.uri}/identity.json is unreadable ({exc}); "
+                            "move that folder away or set embedding.cache to another location") from None
+        if recorded != self.identity:
+            raise UserError(f"embedding.cache: {self.uri} holds vectors of {recorded}, not of {self.identity}; "
+                            "move that folder away or set embedding.cache to another location")
+
+    def shards(self) -> list[str]:
+        try:
+            infos = self.fs.get_file_info(pafs.FileSelector(self.folder, allow_not_found=True))
+        except OSError:
+            return []
+        return sorted(i.path for i in infos if i.type == pafs.FileType.File and i.path.endswith(".parquet"))
+
+    def lookup(self, hashes: np.ndarray) -> Lookup:
+        """Vectors for the ``S16`` ``hashes`` found in any shard; unusable shards are skipped, with a warning."""
+        found = np.zeros(len(hashes), dtype=bool)
+        vectors: np.ndarray | None = None
+        warnings: list[str] = []
+        if len(hashes) == 0:
+            return Lookup(found, np.zeros((0, 0), dtype=np.float32))
+        order = np.argsort(hashes, kind="stable")
+        wanted = hashes[order]
+        for path in self.shards():
+            try:
+                shard_hashes, shard = _read_hashes(self.fs, path)
+            except (OSError, ValueError, pa.ArrowException) as exc:
+                warnings.append(f"embedding cache: skipped unreadable shard {path} ({exc}); its rows are embedded "
+                                "again (a write cut short leaves such a file; it is safe to delete)")
+                continue
+            at = np.minimum(np.searchsorted(wanted, shard_hashes), len(wanted) - 1)
+            hit = (wanted[at] == shard_hashes) & ~found[order[at]]
+            if not hit.any():
+                continue
+            try:
+                shard_vectors = _read_vectors(shard, np.flatnonzero(hit), None if vectors is None else vectors.shape[1])
+            except ValueError as exc:
+                warnings.append(f"embedding cache: skipped shard {path} ({exc}); its rows are embedded again")
+                continue
+            if vectors is None:
+                vectors = np.empty((len(hashes), shard_vectors.shape[1]), dtype=np.float32)
+            rows = order[at[hit]]
+            vectors[rows] = shard_vectors
+            found[rows] = True  # a text in two shards (two runs at once) is taken once
+        if vectors is None:
+            return Lookup(found, np.zeros((0, 0), dtype=np.float32), warnings)
+        return Lookup(found, vectors[found], warnings)
+
+    def store(self, embedded) -> None:
+        """Append the ``text_hash``/``embedding`` rows of a Ray dataset as new shards (written by Ray Data)."""
+        self.check()
+        self.fs.create_dir(self.folder, recursive=True)
+        if self.fs.get_file_info(f"{self.folder}/identity.json").type != pafs.FileType.File:
+            with self.fs.open_output_stream(f"{self.folder}/identity.json") as handle:
+                handle.write(json.dumps(self.identity, indent=2, sort_keys=True).encode())
+        embedded.map_batches(_as_shard_rows, batch_format="numpy").write_parquet(
+            self.folder, filesystem=self.fs, min_rows_per_file=100_000)
+
+
+def _as_shard_rows(batch: dict[str, np.ndarray]) -> pa.Table:
+    """``text_hash`` + ``embedding`` as a plain fixed_size_list (readable without Ray's tensor type)."""
+    vectors = np.ascontiguousarray(batch["embedding"], dtype=np.float32)
+    return pa.table({
+        "text_hash": pa.array(list(batch["text_hash"]), type=pa.binary(HASH_BYTES)),
+        "embedding": pa.FixedSizeListArray.from_arrays(pa.array(vectors.ravel()), vectors.shape[1]),
+    })
+
+
+def _read_hashes(fs: pafs.FileSystem, path: str) -> tuple[np.ndarray, pq.ParquetFile]:
+    shard = pq.ParquetFile(fs.open_input_file(path))
+    schema = shard.schema_arrow
+    if schema.names != ["text_hash", "embedding"] or schema.field("text_hash").type != pa.binary(HASH_BYTES):
+        raise ValueError(f"not an embedding-cache shard: columns {schema}")
+    vector_type = schema.field("embedding").type
+    if not (pa.types.is_fixed_size_list(vector_type) and vector_type.value_type == pa.float32()):
+        raise ValueError(f"embedding column is {vector_type}, not fixed_size_list<float32>")
+    return as_keys(shard.read(columns=["text_hash"]).column(0)), shard
+
+
+def _read_vectors(shard: pq.ParquetFile, rows: np.ndarray, dim: int | None) -> np.ndarray:
+    column = shard.read(columns=["embedding"]).column(0).combine_chunks()
+    if dim is not None and column.type.list_size != dim:
+        raise ValueError(f"its vectors have {column.type.list_size} dimensions, the others {dim}")
+    taken = pc.take(column, pa.array(rows))
+    vectors = taken.flatten().to_numpy(zero_copy_only=False).reshape(len(rows), column.type.list_size)
+    norms = np.linalg.norm(vectors, axis=1)
+    if not np.all(np.abs(norms - 1.0) <= _UNIT_TOLERANCE):  # NaN fails too
+        raise ValueError("it holds vectors that are not unit length")
+    return vectors
