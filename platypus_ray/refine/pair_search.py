@@ -36,7 +36,7 @@ def dedup_rows(emb: np.ndarray, output_len: np.ndarray, cfg: DedupConfig, num_gp
     print(f"refine: semantic dedup of {n} rows: {mode} ({why})", flush=True)
     order = priority_order(output_len, cfg.keep)
     if mode == "exact" or n < 2:
-        pairs = all_pairs_above(emb, cfg.threshold, cfg.tile_size, num_gpus)
+        pairs = all_pairs_above(emb, cfg.threshold, cfg.tile_size, num_gpus, cfg.timeout_s)
         return DedupOutcome(pairs, resolve_greedy(n, pairs, order), {"mode": mode, "why": why})
     blocks = EmbeddingBlocks.from_matrix(emb)
     settings = ClusterSettings(rows_per_cluster=cfg.rows_per_cluster, margin=cfg.cluster_margin, tile=cfg.tile_size)

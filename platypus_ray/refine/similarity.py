@@ -9,6 +9,7 @@ brute-force reference instead of depending on the GEMM's summation order.
 
 from __future__ import annotations
 
+import time
 import warnings
 from dataclasses import dataclass
 
@@ -46,14 +47,31 @@ def wait_all(refs: list, timeout_s: float) -> list:
     rest (releasing their CPUs) and raise, rather than wait forever on a stuck or starved task."""
     ready, pending = ray.wait(list(refs), num_returns=len(refs), timeout=timeout_s, fetch_local=False)
     if pending:
-        for ref in pending:
-            ray.cancel(ref, force=True)
-        raise UserError(f"{len(pending)} of {len(refs)} similarity tasks did not finish within {timeout_s:.0f} s "
-                        "(dedup.timeout_s); the cluster may lack free CPUs, or raise the bound")
+        _give_up(pending, len(refs), timeout_s)
     return ray.get(list(refs))
 
 
-def all_pairs_above(emb: np.ndarray, threshold: float, tile: int, num_gpus: float = 0.0) -> Pairs:
+def as_completed(refs: list, timeout_s: float):
+    """Yield each result as its task finishes (so the driver holds one task's output at a time);
+    past ``timeout_s`` in all, cancel what is left and raise, as :func:`wait_all` does."""
+    deadline = time.monotonic() + timeout_s
+    pending = list(refs)
+    while pending:
+        done, pending = ray.wait(pending, num_returns=1, timeout=max(0.0, deadline - time.monotonic()))
+        if not done:
+            _give_up(pending, len(refs), timeout_s)
+        yield ray.get(done[0])
+
+
+def _give_up(pending: list, total: int, timeout_s: float) -> None:
+    for ref in pending:
+        ray.cancel(ref, force=True)
+    raise UserError(f"{len(pending)} of {total} similarity tasks did not finish within {timeout_s:.0f} s "
+                    "(dedup.timeout_s); the cluster may lack free CPUs, or raise the bound")
+
+
+def all_pairs_above(emb: np.ndarray, threshold: float, tile: int, num_gpus: float = 0.0,
+                    timeout_s: float = 3600.0) -> Pairs:
     """Every pair of rows with cosine >= threshold (exact), plus nearest-neighbour scores."""
     n = len(emb)
     nearest = np.full(n, -1.0, dtype=np.float32)
@@ -62,11 +80,9 @@ def all_pairs_above(emb: np.ndarray, threshold: float, tile: int, num_gpus: floa
         return Pairs(empty, empty, np.empty(0), nearest)
     emb_ref = ray.put(np.ascontiguousarray(emb, dtype=np.float32))
     task = _pairs_in_row_block.options(num_gpus=num_gpus)
-    pending = [task.remote(emb_ref, start, tile, threshold - _EPS) for start in range(0, n, tile)]
+    refs = [task.remote(emb_ref, start, tile, threshold - _EPS) for start in range(0, n, tile)]
     found_i, found_j = [], []
-    while pending:  # merge results as they arrive so the driver holds one block's output at a time
-        done, pending = ray.wait(pending, num_returns=1)
-        start, i, j, row_max, col_max = ray.get(done[0])
+    for start, i, j, row_max, col_max in as_completed(refs, timeout_s):
         found_i.append(i)
         found_j.append(j)
         np.maximum(nearest[start : start + len(row_max)], row_max, out=nearest[start : start + len(row_max)])
@@ -80,7 +96,8 @@ def all_pairs_above(emb: np.ndarray, threshold: float, tile: int, num_gpus: floa
 
 
 def best_matches(
-    queries: np.ndarray, references: np.ndarray, threshold: float, tile: int, num_gpus: float = 0.0
+    queries: np.ndarray, references: np.ndarray, threshold: float, tile: int, num_gpus: float = 0.0,
+    timeout_s: float = 3600.0,
 ) -> BestMatch:
     """For each query row, its most similar reference row; exact (float64) around ``threshold``."""
     n = len(queries)
@@ -91,10 +108,8 @@ def best_matches(
     task = _best_in_row_block.options(num_gpus=num_gpus)
     index = np.empty(n, dtype=np.int64)
     score = np.empty(n, dtype=np.float64)
-    pending = [task.remote(q_ref, r_ref, start, tile, threshold) for start in range(0, n, tile)]
-    while pending:
-        done, pending = ray.wait(pending, num_returns=1)
-        start, best_idx, best_score = ray.get(done[0])
+    refs = [task.remote(q_ref, r_ref, start, tile, threshold) for start in range(0, n, tile)]
+    for start, best_idx, best_score in as_completed(refs, timeout_s):
         index[start : start + len(best_idx)] = best_idx
         score[start : start + len(best_idx)] = best_score
     return BestMatch(index, score)

@@ -65,3 +65,20 @@ def test_from_matrix_blocks_round_trip(ray_session):
     blocks = EmbeddingBlocks.from_matrix(emb, rows_per_block=3)
     assert blocks.n == 10 and list(blocks.offsets) == [0, 3, 6, 9, 10]
     np.testing.assert_array_equal(np.concatenate(ray.get(blocks.refs)), emb)
+
+
+def test_a_similarity_search_past_its_bound_is_cancelled_and_frees_its_cpus(planted):
+    """dedup.timeout_s: the search fails with a message instead of waiting, and its cancelled
+    tasks give their CPUs back for the next job."""
+    import time
+
+    from platypus_ray.errors import UserError
+
+    free_before = ray.available_resources().get("CPU", 0)
+    _, emb, _ = planted
+    with pytest.raises(UserError, match=r"similarity tasks did not finish within 0 s \(dedup.timeout_s\)"):
+        all_pairs_above(emb, 0.8, 512, timeout_s=0.01)
+    deadline = time.time() + 60
+    while ray.available_resources().get("CPU", 0) < free_before and time.time() < deadline:
+        time.sleep(0.2)
+    assert ray.available_resources().get("CPU", 0) >= free_before
