@@ -2,6 +2,8 @@
 
     python -m platypus_ray.bench.refine --source ../shared/data/alpaca_5000.json
     python -m platypus_ray.bench.refine --backends --json out/backends.json   # see bench/backends.py
+    python -m platypus_ray.bench.refine --rerun --json out/rerun.json         # see bench/rerun.py
+    python -m platypus_ray.bench.refine --e2e 100000 --json out/e2e.json      # see bench/refine_e2e.py
 
 1. Embed: bare sentence-transformers ``encode`` (one process, all cores) vs the pipeline's
    embed stage (Ray Data actor pool on the same rows and cores), rows/s and ratio.
@@ -71,7 +73,7 @@ def bench_pipeline_embed(texts: list[str], batch_size: int, actors: int, backend
     clock = _batch_clock().remote()
     cfg = EmbeddingConfig(batch_size=batch_size, actors=actors, device="cpu", backend=backend, export_dir=export_dir)
     start = time.perf_counter()
-    vectors, _ = embed_texts(ds, len(texts), cfg, embedder=_timed_embedder(clock))
+    vectors = embed_texts(ds, len(texts), cfg, embedder=_timed_embedder(clock)).vectors
     total = time.perf_counter() - start
     first, last = ray.get(clock.span.remote())
     return total, last - first, vectors
@@ -168,12 +170,28 @@ def main(argv: list[str] | None = None) -> int:
                         help="a refine output of --source (keep: first, no benchmarks) to check against brute force")
     parser.add_argument("--backends", action="store_true",
                         help="compare the embedding backends (speed and refine decisions vs torch fp32) and stop")
-    parser.add_argument("--json", type=Path, default=None, help="with --backends or --scale: write the results here")
+    parser.add_argument("--json", type=Path, default=None, help="with --backends, --scale, --rerun or --e2e: write the results here")
     parser.add_argument("--scale", type=int, default=None, metavar="N",
                         help="clustered dedup of N generated rows with its measured recall, and stop")
     parser.add_argument("--recall-sample", type=int, default=20_000, help="with --scale: rows checked exactly")
+    parser.add_argument("--rerun", action="store_true",
+                        help="first refine run vs a rerun with another dedup.threshold from the embedding cache, and stop")
+    parser.add_argument("--rerun-threshold", type=float, default=0.85, help="with --rerun: the rerun's dedup.threshold")
+    parser.add_argument("--e2e", type=int, default=None, metavar="N",
+                        help="one `platypus-ray refine` run on N perturbed Alpaca rows, rows/s per step, and stop")
+    parser.add_argument("--e2e-backend", default="auto", help="with --e2e: embedding.backend")
     args = parser.parse_args(argv)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    if args.e2e is not None:
+        from platypus_ray.bench.refine_e2e import run_e2e
+
+        run_e2e(args.source, args.e2e, args.e2e_backend, args.json)
+        return 0
+    if args.rerun:  # separate `platypus-ray refine` processes, each starting its own Ray
+        from platypus_ray.bench.rerun import run_rerun
+
+        run_rerun(args.source, args.threshold, args.rerun_threshold, args.json)
+        return 0
 
     import ray
 
