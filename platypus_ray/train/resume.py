@@ -22,7 +22,7 @@ def claim_run_folder(cfg: TrainConfig) -> None:
 def check_resumable(cfg: TrainConfig) -> None:
     """Same model, data formatting, LoRA shape, optimisation and worker count (ZeRO-3 shards
     are saved per rank) as the run already in the folder; max_steps/epochs may change: that
-    extends or shortens the run. Writes the resolved config (and the marker) for the next rerun."""
+    extends or shortens the run. Reads only the folder's config.yaml: runs before Ray starts."""
     run_dir = cfg.run.run_dir
     previous_text = read_text(f"{run_dir}/config.yaml")
     current = _fingerprint(cfg)
@@ -35,6 +35,11 @@ def check_resumable(cfg: TrainConfig) -> None:
                 f"run '{cfg.run.name}' in {cfg.run.storage_path} was started with a different config ({details}); "
                 "its checkpoints cannot be resumed with this one: use another run.name or remove the folder"
             )
+
+
+def record_config(cfg: TrainConfig) -> None:
+    """Write the resolved config (and the marker) for the next rerun's ``check_resumable``."""
+    run_dir = cfg.run.run_dir
     write_text(f"{run_dir}/config.yaml", yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False))
     if not is_remote(run_dir):
         mark_output(run_dir, "train")
