@@ -61,6 +61,13 @@ def tokenize_batch(batch: dict[str, np.ndarray], tokenizer_path: str, cutoff_len
     )
 
 
+def _token_counts(batch: dict[str, np.ndarray], cutoff_len: int) -> dict[str, np.ndarray]:
+    """One block's row count, token count and rows cut at ``cutoff_len``."""
+    n = batch["num_tokens"]
+    return {"rows": np.array([len(n)]), "tokens": np.array([int(n.sum())]),
+            "truncated": np.array([int((n >= cutoff_len).sum())])}
+
+
 def prepare_data(cfg: TrainConfig) -> TokenizedData:
     """Read, split and tokenise; materialised so every worker shard and trial reads the same rows."""
     ds = ray.data.read_parquet(cfg.data.path, columns=["instruction", "input", "output"])
@@ -77,10 +84,10 @@ def prepare_data(cfg: TrainConfig) -> TokenizedData:
         "add_eos_token": cfg.data.add_eos_token,
     }
     train = train.map_batches(tokenize_batch, fn_kwargs=kwargs, batch_format="numpy").materialize()
-    train_rows = train.count()
-    cutoff = cfg.data.cutoff_len
-    truncated = train.filter(lambda row: row["num_tokens"] >= cutoff).count() if train_rows else 0
-    train_tokens = int(train.sum("num_tokens")) if train_rows else 0
+    # One pass over the materialised blocks (a per-block map, no shuffle): rows, tokens, truncated rows.
+    blocks = train.map_batches(_token_counts, fn_kwargs={"cutoff_len": cfg.data.cutoff_len}, batch_size=None,
+                               batch_format="numpy").take_all()
+    train_rows, train_tokens, truncated = (int(sum(b[k] for b in blocks)) for k in ("rows", "tokens", "truncated"))
     if cfg.data.packing == "packed" and train_rows:
         train = train.map_batches(pack_batch, fn_kwargs={"cutoff_len": cfg.data.cutoff_len, "seed": cfg.training.seed},
                                   batch_size=PACK_ROWS, batch_format="numpy").materialize()
