@@ -10,6 +10,7 @@ import torch
 
 from platypus_ray.errors import UserError
 from platypus_ray.train import run
+from platypus_ray.train.stage import fit, prepare
 from platypus_ray.train.adapter import check_adapter
 from tests.helpers import train_raw
 
@@ -32,13 +33,16 @@ def packed_config(model, data, storage, name, **sections):
 
 @pytest.fixture(scope="module")
 def trained(ray_session, tiny_model, kept_folder, tmp_path_factory):
+    """The uninterrupted 12-step run, its storage, and its tokenised rows (which the follow-up
+    runs below reuse where fresh tokenisation is not what they check)."""
     storage = str(tmp_path_factory.mktemp("train"))
     tracking = {"mlflow": True, "tensorboard": True}
-    return run(packed_config(tiny_model, kept_folder, storage, "zero3", training=SCHEDULE, tracking=tracking)), storage
+    job = prepare(packed_config(tiny_model, kept_folder, storage, "zero3", training=SCHEDULE, tracking=tracking))
+    return fit(job), storage, job.data
 
 
 def test_base_model_is_partitioned_across_the_two_workers(trained):
-    result, _ = trained
+    result, _, _ = trained
     m = result.metrics
     assert m["world_size"] == 2
     assert m["zero3_partitioned_params"] == m["zero3_params"] > 0  # every tensor sharded at load
@@ -53,7 +57,7 @@ def test_packed_sequences_are_fewer_and_full(trained):
 
 
 def test_loss_goes_down_and_metrics_are_recorded(trained):
-    result, _ = trained
+    result, _, _ = trained
     losses = [h["loss"] for h in result.history if "loss" in h]
     evals = [h["eval_loss"] for h in result.history if "eval_loss" in h]
     assert len(losses) == 12 and len(evals) == 2
@@ -69,7 +73,7 @@ def test_one_mlflow_run_and_tensorboard_events_per_job(trained):
     from mlflow import MlflowClient
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-    result, storage = trained
+    result, storage, _ = trained
     uri = f"file:{storage}/mlruns"
     mlflow.set_tracking_uri(uri)
     runs = mlflow.search_runs(experiment_names=["zero3"])
@@ -95,7 +99,7 @@ def test_adapter_has_real_weights_reloads_and_changes_logits(trained, tiny_model
     from peft import PeftModel
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    result, _ = trained
+    result, _, _ = trained
     shapes = check_adapter(result.adapter_path)
     assert all(0 not in shape for shape in shapes.values())
     assert {name.split(".")[-3] for name in shapes} == {"gate_proj", "up_proj", "down_proj"}
@@ -114,7 +118,7 @@ def test_merge_folds_the_adapter_in(trained, tiny_model, tmp_path):
 
     from platypus_ray.merge import MergeConfig, run as merge
 
-    result, _ = trained
+    result, _, _ = trained
     merged = merge(MergeConfig(base=tiny_model, adapter=result.adapter_path, out=str(tmp_path / "merged")))
     assert merged.max_logit_difference < 1e-4
     model = AutoModelForCausalLM.from_pretrained(merged.out)
@@ -125,8 +129,11 @@ def test_merge_folds_the_adapter_in(trained, tiny_model, tmp_path):
 def test_restarted_run_resumes_model_optimizer_and_data_exactly(trained, tiny_model, kept_folder, monkeypatch):
     from safetensors.torch import load_file
 
-    straight, storage = trained
-    first = run(packed_config(tiny_model, kept_folder, storage, "resumed", training={**SCHEDULE, "max_steps": 6}))
+    straight, storage, data = trained
+    # The first 6 steps train on the straight run's tokenised rows; the extension below tokenises
+    # afresh, as a rerun does: equal losses then also show the data preparation is deterministic.
+    first = fit(prepare(packed_config(tiny_model, kept_folder, storage, "resumed", training={**SCHEDULE, "max_steps": 6}),
+                        data=data))
     assert first.metrics["step"] == 6
     # Extended to 12 steps under the same name, and a worker crashes at step 9: FailureConfig
     # restarts the group from the step-6 checkpoint (not from step 1) and the run finishes.
@@ -146,12 +153,15 @@ def test_restarted_run_resumes_model_optimizer_and_data_exactly(trained, tiny_mo
 
 
 def test_rerun_of_a_finished_run_changes_nothing(trained, tiny_model, kept_folder):
-    straight, storage = trained
-    again = run(packed_config(tiny_model, kept_folder, storage, "zero3", training=SCHEDULE))
+    straight, storage, data = trained
+    again = fit(prepare(packed_config(tiny_model, kept_folder, storage, "zero3", training=SCHEDULE), data=data))
     assert again.metrics["step"] == 12 and again.history == straight.history
 
 
 def test_rerun_with_a_different_problem_is_refused(trained, tiny_model, kept_folder):
-    _, storage = trained
+    _, storage, _ = trained
+    config = Path(storage, "zero3", "config.yaml")
+    recorded = config.read_text()
     with pytest.raises(UserError, match=r"different config \(lora: .*'r': 8.*'r': 4"):
         run(packed_config(tiny_model, kept_folder, storage, "zero3", training=SCHEDULE, lora={"r": 4}))
+    assert config.read_text() == recorded  # the refused config did not replace the run's
