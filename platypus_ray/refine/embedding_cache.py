@@ -118,20 +118,27 @@ class EmbeddingCache:
                 warnings.append(f"embedding cache: skipped unreadable shard {path} ({exc}); its rows are embedded "
                                 "again (a write cut short leaves such a file; it is safe to delete)")
                 continue
-            at = np.minimum(np.searchsorted(wanted, shard_hashes), len(wanted) - 1)
-            hit = (wanted[at] == shard_hashes) & ~found[order[at]]
-            if not hit.any():
+            # Every asked position of each shard hash: a text asked twice (two benchmark items sharing
+            # a passage) is served twice; a text in two shards (two runs at once) is taken once.
+            left, right = np.searchsorted(wanted, shard_hashes, "left"), np.searchsorted(wanted, shard_hashes, "right")
+            hit = np.flatnonzero(right > left)
+            lengths = (right - left)[hit]
+            positions = np.repeat(left[hit], lengths) + np.arange(lengths.sum()) - np.repeat(np.cumsum(lengths) - lengths, lengths)
+            shard_rows = np.repeat(hit, lengths)
+            new = ~found[order[positions]]
+            if not new.any():
                 continue
+            needed = np.unique(shard_rows[new])
             try:
-                shard_vectors = _read_vectors(shard, np.flatnonzero(hit), None if vectors is None else vectors.shape[1])
+                shard_vectors = _read_vectors(shard, needed, None if vectors is None else vectors.shape[1])
             except ValueError as exc:
                 warnings.append(f"embedding cache: skipped shard {path} ({exc}); its rows are embedded again")
                 continue
             if vectors is None:
                 vectors = np.empty((len(hashes), shard_vectors.shape[1]), dtype=np.float32)
-            rows = order[at[hit]]
-            vectors[rows] = shard_vectors
-            found[rows] = True  # a text in two shards (two runs at once) is taken once
+            rows = order[positions[new]]
+            vectors[rows] = shard_vectors[np.searchsorted(needed, shard_rows[new])]
+            found[rows] = True
         if vectors is None:
             return Lookup(found, np.zeros((0, 0), dtype=np.float32), warnings)
         return Lookup(found, vectors[found], warnings)

@@ -47,10 +47,10 @@ def test_lookup_returns_the_stored_vectors_bit_for_bit_and_misses_the_rest(tmp_p
     vectors = unit_vectors(10)
     write_shard(cache, "a.parquet", texts[:6], vectors[:6])
     write_shard(cache, "b.parquet", texts[4:8], vectors[4:8])  # 4 and 5 twice (two runs at once): taken once
-    asked = ["new"] + texts[::-1]
+    asked = ["new"] + texts[::-1] + ["text 1", "text 5"]  # asked twice: served twice
     hit = cache.lookup(keys_of(asked))
-    assert hit.found.tolist() == [False, False, False] + [True] * 8
-    assert np.array_equal(hit.vectors, vectors[7::-1])
+    assert hit.found.tolist() == [False, False, False] + [True] * 10
+    assert np.array_equal(hit.vectors, np.concatenate([vectors[7::-1], vectors[[1, 5]]]))
     assert not hit.warnings
     # Hashes with zero bytes inside still match exactly (S16 keeps them).
     assert len({text_hash(t) for t in texts}) == 10 and all(len(text_hash(t)) == 16 for t in texts)
