@@ -111,12 +111,13 @@ def _batch_clock():
 
 
 def bench_dedup(emb: np.ndarray, threshold: float, tile: int) -> tuple[float, np.ndarray]:
-    from platypus_ray.refine.semantic_dedup import priority_order, resolve_greedy
-    from platypus_ray.refine.similarity import all_pairs_above
+    """Exact mode as refine runs it (neighbour lists bounded per row, exact check past the bound)."""
+    from platypus_ray.refine.config import DedupConfig
+    from platypus_ray.refine.pair_search import dedup_rows
 
     start = time.perf_counter()
-    pairs = all_pairs_above(emb, threshold, tile)
-    decision = resolve_greedy(len(emb), pairs, priority_order(np.zeros(len(emb)), "first"))
+    cfg = DedupConfig(threshold=threshold, tile_size=tile, keep="first", mode="exact")
+    decision = dedup_rows(emb, np.zeros(len(emb)), cfg, num_gpus=0).decision
     return time.perf_counter() - start, decision.keep
 
 

@@ -41,6 +41,7 @@ class Decisions:
     category: np.ndarray
     signal: np.ndarray
     near_pairs: tuple[np.ndarray, np.ndarray, np.ndarray] = field(default=None)  # type: ignore[assignment]
+    near_pairs_total: int = 0
 
     @classmethod
     def start(cls, meta: dict[str, np.ndarray]) -> "Decisions":
@@ -86,8 +87,10 @@ class Decisions:
         self.category[uid] = category
         self.signal[uid] = signal
 
-    def record_pairs(self, i: np.ndarray, j: np.ndarray, score: np.ndarray) -> None:
+    def record_pairs(self, i: np.ndarray, j: np.ndarray, score: np.ndarray, total: int) -> None:
+        """The pairs kept for the report, and how many the search found (more, when bounded per row)."""
         self.near_pairs = (i, j, score)
+        self.near_pairs_total = total
 
     def table(self) -> pa.Table:
         """The ledger columns that do not come from the parsed rows, indexed by uid."""
@@ -193,7 +196,7 @@ def summarize(decisions: Decisions, embedded_rows: int, embed_seconds: float, n_
         "per_source": per_source,
         "benchmark_items": n_items,
         "contamination": contamination,
-        "near_duplicate_pairs": 0 if decisions.near_pairs is None else int(len(decisions.near_pairs[0])),
+        "near_duplicate_pairs": 0 if decisions.near_pairs is None else int(decisions.near_pairs_total),
         "embedded_rows": int(embedded_rows),
         "embed_rows_per_s": round(embedded_rows / embed_seconds, 1) if embed_seconds > 0 else None,
     }

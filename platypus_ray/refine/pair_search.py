@@ -9,7 +9,7 @@ import numpy as np
 from platypus_ray.refine.clustered import ClusterSettings, EmbeddingBlocks, clustered_pairs_above
 from platypus_ray.refine.config import DedupConfig
 from platypus_ray.refine.recall import measure_recall
-from platypus_ray.refine.semantic_dedup import DedupDecision, priority_order, resolve_greedy
+from platypus_ray.refine.semantic_dedup import DedupDecision, exact_check_against, priority_order, resolve_greedy
 from platypus_ray.refine.similarity import Pairs, all_pairs_above
 
 
@@ -35,15 +35,17 @@ def dedup_rows(emb: np.ndarray, output_len: np.ndarray, cfg: DedupConfig, num_gp
     mode, why = choose_mode(n, cfg)
     print(f"refine: semantic dedup of {n} rows: {mode} ({why})", flush=True)
     order = priority_order(output_len, cfg.keep)
+    rank = np.empty(n, dtype=np.int64)
+    rank[order] = np.arange(n)
     if mode == "exact" or n < 2:
-        pairs = all_pairs_above(emb, cfg.threshold, cfg.tile_size, num_gpus, cfg.timeout_s)
-        return DedupOutcome(pairs, resolve_greedy(n, pairs, order), {"mode": mode, "why": why})
+        pairs = all_pairs_above(emb, cfg.threshold, cfg.tile_size, num_gpus, cfg.timeout_s, rank, cfg.neighbours_per_row)
+        decision = resolve_greedy(n, pairs, order, exact_check_against(emb, cfg.threshold))
+        return DedupOutcome(pairs, decision, {"mode": mode, "why": why, "pairs_found": pairs.count,
+                                              "rows_over_neighbour_bound": int(pairs.incomplete.sum())})
     blocks = EmbeddingBlocks.from_matrix(emb)
     settings = ClusterSettings(rows_per_cluster=cfg.rows_per_cluster, margin=cfg.cluster_margin, tile=cfg.tile_size)
     found = clustered_pairs_above(blocks, cfg.threshold, settings, cfg.timeout_s)
     decision = resolve_greedy(n, found.pairs, order)
-    rank = np.empty(n, dtype=np.int64)
-    rank[order] = np.arange(n)
     recall = measure_recall(blocks, found.pairs, decision.keep, rank, cfg.threshold, cfg.recall_sample, 0, cfg.timeout_s)
     print(f"refine: clustered dedup: {found.clusters} clusters, {found.assignments_per_row:.2f} per row; on "
           f"{recall.exact_sample_rows} sampled rows pair recall {recall.pair_recall:.4f}, decision agreement "

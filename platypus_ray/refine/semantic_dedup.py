@@ -9,6 +9,7 @@ graph instead of N comparisons against a growing kept set.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Callable
 
 import numpy as np
 
@@ -34,8 +35,17 @@ def priority_order(output_len: np.ndarray, keep: str) -> np.ndarray:
     return np.lexsort((np.arange(len(output_len)), -np.asarray(output_len)))
 
 
-def resolve_greedy(n: int, pairs: Pairs, order: np.ndarray) -> DedupDecision:
-    """Apply the greedy rule to ``pairs`` with rows visited in ``order``."""
+# (row, keep so far, rank) -> (kept row it duplicates or -1, cosine): an exact check against every kept row
+ExactCheck = Callable[[int, np.ndarray, np.ndarray], tuple[int, float]]
+
+
+def resolve_greedy(n: int, pairs: Pairs, order: np.ndarray, exact_check: ExactCheck | None = None) -> DedupDecision:
+    """Apply the greedy rule to ``pairs`` with rows visited in ``order``.
+
+    Pairs from a per-row-bounded search hold only each row's best higher-priority neighbours;
+    a row marked ``incomplete`` none of whose listed neighbours is kept is settled by
+    ``exact_check`` (its unlisted neighbours score lower, so the listed kept one, when there
+    is one, is the best kept match anyway)."""
     rank = np.empty(n, dtype=np.int64)
     rank[order] = np.arange(n)
     # Orient every edge from the higher-priority row (hi) to the lower-priority one (lo).
@@ -49,8 +59,11 @@ def resolve_greedy(n: int, pairs: Pairs, order: np.ndarray) -> DedupDecision:
     keep = np.ones(n, dtype=bool)
     matched = np.full(n, -1, dtype=np.int64)
     best = np.full(n, np.nan)
+    incomplete = pairs.incomplete if pairs.incomplete is not None else np.zeros(n, dtype=bool)
+    if incomplete.any() and exact_check is None:
+        raise ValueError("a per-row-bounded pair search needs an exact_check")
     # Only rows with a higher-priority neighbour can be removed; visit them by rank.
-    candidates = np.unique(lo)
+    candidates = np.union1d(lo, np.flatnonzero(incomplete))
     for row in candidates[np.argsort(rank[candidates])]:
         lo_slice = slice(bounds[row], bounds[row + 1])
         kept_neighbours = keep[hi[lo_slice]]
@@ -60,4 +73,22 @@ def resolve_greedy(n: int, pairs: Pairs, order: np.ndarray) -> DedupDecision:
             pick = int(np.argmax(scores))
             matched[row] = hi[lo_slice][pick]
             best[row] = scores[pick]
+        elif incomplete[row]:
+            match, cosine = exact_check(int(row), keep, rank)
+            if match >= 0:
+                keep[row], matched[row], best[row] = False, match, cosine
     return DedupDecision(keep, matched, best)
+
+
+def exact_check_against(emb: np.ndarray, threshold: float) -> ExactCheck:
+    """An :data:`ExactCheck` over the float64 cosines of ``emb`` (the exact mode's matrix)."""
+
+    def check(row: int, keep: np.ndarray, rank: np.ndarray) -> tuple[int, float]:
+        kept_before = np.flatnonzero(keep & (rank < rank[row]))
+        if len(kept_before) == 0:
+            return -1, float("nan")
+        scores = emb[kept_before].astype(np.float64) @ emb[row].astype(np.float64)
+        pick = int(np.argmax(scores))
+        return (int(kept_before[pick]), float(scores[pick])) if scores[pick] >= threshold else (-1, float("nan"))
+
+    return check

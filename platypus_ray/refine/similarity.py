@@ -26,12 +26,22 @@ warnings.filterwarnings("ignore", message="The given NumPy array is not writable
 
 @dataclass
 class Pairs:
-    """Pairs ``i < j`` with cosine ``score >= threshold``, and each row's nearest-neighbour cosine."""
+    """Pairs ``i < j`` with cosine ``score >= threshold``, and each row's nearest-neighbour cosine.
+
+    A search bounded per row (``per_row``) keeps, for each row, only its ``per_row`` best
+    neighbours of higher priority; ``incomplete`` marks the rows that had more, whose
+    decision may need an exact check (see :func:`semantic_dedup.resolve_greedy`)."""
 
     i: np.ndarray
     j: np.ndarray
     score: np.ndarray
     nearest: np.ndarray  # max cosine of each row to any other row (-1 when alone)
+    incomplete: np.ndarray | None = None  # bool per row, bounded searches only
+    total: int | None = None  # pairs found before the bound (float32 at threshold - 1e-5); None: len(i)
+
+    @property
+    def count(self) -> int:
+        return len(self.i) if self.total is None else self.total
 
 
 @dataclass
@@ -71,28 +81,49 @@ def _give_up(pending: list, total: int, timeout_s: float) -> None:
 
 
 def all_pairs_above(emb: np.ndarray, threshold: float, tile: int, num_gpus: float = 0.0,
-                    timeout_s: float = 3600.0) -> Pairs:
-    """Every pair of rows with cosine >= threshold (exact), plus nearest-neighbour scores."""
+                    timeout_s: float = 3600.0, rank: np.ndarray | None = None, per_row: int | None = None) -> Pairs:
+    """Every pair of rows with cosine >= threshold (exact), plus nearest-neighbour scores.
+
+    With ``rank`` (priority: lower is kept first) and ``per_row``, each row keeps only its
+    ``per_row`` best neighbours of higher priority, so memory is O(rows x per_row) however
+    dense a cluster is (a template filled in 10,000 times has ~5*10^7 pairs)."""
     n = len(emb)
     nearest = np.full(n, -1.0, dtype=np.float32)
     if n < 2:
         empty = np.empty(0, dtype=np.int64)
         return Pairs(empty, empty, np.empty(0), nearest)
+    bounded = per_row is not None
     emb_ref = ray.put(np.ascontiguousarray(emb, dtype=np.float32))
+    rank_ref = ray.put(rank if bounded else None)
     task = _pairs_in_row_block.options(num_gpus=num_gpus)
-    refs = [task.remote(emb_ref, start, tile, threshold - _EPS) for start in range(0, n, tile)]
-    found_i, found_j = [], []
-    for start, i, j, row_max, col_max in as_completed(refs, timeout_s):
-        found_i.append(i)
-        found_j.append(j)
+    refs = [task.remote(emb_ref, start, tile, threshold - _EPS, rank_ref, per_row) for start in range(0, n, tile)]
+    found: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
+    counts = np.zeros(n, dtype=np.int64)
+    for start, i, j, s32, row_max, col_max, block_counts in as_completed(refs, timeout_s):
+        found.append((i, j, s32))
+        if bounded:  # j is the lower-priority row: keep its per_row best, whatever the other tasks found
+            found = [_top_per_row(*map(np.concatenate, zip(*found)), per_row)]
+            counts[start:] += block_counts
         np.maximum(nearest[start : start + len(row_max)], row_max, out=nearest[start : start + len(row_max)])
         np.maximum(nearest[start:], col_max, out=nearest[start:])
-    i = np.concatenate(found_i)
-    j = np.concatenate(found_j)
+    i, j, _ = map(np.concatenate, zip(*found))
     score = _exact_scores(emb, i, j)
     keep = score >= threshold
-    order = np.lexsort((j[keep], i[keep]))
-    return Pairs(i[keep][order], j[keep][order], score[keep][order], nearest)
+    i, j, score = np.minimum(i, j)[keep], np.maximum(i, j)[keep], score[keep]
+    order = np.lexsort((j, i))
+    if not bounded:
+        return Pairs(i[order], j[order], score[order], nearest)
+    return Pairs(i[order], j[order], score[order], nearest, incomplete=counts > per_row, total=int(counts.sum()))
+
+
+def _top_per_row(hi: np.ndarray, lo: np.ndarray, score: np.ndarray, k: int):
+    """The ``k`` highest-scoring (hi, lo) pairs of every ``lo``."""
+    order = np.lexsort((-score, lo))
+    hi, lo, score = hi[order], lo[order], score[order]
+    group_start = np.flatnonzero(np.r_[True, lo[1:] != lo[:-1]])
+    position = np.arange(len(lo)) - np.repeat(group_start, np.diff(np.r_[group_start, len(lo)]))
+    keep = position < k
+    return hi[keep], lo[keep], score[keep]
 
 
 def best_matches(
@@ -120,15 +151,19 @@ def _device(num_gpus_assigned: bool) -> torch.device:
 
 
 @ray.remote
-def _pairs_in_row_block(emb: np.ndarray, start: int, tile: int, cutoff: float):
-    """Candidate pairs (i in this block, j > i) with float32 cosine >= cutoff."""
+def _pairs_in_row_block(emb: np.ndarray, start: int, tile: int, cutoff: float, rank: np.ndarray | None,
+                        per_row: int | None):
+    """Candidate pairs (i in this block, j > i) with float32 cosine >= cutoff. Bounded
+    (``per_row``): returned as (higher-priority row, lower-priority row), at most ``per_row``
+    per lower-priority row, with each row's count before the bound."""
     device = _device(bool(ray.get_gpu_ids()))
     n = len(emb)
     stop = min(start + tile, n)
     rows = torch.from_numpy(emb[start:stop]).to(device)
     row_max = torch.full((stop - start,), -1.0, device=device)
     col_max = torch.full((n - start,), -1.0, device=device)
-    found_i, found_j = [], []
+    found: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
+    counts = np.zeros(n - start, dtype=np.int64) if per_row is not None else None
     for col in range(start, n, tile):
         col_stop = min(col + tile, n)
         sims = rows @ torch.from_numpy(emb[col:col_stop]).to(device).T
@@ -137,9 +172,17 @@ def _pairs_in_row_block(emb: np.ndarray, start: int, tile: int, cutoff: float):
         row_max = torch.maximum(row_max, sims.max(dim=1).values)
         col_max[col - start : col_stop - start] = torch.maximum(col_max[col - start : col_stop - start], sims.max(dim=0).values)
         hit_i, hit_j = torch.nonzero(sims >= cutoff, as_tuple=True)
-        found_i.append((hit_i + start).cpu().numpy())
-        found_j.append((hit_j + col).cpu().numpy())
-    return start, np.concatenate(found_i), np.concatenate(found_j), row_max.cpu().numpy(), col_max.cpu().numpy()
+        score = sims[hit_i, hit_j].cpu().numpy()
+        i, j = (hit_i + start).cpu().numpy(), (hit_j + col).cpu().numpy()
+        if counts is None:
+            found.append((i, j, score))
+            continue
+        i_first = rank[i] < rank[j]
+        hi, lo = np.where(i_first, i, j), np.where(i_first, j, i)
+        counts += np.bincount(lo - start, minlength=n - start)
+        found = [_top_per_row(*map(np.concatenate, zip(*found, (hi, lo, score))), per_row)]
+    i, j, score = map(np.concatenate, zip(*found))
+    return start, i, j, score, row_max.cpu().numpy(), col_max.cpu().numpy(), counts
 
 
 @ray.remote

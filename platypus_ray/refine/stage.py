@@ -292,5 +292,5 @@ def _semantic_dedup(emb, survivors, remaining, meta, decisions: Decisions, cfg: 
     decision, pairs = outcome.decision, outcome.pairs
     gone = np.flatnonzero(~decision.keep)
     decisions.remove(uids[gone], "near_duplicate", matched=uids[decision.matched[gone]], score=decision.score[gone])
-    decisions.record_pairs(uids[pairs.i], uids[pairs.j], pairs.score)
+    decisions.record_pairs(uids[pairs.i], uids[pairs.j], pairs.score, pairs.count)
     return pairs.nearest, outcome.stats

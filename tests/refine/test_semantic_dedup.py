@@ -81,3 +81,43 @@ def test_best_matches_equals_argmax(ray_session):
     sims = queries.astype(np.float64) @ references.astype(np.float64).T
     np.testing.assert_allclose(best.score, sims.max(axis=1), atol=1e-12)
     np.testing.assert_array_equal(sims[np.arange(len(queries)), best.index], sims.max(axis=1))
+
+
+@pytest.mark.parametrize("per_row", [1, 3])
+def test_bounded_neighbour_lists_decide_exactly_as_brute_force(ray_session, per_row):
+    """Keeping only each row's best higher-priority neighbours, with the exact check for rows
+    over the bound, changes no decision, whatever the bound."""
+    from platypus_ray.refine.semantic_dedup import exact_check_against
+
+    emb = clustered_embeddings(517, seed=1)
+    output_len = np.random.default_rng(2).integers(1, 40, len(emb))
+    order = priority_order(output_len, "longest_output")
+    rank = np.argsort(order)
+    pairs = all_pairs_above(emb, 0.8, 64, rank=rank, per_row=per_row)
+    assert pairs.incomplete.sum() > 10 and pairs.count > len(pairs.i)  # the bound really cut lists
+    checked = []
+    check = exact_check_against(emb, 0.8)
+    decision = resolve_greedy(len(emb), pairs, order, lambda *a: checked.append(a[0]) or check(*a))
+    assert checked  # some rows needed the exact check
+    full = resolve_greedy(len(emb), all_pairs_above(emb, 0.8, 64), order)
+    np.testing.assert_array_equal(decision.keep, greedy_reference(emb, order, 0.8))
+    np.testing.assert_array_equal(decision.matched, full.matched)
+    np.testing.assert_allclose(decision.score, full.score, atol=1e-12)
+
+
+def test_a_template_filled_in_thousands_of_times_stays_within_the_row_bound(ray_session):
+    """3,000 rows all within 0.8 of each other (4.5 million pairs): the search keeps at most
+    per_row neighbours a row, and the one kept row is the highest-priority one."""
+    from platypus_ray.refine.semantic_dedup import exact_check_against
+
+    rng = np.random.default_rng(5)
+    template = rng.normal(size=64)
+    emb = template + 0.05 * rng.normal(size=(3000, 64))
+    emb = (emb / np.linalg.norm(emb, axis=1, keepdims=True)).astype(np.float32)
+    order = priority_order(rng.integers(1, 500, len(emb)), "longest_output")
+    rank = np.argsort(order)
+    pairs = all_pairs_above(emb, 0.8, 512, rank=rank, per_row=8)
+    assert pairs.count == 3000 * 2999 // 2  # every pair is a near-duplicate
+    assert len(pairs.i) <= 3000 * 8  # ... but at most 8 are held per row
+    decision = resolve_greedy(len(emb), pairs, order, exact_check_against(emb, 0.8))
+    assert np.flatnonzero(decision.keep).tolist() == [order[0]]
