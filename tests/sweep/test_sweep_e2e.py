@@ -19,8 +19,8 @@ from tests.helpers import train_raw
 pytestmark = pytest.mark.slow
 
 
-def sweep_config(tiny_model, kept_folder, storage, name, workers=2, tracking=None, **sweep):
-    raw = train_raw(tiny_model, kept_folder, storage, name, training={"max_steps": 10, "eval_every": 5},
+def sweep_config(tiny_model, kept_folder, storage, name, workers=2, tracking=None, max_steps=10, eval_every=5, **sweep):
+    raw = train_raw(tiny_model, kept_folder, storage, name, training={"max_steps": max_steps, "eval_every": eval_every},
                     cluster={"workers": workers}, tracking=tracking or {})
     raw["sweep"] = {"max_concurrent_trials": "auto", **sweep}
     return validate_config(SweepConfig, raw)
@@ -36,8 +36,9 @@ def hold_one_cpu(ray):
 
 
 def test_four_trial_grid_every_trial_has_a_real_eval_loss(ray_session, tiny_model, kept_folder, tmp_path):
-    # One worker per trial: `auto` runs two trials side by side on the 2 CPUs.
+    # One worker per trial: `auto` runs two trials side by side on the 2 CPUs. Two rounds of 2 steps.
     cfg = sweep_config(tiny_model, kept_folder, str(tmp_path), "grid", workers=1, tracking={"mlflow": True},
+                       max_steps=4, eval_every=2,
                        space={"lora.r": [4, 8], "lora.target_modules": ["attention", "mlp"]},
                        scheduler={"type": "asha", "grace_period": 2, "max_t": 2})
     result = run(cfg)
