@@ -89,10 +89,10 @@ def all_pairs_above(emb: np.ndarray, threshold: float, tile: int, num_gpus: floa
     dense a cluster is (a template filled in 10,000 times has ~5*10^7 pairs)."""
     n = len(emb)
     nearest = np.full(n, -1.0, dtype=np.float32)
+    bounded = per_row is not None
     if n < 2:
         empty = np.empty(0, dtype=np.int64)
-        return Pairs(empty, empty, np.empty(0), nearest)
-    bounded = per_row is not None
+        return Pairs(empty, empty, np.empty(0), nearest, np.zeros(n, dtype=bool) if bounded else None, 0 if bounded else None)
     emb_ref = ray.put(np.ascontiguousarray(emb, dtype=np.float32))
     rank_ref = ray.put(rank if bounded else None)
     task = _pairs_in_row_block.options(num_gpus=num_gpus)

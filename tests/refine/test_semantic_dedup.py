@@ -121,3 +121,9 @@ def test_a_template_filled_in_thousands_of_times_stays_within_the_row_bound(ray_
     assert len(pairs.i) <= 3000 * 8  # ... but at most 8 are held per row
     decision = resolve_greedy(len(emb), pairs, order, exact_check_against(emb, 0.8))
     assert np.flatnonzero(decision.keep).tolist() == [order[0]]
+
+
+@pytest.mark.parametrize("n", [0, 1])
+def test_bounded_search_of_fewer_than_two_rows_finds_nothing(n):
+    pairs = all_pairs_above(np.ones((n, 4), dtype=np.float32) / 2, 0.8, 16, rank=np.arange(n), per_row=4)
+    assert len(pairs.i) == 0 and pairs.count == 0 and not pairs.incomplete.any() and len(pairs.incomplete) == n
