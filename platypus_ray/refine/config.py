@@ -83,10 +83,10 @@ class DedupConfig(StrictModel):
     keep: Literal["longest_output", "first"] = "longest_output"  # first = input order (Platypus notebook)
     tile_size: int = Field(2048, ge=16, description="rows per similarity tile; memory per task ~ tile_size^2 * 4 B")
     # exact: all pairs, identical to brute force. clustered: k-means partitions, exact inside, recall measured.
+    mode: Literal["auto", "exact", "clustered"] = "auto"
     # exact: each row keeps its best higher-priority neighbours only (memory rows x this, however dense a
     # template cluster); a row with more, none of them kept, gets an exact check: decisions stay exact
     neighbours_per_row: int = Field(32, ge=1, description="exact mode: neighbours kept per row")
-    mode: Literal["auto", "exact", "clustered"] = "auto"
     auto_exact_max_rows: int = Field(50_000, ge=0, description="auto: exact up to this many rows, clustered above")
     rows_per_cluster: int = Field(1000, ge=16, description="clustered: k = rows / this")
     cluster_margin: float = Field(0.04, ge=0.0, le=1.0, description="clustered: also join centroids this close to the nearest")
