@@ -196,8 +196,6 @@ def _embed(rows: ray.data.Dataset, n_rows: int, probes: contam.Probes, cfg: Refi
     cache = open_cache(cfg.cache_location, cfg.embedding) if cfg.cache_location else None
     embedded = embed_texts(to_embed, n_rows + len(probes.texts), cfg.embedding,
                            thresholds=(cfg.dedup.threshold, cfg.contamination.threshold), cache=cache)
-    for warning in embedded.warnings:
-        print(f"refine: WARNING: {warning}", file=sys.stderr, flush=True)
     return embedded.vectors[:n_rows], embedded.vectors[n_rows:], embedded
 
 
