@@ -49,22 +49,34 @@ def write_corpus(source: Path, rows: int, path: Path, seed: int = 0) -> None:
             handle.write(json.dumps(record) + "\n")
 
 
+def mmlu_benchmarks(source: Path) -> list[dict]:
+    """The MMLU subjects shipped beside ``source`` (none when absent), as refine ``benchmarks`` entries."""
+    return [{"path": str(p), "format": "mmlu_csv", "name": p.stem}
+            for p in sorted((source.parent / "benchmarks" / "mmlu").glob("*_test.csv"))]
+
+
+def refine_process(config: dict, folder: Path, name: str, timeout_s: float) -> tuple[float, dict]:
+    """Run `platypus-ray refine` on ``config`` in its own process, as a user would: (wall seconds
+    from process start to exit, its stats.json)."""
+    path = folder / f"{name}.yaml"
+    path.write_text(yaml.safe_dump(config))
+    start = time.perf_counter()
+    done = subprocess.run([sys.executable, "-m", "platypus_ray", "refine", "--config", str(path)],
+                          capture_output=True, text=True, timeout=timeout_s)
+    seconds = time.perf_counter() - start
+    if done.returncode != 0:
+        raise SystemExit(f"refine ({name}) failed:\n{done.stderr[-3000:]}")
+    return seconds, json.loads((Path(config["output"]) / "stats.json").read_text())
+
+
 def run_e2e(source: Path, rows: int, backend: str, json_path: Path | None) -> dict:
-    benchmarks = sorted((source.parent / "benchmarks" / "mmlu").glob("*_test.csv"))
+    benchmarks = mmlu_benchmarks(source)
     with tempfile.TemporaryDirectory(prefix="platypus-ray-e2e-") as tmp:
         folder = Path(tmp)
         write_corpus(source, rows, folder / "corpus.jsonl")
         config = {"sources": [{"path": str(folder / "corpus.jsonl"), "name": "alpaca-perturbed"}],
-                  "benchmarks": [{"path": str(p), "format": "mmlu_csv", "name": p.stem} for p in benchmarks],
-                  "embedding": {"backend": backend, "cache": False}, "output": str(folder / "out")}
-        (folder / "refine.yaml").write_text(yaml.safe_dump(config))
-        start = time.perf_counter()
-        done = subprocess.run([sys.executable, "-m", "platypus_ray", "refine", "--config", str(folder / "refine.yaml")],
-                              capture_output=True, text=True, timeout=4 * 3600)
-        wall = time.perf_counter() - start
-        if done.returncode != 0:
-            raise SystemExit(f"refine failed:\n{done.stderr[-3000:]}")
-        stats = json.loads((folder / "out" / "stats.json").read_text())
+                  "benchmarks": benchmarks, "embedding": {"backend": backend, "cache": False}, "output": str(folder / "out")}
+        wall, stats = refine_process(config, folder, "refine", timeout_s=4 * 3600)
     steps = {name: {"s": s, "rows_per_s": round(rows / s, 1) if s > 0 else None} for name, s in stats["timings_s"].items()}
     result = {"rows": rows, "backend": stats["embedding"].get("backend"), "wall_s": round(wall, 1),
               "rows_per_s": round(rows / wall, 1), "kept": stats["kept"], "removed": stats["removed"],

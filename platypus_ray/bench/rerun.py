@@ -13,37 +13,25 @@ when present), each timed from process start to exit, as a user would see them:
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 import tempfile
-import time
 from pathlib import Path
 
-import yaml
+from platypus_ray.bench.refine_e2e import mmlu_benchmarks, refine_process
 
 
 def _refine(config: dict, folder: Path, name: str) -> tuple[float, dict, list[str]]:
-    path = folder / f"{name}.yaml"
-    path.write_text(yaml.safe_dump(config))
-    start = time.perf_counter()
-    done = subprocess.run([sys.executable, "-m", "platypus_ray", "refine", "--config", str(path)],
-                          capture_output=True, text=True, timeout=3600)
-    seconds = time.perf_counter() - start
-    if done.returncode != 0:
-        raise SystemExit(f"refine ({name}) failed:\n{done.stderr[-3000:]}")
+    """A refine process (see :func:`refine_process`) and the ids of the rows it kept."""
     import pandas as pd
 
-    output = Path(config["output"])
-    kept = pd.read_parquet(output / "kept", columns=["id"]).id.tolist()
-    return seconds, json.loads((output / "stats.json").read_text()), kept
+    seconds, stats = refine_process(config, folder, name, timeout_s=3600)
+    return seconds, stats, pd.read_parquet(Path(config["output"]) / "kept", columns=["id"]).id.tolist()
 
 
 def run_rerun(source: Path, threshold: float, rerun_threshold: float, json_path: Path | None) -> dict:
-    benchmarks = sorted((source.parent / "benchmarks" / "mmlu").glob("*_test.csv"))
+    benchmarks = mmlu_benchmarks(source)
     with tempfile.TemporaryDirectory(prefix="platypus-ray-rerun-") as tmp:
         folder = Path(tmp)
-        base = {"sources": [{"path": str(source), "name": source.stem}],
-                "benchmarks": [{"path": str(p), "format": "mmlu_csv", "name": p.stem} for p in benchmarks],
+        base = {"sources": [{"path": str(source), "name": source.stem}], "benchmarks": benchmarks,
                 "embedding": {"cache": str(folder / "cache")}}
         first_s, first, _ = _refine({**base, "dedup": {"threshold": threshold}, "output": str(folder / "first")},
                                     folder, "first")
@@ -52,7 +40,7 @@ def run_rerun(source: Path, threshold: float, rerun_threshold: float, json_path:
         fresh_s, _, fresh_kept = _refine({**base, "embedding": {"cache": False}, "dedup": {"threshold": rerun_threshold},
                                           "output": str(folder / "fresh")}, folder, "fresh")
     result = {
-        "rows": first["input_rows"], "benchmarks": [p.stem for p in benchmarks],
+        "rows": first["input_rows"], "benchmarks": [b["name"] for b in benchmarks],
         "threshold": threshold, "rerun_threshold": rerun_threshold,
         "first_s": round(first_s, 1), "rerun_s": round(rerun_s, 1), "speedup": round(first_s / rerun_s, 2),
         "first_embedding": {k: first["embedding"][k] for k in ("from_cache", "computed")},
