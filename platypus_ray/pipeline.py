@@ -3,8 +3,8 @@
 Each stage's output feeds the next: train reads refine's ``kept/`` rows, merge folds the
 trained adapter into train's base model, evaluate scores the merged model (or base plus
 adapter when there is no merge) against the base. Every section is validated before anything runs
-(inputs an earlier stage will write count as present), and the train cluster shape is
-checked before refine starts, so a bad train section never costs a refine run.
+(inputs an earlier stage will write count as present), and the train tracking server
+and cluster shape are checked before refine starts, so a bad train section never costs a refine run.
 A section may be inline or name a stage's YAML file: ``train: tiny-cpu.yaml``.
 """
 
@@ -13,18 +13,20 @@ from __future__ import annotations
 import os
 import time
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any
 
 from pydantic import ValidationInfo, model_validator
 
 from platypus_ray.benchmarks import BenchmarkConfig
 from platypus_ray.config import StrictModel
+from platypus_ray.dtypes import DTypeName
 from platypus_ray.evaluate.config import EvaluateConfig, InferenceSettings, ValidationSettings
 from platypus_ray.merge import MergeConfig
 from platypus_ray.outputs import check_output
 from platypus_ray.paths import absolute_if_local
 from platypus_ray.refine.config import RefineConfig
 from platypus_ray.tiny_model import TinyModelConfig
+from platypus_ray.tracking import check_reachable
 from platypus_ray.train.config import TrainConfig
 
 
@@ -33,7 +35,7 @@ class MergeStep(StrictModel):
 
     out: str = "out/merged"
     base: str | None = None  # default: train.model.name_or_path (or another fine-tune of the same base)
-    dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
+    dtype: DTypeName = "auto"
 
 
 class EvaluateStep(StrictModel):
@@ -130,6 +132,8 @@ def run(cfg: PipelineConfig) -> PipelineResult:
         check_output(cfg.evaluate.output, "evaluate.output", inputs=[b.path for b in cfg.evaluate.benchmarks])
     if cfg.merge is not None:
         check_output(cfg.merge.out, "merge.out", inputs=[cfg.merge.base or cfg.train.model.name_or_path])
+    if cfg.train is not None:  # an unreachable tracking server fails before Ray starts and refine runs
+        check_reachable(cfg.train.tracking.mlflow_uri(cfg.train.run.storage_path))
     init_ray()
     if cfg.train is not None:
         from platypus_ray.train.capacity import check_cluster_fits

@@ -17,6 +17,8 @@ import json
 import os
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -88,14 +90,26 @@ def check_reachable(uri: str | None) -> None:
     """Fail now (before Ray starts) when a tracking server does not answer."""
     if uri is None or not uri.startswith(("http://", "https://")):
         return
-    saved = {k: os.environ.get(k) for k in ("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "MLFLOW_HTTP_REQUEST_TIMEOUT")}
-    os.environ.update({"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0", "MLFLOW_HTTP_REQUEST_TIMEOUT": "5"})
     try:
-        client(uri).search_experiments(max_results=1)
+        with http_bounds(retries=0, timeout_s=5, keep_user_values=False):
+            client(uri).search_experiments(max_results=1)
     except Exception as exc:  # noqa: BLE001 - any failure means the server is not usable
         reason = str(exc).splitlines()[0][:200]
         raise UserError(f"tracking.mlflow: the tracking server {uri} does not answer ({reason}); start it, "
                         "fix the URI, or set tracking.mlflow: true for a local store") from None
+
+
+@contextmanager
+def http_bounds(retries: int = 1, timeout_s: int = 10, keep_user_values: bool = True) -> Iterator[None]:
+    """Bound MLflow's HTTP retries and timeout inside the block: its defaults (7 retries with
+    exponential backoff, 120 s per try) spend minutes on a dead server. MLflow reads these
+    variables on every request. The defaults are the mid-run bounds (a dead server costs
+    seconds, then tracking is dropped), where a value the user exported wins."""
+    wanted = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": str(retries), "MLFLOW_HTTP_REQUEST_TIMEOUT": str(timeout_s)}
+    saved = {key: os.environ.get(key) for key in wanted}
+    os.environ.update({k: v for k, v in wanted.items() if not (keep_user_values and saved[k] is not None)})
+    try:
+        yield
     finally:
         for key, value in saved.items():
             if value is None:
@@ -146,10 +160,11 @@ class JobRun:
         if self.target.run_id is None:
             return
         try:
-            mlflow = client(self.target.mlflow_uri)
-            for key, value in tags.items():
-                mlflow.set_tag(self.target.run_id, key, value)
-            mlflow.set_terminated(self.target.run_id, status=status)
+            with http_bounds():  # the server passed check_reachable, but may have gone since
+                mlflow = client(self.target.mlflow_uri)
+                for key, value in tags.items():
+                    mlflow.set_tag(self.target.run_id, key, value)
+                mlflow.set_terminated(self.target.run_id, status=status)
         except Exception as exc:  # noqa: BLE001
             warn("closing the MLflow run", exc)
 

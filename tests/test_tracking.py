@@ -1,16 +1,22 @@
-"""Tracking config and failure modes that need no Ray: an unreachable server fails at once."""
+"""Tracking config and failure modes that need no Ray: an unreachable server fails at once and
+before Ray starts (train, sweep, pipeline); a backend failing mid-run is one warning."""
 
 from __future__ import annotations
 
+import os
 import socket
 import subprocess
 import sys
 import time
+from types import SimpleNamespace
 
 import pytest
+import yaml
 
+from platypus_ray.config import validate_config
 from platypus_ray.errors import UserError
-from platypus_ray.tracking import TrackingSettings, check_reachable, flatten, remote_storage_problems
+from platypus_ray.tracking import TrackingSettings, TrackingTarget, check_reachable, flatten, remote_storage_problems
+from tests.helpers import train_raw
 
 
 def test_an_unreachable_tracking_server_fails_fast_with_the_uri():
@@ -38,3 +44,101 @@ def test_result_readers_do_not_import_torch():
     code = "import sys, platypus_ray.sweep.report, platypus_ray.sweep.runs; print('torch' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "False"
+
+
+def _dead_uri() -> str:
+    with socket.socket() as sock:  # a port nobody listens on
+        sock.bind(("127.0.0.1", 0))
+        return f"http://127.0.0.1:{sock.getsockname()[1]}"
+
+
+def _log(callback, step: int = 1) -> None:
+    callback.on_log(None, SimpleNamespace(global_step=step), None, logs={"loss": 1.5, "learning_rate": 1e-3})
+
+
+def test_mlflow_dying_mid_run_is_one_warning_within_seconds(capsys, monkeypatch):
+    from platypus_ray.train.callbacks import TrackingCallback
+
+    for key in ("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "MLFLOW_HTTP_REQUEST_TIMEOUT"):
+        monkeypatch.delenv(key, raising=False)
+    callback = TrackingCallback(TrackingTarget(mlflow_uri=_dead_uri(), run_id="0" * 32))
+    assert callback.mlflow is not None
+    start = time.perf_counter()
+    _log(callback)  # MLflow's default retries would back off for minutes here
+    assert time.perf_counter() - start < 10
+    assert callback.mlflow is None
+    _log(callback, step=2)
+    callback.on_train_end(None, None, None)
+    err = capsys.readouterr().err
+    assert err.count("tracking: warning: logging to MLflow failed") == 1 and "training continues" in err
+    assert "MLFLOW_HTTP_REQUEST_MAX_RETRIES" not in os.environ  # the bounds apply to our requests only
+
+
+def test_tensorboard_failures_are_one_warning_and_training_goes_on(capsys, tmp_path):
+    from platypus_ray.train.callbacks import TrackingCallback
+
+    (tmp_path / "file").write_text("not a folder")
+    callback = TrackingCallback(TrackingTarget(tensorboard_dir=str(tmp_path / "file" / "tensorboard")))
+    assert callback.writer is None
+    _log(callback)
+    callback.on_train_end(None, None, None)
+    assert capsys.readouterr().err.count("tracking: warning: opening TensorBoard event files") == 1
+
+    class BrokenWriter:  # a disk that fills up mid-run
+        def add_scalar(self, *args):
+            raise OSError(28, "No space left on device")
+
+    callback = TrackingCallback(TrackingTarget(tensorboard_dir=str(tmp_path / "tensorboard")))
+    _log(callback)
+    assert list((tmp_path / "tensorboard").glob("events.out.tfevents.*"))
+    callback.writer = BrokenWriter()
+    _log(callback, step=2)
+    _log(callback, step=3)
+    callback.on_train_end(None, None, None)
+    assert callback.writer is None
+    assert capsys.readouterr().err.count("tracking: warning: writing TensorBoard events failed (OSError") == 1
+
+
+@pytest.fixture
+def dead_server_train_raw(tmp_path):
+    """A train config whose tracking server does not answer (fake model and data folders: nothing
+    past the checks may run)."""
+    model, data = tmp_path / "model", tmp_path / "kept"
+    model.mkdir()
+    data.mkdir()
+    (model / "config.json").write_text("{}")
+    uri = _dead_uri()
+    return uri, train_raw(str(model), str(data), str(tmp_path / "runs"), "dead", tracking={"mlflow": uri})
+
+
+def _ray_must_not_start(*args, **kwargs):
+    raise AssertionError("Ray started before the tracking server was checked")
+
+
+def test_train_and_sweep_fail_on_a_dead_server_before_ray_starts(dead_server_train_raw, monkeypatch):
+    from platypus_ray.sweep import stage as sweep_stage
+    from platypus_ray.sweep.config import SweepConfig
+    from platypus_ray.train import stage as train_stage
+    from platypus_ray.train.config import TrainConfig
+
+    monkeypatch.setattr(train_stage, "init_ray", _ray_must_not_start)
+    monkeypatch.setattr(sweep_stage, "init_ray", _ray_must_not_start)
+    uri, raw = dead_server_train_raw
+    with pytest.raises(UserError, match=rf"tracking.mlflow: the tracking server {uri} does not answer"):
+        train_stage.prepare(validate_config(TrainConfig, raw))
+    sweep = validate_config(SweepConfig, {**raw, "run": {**raw["run"], "name": "dead-sweep"},
+                                          "sweep": {"space": {"lora.r": [4, 8]}}})
+    with pytest.raises(UserError, match=rf"tracking.mlflow: the tracking server {uri} does not answer"):
+        sweep_stage.run(sweep)
+
+
+def test_pipeline_fails_on_a_dead_server_before_ray_starts(dead_server_train_raw, monkeypatch, tmp_path, capsys):
+    import platypus_ray.runtime
+    from platypus_ray.cli import main
+
+    monkeypatch.setattr(platypus_ray.runtime, "init_ray", _ray_must_not_start)
+    uri, raw = dead_server_train_raw
+    path = tmp_path / "pipeline.yaml"
+    path.write_text(yaml.safe_dump({"train": raw}))
+    assert main(["pipeline", "--config", str(path)]) == 2
+    assert f"platypus-ray pipeline: error: tracking.mlflow: the tracking server {uri} does not answer" in capsys.readouterr().err

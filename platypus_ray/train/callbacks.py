@@ -13,7 +13,7 @@ import torch
 from transformers import TrainerCallback
 
 from platypus_ray.train.layout import CHECKPOINT_SUBDIR, INJECT_FAULT_ENV
-from platypus_ray.tracking import TrackingTarget, client, now_ms, warn
+from platypus_ray.tracking import TrackingTarget, client, http_bounds, now_ms, warn
 
 
 class InjectedFault(TrainerCallback):
@@ -95,17 +95,24 @@ def _copy_rank_files(source: str, target: str, rank: int) -> None:
 
 class TrackingCallback(TrainerCallback):
     """Rank 0 only: every log (loss, learning rate, grad norm, eval metrics, tokens/s) to the
-    job's MLflow run and to TensorBoard event files. A failing backend is dropped with a
-    warning; training goes on."""
+    job's MLflow run and to TensorBoard event files. A failing backend is dropped with one
+    warning; training goes on. MLflow's HTTP retries are bounded, so a dead server costs seconds."""
 
     def __init__(self, target: TrackingTarget):
         self.target = target
-        self.mlflow = client(target.mlflow_uri) if target.run_id else None
-        self.writer = None
+        self.mlflow = self.writer = None
+        if target.run_id:
+            try:
+                self.mlflow = client(target.mlflow_uri)
+            except Exception as exc:  # noqa: BLE001
+                warn(f"connecting to MLflow at {target.mlflow_uri}", exc)
         if target.tensorboard_dir:
-            from torch.utils.tensorboard import SummaryWriter
+            try:
+                from torch.utils.tensorboard import SummaryWriter
 
-            self.writer = SummaryWriter(log_dir=target.tensorboard_dir)
+                self.writer = SummaryWriter(log_dir=target.tensorboard_dir)
+            except Exception as exc:  # noqa: BLE001
+                warn(f"opening TensorBoard event files in {target.tensorboard_dir}", exc)
 
     def on_log(self, args, state, control, logs=None, **kwargs):
         values = {k: float(v) for k, v in (logs or {}).items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
@@ -114,16 +121,26 @@ class TrackingCallback(TrainerCallback):
 
             try:
                 stamp = now_ms()
-                self.mlflow.log_batch(self.target.run_id,
-                                      metrics=[Metric(k, v, stamp, state.global_step) for k, v in values.items()])
+                with http_bounds():
+                    self.mlflow.log_batch(self.target.run_id,
+                                          metrics=[Metric(k, v, stamp, state.global_step) for k, v in values.items()])
             except Exception as exc:  # noqa: BLE001
                 warn("logging to MLflow", exc)
                 self.mlflow = None
         if self.writer is not None:
-            for key, value in values.items():
-                self.writer.add_scalar(key, value, state.global_step)
-            self.writer.flush()
+            try:
+                for key, value in values.items():
+                    self.writer.add_scalar(key, value, state.global_step)
+                self.writer.flush()
+            except Exception as exc:  # noqa: BLE001
+                warn("writing TensorBoard events", exc)
+                self.writer = None
 
     def on_train_end(self, args, state, control, **kwargs):
         if self.writer is not None:
-            self.writer.close()
+            try:
+                self.writer.close()
+            except Exception as exc:  # noqa: BLE001
+                warn("closing the TensorBoard event files", exc)
+            self.writer = None
+
