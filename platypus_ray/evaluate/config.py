@@ -9,6 +9,7 @@ from pydantic import Field, ValidationInfo, field_validator, model_validator
 
 from platypus_ray.benchmarks import BenchmarkConfig
 from platypus_ray.config import StrictModel, check_model_folder, is_planned
+from platypus_ray.dtypes import DTypeName
 from platypus_ray.paths import is_remote
 
 
@@ -17,7 +18,7 @@ class ModelRef(StrictModel):
 
     name_or_path: str
     adapter: str | None = None  # a LoRA adapter folder; merged into the model in each actor
-    dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"  # auto: bf16 on GPU, fp32 on CPU
+    dtype: DTypeName = "auto"  # auto: bf16 on GPU, fp32 on CPU
     label: str | None = None  # column name in the tables; default: the folder or hub name
 
     @field_validator("name_or_path")
