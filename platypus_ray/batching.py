@@ -7,8 +7,13 @@ queueing blocks behind a slow actor.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING, Any
+
 import numpy as np
 import pyarrow as pa
+
+if TYPE_CHECKING:
+    import ray.data
 
 
 def length_sorted_slices(table: pa.Table, lengths: np.ndarray, batch_size: int) -> list[pa.Table]:
@@ -25,3 +30,22 @@ def resolve_device(device: str) -> str:
     if device != "auto":
         return device
     return "cuda" if ray.cluster_resources().get("GPU", 0) >= 1 else "cpu"
+
+
+def actor_pool_map(ds: "ray.data.Dataset", fn_cls: type, ctor_kwargs: dict[str, Any], *, actors: int,
+                   max_actors: int, cpus_per_actor: float, device: str,
+                   batch_size: int | None = None) -> "ray.data.Dataset":
+    """``ds`` mapped by a pool of ``fn_cls`` actors (one model per actor, built from ``ctor_kwargs``),
+    each taking one block at a time; a GPU per actor on ``cuda``. ``max_actors``: the most actors
+    with work to do (e.g. the number of batches), so a small input does not load idle replicas.
+    ``batch_size=None``: one block is one batch (blocks from ``length_sorted_slices``)."""
+    import ray
+
+    return ds.map_batches(
+        fn_cls,
+        fn_constructor_kwargs=ctor_kwargs,
+        batch_size=batch_size,
+        compute=ray.data.ActorPoolStrategy(size=max(1, min(actors, max_actors)), max_tasks_in_flight_per_actor=1),
+        num_cpus=cpus_per_actor,
+        num_gpus=1 if device == "cuda" else 0,
+    )

@@ -20,7 +20,7 @@ import pandas as pd
 import pyarrow as pa
 import ray
 
-from platypus_ray.batching import length_sorted_slices, resolve_device
+from platypus_ray.batching import actor_pool_map, length_sorted_slices, resolve_device
 from platypus_ray.benchmarks import load_benchmark
 from platypus_ray.config import dump_config
 from platypus_ray.evaluate.config import EvaluateConfig, InferenceSettings, ModelRef
@@ -100,18 +100,11 @@ def score(table: pa.Table, model: ModelRef, inference: InferenceSettings, device
     lengths = _text_lengths(table)
     batches = length_sorted_slices(table.select(["request", "context", "continuation", "add_eos", "move_space"]),
                                    lengths, inference.batch_size)
-    scored = ray.data.from_arrow(batches).map_batches(
-        Scorer,
-        fn_constructor_kwargs={
-            "name_or_path": absolute_if_local(model.name_or_path),
-            "adapter": absolute_if_local(model.adapter) if model.adapter else None,
-            "dtype": model.dtype, "device": device, "max_length": inference.max_length,
-        },
-        batch_size=None,  # one block is one length-homogeneous batch
-        compute=ray.data.ActorPoolStrategy(size=min(inference.actors, len(batches)), max_tasks_in_flight_per_actor=1),
-        num_cpus=inference.cpus_per_actor,
-        num_gpus=1 if device == "cuda" else 0,
-    )
+    kwargs = {"name_or_path": absolute_if_local(model.name_or_path),
+              "adapter": absolute_if_local(model.adapter) if model.adapter else None,
+              "dtype": model.dtype, "device": device, "max_length": inference.max_length}
+    scored = actor_pool_map(ray.data.from_arrow(batches), Scorer, kwargs, actors=inference.actors,
+                            max_actors=len(batches), cpus_per_actor=inference.cpus_per_actor, device=device)
     n = len(table)
     out = {"logprob": np.full(n, np.nan), "n_tokens": np.zeros(n, dtype=np.int64), "greedy": np.zeros(n, dtype=bool)}
     seen = 0
