@@ -102,7 +102,8 @@ def markdown_table(rows: list[TrialRow], keys: list[str], metric: str) -> str:
     return "\n".join(lines)
 
 
-def write_outputs(rows: list[TrialRow], cfg: SweepConfig, sweep_dir: str) -> tuple[dict[str, str], str, str]:
+def write_outputs(rows: list[TrialRow], cfg: SweepConfig, sweep_dir: str,
+                  total_steps: int) -> tuple[dict[str, str], str, str]:
     """results.csv, <metric>.png, best.yaml; returns (files, markdown table, best config path)."""
     keys = list(cfg.sweep.space)
     buffer = io.StringIO()
@@ -114,17 +115,27 @@ def write_outputs(rows: list[TrialRow], cfg: SweepConfig, sweep_dir: str) -> tup
     files = {"results": f"{sweep_dir}/results.csv", "plot": f"{sweep_dir}/{cfg.sweep.metric}.png"}
     write_text(files["results"], buffer.getvalue())
     write_bytes(files["plot"], _plot(rows, keys, cfg.sweep.metric))
+    best_path = f"{sweep_dir}/best.yaml"
+    write_text(best_path, best_config_text(rows[0], cfg, best_path, total_steps))
+    return files, markdown_table(rows, keys, cfg.sweep.metric), best_path
 
-    best = rows[0]
+
+def best_config_text(best: TrialRow, cfg: SweepConfig, best_path: str, total_steps: int) -> str:
+    """The config the best trial ran, under a new run.name; when it stopped early (an ASHA rung,
+    ``max_t``, the time budget), ``training.max_steps`` is the step its metric comes from."""
     ran = yaml.safe_load(read_text(best.config) or "{}")
     ran["run"] = {**ran.get("run", {}), "name": f"{cfg.run.name}-best", "storage_path": cfg.run.storage_path}
-    best_path = f"{sweep_dir}/best.yaml"
     header = (f"# Best trial of sweep '{cfg.run.name}' ({best.trial}: {cfg.sweep.metric} {best.metric:.4f}): the config\n"
-              f"# it ran ({best.config}), under a new run.name so it trains afresh.\n"
-              f"#   local:   platypus-ray train --config {best_path}\n"
-              f"#   cluster: ray job submit --working-dir . -- python jobs/finetune.py --config {best_path}\n")
-    write_text(best_path, header + yaml.safe_dump(ran, sort_keys=False))
-    return files, markdown_table(rows, keys, cfg.sweep.metric), best_path
+              f"# it ran ({best.config}), under a new run.name so it trains afresh.\n")
+    if best.step is not None and 0 < int(best.step) < total_steps:
+        ran["training"] = {**ran.get("training", {}), "max_steps": int(best.step)}
+        note = (f"stopped early at step {best.step} of {total_steps}: training.max_steps is {best.step} "
+                f"here (the trial ran the first {best.step} steps of a {total_steps}-step learning-rate schedule)")
+        header += f"# Note: {note}.\n"
+        print(f"sweep: note: best trial {best.trial} {note}", flush=True)
+    header += (f"#   local:   platypus-ray train --config {best_path}\n"
+               f"#   cluster: ray job submit --working-dir . -- python jobs/finetune.py --config {best_path}\n")
+    return header + yaml.safe_dump(ran, sort_keys=False)
 
 
 def _best(values: list[float], mode: str) -> float | None:

@@ -93,13 +93,17 @@ def run(cfg: SweepConfig) -> SweepResult:
     else:
         tuner = tune.Tuner(trainable, param_space=param_space(cfg), tune_config=_tune_config(cfg, concurrency),
                            run_config=tune.RunConfig(name=cfg.run.name, storage_path=cfg.run.storage_path))
-    grid = tuner.fit()
+    try:
+        grid = tuner.fit()
+    except BaseException:
+        parent.finish({}, status="FAILED")  # else the parent run stays RUNNING: tag_trials never runs
+        raise
     rows = collect_rows(grid, cfg, plan.total_steps, f"{sweep_dir}/trials")
     tag_trials(parent, rows, cfg.sweep.metric)
     if not any(row.metric is not None for row in rows):
         errors = "; ".join(f"{row.trial}: {row.status}" for row in rows)
         raise UserError(f"sweep: no trial reported {cfg.sweep.metric} ({errors})")
-    files, table, best_config = write_outputs(rows, cfg, sweep_dir)
+    files, table, best_config = write_outputs(rows, cfg, sweep_dir, plan.total_steps)
     return SweepResult(sweep_dir, rows, table, best_config, rows[0].adapter or None, files)
 
 
