@@ -50,20 +50,31 @@ def shipped_presets(planned: set[str]) -> dict[str, object]:
     return presets
 
 
-def build_static_embedder(folder, texts: list[str], dim: int = 64) -> str:
+def build_static_embedder(folder, texts: list[str], dim: int = 64, translations: dict[str, str] | None = None) -> str:
     """A tiny sentence-transformers model saved at ``folder``: a WordPiece vocabulary trained on
     ``texts`` (Chinese characters split one per token) and random token vectors, mean-pooled and
-    normalised. It reads any script it saw, like a multilingual model, and loads by path offline."""
+    normalised. It reads any script it saw, like a multilingual model, and loads by path offline.
+
+    ``translations`` maps a sentence to its translation; each token of the translation (that the
+    sentence does not also use) gets the sentence's mean token vector, so the pair embeds to
+    (nearly) one vector, as a multilingual model places a sentence and its translation. Those
+    tokens move towards the sentence in every other text that uses them too: keep pairs few."""
     import numpy as np
     from sentence_transformers import SentenceTransformer
     from sentence_transformers import models as st_models
     from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, trainers
 
+    translations = translations or {}
     tokenizer = Tokenizer(models.WordPiece(unk_token="[UNK]"))
     tokenizer.normalizer = normalizers.BertNormalizer(handle_chinese_chars=True, lowercase=True)
     tokenizer.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
-    tokenizer.train_from_iterator(texts, trainers.WordPieceTrainer(vocab_size=2000, special_tokens=["[UNK]", "[PAD]"]))
+    tokenizer.train_from_iterator([*texts, *translations.values()],
+                                  trainers.WordPieceTrainer(vocab_size=2000, special_tokens=["[UNK]", "[PAD]"]))
     weights = np.random.default_rng(0).standard_normal((tokenizer.get_vocab_size(), dim)).astype(np.float32)
+    for sentence, translation in translations.items():
+        own = tokenizer.encode(sentence).ids
+        tied = sorted(set(tokenizer.encode(translation).ids) - set(own))
+        weights[tied] = weights[own].mean(axis=0)
     model = SentenceTransformer(modules=[st_models.StaticEmbedding(tokenizer, embedding_weights=weights), st_models.Normalize()])
     model.save(str(folder))
     return str(folder)

@@ -69,6 +69,9 @@ class EmbeddingConfig(StrictModel):
     def _known_languages(cls, value: list[str] | None) -> list[str] | None:
         from platypus_ray.refine.languages import LANGUAGE_SCRIPTS, MULTILINGUAL
 
+        if value is not None and not value:
+            raise ValueError("an empty list declares a model that reads nothing; omit the key when the model's languages "
+                             f"are unknown (unchecked), or list ISO 639-1 codes ([en, zh]), or write [{MULTILINGUAL}]")
         unknown = [code for code in value or [] if code not in LANGUAGE_SCRIPTS and code != MULTILINGUAL]
         if unknown:
             raise ValueError(f"unknown language code(s) {unknown}; use ISO 639-1 codes ({', '.join(sorted(LANGUAGE_SCRIPTS))}) "

@@ -34,7 +34,7 @@ def jsonl(texts) -> str:
     return "".join(json.dumps({"instruction": t, "output": "ok"}, ensure_ascii=False) + "\n" for t in texts)
 
 
-def test_dominant_script_and_mean_pairwise_cosine():
+def test_dominant_script_and_mean_pairwise_cosine(ray_session):  # the sums run as Ray tasks over vector blocks
     assert [dominant_script(t) for t in ("Hello world", "你好，世界 ok", "Привет", "مرحبا", "123 !?", "こんにちは")] == [
         "latin", "han", "cyrillic", "arabic", "none", "kana"]
     vectors = np.array([[1.0, 0.0], [1.0, 0.0], [0.0, 1.0], [-1.0, 0.0]])
@@ -46,6 +46,9 @@ def test_unknown_language_code_is_a_config_error(tmp_path):
     (tmp_path / "a.jsonl").write_text(jsonl(EN_ROWS))
     with pytest.raises(ConfigError, match=r"embedding.languages: .*unknown language code\(s\) \['english'\]"):
         validate_config(RefineConfig, {"sources": [{"path": str(tmp_path / "a.jsonl")}], "embedding": {"languages": ["english"]}})
+    # [] would declare a model that reads nothing, and every source would stop the run
+    with pytest.raises(ConfigError, match=r"embedding.languages: an empty list .*omit the key .*\[multilingual\]"):
+        validate_config(RefineConfig, {"sources": [{"path": str(tmp_path / "a.jsonl")}], "embedding": {"languages": []}})
 
 
 @pytest.fixture(scope="module")
@@ -63,12 +66,18 @@ def _args(corpus, output, *sources, extra=()):
 
 
 @pytest.mark.slow
-def test_chinese_source_with_english_model_stops_before_embedding(ray_session, corpus, tmp_path, capsys):
+def test_chinese_source_with_english_model_stops_before_embedding(ray_session, corpus, tmp_path, capsys, monkeypatch):
+    from platypus_ray.refine import stage
+
+    def no_embedding(*args, **kwargs):
+        raise AssertionError("refine embedded rows before refusing the source")
+
+    monkeypatch.setattr(stage, "embed_texts", no_embedding)
     assert main(_args(corpus, tmp_path / "out", "zh.jsonl", "en.jsonl")) == 2
     err = capsys.readouterr().err
     assert "error: source 'zh': 30 of 30 rows (100%) are in scripts that embedding.model 'all-MiniLM-L6-v2' does not read" in err
     assert "han 100%" in err and "embedding.allow_language_mismatch=true" in err
-    assert not (tmp_path / "out").exists()
+    assert not (tmp_path / "out").exists() and not (tmp_path / "embedding-cache").exists()
 
 
 @pytest.mark.slow
@@ -93,19 +102,22 @@ def test_override_runs_and_names_the_collapsed_source_and_the_mixed_rows(ray_ses
 
 @pytest.mark.slow
 def test_a_declared_multilingual_model_serves_dedup_and_contamination(ray_session, corpus, tmp_path, capsys):
-    """A local sentence-transformers folder (built here: the hub is offline) that declares its
-    languages is used by path for both rows and benchmark probes, so a Chinese test item copied
-    into the training data is caught."""
+    """A local sentence-transformers folder (built here: the hub is offline) declared
+    [multilingual] is used by path for both rows and benchmark probes, so an English benchmark
+    item whose Chinese translation sits in the training data is caught by embedding."""
     from tests.helpers import build_static_embedder
 
-    model = build_static_embedder(tmp_path / "embedder", ZH_ROWS + EN_ROWS)
-    (tmp_path / "bench.jsonl").write_text(json.dumps({"question": ZH_ROWS[5]}, ensure_ascii=False) + "\n")
-    extra = ["--set", f"embedding.model={model}", "--set", "embedding.languages=[en, zh]",
-             "--set", f"benchmarks=[{{path: {tmp_path / 'bench.jsonl'}, format: questions, name: zhbench}}]"]
+    # the model places this pair together, as a multilingual model does; no shared n-gram can match them
+    translation = "Describe how volcanoes are formed."
+    model = build_static_embedder(tmp_path / "embedder", ZH_ROWS + EN_ROWS, translations={ZH_ROWS[5]: translation})
+    (tmp_path / "bench.jsonl").write_text(json.dumps({"question": translation}) + "\n")
+    extra = ["--set", f"embedding.model={model}", "--set", "embedding.languages=[multilingual]",
+             "--set", f"benchmarks=[{{path: {tmp_path / 'bench.jsonl'}, format: questions, name: enbench}}]"]
     assert main(_args(corpus, tmp_path / "out", "zh.jsonl", "en.jsonl", extra=extra)) == 0
     out = capsys.readouterr().out
     assert "WARNING" not in out
     ledger = pd.read_parquet(tmp_path / "out" / "ledger")
     flagged = ledger[ledger.reason == "contaminated"]
-    assert flagged[["source", "source_index", "benchmark", "category"]].values.tolist() == [["zh", 5, "zhbench", "duplicate"]]
+    # only the Chinese row: not the other 29 Chinese rows, nor "How do vaccines ...", which shares "how" with the item
+    assert flagged[["source", "source_index", "benchmark", "signal"]].values.tolist() == [["zh", 5, "enbench", "embedding"]]
     assert (ledger[ledger.source == "zh"].status == "kept").sum() == 29
