@@ -20,7 +20,6 @@ import time
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
-import numpy as np
 
 BACKENDS = ("torch", "onnx", "openvino", "onnx-int8", "static")
 MMLU = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "benchmarks" / "mmlu"

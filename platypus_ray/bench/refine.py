@@ -73,7 +73,7 @@ def bench_pipeline_embed(texts: list[str], batch_size: int, actors: int, backend
     clock = _batch_clock().remote()
     cfg = EmbeddingConfig(batch_size=batch_size, actors=actors, device="cpu", backend=backend, export_dir=export_dir)
     start = time.perf_counter()
-    vectors = embed_texts(ds, len(texts), cfg, embedder=_timed_embedder(clock)).vectors
+    vectors = embed_texts(ds, len(texts), cfg, embedder=_timed_embedder(clock)).blocks.to_matrix()
     total = time.perf_counter() - start
     first, last = ray.get(clock.span.remote())
     return total, last - first, vectors

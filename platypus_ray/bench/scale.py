@@ -19,9 +19,10 @@ from pathlib import Path
 import numpy as np
 import ray
 
-from platypus_ray.refine.clustered import ClusterSettings, EmbeddingBlocks, clustered_pairs_above
+from platypus_ray.refine.clustered import ClusterSettings, clustered_pairs_above
 from platypus_ray.refine.recall import measure_recall
 from platypus_ray.refine.semantic_dedup import resolve_greedy
+from platypus_ray.refine.vectors import EmbeddingBlocks
 
 TOPICS = 4096
 

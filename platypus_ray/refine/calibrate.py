@@ -27,6 +27,7 @@ import platform
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 
@@ -111,20 +112,21 @@ def choose(results: list[Agreement]) -> Agreement:
     return max((r for r in results if r.identical), key=lambda r: r.rows_per_s)
 
 
-def recorded_choice(texts: list[str], base: EncoderSpec, dedup_t: float, flag_t: float, wanted_rows: int,
-                    backends: tuple[str, ...], record_dir: Path, measure_small: bool = True) -> dict | None:
-    """The calibration record of ``backends`` on this machine, measuring it first when missing or
-    smaller than this run allows. With ``measure_small`` false, a run with fewer than ``wanted_rows``
-    texts uses an existing record or none (calibrating would cost more than the whole run)."""
+def recorded_choice(sample: Callable[[int], list[str]], total: int, base: EncoderSpec, dedup_t: float, flag_t: float,
+                    wanted_rows: int, backends: tuple[str, ...], record_dir: Path, measure_small: bool = True) -> dict | None:
+    """The calibration record of ``backends`` on this machine, measuring it first (on ``sample(k)``,
+    k of the run's ``total`` texts) when missing or smaller than this run allows. With
+    ``measure_small`` false, a run with fewer than ``wanted_rows`` texts uses an existing record
+    or none (calibrating would cost more than the whole run)."""
     path = record_dir / f"calibration-{_machine_key(base)}-{'+'.join(backends)}-{dedup_t}-{flag_t}.json"
     record = json.loads(path.read_text()) if path.is_file() else None
-    if record is not None and (record["rows"] >= min(len(texts), wanted_rows) or not measure_small):
+    if record is not None and (record["rows"] >= min(total, wanted_rows) or not measure_small):
         return record | {"reused": True}
-    if len(texts) < wanted_rows and not measure_small:
+    if total < wanted_rows and not measure_small:
         return None
-    sample = _spread_sample(texts, wanted_rows)
-    results = calibrate(sample, base, dedup_t, flag_t, backends)
-    record = {"chosen": choose(results).name, "rows": len(sample), "dedup_threshold": dedup_t, "flag_threshold": flag_t,
+    texts = sample(wanted_rows)
+    results = calibrate(texts, base, dedup_t, flag_t, backends)
+    record = {"chosen": choose(results).name, "rows": len(texts), "dedup_threshold": dedup_t, "flag_threshold": flag_t,
               "threads": base.threads, "machine": _machine(), "measured": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
               "backends": [asdict(r) for r in results]}
     record_dir.mkdir(parents=True, exist_ok=True)
@@ -134,11 +136,9 @@ def recorded_choice(texts: list[str], base: EncoderSpec, dedup_t: float, flag_t:
     return record | {"reused": False}
 
 
-def _spread_sample(texts: list[str], n: int) -> list[str]:
-    """``n`` texts evenly spread over the list (the embed step's list is sorted by length)."""
-    if len(texts) <= n:
-        return list(texts)
-    return [texts[int(k)] for k in np.linspace(0, len(texts) - 1, n)]
+def spread(texts: list[str]) -> Callable[[int], list[str]]:
+    """A sampler over an in-memory list (tests, benchmarks): ``k`` texts evenly spread over it."""
+    return lambda k: list(texts) if len(texts) <= k else [texts[int(i)] for i in np.linspace(0, len(texts) - 1, k)]
 
 
 def _machine() -> dict:

@@ -24,28 +24,11 @@ import numpy as np
 import ray
 import torch
 
-from platypus_ray.refine.similarity import _EPS, Pairs, _exact_scores, wait_all
+from platypus_ray.refine.similarity import _EPS, Pairs, _exact_scores, _top_per_row
+from platypus_ray.refine.vectors import EmbeddingBlocks
+from platypus_ray.refine.waits import wait_all
 
 _PAIR_DTYPES = (np.int64, np.int64, np.float64)
-
-
-@dataclass
-class EmbeddingBlocks:
-    """Unit vectors as object-store blocks: block ``b`` holds rows ``offsets[b]:offsets[b+1]``."""
-
-    refs: list
-    offsets: np.ndarray
-    dim: int
-
-    @property
-    def n(self) -> int:
-        return int(self.offsets[-1])
-
-    @classmethod
-    def from_matrix(cls, emb: np.ndarray, rows_per_block: int = 16384) -> "EmbeddingBlocks":
-        starts = list(range(0, len(emb), rows_per_block))
-        refs = [ray.put(np.ascontiguousarray(emb[s : s + rows_per_block], dtype=np.float32)) for s in starts]
-        return cls(refs, np.array(starts + [len(emb)], dtype=np.int64), emb.shape[1] if emb.ndim == 2 else 0)
 
 
 @dataclass(frozen=True)
@@ -57,6 +40,7 @@ class ClusterSettings:
     sample_per_cluster: int = 40  # k-means training rows per centroid
     tile: int = 2048
     seed: int = 0
+    per_row: int | None = None  # with a rank: each row's best higher-priority neighbours kept (see similarity)
 
 
 @dataclass
@@ -68,8 +52,12 @@ class ClusteredPairs:
 
 
 def clustered_pairs_above(blocks: EmbeddingBlocks, threshold: float, settings: ClusterSettings,
-                          timeout_s: float) -> ClusteredPairs:
-    """Every pair >= threshold whose rows share a cluster; nearest-neighbour cosine within clusters."""
+                          timeout_s: float, rank: np.ndarray | None = None) -> ClusteredPairs:
+    """Every pair >= threshold whose rows share a cluster; nearest-neighbour cosine within clusters.
+
+    With ``rank`` and ``settings.per_row``, each row keeps only its ``per_row`` best neighbours of
+    higher priority, as the exact search does, so a template filled in thousands of times stays
+    linear in memory; ``Pairs.incomplete`` marks the rows that had more."""
     n = blocks.n
     k = max(1, min(n // max(settings.rows_per_cluster, 1), 65536))
     centroids = ray.put(_kmeans(blocks, k, settings, timeout_s))
@@ -83,9 +71,11 @@ def clustered_pairs_above(blocks: EmbeddingBlocks, threshold: float, settings: C
     pieces = [split.remote(ref, a, group_of_cluster, groups, int(start))
               for ref, a, start in zip(blocks.refs, assigned, blocks.offsets[:-1])]
     pieces = [p if isinstance(p, list) else [p] for p in pieces]
-    found = wait_all([_pairs_in_group.remote(threshold, settings.tile, *[p[g] for p in pieces])
+    per_row = settings.per_row if rank is not None else None
+    rank_ref = ray.put(rank if per_row else None)
+    found = wait_all([_pairs_in_group.remote(threshold, settings.tile, rank_ref, per_row, *[p[g] for p in pieces])
                       for g in range(groups)], timeout_s)
-    pairs = _union(found, n, threshold)
+    pairs = _union(found, n, per_row)
     return ClusteredPairs(pairs, k, float(sizes.sum() / max(n, 1)), int(sizes.max(initial=0)))
 
 
@@ -94,10 +84,7 @@ def _kmeans(blocks: EmbeddingBlocks, k: int, settings: ClusterSettings, timeout_
     rng = np.random.default_rng(settings.seed)
     want = min(blocks.n, k * settings.sample_per_cluster)
     picks = np.sort(rng.choice(blocks.n, size=want, replace=False))
-    per_block = np.split(picks, np.searchsorted(picks, blocks.offsets[1:-1]))
-    sample = torch.from_numpy(np.concatenate(wait_all(
-        [_take.remote(ref, rows - start) for ref, rows, start in zip(blocks.refs, per_block, blocks.offsets[:-1])],
-        timeout_s)))
+    sample = torch.from_numpy(blocks.gather(picks, timeout_s))
     generator = torch.Generator().manual_seed(settings.seed)
     centroids = sample[torch.randperm(len(sample), generator=generator)[:k]].clone()
     for _ in range(settings.kmeans_iterations):
@@ -125,11 +112,6 @@ def _balance(sizes: np.ndarray, groups: int) -> np.ndarray:
 
 
 @ray.remote
-def _take(block: np.ndarray, rows: np.ndarray) -> np.ndarray:
-    return np.ascontiguousarray(block[rows])
-
-
-@ray.remote
 def _assign(block: np.ndarray, centroids: np.ndarray, margin: float, max_assign: int) -> np.ndarray:
     """Per row: the nearest centroid and the others within ``margin`` (-1 pads)."""
     sims = torch.from_numpy(np.array(block)) @ torch.from_numpy(np.array(centroids)).T  # copies: objects are read-only
@@ -153,17 +135,19 @@ def _split(block: np.ndarray, clusters: np.ndarray, group_of_cluster: np.ndarray
 
 
 @ray.remote
-def _pairs_in_group(threshold: float, tile: int, *pieces):
-    """Pairs >= threshold inside each cluster of this group, and each row's best in-cluster cosine."""
+def _pairs_in_group(threshold: float, tile: int, rank: np.ndarray | None, per_row: int | None, *pieces):
+    """Pairs >= threshold inside each cluster of this group, each row's best in-cluster cosine and,
+    bounded, (row, candidate count) of the lower-priority rows; pairs come as (hi, lo) by priority."""
     ids, cluster = (np.concatenate([p[k] for p in pieces]) for k in range(2))
     vectors = np.concatenate([p[2] for p in pieces]) if len(ids) else np.zeros((0, 0), np.float32)
     order = np.argsort(cluster, kind="stable")
     ids, cluster, vectors = ids[order], cluster[order], vectors[order]
     bounds = np.flatnonzero(np.diff(cluster, prepend=-1, append=-2))
-    out_i, out_j, out_s, near_ids, near = [], [], [], [], []
+    found, near_ids, near, counted = [], [], [], []
     for a, b in zip(bounds[:-1], bounds[1:]):
         x = torch.from_numpy(vectors[a:b])
         best = torch.full((b - a,), -1.0)
+        in_cluster = []
         for s in range(0, b - a, tile):
             sims = x[s : s + tile] @ x.T
             local = torch.arange(s, s + len(sims))
@@ -171,14 +155,25 @@ def _pairs_in_group(threshold: float, tile: int, *pieces):
             best[s : s + len(sims)] = sims.max(dim=1).values
             li, lj = torch.nonzero(torch.triu(sims >= threshold - _EPS, diagonal=s + 1), as_tuple=True)
             li, lj = (li + s).numpy(), lj.numpy()
-            out_i.append(ids[a:b][li])
-            out_j.append(ids[a:b][lj])
-            out_s.append(_rescored(vectors[a:b], li, lj, sims[li - s, lj].numpy().astype(np.float64), threshold))
+            score = _rescored(vectors[a:b], li, lj, sims[li - s, lj].numpy().astype(np.float64), threshold)
+            exact = score >= threshold
+            gi, gj, score = ids[a:b][li[exact]], ids[a:b][lj[exact]], score[exact]
+            if per_row is not None:
+                i_first = rank[gi] < rank[gj]
+                gi, gj = np.where(i_first, gi, gj), np.where(i_first, gj, gi)
+                counted.append(np.unique(gj, return_counts=True))
+            in_cluster.append((gi, gj, score))
+            if per_row is not None:  # bounded while the cluster is walked: a template stays linear
+                in_cluster = [_top_per_row(*map(np.concatenate, zip(*in_cluster)), per_row)]
+        found += in_cluster
+        if per_row is not None and len(found) > 1:  # a row in several clusters: one list of its best
+            found = [_top_per_row(*_distinct(*map(np.concatenate, zip(*found))), per_row)]
         near_ids.append(ids[a:b])
         near.append(best.numpy())
     cat = lambda parts, dtype: np.concatenate(parts) if parts else np.empty(0, dtype)  # noqa: E731
-    return (cat(out_i, np.int64), cat(out_j, np.int64), cat(out_s, np.float64), cat(near_ids, np.int64),
-            cat(near, np.float32))
+    return (cat([f[0] for f in found], np.int64), cat([f[1] for f in found], np.int64), cat([f[2] for f in found], np.float64),
+            cat(near_ids, np.int64), cat(near, np.float32), cat([c[0] for c in counted], np.int64),
+            cat([c[1] for c in counted], np.int64))
 
 
 def _rescored(x: np.ndarray, i: np.ndarray, j: np.ndarray, score: np.ndarray, threshold: float) -> np.ndarray:
@@ -194,16 +189,28 @@ def pair_keys(i: np.ndarray, j: np.ndarray, n: int) -> np.ndarray:
     return np.minimum(i, j) * np.int64(n) + np.maximum(i, j)
 
 
-def _union(found: list[tuple], n: int, threshold: float) -> Pairs:
-    """Pairs found in several clusters count once; cosines near the threshold are re-scored exactly."""
+def _distinct(i: np.ndarray, j: np.ndarray, score: np.ndarray):
+    """Each ordered pair once (a pair seen in two clusters is the same pair)."""
+    _, first = np.unique(pair_keys(i, j, int(max(i.max(initial=0), j.max(initial=0))) + 1), return_index=True)
+    return i[first], j[first], score[first]
+
+
+def _union(found: list[tuple], n: int, per_row: int | None) -> Pairs:
+    """Pairs found in several clusters (or groups) count once; bounded, each row keeps its best."""
     i = np.concatenate([f[0] for f in found]) if found else np.empty(0, np.int64)
     j = np.concatenate([f[1] for f in found]) if found else np.empty(0, np.int64)
     score = np.concatenate([f[2] for f in found]) if found else np.empty(0)
-    lo, hi = np.minimum(i, j), np.maximum(i, j)
-    _, first = np.unique(pair_keys(lo, hi, n), return_index=True)
-    lo, hi, score = lo[first], hi[first], score[first]
+    i, j, score = _distinct(i, j, score)
     nearest = np.full(n, -1.0, dtype=np.float32)
     for f in found:
         np.maximum.at(nearest, f[3], f[4])
-    keep = score >= threshold
-    return Pairs(lo[keep], hi[keep], score[keep], nearest)
+    if per_row is None:
+        lo, hi = np.minimum(i, j), np.maximum(i, j)
+        return Pairs(lo, hi, score, nearest)
+    i, j, score = _top_per_row(i, j, score, per_row)
+    counts = np.zeros(n, dtype=np.int64)
+    for f in found:
+        np.add.at(counts, f[5], f[6])
+    # counts may count a pair once per shared cluster: "incomplete" errs towards an exact check
+    lo, hi = np.minimum(i, j), np.maximum(i, j)
+    return Pairs(lo, hi, score, nearest, incomplete=counts > per_row, total=int(counts.sum()))

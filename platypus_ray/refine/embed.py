@@ -10,16 +10,18 @@ from __future__ import annotations
 import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import pyarrow as pa
 import ray
 
-from platypus_ray.batching import length_sorted_slices, resolve_device
+from platypus_ray.batching import actor_pool_map, resolve_device
 from platypus_ray.errors import UserError
 from platypus_ray.refine.backends import APPROXIMATE, DIFFERENT_SPACE, EncoderSpec, load_encoder, prepare, resolve_precision
 from platypus_ray.refine.config import EmbeddingConfig
 from platypus_ray.refine.embedding_cache import EmbeddingCache, as_keys
+from platypus_ray.refine.vectors import DimensionMismatch, EmbeddingBlocks, assemble
 
 _BUNDLED_MINILM = ("all-MiniLM-L6-v2", "sentence-transformers/all-MiniLM-L6-v2")
 
@@ -82,9 +84,11 @@ class BackendChoice:
                 "agreement": agreement, "calibration": self.calibration}
 
 
-def choose_backend(cfg: EmbeddingConfig, device: str, texts: list[str], thresholds: tuple[float, float]) -> BackendChoice:
+def choose_backend(cfg: EmbeddingConfig, device: str, sample: Callable[[int], list[str]], total: int,
+                   thresholds: tuple[float, float]) -> BackendChoice:
     """Settle ``embedding.backend`` on the driver: calibrate ``auto`` (or reuse the record), measure
-    the agreement of an approximate backend, and make sure its export exists before actors start."""
+    the agreement of an approximate backend, and make sure its export exists before actors start.
+    ``sample(k)`` gives k of the ``total`` texts to embed, fetched only when a calibration runs."""
     from platypus_ray.refine.calibrate import recorded_choice
     from platypus_ray.refine.export import export_root, model_folder
 
@@ -99,11 +103,11 @@ def choose_backend(cfg: EmbeddingConfig, device: str, texts: list[str], threshol
         choice.notes.append(f"auto on CUDA: torch in {spec.precision}, no calibration (exported backends are CPU-only)")
     elif cfg.backend == "auto" or spec.backend in APPROXIMATE + DIFFERENT_SPACE:
         backends = ("torch", "onnx", "openvino") if cfg.backend == "auto" else ("torch", spec.backend)
-        record = recorded_choice(texts, spec, *thresholds, wanted_rows=cfg.calibration_rows, backends=backends,
+        record = recorded_choice(sample, total, spec, *thresholds, wanted_rows=cfg.calibration_rows, backends=backends,
                                  record_dir=model_folder(export_root(cfg.export_dir), cfg.model),
                                  measure_small=cfg.backend != "auto")
         if record is None:
-            choice.notes.append(f"auto: {len(texts)} texts < embedding.calibration_rows ({cfg.calibration_rows}) and no "
+            choice.notes.append(f"auto: {total} texts < embedding.calibration_rows ({cfg.calibration_rows}) and no "
                                 "calibration recorded on this machine yet: torch, not calibrated")
         else:
             choice.calibration = record
@@ -120,9 +124,9 @@ def choose_backend(cfg: EmbeddingConfig, device: str, texts: list[str], threshol
 
 @dataclass
 class Embedded:
-    """Vectors for keys 0..n-1: how many came from the cache, how many were computed and by what."""
+    """Vectors for keys 0..n-1, in the object store: how many came from the cache, how many were computed and by what."""
 
-    vectors: np.ndarray
+    blocks: EmbeddingBlocks
     backend: BackendChoice | None = None
     from_cache: int = 0
     computed: int = 0
@@ -142,79 +146,84 @@ def open_cache(location: str, cfg: EmbeddingConfig) -> EmbeddingCache:
 
 
 def embed_texts(ds: ray.data.Dataset, n: int, cfg: EmbeddingConfig, embedder: type[Embedder] = Embedder,
-                thresholds: tuple[float, float] = (0.8, 0.8), cache: EmbeddingCache | None = None) -> Embedded:
-    """Embed a dataset of ``key`` (dense 0..n-1) and ``text`` into an (n, dim) float32 matrix.
-    ``thresholds`` (dedup, contamination) are what calibration compares decisions at.
+                thresholds: tuple[float, float] = (0.8, 0.8), cache: EmbeddingCache | None = None,
+                timeout_s: float = 3600.0) -> Embedded:
+    """Embed a dataset of ``key`` (dense 0..n-1), ``text`` and ``text_len`` into unit vectors kept
+    in the object store as blocks in key order. ``thresholds`` (dedup, contamination) are what
+    calibration compares decisions at.
 
     With a ``cache`` (the dataset then carries ``text_hash``), cached vectors are read and only
     the other rows go to the actor pool, whose vectors are added to the cache; with every row
-    cached, no backend is chosen and no actor starts. Rows are regrouped into batches of similar
-    length, longest first, one block per batch (see :mod:`platypus_ray.batching`).
+    cached, no backend is chosen and no actor starts. The driver holds keys, hashes and object
+    references, never texts or vectors.
     """
     if n == 0:
-        return Embedded(np.zeros((0, 0), dtype=np.float32))
-    matrix: np.ndarray | None = None
-    result = Embedded(matrix, cache=cache.uri if cache else None)
+        return Embedded(EmbeddingBlocks.empty())
+    result = Embedded(EmbeddingBlocks.empty(), cache=cache.uri if cache else None)
+    pieces: list = []
+    todo = n
     if cache is not None:
         ds = ds.materialize()
         keys, hashes = _keys_and_hashes(ds)
-        hit = cache.lookup(hashes)
-        result.warnings, result.from_cache = hit.warnings, int(hit.found.sum())
-        if result.from_cache:
-            matrix = np.empty((n, hit.vectors.shape[1]), dtype=np.float32)
-            matrix[keys[hit.found]] = hit.vectors
-        if result.from_cache == n:
-            result.vectors = matrix
-            return result
-        if result.from_cache:
-            todo = np.zeros(n, dtype=bool)
-            todo[keys[~hit.found]] = True
-            ds = ds.map_batches(_rows_of_keys, fn_kwargs={"wanted": todo}, batch_format="pyarrow")
-    device = resolve_device(cfg.device)
-    batches = length_sorted_batches(ds, cfg.batch_size)
-    result.backend = choose_backend(cfg, device, [t for b in batches for t in b["text"].to_pylist()], thresholds)
-    embedded = ray.data.from_arrow(batches).map_batches(
-        embedder,
-        fn_constructor_kwargs={"model": cfg.model, "device": device, "batch_size": cfg.batch_size, "spec": result.backend.spec},
-        batch_size=None,  # one block is one length-homogeneous batch
-        compute=ray.data.ActorPoolStrategy(size=min(cfg.actors, len(batches)), max_tasks_in_flight_per_actor=1),
-        num_cpus=cfg.cpus_per_actor,
-        num_gpus=1 if device == "cuda" else 0,
-    )
-    if cache is not None:
-        embedded = embedded.materialize()
-        cache.store(embedded)
-    for batch in embedded.iter_batches(batch_format="numpy", batch_size=None):
-        if matrix is None:
-            matrix = np.empty((n, batch["embedding"].shape[1]), dtype=np.float32)
-        if batch["embedding"].shape[1] != matrix.shape[1]:
-            raise UserError(f"embedding.cache: its vectors have {matrix.shape[1]} dimensions, the model's "
-                            f"{batch['embedding'].shape[1]}; move {cache.uri if cache else 'the cache'} away")
-        matrix[batch["key"]] = batch["embedding"]
-        result.computed += len(batch["key"])
-    assert matrix is not None and result.from_cache + result.computed == n, f"embedded {result.computed} of {n} rows"
-    result.vectors = matrix
+        hit = cache.lookup(hashes, keys, timeout_s)
+        result.warnings, result.from_cache, pieces = hit.warnings, int(hit.found.sum()), list(hit.pieces)
+        todo = n - result.from_cache
+        if result.from_cache and todo:
+            wanted = np.zeros(n, dtype=bool)
+            wanted[keys[~hit.found]] = True
+            ds = ds.map_batches(_rows_of_keys, fn_kwargs={"wanted": wanted}, batch_format="pyarrow").materialize()
+    if todo:
+        device = resolve_device(cfg.device)
+        result.backend = choose_backend(cfg, device, lambda k: _spread_texts(ds, k), todo, thresholds)
+        embedded = _in_actor_pool(ds, todo, cfg, device, embedder, result.backend.spec).materialize()
+        if cache is not None:
+            cache.store(embedded)
+        pieces += embedded.select_columns(["key", "embedding"]).to_numpy_refs()
+        result.computed = todo
+    try:
+        result.blocks = assemble(pieces, n, timeout_s)
+    except DimensionMismatch as exc:
+        raise UserError(f"embedding.cache: {exc} between the cache and the model; move {result.cache} away") from None
     return result
 
 
+def _in_actor_pool(ds: ray.data.Dataset, n: int, cfg: EmbeddingConfig, device: str, embedder: type[Embedder],
+                   spec: EncoderSpec) -> ray.data.Dataset:
+    """Vectors of ``ds``'s rows, in batches of similar length, longest first (less padding):
+    a distributed sort, then one block per batch, one batch per actor call. The sorted batches
+    are materialised first: the sort is a barrier anyway, and an actor pool started beside it
+    would hold the CPUs its tasks need (a deadlock on a 2-CPU node)."""
+    batches = ds.sort(["text_len", "key"], descending=[True, False])
+    batches = batches.repartition(target_num_rows_per_block=cfg.batch_size).materialize()
+    return actor_pool_map(batches, embedder, {"model": cfg.model, "device": device, "batch_size": cfg.batch_size, "spec": spec},
+                          actors=cfg.actors, max_actors=-(-n // cfg.batch_size), cpus_per_actor=cfg.cpus_per_actor,
+                          device=device)
+
+
+def _columns(ds: ray.data.Dataset, names: list[str]) -> pa.Table:
+    """A few compact columns of every row on the driver."""
+    tables = [ray.get(ref).select(names) for ref in ds.to_arrow_refs()]
+    return pa.concat_tables([t for t in tables if t.num_rows] or tables)
+
+
 def _keys_and_hashes(ds: ray.data.Dataset) -> tuple[np.ndarray, np.ndarray]:
-    """Every row's key and text hash (24 bytes a row) on the driver, for the cache lookup."""
-    tables = [ray.get(ref).select(["key", "text_hash"]) for ref in ds.to_arrow_refs()]
-    table = pa.concat_tables([t for t in tables if t.num_rows] or tables)
+    """Every row's key and text hash (24 bytes a row), for the cache lookup."""
+    table = _columns(ds, ["key", "text_hash"])
     return table["key"].to_numpy(), as_keys(table["text_hash"])
 
 
+def _spread_texts(ds: ray.data.Dataset, k: int) -> list[str]:
+    """``k`` texts spread evenly over the rows' length order (short to long), for calibration:
+    the driver sorts (key, length) pairs and fetches only the picked rows' texts."""
+    table = _columns(ds, ["key", "text_len"])
+    by_length = table["key"].to_numpy()[np.argsort(table["text_len"].to_numpy(), kind="stable")]
+    picks = by_length[np.unique(np.linspace(0, len(by_length) - 1, min(k, len(by_length))).astype(np.int64))]
+    wanted = np.zeros(int(table["key"].to_numpy().max()) + 1, dtype=bool)
+    wanted[picks] = True
+    rows = ds.map_batches(_rows_of_keys, fn_kwargs={"wanted": wanted}, batch_format="pyarrow").take_all()
+    return [row["text"] for row in sorted(rows, key=lambda row: (row["text_len"], row["key"]))]
+
+
 def _rows_of_keys(batch: pa.Table, wanted: np.ndarray) -> pa.Table:
-    return batch.filter(pa.array(wanted[batch["key"].to_numpy()]))
-
-
-def length_sorted_batches(ds: ray.data.Dataset, batch_size: int) -> list[pa.Table]:
-    """``key``/``text`` tables of ``batch_size`` rows, grouped by text length, longest first.
-
-    The grouping needs every row's length at once; the driver already holds an (n, dim)
-    float matrix of the results, so holding the texts briefly costs less than a shuffle.
-    """
-    ds = ds.materialize()  # no-op when it already is; then the blocks are fetched without a new execution
-    columns = ["key", "text", "text_len"] + (["text_hash"] if "text_hash" in ds.schema().names else [])
-    table = pa.concat_tables([ray.get(ref).select(columns) for ref in ds.to_arrow_refs()])
-    return length_sorted_slices(table.drop_columns(["text_len"]), table["text_len"].to_numpy(), batch_size)
+    keys = batch["key"].to_numpy()
+    return batch.filter(pa.array((keys < len(wanted)) & wanted[np.minimum(keys, len(wanted) - 1)]))

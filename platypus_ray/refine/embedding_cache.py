@@ -26,8 +26,10 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
+import ray
 
 from platypus_ray.errors import UserError
+from platypus_ray.refine.waits import wait_all
 
 HASH_BYTES = 16
 FORMAT = 1  # bump when the shard layout changes: old shards then sit in another folder
@@ -59,10 +61,11 @@ def default_location(output: str) -> str:
 
 @dataclass
 class Lookup:
-    """Which of the asked hashes the cache holds, and their vectors (in the order of ``found``'s true entries)."""
+    """Which of the asked hashes the cache holds; their vectors stay in the object store as
+    ``{"key", "embedding"}`` pieces (one per shard read), keyed by the keys given to ``lookup``."""
 
     found: np.ndarray
-    vectors: np.ndarray
+    pieces: list
     warnings: list[str] = field(default_factory=list)
 
 
@@ -102,18 +105,18 @@ class EmbeddingCache:
             return []
         return sorted(i.path for i in infos if i.type == pafs.FileType.File and i.path.endswith(".parquet"))
 
-    def lookup(self, hashes: np.ndarray) -> Lookup:
-        """Vectors for the ``S16`` ``hashes`` found in any shard; unusable shards are skipped, with a warning."""
+    def lookup(self, hashes: np.ndarray, keys: np.ndarray | None = None, timeout_s: float = 3600.0) -> Lookup:
+        """The ``S16`` ``hashes`` found in any shard, their vectors read by one Ray task per shard;
+        unusable shards are skipped, with a warning. The driver reads hash columns only."""
+        keys = np.arange(len(hashes), dtype=np.int64) if keys is None else keys
         found = np.zeros(len(hashes), dtype=bool)
-        vectors: np.ndarray | None = None
         warnings: list[str] = []
-        if len(hashes) == 0:
-            return Lookup(found, np.zeros((0, 0), dtype=np.float32))
         order = np.argsort(hashes, kind="stable")
         wanted = hashes[order]
-        for path in self.shards():
+        reads = []  # (path, asked positions it serves, task refs)
+        for path in self.shards() if len(hashes) else []:
             try:
-                shard_hashes, shard = _read_hashes(self.fs, path)
+                shard_hashes = _read_hashes(self.fs, path)
             except (OSError, ValueError, pa.ArrowException) as exc:
                 warnings.append(f"embedding cache: skipped unreadable shard {path} ({exc}); its rows are embedded "
                                 "again (a write cut short leaves such a file; it is safe to delete)")
@@ -128,20 +131,21 @@ class EmbeddingCache:
             new = ~found[order[positions]]
             if not new.any():
                 continue
-            needed = np.unique(shard_rows[new])
-            try:
-                shard_vectors = _read_vectors(shard, needed, None if vectors is None else vectors.shape[1])
-            except ValueError as exc:
-                warnings.append(f"embedding cache: skipped shard {path} ({exc}); its rows are embedded again")
-                continue
-            if vectors is None:
-                vectors = np.empty((len(hashes), shard_vectors.shape[1]), dtype=np.float32)
-            rows = order[positions[new]]
-            vectors[rows] = shard_vectors[np.searchsorted(needed, shard_rows[new])]
-            found[rows] = True
-        if vectors is None:
-            return Lookup(found, np.zeros((0, 0), dtype=np.float32), warnings)
-        return Lookup(found, vectors[found], warnings)
+            served = order[positions[new]]
+            found[served] = True
+            reads.append((path, served, _read_piece.options(num_returns=2).remote(self.fs, path, shard_rows[new], keys[served])))
+        infos = wait_all([refs[1] for _, _, refs in reads], timeout_s)
+        dims = [info["dim"] for info in infos if not info["error"]]
+        pieces = []
+        for (path, served, refs), info in zip(reads, infos):
+            problem = info["error"] or (f"its vectors have {info['dim']} dimensions, the others {dims[0]}"
+                                        if info["dim"] != dims[0] else None)
+            if problem:
+                warnings.append(f"embedding cache: skipped shard {path} ({problem}); its rows are embedded again")
+                found[served] = False
+            else:
+                pieces.append(refs[0])
+        return Lookup(found, pieces, warnings)
 
     def store(self, embedded) -> None:
         """Append the ``text_hash``/``embedding`` rows of a Ray dataset as new shards (written by Ray Data)."""
@@ -163,7 +167,7 @@ def _as_shard_rows(batch: dict[str, np.ndarray]) -> pa.Table:
     })
 
 
-def _read_hashes(fs: pafs.FileSystem, path: str) -> tuple[np.ndarray, pq.ParquetFile]:
+def _read_hashes(fs: pafs.FileSystem, path: str) -> np.ndarray:
     shard = pq.ParquetFile(fs.open_input_file(path))
     schema = shard.schema_arrow
     if schema.names != ["text_hash", "embedding"] or schema.field("text_hash").type != pa.binary(HASH_BYTES):
@@ -171,16 +175,19 @@ def _read_hashes(fs: pafs.FileSystem, path: str) -> tuple[np.ndarray, pq.Parquet
     vector_type = schema.field("embedding").type
     if not (pa.types.is_fixed_size_list(vector_type) and vector_type.value_type == pa.float32()):
         raise ValueError(f"embedding column is {vector_type}, not fixed_size_list<float32>")
-    return as_keys(shard.read(columns=["text_hash"]).column(0)), shard
+    return as_keys(shard.read(columns=["text_hash"]).column(0))
 
 
-def _read_vectors(shard: pq.ParquetFile, rows: np.ndarray, dim: int | None) -> np.ndarray:
-    column = shard.read(columns=["embedding"]).column(0).combine_chunks()
-    if dim is not None and column.type.list_size != dim:
-        raise ValueError(f"its vectors have {column.type.list_size} dimensions, the others {dim}")
-    taken = pc.take(column, pa.array(rows))
-    vectors = taken.flatten().to_numpy(zero_copy_only=False).reshape(len(rows), column.type.list_size)
-    norms = np.linalg.norm(vectors, axis=1)
-    if not np.all(np.abs(norms - 1.0) <= _UNIT_TOLERANCE):  # NaN fails too
-        raise ValueError("it holds vectors that are not unit length")
-    return vectors
+@ray.remote
+def _read_piece(fs: pafs.FileSystem, path: str, rows: np.ndarray, keys: np.ndarray):
+    """The vectors of a shard's ``rows`` as the ``{"key", "embedding"}`` piece of ``keys``, and
+    ``{"dim", "error"}``: a shard whose vectors are not unit length (NaN included) is refused."""
+    try:
+        column = pq.ParquetFile(fs.open_input_file(path)).read(columns=["embedding"]).column(0).combine_chunks()
+        dim = column.type.list_size
+        vectors = pc.take(column, pa.array(rows)).flatten().to_numpy(zero_copy_only=False).reshape(len(rows), dim)
+    except (OSError, ValueError, pa.ArrowException) as exc:
+        return None, {"dim": None, "error": str(exc)}
+    if not np.all(np.abs(np.linalg.norm(vectors, axis=1) - 1.0) <= _UNIT_TOLERANCE):  # NaN fails too
+        return None, {"dim": dim, "error": "it holds vectors that are not unit length"}
+    return {"key": keys, "embedding": vectors}, {"dim": dim, "error": None}

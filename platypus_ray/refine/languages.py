@@ -22,6 +22,7 @@ from dataclasses import asdict, dataclass
 import numpy as np
 
 from platypus_ray.errors import UserError
+from platypus_ray.refine.vectors import EmbeddingBlocks
 
 # (first code point, script) where a script's letters start; a code point belongs to the
 # last start at or below it. "" marks digits, punctuation, symbols and gaps: not counted.
@@ -118,11 +119,15 @@ def mismatch_message(name: str, lang: SourceLanguages, languages: tuple[str, ...
             "or --set embedding.allow_language_mismatch=true to proceed knowingly")
 
 
-def mean_pairwise_cosine(vectors: np.ndarray, groups: np.ndarray, n_groups: int) -> np.ndarray:
+def mean_pairwise_cosine(vectors: EmbeddingBlocks | np.ndarray, groups: np.ndarray, n_groups: int) -> np.ndarray:
     """Per group, the mean cosine over distinct pairs of its unit vectors (nan below 2 rows)."""
-    sums = np.zeros((n_groups, vectors.shape[1] if vectors.ndim == 2 else 0), dtype=np.float64)
-    np.add.at(sums, groups, vectors)
-    counts = np.bincount(groups, minlength=n_groups).astype(np.float64)
+    sums = EmbeddingBlocks.of(vectors).group_sums(groups, n_groups)
+    return _mean_pairwise(sums, np.bincount(groups, minlength=n_groups))
+
+
+def _mean_pairwise(sums: np.ndarray, counts: np.ndarray) -> np.ndarray:
+    """|sum|^2 counts every ordered pair plus each vector with itself (1 for a unit vector)."""
+    counts = counts.astype(np.float64)
     with np.errstate(invalid="ignore", divide="ignore"):
         return np.where(counts >= 2, ((sums**2).sum(axis=1) - counts) / (counts * (counts - 1)), np.nan)
 
@@ -148,16 +153,20 @@ def check_languages(meta: dict[str, np.ndarray], detail: np.ndarray, model: str,
     return stats, warnings
 
 
-def collapse_check(emb: np.ndarray, row_sources: np.ndarray, near_removed: np.ndarray, nearest: np.ndarray,
+def collapse_check(vectors: EmbeddingBlocks, row_sources: np.ndarray, near_removed: np.ndarray, nearest: np.ndarray,
                    stats: dict) -> list[str]:
     """After dedup: per source, how alike its vectors are, next to the corpus; a warning per collapsed source.
 
-    ``row_sources``/``near_removed``/``nearest`` are per embedded row (nan nearest: not searched)."""
-    if len(emb) < 2:
+    ``row_sources``/``near_removed``/``nearest`` are per embedded row (nan nearest: not searched).
+    One pass of Ray tasks over the vector blocks sums each source's vectors; the mean pairwise
+    cosine follows from the sums, so no pair is ever formed."""
+    if vectors.n < 2:
         return []
     names, groups = np.unique(row_sources.astype(str), return_inverse=True)
-    spread = mean_pairwise_cosine(emb, groups, len(names))
-    corpus_spread = float(mean_pairwise_cosine(emb, np.zeros(len(emb), dtype=np.int64), 1)[0])
+    sums = vectors.group_sums(groups, len(names))
+    counts = np.bincount(groups, minlength=len(names))
+    spread = _mean_pairwise(sums, counts)
+    corpus_spread = float(_mean_pairwise(sums.sum(axis=0, keepdims=True), counts.sum(keepdims=True))[0])
     corpus_rate, corpus_nn = float(near_removed.mean()), float(np.nanmedian(nearest)) if np.isfinite(nearest).any() else np.nan
     warnings = []
     for g, name in enumerate(names):

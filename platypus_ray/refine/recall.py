@@ -3,7 +3,9 @@
 For ``sample`` random rows, an exact search against **all** rows finds every pair >= the
 threshold that touches a sampled row. Then:
 
-* ``pair_recall``: the share of those exact pairs the clustered search also found;
+* ``pair_recall``: the share of those exact pairs the clustered search also found (a pair
+  whose lower-priority row is over the neighbour bound is left out: the bound drops such
+  pairs by design, and the greedy walk settles that row with an exact check);
 * ``decision_agreement``: the share of sampled rows whose keep/remove decision is what the
   greedy rule gives with their exact neighbour lists, the other rows' decisions as made.
   A missed pair only matters when it would have removed the row: that is what this counts.
@@ -17,8 +19,10 @@ import numpy as np
 import ray
 import torch
 
-from platypus_ray.refine.clustered import EmbeddingBlocks, pair_keys
-from platypus_ray.refine.similarity import _EPS, Pairs, _exact_scores_between, wait_all
+from platypus_ray.refine.clustered import pair_keys
+from platypus_ray.refine.similarity import _EPS, Pairs, _exact_scores_between
+from platypus_ray.refine.vectors import EmbeddingBlocks
+from platypus_ray.refine.waits import wait_all
 
 
 @dataclass
@@ -43,8 +47,7 @@ def measure_recall(blocks: EmbeddingBlocks, pairs: Pairs, keep: np.ndarray, rank
     rows = np.sort(np.random.default_rng(seed).choice(n, size=min(sample, n), replace=False))
     if len(rows) == 0:
         return RecallReport(0, 0, 0, 1.0, 1.0, 0)
-    queries = ray.put(np.concatenate(wait_all([_gather.remote(blocks.refs, blocks.offsets, rows[s : s + tile])
-                                               for s in range(0, len(rows), tile)], timeout_s)))
+    queries = ray.put(blocks.gather(rows, timeout_s))
     found = wait_all([_exact_block.remote(queries, ref, int(start), threshold, tile)
                       for ref, start in zip(blocks.refs, blocks.offsets[:-1])], timeout_s)
     q = np.concatenate([f[0] for f in found])
@@ -53,7 +56,10 @@ def measure_recall(blocks: EmbeddingBlocks, pairs: Pairs, keep: np.ndarray, rank
     self_pair = s_row == j
     s_row, j = s_row[~self_pair], j[~self_pair]
     # exact pairs that touch a sampled row, as (low, high) keys; a pair of two sampled rows appears twice
-    exact = np.unique(pair_keys(s_row, j, n))
+    within = np.ones(len(j), dtype=bool)
+    if pairs.incomplete is not None:
+        within = ~pairs.incomplete[np.where(rank[s_row] > rank[j], s_row, j)]
+    exact = np.unique(pair_keys(s_row[within], j[within], n))
     found_keys = np.unique(pair_keys(pairs.i, pairs.j, n))
     hits = int(np.isin(exact, found_keys, assume_unique=True).sum())
     # the greedy rule for each sampled row with its exact neighbours: removed iff a higher-priority one is kept
@@ -63,17 +69,6 @@ def measure_recall(blocks: EmbeddingBlocks, pairs: Pairs, keep: np.ndarray, rank
     differing = int((removed_exact[rows] == keep[rows]).sum())
     return RecallReport(len(rows), len(exact), hits, hits / len(exact) if len(exact) else 1.0,
                         1.0 - differing / len(rows), differing)
-
-
-@ray.remote
-def _gather(refs: list, offsets: np.ndarray, rows: np.ndarray) -> np.ndarray:
-    """Vectors of global ``rows`` (sorted), read from the blocks that hold them."""
-    block_of = np.searchsorted(offsets, rows, side="right") - 1
-    parts = []
-    for b in np.unique(block_of):
-        block = ray.get(refs[b])
-        parts.append(block[rows[block_of == b] - offsets[b]])
-    return np.concatenate(parts)
 
 
 @ray.remote

@@ -14,6 +14,7 @@ from typing import Callable
 import numpy as np
 
 from platypus_ray.refine.similarity import Pairs
+from platypus_ray.refine.vectors import EmbeddingBlocks
 
 
 @dataclass
@@ -36,6 +37,7 @@ def priority_order(output_len: np.ndarray, keep: str) -> np.ndarray:
 
 
 # (row, keep so far, rank) -> (kept row it duplicates or -1, cosine): an exact check against every kept row
+_LOCAL_CHECK_BYTES = 256 * 2**20
 ExactCheck = Callable[[int, np.ndarray, np.ndarray], tuple[int, float]]
 
 
@@ -80,14 +82,23 @@ def resolve_greedy(n: int, pairs: Pairs, order: np.ndarray, exact_check: ExactCh
     return DedupDecision(keep, matched, best)
 
 
-def exact_check_against(emb: np.ndarray, threshold: float) -> ExactCheck:
-    """An :data:`ExactCheck` over the float64 cosines of ``emb`` (the exact mode's matrix)."""
+def exact_check_against(vectors: EmbeddingBlocks | np.ndarray, threshold: float, timeout_s: float = 3600.0) -> ExactCheck:
+    """An :data:`ExactCheck` over the float64 cosines of ``vectors``. Up to ``_LOCAL_CHECK_BYTES``
+    of vectors are copied to the driver on the first check (a dense template may need thousands);
+    larger inputs are checked by tasks over their blocks, so the driver's memory stays bounded."""
+    blocks = EmbeddingBlocks.of(vectors)
+    local: list[np.ndarray] = []
 
     def check(row: int, keep: np.ndarray, rank: np.ndarray) -> tuple[int, float]:
         kept_before = np.flatnonzero(keep & (rank < rank[row]))
         if len(kept_before) == 0:
             return -1, float("nan")
-        scores = emb[kept_before].astype(np.float64) @ emb[row].astype(np.float64)
+        if not local and blocks.n * blocks.dim * 4 <= _LOCAL_CHECK_BYTES:
+            local.append(blocks.to_matrix())
+        if local:
+            scores = local[0][kept_before].astype(np.float64) @ local[0][row].astype(np.float64)
+        else:
+            scores = blocks.dots(kept_before, blocks.gather(np.array([row]), timeout_s)[0], timeout_s)
         pick = int(np.argmax(scores))
         return (int(kept_before[pick]), float(scores[pick])) if scores[pick] >= threshold else (-1, float("nan"))
 

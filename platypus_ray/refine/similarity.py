@@ -1,15 +1,16 @@
 """Exact cosine similarity search as parallel Ray tasks over tiles of unit vectors.
 
-Each task owns one block of ``tile`` rows and walks the column tiles, so a task never
+The vectors stay in the object store (:class:`~platypus_ray.refine.vectors.EmbeddingBlocks`).
+Each task owns ``tile`` rows and walks the column tiles block by block, so a task never
 holds more than a ``tile x tile`` similarity matrix; no N x N matrix exists anywhere.
-Tiles are multiplied in float32 (on a GPU when one is assigned); every pair that comes
-within ``_EPS`` of the threshold is re-scored in float64, so decisions match a float64
-brute-force reference instead of depending on the GEMM's summation order.
+Tiles are multiplied in float32 (on a GPU when one is assigned); every candidate pair
+(float32 cosine within ``_EPS`` of the threshold or above) is re-scored in float64, so
+decisions match a float64 brute-force reference instead of depending on the GEMM's
+summation order.
 """
 
 from __future__ import annotations
 
-import time
 import warnings
 from dataclasses import dataclass
 
@@ -17,7 +18,8 @@ import numpy as np
 import ray
 import torch
 
-from platypus_ray.errors import UserError
+from platypus_ray.refine.vectors import EmbeddingBlocks
+from platypus_ray.refine.waits import as_completed
 
 _EPS = 1e-5
 # Tiles are read-only views of the shared object-store array; torch warns but never writes to them.
@@ -52,64 +54,35 @@ class BestMatch:
     score: np.ndarray
 
 
-def wait_all(refs: list, timeout_s: float) -> list:
-    """Results of ``refs`` in order; if they are not all done within ``timeout_s``, cancel the
-    rest (releasing their CPUs) and raise, rather than wait forever on a stuck or starved task."""
-    ready, pending = ray.wait(list(refs), num_returns=len(refs), timeout=timeout_s, fetch_local=False)
-    if pending:
-        _give_up(pending, len(refs), timeout_s)
-    return ray.get(list(refs))
-
-
-def as_completed(refs: list, timeout_s: float):
-    """Yield each result as its task finishes (so the driver holds one task's output at a time);
-    past ``timeout_s`` in all, cancel what is left and raise, as :func:`wait_all` does."""
-    deadline = time.monotonic() + timeout_s
-    pending = list(refs)
-    while pending:
-        done, pending = ray.wait(pending, num_returns=1, timeout=max(0.0, deadline - time.monotonic()))
-        if not done:
-            _give_up(pending, len(refs), timeout_s)
-        yield ray.get(done[0])
-
-
-def _give_up(pending: list, total: int, timeout_s: float) -> None:
-    for ref in pending:
-        ray.cancel(ref, force=True)
-    raise UserError(f"{len(pending)} of {total} similarity tasks did not finish within {timeout_s:.0f} s "
-                    "(dedup.timeout_s); the cluster may lack free CPUs, or raise the bound")
-
-
-def all_pairs_above(emb: np.ndarray, threshold: float, tile: int, num_gpus: float = 0.0,
+def all_pairs_above(vectors: EmbeddingBlocks | np.ndarray, threshold: float, tile: int, num_gpus: float = 0.0,
                     timeout_s: float = 3600.0, rank: np.ndarray | None = None, per_row: int | None = None) -> Pairs:
     """Every pair of rows with cosine >= threshold (exact), plus nearest-neighbour scores.
 
     With ``rank`` (priority: lower is kept first) and ``per_row``, each row keeps only its
     ``per_row`` best neighbours of higher priority, so memory is O(rows x per_row) however
     dense a cluster is (a template filled in 10,000 times has ~5*10^7 pairs)."""
-    n = len(emb)
+    blocks = EmbeddingBlocks.of(vectors)
+    n = blocks.n
     nearest = np.full(n, -1.0, dtype=np.float32)
     bounded = per_row is not None
     if n < 2:
         empty = np.empty(0, dtype=np.int64)
         return Pairs(empty, empty, np.empty(0), nearest, np.zeros(n, dtype=bool) if bounded else None, 0 if bounded else None)
-    emb_ref = ray.put(np.ascontiguousarray(emb, dtype=np.float32))
     rank_ref = ray.put(rank if bounded else None)
     task = _pairs_in_row_block.options(num_gpus=num_gpus)
-    refs = [task.remote(emb_ref, start, tile, threshold - _EPS, rank_ref, per_row) for start in range(0, n, tile)]
+    refs = [task.remote(blocks.refs, blocks.offsets, b, start, min(start + tile, end), tile, threshold, rank_ref, per_row)
+            for b, first, end in blocks.spans() for start in range(first, end, tile)]
     found: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
     counts = np.zeros(n, dtype=np.int64)
-    for start, i, j, s32, row_max, col_max, block_counts in as_completed(refs, timeout_s):
-        found.append((i, j, s32))
+    for start, i, j, score, row_max, col_max, block_counts in as_completed(refs, timeout_s):
+        found.append((i, j, score))
         if bounded:  # j is the lower-priority row: keep its per_row best, whatever the other tasks found
             found = [_top_per_row(*map(np.concatenate, zip(*found)), per_row)]
             counts[start:] += block_counts
         np.maximum(nearest[start : start + len(row_max)], row_max, out=nearest[start : start + len(row_max)])
         np.maximum(nearest[start:], col_max, out=nearest[start:])
-    i, j, _ = map(np.concatenate, zip(*found))
-    score = _exact_scores(emb, i, j)
-    keep = score >= threshold
-    i, j, score = np.minimum(i, j)[keep], np.maximum(i, j)[keep], score[keep]
+    i, j, score = map(np.concatenate, zip(*found))
+    i, j = np.minimum(i, j), np.maximum(i, j)
     order = np.lexsort((j, i))
     if not bounded:
         return Pairs(i[order], j[order], score[order], nearest)
@@ -126,20 +99,20 @@ def _top_per_row(hi: np.ndarray, lo: np.ndarray, score: np.ndarray, k: int):
     return hi[keep], lo[keep], score[keep]
 
 
-def best_matches(
-    queries: np.ndarray, references: np.ndarray, threshold: float, tile: int, num_gpus: float = 0.0,
-    timeout_s: float = 3600.0,
-) -> BestMatch:
-    """For each query row, its most similar reference row; exact (float64) around ``threshold``."""
-    n = len(queries)
+def best_matches(queries: EmbeddingBlocks | np.ndarray, references: np.ndarray, threshold: float, tile: int,
+                 num_gpus: float = 0.0, timeout_s: float = 3600.0) -> BestMatch:
+    """For each query row, its most similar reference row; exact (float64) around ``threshold``.
+    The references (benchmark probes) are few and go to every task; the queries stay in blocks."""
+    blocks = EmbeddingBlocks.of(queries)
+    n = blocks.n
     if n == 0 or len(references) == 0:
         return BestMatch(np.full(n, -1, dtype=np.int64), np.full(n, -1.0))
-    q_ref = ray.put(np.ascontiguousarray(queries, dtype=np.float32))
     r_ref = ray.put(np.ascontiguousarray(references, dtype=np.float32))
     task = _best_in_row_block.options(num_gpus=num_gpus)
     index = np.empty(n, dtype=np.int64)
     score = np.empty(n, dtype=np.float64)
-    refs = [task.remote(q_ref, r_ref, start, tile, threshold) for start in range(0, n, tile)]
+    refs = [task.remote(blocks.refs[b], first, start - first, min(start + tile, end) - first, r_ref, tile, threshold)
+            for b, first, end in blocks.spans() for start in range(first, end, tile)]
     for start, best_idx, best_score in as_completed(refs, timeout_s):
         index[start : start + len(best_idx)] = best_idx
         score[start : start + len(best_idx)] = best_score
@@ -151,48 +124,57 @@ def _device(num_gpus_assigned: bool) -> torch.device:
 
 
 @ray.remote
-def _pairs_in_row_block(emb: np.ndarray, start: int, tile: int, cutoff: float, rank: np.ndarray | None,
-                        per_row: int | None):
-    """Candidate pairs (i in this block, j > i) with float32 cosine >= cutoff. Bounded
-    (``per_row``): returned as (higher-priority row, lower-priority row), at most ``per_row``
-    per lower-priority row, with each row's count before the bound."""
+def _pairs_in_row_block(refs: list, offsets: np.ndarray, b: int, start: int, stop: int, tile: int, threshold: float,
+                        rank: np.ndarray | None, per_row: int | None):
+    """Pairs (i in rows start..stop-1 of block ``b``, j > i) with cosine >= threshold, scored in
+    float64 (candidates come from float32 tiles at threshold - _EPS). Bounded (``per_row``):
+    returned as (higher-priority row, lower-priority row), at most ``per_row`` per lower-priority
+    row, with each row's candidate count before the bound. Column blocks are read from the
+    object store one at a time (``refs`` is a list, so Ray does not fetch them all up front)."""
     device = _device(bool(ray.get_gpu_ids()))
-    n = len(emb)
-    stop = min(start + tile, n)
-    rows = torch.from_numpy(emb[start:stop]).to(device)
+    n = int(offsets[-1])
+    block = ray.get(refs[b])
+    rows64 = block[start - offsets[b] : stop - offsets[b]].astype(np.float64)
+    rows = torch.from_numpy(rows64.astype(np.float32)).to(device)
     row_max = torch.full((stop - start,), -1.0, device=device)
     col_max = torch.full((n - start,), -1.0, device=device)
     found: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
     counts = np.zeros(n - start, dtype=np.int64) if per_row is not None else None
-    for col in range(start, n, tile):
-        col_stop = min(col + tile, n)
-        sims = rows @ torch.from_numpy(emb[col:col_stop]).to(device).T
-        if col == start:  # diagonal tile: only j > i counts
-            sims = torch.triu(sims, diagonal=1) + torch.tril(torch.full_like(sims, -2.0))
-        row_max = torch.maximum(row_max, sims.max(dim=1).values)
-        col_max[col - start : col_stop - start] = torch.maximum(col_max[col - start : col_stop - start], sims.max(dim=0).values)
-        hit_i, hit_j = torch.nonzero(sims >= cutoff, as_tuple=True)
-        score = sims[hit_i, hit_j].cpu().numpy()
-        i, j = (hit_i + start).cpu().numpy(), (hit_j + col).cpu().numpy()
-        if counts is None:
-            found.append((i, j, score))
-            continue
-        i_first = rank[i] < rank[j]
-        hi, lo = np.where(i_first, i, j), np.where(i_first, j, i)
-        counts += np.bincount(lo - start, minlength=n - start)
-        found = [_top_per_row(*map(np.concatenate, zip(*found, (hi, lo, score))), per_row)]
+    for c in range(b, len(refs)):
+        columns = block if c == b else ray.get(refs[c])
+        for col in range(start if c == b else int(offsets[c]), int(offsets[c + 1]), tile):
+            col_stop = min(col + tile, int(offsets[c + 1]))
+            cols = columns[col - offsets[c] : col_stop - offsets[c]]
+            sims = rows @ torch.from_numpy(np.array(cols)).to(device).T  # a copy: object-store arrays are read-only
+            if col == start:  # diagonal tile: only j > i counts
+                sims = torch.triu(sims, diagonal=1) + torch.tril(torch.full_like(sims, -2.0))
+            row_max = torch.maximum(row_max, sims.max(dim=1).values)
+            col_max[col - start : col_stop - start] = torch.maximum(col_max[col - start : col_stop - start],
+                                                                    sims.max(dim=0).values)
+            hit_i, hit_j = (h.cpu().numpy() for h in torch.nonzero(sims >= threshold - _EPS, as_tuple=True))
+            score = np.einsum("ij,ij->i", rows64[hit_i], cols[hit_j].astype(np.float64))
+            i, j = hit_i + start, hit_j + col
+            if counts is not None:
+                i_first = rank[i] < rank[j]
+                i, j = np.where(i_first, i, j), np.where(i_first, j, i)  # (higher, lower priority)
+                counts += np.bincount(j - start, minlength=n - start)
+            exact = score >= threshold
+            found.append((i[exact], j[exact], score[exact]))
+            if counts is not None:
+                found = [_top_per_row(*map(np.concatenate, zip(*found)), per_row)]
     i, j, score = map(np.concatenate, zip(*found))
     return start, i, j, score, row_max.cpu().numpy(), col_max.cpu().numpy(), counts
 
 
 @ray.remote
-def _best_in_row_block(queries: np.ndarray, references: np.ndarray, start: int, tile: int, threshold: float):
-    """Best reference for each query row of this block."""
+def _best_in_row_block(block: np.ndarray, first: int, lo: int, hi: int, references: np.ndarray, tile: int,
+                       threshold: float):
+    """Best reference for each query row lo..hi-1 of a block whose first row is ``first``."""
     device = _device(bool(ray.get_gpu_ids()))
-    stop = min(start + tile, len(queries))
-    rows = torch.from_numpy(queries[start:stop]).to(device)
-    best = torch.full((stop - start,), -2.0, device=device)
-    best_idx = torch.zeros((stop - start,), dtype=torch.int64, device=device)
+    queries = block[lo:hi]
+    rows = torch.from_numpy(np.array(queries)).to(device)
+    best = torch.full((hi - lo,), -2.0, device=device)
+    best_idx = torch.zeros((hi - lo,), dtype=torch.int64, device=device)
     for col in range(0, len(references), tile):
         sims = rows @ torch.from_numpy(references[col : col + tile]).to(device).T
         values, idx = sims.max(dim=1)
@@ -200,14 +182,14 @@ def _best_in_row_block(queries: np.ndarray, references: np.ndarray, start: int, 
         best = torch.where(better, values, best)
         best_idx = torch.where(better, idx + col, best_idx)
     idx_np = best_idx.cpu().numpy()
-    best_np = _exact_scores_between(queries[start:stop], references, np.arange(stop - start), idx_np)
+    best_np = _exact_scores_between(queries, references, np.arange(hi - lo), idx_np)
     # A row whose float32 best lies within _EPS of the threshold is re-scored in float64
     # against every reference: another reference may cross the threshold where this one does not.
     for k in np.flatnonzero(np.abs(best.cpu().numpy() - threshold) < _EPS):
-        exact = references.astype(np.float64) @ queries[start + k].astype(np.float64)
+        exact = references.astype(np.float64) @ queries[k].astype(np.float64)
         idx_np[k] = int(np.argmax(exact))
         best_np[k] = float(exact[idx_np[k]])
-    return start, idx_np, best_np
+    return first + lo, idx_np, best_np
 
 
 def _exact_scores(emb: np.ndarray, i: np.ndarray, j: np.ndarray) -> np.ndarray:

@@ -2,7 +2,8 @@
 
 Heavy per-row work (parsing, hashing, embedding, n-grams, similarity tiles, writing) runs
 on Ray. Decisions that need a global view (which exact duplicate wins, the greedy
-near-duplicate walk) run on the driver over compact per-row numbers, never over text.
+near-duplicate walk) run on the driver over compact per-row numbers, never over text;
+the vectors stay in object-store blocks (:mod:`platypus_ray.refine.vectors`).
 
 Contamination is checked before semantic dedup, so a contaminated row can never be the
 reason a clean paraphrase of it was dropped.
@@ -35,6 +36,7 @@ from platypus_ray.refine.report import review_rows, review_uids, write_report, w
 from platypus_ray.refine.rows import embed_text
 from platypus_ray.refine.pair_search import dedup_rows
 from platypus_ray.refine.similarity import best_matches
+from platypus_ray.refine.vectors import EmbeddingBlocks
 from platypus_ray.refine.sources import PARSED_SCHEMA, check_readable, list_source_files, read_sources
 from platypus_ray.runtime import init_ray
 
@@ -182,11 +184,11 @@ def run(cfg: RefineConfig) -> RefineResult:
     )
 
 
-def _embed(rows: ray.data.Dataset, n_rows: int, probes: contam.Probes, cfg: RefineConfig) -> tuple[np.ndarray, np.ndarray, Embedded]:
-    """Vectors of the rows and of the benchmark probes (from the cache, else one actor pool);
-    none when there are no rows (nothing to compare the probes with)."""
+def _embed(rows: ray.data.Dataset, n_rows: int, probes: contam.Probes, cfg: RefineConfig) -> tuple[EmbeddingBlocks, np.ndarray, Embedded]:
+    """Vectors of the rows (blocks in the object store) and of the benchmark probes (few: on the
+    driver), from the cache, else one actor pool; none when there are no rows."""
     if n_rows == 0:
-        return np.zeros((0, 0), dtype=np.float32), np.zeros((0, 0), dtype=np.float32), Embedded(np.zeros((0, 0)))
+        return EmbeddingBlocks.empty(), np.zeros((0, 0), dtype=np.float32), Embedded(EmbeddingBlocks.empty())
     to_embed = rows.select_columns(["key", "text", "text_hash", "text_len"])
     if probes.texts:
         keys = np.arange(n_rows, n_rows + len(probes.texts), dtype=np.int64)
@@ -195,8 +197,11 @@ def _embed(rows: ray.data.Dataset, n_rows: int, probes: contam.Probes, cfg: Refi
         to_embed = to_embed.union(ray.data.from_arrow(probe_table))
     cache = open_cache(cfg.cache_location, cfg.embedding) if cfg.cache_location else None
     embedded = embed_texts(to_embed, n_rows + len(probes.texts), cfg.embedding,
-                           thresholds=(cfg.dedup.threshold, cfg.contamination.threshold), cache=cache)
-    return embedded.vectors[:n_rows], embedded.vectors[n_rows:], embedded
+                           thresholds=(cfg.dedup.threshold, cfg.contamination.threshold), cache=cache,
+                           timeout_s=cfg.dedup.timeout_s)
+    blocks = embedded.blocks
+    return (blocks.take(np.arange(n_rows), cfg.dedup.timeout_s), blocks.gather(np.arange(n_rows, blocks.n), cfg.dedup.timeout_s),
+            embedded)
 
 
 def _gather_meta(parsed: ray.data.Dataset) -> dict[str, np.ndarray]:
@@ -286,7 +291,7 @@ def _semantic_dedup(emb, survivors, remaining, meta, decisions: Decisions, cfg: 
     """Pair search on the remaining rows (exact or clustered), then the greedy walk in priority order."""
     keys = np.flatnonzero(remaining)
     uids = survivors[keys]
-    outcome = dedup_rows(emb[keys], meta["output_len"][uids], cfg.dedup, num_gpus)
+    outcome = dedup_rows(emb.take(keys, cfg.dedup.timeout_s), meta["output_len"][uids], cfg.dedup, num_gpus)
     decision, pairs = outcome.decision, outcome.pairs
     gone = np.flatnonzero(~decision.keep)
     decisions.remove(uids[gone], "near_duplicate", matched=uids[decision.matched[gone]], score=decision.score[gone])

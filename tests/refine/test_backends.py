@@ -15,7 +15,7 @@ import pytest
 
 from platypus_ray.errors import UserError
 from platypus_ray.refine.backends import EncoderSpec, load_encoder
-from platypus_ray.refine.calibrate import Agreement, calibrate, choose, compare, recorded_choice
+from platypus_ray.refine.calibrate import Agreement, calibrate, choose, compare, recorded_choice, spread
 from platypus_ray.refine.export import MANIFEST, ensure_export, model_folder, verify_export
 from tests.refine.test_refine_e2e import corpus, make_config  # noqa: F401 - the planted corpus, as a fixture here
 from tests.refine.test_refine_e2e import test_every_planted_row_lands_where_expected as check_planted_rows
@@ -85,12 +85,12 @@ def test_calibration_picks_an_identical_backend_and_is_recorded(export_dir, tmp_
     assert results[1].identical and results[1].max_abs_cos_diff < 1e-5
     assert choose(results).name in {"torch", "onnx"} or choose(results).identical
 
-    record = recorded_choice(TEXTS, base, 0.8, 0.8, wanted_rows=4, backends=("torch", "onnx"), record_dir=tmp_path)
+    record = recorded_choice(spread(TEXTS), len(TEXTS), base, 0.8, 0.8, wanted_rows=4, backends=("torch", "onnx"), record_dir=tmp_path)
     assert record["reused"] is False and record["rows"] == 4 and record["chosen"] in {"torch", "onnx"}
-    again = recorded_choice(TEXTS, base, 0.8, 0.8, wanted_rows=4, backends=("torch", "onnx"), record_dir=tmp_path)
+    again = recorded_choice(spread(TEXTS), len(TEXTS), base, 0.8, 0.8, wanted_rows=4, backends=("torch", "onnx"), record_dir=tmp_path)
     assert again["reused"] is True and again["measured"] == record["measured"]
     # a small run never pays for a calibration: no record, no measurement
-    assert recorded_choice(TEXTS, base, 0.8, 0.8, wanted_rows=100, backends=("torch", "openvino"),
+    assert recorded_choice(spread(TEXTS), len(TEXTS), base, 0.8, 0.8, wanted_rows=100, backends=("torch", "openvino"),
                            record_dir=tmp_path, measure_small=False) is None
 
 
@@ -170,6 +170,6 @@ def test_cuda_settings_resolve_without_a_gpu():
 
     assert resolve_precision("auto", "cuda") == "float16" and resolve_precision("auto", "cpu") == "float32"
     with pytest.raises(UserError, match="embedding.backend: 'onnx' runs on CPU actors only"):
-        choose_backend(EmbeddingConfig(backend="onnx"), "cuda", TEXTS, (0.8, 0.8))
-    choice = choose_backend(EmbeddingConfig(backend="auto"), "cuda", TEXTS, (0.8, 0.8))
+        choose_backend(EmbeddingConfig(backend="onnx"), "cuda", spread(TEXTS), len(TEXTS), (0.8, 0.8))
+    choice = choose_backend(EmbeddingConfig(backend="auto"), "cuda", spread(TEXTS), len(TEXTS), (0.8, 0.8))
     assert choice.spec.backend == "torch" and choice.spec.precision == "float16" and choice.calibration is None

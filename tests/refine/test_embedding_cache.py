@@ -10,6 +10,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+import ray
 
 from platypus_ray.config import validate_config
 from platypus_ray.errors import UserError
@@ -41,7 +42,7 @@ def keys_of(texts: list[str]) -> np.ndarray:
     return as_keys(hash_array(texts))
 
 
-def test_lookup_returns_the_stored_vectors_bit_for_bit_and_misses_the_rest(tmp_path):
+def test_lookup_returns_the_stored_vectors_bit_for_bit_and_misses_the_rest(tmp_path, ray_session):
     cache = EmbeddingCache(str(tmp_path), IDENTITY)
     texts = [f"text {i}" for i in range(10)]
     vectors = unit_vectors(10)
@@ -50,13 +51,17 @@ def test_lookup_returns_the_stored_vectors_bit_for_bit_and_misses_the_rest(tmp_p
     asked = ["new"] + texts[::-1] + ["text 1", "text 5"]  # asked twice: served twice
     hit = cache.lookup(keys_of(asked))
     assert hit.found.tolist() == [False, False, False] + [True] * 10
-    assert np.array_equal(hit.vectors, np.concatenate([vectors[7::-1], vectors[[1, 5]]]))
+    served = [ray.get(piece) for piece in hit.pieces]
+    keys = np.concatenate([p["key"] for p in served])
+    assert sorted(keys) == list(range(3, 13))  # one piece per shard read, each row once
+    got = np.concatenate([p["embedding"] for p in served])[np.argsort(keys)]
+    assert np.array_equal(got, np.concatenate([vectors[7::-1], vectors[[1, 5]]]))
     assert not hit.warnings
     # Hashes with zero bytes inside still match exactly (S16 keeps them).
     assert len({text_hash(t) for t in texts}) == 10 and all(len(text_hash(t)) == 16 for t in texts)
 
 
-def test_unusable_shards_are_skipped_with_their_name_and_their_rows_recomputed(tmp_path):
+def test_unusable_shards_are_skipped_with_their_name_and_their_rows_recomputed(tmp_path, ray_session):
     cache = EmbeddingCache(str(tmp_path), IDENTITY)
     texts = [f"row {i}" for i in range(6)]
     good = write_shard(cache, "good.parquet", texts[:2], unit_vectors(2))
@@ -73,7 +78,7 @@ def test_unusable_shards_are_skipped_with_their_name_and_their_rows_recomputed(t
     assert "embedded again" in skipped
 
 
-def test_another_model_backend_or_text_rule_misses_by_construction(tmp_path):
+def test_another_model_backend_or_text_rule_misses_by_construction(tmp_path, ray_session):
     cache = EmbeddingCache(str(tmp_path), IDENTITY)
     write_shard(cache, "a.parquet", [embed_text("Name a color.", "")], unit_vectors(1))
     for change in ({"model_key": "other-model-99"}, {"backend": "onnx-int8"}, {"precision": "float16"}):

@@ -83,11 +83,15 @@ def test_best_matches_equals_argmax(ray_session):
     np.testing.assert_array_equal(sims[np.arange(len(queries)), best.index], sims.max(axis=1))
 
 
-@pytest.mark.parametrize("per_row", [1, 3])
-def test_bounded_neighbour_lists_decide_exactly_as_brute_force(ray_session, per_row):
+@pytest.mark.parametrize("per_row, local_bytes", [(1, 0), (3, 2**28)])
+def test_bounded_neighbour_lists_decide_exactly_as_brute_force(ray_session, monkeypatch, per_row, local_bytes):
     """Keeping only each row's best higher-priority neighbours, with the exact check for rows
-    over the bound, changes no decision, whatever the bound."""
+    over the bound, changes no decision, whatever the bound; the check reads the blocks by
+    tasks (local_bytes 0) or a driver copy of a small input, with the same result."""
+    from platypus_ray.refine import semantic_dedup
     from platypus_ray.refine.semantic_dedup import exact_check_against
+
+    monkeypatch.setattr(semantic_dedup, "_LOCAL_CHECK_BYTES", local_bytes)
 
     emb = clustered_embeddings(517, seed=1)
     output_len = np.random.default_rng(2).integers(1, 40, len(emb))

@@ -1,0 +1,39 @@
+"""Bounded waits on Ray tasks: past the bound, cancel what is left (releasing its CPUs) and say so."""
+
+from __future__ import annotations
+
+import time
+
+import ray
+
+from platypus_ray.errors import UserError
+
+
+def wait_all(refs: list, timeout_s: float) -> list:
+    """Results of ``refs`` in order; if they are not all done within ``timeout_s``, cancel the
+    rest and raise, rather than wait forever on a stuck or starved task."""
+    if not refs:
+        return []
+    ready, pending = ray.wait(list(refs), num_returns=len(refs), timeout=timeout_s, fetch_local=False)
+    if pending:
+        _give_up(pending, len(refs), timeout_s)
+    return ray.get(list(refs))
+
+
+def as_completed(refs: list, timeout_s: float):
+    """Yield each result as its task finishes (so the driver holds one task's output at a time);
+    past ``timeout_s`` in all, cancel what is left and raise, as :func:`wait_all` does."""
+    deadline = time.monotonic() + timeout_s
+    pending = list(refs)
+    while pending:
+        done, pending = ray.wait(pending, num_returns=1, timeout=max(0.0, deadline - time.monotonic()))
+        if not done:
+            _give_up(pending, len(refs), timeout_s)
+        yield ray.get(done[0])
+
+
+def _give_up(pending: list, total: int, timeout_s: float) -> None:
+    for ref in pending:
+        ray.cancel(ref, force=True)
+    raise UserError(f"{len(pending)} of {total} similarity tasks did not finish within {timeout_s:.0f} s "
+                    "(dedup.timeout_s); the cluster may lack free CPUs, or raise the bound")
