@@ -20,6 +20,7 @@ from pydantic import Field, field_validator
 from platypus_ray.config import StrictModel, check_input
 from platypus_ray.errors import InputError
 from platypus_ray.paths import default_name, expand_files, open_input
+from platypus_ray.unicode_checks import LONE_SURROGATE_PROBLEM, has_lone_surrogate
 
 BenchmarkFormat = Literal["mmlu_csv", "arc_jsonl", "hellaswag_jsonl", "truthfulqa_csv", "questions"]
 
@@ -77,13 +78,18 @@ def load_benchmark(cfg: BenchmarkConfig, path: str | None = None, allow_empty: b
     items: list[BenchmarkItem] = []
     for file in expand_files(path, _EXTENSIONS[cfg.format]):
         stem = default_name(file)
-        for row, (line, record) in enumerate(_records(file, cfg.format)):
+        for row, (where, record) in enumerate(_records(file, cfg.format)):
             try:
                 question, choices, answer, own_id = parse(record)
             except (KeyError, TypeError, ValueError, IndexError, AttributeError) as exc:
-                raise BenchmarkFormatError(f"{file}, line {line}: not a {cfg.format} row ({_reason(exc)})") from None
+                raise BenchmarkFormatError(f"{file}, {where}: not a {cfg.format} row ({_reason(exc)})") from None
             if not isinstance(question, str) or not question.strip():
-                raise BenchmarkFormatError(f"{file}, line {line}: empty question")
+                raise BenchmarkFormatError(f"{file}, {where}: empty question")
+            # the tokenizer and the Parquet writers would fail on it much later, with a traceback
+            texts = {"question": question, **{f"choice {i + 1}": c for i, c in enumerate(choices)}, "id": own_id or ""}
+            bad = next((name for name, text in texts.items() if has_lone_surrogate(str(text))), None)
+            if bad:
+                raise BenchmarkFormatError(f"{file}, {where}: the {bad} {LONE_SURROGATE_PROBLEM}")
             item_id = f"{cfg.benchmark_name}/{own_id or f'{stem}:{row}'}"
             items.append(BenchmarkItem(item_id, cfg.benchmark_name, question, choices, answer))
     if not items and not allow_empty:
@@ -98,8 +104,9 @@ def _reason(exc: Exception) -> str:
     return f"missing field {exc}" if isinstance(exc, KeyError) else str(exc)
 
 
-def _records(path: str, fmt: str) -> Iterator[tuple[int, Any]]:
-    """(line number, raw record) pairs; JSON errors, bad bytes and ragged CSV rows name the line."""
+def _records(path: str, fmt: str) -> Iterator[tuple[str, Any]]:
+    """(where, raw record) pairs: ``line N`` in a text file, ``record N`` in a JSON array or Parquet
+    file; JSON errors, bad bytes and ragged CSV rows name the line."""
     with open_input(path) as stream:
         data = stream.read()
     if path.lower().endswith(".parquet"):
@@ -108,7 +115,7 @@ def _records(path: str, fmt: str) -> Iterator[tuple[int, Any]]:
         except (pa.ArrowException, OSError, UnicodeDecodeError) as exc:
             raise BenchmarkFormatError(f"{path}: not a readable Parquet file ({exc})") from None
         for i, row in enumerate(rows):
-            yield i + 1, row
+            yield f"record {i + 1}", row
         return
     text = _utf8(data, path)
     if path.lower().endswith(".csv"):
@@ -119,7 +126,7 @@ def _records(path: str, fmt: str) -> Iterator[tuple[int, Any]]:
             if not any(cell.strip() for cell in row):
                 start = reader.line_num + 1
                 continue
-            yield start, (row if header is None else _csv_record(header, row, path, start))
+            yield f"line {start}", (row if header is None else _csv_record(header, row, path, start))
             start = reader.line_num + 1
         return
     if path.lower().endswith(".json") and text.lstrip().startswith("["):
@@ -128,12 +135,12 @@ def _records(path: str, fmt: str) -> Iterator[tuple[int, Any]]:
         except json.JSONDecodeError as exc:
             raise BenchmarkFormatError(f"{path}, line {exc.lineno}: not a valid JSON array ({exc.msg})") from None
         for i, row in enumerate(rows):
-            yield i + 1, row
+            yield f"record {i + 1}", row
         return
     for number, line in enumerate(text.split("\n"), start=1):  # not splitlines: U+2028 may sit inside a string
         if line.strip():
             try:
-                yield number, json.loads(line)
+                yield f"line {number}", json.loads(line)
             except json.JSONDecodeError as exc:
                 raise BenchmarkFormatError(f"{path}, line {number}: malformed JSON ({exc.msg})") from None
 

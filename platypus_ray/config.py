@@ -11,10 +11,10 @@ import difflib
 import os
 import typing
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Annotated, Any, TypeVar
 
 import yaml
-from pydantic import BaseModel, ConfigDict, ValidationError, ValidationInfo
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo
 
 from platypus_ray.errors import UserError
 
@@ -26,6 +26,14 @@ class StrictModel(BaseModel):
     and no float may be inf or nan (Ray would fail on them only after it has started)."""
 
     model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
+
+
+# Ray counts resources in steps of 1e-4 (as int64: amounts above ~9e14 overflow) and rejects a
+# nonzero amount below one step, but only once it has started; these bounds fail first.
+RAY_RESOURCE_STEP = 1e-4
+RAY_RESOURCE_MAX = 1e14  # generous: Ray's `memory` resource is counted in bytes
+ActorCount = Annotated[int, Field(ge=1, le=4096)]  # actor-pool size: one model replica per actor
+CpusPerActor = Annotated[float, Field(ge=RAY_RESOURCE_STEP, le=1024)]
 
 
 def _normal(path: str) -> str:

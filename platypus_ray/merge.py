@@ -70,13 +70,13 @@ def memory_needed(cfg: MergeConfig) -> int:
 
 
 def run(cfg: MergeConfig) -> MergeResult:
+    cfg.check_output()  # first: a refused output costs no torch import
     import torch
     from peft import PeftModel
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from platypus_ray.outputs import replaced_atomically
 
-    cfg.check_output()
     dtype = "auto" if cfg.dtype == "auto" else getattr(torch, cfg.dtype)
     base = AutoModelForCausalLM.from_pretrained(cfg.base, dtype=dtype)
     tokenizer = AutoTokenizer.from_pretrained(tokenizer_source(cfg.base, cfg.adapter))

@@ -8,6 +8,7 @@ refused before Ray starts, with the key to change.
 
 from __future__ import annotations
 
+import fnmatch
 import json
 import os
 import shutil
@@ -30,8 +31,8 @@ def check_output(output: str, key: str, inputs: Iterable[str] = (), source_folde
 
     ``key`` is the config key named in the message (``output``, ``run.storage_path``);
     ``inputs`` are paths the stage reads (the output may not equal or contain them);
-    ``source_folders`` are folders or globs read recursively (the output may not sit inside
-    them, or the next run would read it back as input).
+    ``source_folders`` are folders (read recursively) or globs: the output may not sit where
+    they would read its files back as input on the next run (:func:`read_back`).
     """
     if is_remote(output):
         return  # object stores: written key by key, never replaced whole (see replaced_atomically)
@@ -47,12 +48,10 @@ def check_output(output: str, key: str, inputs: Iterable[str] = (), source_folde
         if not is_remote(path) and _is_within(_resolved(_glob_root(path)), target):
             raise UserError(f"{key}: '{output}' holds the input '{path}'; replacing it would delete the input; {fix}")
     for folder in source_folders:
-        root = _glob_root(folder)
-        if is_remote(folder) or os.path.isfile(root):
-            continue
-        if _is_within(target, _resolved(root)):
-            raise UserError(f"{key}: '{output}' is inside the source folder '{folder}', so the next run would read "
-                            f"it back as input; {fix}")
+        if read_back(output, folder):
+            what = (f"the source folder '{folder}'" if _literal(folder)
+                    else f"the folder of the source glob '{folder}' (its files would match)")
+            raise UserError(f"{key}: '{output}' is inside {what}, so the next run would read it back as input; {fix}")
     if target.is_file():
         raise UserError(f"{key}: '{output}' is a file, not a folder; {fix}")
     if target.is_dir() and any(target.iterdir()) and not (target / MARKER).is_file():
@@ -110,6 +109,30 @@ def remove_leftovers(target: Path) -> None:
                 shutil.rmtree(leftover, ignore_errors=True)
 
 
+def read_back(path: str, source: str) -> bool:
+    """Whether files written under the local folder ``path`` would be read by ``source`` (a file,
+    a folder read recursively, or a glob) on the next run.
+
+    A glob without ``**`` matches files at one depth only (a matched folder is not expanded),
+    so ``*.jsonl`` never reads ``out/refine/...`` and ``data/*.jsonl`` never reads
+    ``data/refined/...``; ``data/*/*.json`` does read ``data/refined/stats.json``. Refused when
+    some file under ``path`` could match: the glob is deeper than ``path`` and its leading parts
+    match ``path``'s (the file names we write are assumed to match the rest)."""
+    if is_remote(path) or is_remote(source):
+        return False
+    if _literal(source):
+        return os.path.isdir(_local(source)) and _is_within(_resolved(path), _resolved(source))
+    root = _glob_root(_local(source))
+    if not _is_within(_resolved(path), _resolved(root)):
+        return False
+    pattern = Path(os.path.relpath(_local(source), root)).parts
+    if any("**" in part for part in pattern):
+        return True
+    below = Path(os.path.relpath(_resolved(path), _resolved(root))).parts
+    below = () if below == (".",) else below
+    return len(pattern) > len(below) and all(fnmatch.fnmatch(name, part) for name, part in zip(below, pattern))
+
+
 def inside(path: str, folder: str) -> bool:
     """Whether local ``path`` is ``folder`` (a folder or glob) or lies under it."""
     if is_remote(path) or is_remote(folder):
@@ -117,8 +140,17 @@ def inside(path: str, folder: str) -> bool:
     return _is_within(_resolved(path), _resolved(_glob_root(folder)))
 
 
+def _local(path: str) -> str:
+    return os.path.expanduser(path[len("file://"):] if path.startswith("file://") else path)
+
+
 def _resolved(path: str) -> Path:
-    return Path(os.path.expanduser(path[len("file://"):] if path.startswith("file://") else path)).resolve()
+    return Path(_local(path)).resolve()
+
+
+def _literal(source: str) -> bool:
+    """A path used as is: no glob characters, or an existing file named like ``data[1].jsonl``."""
+    return not set("*?[") & set(source) or os.path.exists(_local(source))
 
 
 def _glob_root(path: str) -> str:

@@ -3,7 +3,7 @@
 Each stage's output feeds the next: train reads refine's ``kept/`` rows, merge folds the
 trained adapter into train's base model, evaluate scores the merged model (or base plus
 adapter when there is no merge) against the base. Every section is validated before anything runs
-(inputs an earlier stage will write count as present), and the train tracking server
+(inputs an earlier stage will write count as present), and the train run folder, tracking server
 and cluster shape are checked before refine starts, so a bad train section never costs a refine run.
 A section may be inline or name a stage's YAML file: ``train: tiny-cpu.yaml``.
 """
@@ -125,7 +125,7 @@ def run(cfg: PipelineConfig) -> PipelineResult:
         print(out.summary(), "\n", flush=True)
         return out
 
-    # Outputs are checked before Ray starts; train checks its run folder in its own prepare step.
+    # Outputs are checked before Ray starts, train's run folder too (prepare checks it again: cheap).
     if cfg.refine is not None:
         cfg.refine.check_output("refine.output")
     if cfg.evaluate is not None:
@@ -133,6 +133,10 @@ def run(cfg: PipelineConfig) -> PipelineResult:
     if cfg.merge is not None:
         check_output(cfg.merge.out, "merge.out", inputs=[cfg.merge.base or cfg.train.model.name_or_path])
     if cfg.train is not None:  # an unreachable tracking server fails before Ray starts and refine runs
+        from platypus_ray.train.resume import check_run_folder
+        from platypus_ray.train.stage import resolve_local_paths
+
+        check_run_folder(resolve_local_paths(cfg.train))
         check_reachable(cfg.train.tracking.mlflow_uri(cfg.train.run.storage_path))
     init_ray()
     if cfg.train is not None:

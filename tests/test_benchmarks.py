@@ -63,3 +63,23 @@ def test_malformed_jsonl_line_names_file_and_line(tmp_path):
     path.write_text(json.dumps({"question": "ok"}) + "\n" + json.dumps({"prompt": "no question"}) + "\n")
     with pytest.raises(BenchmarkFormatError, match=r"q.jsonl, line 2: not a questions row \(needs a string `question`"):
         load_benchmark(BenchmarkConfig(path=str(path), format="questions"))
+
+
+def test_lone_surrogate_and_record_numbers_name_file_and_place(tmp_path):
+    import pandas as pd
+
+    def refused(name: str, data: str, message: str) -> None:
+        (tmp_path / name).write_text(data)
+        with pytest.raises(BenchmarkFormatError, match=message):
+            load_benchmark(BenchmarkConfig(path=str(tmp_path / name), format="questions"))
+
+    ok = json.dumps({"question": "ok"})
+    # json.dumps writes the escape \ud800 (ASCII): valid JSON, but the text it decodes to is not valid Unicode
+    bad = json.dumps({"question": "bad \ud800 q"})
+    refused("q.jsonl", ok + "\n" + bad + "\n", r"q.jsonl, line 2: the question holds a lone UTF-16 surrogate")
+    refused("c.jsonl", json.dumps({"question": "q", "choices": ["a", "b\udc00"]}) + "\n", r"c.jsonl, line 1: the choice 2 holds")
+    refused("s.json", f"[{ok},\n {bad}]", r"s.json, record 2: the question holds a lone UTF-16 surrogate")
+    refused("a.json", f"[{ok},\n {ok}, " + json.dumps({"question": 7}) + "]", r"a.json, record 3: not a questions row")
+    pd.DataFrame({"question": ["ok", ""]}).to_parquet(tmp_path / "p.parquet")
+    with pytest.raises(BenchmarkFormatError, match=r"p.parquet, record 2: empty question"):
+        load_benchmark(BenchmarkConfig(path=str(tmp_path / "p.parquet"), format="questions"))

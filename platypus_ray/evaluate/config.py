@@ -8,7 +8,7 @@ from typing import Literal
 from pydantic import Field, ValidationInfo, field_validator, model_validator
 
 from platypus_ray.benchmarks import BenchmarkConfig
-from platypus_ray.config import StrictModel, check_model_folder, is_planned
+from platypus_ray.config import ActorCount, CpusPerActor, StrictModel, check_model_folder, is_planned
 from platypus_ray.dtypes import DTypeName
 from platypus_ray.paths import is_remote
 
@@ -61,10 +61,10 @@ class ValidationSettings(StrictModel):
 class InferenceSettings(StrictModel):
     """The Ray Data actor pool that scores: one model replica per actor (one GPU each on a cluster)."""
 
-    actors: int = Field(1, ge=1)
+    actors: ActorCount = 1
     batch_size: int = Field(8, ge=1, description="sequences per forward pass")
     device: Literal["auto", "cpu", "cuda"] = "auto"  # auto: cuda when the cluster has GPUs
-    cpus_per_actor: float = Field(1.0, gt=0)
+    cpus_per_actor: CpusPerActor = 1.0
     max_length: int | None = Field(None, ge=8, description="tokens per sequence (left-truncated); default: the model's context")
 
 

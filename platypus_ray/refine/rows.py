@@ -10,10 +10,10 @@ from typing import Any
 import numpy as np
 
 from platypus_ray.refine.config import ColumnMapping
+from platypus_ray.unicode_checks import LONE_SURROGATE_PROBLEM, has_lone_surrogate
 
 CANONICAL_COLUMNS = ("id", "instruction", "input", "output", "data_source")
 _SPACES = re.compile(r"\s+")
-_SURROGATE = re.compile("[\ud800-\udfff]")
 
 
 def validate_record(record: Any, columns: ColumnMapping) -> tuple[dict[str, str] | None, str, str]:
@@ -36,9 +36,8 @@ def validate_record(record: Any, columns: ColumnMapping) -> tuple[dict[str, str]
                 return None, "missing_field", f"no '{name}' (source column '{column}')"
         if not isinstance(value, str):
             return None, "not_a_string", f"'{name}' (source column '{column}') is {type(value).__name__}, not a string"
-        if _SURROGATE.search(value):
-            return None, "lone_surrogate", (f"'{name}' (source column '{column}') holds a lone UTF-16 surrogate "
-                                            "(an escape such as \\ud800 without its pair): not valid Unicode")
+        if has_lone_surrogate(value):
+            return None, "lone_surrogate", f"'{name}' (source column '{column}') {LONE_SURROGATE_PROBLEM}"
         if name != "input" and not value.strip():
             return None, "empty", f"'{name}' (source column '{column}') is empty after stripping"
         fields[name] = value

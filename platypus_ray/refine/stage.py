@@ -163,11 +163,12 @@ def run(cfg: RefineConfig) -> RefineResult:
         write_review(staging / "review.csv", review)
         timer.lap("write")
         n_items = {b.benchmark_name: sum(i.benchmark == b.benchmark_name for i in items) for b in cfg.benchmarks}
-        stats = summarize(decisions, embedded.computed, timer.timings["embed"], n_items)
+        stats = summarize(decisions, embedded.computed, timer.timings["embed"], n_items,
+                          source_names=[f.source for f in files], warnings=warnings)
         stats["timings_s"] = timer.timings
         stats["embedding"] = {"from_cache": embedded.from_cache, "computed": embedded.computed,
                               "cache": embedded.cache, **(embedded.backend.as_stats() if embedded.backend else {})}
-        stats["languages"], stats["warnings"], stats["dedup"] = languages, warnings, dedup_stats
+        stats["languages"], stats["dedup"] = languages, dedup_stats
         # Linux reports kB; the object store (shared memory, other processes) is not counted.
         stats["driver_peak_rss_mb"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
         (staging / "stats.json").write_text(json.dumps(stats, indent=2))

@@ -7,7 +7,7 @@ from typing import Literal
 
 from pydantic import Field, ValidationInfo, field_validator, model_validator
 
-from platypus_ray.config import StrictModel, check_model_folder, is_planned
+from platypus_ray.config import RAY_RESOURCE_MAX, RAY_RESOURCE_STEP, StrictModel, check_model_folder, is_planned
 from platypus_ray.dtypes import DTypeName
 from platypus_ray.paths import is_remote
 from platypus_ray.tracking import TrackingSettings, remote_storage_problems
@@ -125,6 +125,16 @@ class ClusterSettings(StrictModel):
     memory_per_worker_gb: float | None = Field(
         None, gt=0, description="device memory per worker; default 80 on GPU (A100/H100-80GB), RAM / workers on CPU"
     )
+
+    @field_validator("resources_per_worker")
+    @classmethod
+    def _ray_amounts(cls, value: dict[str, float]) -> dict[str, float]:
+        bad = [f"{name}={amount:g}" for name, amount in value.items()
+               if not (amount == 0 or RAY_RESOURCE_STEP <= amount <= RAY_RESOURCE_MAX)]
+        if bad:
+            raise ValueError(f"{', '.join(bad)}: each amount must be 0 or between {RAY_RESOURCE_STEP:g} "
+                             f"(Ray's smallest step) and {RAY_RESOURCE_MAX:g}")
+        return value
 
     @model_validator(mode="after")
     def _gpu_consistent(self) -> "ClusterSettings":

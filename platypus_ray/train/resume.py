@@ -12,6 +12,13 @@ from platypus_ray.paths import is_remote, read_text, write_text
 from platypus_ray.train.config import TrainConfig
 
 
+def check_run_folder(cfg: TrainConfig) -> None:
+    """Everything about the run folder that can fail, before Ray starts (train's prepare and the
+    pipeline, on paths already made absolute): it may be written, and a rerun in it is the same problem."""
+    claim_run_folder(cfg)
+    check_resumable(cfg)
+
+
 def claim_run_folder(cfg: TrainConfig) -> None:
     """Guard the run folder before Ray starts: a folder this project wrote is resumed, a fresh
     one is created and marked, anything else (a folder holding the inputs or the working

@@ -36,7 +36,7 @@ from platypus_ray.train.data import TokenizedData, prepare_data
 from platypus_ray.train.deepspeed_config import deepspeed_config
 from platypus_ray.train.layout import CHECKPOINT_SUBDIR, INJECT_FAULT_ENV
 from platypus_ray.train.plan import TrainPlan, WorkerPlan, model_size
-from platypus_ray.train.resume import check_resumable, claim_run_folder, record_config
+from platypus_ray.train.resume import check_run_folder, record_config
 
 TrainConfigT = TypeVar("TrainConfigT", bound=TrainConfig)
 START_TIMEOUT_ENV = "RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S"  # Ray Train passes it on to its controller
@@ -99,8 +99,7 @@ def prepare(cfg: TrainConfig, data: TokenizedData | None = None, tracking_parent
     trial's overrides."""
     started = time.perf_counter()
     cfg = resolve_local_paths(cfg)
-    claim_run_folder(cfg)  # before Ray starts, like every config check
-    check_resumable(cfg)  # a rerun with a different problem is refused before any data work
+    check_run_folder(cfg)  # before Ray starts, like every config check; a rerun with another problem is refused
     check_reachable(cfg.tracking.mlflow_uri(cfg.run.storage_path))
     size = model_size(cfg)  # meta device: cheap even for 70B; checked again once the data is counted
     init_ray()

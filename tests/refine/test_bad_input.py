@@ -21,6 +21,7 @@ from platypus_ray.errors import UserError
 from platypus_ray.outputs import MARKER, check_output, replaced_atomically
 from platypus_ray.paths import expand_files
 from platypus_ray.refine import RefineConfig
+from platypus_ray.refine.ledger import LEDGER_COLUMNS
 
 REPO = Path(__file__).resolve().parents[2]
 GOOD = [{"instruction": text, "output": "Answer."} for text in (
@@ -56,8 +57,8 @@ def test_output_guard_refuses_what_it_could_destroy(tmp_path, monkeypatch):
             check_output(output, "output", inputs=[s["path"] for s in src])
     with pytest.raises(UserError, match="inside the source folder"):
         check_output(str(data / "refined"), "output", source_folders=[str(data)])
-    with pytest.raises(UserError, match="inside the source folder"):
-        check_output(str(data / "refined"), "output", source_folders=[str(data / "*.jsonl")])
+    with pytest.raises(UserError, match="inside the folder of the source glob"):
+        check_output(str(data / "refined"), "output", source_folders=[str(data / "**" / "*.jsonl")])
     foreign = tmp_path / "foreign"
     foreign.mkdir()
     (foreign / "thesis.tex").write_text("years of work")
@@ -105,9 +106,13 @@ def test_literal_path_with_glob_characters_and_finite_numbers(tmp_path):
     assert expand_files(str(literal), ("jsonl",)) == [str(literal)]
     cfg = refine_cfg(tmp_path, [{"path": str(literal)}])
     assert cfg.sources[0].source_name == "data[1]"
-    for key, value in (("cpus_per_actor", float("inf")), ("cpus_per_actor", float("nan"))):
-        with pytest.raises(ConfigError, match=f"embedding.{key}"):
+    for key, value, message in (("cpus_per_actor", float("inf"), "a finite"), ("cpus_per_actor", float("nan"), "a finite"),
+                                ("cpus_per_actor", 1e-5, "greater than or equal to 0.0001"),  # Ray's smallest step
+                                ("cpus_per_actor", 1e300, "less than or equal to 1024"),
+                                ("actors", 10**6, "less than or equal to 4096")):
+        with pytest.raises(ConfigError, match=f"embedding.{key}: Input should be {message}"):
             refine_cfg(tmp_path, [{"path": str(literal)}], embedding={key: value})
+    assert refine_cfg(tmp_path, [{"path": str(literal)}], embedding={"cpus_per_actor": 1e-4}).embedding.cpus_per_actor == 1e-4
 
 
 def test_benchmark_file_errors_name_the_file_and_line(tmp_path):
@@ -167,7 +172,14 @@ def test_every_awkward_source_is_accounted_for(awkward_run):
     ledger = pd.read_parquet(output / "ledger")
     stats = json.loads((output / "stats.json").read_text())
     per_source = {name: int((ledger.source == name).sum()) for name in stats["per_source"]}
-    assert per_source == {"good": 3, "same_again": 3, "all_invalid": 3, "mixed": 4}
+    assert per_source == {"good": 3, "same_again": 3, "all_invalid": 3, "empty": 0, "blank_only": 0, "header_only": 0,
+                          "mixed": 4}
+    assert list(stats["per_source"]) == [name.split(".")[0] for name in AWKWARD]  # config order, empty ones included
+    assert stats["per_source"]["empty"] == {"rows": 0, "kept": 0, "invalid": 0, "removed": {}}
+    empty = [f"source '{name}': 0 rows" for name in ("empty", "blank_only", "header_only")]
+    assert [w for w in stats["warnings"] if w.endswith(": 0 rows")] == empty
+    summary = result.summary()
+    assert all(f"refine: WARNING: {w}" in summary for w in empty) and "source header_only: 0 rows, 0 kept" in summary
     assert stats["per_source"]["same_again"]["removed"] == {"exact_duplicate": 3}
     reasons = ledger[ledger.source == "mixed"].reason.tolist()
     assert reasons == ["", "invalid_utf8", "lone_surrogate", "duplicate_key"]
@@ -191,6 +203,20 @@ def test_zero_input_rows_still_write_a_complete_ledger(ray_session, tmp_path, ca
     assert len(pd.read_parquet(tmp_path / "out" / "ledger")) == 0
     assert list(pd.read_parquet(tmp_path / "out" / "kept").columns) == ["id", "instruction", "input", "output", "data_source"]
     assert json.loads((tmp_path / "out" / "stats.json").read_text())["input_rows"] == 0
+
+    # the same source without benchmarks: the other path to 0 rows named in issue 11
+    code = main(["refine", "--set", f"sources=[{{path: {tmp_path / 'empty.jsonl'}, name: empty}}]",
+                 "--set", f"output={tmp_path / 'plain'}"])
+    out = capsys.readouterr().out
+    assert code == 0 and "refine: WARNING: 0 input rows" in out and "refine: WARNING: source 'empty': 0 rows" in out
+    plain = tmp_path / "plain"
+    assert {p.name for p in plain.iterdir()} >= {"kept", "ledger", "stats.json", "review.csv", "report.html", "config.yaml"}
+    ledger = pd.read_parquet(plain / "ledger")
+    assert len(ledger) == 0 and list(ledger.columns) == LEDGER_COLUMNS
+    assert len(pd.read_parquet(plain / "kept")) == 0
+    stats = json.loads((plain / "stats.json").read_text())
+    assert stats["input_rows"] == stats["kept"] == 0 and stats["benchmark_items"] == {}
+    assert stats["per_source"] == {"empty": {"rows": 0, "kept": 0, "invalid": 0, "removed": {}}}
 
 
 @pytest.mark.slow

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
 
 from platypus_ray.config import ConfigError, validate_config
@@ -34,6 +36,24 @@ def test_batch_must_divide_and_gpu_settings_must_agree(base):
     assert "global_batch_size (10) must be a multiple of training.micro_batch_size x cluster.workers (1 x 4)" in str(err.value)
     with pytest.raises(ConfigError, match="use_gpu is true but resources_per_worker has no GPU"):
         validate_config(TrainConfig, {**base, "cluster": {"resources_per_worker": {"CPU": 2}}})
+
+
+def test_ray_resource_amounts_are_checked_before_ray_starts(base, tmp_path):
+    from platypus_ray.evaluate.config import InferenceSettings
+
+    def cluster(resources):
+        return validate_config(TrainConfig, {**base, "cluster": {"use_gpu": False, "resources_per_worker": resources}})
+
+    for resources, named in (({"CPU": -1}, "CPU=-1"), ({"CPU": 1e300}, "CPU=1e+300"), ({"CPU": 1, "custom": 1e-5}, "custom=1e-05")):
+        with pytest.raises(ConfigError, match=re.escape(f"cluster.resources_per_worker: {named}: each amount must be 0 or "
+                                                        "between 0.0001 (Ray's smallest step) and 1e+14")):
+            cluster(resources)
+    with pytest.raises(ConfigError, match="cluster.resources_per_worker.CPU: Input should be a finite number"):
+        cluster({"CPU": float("inf")})
+    assert cluster({"CPU": 0.5, "GPU": 0, "memory": 64e9}).cluster.resources_per_worker["memory"] == 64e9
+    for key, value in (("cpus_per_actor", 1e-5), ("cpus_per_actor", 1e300), ("actors", 10**6)):
+        with pytest.raises(ConfigError, match=f"{key}: Input should be"):
+            validate_config(InferenceSettings, {key: value})
 
 
 def test_missing_model_and_data_paths_name_the_fix(tmp_path):
