@@ -21,7 +21,8 @@ import ray
 
 from platypus_ray.refine.clustered import ClusterSettings, clustered_pairs_above
 from platypus_ray.refine.recall import measure_recall
-from platypus_ray.refine.semantic_dedup import resolve_greedy
+from platypus_ray.refine.config import DedupConfig
+from platypus_ray.refine.semantic_dedup import exact_check_against, resolve_greedy
 from platypus_ray.refine.vectors import EmbeddingBlocks
 
 TOPICS = 4096
@@ -50,14 +51,15 @@ def synthetic_blocks(n: int, dim: int = 384, seed: int = 0, rows_per_block: int 
 
 
 def run_scale(n: int, threshold: float = 0.8, recall_sample: int = 20_000, timeout_s: float = 3600,
-              settings: ClusterSettings = ClusterSettings()) -> dict:
-    """Clustered dedup of ``n`` generated rows in input order (keep: first), with its recall."""
+              settings: ClusterSettings = ClusterSettings(per_row=DedupConfig().neighbours_per_row)) -> dict:
+    """Clustered dedup of ``n`` generated rows in input order (keep: first), with its recall,
+    bounded per row and settled by the exact check as refine's dedup step does."""
     blocks = synthetic_blocks(n)
     ray.wait(blocks.refs, num_returns=len(blocks.refs), timeout=timeout_s)
     start = time.perf_counter()
-    found = clustered_pairs_above(blocks, threshold, settings, timeout_s)
     order = np.arange(n)
-    decision = resolve_greedy(n, found.pairs, order)
+    found = clustered_pairs_above(blocks, threshold, settings, timeout_s, rank=order)
+    decision = resolve_greedy(n, found.pairs, order, exact_check_against(blocks, threshold, timeout_s))
     clustered_s = time.perf_counter() - start
     start = time.perf_counter()
     report = measure_recall(blocks, found.pairs, decision.keep, order, threshold, recall_sample, 0, timeout_s)
@@ -65,6 +67,7 @@ def run_scale(n: int, threshold: float = 0.8, recall_sample: int = 20_000, timeo
     return {"rows": n, "mode": "clustered", "clustered_s": round(clustered_s, 1), "recall_s": round(recall_s, 1),
             "clusters": found.clusters, "assignments_per_row": round(found.assignments_per_row, 3),
             "largest_cluster": found.largest_cluster, "pairs": int(len(found.pairs.i)),
+            "rows_over_neighbour_bound": int(found.pairs.incomplete.sum()),
             "removed": int((~decision.keep).sum()), **report.as_dict(),
             "driver_peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)}
 
