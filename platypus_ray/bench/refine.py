@@ -157,7 +157,7 @@ def synthetic_embeddings(n: int, dim: int = 384, seed: int = 0) -> np.ndarray:
     return (base / np.linalg.norm(base, axis=1, keepdims=True)).astype(np.float32)
 
 
-def main(argv: list[str] | None = None) -> int:
+def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--source", type=Path, default=DEFAULT_SOURCE, help="Alpaca-style JSON list")
     parser.add_argument("--rows", type=int, default=None, help="use only the first N rows of --source")
@@ -181,7 +181,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--e2e", type=int, default=None, metavar="N",
                         help="one `platypus-ray refine` run on N perturbed Alpaca rows, rows/s per step, and stop")
     parser.add_argument("--e2e-backend", default="auto", help="with --e2e: embedding.backend")
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     if args.e2e is not None:
         from platypus_ray.bench.refine_e2e import run_e2e

@@ -31,6 +31,7 @@ from typing import Callable
 
 import numpy as np
 
+from platypus_ray.errors import UserError
 from platypus_ray.refine.backends import EXACT, EncoderSpec, load_encoder
 
 
@@ -107,6 +108,23 @@ def calibrate(texts: list[str], base: EncoderSpec, dedup_t: float, flag_t: float
     return results
 
 
+def _calibrate_off_driver(texts: list[str], base: EncoderSpec, dedup_t: float, flag_t: float,
+                          backends: tuple[str, ...], timeout_s: float = 3600.0) -> list[Agreement]:
+    """:func:`calibrate` in a Ray task when Ray is up (refine), so the models it loads (torch and
+    every backend) never enter the driver's memory; in this process otherwise."""
+    import ray
+
+    if not ray.is_initialized():
+        return calibrate(texts, base, dedup_t, flag_t, backends)
+    ref = ray.remote(num_cpus=max(1, base.threads))(calibrate).remote(texts, base, dedup_t, flag_t, backends)
+    try:
+        return ray.get(ref, timeout=timeout_s)
+    except ray.exceptions.GetTimeoutError:
+        ray.cancel(ref, force=True)
+        raise UserError(f"embedding calibration did not finish within {timeout_s:.0f} s; the cluster may lack a free "
+                        "CPU, or set embedding.backend to a named backend to skip it") from None
+
+
 def choose(results: list[Agreement]) -> Agreement:
     """The fastest backend whose decisions are identical to torch fp32 (torch itself always is)."""
     return max((r for r in results if r.identical), key=lambda r: r.rows_per_s)
@@ -125,7 +143,7 @@ def recorded_choice(sample: Callable[[int], list[str]], total: int, base: Encode
     if total < wanted_rows and not measure_small:
         return None
     texts = sample(wanted_rows)
-    results = calibrate(texts, base, dedup_t, flag_t, backends)
+    results = _calibrate_off_driver(texts, base, dedup_t, flag_t, backends)
     record = {"chosen": choose(results).name, "rows": len(texts), "dedup_threshold": dedup_t, "flag_threshold": flag_t,
               "threads": base.threads, "machine": _machine(), "measured": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
               "backends": [asdict(r) for r in results]}
