@@ -158,3 +158,25 @@ def test_a_glob_source_in_the_working_directory_runs_with_the_default_output_and
     monkeypatch.chdir(tmp_path)
     (tmp_path / "a.jsonl").write_text(json.dumps({"instruction": "q", "output": "a"}) + "\n")
     validate_config(RefineConfig, {"sources": [{"path": "*.jsonl"}]}).check_output()  # out/refine, out/embedding-cache
+
+
+def test_the_pipeline_checks_a_run_folder_whose_data_refine_has_not_written_yet(inputs, monkeypatch):
+    """In a pipeline, train's data is refine's output, which does not exist before Ray starts:
+    the run-folder check must not re-validate it (a real `ray job submit` of the demo failed so)."""
+    import platypus_ray.runtime
+    from platypus_ray import pipeline
+
+    class ReachedRay(Exception):
+        pass
+
+    def reached_ray(*args, **kwargs):
+        raise ReachedRay
+
+    (inputs / "data.jsonl").write_text(json.dumps({"instruction": "Name a colour.", "output": "Red."}) + "\n")
+    raw = train_raw(str(inputs / "model"), str(inputs / "kept"), str(inputs / "runs"), "r1")
+    monkeypatch.setattr(platypus_ray.runtime, "init_ray", reached_ray)
+    cfg = validate_config(pipeline.PipelineConfig, {"refine": {"sources": [{"path": str(inputs / "data.jsonl")}],
+                                                               "output": str(inputs / "out" / "refine")}, "train": raw})
+    assert not Path(cfg.train.data.path).exists()
+    with pytest.raises(ReachedRay):  # every check before Ray passed
+        pipeline.run(cfg)

@@ -202,14 +202,17 @@ def placement_error(error: BaseException, cfg: TrainConfig) -> UserError | None:
 
 
 def resolve_local_paths(cfg: TrainConfigT) -> TrainConfigT:
-    """Workers start in their own folder: hand them absolute paths for local inputs and storage."""
-    cfg = cfg.model_copy(deep=True)
-    cfg.model.name_or_path = absolute_if_local(cfg.model.name_or_path)
-    if not is_remote(cfg.data.path):
-        cfg.data.path = os.path.abspath(cfg.data.path)
-    if not is_remote(cfg.run.storage_path):
-        cfg.run.storage_path = os.path.abspath(cfg.run.storage_path)
-    return cfg
+    """Workers start in their own folder: hand them absolute paths for local inputs and storage.
+    Copied with ``update`` (no re-validation): in a pipeline the data path is refine's output,
+    which does not exist yet when the run folder is checked."""
+    def local(path: str) -> str:
+        return path if is_remote(path) else os.path.abspath(path)
+
+    return cfg.model_copy(deep=True, update={
+        "model": cfg.model.model_copy(update={"name_or_path": absolute_if_local(cfg.model.name_or_path)}),
+        "data": cfg.data.model_copy(update={"path": local(cfg.data.path)}),
+        "run": cfg.run.model_copy(update={"storage_path": local(cfg.run.storage_path)}),
+    })
 
 
 def train_loop_per_worker(plan: WorkerPlan) -> None:
