@@ -158,13 +158,14 @@ def _pairs_in_group(threshold: float, tile: int, rank: np.ndarray | None, per_ro
             score = _rescored(vectors[a:b], li, lj, sims[li - s, lj].numpy().astype(np.float64), threshold)
             exact = score >= threshold
             gi, gj, score = ids[a:b][li[exact]], ids[a:b][lj[exact]], score[exact]
-            if per_row is not None:
-                i_first = rank[gi] < rank[gj]
-                gi, gj = np.where(i_first, gi, gj), np.where(i_first, gj, gi)
-                counted.append(np.unique(gj, return_counts=True))
-            in_cluster.append((gi, gj, score))
-            if per_row is not None:  # bounded while the cluster is walked: a template stays linear
-                in_cluster = [_top_per_row(*map(np.concatenate, zip(*in_cluster)), per_row)]
+            if per_row is None:
+                in_cluster.append((gi, gj, score))
+                continue
+            i_first = rank[gi] < rank[gj]
+            gi, gj = np.where(i_first, gi, gj), np.where(i_first, gj, gi)
+            counted.append(np.unique(gj, return_counts=True))
+            # bounded while the cluster is walked: a template stays linear
+            in_cluster = [_top_per_row(*map(np.concatenate, zip(*in_cluster, (gi, gj, score))), per_row)]
         found += in_cluster
         if per_row is not None and len(found) > 1:  # a row in several clusters: one list of its best
             found = [_top_per_row(*_distinct(*map(np.concatenate, zip(*found))), per_row)]

@@ -174,7 +174,7 @@ def embed_texts(ds: ray.data.Dataset, n: int, cfg: EmbeddingConfig, embedder: ty
             ds = ds.map_batches(_rows_of_keys, fn_kwargs={"wanted": wanted}, batch_format="pyarrow").materialize()
     if todo:
         device = resolve_device(cfg.device)
-        result.backend = choose_backend(cfg, device, lambda k: _spread_texts(ds, k), todo, thresholds)
+        result.backend = choose_backend(cfg, device, lambda k: _spread_texts(ds, n, k), todo, thresholds)
         embedded = _in_actor_pool(ds, todo, cfg, device, embedder, result.backend.spec).materialize()
         if cache is not None:
             cache.store(embedded)
@@ -212,18 +212,17 @@ def _keys_and_hashes(ds: ray.data.Dataset) -> tuple[np.ndarray, np.ndarray]:
     return table["key"].to_numpy(), as_keys(table["text_hash"])
 
 
-def _spread_texts(ds: ray.data.Dataset, k: int) -> list[str]:
+def _spread_texts(ds: ray.data.Dataset, n: int, k: int) -> list[str]:
     """``k`` texts spread evenly over the rows' length order (short to long), for calibration:
     the driver sorts (key, length) pairs and fetches only the picked rows' texts."""
     table = _columns(ds, ["key", "text_len"])
     by_length = table["key"].to_numpy()[np.argsort(table["text_len"].to_numpy(), kind="stable")]
     picks = by_length[np.unique(np.linspace(0, len(by_length) - 1, min(k, len(by_length))).astype(np.int64))]
-    wanted = np.zeros(int(table["key"].to_numpy().max()) + 1, dtype=bool)
+    wanted = np.zeros(n, dtype=bool)
     wanted[picks] = True
     rows = ds.map_batches(_rows_of_keys, fn_kwargs={"wanted": wanted}, batch_format="pyarrow").take_all()
     return [row["text"] for row in sorted(rows, key=lambda row: (row["text_len"], row["key"]))]
 
 
 def _rows_of_keys(batch: pa.Table, wanted: np.ndarray) -> pa.Table:
-    keys = batch["key"].to_numpy()
-    return batch.filter(pa.array((keys < len(wanted)) & wanted[np.minimum(keys, len(wanted) - 1)]))
+    return batch.filter(pa.array(wanted[batch["key"].to_numpy()]))

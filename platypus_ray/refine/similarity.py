@@ -134,8 +134,9 @@ def _pairs_in_row_block(refs: list, offsets: np.ndarray, b: int, start: int, sto
     device = _device(bool(ray.get_gpu_ids()))
     n = int(offsets[-1])
     block = ray.get(refs[b])
-    rows64 = block[start - offsets[b] : stop - offsets[b]].astype(np.float64)
-    rows = torch.from_numpy(rows64.astype(np.float32)).to(device)
+    rows32 = np.array(block[start - offsets[b] : stop - offsets[b]])  # a copy: object-store arrays are read-only
+    rows64 = rows32.astype(np.float64)
+    rows = torch.from_numpy(rows32).to(device)
     row_max = torch.full((stop - start,), -1.0, device=device)
     col_max = torch.full((n - start,), -1.0, device=device)
     found: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
@@ -154,14 +155,15 @@ def _pairs_in_row_block(refs: list, offsets: np.ndarray, b: int, start: int, sto
             hit_i, hit_j = (h.cpu().numpy() for h in torch.nonzero(sims >= threshold - _EPS, as_tuple=True))
             score = np.einsum("ij,ij->i", rows64[hit_i], cols[hit_j].astype(np.float64))
             i, j = hit_i + start, hit_j + col
-            if counts is not None:
-                i_first = rank[i] < rank[j]
-                i, j = np.where(i_first, i, j), np.where(i_first, j, i)  # (higher, lower priority)
-                counts += np.bincount(j - start, minlength=n - start)
+            if counts is None:
+                exact = score >= threshold
+                found.append((i[exact], j[exact], score[exact]))
+                continue
+            i_first = rank[i] < rank[j]
+            i, j = np.where(i_first, i, j), np.where(i_first, j, i)  # (higher, lower priority)
+            counts += np.bincount(j - start, minlength=n - start)
             exact = score >= threshold
-            found.append((i[exact], j[exact], score[exact]))
-            if counts is not None:
-                found = [_top_per_row(*map(np.concatenate, zip(*found)), per_row)]
+            found = [_top_per_row(*map(np.concatenate, zip(*found, (i[exact], j[exact], score[exact]))), per_row)]
     i, j, score = map(np.concatenate, zip(*found))
     return start, i, j, score, row_max.cpu().numpy(), col_max.cpu().numpy(), counts
 

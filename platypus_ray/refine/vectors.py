@@ -145,8 +145,8 @@ def _split_by_key(bounds: np.ndarray, *batches: dict):
     parts = [p for p in parts if len(p[0])] or [(np.empty(0, np.int64), np.zeros((0, 0), np.float32))]
     dims = {p[1].shape[1] for p in parts}
     keys = np.concatenate([p[0] for p in parts])
-    if len(dims) > 1:  # let the fill tasks report it, each with one width
-        return tuple({"key": keys[:0], "embedding": p[1][:0], "dims": sorted(dims)} for p in parts[:1]) * (len(bounds) - 1)
+    if len(dims) > 1:  # no vectors; every fill task reports the widths seen
+        return ({"key": keys[:0], "embedding": np.zeros((0, 0), np.float32), "dims": sorted(dims)},) * (len(bounds) - 1)
     vectors = np.concatenate([p[1] for p in parts])
     block = np.searchsorted(bounds, keys, side="right") - 1
     order = np.argsort(block, kind="stable")
