@@ -10,6 +10,9 @@ from platypus_ray.sweep.report import TrialRow
 from platypus_ray.tracking import JobRun, TrackingSettings, client, flatten, warn
 
 
+_CLOSING_STATUS = {"completed": "FINISHED", "stopped": "KILLED"}  # by the first word of TrialRow.status
+
+
 def open_parent(cfg: SweepConfig, mlflow_uri: str | None, sweep_dir: str) -> JobRun:
     """The sweep's parent run (reopened on ``--resume``); no run when MLflow is off."""
     settings = TrackingSettings(mlflow=mlflow_uri or False, experiment=cfg.tracking.experiment or cfg.run.name)
@@ -19,8 +22,10 @@ def open_parent(cfg: SweepConfig, mlflow_uri: str | None, sweep_dir: str) -> Job
 
 
 def tag_trials(parent: JobRun, rows: list[TrialRow], metric: str) -> None:
-    """Final metric, status and rank on every child; ``best`` on the winner; the parent closed.
-    Done here because Tune ends a stopped trial's driver before its own code could."""
+    """Final metric, status and rank on every child, each child closed; ``best`` on the winner;
+    the parent closed. Done here, not by the trials: Tune ends a trial's process when it stops
+    the trial, and the MLflow file store rewrites a run's meta.yaml in place, so a trial ended
+    while closing its own run would leave a run no search can read."""
     run_id = parent.target.run_id
     if run_id is None:
         return
@@ -37,10 +42,13 @@ def tag_trials(parent: JobRun, rows: list[TrialRow], metric: str) -> None:
             tags = {"status": row.status, "rank": str(row.rank), "best": str(bool(ranked) and row is ranked[0]).lower()}
             if row.metric is not None:
                 tags[f"final_{metric}"] = f"{row.metric:.6g}"
+            if row.adapter:
+                tags["adapter_path"] = row.adapter
+            if row.step is not None:
+                tags["final_step"] = str(row.step)
             for key, value in tags.items():
                 mlflow.set_tag(child, key, value)
-            if mlflow.get_run(child).info.status == "RUNNING":  # stopped by Tune before it could close itself
-                mlflow.set_terminated(child, status="KILLED" if row.status.startswith("stopped") else "FAILED")
+            mlflow.set_terminated(child, status=_CLOSING_STATUS.get(row.status.split(" ")[0], "FAILED"))
         if ranked:
             parent.finish({"best_trial": ranked[0].trial, f"best_{metric}": f"{ranked[0].metric:.6g}"})
         else:

@@ -70,7 +70,7 @@ def _token_counts(batch: dict[str, np.ndarray], cutoff_len: int) -> dict[str, np
 
 def prepare_data(cfg: TrainConfig) -> TokenizedData:
     """Read, split and tokenise; materialised so every worker shard and trial reads the same rows."""
-    ds = ray.data.read_parquet(cfg.data.path, columns=["instruction", "input", "output"])
+    ds = ray.data.read_parquet(cfg.data.path).select_columns(["instruction", "input", "output"])
     n_rows = ds.count()
     val_size = cfg.data.val_size if cfg.data.val_size < 1 else int(cfg.data.val_size)
     if val_size and n_rows > 1:

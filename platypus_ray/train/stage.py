@@ -168,10 +168,12 @@ def fit(job: TrainJob, callbacks: list | None = None) -> TrainResult:
         adapter_path = export_adapter(result.checkpoint, cfg.run.adapter_path)
         check_adapter(adapter_path)
     except BaseException:
-        tracker.finish({}, status="FAILED")
+        if job.tracking_parent is None:
+            tracker.finish({}, status="FAILED")
         raise
     _write_run_files(cfg.run.run_dir, history, dict(result.metrics))
-    tracker.finish({"adapter_path": adapter_path, "final_step": str(result.metrics.get("step"))})
+    if job.tracking_parent is None:  # a sweep closes its trials' runs: Tune may end this process mid-write
+        tracker.finish({"adapter_path": adapter_path, "final_step": str(result.metrics.get("step"))})
     return TrainResult(
         run_dir=cfg.run.run_dir,
         adapter_path=adapter_path,

@@ -82,6 +82,7 @@ def _check_mlflow(result, uri):
         assert child["tags.space.lora.r"] == str(row.params["lora.r"])
         assert float(child["tags.final_eval_loss"]) == pytest.approx(row.metric, rel=1e-5)
         assert child["tags.best"] == ("true" if row.rank == 1 else "false")
+        assert child["status"] == "FINISHED" and child["tags.adapter_path"] == row.adapter  # the sweep closed it
     assert parent["tags.best_trial"] == result.rows[0].trial
 
 
