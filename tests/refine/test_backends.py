@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from platypus_ray.errors import UserError
-from platypus_ray.refine.backends import EncoderSpec, load_encoder
+from platypus_ray.refine.backends import EncoderSpec, load_encoder, token_batches
 from platypus_ray.refine.calibrate import Agreement, calibrate, choose, compare, recorded_choice, spread
 from platypus_ray.refine.export import MANIFEST, ensure_export, model_folder, verify_export
 from tests.refine.test_refine_e2e import corpus, make_config  # noqa: F401 - the planted corpus, as a fixture here
@@ -70,12 +70,33 @@ def test_backend_gives_unit_vectors_and_finds_the_planted_duplicates(export_dir,
     assert backend.split("-")[0] in encoder.version or "model2vec" in encoder.version
 
 
-def test_order_and_batching_do_not_change_vectors(export_dir):
-    """Length sorting and per-batch padding are internal: each row's vector is the one it gets alone."""
-    encoder = load_encoder(_spec(export_dir, "onnx"))
+@pytest.mark.parametrize("backend", ["torch", "onnx"])
+def test_order_and_batching_do_not_change_vectors(export_dir, backend):
+    """Length sorting and passes of at most batch_tokens are internal: each row's vector is the one it gets alone."""
+    encoder = load_encoder(_spec(export_dir, backend, batch_tokens=24))  # ~2 of these rows a pass
     together = encoder.encode(TEXTS)
     alone = np.stack([encoder.encode([t])[0] for t in TEXTS[:3]])
     np.testing.assert_allclose(together[:3], alone, atol=1e-5)
+
+
+def test_int8_export_keeps_the_feed_forward_output_projections_in_fp32(export_dir):
+    import onnx
+
+    from platypus_ray.refine.export import kind_folder
+
+    graph = onnx.load(str(model_folder(export_dir, "all-MiniLM-L6-v2") / kind_folder("onnx-int8") / "model.onnx")).graph
+    float_matmuls = {n.name for n in graph.node if n.op_type == "MatMul" and "/dense/" in n.name}
+    assert float_matmuls == {f"/st/st.0/encoder/layer.{i}/output/dense/MatMul" for i in range(6)}
+    assert sum(n.op_type == "MatMulInteger" for n in graph.node) == 6 * 5  # q, k, v, attention out, ffn in
+
+
+def test_token_batches_cover_every_row_once_longest_first_within_budget():
+    lengths = np.array([5, 40, 3, 40, 12, 1, 300])
+    passes = token_batches(lengths, max_tokens=64, max_rows=3)
+    # 300 alone (over the budget, still a pass of its own), 40 (64 // 40 = 1 row), 40, then 3 rows
+    # of 12 (36 tokens; the row cap stops it), then the last row.
+    assert [lengths[rows].tolist() for rows in passes] == [[300], [40], [40], [12, 5, 3], [1]]
+    assert sorted(np.concatenate(passes).tolist()) == list(range(len(lengths)))
 
 
 def test_calibration_picks_an_identical_backend_and_is_recorded(export_dir, tmp_path):
