@@ -20,6 +20,15 @@ WORKER_ENV = {
 _PASSED_THROUGH = ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "TORCH_EXTENSIONS_DIR", "DS_ACCELERATOR", "HF_HOME")
 
 
+def interpreter_first_path() -> str:
+    """``PATH`` with this interpreter's bin folder first. DeepSpeed JIT-builds its CPU comm op
+    with the ``ninja`` on PATH; two ninja versions (the venv's, the system's) hash the same build
+    differently, so alternating between them rebuilt the op (~60 s) on every other Train run."""
+    here = os.path.dirname(sys.executable)
+    rest = [p for p in os.environ.get("PATH", "").split(os.pathsep) if p and p != here]
+    return os.pathsep.join([here, *rest])
+
+
 def init_ray() -> None:
     """Connect once: to ``RAY_ADDRESS`` when set (``ray job submit`` sets it), else start a local instance.
 
@@ -48,6 +57,7 @@ def _start_or_join() -> None:
         # A submitted job already carries its runtime env (jobs/runtime_env.yaml); don't override it.
         ray.init(logging_level=logging.WARNING)
     else:
+        env["PATH"] = interpreter_first_path()
         # The dashboard serves Ray's state API (Ray Train's placement-group cleaner polls it) and UI.
         ray.init(address="local", runtime_env={"env_vars": env}, logging_level=logging.WARNING)
     logging.getLogger("ray.data").setLevel(logging.WARNING)  # one INFO block per dataset execution otherwise

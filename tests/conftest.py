@@ -7,12 +7,27 @@ import os
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# Inherited by every Ray instance the tests start (the session's, LocalCluster nodes, CLI subprocesses):
+# one ninja for DeepSpeed's op build (see runtime.interpreter_first_path); no node-drain watcher
+# actor per worker group (no test drains a node); the Train controller notices a finished run sooner.
+from platypus_ray.runtime import WORKER_ENV, interpreter_first_path  # noqa: E402
+
+os.environ["PATH"] = interpreter_first_path()
+os.environ.update({"RAY_TRAIN_ENABLE_PREEMPTION_WATCHER": "0", "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.5",
+                   **{k: v for k, v in WORKER_ENV.items() if k not in os.environ}})
 
 import pyarrow as pa  # noqa: E402
 import pyarrow.parquet as pq  # noqa: E402
 import pytest  # noqa: E402
 
 from platypus_ray.samples import sample_rows  # noqa: E402
+
+
+def pytest_collection_modifyitems(items):
+    """The tests that start their own Ray cluster run first, before the session's instance
+    exists: it would otherwise sit beside them on the same 2 cores."""
+    own_cluster = ("test_jobs.py", "test_multinode.py")
+    items.sort(key=lambda item: item.path.name not in own_cluster)
 
 
 @pytest.fixture(scope="session")

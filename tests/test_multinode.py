@@ -69,9 +69,14 @@ def test_zero3_job_across_two_nodes_survives_losing_one(two_nodes, tiny_model, k
                 time.sleep(0.2)
             worker = next(n for n in two_nodes.nodes if n.name != "head")
             assert two_nodes.kill_node(worker)
-            # Without the node the group cannot be placed again (STRICT_SPREAD over 2 nodes): the
-            # run waits (Train retries the placement every 60 s, forever by default), not fails.
-            time.sleep(15)
+            # Without the node the group cannot be placed again (STRICT_SPREAD over 2 nodes): once
+            # the run has seen the failure it waits (Train retries the placement every 60 s,
+            # forever by default), not fails.
+            deadline = time.time() + 120
+            while not re.search("Error in training function|marked dead", log_path.read_text()):
+                assert submit.poll() is None and time.time() < deadline, log_path.read_text()[-3000:]
+                time.sleep(0.5)
+            time.sleep(5)
             assert submit.poll() is None, log_path.read_text()[-3000:]
             two_nodes.add_node(worker.name)  # the node comes back: a new raylet, a new node id
             submit.wait(timeout=400)

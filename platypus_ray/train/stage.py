@@ -125,6 +125,20 @@ def prepare(cfg: TrainConfig, data: TokenizedData | None = None, tracking_parent
     return TrainJob(cfg, data, plan, worker, tracking_parent, dict(tracking_tags or {}), started)
 
 
+def _finished(cfg: TrainConfig, total_steps: int) -> ray.train.Result | None:
+    """The result of an earlier attempt of this run that already reached ``total_steps``: a
+    rerun then starts no worker group (it would load the model only to train nothing)."""
+    try:
+        result = ray.train.Result.from_path(cfg.run.run_dir)
+    except RuntimeError:  # no run folder yet, or no checkpoint registered in it
+        return None
+    if result.checkpoint is None or int(result.metrics.get("step") or 0) < total_steps:
+        return None
+    print(f"train: {cfg.run.name} already finished at step {result.metrics['step']}; nothing to train "
+          "(a new run.name trains again)", flush=True)
+    return result
+
+
 def fit(job: TrainJob, callbacks: list | None = None) -> TrainResult:
     """Train a prepared job. ``callbacks`` go to ``RunConfig`` (Ray Tune passes its reporter)."""
     cfg, data = job.cfg, job.data
@@ -156,7 +170,7 @@ def fit(job: TrainJob, callbacks: list | None = None) -> TrainResult:
     )
     try:
         try:
-            result = trainer.fit()  # raises the run's TrainingFailedError
+            result = _finished(cfg, job.plan.total_steps) or trainer.fit()  # fit raises the run's TrainingFailedError
         except Exception as exc:
             clear = placement_error(exc, cfg)
             if clear is None:

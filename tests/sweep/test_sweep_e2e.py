@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import math
 import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -35,12 +36,36 @@ def hold_one_cpu(ray):
     return hog
 
 
+def release_after_a_retry(hog, stop: threading.Event, retried: threading.Event, timeout_s: float = 180) -> None:
+    """Remove ``hog`` once a second worker-group reservation has been seen pending (Ray Train gave
+    up on the first and asked again), and say so in ``retried``; give up after ``timeout_s``."""
+    from ray.util import placement_group_table
+    from ray.util.placement_group import remove_placement_group
+
+    def asks_for_cpus(info: dict) -> bool:  # a worker group's reservation, not a trial driver's (CPU 0)
+        return sum(bundle.get("CPU", 0) for bundle in info["bundles"].values()) >= 1
+
+    pending: set[str] = set()
+    deadline = time.time() + timeout_s
+    while not stop.is_set() and time.time() < deadline:
+        table = placement_group_table()
+        pending |= {pg for pg, info in table.items()
+                    if pg != hog.id.hex() and info["state"] == "PENDING" and asks_for_cpus(info)}
+        if len(pending) >= 2:
+            retried.set()
+            break
+        time.sleep(0.2)
+    remove_placement_group(hog)
+
+
 def test_four_trial_grid_every_trial_has_a_real_eval_loss(ray_session, tiny_model, kept_folder, tmp_path):
-    # One worker per trial: `auto` runs two trials side by side on the 2 CPUs. Two rounds of 2 steps.
+    # One worker of half a CPU per trial: `auto` runs all four trials side by side on the 2 CPUs
+    # (one round of trial start-up, not two). Two evaluation rounds of 2 steps each.
     cfg = sweep_config(tiny_model, kept_folder, str(tmp_path), "grid", workers=1, tracking={"mlflow": True},
                        max_steps=4, eval_every=2,
                        space={"lora.r": [4, 8], "lora.target_modules": ["attention", "mlp"]},
                        scheduler={"type": "asha", "grace_period": 2, "max_t": 2})
+    cfg.cluster.resources_per_worker = {"CPU": 0.5}
     result = run(cfg)
     assert len(result.rows) == 4
     assert {(r.params["lora.r"], r.params["lora.target_modules"]) for r in result.rows} == {
@@ -94,20 +119,22 @@ def test_asha_stops_the_diverging_trial_before_max_t(ray_session, tiny_model, ke
                        scheduler={"type": "asha", "grace_period": 1, "max_t": 2})
     from ray.util.placement_group import remove_placement_group
 
-    # A busy box first: other work holds one of the 2 CPUs for 8 s. The first trial's worker group
-    # cannot be placed; Ray Train releases the reservation after 3 s and retries until it fits.
+    # A busy box first: other work holds one of the 2 CPUs. The first trial's worker group cannot
+    # be placed; Ray Train releases the reservation after 3 s and asks again: once it has, the
+    # other work ends, and the retry fits.
     cfg.run.placement_timeout_s = 3
     hog = hold_one_cpu(ray_session)
-    released = threading.Event()
-    release = threading.Timer(8, lambda: (remove_placement_group(hog), released.set()))
+    stop, retried = threading.Event(), threading.Event()
+    release = threading.Thread(target=release_after_a_retry, args=(hog, stop, retried), daemon=True)
     release.start()
     try:
         result = run(cfg)
     finally:
-        release.cancel()
-        release.join()
-        if not released.is_set():
+        stop.set()
+        release.join(timeout=30)
+        if release.is_alive():  # stuck in a Ray call: free the CPU for the tests after this one
             remove_placement_group(hog)
+    assert retried.is_set(), "the first trial's worker group never had to be placed again"
     by_lr = {row.params["training.learning_rate"]: row for row in result.rows}
     assert by_lr[5e-3].rounds == 2 and by_lr[5e-3].status == "completed"
     assert by_lr[0.5].rounds == 1 and by_lr[0.5].status.startswith("stopped early")
