@@ -97,10 +97,37 @@ def compare_backends(results: dict[str, tuple], threshold: float, flag_threshold
     return rows
 
 
+def _encode_share(backend: str, texts: list[str], threads: int, batch_size: int, export_dir: str | None, barrier):
+    from platypus_ray.refine.backends import EncoderSpec, load_encoder
+
+    encoder = load_encoder(EncoderSpec("all-MiniLM-L6-v2", backend, batch_size=batch_size, threads=threads,
+                                       export_dir=export_dir))
+    encoder.encode(texts[:batch_size])  # warm-up, as for the other bare runs
+    barrier.wait()
+    start = time.time()
+    encoder.encode(texts)
+    return start, time.time()
+
+
+def bare_in_layout(texts: list[str], backend: str, processes: int, threads: int, batch_size: int,
+                   export_dir: str | None) -> float:
+    """Rows/s of ``processes`` bare processes of ``threads`` threads each, encoding their share of
+    the rows at the same time: the actor pool's layout without Ray."""
+    context = multiprocessing.get_context("spawn")
+    with context.Manager() as manager, ProcessPoolExecutor(processes, mp_context=context) as pool:
+        barrier = manager.Barrier(processes)
+        futures = [pool.submit(_encode_share, backend, texts[i::processes], threads, batch_size, export_dir, barrier)
+                   for i in range(processes)]
+        spans = [future.result() for future in futures]
+    return len(texts) / (max(end for _, end in spans) - min(start for start, _ in spans))
+
+
 def pipeline_vs_bare(texts: list[str], backend: str, bare_rows_per_s: float, batch_size: int, actors: int,
                      export_dir: str | None) -> dict:
     """The refine embed stage with ``backend`` against the same backend used bare (steady state):
-    ``actors`` actors of one CPU each, then one actor with every core."""
+    ``actors`` actors of one CPU each, then one actor with every core. The first layout is also
+    compared with bare processes in that layout (one thread each), which tells Ray's cost apart
+    from the layout's."""
     from platypus_ray.bench.refine import bench_pipeline_embed
 
     cores = os.cpu_count() or 1
@@ -109,9 +136,13 @@ def pipeline_vs_bare(texts: list[str], backend: str, bare_rows_per_s: float, bat
         total_s, steady_s, _ = bench_pipeline_embed(texts, batch_size, layout_actors, backend=backend,
                                                     export_dir=export_dir, cpus_per_actor=cpus)
         steady = len(texts) / steady_s
-        out["layouts"].append({"actors": layout_actors, "cpus_per_actor": cpus, "pipeline_rows_per_s": round(steady, 1),
-                               "ratio_steady": round(steady / bare_rows_per_s, 2),
-                               "pipeline_end_to_end_rows_per_s": round(len(texts) / total_s, 1)})
+        layout = {"actors": layout_actors, "cpus_per_actor": cpus, "pipeline_rows_per_s": round(steady, 1),
+                  "ratio_steady": round(steady / bare_rows_per_s, 2),
+                  "pipeline_end_to_end_rows_per_s": round(len(texts) / total_s, 1)}
+        if (layout_actors, cpus) != (1, cores):
+            same = bare_in_layout(texts, backend, layout_actors, cpus, batch_size, export_dir)
+            layout |= {"bare_same_layout_rows_per_s": round(same, 1), "ratio_vs_bare_same_layout": round(steady / same, 2)}
+        out["layouts"].append(layout)
     return out
 
 
@@ -137,6 +168,9 @@ def run_backends(texts: list[str], batch_size: int, actors: int, threshold: floa
         print(f"  pipeline embed stage with {best['name']}, {layout['actors']} actor(s) x {layout['cpus_per_actor']} CPU: "
               f"{layout['pipeline_rows_per_s']} rows/s steady vs {pipeline['bare_rows_per_s']} bare: "
               f"{layout['ratio_steady']}x (target >= 0.95x)")
+        if "bare_same_layout_rows_per_s" in layout:
+            print(f"    vs {layout['actors']} bare processes x {layout['cpus_per_actor']} thread at once: "
+                  f"{layout['bare_same_layout_rows_per_s']} rows/s: {layout['ratio_vs_bare_same_layout']}x")
     print(f"  load average (1 min) before / after: {report['load_average_before_after']}")
     if json_path is not None:
         json_path.parent.mkdir(parents=True, exist_ok=True)
