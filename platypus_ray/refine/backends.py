@@ -78,7 +78,7 @@ class TorchEncoder(Encoder):
         self.version = f"sentence-transformers {sentence_transformers.__version__}, torch {torch.__version__}, {spec.precision}"
 
     def encode(self, texts: list[str]) -> np.ndarray:
-        features = self.model.tokenize(texts)  # whatever tokenizer the model carries; lengths only
+        features = self.model.preprocess(texts)  # whatever tokenizer the model carries; lengths only
         mask = features.get("attention_mask")
         lengths = mask.sum(dim=1).numpy() if mask is not None else np.array([len(t) for t in texts])
         out = np.empty((len(texts), self.model.get_embedding_dimension()), dtype=np.float32)
