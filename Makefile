@@ -6,8 +6,6 @@ PY := $(VENV)/bin/python
 TORCH_SPEC ?= torch==2.13.0
 export TORCH_EXTENSIONS_DIR ?= $(CURDIR)/.venv/torch_extensions
 export HF_HUB_OFFLINE ?= 1
-# The venv's tools first (DeepSpeed builds its comm op with the ninja on PATH: one ninja, one build cache).
-export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 
 .PHONY: setup demo test bench clean local-cluster
 

@@ -86,9 +86,11 @@ class LocalCluster:
         # Unix socket paths are limited to ~107 bytes: keep temp dirs short.
         temp_dir = self.root / name
         node = LocalNode(name, temp_dir)
+        from platypus_ray.runtime import interpreter_first_path
+
+        # `python` in a job's entrypoint is this interpreter, as on a cluster whose image has one.
         env = {**os.environ, **self.env, **self.client_env, "RAY_USAGE_STATS_ENABLED": "0",
-               # `python` in a job's entrypoint is this interpreter, as on a cluster whose image has one.
-               "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"}
+               "PATH": interpreter_first_path()}
         env.pop("RAY_ADDRESS")
         for attempt in range(attempts):
             temp_dir.mkdir(parents=True, exist_ok=True)

@@ -55,14 +55,18 @@ def _bare_encoder():
     return encode, f"sentence-transformers {sentence_transformers.__version__} encode, defaults"
 
 
-def _encode_in_process(backend: str, texts: list[str], probes: list[str], batch_size: int, export_dir: str | None):
+def _encoder(backend: str, batch_size: int, threads: int, export_dir: str | None):
     from platypus_ray.refine.backends import EncoderSpec, load_encoder
 
+    return load_encoder(EncoderSpec("all-MiniLM-L6-v2", backend, batch_size=batch_size, threads=threads,
+                                    export_dir=export_dir))
+
+
+def _encode_in_process(backend: str, texts: list[str], probes: list[str], batch_size: int, export_dir: str | None):
     if backend == BARE:
         encode, version = _bare_encoder()
     else:
-        encoder = load_encoder(EncoderSpec("all-MiniLM-L6-v2", backend, batch_size=batch_size,
-                                           threads=os.cpu_count() or 1, export_dir=export_dir))
+        encoder = _encoder(backend, batch_size, os.cpu_count() or 1, export_dir)
         encode, version = encoder.encode, encoder.version
     encode(texts[:batch_size])  # warm-up: first-call allocations and graph compilation
     start = time.perf_counter()
@@ -72,15 +76,17 @@ def _encode_in_process(backend: str, texts: list[str], probes: list[str], batch_
 
 
 def encode_each(backends, texts, probes, batch_size, export_dir) -> dict[str, tuple]:
-    """{backend: (encode seconds over both passes, row vectors, probe vectors, version)}: each
-    backend in a fresh process per pass, the second pass in reverse order."""
-    out: dict[str, tuple] = {}
+    """{backend: (mean encode seconds of the two passes, row vectors, probe vectors, version)}:
+    each backend in a fresh process per pass, the second pass in reverse order."""
+    seconds: dict[str, float] = {}
+    outputs: dict[str, list] = {}
     for backend in [*backends, *reversed(backends)]:
         with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as pool:
-            seconds, *rest = pool.submit(_encode_in_process, backend, texts, probes, batch_size, export_dir).result()
-        print(f"  {backend}: {len(texts) / seconds:.1f} rows/s", flush=True)
-        out[backend] = (out[backend][0] + seconds, *out[backend][1:]) if backend in out else (seconds, *rest)
-    return out
+            took, *rest = pool.submit(_encode_in_process, backend, texts, probes, batch_size, export_dir).result()
+        print(f"  {backend}: {len(texts) / took:.1f} rows/s", flush=True)
+        seconds[backend] = seconds.get(backend, 0.0) + took
+        outputs.setdefault(backend, rest)
+    return {backend: (seconds[backend] / 2, *outputs[backend]) for backend in backends}
 
 
 def compare_backends(results: dict[str, tuple], threshold: float, flag_threshold: float) -> list[dict]:
@@ -91,17 +97,14 @@ def compare_backends(results: dict[str, tuple], threshold: float, flag_threshold
     rows = []
     for name, (seconds, vectors, probes, version) in results.items():
         diff, kept, flags = compare(ref, vectors, threshold, flag_threshold, ref_probes, probes)
-        rows.append({"name": name, "version": version, "rows_per_s": round(2 * len(ref) / seconds, 1),
+        rows.append({"name": name, "version": version, "rows_per_s": round(len(ref) / seconds, 1),
                      "ratio_vs_bare": round(bare_s / seconds, 2), "max_abs_cos_diff": diff,
                      "kept_differs": kept, "flags_differ": flags})
     return rows
 
 
 def _encode_share(backend: str, texts: list[str], threads: int, batch_size: int, export_dir: str | None, barrier):
-    from platypus_ray.refine.backends import EncoderSpec, load_encoder
-
-    encoder = load_encoder(EncoderSpec("all-MiniLM-L6-v2", backend, batch_size=batch_size, threads=threads,
-                                       export_dir=export_dir))
+    encoder = _encoder(backend, batch_size, threads, export_dir)
     encoder.encode(texts[:batch_size])  # warm-up, as for the other bare runs
     barrier.wait()
     start = time.time()

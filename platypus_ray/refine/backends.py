@@ -28,6 +28,7 @@ from platypus_ray.refine.export import ensure_export, export_root
 
 EXACT = ("torch", "onnx", "openvino")  # candidates for `auto`: identical decisions are possible
 APPROXIMATE = ("onnx-int8",)
+EXPORT_KIND = {"onnx": "onnx", "openvino": "onnx", "onnx-int8": "onnx-int8", "static": "static"}  # torch: none
 DIFFERENT_SPACE = ("static",)
 
 
@@ -154,7 +155,7 @@ class OpenVinoEncoder(GraphEncoder):
     name = "openvino"
 
     def __init__(self, spec: EncoderSpec):
-        super().__init__(spec, "onnx")
+        super().__init__(spec, EXPORT_KIND[self.name])
         import openvino as ov
 
         from platypus_ray.errors import UserError
@@ -212,7 +213,7 @@ def prepare(spec: EncoderSpec) -> str:
     if spec.backend == "static" and spec.static_model:
         verify_export(Path(spec.static_model).expanduser())
     elif spec.backend != "torch":
-        ensure_export(spec.model, {"openvino": "onnx"}.get(spec.backend, spec.backend), export_root(spec.export_dir))
+        ensure_export(spec.model, EXPORT_KIND[spec.backend], export_root(spec.export_dir))
     package = {"torch": "sentence-transformers", "onnx": "onnxruntime", "onnx-int8": "onnxruntime",
                "openvino": "openvino", "static": "model2vec"}[spec.backend]
     extra = {"torch": f", torch {version('torch')}, {spec.precision}", "onnx-int8": ", int8 (approximate)",

@@ -18,7 +18,7 @@ import ray
 
 from platypus_ray.batching import actor_pool_map, resolve_device
 from platypus_ray.errors import UserError
-from platypus_ray.refine.backends import (APPROXIMATE, DIFFERENT_SPACE, EncoderSpec, load_encoder, prepare,
+from platypus_ray.refine.backends import (APPROXIMATE, DIFFERENT_SPACE, EXPORT_KIND, EncoderSpec, load_encoder, prepare,
                                           resolve_batch_tokens, resolve_precision)
 from platypus_ray.refine.config import EmbeddingConfig
 from platypus_ray.refine.embedding_cache import EmbeddingCache, as_keys
@@ -142,8 +142,9 @@ def open_cache(location: str, cfg: EmbeddingConfig) -> EmbeddingCache:
 
     identity = {"model_key": model_folder(Path("."), cfg.model).name, "backend": cfg.backend,
                 "precision": resolve_precision(cfg.precision, resolve_device(cfg.device)), "static_model": cfg.static_model}
-    if RECIPES.get(cfg.backend, 1) > 1:  # a later export recipe: other vectors (first recipes keep their old namespace)
-        identity["recipe"] = RECIPES[cfg.backend]
+    kind = EXPORT_KIND.get(cfg.backend)
+    if kind and RECIPES[kind] > 1:  # a later export recipe: other vectors (first recipes keep their old namespace)
+        identity["recipe"] = RECIPES[kind]
     cache = EmbeddingCache(location, identity)
     cache.check()
     return cache
