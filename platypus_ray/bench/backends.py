@@ -136,12 +136,12 @@ def pipeline_vs_bare(texts: list[str], backend: str, bare_rows_per_s: float, bat
     cores = os.cpu_count() or 1
     out = {"backend": backend, "bare_rows_per_s": bare_rows_per_s, "layouts": []}
     for layout_actors, cpus in dict.fromkeys([(actors, 1), (1, cores)]):
-        total_s, steady_s, _ = bench_pipeline_embed(texts, batch_size, layout_actors, backend=backend,
-                                                    export_dir=export_dir, cpus_per_actor=cpus)
-        steady = len(texts) / steady_s
+        profile, _ = bench_pipeline_embed(texts, batch_size, layout_actors, backend=backend, export_dir=export_dir,
+                                          cpus_per_actor=cpus)
+        steady = len(texts) / profile.steady_s
         layout = {"actors": layout_actors, "cpus_per_actor": cpus, "pipeline_rows_per_s": round(steady, 1),
                   "ratio_steady": round(steady / bare_rows_per_s, 2),
-                  "pipeline_end_to_end_rows_per_s": round(len(texts) / total_s, 1)}
+                  "pipeline_end_to_end_rows_per_s": round(len(texts) / profile.total_s, 1), "profile": profile.as_dict()}
         if (layout_actors, cpus) != (1, cores):
             same = bare_in_layout(texts, backend, layout_actors, cpus, batch_size, export_dir)
             layout |= {"bare_same_layout_rows_per_s": round(same, 1), "ratio_vs_bare_same_layout": round(steady / same, 2)}
@@ -171,6 +171,10 @@ def run_backends(texts: list[str], batch_size: int, actors: int, threshold: floa
         print(f"  pipeline embed stage with {best['name']}, {layout['actors']} actor(s) x {layout['cpus_per_actor']} CPU: "
               f"{layout['pipeline_rows_per_s']} rows/s steady vs {pipeline['bare_rows_per_s']} bare: "
               f"{layout['ratio_steady']}x (target >= 0.95x)")
+        p = layout["profile"]
+        print(f"    actors busy {p['busy_share']:.1%} of the steady state, idle at the end up to {p['tail_s']:.1f} s; "
+              f"CPU they got inside their calls: {p['cpu_share_in_calls']:.1%} of the CPUs they hold (the rest "
+              "went to other processes)")
         if "bare_same_layout_rows_per_s" in layout:
             print(f"    vs {layout['actors']} bare processes x {layout['cpus_per_actor']} thread at once: "
                   f"{layout['bare_same_layout_rows_per_s']} rows/s: {layout['ratio_vs_bare_same_layout']}x")

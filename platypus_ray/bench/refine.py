@@ -19,6 +19,7 @@ import json
 import os
 import sys
 import time
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
@@ -60,55 +61,66 @@ def bench_bare_encode(texts: list[str], batch_size: int) -> tuple[float, float, 
     return time.perf_counter() - start, encode_s, vectors
 
 
+@dataclass
+class StageProfile:
+    """Where the embed stage's actors spent the steady state (first batch starts -> last ends)."""
+
+    total_s: float  # embed_texts from call to vectors back (sort, actor start, encode, collect)
+    steady_s: float
+    busy_share: float  # of actors x steady_s, inside a batch call
+    cpu_share_in_calls: float  # CPU time the actors got inside their calls, per second and CPU they hold
+    tail_s: float  # the longest an actor stood idle at the end, waiting for the others
+
+    def as_dict(self) -> dict:
+        return {k: round(v, 3) for k, v in asdict(self).items()}
+
+
 def bench_pipeline_embed(texts: list[str], batch_size: int, actors: int, backend: str = "torch",
-                         export_dir: str | None = None, cpus_per_actor: float = 1.0) -> tuple[float, float, np.ndarray]:
-    """The refine stage's embed step (length-sorted blocks, actor pool, collect): (total seconds,
-    steady-state seconds from the first batch starting to the last finishing, vectors)."""
+                         export_dir: str | None = None, cpus_per_actor: float = 1.0) -> tuple[StageProfile, np.ndarray]:
+    """The refine stage's embed step (length sort, actor pool, collect) and its profile. Each
+    actor appends its calls' wall and CPU times to a file (an actor to collect them would take
+    CPU from the stage it measures). ``cpu_share_in_calls`` below 1 is CPU taken by other
+    processes (Ray's own, on a small node); ``busy_share`` below 1 is actors waiting for a batch."""
+    import tempfile
+
     import ray
 
     from platypus_ray.refine.config import EmbeddingConfig
     from platypus_ray.refine.embed import embed_texts
 
     ds = ray.data.from_items([{"key": k, "text": t, "text_len": len(t)} for k, t in enumerate(texts)]).materialize()
-    clock = _batch_clock().remote()
     cfg = EmbeddingConfig(batch_size=batch_size, actors=actors, device="cpu", backend=backend, export_dir=export_dir,
                           cpus_per_actor=cpus_per_actor)
-    start = time.perf_counter()
-    vectors = embed_texts(ds, len(texts), cfg, embedder=_timed_embedder(clock)).blocks.to_matrix()
-    total = time.perf_counter() - start
-    first, last = ray.get(clock.span.remote())
-    return total, last - first, vectors
+    with tempfile.TemporaryDirectory() as folder:
+        log = Path(folder) / "calls.txt"
+        start = time.perf_counter()
+        vectors = embed_texts(ds, len(texts), cfg, embedder=profiled_embedder(str(log))).blocks.to_matrix()
+        total = time.perf_counter() - start
+        calls = np.loadtxt(log, ndmin=2)  # pid, wall start, wall end, cpu start, cpu end, rows
+    first, last = calls[:, 1].min(), calls[:, 2].max()
+    busy = calls[:, 2] - calls[:, 1]
+    pids = np.unique(calls[:, 0])
+    profile = StageProfile(total, last - first, busy.sum() / (len(pids) * (last - first)),
+                           (calls[:, 4] - calls[:, 3]).sum() / (busy.sum() * cpus_per_actor),
+                           max(last - calls[calls[:, 0] == pid, 2].max() for pid in pids))
+    return profile, vectors
 
 
-def _timed_embedder(clock):
-    """The production Embedder, with each batch's start and end sent to ``clock``."""
+def profiled_embedder(log: str):
+    """The production Embedder, with each call's process id, wall and process CPU times and rows
+    appended to ``log`` (a line per call)."""
     from platypus_ray.refine.embed import Embedder
 
-    class TimedEmbedder(Embedder):
+    class ProfiledEmbedder(Embedder):
         def __call__(self, batch):
-            began = time.time()
+            began, cpu_began = time.time(), time.process_time()
             out = super().__call__(batch)
-            clock.record.remote(began, time.time())
+            with open(log, "a") as f:
+                f.write(f"{os.getpid()} {began:.6f} {time.time():.6f} {cpu_began:.6f} {time.process_time():.6f} "
+                        f"{len(batch['text'])}\n")
             return out
 
-    return TimedEmbedder
-
-
-def _batch_clock():
-    import ray
-
-    @ray.remote(num_cpus=0)
-    class BatchClock:
-        def __init__(self):
-            self.first, self.last = float("inf"), 0.0
-
-        def record(self, began: float, ended: float) -> None:
-            self.first, self.last = min(self.first, began), max(self.last, ended)
-
-        def span(self) -> tuple[float, float]:
-            return self.first, self.last
-
-    return BatchClock
+    return ProfiledEmbedder
 
 
 def bench_dedup(emb: np.ndarray, threshold: float, tile: int) -> tuple[float, np.ndarray]:
@@ -221,7 +233,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.source.is_file():
         texts = load_texts(args.source, args.rows)
         bare_s, bare_encode_s, bare_vec = bench_bare_encode(texts, args.batch_size)
-        ray_s, ray_steady_s, ray_vec = bench_pipeline_embed(texts, args.batch_size, args.actors)
+        profile, ray_vec = bench_pipeline_embed(texts, args.batch_size, args.actors)
+        ray_s, ray_steady_s = profile.total_s, profile.steady_s
         n = len(texts)
         print(f"embed  {n} rows, {cores} cores, batch {args.batch_size}")
         print("  steady state (first batch starts -> last batch ends):")

@@ -59,7 +59,6 @@ def score_encoded(model: Any, encoded: list[tuple[list[int], int]], pad_id: int,
 
 def load_model(name_or_path: str, adapter: str | None, dtype: str, device: str):
     """Tokenizer and eval-mode model; an adapter is merged in (inference needs no LoRA branch)."""
-    import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from platypus_ray.dtypes import torch_dtype

@@ -195,12 +195,15 @@ def embed_texts(ds: ray.data.Dataset, n: int, cfg: EmbeddingConfig, embedder: ty
 def _in_actor_pool(ds: ray.data.Dataset, n: int, cfg: EmbeddingConfig, device: str, embedder: type[Embedder],
                    spec: EncoderSpec) -> ray.data.Dataset:
     """Vectors of ``ds``'s rows, in batches of similar length, longest first (less padding):
-    a distributed sort, then ``batch_size`` consecutive rows per actor call (Ray Data bundles
-    the sort's blocks, whatever their size: a sort of 2,000 rows gave blocks of 10, and one
-    block a call ran at 0.4x the bare rate). The sorted rows are materialised first: the sort
-    is a barrier anyway, and an actor pool started beside it would hold the CPUs its tasks
-    need (a deadlock on a 2-CPU node)."""
-    rows = ds.sort(["text_len", "key"], descending=[True, False]).materialize()
+    a distributed sort cut into blocks of at most ``batch_size`` rows, then ``batch_size``
+    consecutive rows per actor call. An actor takes whole blocks, and the sort's blocks
+    follow the input's: one file gave a few blocks of 1,250 rows, so one actor took them all
+    while the other idled (0.5x); small blocks are bundled up to ``batch_size`` rows (a sort
+    of 2,000 rows gave blocks of 10, and a block a call ran at 0.4x). The sorted rows are
+    materialised first: the sort is a barrier anyway, and an actor pool started beside it
+    would hold the CPUs its tasks need (a deadlock on a 2-CPU node)."""
+    rows = (ds.sort(["text_len", "key"], descending=[True, False])
+            .repartition(target_num_rows_per_block=cfg.batch_size).materialize())
     return actor_pool_map(rows, embedder, {"model": cfg.model, "device": device, "batch_size": cfg.batch_size, "spec": spec},
                           actors=cfg.actors, max_actors=-(-n // cfg.batch_size), cpus_per_actor=cfg.cpus_per_actor,
                           device=device, batch_size=cfg.batch_size)

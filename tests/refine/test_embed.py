@@ -1,4 +1,5 @@
-"""The embedding actor's ``__call__`` on a 3-row batch, without Ray (real MiniLM, offline)."""
+"""The embedding actor's ``__call__`` on a 3-row batch, without Ray (real MiniLM, offline), and the
+actor pool it runs in."""
 
 from __future__ import annotations
 
@@ -34,3 +35,26 @@ def test_embedder_batch_gives_unit_vectors_that_rank_paraphrases_first():
     np.testing.assert_allclose(np.linalg.norm(out["embedding"], axis=1), 1.0, atol=1e-5)
     sims = out["embedding"] @ out["embedding"].T
     assert sims[0, 1] > 0.9 > 0.3 > sims[0, 2]
+
+
+def test_one_input_block_is_cut_into_batches_that_every_actor_shares(ray_session, tmp_path):
+    """A source file read as one block must still feed every actor, ``batch_size`` rows a call,
+    longest rows first (the sort's blocks follow the input's: one block went to one actor)."""
+    import ray
+
+    from platypus_ray.bench.refine import profiled_embedder
+    from platypus_ray.refine.config import EmbeddingConfig
+    from platypus_ray.refine.embed import embed_texts
+    from tests.helpers import build_static_embedder
+
+    texts = [f"row {i} " + "word " * (i % 23) for i in range(96)]
+    model = build_static_embedder(tmp_path / "model", texts)
+    ds = ray.data.from_items([{"key": k, "text": t, "text_len": len(t)} for k, t in enumerate(texts)],
+                             override_num_blocks=1)
+    log = tmp_path / "calls.txt"
+    cfg = EmbeddingConfig(model=model, backend="torch", device="cpu", batch_size=8, actors=2, cache=False)
+    vectors = embed_texts(ds, len(texts), cfg, embedder=profiled_embedder(str(log))).blocks.to_matrix()
+    calls = np.loadtxt(log, ndmin=2)
+    assert len(np.unique(calls[:, 0])) == 2, "both actors took batches"
+    assert calls[:, 5].max() <= 8 and calls[:, 5].sum() == len(texts)
+    np.testing.assert_allclose(np.linalg.norm(vectors, axis=1), 1.0, atol=1e-5)
