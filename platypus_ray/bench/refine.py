@@ -88,7 +88,9 @@ def bench_pipeline_embed(texts: list[str], batch_size: int, actors: int, backend
     from platypus_ray.refine.config import EmbeddingConfig
     from platypus_ray.refine.embed import embed_texts
 
-    ds = ray.data.from_items([{"key": k, "text": t, "text_len": len(t)} for k, t in enumerate(texts)]).materialize()
+    # One block, as refine reads a source file (many small blocks hid the one-actor pool this once had)
+    ds = ray.data.from_items([{"key": k, "text": t, "text_len": len(t)} for k, t in enumerate(texts)],
+                             override_num_blocks=1).materialize()
     cfg = EmbeddingConfig(batch_size=batch_size, actors=actors, device="cpu", backend=backend, export_dir=export_dir,
                           cpus_per_actor=cpus_per_actor)
     with tempfile.TemporaryDirectory() as folder:
