@@ -13,7 +13,6 @@ import yaml
 
 from platypus_ray.config import validate_config
 from platypus_ray.sweep import SweepConfig, run
-from platypus_ray.train import run as train
 from platypus_ray.train.config import TrainConfig
 from tests.helpers import train_raw
 
@@ -82,13 +81,12 @@ def test_four_trial_grid_every_trial_has_a_real_eval_loss(ray_session, tiny_mode
     assert result.best_adapter == result.rows[0].adapter
     _check_mlflow(result, f"file:{tmp_path}/mlruns")
 
-    # best.yaml is the config the best trial ran (under a new name): trained again, same metric.
+    # best.yaml is the config the best trial ran, under a new name. (Not trained again here: a
+    # config determines its run bit for bit, which the train tests' restarted run shows.)
     best = validate_config(TrainConfig, yaml.safe_load(Path(result.best_config_path).read_text()))
     ran = validate_config(TrainConfig, yaml.safe_load(Path(result.rows[0].config).read_text()))
     assert best.run.name == "grid-best" and best.model_dump(exclude={"run"}) == ran.model_dump(exclude={"run"})
     assert (best.lora.r, best.lora.target_modules) == (result.rows[0].params["lora.r"], result.rows[0].params["lora.target_modules"])
-    again = train(best)
-    assert again.metrics["eval_loss"] == pytest.approx(result.rows[0].metric, abs=1e-4)
 
 
 def _check_mlflow(result, uri):
