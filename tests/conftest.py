@@ -16,7 +16,8 @@ from platypus_ray.runtime import WORKER_ENV, interpreter_first_path  # noqa: E40
 
 os.environ["PATH"] = interpreter_first_path()
 os.environ.update({"RAY_TRAIN_ENABLE_PREEMPTION_WATCHER": "0", "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.5",
-                   "RAY_idle_worker_killing_time_threshold_ms": "300000", **{k: v for k, v in WORKER_ENV.items() if k not in os.environ}})
+                   "RAY_idle_worker_killing_time_threshold_ms": "300000",
+                   **{k: v for k, v in WORKER_ENV.items() if k not in os.environ}})
 
 import pyarrow as pa  # noqa: E402
 import pyarrow.parquet as pq  # noqa: E402

@@ -38,8 +38,8 @@ def test_embedder_batch_gives_unit_vectors_that_rank_paraphrases_first():
 
 
 def test_one_input_block_is_cut_into_batches_that_every_actor_shares(ray_session, tmp_path):
-    """A source file read as one block must still feed every actor, ``batch_size`` rows a call,
-    longest rows first (the sort's blocks follow the input's: one block went to one actor)."""
+    """A source file read as one block must still feed every actor, at most ``batch_size`` rows a
+    call (the sort's blocks follow the input's: one block went to one actor)."""
     import ray
 
     from platypus_ray.bench.refine import profiled_embedder
