@@ -8,7 +8,7 @@ int8, model2vec static); which one is settled on the driver before any actor sta
 from __future__ import annotations
 
 import os
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Callable
 
@@ -17,6 +17,7 @@ import pyarrow as pa
 import ray
 
 from platypus_ray.batching import actor_pool_map, resolve_device
+from platypus_ray.devices import actor_device
 from platypus_ray.errors import UserError
 from platypus_ray.refine.backends import (APPROXIMATE, DIFFERENT_SPACE, EXPORT_KIND, EncoderSpec, load_encoder, prepare,
                                           resolve_batch_tokens, resolve_precision)
@@ -55,7 +56,10 @@ class Embedder:
     """Ray Data callable class: builds its encoder once per actor; batch of text in, unit vectors out."""
 
     def __init__(self, model: str, device: str, batch_size: int, spec: EncoderSpec | None = None):
-        self.encoder = load_encoder(spec or EncoderSpec(model, "torch", device=device, batch_size=batch_size))
+        spec = spec or EncoderSpec(model, "torch", device=device, batch_size=batch_size)
+        if actor_device(spec.device) != spec.device:  # a simulated GPU (devices.py): the CPU encoder, fp32
+            spec = replace(spec, device="cpu", precision="float32", batch_tokens=resolve_batch_tokens("auto", "cpu"))
+        self.encoder = load_encoder(spec)
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         vectors = self.encoder.encode(batch["text"].tolist())

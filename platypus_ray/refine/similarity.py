@@ -18,6 +18,7 @@ import numpy as np
 import ray
 import torch
 
+from platypus_ray.devices import actor_device
 from platypus_ray.refine.vectors import EmbeddingBlocks
 from platypus_ray.refine.waits import as_completed
 
@@ -120,7 +121,7 @@ def best_matches(queries: EmbeddingBlocks | np.ndarray, references: np.ndarray, 
 
 
 def _device(num_gpus_assigned: bool) -> torch.device:
-    return torch.device("cuda") if num_gpus_assigned and torch.cuda.is_available() else torch.device("cpu")
+    return torch.device(actor_device("cuda" if num_gpus_assigned else "cpu"))  # cpu for a simulated GPU (devices.py)
 
 
 @ray.remote

@@ -25,6 +25,7 @@ import ray
 import ray.train
 from ray.train.torch import TorchConfig, TorchTrainer
 
+from platypus_ray.devices import train_backend
 from platypus_ray.errors import UserError
 from platypus_ray.paths import absolute_if_local, is_remote, write_text
 from platypus_ray.runtime import init_ray
@@ -150,7 +151,7 @@ def fit(job: TrainJob, callbacks: list | None = None) -> TrainResult:
         os.environ[START_TIMEOUT_ENV] = str(cfg.run.placement_timeout_s)
     trainer = TorchTrainer(
         functools.partial(train_loop_per_worker, job.worker),
-        torch_config=TorchConfig(backend="nccl" if cfg.cluster.use_gpu else "gloo"),
+        torch_config=TorchConfig(backend=train_backend(cfg.cluster.use_gpu)),  # gloo for simulated GPUs (devices.py)
         scaling_config=ray.train.ScalingConfig(
             num_workers=cfg.cluster.workers,
             use_gpu=cfg.cluster.use_gpu,

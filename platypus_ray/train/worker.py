@@ -22,6 +22,7 @@ from platypus_ray.dtypes import torch_dtype
 from platypus_ray.train.callbacks import InjectedFault, ReportToRay, TrackingCallback
 from platypus_ray.train.config import TrainConfig
 from platypus_ray.train.layout import CHECKPOINT_SUBDIR
+from platypus_ray.devices import actor_device
 from platypus_ray.train.plan import WorkerPlan
 from platypus_ray.train.prompts import IGNORE_INDEX
 
@@ -36,7 +37,7 @@ def train_loop_per_worker(plan: WorkerPlan) -> None:
     cfg = TrainConfig.model_validate(plan.config, context={"on_worker": True})
     context = ray.train.get_context()
     rank, world = context.get_world_rank(), context.get_world_size()
-    on_gpu = cfg.cluster.use_gpu and torch.cuda.is_available()
+    on_gpu = cfg.cluster.use_gpu and actor_device("cuda") == "cuda"  # a simulated GPU: the CPU path (devices.py)
     os.environ.setdefault("DS_ACCELERATOR", "cuda" if on_gpu else "cpu")  # no probing, no fallback warning
 
     import deepspeed
