@@ -4,23 +4,27 @@ The driver opens the MLflow run (params: the resolved config flattened, and the 
 closes it (the adapter path as a tag); rank 0 alone logs per-step metrics into that run
 (``TrackingCallback``), so a multi-worker job never becomes one run per worker. A rerun that
 resumes a job reopens the same run (its id is kept in ``<run folder>/tracking.json``). A
-sweep is a parent run with one child run per trial. An unreachable server fails before Ray
-starts; a logging failure mid-run is a warning and training goes on.
+sweep is a parent run with one child run per trial, all in one store. Every store is opened
+(a server reached, a SQLite file created and migrated) before Ray starts, so an unusable URI
+fails first; a logging failure mid-run is a warning and training goes on.
 
-    mlflow ui --backend-store-uri out/train/mlruns      # tracking.mlflow: true
-    tensorboard --logdir out/train                      # tracking.tensorboard: true
+    mlflow ui --backend-store-uri sqlite:///$PWD/out/train/mlflow.db   # tracking.mlflow: true
+    tensorboard --logdir out/train                                   # tracking.tensorboard: true
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import os
+import random
 import sys
+import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 from pydantic import Field
 
@@ -29,13 +33,14 @@ from platypus_ray.errors import UserError
 from platypus_ray.paths import is_remote, read_text, write_text
 
 _PARAM_MAX = 6000  # MLflow's limit on a param value
+T = TypeVar("T")
 
 
 class TrackingSettings(StrictModel):
     """Where training metrics go besides ``metrics.jsonl``; off by default."""
 
-    mlflow: bool | str = Field(False, description="true: a local store under run.storage_path/mlruns; "
-                                                  "or a tracking URI (http://host:5000, file:/path)")
+    mlflow: bool | str = Field(False, description="true: a SQLite store at run.storage_path/mlflow.db; or a "
+                                                  "tracking URI (http://host:5000, sqlite:///path.db, file:/path)")
     experiment: str | None = None  # default: run.name
     tensorboard: bool = False  # event files under <run folder>/tensorboard/
 
@@ -43,8 +48,8 @@ class TrackingSettings(StrictModel):
         """The tracking URI, or None when MLflow is off."""
         if self.mlflow is False:
             return None
-        if self.mlflow is True:
-            return "file:" + os.path.abspath(os.path.join(storage_path, "mlruns"))
+        if self.mlflow is True:  # MLflow 3's default store: one file, what `mlflow ui` opens
+            return "sqlite:///" + os.path.abspath(os.path.join(storage_path, "mlflow.db"))
         if "://" not in self.mlflow and not self.mlflow.startswith("file:"):
             return "file:" + os.path.abspath(self.mlflow)
         return self.mlflow
@@ -86,17 +91,75 @@ def client(uri: str):
     return MlflowClient(uri)
 
 
-def check_reachable(uri: str | None) -> None:
-    """Fail now (before Ray starts) when a tracking server does not answer."""
-    if uri is None or not uri.startswith(("http://", "https://")):
+def check_reachable(uri: str | None, timeout_s: float = 30) -> None:
+    """Open the store now, before Ray starts: reach a server, create (and migrate) a SQLite file,
+    read a file store. A URI that cannot be used fails here with what to change, not mid-run.
+    Bounded: MLflow retries a database it cannot connect to for about 100 s."""
+    if uri is None:
         return
+    failure: list[BaseException] = []
+
+    def probe() -> None:
+        try:
+            with http_bounds(retries=0, timeout_s=5, keep_user_values=False), quiet_store_logs():
+                client(uri).search_experiments(max_results=1)
+        except BaseException as exc:  # noqa: BLE001 - handed to the caller's thread
+            failure.append(exc)
+
+    worker = threading.Thread(target=probe, name="mlflow-store-check", daemon=True)
+    worker.start()
+    worker.join(timeout_s)
+    if worker.is_alive():
+        raise UserError(f"tracking.mlflow: the store {uri} did not answer in {timeout_s:g} s; "
+                        f"{_fix_for(uri, None)}") from None
+    if failure:
+        problem = "does not answer" if _is_server(uri) else "cannot be used"
+        raise UserError(f"tracking.mlflow: {'the tracking server' if _is_server(uri) else 'the store'} {uri} "
+                        f"{problem} ({_reason(failure[0])}); {_fix_for(uri, failure[0])}") from None
+
+
+def _is_server(uri: str) -> bool:
+    return uri.startswith(("http://", "https://"))
+
+
+def _reason(exc: BaseException) -> str:
+    return f"{type(exc).__name__}: " + (str(exc).strip().splitlines() or [""])[0][:200]
+
+
+def _fix_for(uri: str, exc: BaseException | None) -> str:
+    if _is_server(uri):
+        return "start it, fix the URI, or set tracking.mlflow: true for a local SQLite store"
+    if isinstance(exc, ImportError) or "Unsupported" in type(exc).__name__:
+        return ("install the store's driver (SQLite needs sqlalchemy and alembic, which platypus-ray requires; "
+                "PostgreSQL psycopg2, MySQL pymysql) or use tracking.mlflow: true")
+    return "check the path exists and is writable, fix the URI, or set tracking.mlflow: true"
+
+
+@contextmanager
+def quiet_store_logs() -> Iterator[None]:
+    """MLflow's SQL store logs each schema migration step at INFO on first open: not the user's news."""
+    loggers = [logging.getLogger(name) for name in ("mlflow.store.db.utils", "alembic")]
+    levels = [logger.level for logger in loggers]
+    for logger in loggers:
+        logger.setLevel(max(logger.level, logging.WARNING))
     try:
-        with http_bounds(retries=0, timeout_s=5, keep_user_values=False):
-            client(uri).search_experiments(max_results=1)
-    except Exception as exc:  # noqa: BLE001 - any failure means the server is not usable
-        reason = str(exc).splitlines()[0][:200]
-        raise UserError(f"tracking.mlflow: the tracking server {uri} does not answer ({reason}); start it, "
-                        "fix the URI, or set tracking.mlflow: true for a local store") from None
+        yield
+    finally:
+        for logger, level in zip(loggers, levels):
+            logger.setLevel(level)
+
+
+def retry_locked(call: Callable[..., T], *args: Any, tries: int = 6, **kwargs: Any) -> T:
+    """``call`` again (bounded, backing off) while SQLite says another trial holds the write lock:
+    concurrent sweep trials share one file; SQLite's own 5 s wait can run out under a burst."""
+    for attempt in range(tries):
+        try:
+            return call(*args, **kwargs)
+        except Exception as exc:  # noqa: BLE001 - re-raised unless it is the lock
+            if attempt == tries - 1 or "database is locked" not in str(exc):
+                raise
+            time.sleep(0.2 * 2**attempt + random.random() * 0.2)
+    raise AssertionError("unreachable")
 
 
 @contextmanager
@@ -163,8 +226,8 @@ class JobRun:
             with http_bounds():  # the server passed check_reachable, but may have gone since
                 mlflow = client(self.target.mlflow_uri)
                 for key, value in tags.items():
-                    mlflow.set_tag(self.target.run_id, key, value)
-                mlflow.set_terminated(self.target.run_id, status=status)
+                    retry_locked(mlflow.set_tag, self.target.run_id, key, value)
+                retry_locked(mlflow.set_terminated, self.target.run_id, status=status)
         except Exception as exc:  # noqa: BLE001
             warn("closing the MLflow run", exc)
 
@@ -172,22 +235,39 @@ class JobRun:
 def _start_run(uri: str, experiment: str, run_dir: str, params: dict[str, str], tags: dict[str, str],
                parent_run_id: str | None) -> str:
     mlflow = client(uri)
-    found = mlflow.get_experiment_by_name(experiment)
-    experiment_id = found.experiment_id if found else mlflow.create_experiment(experiment)
+    experiment_id = _experiment_id(mlflow, uri, experiment)
     state_file = f"{run_dir}/tracking.json"
     previous = json.loads(read_text(state_file) or "{}")
     if previous.get("mlflow_uri") == uri and previous.get("run_id"):
         run_id = previous["run_id"]
-        mlflow.update_run(run_id, status="RUNNING")
+        retry_locked(mlflow.update_run, run_id, status="RUNNING")
         known = mlflow.get_run(run_id).data.params
         params = {k: v for k, v in params.items() if k not in known}  # params are immutable once logged
     else:
         if parent_run_id:
             tags = {**tags, "mlflow.parentRunId": parent_run_id}
-        run_id = mlflow.create_run(experiment_id, run_name=os.path.basename(run_dir), tags=tags).info.run_id
+        run_id = retry_locked(mlflow.create_run, experiment_id, run_name=os.path.basename(run_dir), tags=tags).info.run_id
         write_text(state_file, json.dumps({"mlflow_uri": uri, "run_id": run_id, "experiment": experiment}) + "\n")
     log_params(mlflow, run_id, params)
     return run_id
+
+
+def _experiment_id(mlflow, uri: str, name: str) -> str:
+    """The experiment's id, created if new; a SQLite store's artifacts sit beside its file
+    (MLflow's default, ./mlruns, is relative to whichever process creates the experiment)."""
+    found = mlflow.get_experiment_by_name(name)
+    if found:
+        return found.experiment_id
+    location = None
+    if uri.startswith("sqlite:///"):
+        location = "file:" + os.path.join(os.path.dirname(uri.removeprefix("sqlite:///")), "mlartifacts")
+    try:
+        return retry_locked(mlflow.create_experiment, name, artifact_location=location)
+    except Exception:  # noqa: BLE001 - another process created it first
+        found = mlflow.get_experiment_by_name(name)
+        if found is None:
+            raise
+        return found.experiment_id
 
 
 def log_params(mlflow, run_id: str, params: dict[str, str]) -> None:
@@ -195,7 +275,7 @@ def log_params(mlflow, run_id: str, params: dict[str, str]) -> None:
 
     items = [Param(k, v) for k, v in params.items()]
     for start in range(0, len(items), 100):  # MLflow takes at most 100 params per batch
-        mlflow.log_batch(run_id, params=items[start:start + 100])
+        retry_locked(mlflow.log_batch, run_id, params=items[start:start + 100])
 
 
 def now_ms() -> int:

@@ -4,6 +4,7 @@ before Ray starts (train, sweep, pipeline); a backend failing mid-run is one war
 from __future__ import annotations
 
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -31,13 +32,86 @@ def test_an_unreachable_tracking_server_fails_fast_with_the_uri():
 
 
 def test_local_store_uri_and_remote_storage_rules(tmp_path):
-    assert TrackingSettings(mlflow=True).mlflow_uri(str(tmp_path)) == f"file:{tmp_path}/mlruns"
+    assert TrackingSettings(mlflow=True).mlflow_uri(str(tmp_path)) == f"sqlite:///{tmp_path}/mlflow.db"
+    assert TrackingSettings(mlflow=str(tmp_path / "mlruns")).mlflow_uri("x") == f"file:{tmp_path}/mlruns"
     assert TrackingSettings().mlflow_uri(str(tmp_path)) is None
     assert TrackingSettings(mlflow="http://host:5000").mlflow_uri("x") == "http://host:5000"
     problems = remote_storage_problems(TrackingSettings(mlflow=True, tensorboard=True), "s3://bucket/runs")
     assert len(problems) == 2 and "give a tracking server URI" in problems[0]
     assert flatten({"lora": {"r": 8, "target_modules": ["q_proj"]}, "x": None}) == {
         "lora.r": "8", "lora.target_modules": '["q_proj"]', "x": "null"}
+
+
+def test_every_store_is_opened_before_use_and_an_unusable_one_names_its_uri(tmp_path):
+    db = tmp_path / "nested" / "mlflow.db"
+    check_reachable(f"sqlite:///{db}")  # created and migrated now, not by the first trial
+    assert db.stat().st_size > 0
+    (tmp_path / "file").write_text("not a folder")
+    for uri, fix in ((f"sqlite:///{tmp_path}/file/mlflow.db", "writable"),
+                     ("postgresql://127.0.0.1:1/mlflow", "install the store's driver")):
+        start = time.perf_counter()
+        with pytest.raises(UserError, match=rf"tracking.mlflow: the store {re.escape(uri)} cannot be used \(.*{fix}"):
+            check_reachable(uri)
+        assert time.perf_counter() - start < 40  # the probe is bounded (MLflow alone retries ~100 s)
+
+
+def _write_in_bursts(uri: str, experiment_id: str, worker: int, results) -> None:
+    from mlflow.entities import Metric
+
+    from platypus_ray.tracking import client, retry_locked
+
+    mlflow = client(uri)
+    run_id = retry_locked(mlflow.create_run, experiment_id, run_name=f"w{worker}").info.run_id
+    for step in range(25):
+        retry_locked(mlflow.log_batch, run_id, metrics=[Metric("loss", float(step), 0, step)])
+    retry_locked(mlflow.set_terminated, run_id)
+    results.put(run_id)
+
+
+def test_concurrent_writers_to_one_sqlite_store_lose_nothing(tmp_path):
+    """Four processes (a sweep's trials) writing to one SQLite file at once: every run and every
+    metric point lands; a "database is locked" burst is retried, not dropped."""
+    import multiprocessing
+
+    from platypus_ray.tracking import client
+
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    check_reachable(uri)
+    experiment = client(uri).create_experiment("burst")
+    context = multiprocessing.get_context("spawn")
+    results = context.Queue()
+    workers = [context.Process(target=_write_in_bursts, args=(uri, experiment, i, results)) for i in range(4)]
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join(timeout=180)
+    assert [worker.exitcode for worker in workers] == [0, 0, 0, 0]
+    run_ids = {results.get(timeout=10) for _ in workers}
+    mlflow = client(uri)
+    for run_id in run_ids:
+        assert mlflow.get_run(run_id).info.status == "FINISHED"
+        assert [m.step for m in mlflow.get_metric_history(run_id, "loss")] == list(range(25))
+
+
+def test_a_locked_database_is_retried_a_bounded_number_of_times(monkeypatch):
+    from platypus_ray import tracking
+
+    monkeypatch.setattr(tracking.time, "sleep", lambda s: None)
+    calls = []
+
+    def locked_twice():
+        calls.append(1)
+        if len(calls) < 3:
+            raise RuntimeError("(sqlite3.OperationalError) database is locked")
+        return "ok"
+
+    assert tracking.retry_locked(locked_twice) == "ok" and len(calls) == 3
+    calls.clear()
+    with pytest.raises(RuntimeError, match="locked"):  # still locked after its tries: the caller warns
+        tracking.retry_locked(locked_twice, tries=2)
+    assert len(calls) == 2
+    with pytest.raises(ValueError):  # anything else is not retried
+        tracking.retry_locked(lambda: (_ for _ in ()).throw(ValueError("bad")))
 
 
 def test_result_readers_do_not_import_torch():

@@ -7,7 +7,7 @@ import json
 
 from platypus_ray.sweep.config import SweepConfig
 from platypus_ray.sweep.report import TrialRow
-from platypus_ray.tracking import JobRun, TrackingSettings, client, flatten, warn
+from platypus_ray.tracking import JobRun, TrackingSettings, client, flatten, retry_locked, warn
 
 
 _CLOSING_STATUS = {"completed": "FINISHED", "stopped": "KILLED"}  # by the first word of TrialRow.status
@@ -47,8 +47,8 @@ def tag_trials(parent: JobRun, rows: list[TrialRow], metric: str) -> None:
             if row.step is not None:
                 tags["final_step"] = str(row.step)
             for key, value in tags.items():
-                mlflow.set_tag(child, key, value)
-            mlflow.set_terminated(child, status=_CLOSING_STATUS.get(row.status.split(" ")[0], "FAILED"))
+                retry_locked(mlflow.set_tag, child, key, value)
+            retry_locked(mlflow.set_terminated, child, status=_CLOSING_STATUS.get(row.status.split(" ")[0], "FAILED"))
         if ranked:
             parent.finish({"best_trial": ranked[0].trial, f"best_{metric}": f"{ranked[0].metric:.6g}"})
         else:

@@ -13,7 +13,7 @@ import torch
 from transformers import TrainerCallback
 
 from platypus_ray.train.layout import CHECKPOINT_SUBDIR, INJECT_FAULT_ENV
-from platypus_ray.tracking import TrackingTarget, client, http_bounds, now_ms, warn
+from platypus_ray.tracking import TrackingTarget, client, http_bounds, now_ms, retry_locked, warn
 
 
 class InjectedFault(TrainerCallback):
@@ -122,8 +122,8 @@ class TrackingCallback(TrainerCallback):
             try:
                 stamp = now_ms()
                 with http_bounds():
-                    self.mlflow.log_batch(self.target.run_id,
-                                          metrics=[Metric(k, v, stamp, state.global_step) for k, v in values.items()])
+                    retry_locked(self.mlflow.log_batch, self.target.run_id,
+                                 metrics=[Metric(k, v, stamp, state.global_step) for k, v in values.items()])
             except Exception as exc:  # noqa: BLE001
                 warn("logging to MLflow", exc)
                 self.mlflow = None

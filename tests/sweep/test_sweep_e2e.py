@@ -79,7 +79,7 @@ def test_four_trial_grid_every_trial_has_a_real_eval_loss(ray_session, tiny_mode
     assert Path(result.sweep_dir, "eval_loss.png").stat().st_size > 1000
     assert "| 1 |" in result.table
     assert result.best_adapter == result.rows[0].adapter
-    _check_mlflow(result, f"file:{tmp_path}/mlruns")
+    _check_mlflow(result, f"sqlite:///{tmp_path}/mlflow.db")  # tracking.mlflow: true; four trials wrote at once
 
     # best.yaml is the config the best trial ran, under a new name. (Not trained again here: a
     # config determines its run bit for bit, which the train tests' restarted run shows.)
@@ -106,7 +106,9 @@ def _check_mlflow(result, uri):
         assert float(child["tags.final_eval_loss"]) == pytest.approx(row.metric, rel=1e-5)
         assert child["tags.best"] == ("true" if row.rank == 1 else "false")
         assert child["status"] == "FINISHED" and child["tags.adapter_path"] == row.adapter  # the sweep closed it
-    assert parent["tags.best_trial"] == result.rows[0].trial
+        assert child["metrics.eval_loss"] == pytest.approx(row.metric, rel=1e-5)  # logged by the trial's rank 0
+        assert math.isfinite(child["metrics.loss"])
+    assert parent["tags.best_trial"] == result.rows[0].trial and parent["status"] == "FINISHED"
 
 
 @pytest.mark.timeout(600)  # auto concurrency on 2 CPUs with 2 workers per trial must not hang

@@ -36,7 +36,7 @@ def trained(ray_session, tiny_model, kept_folder, tmp_path_factory):
     """The uninterrupted 12-step run, its storage, and its tokenised rows (which the follow-up
     runs below reuse where fresh tokenisation is not what they check)."""
     storage = str(tmp_path_factory.mktemp("train"))
-    tracking = {"mlflow": True, "tensorboard": True}
+    tracking = {"mlflow": f"sqlite:///{storage}/tracked.db", "tensorboard": True}  # MLflow 3's default store kind
     job = prepare(packed_config(tiny_model, kept_folder, storage, "zero3", training=SCHEDULE, tracking=tracking))
     return fit(job), storage, job.data
 
@@ -74,7 +74,7 @@ def test_one_mlflow_run_and_tensorboard_events_per_job(trained):
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
     result, storage, _ = trained
-    uri = f"file:{storage}/mlruns"
+    uri = f"sqlite:///{storage}/tracked.db"
     mlflow.set_tracking_uri(uri)
     runs = mlflow.search_runs(experiment_names=["zero3"])
     assert len(runs) == 1  # two workers, one run: only rank 0 logs
