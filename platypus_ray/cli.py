@@ -12,6 +12,7 @@ import os
 import sys
 from dataclasses import dataclass
 
+from platypus_ray import console
 from platypus_ray.config import load_config
 from platypus_ray.errors import find_user_error
 
@@ -50,6 +51,9 @@ def build_parser() -> argparse.ArgumentParser:
     for name, command in COMMANDS.items():
         sub = commands.add_parser(name, help=command.help, description=command.help)
         sub.add_argument("--config", "-c", help="YAML config file")
+        sub.add_argument("--verbose", "-v", action="store_true",
+                         help="show library output (deprecation warnings, Ray Train's report dumps, DeepSpeed "
+                              "builds) on the console instead of in <outputs>/logs/")
         sub.add_argument(
             "--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
             help="override a config key, e.g. --set dedup.threshold=0.85 (repeatable)",
@@ -72,9 +76,12 @@ def main(argv: list[str] | None = None) -> int:
             overrides.append(f"{flag}={value}")
     overrides += [f"{switch}=true" for switch in command.switches if getattr(args, f"switch_{switch}")]
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    if not args.verbose:
+        console.install()  # before the stage's imports: Ray and DeepSpeed may log as they load
     module = importlib.import_module(command.module)
     try:
         cfg = load_config(getattr(module, command.config), args.config, overrides)
+        console.use_log_dir(console.log_folder(cfg), args.command)
         result = module.run(cfg)
     except Exception as exc:  # user mistakes get one clear line, anything else a traceback
         user_error = find_user_error(exc)
@@ -83,4 +90,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"platypus-ray {args.command}: error: {user_error}", file=sys.stderr)
         return 2
     print(result.summary())
+    note = console.routed_note()
+    if note:
+        print(note, flush=True)
     return 0
