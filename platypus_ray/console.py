@@ -7,8 +7,9 @@ appended to ``<outputs>/logs/<command>.log`` instead; everything else prints as 
 that looks like a real problem (NaN, out of memory, an error, a dead worker) always prints, even
 inside a noise block. ``--verbose`` installs nothing: the console shows everything.
 
-Ray Data progress bars (a tty only: ``runtime.init_ray``) redraw with ``\\r``: such writes pass
-straight through, never held for a newline. C++ log lines of the driver process itself go to
+Progress bars (Ray Data's on a tty only: ``runtime.init_ray``) redraw with ``\\r``: on a tty such
+writes pass straight through, never held for a newline; on a non-tty each redraw is a line, and
+tqdm's bars are routed. C++ log lines of the driver process itself go to
 the file descriptor directly and are not seen here.
 """
 
@@ -35,6 +36,8 @@ NOISE: tuple[tuple[str, str], ...] = (
     (r"Setting accelerator to CPU\. If you have GPU", "DeepSpeed saw no GPU: one the config asks for and cannot "
                                                      "see is its own error (devices.actor_device)"),
     (r"^trainable params: [\d,]+ \|\| all params", "PEFT's count; the train plan prints it"),
+    (r"^\s*\d+%\|[^|]*\| \d+/\d+ \[|^Generating \w+ split: \d+ examples",
+     "tqdm bars (lm-eval, datasets) on a non-tty: on a tty their redraws pass through"),
 )
 # A line that may signal a real problem is never routed away.
 PROBLEM = re.compile(r"\bnan\b|out of memory|\bOOM\b|OutOfMemory|Traceback|\w*Error\b|\bfailed\b|\bdied\b|"
@@ -87,6 +90,7 @@ class RoutedStream(io.TextIOBase):
 
     def __init__(self, target: TextIO, log: NoiseLog):
         self.target, self.log = target, log
+        self._tty = bool(getattr(target, "isatty", lambda: False)())
         self._partial = ""
         self._in_noise_block = False  # the header of a multi-line warning was routed
         self._lock = threading.RLock()
@@ -95,10 +99,13 @@ class RoutedStream(io.TextIOBase):
         with self._lock:
             text, self._partial = self._partial + text, ""
             *lines, rest = text.split("\n")
+            if not self._tty:  # a log file: each redraw of a bar is a line of its own
+                lines = [part for line in lines for part in (line.split("\r") if "\r" in line else [line])
+                         if part or "\r" not in line]
             kept = [line for line in lines if not self._route(line)]
             if kept:
                 self.target.write("\n".join(kept) + "\n")
-            if _REDRAW.search(rest):  # a progress-bar redraw: show it now
+            if self._tty and _REDRAW.search(rest):  # a progress-bar redraw: show it now
                 self.target.write(rest)
             else:
                 self._partial = rest

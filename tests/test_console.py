@@ -58,8 +58,13 @@ def test_a_real_problem_prints_even_inside_a_noise_block(line):
     assert shown == line + "\n" and routed == [header.rstrip("\n")]
 
 
-def test_a_progress_bar_redraw_is_not_held_for_a_newline():
-    target, log = io.StringIO(), NoiseLog()
+class Terminal(io.StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
+def test_on_a_tty_a_progress_bar_redraw_is_not_held_for_a_newline():
+    target, log = Terminal(), NoiseLog()
     stream = RoutedStream(target, log)
     stream.write("\rRunning 3/10")
     assert target.getvalue() == "\rRunning 3/10"
@@ -67,6 +72,13 @@ def test_a_progress_bar_redraw_is_not_held_for_a_newline():
     assert target.getvalue() == "\rRunning 3/10"
     stream.write("\n")
     assert target.getvalue().endswith("colours only\n")
+
+
+def test_on_a_non_tty_tqdm_redraws_go_to_the_log():
+    bar = "\r  0%|          | 0/12 [00:00<?, ?it/s]\r100%|##########| 12/12 [00:00<00:00, 359.51it/s]\n"
+    shown, routed, _ = route("Generating test split: 12 examples [00:00, 579.78 examples/s]\n" + bar
+                             + "evaluate: fine-tuned (53 s)\n")
+    assert shown == "evaluate: fine-tuned (53 s)\n" and len(routed) == 3
 
 
 def test_the_log_is_written_once_its_folder_is_known(tmp_path):

@@ -64,6 +64,13 @@ def test_pipeline_job_succeeds_and_writes_every_stage(head, tiny_model, tmp_path
     log = done.stdout
     assert (log.index("refine: ") < log.index("train: ") < log.index("merge: saved") < log.index("evaluate: fine-tuned")
             < log.index("pipeline: done"))
+    # ...and not the libraries' noise (console.py): no warning blocks, no Ray Train report dumps.
+    for summary in ("input rows ->", "train plan:", "[train] step 4/4 loss", "train: 4 steps in", "  adapter ",
+                    "outputs: "):
+        assert summary in log, summary
+    for noise in ("FutureWarning", "DeprecationWarning", "warnings.warn(", "TrainingReport("):
+        assert noise not in log, noise
+    assert "TrainingReport(" in (out / "logs/pipeline.log").read_text()  # routed, not lost
     # Every stage's output, where the config said.
     kept = pq.read_table(out / "refine/kept")
     ledger = pq.read_table(out / "refine/ledger")
