@@ -7,7 +7,7 @@ TORCH_SPEC ?= torch==2.13.0
 export TORCH_EXTENSIONS_DIR ?= $(CURDIR)/.venv/torch_extensions
 export HF_HUB_OFFLINE ?= 1
 
-.PHONY: setup demo test bench clean local-cluster
+.PHONY: setup demo test bench clean local-cluster gpu-bundle
 
 setup: $(VENV)/.installed
 
@@ -35,6 +35,10 @@ test: setup
 bench: setup
 	$(PY) -m platypus_ray.bench.refine
 	$(PY) -m platypus_ray.bench.train
+
+# What the GPU check machine lacks, in .gpu/ (git-ignored; README "On a GPU"). Needs PyPI.
+gpu-bundle: setup
+	scripts/gpu-bundle
 
 clean:
 	rm -rf out .pytest_cache
