@@ -22,8 +22,10 @@ import re
 from dataclasses import dataclass
 
 import numpy as np
+import pyarrow as pa
 
 from platypus_ray.benchmarks import BenchmarkItem
+from platypus_ray.blocks import rows_only
 from platypus_ray.refine.config import ContaminationConfig
 
 _WORDS = re.compile(r"\w+")
@@ -111,6 +113,10 @@ class NgramIndex:
         return int(found[best]), float(coverage[best])
 
 
+NGRAM_SCHEMA = pa.schema([("key", pa.int64()), ("ngram_item", pa.int64()), ("ngram_coverage", pa.float64())])
+
+
+@rows_only(NGRAM_SCHEMA)
 def ngram_matches(batch: dict[str, np.ndarray], index: NgramIndex) -> dict[str, np.ndarray]:
     """Ray Data batch function: n-gram best item and coverage for each row's full text."""
     results = [

@@ -17,15 +17,19 @@ import pyarrow as pa
 import ray
 
 from platypus_ray.batching import actor_pool_map, resolve_device
+from platypus_ray.blocks import read_columns, rows_only
 from platypus_ray.devices import actor_device
 from platypus_ray.errors import UserError
 from platypus_ray.refine.backends import (APPROXIMATE, DIFFERENT_SPACE, EXPORT_KIND, EncoderSpec, load_encoder, prepare,
                                           resolve_batch_tokens, resolve_precision)
 from platypus_ray.refine.config import EmbeddingConfig
-from platypus_ray.refine.embedding_cache import EmbeddingCache, as_keys
+from platypus_ray.refine.embedding_cache import HASH_BYTES, EmbeddingCache, as_keys
 from platypus_ray.refine.vectors import DimensionMismatch, EmbeddingBlocks, assemble
 
 _BUNDLED_MINILM = ("all-MiniLM-L6-v2", "sentence-transformers/all-MiniLM-L6-v2")
+# What embed_texts takes: a dense key, the text, its hash (for the cache) and its length (for the sort).
+TO_EMBED_SCHEMA = pa.schema([("key", pa.int64()), ("text", pa.string()), ("text_hash", pa.binary(HASH_BYTES)),
+                             ("text_len", pa.int64())])
 
 
 def resolve_model(name: str) -> str:
@@ -61,6 +65,7 @@ class Embedder:
             spec = replace(spec, device="cpu", precision="float32", batch_tokens=resolve_batch_tokens("auto", "cpu"))
         self.encoder = load_encoder(spec)
 
+    @rows_only(lambda: {"key": np.empty(0, np.int64)})
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         vectors = self.encoder.encode(batch["text"].tolist())
         out = {"key": batch["key"], "embedding": vectors.astype(np.float32)}
@@ -213,22 +218,16 @@ def _in_actor_pool(ds: ray.data.Dataset, n: int, cfg: EmbeddingConfig, device: s
                           device=device, batch_size=cfg.batch_size)
 
 
-def _columns(ds: ray.data.Dataset, names: list[str]) -> pa.Table:
-    """A few compact columns of every row on the driver."""
-    tables = [ray.get(ref).select(names) for ref in ds.to_arrow_refs()]
-    return pa.concat_tables([t for t in tables if t.num_rows] or tables)
-
-
 def _keys_and_hashes(ds: ray.data.Dataset) -> tuple[np.ndarray, np.ndarray]:
     """Every row's key and text hash (24 bytes a row), for the cache lookup."""
-    table = _columns(ds, ["key", "text_hash"])
+    table = read_columns(ds, ["key", "text_hash"], TO_EMBED_SCHEMA)
     return table["key"].to_numpy(), as_keys(table["text_hash"])
 
 
 def _spread_texts(ds: ray.data.Dataset, n: int, k: int) -> list[str]:
     """``k`` texts spread evenly over the rows' length order (short to long), for calibration:
     the driver sorts (key, length) pairs and fetches only the picked rows' texts."""
-    table = _columns(ds, ["key", "text_len"])
+    table = read_columns(ds, ["key", "text_len"], TO_EMBED_SCHEMA)
     by_length = table["key"].to_numpy()[np.argsort(table["text_len"].to_numpy(), kind="stable")]
     picks = by_length[np.unique(np.linspace(0, len(by_length) - 1, min(k, len(by_length))).astype(np.int64))]
     wanted = np.zeros(n, dtype=bool)
@@ -237,5 +236,6 @@ def _spread_texts(ds: ray.data.Dataset, n: int, k: int) -> list[str]:
     return [row["text"] for row in sorted(rows, key=lambda row: (row["text_len"], row["key"]))]
 
 
+@rows_only(TO_EMBED_SCHEMA)
 def _rows_of_keys(batch: pa.Table, wanted: np.ndarray) -> pa.Table:
     return batch.filter(pa.array(wanted[batch["key"].to_numpy()]))

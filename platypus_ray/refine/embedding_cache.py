@@ -28,6 +28,7 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 import ray
 
+from platypus_ray.blocks import rows_only
 from platypus_ray.errors import UserError
 from platypus_ray.refine.waits import wait_all
 
@@ -121,13 +122,16 @@ class EmbeddingCache:
                 warnings.append(f"embedding cache: skipped unreadable shard {path} ({exc}); its rows are embedded "
                                 "again (a write cut short leaves such a file; it is safe to delete)")
                 continue
-            # Every asked position of each shard hash: a text asked twice (two benchmark items sharing
-            # a passage) is served twice; a text in two shards (two runs at once) is taken once.
+            # A shard may hold a text twice (a run that embedded it as a training row and as a benchmark
+            # probe): each distinct hash is read once. Every asked position of it is served: a text asked
+            # twice (two benchmark items sharing a passage) is served twice; a text in two shards (two
+            # runs at once) is taken once.
+            shard_hashes, first_row = np.unique(shard_hashes, return_index=True)
             left, right = np.searchsorted(wanted, shard_hashes, "left"), np.searchsorted(wanted, shard_hashes, "right")
             hit = np.flatnonzero(right > left)
             lengths = (right - left)[hit]
             positions = np.repeat(left[hit], lengths) + np.arange(lengths.sum()) - np.repeat(np.cumsum(lengths) - lengths, lengths)
-            shard_rows = np.repeat(hit, lengths)
+            shard_rows = np.repeat(first_row[hit], lengths)
             new = ~found[order[positions]]
             if not new.any():
                 continue
@@ -158,6 +162,7 @@ class EmbeddingCache:
             self.folder, filesystem=self.fs, min_rows_per_file=100_000)
 
 
+@rows_only(lambda: pa.table({"text_hash": pa.array([], pa.binary(HASH_BYTES))}))  # no file is written for it
 def _as_shard_rows(batch: dict[str, np.ndarray]) -> pa.Table:
     """``text_hash`` + ``embedding`` as a plain fixed_size_list (readable without Ray's tensor type)."""
     vectors = np.ascontiguousarray(batch["embedding"], dtype=np.float32)

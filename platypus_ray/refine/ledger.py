@@ -11,6 +11,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import ray
 
+from platypus_ray.blocks import batches, rows_only
 from platypus_ray.refine.rows import CANONICAL_COLUMNS, embed_text
 
 LEDGER_SCHEMA = pa.schema([
@@ -116,6 +117,7 @@ def _uids(batch: pa.Table, file_offset: np.ndarray) -> np.ndarray:
     return file_offset[batch["file_rank"].to_numpy()] + batch["row_in_file"].to_numpy()
 
 
+@rows_only(LEDGER_SCHEMA)
 def _ledger_rows(batch: pa.Table, file_offset: np.ndarray, decided: pa.Table) -> pa.Table:
     picked = decided.take(pa.array(_uids(batch, file_offset)))
     columns = {"source": batch["source"], "file": batch["file"], "id": batch["id"]}
@@ -123,11 +125,13 @@ def _ledger_rows(batch: pa.Table, file_offset: np.ndarray, decided: pa.Table) ->
     return pa.table([columns[name] for name in LEDGER_COLUMNS], schema=LEDGER_SCHEMA)
 
 
+@rows_only(KEPT_SCHEMA)
 def _kept_rows(batch: pa.Table, file_offset: np.ndarray, keep: np.ndarray) -> pa.Table:
     kept = batch.filter(pa.array(keep[_uids(batch, file_offset)]))
     return pa.table([kept["id"], kept["instruction"], kept["input"], kept["output"], kept["source"]], schema=KEPT_SCHEMA)
 
 
+@rows_only(TEXT_SCHEMA)
 def _text_rows(batch: pa.Table, file_offset: np.ndarray, wanted: np.ndarray) -> pa.Table:
     uid = _uids(batch, file_offset)
     mask = np.isin(uid, wanted)
@@ -144,7 +148,7 @@ def fetch_texts(parsed: ray.data.Dataset, file_offset: np.ndarray, uids: np.ndar
         _text_rows, fn_kwargs={"file_offset": file_offset, "wanted": np.unique(uids)}, batch_format="pyarrow"
     )
     out: dict[int, str] = {}
-    for batch in found.iter_batches(batch_format="pyarrow", batch_size=None):
+    for batch in batches(found, "pyarrow"):
         out.update(zip(batch["uid"].to_pylist(), batch["text"].to_pylist()))
     return out
 

@@ -13,6 +13,7 @@ from typing import Any, Iterator
 import pyarrow as pa
 import ray
 
+from platypus_ray.blocks import rows_only
 from platypus_ray.errors import InputError
 from platypus_ray.paths import expand_files, open_input
 from platypus_ray.refine.config import ColumnMapping, SourceConfig
@@ -74,9 +75,9 @@ def read_sources(files: list[SourceFile]) -> ray.data.Dataset:
     )
 
 
+@rows_only(PARSED_SCHEMA)
 def _parse_files(batch: pa.Table) -> pa.Table:
-    tables = [_parse_or_report(SourceFile(**row)) for row in batch.to_pylist()]
-    return pa.concat_tables(tables) if tables else PARSED_SCHEMA.empty_table()
+    return pa.concat_tables([_parse_or_report(SourceFile(**row)) for row in batch.to_pylist()])
 
 
 def _parse_or_report(sf: SourceFile) -> pa.Table:

@@ -23,6 +23,7 @@ import pyarrow as pa
 import ray
 
 from platypus_ray.benchmarks import BenchmarkItem, load_benchmark
+from platypus_ray.blocks import batches, read_columns, rows_only
 from platypus_ray.config import dump_config
 from platypus_ray.outputs import replaced_atomically
 from platypus_ray.refine import contamination as contam
@@ -207,9 +208,7 @@ def _embed(rows: ray.data.Dataset, n_rows: int, probes: contam.Probes, cfg: Refi
 
 def _gather_meta(parsed: ray.data.Dataset) -> dict[str, np.ndarray]:
     """Compact per-row columns on the driver, in input order (sorted by file, then row)."""
-    blocks = [ray.get(ref) for ref in parsed.select_columns(_META_COLUMNS).to_arrow_refs()]
-    blocks = [block for block in blocks if block.num_rows]
-    table = pa.concat_tables(blocks) if blocks else PARSED_SCHEMA.empty_table().select(_META_COLUMNS)
+    table = read_columns(parsed, _META_COLUMNS, PARSED_SCHEMA)
     order = np.lexsort((table["row_in_file"].to_numpy(), table["file_rank"].to_numpy()))
     table = table.take(pa.array(order))
     return {name: table[name].to_numpy(zero_copy_only=False) for name in _META_COLUMNS}
@@ -225,6 +224,7 @@ KEYED_SCHEMA = pa.schema([("key", pa.int64()), ("text", pa.string()), ("text_has
                           ("instruction", pa.string()), ("input", pa.string()), ("output", pa.string())])
 
 
+@rows_only(KEYED_SCHEMA)
 def _with_keys(batch: pa.Table, file_offset: np.ndarray, key_of_uid: np.ndarray) -> pa.Table:
     """Rows that survived exact dedup, with their dense key and embedded text."""
     uid = file_offset[batch["file_rank"].to_numpy()] + batch["row_in_file"].to_numpy()
@@ -261,9 +261,7 @@ def _decontaminate(rows, emb, probe_emb, probes: contam.Probes, items: list[Benc
     index = contam.NgramIndex.build(items, ccfg.ngram)
     ngram = np.full(len(survivors), -1, dtype=np.int64)
     coverage = np.zeros(len(survivors))
-    for batch in rows.map_batches(contam.ngram_matches, fn_kwargs={"index": index}, batch_format="numpy").iter_batches(
-        batch_format="numpy", batch_size=None
-    ):
+    for batch in batches(rows.map_batches(contam.ngram_matches, fn_kwargs={"index": index}, batch_format="numpy"), "numpy"):
         ngram[batch["key"]] = batch["ngram_item"]
         coverage[batch["key"]] = batch["ngram_coverage"]
 

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 import numpy as np
 import ray
 
+from platypus_ray.blocks import has_rows
 from platypus_ray.refine.waits import wait_all
 
 ROWS_PER_BLOCK = 65536
@@ -133,6 +134,8 @@ def assemble(sources: list, n: int, timeout_s: float = _TIMEOUT_S, rows_per_bloc
 
 
 def _vectors_of(batch: dict) -> tuple[np.ndarray, np.ndarray]:
+    if not has_rows(batch):  # a block without rows may have no columns at all (platypus_ray/blocks.py)
+        return np.empty(0, np.int64), np.zeros((0, 0), dtype=np.float32)
     keys = np.asarray(batch["key"], dtype=np.int64)
     vectors = np.asarray(batch["embedding"], dtype=np.float32)
     return keys, vectors.reshape(len(keys), -1) if len(keys) else np.zeros((0, 0), dtype=np.float32)

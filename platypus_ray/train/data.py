@@ -9,11 +9,15 @@ import numpy as np
 import pyarrow as pa
 import ray
 
+from platypus_ray.blocks import rows_only
 from platypus_ray.train.config import TrainConfig
 from platypus_ray.train.packing import pack_batch
 from platypus_ray.train.prompts import IGNORE_INDEX, tokenize_example
 
 
+TOKENIZED_SCHEMA = pa.schema([("input_ids", pa.list_(pa.int32())), ("labels", pa.list_(pa.int32())),
+                              ("num_tokens", pa.int64())])
+TOKEN_COUNTS_SCHEMA = pa.schema([("rows", pa.int64()), ("tokens", pa.int64()), ("truncated", pa.int64())])
 PACK_ROWS = 4096  # rows bin-packed together: larger packs fuller, smaller spreads the work wider
 
 
@@ -41,6 +45,7 @@ def load_tokenizer(name_or_path: str):
     return tokenizer
 
 
+@rows_only(TOKENIZED_SCHEMA)
 def tokenize_batch(batch: dict[str, np.ndarray], tokenizer_path: str, cutoff_len: int, train_on_inputs: bool,
                    add_eos_token: bool) -> pa.Table:
     """Ray Data batch function: canonical rows in, token ids and labels out (rows without a
@@ -54,13 +59,15 @@ def tokenize_batch(batch: dict[str, np.ndarray], tokenizer_path: str, cutoff_len
     rows = [row for row, k in zip(rows, keep) if k]
     return pa.table(
         {
-            "input_ids": pa.array([r["input_ids"] for r in rows], type=pa.list_(pa.int32())),
-            "labels": pa.array([r["labels"] for r in rows], type=pa.list_(pa.int32())),
-            "num_tokens": pa.array([len(r["input_ids"]) for r in rows], type=pa.int64()),
-        }
+            "input_ids": [r["input_ids"] for r in rows],
+            "labels": [r["labels"] for r in rows],
+            "num_tokens": [len(r["input_ids"]) for r in rows],
+        },
+        schema=TOKENIZED_SCHEMA,
     )
 
 
+@rows_only(TOKEN_COUNTS_SCHEMA)
 def _token_counts(batch: dict[str, np.ndarray], cutoff_len: int) -> dict[str, np.ndarray]:
     """One block's row count, token count and rows cut at ``cutoff_len``."""
     n = batch["num_tokens"]

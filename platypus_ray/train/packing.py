@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
+from platypus_ray.blocks import rows_only
 from platypus_ray.train.prompts import IGNORE_INDEX
 
 PACKED_SCHEMA = pa.schema([
@@ -49,6 +50,7 @@ def best_fit_decreasing(lengths: list[int], capacity: int) -> list[list[int]]:
     return [sorted(b) for b in bins]
 
 
+@rows_only(PACKED_SCHEMA)
 def pack_batch(batch: dict[str, Any], cutoff_len: int, seed: int) -> pa.Table:
     """Ray Data batch function: tokenised rows in, packed sequences out."""
     ids, labels = list(batch["input_ids"]), list(batch["labels"])

@@ -1,0 +1,225 @@
+"""Blocks without rows (platypus_ray/blocks.py): no step may depend on their schema.
+
+Ray Data passes a 0-row block through a step without calling the step's function, so such a
+block may have no columns or another step's. Three checks that would find the next case:
+* every ``map_batches`` / ``actor_pool_map`` call site in the package passes a function
+  wrapped by ``rows_only`` (an AST walk: a new step without the guard fails here);
+* every such function, given random splits of the same rows into blocks with 0-row blocks of
+  foreign schemas among them, gives the same result as on the whole (hypothesis);
+* the driver-side readers and the vector assembly, on real Ray datasets built from such splits.
+"""
+
+from __future__ import annotations
+
+import ast
+import collections
+import importlib
+import json
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from ray.data.block import BlockAccessor
+from ray.data.extensions import ArrowTensorArray
+
+import platypus_ray
+from platypus_ray.benchmarks import BenchmarkItem
+from platypus_ray.blocks import ROWS_ONLY
+from platypus_ray.refine import contamination, embedding_cache, ledger, sources, stage
+from platypus_ray.refine import embed as embed_module
+from platypus_ray.refine.config import ColumnMapping
+from platypus_ray.refine.embedding_cache import hash_array
+from platypus_ray.refine.sources import PARSED_SCHEMA, SourceFile, parse_source_file
+from platypus_ray.train import data as train_data
+from platypus_ray.train import packing
+
+PACKAGE = Path(platypus_ray.__file__).parent
+# Schemas a 0-row block may carry instead of its step's own: none, and those of other steps.
+FOREIGN = [pa.schema([]), PARSED_SCHEMA, stage.KEYED_SCHEMA, embed_module.TO_EMBED_SCHEMA,
+           pa.schema([("embedding", pa.list_(pa.float32()))])]
+
+
+def _map_function_names() -> set[tuple[str, str]]:
+    """(module, name) of every function handed to ``map_batches`` or ``actor_pool_map`` in the package
+    (the benches included); a name that is a parameter (``actor_pool_map``'s own ``fn_cls``) is skipped."""
+    found = set()
+    for path in PACKAGE.rglob("*.py"):
+        module = ".".join(path.relative_to(PACKAGE.parent).with_suffix("").parts)
+        for node in ast.walk(ast.parse(path.read_text())):
+            if not isinstance(node, ast.Call) or not isinstance(node.func, (ast.Attribute, ast.Name)):
+                continue
+            called = node.func.attr if isinstance(node.func, ast.Attribute) else node.func.id
+            position = {"map_batches": 0, "actor_pool_map": 1}.get(called)
+            if position is None or len(node.args) <= position:
+                continue
+            target = node.args[position]
+            name = ast.unparse(target)
+            if isinstance(target, ast.Name) and name in {a.arg for f in ast.walk(ast.parse(path.read_text()))
+                                                         if isinstance(f, ast.FunctionDef) for a in f.args.args}:
+                continue
+            found.add((module, name))
+    return found
+
+
+def _resolve(module: str, name: str):
+    obj = importlib.import_module(module)
+    for part in name.split("."):
+        obj = getattr(obj, part)
+    return obj.__call__ if isinstance(obj, type) else obj
+
+
+def test_every_map_function_in_the_package_skips_blocks_without_rows():
+    found = _map_function_names()
+    assert ("platypus_ray.refine.embed", "_rows_of_keys") in found  # the walk sees the call sites
+    found.add(("platypus_ray.refine.embed", "Embedder"))  # reaches actor_pool_map as embed_texts' parameter
+    unguarded = sorted(f"{m}.{n}" for m, n in found if not getattr(_resolve(m, n), ROWS_ONLY, False))
+    assert not unguarded, f"map_batches functions not wrapped by platypus_ray.blocks.rows_only: {unguarded}"
+
+
+# ---- each block function on random splits -------------------------------------------------
+
+
+def _parsed(tmp_path: Path) -> pa.Table:
+    rows = [json.dumps({"instruction": f"Task {i % 7}", "input": "x" if i % 3 else "", "output": "y" * (i % 5 + 1)})
+            for i in range(23)] + ["{broken", "[1]"]
+    path = tmp_path / "rows.jsonl"
+    path.write_text("\n".join(rows) + "\n")
+    return parse_source_file(SourceFile("s", str(path), 0, "jsonl", ColumnMapping().model_dump()))
+
+
+def _keyed(parsed: pa.Table) -> pa.Table:
+    n = parsed.num_rows
+    key_of_uid = np.where(np.arange(n) % 4 == 3, -1, np.arange(n))
+    return stage._with_keys(parsed, file_offset=np.array([0]), key_of_uid=key_of_uid)
+
+
+def _cases(tmp_path: Path, tiny_model_path: str) -> dict:
+    """name -> (function, whole input table, batch format, kwargs, comparable form of the output)."""
+    parsed = _parsed(tmp_path)
+    n = parsed.num_rows
+    keyed = _keyed(parsed)
+    to_embed = keyed.select(embed_module.TO_EMBED_SCHEMA.names)
+    decisions = ledger.Decisions.start({name: parsed[name].to_numpy(zero_copy_only=False) for name in ("source", "valid", "reason", "detail", "id")})
+    file_table = pa.Table.from_pylist([{"source": "s", "path": str(tmp_path / "rows.jsonl"), "file_rank": r,
+                                         "format": "jsonl", "columns": ColumnMapping().model_dump()} for r in range(3)])
+    items = [BenchmarkItem(f"b/x:{i}", "b", " ".join(f"Task {i % 7} word{w}" for w in range(9))) for i in range(3)]
+    vectors = np.random.default_rng(0).normal(size=(n, 8)).astype(np.float32)
+    shard = pa.table({"text_hash": hash_array([f"t{i}" for i in range(n)]), "embedding": ArrowTensorArray.from_numpy(vectors)})
+    tokenized = train_data.tokenize_batch(BlockAccessor.for_block(keyed).to_batch_format("numpy"), tiny_model_path, 64,
+                                          False, True)
+    rows = lambda t: sorted(map(repr, t.to_pylist()))  # noqa: E731  (repr: bytes and NaN compare too)
+    return {
+        "sources._parse_files": (sources._parse_files, file_table, "pyarrow", {}, rows),
+        "stage._with_keys": (stage._with_keys, parsed, "pyarrow",
+                             {"file_offset": np.array([0]), "key_of_uid": np.where(np.arange(n) % 4 == 3, -1, np.arange(n))}, rows),
+        "embed._rows_of_keys": (embed_module._rows_of_keys, to_embed, "pyarrow", {"wanted": np.arange(n) % 2 == 0}, rows),
+        "contamination.ngram_matches": (contamination.ngram_matches, keyed, "numpy",
+                                        {"index": contamination.NgramIndex.build(items, 3)}, rows),
+        "ledger._ledger_rows": (ledger._ledger_rows, parsed, "pyarrow",
+                                {"file_offset": np.array([0]), "decided": decisions.table()}, rows),
+        "ledger._kept_rows": (ledger._kept_rows, parsed, "pyarrow",
+                              {"file_offset": np.array([0]), "keep": np.arange(n) % 3 == 0}, rows),
+        "ledger._text_rows": (ledger._text_rows, parsed, "pyarrow", {"file_offset": np.array([0]), "wanted": np.arange(0, n, 2)}, rows),
+        "embedding_cache._as_shard_rows": (embedding_cache._as_shard_rows, shard, "numpy", {}, rows),
+        "train_data.tokenize_batch": (train_data.tokenize_batch, keyed, "numpy",
+                                      {"tokenizer_path": tiny_model_path, "cutoff_len": 64, "train_on_inputs": False,
+                                       "add_eos_token": True}, rows),
+        "train_data._token_counts": (train_data._token_counts, tokenized, "numpy", {"cutoff_len": 16},
+                                     lambda t: {k: sum(t[k].to_pylist()) for k in ("rows", "tokens", "truncated")}),
+        # Packing is per block by design: what must not change is which tokens and rows come out.
+        "packing.pack_batch": (packing.pack_batch, tokenized, "numpy", {"cutoff_len": 64, "seed": 0},
+                               lambda t: (sum(t["num_rows"].to_pylist()),
+                                          collections.Counter(x for seq in t["input_ids"].to_pylist() for x in seq))),
+    }
+
+
+@st.composite
+def block_splits(draw, n_rows: int):
+    """Cut points of n_rows rows into blocks, with 0-row blocks of foreign schemas inserted."""
+    cuts = sorted(draw(st.lists(st.integers(0, n_rows), max_size=6)))
+    bounds = [0, *cuts, n_rows]
+    pieces: list = [("rows", a, b) for a, b in zip(bounds[:-1], bounds[1:])]
+    for _ in range(draw(st.integers(0, 4))):
+        pieces.insert(draw(st.integers(0, len(pieces))), ("foreign", draw(st.integers(0, len(FOREIGN) - 1)), 0))
+    return pieces
+
+
+def _as_blocks(table: pa.Table, split) -> list[pa.Table]:
+    return [table.slice(a, b - a) if kind == "rows" else FOREIGN[a].empty_table() for kind, a, b in split]
+
+
+def _outputs(fn, blocks, batch_format: str, kwargs: dict) -> pa.Table:
+    """``fn`` called on every block as Ray calls it (its batch format), outputs with rows concatenated."""
+    outs = [BlockAccessor.batch_to_block(fn(BlockAccessor.for_block(b).to_batch_format(batch_format), **kwargs))
+            for b in blocks]
+    outs = [o for o in outs if o.num_rows]
+    return pa.concat_tables(outs) if outs else None
+
+
+@pytest.fixture(scope="module")
+def cases(tmp_path_factory, tiny_model):
+    return _cases(tmp_path_factory.mktemp("blocks"), tiny_model)
+
+
+CASE_NAMES = ["sources._parse_files", "stage._with_keys", "embed._rows_of_keys", "contamination.ngram_matches",
+              "ledger._ledger_rows", "ledger._kept_rows", "ledger._text_rows", "embedding_cache._as_shard_rows",
+              "train_data.tokenize_batch", "train_data._token_counts", "packing.pack_batch"]
+
+
+@pytest.mark.parametrize("name", CASE_NAMES)
+def test_a_block_function_gives_the_same_result_on_any_split(cases, name):
+    fn, table, batch_format, kwargs, comparable = cases[name]
+    whole = _outputs(fn, [table], batch_format, kwargs)
+
+    @settings(max_examples=25, deadline=None, derandomize=True, database=None,
+              suppress_health_check=[HealthCheck.function_scoped_fixture])
+    @given(split=block_splits(table.num_rows))
+    def check(split):
+        got = _outputs(fn, _as_blocks(table, split), batch_format, kwargs)
+        assert comparable(got) == comparable(whole)
+
+    check()
+
+
+def test_the_cases_cover_every_map_function(cases):
+    """A new map function must get a case above (the Embedder, a model, is checked on Ray below)."""
+    assert sorted(cases) == sorted(CASE_NAMES)
+    covered = {getattr(fn, "__wrapped__", fn) for fn, *_ in cases.values()}
+    missing = sorted(f"{m}.{n}" for m, n in _map_function_names()
+                     if not n.startswith(("Embedder", "embedder", "fn_cls")) and "evaluate" not in m
+                     and getattr(_resolve(m, n), "__wrapped__", None) not in covered)
+    assert not missing, f"map functions without a random-split case in tests/test_blocks.py: {missing}"
+
+
+# ---- driver-side readers and the vector assembly, on Ray --------------------------------
+
+
+@pytest.mark.slow
+@settings(max_examples=8, deadline=None, derandomize=True, database=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(split=block_splits(25))
+def test_driver_readers_and_vector_assembly_ignore_blocks_without_rows(ray_session, cases, split):
+    import ray
+
+    from platypus_ray.blocks import batches, read_columns
+    from platypus_ray.refine.vectors import assemble
+
+    keyed = _keyed(cases["stage._with_keys"][1])
+    table = keyed.select(embed_module.TO_EMBED_SCHEMA.names)
+    ds = ray.data.from_arrow_refs([ray.put(b) for b in _as_blocks(table, split)])
+    keys, hashes = embed_module._keys_and_hashes(ds)
+    assert sorted(keys.tolist()) == sorted(table["key"].to_pylist()) and len(hashes) == table.num_rows
+    assert read_columns(ds, ["key"], embed_module.TO_EMBED_SCHEMA).num_rows == table.num_rows
+    assert sum(b.num_rows for b in batches(ds, "pyarrow")) == table.num_rows
+
+    n = table.num_rows
+    vectors = np.random.default_rng(1).normal(size=(n, 4)).astype(np.float32)
+    pieces = [ray.put({"key": np.arange(a, b), "embedding": vectors[a:b]} if kind == "rows" and b > a else
+                      BlockAccessor.for_block(FOREIGN[a].empty_table() if kind == "foreign" else pa.table({}))
+                      .to_batch_format("numpy"))
+              for kind, a, b in [(k, min(a, n), min(b, n)) if k == "rows" else (k, a, 0) for k, a, b in split]]
+    blocks = assemble(pieces, n, timeout_s=60, rows_per_block=7)
+    np.testing.assert_array_equal(blocks.to_matrix(), vectors)
