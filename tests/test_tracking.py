@@ -216,3 +216,19 @@ def test_pipeline_fails_on_a_dead_server_before_ray_starts(dead_server_train_raw
     path.write_text(yaml.safe_dump({"train": raw}))
     assert main(["pipeline", "--config", str(path)]) == 2
     assert f"platypus-ray pipeline: error: tracking.mlflow: the tracking server {uri} does not answer" in capsys.readouterr().err
+
+
+def test_an_unusable_sqlite_store_fails_train_before_ray_starts(dead_server_train_raw, monkeypatch, tmp_path, capsys):
+    from platypus_ray.cli import main
+    from platypus_ray.train import stage as train_stage
+
+    monkeypatch.setattr(train_stage, "init_ray", _ray_must_not_start)
+    _, raw = dead_server_train_raw
+    (tmp_path / "taken").write_text("a file where the store's folder should be")
+    uri = f"sqlite:///{tmp_path}/taken/mlflow.db"
+    path = tmp_path / "train.yaml"
+    path.write_text(yaml.safe_dump({**raw, "tracking": {"mlflow": uri}}))
+    assert main(["train", "--config", str(path)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith(f"platypus-ray train: error: tracking.mlflow: the store {uri} cannot be used")
+    assert "writable" in err[0]
