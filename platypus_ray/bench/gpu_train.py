@@ -108,7 +108,7 @@ def _one_run(s: StepSettings, model: Path, data: Path, size: str, packed: bool, 
     flops_per_token = 4 * params + 12 * shape["num_hidden_layers"] * shape["hidden_size"] * context
     shapes = check_adapter(result.adapter_path)
     return {"run": name, "status": "ok", "params": params, "steps": len(speeds), "tokens_per_s": round(speed, 1),
-            "peak_gpu_memory_gib": memory.peak_gib, "mfu": round(speed * flops_per_token / PEAK_BF16_FLOPS, 4),
+            "peak_gpu_memory_gib": memory.peak_gib, "mfu": float(f"{speed * flops_per_token / PEAK_BF16_FLOPS:.4g}"),
             "flops_per_token": round(flops_per_token), "packing_efficiency": round(plan.packing_efficiency, 4),
             "adapter_tensors": len(shapes), "wall_s": round(result.wall_s, 1),
             "adapter_reloads": _reloads(model, result.adapter_path, s.device) if size != "8b" else None}
