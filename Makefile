@@ -26,8 +26,8 @@ demo: setup
 	$(PY) -m platypus_ray pipeline --config jobs/configs/demo.yaml
 
 # A real two-node Ray cluster on this machine (own temp dirs and ports; Ctrl-C stops it).
-local-cluster: setup
-	$(PY) -m platypus_ray.local_cluster --nodes 2 --cpus-per-node 1
+local-cluster: setup   # CLUSTER=cluster.yaml (or kuberay/rayjob.yaml): rehearse that file's autoscaling
+	$(PY) -m platypus_ray.local_cluster $(if $(CLUSTER),--autoscaling $(CLUSTER),--nodes 2 --cpus-per-node 1)
 
 test: setup
 	$(PY) -m pytest -q

@@ -29,6 +29,9 @@ from platypus_ray.local_cluster import LOOPBACK, LocalCluster
 HEAD_TYPE = "ray.head.default"  # the fake provider tags its head with this name
 FAKE_HEAD_ID = "fffffffffffffffffffffffffffffffffffffffffffffffffff00000"
 NODE_TYPE_LABEL = "ray.io/node-group"  # the label Ray gives a node of a KubeRay group; set here for every type
+# Ray turns --node-ip-address=127.0.0.1 into the machine's outward address unless multi-node is
+# off; the fake nodes join in the monitor's process, not by `ray start --address`.
+LOOPBACK_ONLY = {"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"}
 FAKE_OBJECT_STORE = 100_000_000  # bytes per fake node (Ray's default is 30% of RAM for each one)
 
 try:  # the provider runs inside the head's monitor process; this module is importable without Ray's autoscaler
@@ -55,6 +58,9 @@ class LoopbackFakeProvider(FakeMultiNodeProvider):
             labels = {**labels, NODE_TYPE_LABEL: node_type}
             params = ray._private.parameter.RayParams(
                 node_ip_address=LOOPBACK, gcs_address=self._gcs_address, redis_address=self._gcs_address,
+                # Its own runtime-env folder, as on a real machine: nodes share the head's session dir,
+                # and one node's agent deleting an unused working dir would delete the job's.
+                runtime_env_dir_name=f"runtime_resources_{node_id[-5:]}",
                 min_worker_port=0, max_worker_port=0, dashboard_port=None, dashboard_agent_listen_port=0,
                 num_cpus=resources.pop("CPU", 0), num_gpus=resources.pop("GPU", 0),
                 object_store_memory=resources.pop("object_store_memory", None), memory=resources.pop("memory", None),
@@ -168,14 +174,15 @@ class AutoscalingLocalCluster(LocalCluster):
     def __post_init__(self) -> None:
         if self.shape is None:
             raise ValueError("AutoscalingLocalCluster needs a shape (read_shape(path))")
-        fake = {"RAY_FAKE_CLUSTER": "1", "AUTOSCALER_UPDATE_INTERVAL_S": "1", SIMULATE_GPU_ENV: "1",
-                # Ray turns --node-ip-address=127.0.0.1 into the machine's outward address unless
-                # multi-node is off; the fake nodes join in-process, not by `ray start --address`.
-                "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"}
+        fake = {"RAY_FAKE_CLUSTER": "1", "AUTOSCALER_UPDATE_INTERVAL_S": "1", SIMULATE_GPU_ENV: "1", **LOOPBACK_ONLY}
         if self.v2:  # as KubeRay's head: the v2 autoscaler, the head known to the provider by its fixed id
             fake.update({"RAY_enable_autoscaler_v2": "1", "RAY_CLOUD_INSTANCE_ID": FAKE_HEAD_ID,
                          "RAY_OVERRIDE_NODE_ID_FOR_TESTING": FAKE_HEAD_ID})
         self.env = {**fake, **self.env}
+
+    @property
+    def client_env(self) -> dict[str, str]:
+        return {**super().client_env, **LOOPBACK_ONLY}  # resolves 127.0.0.1 as the head does
 
     def _node_args(self, name: str, temp_dir: Path) -> list[str]:
         args = super()._node_args(name, temp_dir)

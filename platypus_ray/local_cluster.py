@@ -7,6 +7,8 @@ exactly the processes of this cluster (found by its temp dirs), never other Ray 
 ``ray stop`` would kill every Ray process on the machine.
 
     python -m platypus_ray.local_cluster --nodes 2    # prints the address; Ctrl-C stops it
+    python -m platypus_ray.local_cluster --autoscaling cluster.yaml [--v2]   # rehearse a cluster file
+                                                      # (platypus_ray/autoscaling.py; `ray status` shows the nodes)
 """
 
 from __future__ import annotations
@@ -191,10 +193,28 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--nodes", type=int, default=2)
     parser.add_argument("--cpus-per-node", type=int, default=1)
+    parser.add_argument("--autoscaling", metavar="CLUSTER_FILE",
+                        help="a 0-CPU head whose Ray autoscaler launches this file's node types as fake nodes "
+                             "(cluster.yaml, cluster-gcp.yaml or kuberay/rayjob.yaml)")
+    parser.add_argument("--v2", action="store_true", help="autoscaler v2, as KubeRay runs it (default: v1, as `ray up`)")
+    parser.add_argument("--idle-timeout-minutes", type=float, default=0.5, help="idle workers are removed after this")
     args = parser.parse_args()
-    cluster = LocalCluster(cpus_per_node=args.cpus_per_node).start(args.nodes)
-    print(f"Ray cluster with {args.nodes} nodes: address {cluster.address}, dashboard {cluster.dashboard_url}")
-    print(f"  export RAY_AUTH_MODE=token RAY_AUTH_TOKEN={cluster.token}")
+    if args.autoscaling:
+        from platypus_ray.autoscaling import AutoscalingLocalCluster, read_shape
+        from platypus_ray.errors import UserError
+
+        try:
+            shape = read_shape(args.autoscaling)
+        except UserError as exc:
+            parser.exit(2, f"platypus-ray local-cluster: error: {exc}\n")
+        cluster = AutoscalingLocalCluster(shape=shape, v2=args.v2, idle_timeout_minutes=args.idle_timeout_minutes).start()
+        print(f"Ray cluster with autoscaler {'v2' if args.v2 else 'v1'} and the node types of {args.autoscaling}: "
+              f"{', '.join(shape.worker_types)} (fake nodes; GPUs simulated, {args.idle_timeout_minutes} idle minutes)")
+    else:
+        cluster = LocalCluster(cpus_per_node=args.cpus_per_node).start(args.nodes)
+        print(f"Ray cluster with {args.nodes} nodes: address {cluster.address}, dashboard {cluster.dashboard_url}")
+    print(f"  export {' '.join(f'{k}={v}' for k, v in cluster.client_env.items())}")
+    print("  ray status                                   # the nodes the autoscaler has launched")
     print(f"  ray job submit --address {cluster.dashboard_url} --working-dir . "
           "--runtime-env jobs/runtime_env.yaml -- python jobs/pipeline.py --config jobs/configs/demo.yaml")
     print("Ctrl-C stops it.", flush=True)
