@@ -15,6 +15,7 @@ the file descriptor directly and are not seen here.
 
 from __future__ import annotations
 
+import atexit
 import io
 import os
 import re
@@ -122,11 +123,21 @@ class RoutedStream(io.TextIOBase):
         return self._in_noise_block
 
     def flush(self) -> None:
+        """On a tty a partial line shows now (a prompt, a bar); in a log file it waits for its
+        newline: tqdm flushes after every redraw, and a half line cannot be judged."""
         with self._lock:
-            if self._partial:
-                self.target.write(self._partial)
-                self._partial = ""
+            if self._tty:
+                self.write_partial()
             self.target.flush()
+
+    def write_partial(self) -> None:
+        """The held half line as it stands (at exit): judged as a line in a log file."""
+        with self._lock:
+            partial, self._partial = self._partial, ""
+            if partial and self._tty:
+                self.target.write(partial)
+            elif partial:
+                self.write(partial + "\n")
 
     def isatty(self) -> bool:
         return self.target.isatty()
@@ -149,6 +160,8 @@ def install() -> NoiseLog:
         _log = NoiseLog()
         sys.stdout = RoutedStream(sys.stdout, _log)
         sys.stderr = RoutedStream(sys.stderr, _log)
+        for stream in (sys.stdout, sys.stderr):
+            atexit.register(stream.write_partial)  # a last line without its newline
     return _log
 
 

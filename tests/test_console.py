@@ -75,10 +75,17 @@ def test_on_a_tty_a_progress_bar_redraw_is_not_held_for_a_newline():
 
 
 def test_on_a_non_tty_tqdm_redraws_go_to_the_log():
-    bar = "\r  0%|          | 0/12 [00:00<?, ?it/s]\r100%|##########| 12/12 [00:00<00:00, 359.51it/s]\n"
-    shown, routed, _ = route("Generating test split: 12 examples [00:00, 579.78 examples/s]\n" + bar
-                             + "evaluate: fine-tuned (53 s)\n")
-    assert shown == "evaluate: fine-tuned (53 s)\n" and len(routed) == 3
+    target, log = io.StringIO(), NoiseLog()
+    stream = RoutedStream(target, log)
+    for redraw in ("\rGenerating test split: 0 examples [00:00, ? examples/s]",
+                   "\rGenerating test split: 12 examples [00:00, 6129.78 examples/s]", "\n",
+                   "\r  0%|          | 0/12 [00:00<?, ?it/s]", "\r100%|##########| 12/12 [00:00<00:00, 650.50it/s]",
+                   "\n", "evaluate: fine-tuned vs base (70 s)\n", "no newline yet"):
+        stream.write(redraw)
+        stream.flush()  # tqdm flushes after every redraw: a half line must wait for its end
+    assert target.getvalue() == "evaluate: fine-tuned vs base (70 s)\n" and len(log._held) == 4
+    stream.write_partial()  # at exit
+    assert target.getvalue().endswith("(70 s)\nno newline yet\n")
 
 
 def test_the_log_is_written_once_its_folder_is_known(tmp_path):
