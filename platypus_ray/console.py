@@ -97,6 +97,7 @@ class RoutedStream(io.TextIOBase):
         self._lock = threading.RLock()
 
     def write(self, text: str) -> int:
+        written = len(text)
         with self._lock:
             text, self._partial = self._partial + text, ""
             *lines, rest = text.split("\n")
@@ -110,7 +111,7 @@ class RoutedStream(io.TextIOBase):
                 self.target.write(rest)
             else:
                 self._partial = rest
-        return len(text)
+        return written
 
     def _route(self, line: str) -> bool:
         text = _RAY_PREFIX.sub("", line)
@@ -134,10 +135,13 @@ class RoutedStream(io.TextIOBase):
         """The held half line as it stands (at exit): judged as a line in a log file."""
         with self._lock:
             partial, self._partial = self._partial, ""
-            if partial and self._tty:
-                self.target.write(partial)
-            elif partial:
-                self.write(partial + "\n")
+            try:
+                if partial and self._tty:
+                    self.target.write(partial)
+                elif partial:
+                    self.write(partial + "\n")
+            except ValueError:  # the target was closed first (a test's captured stream)
+                pass
 
     def isatty(self) -> bool:
         return self.target.isatty()
@@ -148,6 +152,10 @@ class RoutedStream(io.TextIOBase):
     @property
     def encoding(self) -> str:  # type: ignore[override]
         return getattr(self.target, "encoding", "utf-8")
+
+    @property
+    def buffer(self):  # bytes written here bypass the routing
+        return self.target.buffer
 
 
 _log: NoiseLog | None = None
