@@ -16,6 +16,7 @@ own process under a time limit; the lines also go to ``--out``/gpu-steps.jsonl.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import signal
@@ -26,13 +27,13 @@ import time
 from dataclasses import asdict
 from pathlib import Path
 
-from platypus_ray.bench.gpu_env import StepSettings
+from platypus_ray.bench.gpu_env import StepSettings, read_partial
 
 # step -> (module, function, seconds allowed on the GPU machine); they sum to 9 min with the install
 STEPS = {
-    "embed": ("platypus_ray.bench.gpu_embed", "embed_step", 100),
-    "tiles": ("platypus_ray.bench.gpu_embed", "tiles_step", 90),
-    "train": ("platypus_ray.bench.gpu_train", "train_step", 270),
+    "embed": ("platypus_ray.bench.gpu_embed", "embed_step", 90),
+    "tiles": ("platypus_ray.bench.gpu_embed", "tiles_step", 80),
+    "train": ("platypus_ray.bench.gpu_train", "train_step", 300),
     "attention": ("platypus_ray.bench.gpu_train", "attention_step", 40),
 }
 DRY_RUN_LIMIT_S = 120
@@ -75,8 +76,7 @@ def install(bundle: Path, prefix: Path) -> tuple[str, str]:
         tar.extractall(site, filter="fully_trusted")  # keeps the binaries' exec bits
     minilm = ""
     if (bundle / "minilm" / "model.tar.xz").is_file():
-        sys.path.insert(0, str(site))  # safetensors/torch are the machine's; pydantic for the errors module
-        from platypus_ray.bench.gpu_minilm import unpack
+        from platypus_ray.bench.gpu_minilm import unpack  # numpy, torch, safetensors: the machine's own
 
         minilm = str(unpack(bundle / "minilm" / "model.tar.xz", prefix))
     return str(site), minilm
@@ -86,13 +86,7 @@ def run_step(name: str, settings: StepSettings, in_process: bool, limit_s: float
     """One step's JSON line: its numbers, or why it failed or ran out of time."""
     started = time.perf_counter()
     if in_process:
-        import importlib
-
-        module, function, _ = STEPS[name]
-        try:
-            line = {"step": name, "status": "ok", **getattr(importlib.import_module(module), function)(settings)}
-        except Exception as exc:  # noqa: BLE001 - a step's failure is its line; the other steps still run
-            line = {"step": name, "status": "error", "error": f"{type(exc).__name__}: {exc}"}
+        line = call_step(name, settings)
     else:
         command = [sys.executable, "-m", "platypus_ray.bench.gpu", "--step", name, "--settings",
                    json.dumps(asdict(settings))]
@@ -105,21 +99,28 @@ def run_step(name: str, settings: StepSettings, in_process: bool, limit_s: float
             line = results[-1] if results else {"step": name, "status": "error", "error": f"exit {child.returncode}"}
         except subprocess.TimeoutExpired:
             os.killpg(child.pid, signal.SIGKILL)
-            child.communicate()
-            line = {"step": name, "status": "timeout", "error": f"over its {limit_s:.0f} s limit"}
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                child.communicate(timeout=30)  # a grandchild still holding the pipe must not hang the kit
+            line = {"step": name, "status": "timeout", "error": f"over its {limit_s:.0f} s limit",
+                    "finished_parts": read_partial(settings.work, name)}
     return line | {"step_s": round(time.perf_counter() - started, 1)}
+
+
+def call_step(name: str, settings: StepSettings) -> dict:
+    """Run one step here: its numbers, or the error that stopped it (the other steps still run)."""
+    import importlib
+
+    module, function, _ = STEPS[name]
+    try:
+        return {"step": name, "status": "ok", **getattr(importlib.import_module(module), function)(settings)}
+    except Exception as exc:  # noqa: BLE001 - a step's failure is its line
+        return {"step": name, "status": "error", "error": f"{type(exc).__name__}: {exc}"}
 
 
 def _step_child(name: str, settings_json: str) -> int:
     """``--step``: run one step in this process and print its line with a marker for the parent."""
-    import importlib
-
-    settings = StepSettings(**{**json.loads(settings_json), "train_sizes": tuple(json.loads(settings_json)["train_sizes"])})
-    module, function, _ = STEPS[name]
-    try:
-        line = {"step": name, "status": "ok", **getattr(importlib.import_module(module), function)(settings)}
-    except Exception as exc:  # noqa: BLE001
-        line = {"step": name, "status": "error", "error": f"{type(exc).__name__}: {exc}"}
+    fields = json.loads(settings_json)
+    line = call_step(name, StepSettings(**{**fields, "train_sizes": tuple(fields["train_sizes"])}))
     print(MARK + json.dumps(line), flush=True)
     return 0
 

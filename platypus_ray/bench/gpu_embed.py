@@ -31,9 +31,13 @@ def carried_texts(s: StepSettings) -> tuple[list[str], list[str]]:
     from platypus_ray.bench.backends import mmlu_probes
     from platypus_ray.bench.refine import load_texts
 
-    rows = load_texts(Path(s.data) / "alpaca_5000.json", 96 if s.dry_run else None)
-    probes = mmlu_probes(Path(s.data) / "mmlu")
-    return rows, probes[:48] if s.dry_run else probes
+    data = Path(s.data)
+    rows = load_texts(data / "alpaca_5000.json", 48 if s.dry_run else None)
+    # the bundle carries data/mmlu; the shared checkout a dry run reads has data/benchmarks/mmlu
+    probes = mmlu_probes(data / "mmlu" if (data / "mmlu").is_dir() else data / "benchmarks" / "mmlu")
+    if not rows or not probes:
+        raise FileNotFoundError(f"{data}: no Alpaca rows or no MMLU probes; the embed step compares decisions on both")
+    return rows, probes[:24] if s.dry_run else probes
 
 
 def _stage_embed(texts: list[str], model: str, precision: str, device: str, batch_size: int) -> tuple[dict, np.ndarray]:
@@ -88,7 +92,7 @@ def embed_step(s: StepSettings) -> dict:
                  "weights": "fp16-stored, upcast (see manifest storage_check)" if s.minilm else "fp32 original"}
     bare = _bare_encode(texts, model, s.device)
     out["bare_encode_fp32_rows_per_s"] = round(bare, 1)
-    batch_size = 64 if s.dry_run else 512
+    batch_size = 32 if s.dry_run else 512
     with local_ray(0 if s.dry_run else 1):
         runs = {p: _stage_embed(texts, model, p, s.device, batch_size) for p in PRECISIONS}
     ref = runs["float32"][1]

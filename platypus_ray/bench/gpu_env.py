@@ -41,7 +41,8 @@ def local_ray(gpus: int):
 
     temp = tempfile.mkdtemp(prefix="ray-gpu-", dir="/tmp")  # short: Ray's socket paths have a length limit
     env = {**WORKER_ENV, "PATH": interpreter_first_path(), "PYTHONPATH": os.environ.get("PYTHONPATH", "")}
-    env.update({k: os.environ[k] for k in ("HF_HUB_OFFLINE", "TORCH_EXTENSIONS_DIR", "DS_ACCELERATOR") if k in os.environ})
+    passed = ("HF_HUB_OFFLINE", "TORCH_EXTENSIONS_DIR", "DS_ACCELERATOR")
+    env.update({k: os.environ[k] for k in passed if k in os.environ})
     ray.init(address="local", _node_ip_address="127.0.0.1", _temp_dir=temp, include_dashboard=False,
              num_gpus=gpus, runtime_env={"env_vars": env}, logging_level="WARNING")
     ray.data.DataContext.get_current().enable_progress_bars = False
@@ -85,6 +86,21 @@ class PeakGpuMemory:
     @property
     def peak_gib(self) -> float | None:
         return None if self.peak_mib is None else round(self.peak_mib / 1024, 2)
+
+
+def record_partial(work: str, step: str, item: dict) -> None:
+    """Keep one finished part of a step (a train run) where the kit finds it if the step runs out of time."""
+    import json
+
+    with open(Path(work) / f"{step}.partial.jsonl", "a") as handle:
+        handle.write(json.dumps(item) + "\n")
+
+
+def read_partial(work: str, step: str) -> list[dict]:
+    import json
+
+    path = Path(work) / f"{step}.partial.jsonl"
+    return [json.loads(x) for x in path.read_text().splitlines()] if path.is_file() else []
 
 
 def shared_tokenizer(work: str) -> str:

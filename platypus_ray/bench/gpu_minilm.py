@@ -70,7 +70,6 @@ def pack(texts: list[str], out: Path) -> dict:
 
 def unpack(archive: Path, dest: Path) -> Path:
     """The carried model as an fp32 sentence-transformers folder under ``dest``."""
-    import torch
     from safetensors.torch import load_file, save_file
 
     with tarfile.open(archive) as tar:
@@ -86,8 +85,8 @@ def check_tokens(folder: Path, texts: list[str]) -> None:
     carried = np.asarray(json.loads((folder / TOKENS_FILE).read_text()))
     missing = np.setdiff1d(token_ids(folder, texts), carried)
     if len(missing):
-        raise UserError(f"gpu: error: {len(missing)} token(s) of the texts to embed are not in the carried MiniLM "
-                        f"vocabulary ({folder / TOKENS_FILE}); embed the carried data, or rebuild with scripts/gpu-bundle")
+        raise UserError(f"{len(missing)} token(s) of the texts to embed are not in the carried MiniLM vocabulary "
+                        f"({folder / TOKENS_FILE}); embed the carried data, or rebuild with scripts/gpu-bundle")
 
 
 def storage_check(archive: Path, rows: list[str], probes: list[str], threshold: float = 0.8) -> dict:

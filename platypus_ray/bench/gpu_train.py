@@ -25,7 +25,8 @@ import importlib.util
 import statistics
 from pathlib import Path
 
-from platypus_ray.bench.gpu_env import PeakGpuMemory, StepSettings, alpaca_rows, local_ray, shared_tokenizer
+from platypus_ray.bench.gpu_env import (PeakGpuMemory, StepSettings, alpaca_rows, local_ray, record_partial,
+                                        shared_tokenizer)
 
 SIZES = {  # LlamaConfig fields: TinyLlama-1.1B's and Llama-3-8B's shapes; "tiny" for the dry run
     "1b": {"hidden_size": 2048, "intermediate_size": 5632, "num_hidden_layers": 22, "num_attention_heads": 32,
@@ -128,6 +129,7 @@ def train_step(s: StepSettings) -> dict:
             params = build_model(model, size, s.device, shared_tokenizer(s.work))
             for packed in (True, False):
                 runs.append(_one_run(s, model, data, size, packed, params))
+                record_partial(s.work, "train", runs[-1])  # kept if a later run outlasts the step's limit
     return {"runs": runs, "mfu_formula": "tokens/s x (4 N + 12 L d s) / 989e12", "sizes": list(s.train_sizes)}
 
 
@@ -169,12 +171,10 @@ def attention_step(s: StepSettings) -> dict:
     packed = pack_batch(tokens, cutoff, seed=0).to_pylist()[:4]
     dtype = torch.float32 if s.dry_run else torch.bfloat16
     shape = {**SIZES["tiny" if s.dry_run else "1b"], "num_hidden_layers": 2 if s.dry_run else 4}
-    impls = ["eager", "sdpa"] if s.dry_run else ["sdpa"]
-    if importlib.util.find_spec("flash_attn") is not None and not s.dry_run:
-        impls.insert(0, "flash_attention_2")
+    has_flash = importlib.util.find_spec("flash_attn") is not None
+    impls = ["eager", "sdpa"] if s.dry_run else ["flash_attention_2", "sdpa"] if has_flash else ["sdpa"]
     out = {"dtype": str(dtype).removeprefix("torch."), "sequences": len(packed), "cutoff": cutoff,
-           "gpu_config_uses": "flash_attention_2", "flash_attn_installed": importlib.util.find_spec("flash_attn") is not None,
-           "impls": {}}
+           "gpu_config_uses": "flash_attention_2", "flash_attn_installed": has_flash, "impls": {}}
     torch.manual_seed(0)
     with torch.device(s.device):
         model = LlamaForCausalLM(LlamaConfig(**shape, max_position_embeddings=4096)).to(dtype).eval()
