@@ -15,12 +15,12 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from pydantic import ValidationInfo, model_validator
+from pydantic import Field, ValidationInfo, field_validator, model_validator
 
-from platypus_ray.benchmarks import BenchmarkConfig
 from platypus_ray.config import StrictModel
 from platypus_ray.dtypes import DTypeName
-from platypus_ray.evaluate.config import EvaluateConfig, InferenceSettings, ValidationSettings
+from platypus_ray.evaluate.config import (BenchmarkEntry, EvaluateConfig, InferenceSettings, ValidationSettings,
+                                          benchmark_inputs, expand_preset)
 from platypus_ray.merge import MergeConfig
 from platypus_ray.outputs import check_output
 from platypus_ray.paths import absolute_if_local
@@ -41,12 +41,15 @@ class MergeStep(StrictModel):
 class EvaluateStep(StrictModel):
     """Evaluate settings; the model is the pipeline's fine-tune (merged, or base + adapter)."""
 
-    benchmarks: list[BenchmarkConfig] = []
+    benchmarks: list[BenchmarkEntry] = []  # lm-eval tasks or benchmark files, as in `platypus-ray evaluate`
     validation: ValidationSettings | None = None
     inference: InferenceSettings = InferenceSettings()
     output: str = "out/eval"
     compare_with_base: bool = True  # also score train.model.name_or_path, side by side
+    limit: int | None = Field(None, ge=1)
     seed: int = 1234
+
+    _preset = field_validator("benchmarks", mode="before")(classmethod(lambda cls, value: expand_preset(value)))
 
     def evaluate_config(self, model: dict, base: str) -> EvaluateConfig:
         compare = {"name_or_path": base, "label": "base"} if self.compare_with_base else None
@@ -129,7 +132,10 @@ def run(cfg: PipelineConfig) -> PipelineResult:
     if cfg.refine is not None:
         cfg.refine.check_output("refine.output")
     if cfg.evaluate is not None:
-        check_output(cfg.evaluate.output, "evaluate.output", inputs=[b.path for b in cfg.evaluate.benchmarks])
+        from platypus_ray.evaluate.tasks import check_loadable
+
+        check_output(cfg.evaluate.output, "evaluate.output", inputs=benchmark_inputs(cfg.evaluate.benchmarks))
+        check_loadable(cfg.evaluate.benchmarks, cfg.evaluate.seed)  # an offline-unloadable task fails before refine
     if cfg.merge is not None:
         check_output(cfg.merge.out, "merge.out", inputs=[cfg.merge.base or cfg.train.model.name_or_path])
     if cfg.train is not None:  # an unreachable tracking server fails before Ray starts and refine runs

@@ -1,4 +1,4 @@
-"""Evaluate stage: held-out loss and benchmark multiple-choice accuracy (Ray Data batch inference)."""
+"""Evaluate stage: lm-evaluation-harness tasks and held-out loss, scored as Ray Data batch inference."""
 
 from platypus_ray.evaluate.config import EvaluateConfig
 

@@ -1,9 +1,15 @@
-"""Evaluate stage config: the model (and an optional one to compare with), benchmarks, held-out rows."""
+"""Evaluate stage config: the model (and an optional one to compare with), benchmarks, held-out rows.
+
+A benchmark entry is an lm-evaluation-harness task (``{task: arc_challenge, num_fewshot: 25}``,
+or a task YAML of your own: ``{task: my_task, include_path: tasks/}``) or a benchmark file in one
+of the formats refine's contamination check reads (``{path:, format:}``), which evaluate turns
+into a thin lm-eval task YAML. ``benchmarks: open_llm_leaderboard`` is the leaderboard four.
+"""
 
 from __future__ import annotations
 
 import os
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import Field, ValidationInfo, field_validator, model_validator
 
@@ -11,6 +17,49 @@ from platypus_ray.benchmarks import BenchmarkConfig
 from platypus_ray.config import ActorCount, CpusPerActor, StrictModel, check_model_folder, is_planned
 from platypus_ray.dtypes import DTypeName
 from platypus_ray.paths import is_remote
+
+
+class TaskEntry(StrictModel):
+    """One lm-evaluation-harness task or group, by the name lm-eval knows it by."""
+
+    task: str = Field(min_length=1)
+    num_fewshot: int | None = Field(None, ge=0, description="default: the task's own (0 when it sets none)")
+    include_path: str | None = None  # a folder of task YAMLs (your own tasks, or local data_files copies)
+
+    @field_validator("include_path")
+    @classmethod
+    def _folder_exists(cls, value: str | None, info: ValidationInfo) -> str | None:
+        if value is not None and not is_planned(value, info) and not os.path.isdir(os.path.expanduser(value)):
+            raise ValueError(f"'{value}' is not a folder of task YAMLs")
+        return value
+
+    @property
+    def benchmark_name(self) -> str:
+        return self.task
+
+
+BenchmarkEntry = TaskEntry | BenchmarkConfig
+
+# The Open LLM Leaderboard (v1) tasks the Platypus paper reports, with the leaderboard's shots.
+LEADERBOARD = [{"task": "arc_challenge", "num_fewshot": 25}, {"task": "hellaswag", "num_fewshot": 10},
+               {"task": "mmlu", "num_fewshot": 5}, {"task": "truthfulqa_mc2", "num_fewshot": 0}]
+PRESETS = {"open_llm_leaderboard": LEADERBOARD}
+
+
+def expand_preset(value: Any) -> Any:
+    """``benchmarks: open_llm_leaderboard`` -> its task entries; anything else unchanged."""
+    if isinstance(value, str):
+        if value not in PRESETS:
+            raise ValueError(f"unknown benchmarks preset '{value}'; valid: {sorted(PRESETS)} or a list of entries")
+        return [dict(entry) for entry in PRESETS[value]]
+    return value
+
+
+def benchmark_inputs(entries: list[BenchmarkEntry]) -> list[str]:
+    """The files and folders the entries read (an output must never replace them)."""
+    paths = [e.path for e in entries if isinstance(e, BenchmarkConfig)]
+    paths += [e.fewshot_path for e in entries if isinstance(e, BenchmarkConfig) and e.fewshot_path]
+    return paths + [e.include_path for e in entries if isinstance(e, TaskEntry) and e.include_path]
 
 
 class ModelRef(StrictModel):
@@ -73,11 +122,14 @@ class EvaluateConfig(StrictModel):
 
     model: ModelRef
     compare_with: ModelRef | None = None  # e.g. the base model, for a side-by-side table
-    benchmarks: list[BenchmarkConfig] = []
+    benchmarks: list[BenchmarkEntry] = []
     validation: ValidationSettings | None = None
     inference: InferenceSettings = InferenceSettings()
     output: str = "out/eval"
-    seed: int = 1234  # few-shot example draws
+    limit: int | None = Field(None, ge=1, description="score only the first N documents of each task (lm-eval's --limit)")
+    seed: int = 1234  # lm-eval's fewshot_random_seed (its default): the draws of tasks with a random sampler
+
+    _preset = field_validator("benchmarks", mode="before")(classmethod(lambda cls, value: expand_preset(value)))
 
     def check_output(self) -> None:
         """Refuse an output whose replacement would delete an input or a folder this project did not write."""
@@ -85,7 +137,7 @@ class EvaluateConfig(StrictModel):
 
         models = [m for m in (self.model, self.compare_with) if m is not None]
         inputs = [m.name_or_path for m in models] + [m.adapter for m in models if m.adapter]
-        inputs += [b.path for b in self.benchmarks] + ([self.validation.path] if self.validation else [])
+        inputs += benchmark_inputs(self.benchmarks) + ([self.validation.path] if self.validation else [])
         check_output(self.output, "output", inputs=inputs)
 
     @model_validator(mode="after")

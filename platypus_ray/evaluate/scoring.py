@@ -1,10 +1,13 @@
 """Log-likelihood of a continuation given a context, batched, in a Ray Data actor.
 
-Tokenisation follows lm-evaluation-harness: trailing whitespace of the context moves to the
-continuation (multiple-choice requests), the pair is encoded jointly and the continuation is
-what the joint encoding adds beyond the context's own tokens; sequences longer than
-``max_length`` lose tokens on the left. Padding is on the right, so a causal model sees every
-real token exactly as it would alone.
+Tokenisation is lm-evaluation-harness's (``TemplateLM.loglikelihood`` / ``_encode_pair`` with
+the ``hf`` model's ``tok_encode``): trailing whitespace of the context moves to the
+continuation, the pair is encoded jointly (the tokenizer's own special tokens, none when the
+text already starts with BOS) and the continuation is what the joint encoding adds beyond the
+context's tokens; an empty context is the BOS (else EOS) token. Sequences longer than
+``max_length`` lose tokens on the left; padding is on the right, so a causal model sees every
+real token exactly as it would alone. Sequences whose inputs are identical (a context scored
+against one-token choices: MMLU's letters) share one forward pass, as lm-eval's logits cache does.
 """
 
 from __future__ import annotations
@@ -17,16 +20,36 @@ import numpy as np
 def encode_pair(tokenizer: Any, context: str, continuation: str, add_eos: bool = False,
                 move_space: bool = True) -> tuple[list[int], int]:
     """Token ids of context + continuation, and how many trailing ids are the continuation."""
+    if move_space and context == "":
+        return _encode_without_context(tokenizer, continuation)
     if move_space:
         spaces = len(context) - len(context.rstrip())
         if spaces:
             context, continuation = context[:-spaces], context[-spaces:] + continuation
-    context_ids = tokenizer(context, add_special_tokens=True)["input_ids"]
-    whole = tokenizer(context + continuation, add_special_tokens=True)["input_ids"]
+    context_ids = _tok_encode(tokenizer, context)
+    whole = _tok_encode(tokenizer, context + continuation)
     continuation_ids = whole[len(context_ids):]
     if add_eos and (not continuation_ids or continuation_ids[-1] != tokenizer.eos_token_id):
         continuation_ids = continuation_ids + [tokenizer.eos_token_id]
     return context_ids + continuation_ids, len(continuation_ids)
+
+
+def _tok_encode(tokenizer: Any, text: str) -> list[int]:
+    """The tokenizer's default special tokens, except for text that already starts with BOS."""
+    bos = tokenizer.decode(_prefix_id(tokenizer))
+    return tokenizer.encode(text, add_special_tokens=not (bos and text.startswith(bos)))
+
+
+def _prefix_id(tokenizer: Any) -> int:
+    return tokenizer.bos_token_id if tokenizer.bos_token_id is not None else tokenizer.eos_token_id
+
+
+def _encode_without_context(tokenizer: Any, continuation: str) -> tuple[list[int], int]:
+    ids = tokenizer.encode(continuation, add_special_tokens=False)
+    prefix = _prefix_id(tokenizer)
+    if ids and ids[0] == prefix:
+        return ids, len(ids) - 1
+    return [prefix] + ids, len(ids)
 
 
 def score_encoded(model: Any, encoded: list[tuple[list[int], int]], pad_id: int, max_length: int,
@@ -35,17 +58,19 @@ def score_encoded(model: Any, encoded: list[tuple[list[int], int]], pad_id: int,
     import torch
 
     trimmed = [(ids[-(max_length + 1):], min(n, max_length)) for ids, n in encoded]
-    width = max(len(ids) - 1 for ids, _ in trimmed)
-    input_ids = torch.full((len(trimmed), width), pad_id, dtype=torch.long)
-    attention = torch.zeros((len(trimmed), width), dtype=torch.long)
-    for row, (ids, _) in enumerate(trimmed):
-        input_ids[row, : len(ids) - 1] = torch.tensor(ids[:-1])
-        attention[row, : len(ids) - 1] = 1
+    unique: dict[tuple[int, ...], int] = {}  # model input -> its row in the forward batch
+    rows = [unique.setdefault(tuple(ids[:-1]), len(unique)) for ids, _ in trimmed]
+    width = max(len(key) for key in unique)
+    input_ids = torch.full((len(unique), width), pad_id, dtype=torch.long)
+    attention = torch.zeros((len(unique), width), dtype=torch.long)
+    for key, row in unique.items():
+        input_ids[row, : len(key)] = torch.tensor(key)
+        attention[row, : len(key)] = 1
     with torch.no_grad():
         logits = model(input_ids=input_ids.to(device), attention_mask=attention.to(device)).logits.float()
     logprobs = torch.log_softmax(logits, dim=-1)
     results = []
-    for row, (ids, n) in enumerate(trimmed):
+    for row, (ids, n) in zip(rows, trimmed):
         if n == 0:
             results.append((0.0, 0, True))
             continue
@@ -78,9 +103,14 @@ class Scorer:
     """Ray Data callable class: one model replica per actor; a batch of requests in, scores out."""
 
     def __init__(self, name_or_path: str, adapter: str | None, dtype: str, device: str, max_length: int | None):
+        from lm_eval.models.utils import resolve_max_length
+
+        from platypus_ray.devices import actor_device
+
+        device = actor_device(device)  # what this process sees: a simulated GPU computes on CPU
         self.tokenizer, self.model = load_model(name_or_path, adapter, dtype, device)
         self.device = device
-        self.max_length = max_length or getattr(self.model.config, "max_position_embeddings", 2048)
+        self.max_length = max_length or resolve_max_length(self.model.config, self.tokenizer)
         pad = self.tokenizer.pad_token_id
         self.pad_id = pad if pad is not None else self.tokenizer.eos_token_id
 

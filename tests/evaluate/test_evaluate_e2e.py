@@ -1,5 +1,6 @@
-"""The evaluate stage on real Ray Data with the tiny LLaMA: scores equal a one-at-a-time
-PyTorch loop, a model tuned on the answers beats its base, malformed rows fail clearly."""
+"""The evaluate stage on real Ray Data with the tiny LLaMA, on a benchmark file (a thin lm-eval task):
+scores equal a one-at-a-time PyTorch loop, a model tuned on the answers beats its base, malformed
+rows fail clearly."""
 
 from __future__ import annotations
 
@@ -32,9 +33,9 @@ def write_quiz(path, n: int = 12, seed: int = 0) -> list[dict]:
     return rows
 
 
-def eval_config(tmp_path, model_path: str, quiz, **extra) -> EvaluateConfig:
+def eval_config(tmp_path, model_path: str, quiz, shots: int = 1, **extra) -> EvaluateConfig:
     raw = {"model": {"name_or_path": model_path}, "output": str(tmp_path / "eval"),
-           "benchmarks": [{"path": str(quiz), "format": "questions", "name": "vault", "num_fewshot": 1}],
+           "benchmarks": [{"path": str(quiz), "format": "questions", "name": "vault", "num_fewshot": shots}],
            "inference": {"actors": 1, "batch_size": 5, "device": "cpu"}}
     return validate_config(EvaluateConfig, {**raw, **extra})
 
@@ -56,32 +57,33 @@ def reference_logprob(model, tokenizer, context: str, continuation: str) -> floa
 def test_scores_equal_a_one_item_at_a_time_pytorch_loop(ray_session, tiny_model, kept_folder, tmp_path):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from platypus_ray.evaluate.stage import build_requests
-
     quiz = tmp_path / "quiz.jsonl"
-    write_quiz(quiz)
+    rows = write_quiz(quiz)
     cfg = eval_config(tmp_path, tiny_model, quiz, validation={"path": kept_folder, "rows": 7})
     result = run(cfg)
-    items = pd.read_parquet(tmp_path / "eval/items.parquet").set_index("item_id")
+    items = pd.read_parquet(tmp_path / "eval/items.parquet").set_index("doc_id")
     validation = pd.read_parquet(tmp_path / "eval/validation.parquet")
+    label = cfg.model.display_name
+    samples = [json.loads(line) for line in (tmp_path / f"eval/samples/{label}/samples_file_vault.jsonl").read_text().splitlines()]
 
     tokenizer = AutoTokenizer.from_pretrained(tiny_model)
     model = AutoModelForCausalLM.from_pretrained(tiny_model).eval()
-    requests = build_requests(cfg)[0].to_pandas()
-    mc = requests[requests["benchmark"] == "vault"]
     correct, correct_norm = [], []
-    for item_id, group in mc.groupby("item_id", sort=False):
-        expected = [reference_logprob(model, tokenizer, r.context, r.continuation) for r in group.itertuples()]
-        np.testing.assert_allclose(items.loc[item_id, "logprobs"], expected, rtol=0, atol=1e-4)
-        answer = group["answer"].iloc[0]
-        correct.append(int(np.argmax(expected)) == answer)
-        lengths = group["continuation"].str.len().to_numpy()
-        correct_norm.append(int(np.argmax(np.array(expected) / lengths)) == answer)
-        assert items.loc[item_id, "correct"] == correct[-1] and items.loc[item_id, "correct_norm"] == correct_norm[-1]
-    summary = result.summary_data["models"][cfg.model.display_name]
-    assert summary["benchmarks"]["vault"]["items"] == 12
-    assert summary["benchmarks"]["vault"]["acc"] == np.mean(correct)
-    assert summary["benchmarks"]["vault"]["acc_norm"] == np.mean(correct_norm)
+    for sample in samples:
+        row = rows[sample["doc_id"]]
+        assert [c for _, c in sample["arguments"]] == [f" {c}" for c in row["choices"]]
+        assert sample["arguments"][0][0].endswith(f"Question: {row['question']}\nAnswer:")
+        expected = [reference_logprob(model, tokenizer, context, continuation) for context, continuation in sample["arguments"]]
+        np.testing.assert_allclose(items.loc[sample["doc_id"], "logprobs"], expected, rtol=0, atol=1e-4)
+        correct.append(int(np.argmax(expected)) == row["answer"])
+        # lm-eval's acc_norm: log-likelihood per character of the choice, the space before it not counted
+        lengths = np.array([len(c) for c in row["choices"]])
+        correct_norm.append(int(np.argmax(np.array(expected) / lengths)) == row["answer"])
+        assert items.loc[sample["doc_id"], "acc"] == correct[-1] and items.loc[sample["doc_id"], "acc_norm"] == correct_norm[-1]
+    summary = result.summary_data["models"][label]
+    assert summary["benchmarks"]["vault"]["items"] == 12 == len(samples)
+    assert summary["benchmarks"]["vault"]["acc"] == pytest.approx(np.mean(correct))
+    assert summary["benchmarks"]["vault"]["acc_norm"] == pytest.approx(np.mean(correct_norm))
 
     # Held-out loss: the same masked loss the train stage optimises, summed over 7 rows.
     from platypus_ray.train.prompts import tokenize_example
@@ -100,6 +102,7 @@ def test_scores_equal_a_one_item_at_a_time_pytorch_loop(ray_session, tiny_model,
     assert summary["validation"]["tokens"] == tokens == validation["n_tokens"].sum()
     assert summary["validation"]["loss"] == pytest.approx(total / tokens, abs=1e-4)
     assert "vault" in result.summary() and "acc_norm" in result.summary()
+    assert (tmp_path / "eval/config.yaml").is_file()
 
 
 def fine_tune_on_answers(base: str, rows: list[dict], out) -> str:
@@ -129,14 +132,15 @@ def test_a_model_tuned_on_the_answers_beats_its_base(ray_session, tiny_model, tm
     quiz = tmp_path / "quiz.jsonl"
     rows = write_quiz(quiz, n=12, seed=1)
     tuned = fine_tune_on_answers(tiny_model, rows, tmp_path / "tuned")
-    cfg = eval_config(tmp_path, tuned, quiz, compare_with={"name_or_path": tiny_model, "label": "base"},
+    # 0-shot: the prompt it was tuned on (lm-eval's few-shot examples are other items' answers, a distraction)
+    cfg = eval_config(tmp_path, tuned, quiz, shots=0, compare_with={"name_or_path": tiny_model, "label": "base"},
                       model={"name_or_path": tuned, "label": "tuned"})
     result = run(cfg)
     scores = {m: s["benchmarks"]["vault"]["acc"] for m, s in result.summary_data["models"].items()}
     assert scores["tuned"] >= 0.9, scores
     assert scores["tuned"] >= scores["base"] + 0.4, scores
     table = result.summary()
-    assert "tuned acc" in table and "base acc" in table and "delta acc" in table
+    assert "tuned" in table and "base" in table and "delta" in table and "acc_norm" in table
 
 
 def test_malformed_benchmark_row_fails_before_ray_naming_file_and_line(tiny_model, tmp_path):
