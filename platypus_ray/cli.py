@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 from platypus_ray import console
 from platypus_ray.config import load_config
-from platypus_ray.errors import find_user_error
+from platypus_ray.errors import environment_failure, find_user_error
 
 
 @dataclass(frozen=True)
@@ -84,7 +84,7 @@ def main(argv: list[str] | None = None) -> int:
         console.use_log_dir(console.log_folder(cfg), args.command)
         result = module.run(cfg)
     except Exception as exc:  # user mistakes get one clear line, anything else a traceback
-        user_error = find_user_error(exc)
+        user_error = find_user_error(exc) or environment_failure(exc)
         if user_error is None:
             raise
         print(f"platypus-ray {args.command}: error: {user_error}", file=sys.stderr)

@@ -54,9 +54,21 @@ def check_output(output: str, key: str, inputs: Iterable[str] = (), source_folde
             raise UserError(f"{key}: '{output}' is inside {what}, so the next run would read it back as input; {fix}")
     if target.is_file():
         raise UserError(f"{key}: '{output}' is a file, not a folder; {fix}")
+    _check_writable(output, target, key, fix)
     if target.is_dir() and any(target.iterdir()) and not (target / MARKER).is_file():
         raise UserError(f"{key}: '{output}' exists, is not empty and was not written by platypus-ray (no {MARKER} "
                         f"file in it); {fix}, or move its contents away first")
+
+
+def _check_writable(output: str, target: Path, key: str, fix: str) -> None:
+    """The output (or the nearest folder that exists above it) must be writable: a read-only
+    mount or a folder without permission fails here, before any work, not at the last step."""
+    existing = next(folder for folder in (target, *target.parents) if folder.exists())
+    if os.access(existing, os.W_OK | os.X_OK):
+        return
+    read_only = bool(os.statvfs(existing).f_flag & os.ST_RDONLY)
+    why = "is on a read-only filesystem" if read_only else "is not writable by this user"
+    raise UserError(f"{key}: cannot write '{output}': '{existing}' {why}; {fix}")
 
 
 def mark_output(folder: str | Path, stage: str) -> None:

@@ -1,18 +1,78 @@
-"""Input paths: local files, folders and globs, or any URI pyarrow's filesystems read (s3://, gs://)."""
+"""Input paths: local files, folders and globs, or URIs (``s3://``, ``gs://`` through pyarrow's
+filesystems; ``http(s)://`` and ``hf://datasets/...`` through fsspec), plain or compressed.
+
+A compressed file (``.gz``, ``.bz2``, ``.xz``, ``.zst``) is read through a streaming decompressor
+and counts as the format under its compression suffix (``data.jsonl.gz`` is JSONL). A URI that
+cannot be reached is an :class:`InputError` naming it, the cause and what to do; never the
+filesystem library's own traceback.
+"""
 
 from __future__ import annotations
 
+import bz2
 import glob
+import gzip
+import lzma
 import os
 from pathlib import Path
+from typing import BinaryIO, Iterator
 
+import pyarrow as pa
 import pyarrow.fs as pafs
 
+from platypus_ray.errors import InputError
+
 _GLOB_CHARS = set("*?[")
+COMPRESSIONS = (".gz", ".bz2", ".xz", ".zst")
+_FSSPEC_SCHEMES = ("http", "https", "hf")
+_CHUNK = 1 << 20
 
 
 def is_remote(path: str) -> bool:
     return "://" in path and not path.startswith("file://")
+
+
+def without_compression(name: str) -> str:
+    """``data.jsonl.gz`` -> ``data.jsonl``; a name without a compression suffix as it is."""
+    lowered = name.lower()
+    return next((name[: -len(ext)] for ext in COMPRESSIONS if lowered.endswith(ext)), name)
+
+
+def filesystem(path: str) -> tuple[pafs.FileSystem, str]:
+    """The pyarrow filesystem of a URI and the path inside it. http(s) and the Hugging Face hub
+    come through fsspec (``HfFileSystem`` from huggingface_hub), wrapped as pyarrow filesystems."""
+    scheme = path.split("://", 1)[0].lower()
+    if scheme not in _FSSPEC_SCHEMES:
+        return pafs.FileSystem.from_uri(path)
+    if scheme == "hf":
+        from huggingface_hub import HfFileSystem
+
+        return pafs.PyFileSystem(pafs.FSSpecHandler(HfFileSystem())), path.split("://", 1)[1]
+    return pafs.PyFileSystem(pafs.FSSpecHandler(_http_filesystem(scheme))), path
+
+
+def _http_filesystem(scheme: str):
+    """fsspec's HTTP filesystem with bounded waits: 30 s to connect, 120 s without a byte read."""
+    import aiohttp
+    import fsspec
+
+    return fsspec.filesystem(scheme, client_kwargs={"timeout": aiohttp.ClientTimeout(sock_connect=30, sock_read=120)})
+
+
+def unreachable(path: str, exc: BaseException) -> InputError:
+    """The error for a URI that could not be listed or read: what failed and what to do."""
+    scheme = path.split("://", 1)[0].lower()
+    cause = f"{type(exc).__name__}: {exc}".strip().splitlines()[0][:300]
+    if scheme == "hf":
+        offline = os.environ.get("HF_HUB_OFFLINE") == "1"
+        fix = ("the Hugging Face hub is off here (HF_HUB_OFFLINE=1): download the files and give their local path, "
+               "or unset HF_HUB_OFFLINE" if offline else
+               "check the dataset name and path (hf://datasets/ORG/NAME/FILE), HF_TOKEN for a gated set, and the network")
+    elif scheme in ("http", "https"):
+        fix = "check the address and the network, or download the file and give its local path"
+    else:
+        fix = "check the bucket and key, the credentials (AWS_*, GOOGLE_APPLICATION_CREDENTIALS) and the network"
+    return InputError(f"cannot reach '{path}' ({cause}); {fix}")
 
 
 def absolute_if_local(path: str) -> str:
@@ -33,14 +93,7 @@ def default_name(path: str) -> str:
 def expand_files(path: str, extensions: tuple[str, ...]) -> list[str]:
     """The files a path names, sorted, so that row order (and thus ``source_index``) is stable."""
     if is_remote(path):
-        fs, root = pafs.FileSystem.from_uri(path)
-        info = fs.get_file_info(root)
-        if info.type == pafs.FileType.File:
-            return [path]
-        scheme = path.split("://", 1)[0]
-        selector = pafs.FileSelector(root, recursive=True)
-        files = [i.path for i in fs.get_file_info(selector) if i.type == pafs.FileType.File]
-        return sorted(f"{scheme}://{f}" for f in files if _has_extension(f, extensions))
+        return _expand_remote(path, extensions)
     if path.startswith("file://"):
         path = path[len("file://") :]
     if _GLOB_CHARS & set(path) and not os.path.exists(path):  # an existing path is literal, even data[1].jsonl
@@ -51,12 +104,56 @@ def expand_files(path: str, extensions: tuple[str, ...]) -> list[str]:
     return [path] if os.path.isfile(path) else []
 
 
-def open_input(path: str):
-    """A binary input stream for a local path or a URI."""
+def _expand_remote(path: str, extensions: tuple[str, ...]) -> list[str]:
+    """A remote file as itself, or the files under a remote folder (not for http: no listings)."""
+    scheme = path.split("://", 1)[0]
+    try:
+        if scheme.lower() in ("http", "https"):  # fsspec itself: pyarrow's wrapper reads "unreachable" as "no file"
+            _http_filesystem(scheme.lower()).info(path)
+            return [path]
+        fs, root = filesystem(path)
+        if fs.get_file_info(root).type == pafs.FileType.File:
+            return [path]
+        files = [i.path for i in fs.get_file_info(pafs.FileSelector(root, recursive=True)) if i.type == pafs.FileType.File]
+    except Exception as exc:  # every filesystem library raises its own kinds (OSError, aiohttp, hub errors)
+        raise unreachable(path, exc) from None
+    return sorted(f"{scheme}://{f}" for f in files if _has_extension(f, extensions))
+
+
+def open_input(path: str) -> BinaryIO:
+    """A binary input stream for a local path or a URI, decompressed by its suffix (``.gz``, ``.bz2``,
+    ``.xz``, ``.zst``). Opening a URI that cannot be reached raises :func:`unreachable`'s error."""
     if is_remote(path):
-        fs, inner = pafs.FileSystem.from_uri(path)
-        return fs.open_input_stream(inner)
-    return open(path, "rb")
+        try:
+            fs, inner = filesystem(path)
+            raw = fs.open_input_stream(inner, compression=None)  # decompressed below, for every scheme alike
+        except Exception as exc:  # see _expand_remote
+            raise unreachable(path, exc) from None
+    else:
+        raw = open(path, "rb")
+    suffix = next((ext for ext in COMPRESSIONS if path.lower().endswith(ext)), None)
+    if suffix == ".gz":
+        return gzip.GzipFile(fileobj=raw)
+    if suffix == ".bz2":
+        return bz2.BZ2File(raw)
+    if suffix == ".xz":
+        return lzma.LZMAFile(raw)
+    if suffix == ".zst":
+        stream = raw if isinstance(raw, pa.NativeFile) else pa.PythonFile(raw, mode="r")
+        return pa.CompressedInputStream(stream, "zstd")
+    return raw
+
+
+def lines(stream: BinaryIO) -> Iterator[bytes]:
+    """The lines of a binary stream, split on ``\\n`` only (kept at each line's end), read in 1 MiB
+    chunks: a compressed or remote file is never held whole."""
+    rest = b""
+    while chunk := stream.read(_CHUNK):
+        parts = (rest + chunk).split(b"\n")
+        rest = parts.pop()
+        yield from (part + b"\n" for part in parts)
+    if rest:
+        yield rest
 
 
 def check_input_path(path: str, extensions: tuple[str, ...]) -> str:
@@ -82,14 +179,14 @@ def check_input_path(path: str, extensions: tuple[str, ...]) -> str:
 
 
 def _has_extension(name: str, extensions: tuple[str, ...]) -> bool:
-    return any(name.lower().endswith("." + ext) for ext in extensions)
+    return any(without_compression(name).lower().endswith("." + ext) for ext in extensions)
 
 
 def read_text(path: str) -> str | None:
     """A small text file at a local path or URI; None when it does not exist."""
     if not is_remote(path):
         return Path(path).read_text() if os.path.isfile(path) else None
-    fs, inner = pafs.FileSystem.from_uri(path)
+    fs, inner = filesystem(path)
     if fs.get_file_info(inner).type != pafs.FileType.File:
         return None
     with fs.open_input_stream(inner) as stream:
@@ -117,5 +214,5 @@ def is_file(path: str) -> bool:
     """Whether a local path or URI names an existing file."""
     if not is_remote(path):
         return os.path.isfile(path)
-    fs, inner = pafs.FileSystem.from_uri(path)
+    fs, inner = filesystem(path)
     return fs.get_file_info(inner).type == pafs.FileType.File

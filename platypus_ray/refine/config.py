@@ -11,6 +11,7 @@ from platypus_ray.config import ActorCount, CpusPerActor, StrictModel, check_inp
 from platypus_ray.errors import UserError
 
 SourceFormat = Literal["json", "jsonl", "parquet", "csv"]
+SOURCE_EXTENSIONS = ("json", "jsonl", "parquet", "csv")  # each also compressed: .gz, .bz2, .xz, .zst (paths.py)
 ContaminationCategory = Literal["duplicate", "gray_area", "similar_but_different"]
 EmbeddingBackend = Literal["auto", "torch", "onnx", "openvino", "onnx-int8", "static"]
 
@@ -30,11 +31,13 @@ class SourceConfig(StrictModel):
     name: str | None = Field(None, description="becomes data_source; defaults to the file or folder name")
     format: SourceFormat | None = Field(None, description="inferred from the file extension when omitted")
     columns: ColumnMapping = ColumnMapping()
+    # JSON: read the list under this top-level key ({"train": [...]}), as the `datasets` JSON loader's `field`
+    field: str | None = None
 
     @field_validator("path")
     @classmethod
     def _path_exists(cls, path: str, info: ValidationInfo) -> str:
-        return check_input(path, ("json", "jsonl", "parquet", "csv"), info)
+        return check_input(path, SOURCE_EXTENSIONS, info)
 
     @property
     def source_name(self) -> str:

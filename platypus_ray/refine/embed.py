@@ -191,7 +191,7 @@ def embed_texts(ds: ray.data.Dataset, n: int, cfg: EmbeddingConfig, embedder: ty
         result.backend = choose_backend(cfg, device, lambda k: _spread_texts(ds, n, k), todo, thresholds)
         embedded = _in_actor_pool(ds, todo, cfg, device, embedder, result.backend.spec).materialize()
         if cache is not None:
-            cache.store(embedded)
+            result.warnings += cache.store(embedded)
         pieces += embedded.select_columns(["key", "embedding"]).to_numpy_refs()
         result.computed = todo
     try:

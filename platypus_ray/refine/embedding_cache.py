@@ -19,6 +19,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import uuid
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -28,7 +29,7 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 import ray
 
-from platypus_ray.blocks import rows_only
+from platypus_ray.blocks import read_columns, rows_only
 from platypus_ray.errors import UserError
 from platypus_ray.refine.waits import wait_all
 
@@ -151,18 +152,45 @@ class EmbeddingCache:
                 pieces.append(refs[0])
         return Lookup(found, pieces, warnings)
 
-    def store(self, embedded) -> None:
-        """Append the ``text_hash``/``embedding`` rows of a Ray dataset as new shards (written by Ray Data)."""
+    def store(self, embedded) -> list[str]:
+        """Append the ``text_hash``/``embedding`` rows of a Ray dataset as new shards of at most
+        SHARD_ROWS rows, each written by a Ray task. A cache is a shortcut, not an output: a shard
+        that cannot be written (a full disk) is removed and becomes a warning, returned."""
         self.check()
-        self.fs.create_dir(self.folder, recursive=True)
-        if self.fs.get_file_info(f"{self.folder}/identity.json").type != pafs.FileType.File:
-            with self.fs.open_output_stream(f"{self.folder}/identity.json") as handle:
-                handle.write(json.dumps(self.identity, indent=2, sort_keys=True).encode())
-        embedded.map_batches(_as_shard_rows, batch_format="numpy").write_parquet(
-            self.folder, filesystem=self.fs, min_rows_per_file=100_000)
+        try:
+            self.fs.create_dir(self.folder, recursive=True)
+            if self.fs.get_file_info(f"{self.folder}/identity.json").type != pafs.FileType.File:
+                with self.fs.open_output_stream(f"{self.folder}/identity.json") as handle:
+                    handle.write(json.dumps(self.identity, indent=2, sort_keys=True).encode())
+        except OSError as exc:
+            return [f"embedding cache: cannot write {self.uri} ({exc}); this run's vectors are not cached"]
+        written = embedded.map_batches(_write_shard, fn_kwargs={"fs": self.fs, "folder": self.folder},
+                                       batch_size=SHARD_ROWS, batch_format="numpy")
+        problems = [e for e in read_columns(written, ["error"], SHARD_WRITTEN)["error"].to_pylist() if e]
+        return [f"embedding cache: {len(problems)} shard(s) not written ({problems[0]}); those vectors are not cached"
+                ] if problems else []
 
 
-@rows_only(lambda: pa.table({"text_hash": pa.array([], pa.binary(HASH_BYTES))}))  # no file is written for it
+SHARD_ROWS = 100_000
+SHARD_WRITTEN = pa.schema([("error", pa.string())])
+
+
+@rows_only(SHARD_WRITTEN)
+def _write_shard(batch: dict[str, np.ndarray], fs: pafs.FileSystem, folder: str) -> pa.Table:
+    """One shard file of ``batch``; what failed (the partial file removed) as a value, not a traceback."""
+    path = f"{folder}/{uuid.uuid4().hex}.parquet"
+    try:
+        pq.write_table(_as_shard_rows(batch), path, filesystem=fs)
+    except OSError as exc:
+        try:
+            fs.delete_file(path)
+        except OSError:
+            pass
+        return pa.table({"error": [str(exc)]}, schema=SHARD_WRITTEN)
+    return pa.table({"error": [""]}, schema=SHARD_WRITTEN)
+
+
+@rows_only(lambda: pa.table({"text_hash": pa.array([], pa.binary(HASH_BYTES))}))
 def _as_shard_rows(batch: dict[str, np.ndarray]) -> pa.Table:
     """``text_hash`` + ``embedding`` as a plain fixed_size_list (readable without Ray's tensor type)."""
     vectors = np.ascontiguousarray(batch["embedding"], dtype=np.float32)

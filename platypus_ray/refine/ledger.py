@@ -11,7 +11,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import ray
 
-from platypus_ray.blocks import batches, rows_only
+from platypus_ray.blocks import batches, read_columns, rows_only
+from platypus_ray.errors import EnvironmentFailure, describe_os_error
 from platypus_ray.refine.rows import CANONICAL_COLUMNS, embed_text
 
 LEDGER_SCHEMA = pa.schema([
@@ -117,7 +118,6 @@ def _uids(batch: pa.Table, file_offset: np.ndarray) -> np.ndarray:
     return file_offset[batch["file_rank"].to_numpy()] + batch["row_in_file"].to_numpy()
 
 
-@rows_only(LEDGER_SCHEMA)
 def _ledger_rows(batch: pa.Table, file_offset: np.ndarray, decided: pa.Table) -> pa.Table:
     picked = decided.take(pa.array(_uids(batch, file_offset)))
     columns = {"source": batch["source"], "file": batch["file"], "id": batch["id"]}
@@ -125,7 +125,6 @@ def _ledger_rows(batch: pa.Table, file_offset: np.ndarray, decided: pa.Table) ->
     return pa.table([columns[name] for name in LEDGER_COLUMNS], schema=LEDGER_SCHEMA)
 
 
-@rows_only(KEPT_SCHEMA)
 def _kept_rows(batch: pa.Table, file_offset: np.ndarray, keep: np.ndarray) -> pa.Table:
     kept = batch.filter(pa.array(keep[_uids(batch, file_offset)]))
     return pa.table([kept["id"], kept["instruction"], kept["input"], kept["output"], kept["source"]], schema=KEPT_SCHEMA)
@@ -153,23 +152,39 @@ def fetch_texts(parsed: ray.data.Dataset, file_offset: np.ndarray, uids: np.ndar
     return out
 
 
+WRITTEN_SCHEMA = pa.schema([("error", pa.string())])
+
+
 def write_rows(staging: Path, parsed: ray.data.Dataset, file_offset: np.ndarray, decisions: Decisions) -> None:
-    """Write ``kept/`` (canonical schema, input order) and ``ledger/`` (every input row) as Parquet."""
-    keep = decisions.status == "kept"
-    kept = parsed.map_batches(_kept_rows, fn_kwargs={"file_offset": file_offset, "keep": keep}, batch_format="pyarrow")
-    _write_parquet(kept, staging / "kept", KEPT_SCHEMA)
-    ledger = parsed.map_batches(
-        _ledger_rows, fn_kwargs={"file_offset": file_offset, "decided": decisions.table()}, batch_format="pyarrow"
-    )
-    _write_parquet(ledger, staging / "ledger", LEDGER_SCHEMA)
+    """Write ``kept/`` (canonical schema, input order) and ``ledger/`` (every input row) as Parquet,
+    one part of each per block of ``parsed``, named by the block's first row so that file order is
+    input order. A write that fails (a full disk) comes back as a value, not a task traceback, and
+    is raised here as one :class:`EnvironmentFailure`."""
+    for folder in ("kept", "ledger"):
+        (staging / folder).mkdir()
+    written = parsed.map_batches(_write_block, fn_kwargs={"staging": str(staging), "file_offset": file_offset,
+                                                          "keep": decisions.status == "kept", "decided": decisions.table()},
+                                 batch_size=None, batch_format="pyarrow")
+    problems = [e for e in read_columns(written, ["error"], WRITTEN_SCHEMA)["error"].to_pylist() if e]
+    if problems:
+        raise EnvironmentFailure(f"writing the output: {problems[0]}" + (f" (and {len(problems) - 1} more parts)"
+                                                                        if len(problems) > 1 else ""))
+    for folder, schema in (("kept", KEPT_SCHEMA), ("ledger", LEDGER_SCHEMA)):
+        if not any((staging / folder).glob("*.parquet")):  # readers of an empty output still need the schema
+            pq.write_table(schema.empty_table(), staging / folder / "empty.parquet")
 
 
-def _write_parquet(ds: ray.data.Dataset, folder: Path, schema: pa.Schema) -> None:
-    """Ray Data writes no file for zero rows; readers of an empty output still need the schema."""
-    ds.write_parquet(str(folder))
-    if not folder.exists() or not any(folder.glob("*.parquet")):
-        folder.mkdir(exist_ok=True)
-        pq.write_table(schema.empty_table(), folder / "empty.parquet")
+@rows_only(WRITTEN_SCHEMA)
+def _write_block(batch: pa.Table, staging: str, file_offset: np.ndarray, keep: np.ndarray, decided: pa.Table) -> pa.Table:
+    name = f"part-{int(_uids(batch, file_offset).min()):012d}.parquet"
+    kept = _kept_rows(batch, file_offset, keep)
+    try:
+        if kept.num_rows:
+            pq.write_table(kept, f"{staging}/kept/{name}")
+        pq.write_table(_ledger_rows(batch, file_offset, decided), f"{staging}/ledger/{name}")
+    except OSError as exc:
+        return pa.table({"error": [describe_os_error(exc, f"{staging}/{name}") or f"{exc} ({staging})"]}, schema=WRITTEN_SCHEMA)
+    return pa.table({"error": [""]}, schema=WRITTEN_SCHEMA)
 
 
 def summarize(decisions: Decisions, embedded_rows: int, embed_seconds: float, n_items: dict[str, int],

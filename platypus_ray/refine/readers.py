@@ -16,16 +16,18 @@ from __future__ import annotations
 
 import csv
 import io
+import itertools
 import json
 import re
 import sys
 from dataclasses import dataclass
-from typing import Any, Iterator
+from typing import Any, BinaryIO, Iterable, Iterator
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 
 from platypus_ray.errors import InputError
+from platypus_ray.paths import lines
 
 _BOM = b"\xef\xbb\xbf"
 _ESCAPED_BYTE = re.compile("[\udc80-\udcff]")  # how errors="surrogateescape" spells an undecodable byte
@@ -72,26 +74,43 @@ def _checked(value: Any, raw: str, where: str, bad_bytes: bool = False) -> Recor
     return Record(value, raw, where)
 
 
-def read_records(data: bytes, fmt: str, path: str) -> Iterator[Record]:
-    """Every row of one file's bytes in ``fmt`` (``json``, ``jsonl``, ``csv``, ``parquet``), in order."""
+def read_records(stream: BinaryIO, fmt: str, path: str, field: str | None = None) -> Iterator[Record]:
+    """Every row of one file's (decompressed) byte stream in ``fmt`` (``json``, ``jsonl``, ``csv``,
+    ``parquet``), in order. JSONL and CSV are read as they stream; a JSON document (an array, or
+    an object with ``field``) is read whole. ``field``: the top-level key of a JSON object whose
+    list holds the records, as the ``datasets`` JSON loader's ``field``."""
     if fmt == "parquet":
-        yield from _parquet(data, path)
+        yield from _parquet(stream.read(), path)
         return
-    data = data[len(_BOM):] if data.startswith(_BOM) else data
     if fmt == "csv":
-        yield from _csv(data, path)
-    elif data.lstrip()[:1] == b"[":
-        array = _json_array(data, path, strict=fmt == "json")
-        if array is not None:
-            yield from array
+        yield from _csv(stream, path)
+        return
+    head, rest = _first_lines(lines(stream))
+    start = b"".join(head).lstrip()[:1]
+    if start == b"[" or field is not None or (fmt == "json" and start == b"{"):
+        data = b"".join(head) + b"".join(rest)
+        records = _json_document(data, path, strict=fmt == "json" or field is not None, field=field)
+        if records is not None:
+            yield from records
             return
-        yield from _json_lines(data)  # a .jsonl file whose first line happens to be a JSON array
-    else:
-        yield from _json_lines(data)
+        head, rest = [data], iter(())  # a .jsonl (or JSON Lines in a .json) file whose first line parses alone
+    yield from _json_lines(itertools.chain(head, rest))
 
 
-def _json_lines(data: bytes) -> Iterator[Record]:
-    for number, line in enumerate(data.split(b"\n"), start=1):
+def _first_lines(stream_lines: Iterator[bytes]) -> tuple[list[bytes], Iterator[bytes]]:
+    """The lines up to the first non-blank one (its BOM dropped), and the rest still unread."""
+    head: list[bytes] = []
+    for line in stream_lines:
+        if not head and line.startswith(_BOM):
+            line = line[len(_BOM):]
+        head.append(line)
+        if line.strip():
+            break
+    return head, stream_lines
+
+
+def _json_lines(stream_lines: Iterable[bytes]) -> Iterator[Record]:
+    for number, line in enumerate(_split_lines(stream_lines), start=1):
         line = line[:-1] if line.endswith(b"\r") else line
         if not line.strip():
             continue  # a blank line is not a row
@@ -113,6 +132,12 @@ def _json_lines(data: bytes) -> Iterator[Record]:
         yield _checked(value, text, where)
 
 
+def _split_lines(chunks: Iterable[bytes]) -> Iterator[bytes]:
+    """Lines without their ``\\n`` from pieces that each end at a line end (or hold several lines)."""
+    for chunk in chunks:
+        yield from (chunk[:-1] if chunk.endswith(b"\n") else chunk).split(b"\n")
+
+
 def _decoded(data: bytes) -> tuple[str, bool]:
     """Text of a whole-file format, and whether it had bytes that are not UTF-8: those survive
     as escapes that mark their rows invalid, so the other rows are still read."""
@@ -122,28 +147,58 @@ def _decoded(data: bytes) -> tuple[str, bool]:
         return data.decode("utf-8", "surrogateescape"), True
 
 
-def _json_array(data: bytes, path: str, strict: bool) -> list[Record] | None:
-    """The records of a JSON array; None (when not ``strict``) if the text is not one."""
+def _json_document(data: bytes, path: str, strict: bool, field: str | None) -> list[Record] | None:
+    """The records of a JSON array, or of the list under ``field`` of a JSON object; None (when not
+    ``strict``) if the text is not one JSON document."""
     text, bad_bytes = _decoded(data)
     try:
         value = _loads(text)
     except json.JSONDecodeError as exc:
         if not strict:
             return None
-        raise InputError(f"'{path}' is not a valid JSON array (line {exc.lineno}, column {exc.colno}: {exc.msg}); "
-                         "for one JSON object per line use format: jsonl") from None
+        if field is None and text.lstrip()[:1] == "{":
+            return None  # JSON Lines in a .json file
+        raise InputError(f"'{path}' is not a valid JSON {'array' if field is None else 'document'} (line {exc.lineno}, "
+                         f"column {exc.colno}: {exc.msg}); for one JSON object per line use format: jsonl") from None
     except RecursionError:
         if not strict:
             return None
         raise InputError(f"'{path}' is a JSON array nested too deeply to read") from None
+    if field is not None:
+        value = _field_records(value, path, field)
+    elif isinstance(value, dict):
+        _refuse_hidden_lists(value, path)
     if not isinstance(value, list):
         return None if not strict else [_checked(value, text, "record 1", bad_bytes)]
     return [_checked(row, json.dumps(row, ensure_ascii=True), f"record {i}", bad_bytes) for i, row in enumerate(value, 1)]
 
 
-def _csv(data: bytes, path: str) -> Iterator[Record]:
-    text, bad_bytes = _decoded(data)
-    reader = csv.reader(io.StringIO(text, newline=""))
+def _field_records(value: Any, path: str, field: str) -> list:
+    if not isinstance(value, dict):
+        raise InputError(f"source field: '{field}' is set, but '{path}' is not a JSON object ({type(value).__name__} at "
+                         "the top); remove `field:`")
+    if field not in value:
+        raise InputError(f"source field: '{path}' has no top-level key '{field}'; its keys: {', '.join(map(repr, value))}")
+    if not isinstance(value[field], list):
+        raise InputError(f"source field: '{field}' in '{path}' holds {type(value[field]).__name__}, not a list of records")
+    return value[field]
+
+
+def _refuse_hidden_lists(value: dict, path: str) -> None:
+    """A JSON object whose values are lists of records (``{"train": [...]}``) is not one record: say so."""
+    lists = {key: len(v) for key, v in value.items() if isinstance(v, list) and v and all(isinstance(r, dict) for r in v)}
+    if lists:
+        found = ", ".join(f"'{key}' ({n} records)" for key, n in lists.items())
+        raise InputError(f"'{path}' is a JSON object holding lists of records under {found}; set `field: "
+                         f"{next(iter(lists))}` on the source to read them")
+
+
+def _csv(stream: BinaryIO, path: str) -> Iterator[Record]:
+    """Rows as they stream: decoded as UTF-8 (BOM dropped), a byte that is not UTF-8 kept as an
+    escape that marks its row invalid, so the other rows are still read."""
+    text = io.TextIOWrapper(io.BufferedReader(_Readable(stream)), encoding="utf-8-sig", errors="surrogateescape",
+                            newline="")
+    reader = csv.reader(text)
     try:
         header = next(reader, None)
         if header is None:
@@ -162,9 +217,24 @@ def _csv(data: bytes, path: str) -> Iterator[Record]:
             if len(row) != len(header):
                 yield Record(None, raw, where, "ragged_row", f"{len(row)} fields, the header has {len(header)}")
                 continue
-            yield _checked(dict(zip(header, row)), raw, where, bad_bytes)
+            yield _checked(dict(zip(header, row)), raw, where, bad_bytes=bool(_ESCAPED_BYTE.search(raw)))
     except csv.Error as exc:
         raise InputError(f"'{path}' is not a readable CSV file (line {reader.line_num}: {exc})") from None
+
+
+class _Readable(io.RawIOBase):
+    """Any stream with ``read(n)`` (a decompressor, a pyarrow stream) as a raw stream io can buffer."""
+
+    def __init__(self, stream) -> None:
+        self._stream = stream
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer) -> int:
+        data = self._stream.read(len(buffer))
+        buffer[: len(data)] = data
+        return len(data)
 
 
 def _parquet(data: bytes, path: str) -> Iterator[Record]:

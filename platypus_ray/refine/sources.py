@@ -7,6 +7,8 @@ cannot be read as its format at all is an :class:`InputError` naming the file.
 
 from __future__ import annotations
 
+import lzma
+import zlib
 from dataclasses import asdict, dataclass
 from typing import Any, Iterator
 
@@ -15,13 +17,12 @@ import ray
 
 from platypus_ray.blocks import rows_only
 from platypus_ray.errors import InputError
-from platypus_ray.paths import expand_files, open_input
-from platypus_ray.refine.config import ColumnMapping, SourceConfig
+from platypus_ray.paths import COMPRESSIONS, expand_files, open_input, without_compression
+from platypus_ray.refine.config import SOURCE_EXTENSIONS, ColumnMapping, SourceConfig
 from platypus_ray.refine.languages import dominant_script
 from platypus_ray.refine.readers import Record, read_records
 from platypus_ray.refine.rows import content_id, dedup_key, embed_text, raw_id, validate_record
 
-SOURCE_EXTENSIONS = ("json", "jsonl", "parquet", "csv")
 UNREADABLE = "unreadable_file"
 
 PARSED_SCHEMA = pa.schema(
@@ -52,6 +53,7 @@ class SourceFile:
     file_rank: int
     format: str
     columns: dict[str, str]
+    field: str | None = None  # JSON: the top-level key whose list holds the records
 
 
 def list_source_files(sources: list[SourceConfig]) -> list[SourceFile]:
@@ -63,7 +65,7 @@ def list_source_files(sources: list[SourceConfig]) -> list[SourceFile]:
             raise InputError(f"source '{src.source_name}': '{src.path}' names no {'/'.join(SOURCE_EXTENSIONS)} file")
         for path in paths:
             fmt = src.format or _infer_format(path)
-            files.append(SourceFile(src.source_name, path, len(files), fmt, src.columns.model_dump()))
+            files.append(SourceFile(src.source_name, path, len(files), fmt, src.columns.model_dump(), src.field))
     return files
 
 
@@ -131,16 +133,21 @@ def parse_source_file(sf: SourceFile) -> pa.Table:
 
 
 def _infer_format(path: str) -> str:
-    ext = path.lower().rsplit(".", 1)[-1]
+    ext = without_compression(path).lower().rsplit(".", 1)[-1]
     if ext not in SOURCE_EXTENSIONS:
-        raise InputError(f"cannot infer the format of '{path}'; set `format:` to one of {', '.join(SOURCE_EXTENSIONS)}")
+        raise InputError(f"cannot infer the format of '{path}'; set `format:` to one of {', '.join(SOURCE_EXTENSIONS)} "
+                         f"(compressed: {', '.join(COMPRESSIONS)} after the format's extension)")
     return ext
+
+
+# What a stream that breaks mid-read raises: the file vanished or a disk failed (OSError), a truncated
+# or corrupt compressed file (EOFError, zlib.error, lzma.LZMAError, gzip's BadGzipFile is an OSError).
+_READ_FAILURES = (OSError, EOFError, zlib.error, lzma.LZMAError)
 
 
 def _records(sf: SourceFile) -> Iterator[Record]:
     try:
         with open_input(sf.path) as stream:
-            data = stream.read()
-    except OSError as exc:
+            yield from read_records(stream, sf.format, sf.path, sf.field)
+    except _READ_FAILURES as exc:
         raise InputError(f"cannot read '{sf.path}': {exc}") from None
-    return read_records(data, sf.format, sf.path)
