@@ -41,7 +41,7 @@ COMMANDS: dict[str, Command] = {
     "make-tiny-model": Command("build a tiny LLaMA + locally trained tokenizer (tests, demo)",
                                "platypus_ray.tiny_model", "TinyModelConfig", flags=("out",)),
     "distill-embedder": Command("distil a model2vec static embedder from a local sentence-transformers model (offline)",
-                                "platypus_ray.refine.distill", "DistillConfig", flags=("model", "out")),
+                                "platypus_ray.embedding.distill", "DistillConfig", flags=("model", "out")),
 }
 
 

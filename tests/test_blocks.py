@@ -30,10 +30,11 @@ from ray.data.extensions import ArrowTensorArray
 import platypus_ray
 from platypus_ray.benchmarks import BenchmarkItem
 from platypus_ray.blocks import ROWS_ONLY
-from platypus_ray.refine import contamination, embedding_cache, ledger, sources, stage
-from platypus_ray.refine import embed as embed_module
+from platypus_ray.embedding import cache as embedding_cache
+from platypus_ray.embedding import pool as embed_module
+from platypus_ray.refine import contamination, ledger, sources, stage
 from platypus_ray.refine.config import ColumnMapping
-from platypus_ray.refine.embedding_cache import hash_array
+from platypus_ray.embedding.cache import hash_array
 from platypus_ray.refine.sources import PARSED_SCHEMA, SourceFile, parse_source_file
 from platypus_ray.train import data as train_data
 from platypus_ray.train import packing
@@ -75,8 +76,8 @@ def _resolve(module: str, name: str):
 
 def test_every_map_function_in_the_package_skips_blocks_without_rows():
     found = _map_function_names()
-    assert ("platypus_ray.refine.embed", "_rows_of_keys") in found  # the walk sees the call sites
-    found.add(("platypus_ray.refine.embed", "Embedder"))  # reaches actor_pool_map as embed_texts' parameter
+    assert ("platypus_ray.embedding.pool", "_rows_of_keys") in found  # the walk sees the call sites
+    found.add(("platypus_ray.embedding.pool", "Embedder"))  # reaches actor_pool_map as embed_texts' parameter
     unguarded = sorted(f"{m}.{n}" for m, n in found if not getattr(_resolve(m, n), ROWS_ONLY, False))
     assert not unguarded, f"map_batches functions not wrapped by platypus_ray.blocks.rows_only: {unguarded}"
 
@@ -220,7 +221,7 @@ def test_driver_readers_and_vector_assembly_ignore_blocks_without_rows(ray_sessi
     import ray
 
     from platypus_ray.blocks import batches, read_columns
-    from platypus_ray.refine.vectors import assemble
+    from platypus_ray.embedding.vectors import assemble
 
     keyed = _keyed(cases["stage._with_keys"][1])
     table = keyed.select(embed_module.TO_EMBED_SCHEMA.names)

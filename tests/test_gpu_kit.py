@@ -41,7 +41,7 @@ def test_dry_run_runs_every_step_and_their_checks_hold(ray_session, tmp_path, ca
 
 
 def test_float64_check_finds_a_wrong_decision():
-    from platypus_ray.refine.reference import greedy_reference
+    from platypus_ray.dedup_reference import greedy_reference
 
     vectors = planted_vectors(600, 384, seed=3)
     keep = greedy_reference(vectors, np.arange(600), 0.8)
@@ -98,7 +98,7 @@ def test_carried_minilm_keeps_vectors_and_refuses_other_tokens(tmp_path):
     fp16 rounding of the fp32 model's; a text with another token is refused."""
     from platypus_ray.bench.gpu_minilm import check_tokens, pack, source_folder, unpack
     from platypus_ray.errors import UserError
-    from platypus_ray.refine.backends import EncoderSpec, load_encoder
+    from platypus_ray.embedding.encoders import EncoderSpec, load_encoder
 
     texts = ["Give three tips for staying healthy.", "What is the capital of France?", "Sort these numbers: 3 1 2"]
     info = pack(texts, tmp_path / "model.tar.xz")

@@ -47,7 +47,7 @@ def _bare_encoder():
     import torch
     from sentence_transformers import SentenceTransformer
 
-    from platypus_ray.refine.embed import resolve_model
+    from platypus_ray.embedding.models import resolve_model
 
     torch.set_num_threads(os.cpu_count() or 1)
     model = SentenceTransformer(resolve_model("all-MiniLM-L6-v2"), device="cpu")
@@ -56,7 +56,7 @@ def _bare_encoder():
 
 
 def _encoder(backend: str, batch_size: int, threads: int, export_dir: str | None):
-    from platypus_ray.refine.backends import EncoderSpec, load_encoder
+    from platypus_ray.embedding.encoders import EncoderSpec, load_encoder
 
     return load_encoder(EncoderSpec("all-MiniLM-L6-v2", backend, batch_size=batch_size, threads=threads,
                                     export_dir=export_dir))
@@ -90,7 +90,7 @@ def encode_each(backends, texts, probes, batch_size, export_dir) -> dict[str, tu
 
 
 def compare_backends(results: dict[str, tuple], threshold: float, flag_threshold: float) -> list[dict]:
-    from platypus_ray.refine.calibrate import compare
+    from platypus_ray.embedding.calibrate import compare
 
     _, ref, ref_probes, _ = results["torch"]
     bare_s = results[BARE][0]
@@ -131,7 +131,7 @@ def pipeline_vs_bare(texts: list[str], backend: str, bare_rows_per_s: float, bat
     ``actors`` actors of one CPU each, then one actor with every core. The first layout is also
     compared with bare processes in that layout (one thread each), which tells Ray's cost apart
     from the layout's."""
-    from platypus_ray.bench.refine import bench_pipeline_embed
+    from platypus_ray.bench.embed_stage import bench_pipeline_embed
 
     cores = os.cpu_count() or 1
     out = {"backend": backend, "bare_rows_per_s": bare_rows_per_s, "layouts": []}

@@ -45,8 +45,8 @@ def _stage_embed(texts: list[str], model: str, precision: str, device: str, batc
     import ray
 
     from platypus_ray.bench.refine import profiled_embedder
-    from platypus_ray.refine.config import EmbeddingConfig
-    from platypus_ray.refine.embed import embed_texts
+    from platypus_ray.embedding import EmbeddingConfig
+    from platypus_ray.embedding.pool import embed_texts
 
     ds = ray.data.from_items([{"key": k, "text": t, "text_len": len(t)} for k, t in enumerate(texts)],
                              override_num_blocks=1).materialize()
@@ -78,8 +78,8 @@ def _bare_encode(texts: list[str], model: str, device: str) -> float:
 
 
 def embed_step(s: StepSettings) -> dict:
-    from platypus_ray.refine.calibrate import compare
-    from platypus_ray.refine.embed import resolve_model
+    from platypus_ray.embedding.calibrate import compare
+    from platypus_ray.embedding.models import resolve_model
 
     rows, probes = carried_texts(s)
     model = s.minilm or resolve_model("all-MiniLM-L6-v2")
@@ -138,7 +138,7 @@ def float64_decisions_differ(vectors: np.ndarray, keep: np.ndarray, sample: np.n
 
 def tiles_step(s: StepSettings) -> dict:
     from platypus_ray.refine.config import DedupConfig
-    from platypus_ray.refine.pair_search import dedup_rows
+    from platypus_ray.refine.dedup.pair_search import dedup_rows
 
     n, tile, sample_rows = (4000, 512, 300) if s.dry_run else (1_000_000, 8192, 2000)
     started = time.perf_counter()

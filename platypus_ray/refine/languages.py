@@ -22,7 +22,7 @@ from dataclasses import asdict, dataclass
 import numpy as np
 
 from platypus_ray.errors import UserError
-from platypus_ray.refine.vectors import EmbeddingBlocks
+from platypus_ray.embedding import LANGUAGE_SCRIPTS, MULTILINGUAL, EmbeddingBlocks, model_languages
 
 # (first code point, script) where a script's letters start; a code point belongs to the
 # last start at or below it. "" marks digits, punctuation, symbols and gaps: not counted.
@@ -42,18 +42,6 @@ _BOUNDS = np.array([start for start, _ in _STARTS], dtype=np.uint32)
 _SCRIPT_IDS = np.array([name for _, name in _STARTS], dtype=object)
 NO_LETTERS = "none"
 
-LANGUAGE_SCRIPTS: dict[str, tuple[str, ...]] = {
-    **{code: ("latin",) for code in "en fr de es it pt nl sv da no fi pl cs sk sl hr ro hu tr id ms vi tl sw "
-                                    "ca eu gl et lv lt sq af is ga cy".split()},
-    "zh": ("han",), "ja": ("han", "kana"), "ko": ("hangul", "han"),
-    **{code: ("cyrillic",) for code in "ru uk bg sr mk be kk ky mn".split()},
-    **{code: ("arabic",) for code in "ar fa ur ps".split()},
-    "he": ("hebrew",), "el": ("greek",), "hi": ("devanagari",), "mr": ("devanagari",), "ne": ("devanagari",),
-    "bn": ("bengali",), "ta": ("tamil",), "th": ("thai",), "ka": ("georgian",), "hy": ("armenian",),
-}
-MULTILINGUAL = "multilingual"  # every script
-# Declared coverage of models refine knows by name; any other model is "unknown" unless configured.
-KNOWN_MODELS = {"all-MiniLM-L6-v2": ("en",), "sentence-transformers/all-MiniLM-L6-v2": ("en",)}
 MISMATCH_ERROR_SHARE = 0.5  # a source with more of its rows outside the model than this stops the run
 COLLAPSE_MEAN_COSINE = 0.35  # mean pairwise cosine above this: the model cannot tell the rows apart
 
@@ -67,13 +55,6 @@ def dominant_script(text: str) -> str:
         return NO_LETTERS
     names, counts = np.unique(letters, return_counts=True)
     return str(names[int(np.argmax(counts))])
-
-
-def model_languages(model: str, declared: list[str] | None) -> tuple[str, ...] | None:
-    """The languages a model reads: as configured, else as known for the bundled model, else unknown (None)."""
-    if declared is not None:
-        return tuple(declared)
-    return KNOWN_MODELS.get(model)
 
 
 def covered_scripts(languages: tuple[str, ...] | None) -> set[str] | None:

@@ -12,7 +12,7 @@ import numpy as np
 
 from platypus_ray.benchmarks import BenchmarkItem
 from platypus_ray.refine.ledger import Decisions
-from platypus_ray.refine.calibrate import report_html as embedding_section
+from platypus_ray.embedding import report_html as embedding_section
 
 REVIEW_COLUMNS = [
     "kind", "category", "score", "signal", "source", "source_index", "id", "text",

@@ -3,7 +3,7 @@
 Heavy per-row work (parsing, hashing, embedding, n-grams, similarity tiles, writing) runs
 on Ray. Decisions that need a global view (which exact duplicate wins, the greedy
 near-duplicate walk) run on the driver over compact per-row numbers, never over text;
-the vectors stay in object-store blocks (:mod:`platypus_ray.refine.vectors`).
+the vectors stay in object-store blocks (:mod:`platypus_ray.embedding`).
 
 Contamination is checked before semantic dedup, so a contaminated row can never be the
 reason a clean paraphrase of it was dropped.
@@ -29,15 +29,12 @@ from platypus_ray.outputs import replaced_atomically
 from platypus_ray.refine import contamination as contam
 from platypus_ray.refine.config import RefineConfig
 from platypus_ray.batching import resolve_device
-from platypus_ray.refine.embed import Embedded, check_model, embed_texts, open_cache
-from platypus_ray.refine.embedding_cache import HASH_BYTES, hash_array
+from platypus_ray.embedding import HASH_BYTES, Embedded, EmbeddingBlocks, check_model, embed, hash_array
 from platypus_ray.refine.languages import check_languages, collapse_check
 from platypus_ray.refine.ledger import Decisions, fetch_texts, summarize, write_rows
 from platypus_ray.refine.report import review_rows, review_uids, write_report, write_review
 from platypus_ray.refine.rows import embed_text
-from platypus_ray.refine.pair_search import dedup_rows
-from platypus_ray.refine.similarity import best_matches
-from platypus_ray.refine.vectors import EmbeddingBlocks
+from platypus_ray.refine.dedup import best_matches, dedup_rows
 from platypus_ray.refine.sources import PARSED_SCHEMA, check_readable, list_source_files, read_sources
 from platypus_ray.runtime import init_ray
 
@@ -197,10 +194,8 @@ def _embed(rows: ray.data.Dataset, n_rows: int, probes: contam.Probes, cfg: Refi
         lengths = np.array([len(t) for t in probes.texts], dtype=np.int64)
         probe_table = pa.table({"key": keys, "text": probes.texts, "text_hash": hash_array(probes.texts), "text_len": lengths})
         to_embed = to_embed.union(ray.data.from_arrow(probe_table))
-    cache = open_cache(cfg.cache_location, cfg.embedding) if cfg.cache_location else None
-    embedded = embed_texts(to_embed, n_rows + len(probes.texts), cfg.embedding,
-                           thresholds=(cfg.dedup.threshold, cfg.contamination.threshold), cache=cache,
-                           timeout_s=cfg.dedup.timeout_s)
+    embedded = embed(to_embed, n_rows + len(probes.texts), cfg.embedding, cache_location=cfg.cache_location,
+                     thresholds=(cfg.dedup.threshold, cfg.contamination.threshold), timeout_s=cfg.dedup.timeout_s)
     blocks = embedded.blocks
     return (blocks.take(np.arange(n_rows), cfg.dedup.timeout_s), blocks.gather(np.arange(n_rows, blocks.n), cfg.dedup.timeout_s),
             embedded)

@@ -19,10 +19,10 @@ import numpy as np
 import ray
 import torch
 
-from platypus_ray.refine.clustered import pair_keys
-from platypus_ray.refine.similarity import _EPS, Pairs, _exact_scores_between
-from platypus_ray.refine.vectors import EmbeddingBlocks
-from platypus_ray.refine.waits import wait_all
+from platypus_ray.refine.dedup.clustered import pair_keys
+from platypus_ray.refine.dedup.similarity import _EPS, Pairs, _exact_scores_between
+from platypus_ray.embedding import EmbeddingBlocks
+from platypus_ray.waits import wait_all
 
 
 @dataclass

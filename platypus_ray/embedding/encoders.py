@@ -24,7 +24,7 @@ from typing import Callable
 
 import numpy as np
 
-from platypus_ray.refine.export import ensure_export, export_root
+from platypus_ray.embedding.export import ensure_export, export_root
 
 EXACT = ("torch", "onnx", "openvino")  # candidates for `auto`: identical decisions are possible
 APPROXIMATE = ("onnx-int8",)
@@ -69,7 +69,7 @@ class TorchEncoder(Encoder):
         import torch
         from sentence_transformers import SentenceTransformer
 
-        from platypus_ray.refine.embed import resolve_model
+        from platypus_ray.embedding.models import resolve_model
 
         if spec.device == "cpu":
             torch.set_num_threads(spec.threads)
@@ -183,7 +183,7 @@ class StaticEncoder(Encoder):
         import model2vec
         from model2vec import StaticModel
 
-        from platypus_ray.refine.export import verify_export
+        from platypus_ray.embedding.manifest import verify_export
 
         if spec.static_model:
             folder = Path(spec.static_model).expanduser()
@@ -208,7 +208,7 @@ def prepare(spec: EncoderSpec) -> str:
     (exporting it once if not), without loading a model. Returns the runtime and its version."""
     from importlib.metadata import version
 
-    from platypus_ray.refine.export import verify_export
+    from platypus_ray.embedding.manifest import verify_export
 
     if spec.backend == "static" and spec.static_model:
         verify_export(Path(spec.static_model).expanduser())

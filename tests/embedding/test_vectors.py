@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import ray
 
-from platypus_ray.refine.vectors import DimensionMismatch, EmbeddingBlocks, assemble
+from platypus_ray.embedding.vectors import DimensionMismatch, EmbeddingBlocks, assemble
 
 
 def test_blocks_assembled_from_shuffled_batches_read_back_exactly(ray_session):

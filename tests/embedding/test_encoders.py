@@ -14,9 +14,10 @@ import numpy as np
 import pytest
 
 from platypus_ray.errors import UserError
-from platypus_ray.refine.backends import EncoderSpec, load_encoder, token_batches
-from platypus_ray.refine.calibrate import Agreement, calibrate, choose, compare, recorded_choice, spread
-from platypus_ray.refine.export import MANIFEST, ensure_export, model_folder, verify_export
+from platypus_ray.embedding.encoders import EncoderSpec, load_encoder, token_batches
+from platypus_ray.embedding.calibrate import Agreement, calibrate, choose, compare, recorded_choice, spread
+from platypus_ray.embedding.export import ensure_export, model_folder
+from platypus_ray.embedding.manifest import MANIFEST, verify_export
 from tests.refine.test_refine_e2e import corpus, make_config  # noqa: F401 - the planted corpus, as a fixture here
 from tests.refine.test_refine_e2e import test_every_planted_row_lands_where_expected as check_planted_rows
 
@@ -35,7 +36,7 @@ WORDS = sorted({w.strip("?.,'").lower() for t in TEXTS for w in t.split()} | {"c
 def export_dir(tmp_path_factory):
     """ONNX fp32 and int8 exported once; a static model distilled over a 40-word vocabulary (the
     full 30k-token distillation takes a minute)."""
-    from platypus_ray.refine.distill import DistillConfig, run
+    from platypus_ray.embedding.distill import DistillConfig, run
 
     root = tmp_path_factory.mktemp("exports")
     for kind in ("onnx", "onnx-int8"):
@@ -82,7 +83,7 @@ def test_order_and_batching_do_not_change_vectors(export_dir, backend):
 def test_int8_export_keeps_the_feed_forward_output_projections_in_fp32(export_dir):
     import onnx
 
-    from platypus_ray.refine.export import kind_folder
+    from platypus_ray.embedding.export import kind_folder
 
     graph = onnx.load(str(model_folder(export_dir, "all-MiniLM-L6-v2") / kind_folder("onnx-int8") / "model.onnx")).graph
     float_matmuls = {n.name for n in graph.node if n.op_type == "MatMul" and "/dense/" in n.name}
@@ -136,7 +137,7 @@ def test_corrupt_and_partial_exports_fail_with_the_folder_to_delete(export_dir, 
         verify_export(broken)
     # a corrupt file whose manifest was rewritten to match still cannot load: ONNX Runtime's error, same fix
     info = json.loads((good / MANIFEST).read_text())
-    from platypus_ray.refine.export import _sha256
+    from platypus_ray.embedding.manifest import sha256 as _sha256
 
     (broken / MANIFEST).write_text(json.dumps(info | {"sha256": _sha256(broken / "model.onnx")}))
     root = tmp_path / "root"
@@ -185,9 +186,9 @@ def test_refine_with_auto_backend_calibrates_records_and_decides_as_torch(ray_se
 
 def test_cuda_settings_resolve_without_a_gpu():
     """What runs on CUDA actors, decided on the driver: fp16 by default, exported backends refused."""
-    from platypus_ray.refine.backends import resolve_precision
-    from platypus_ray.refine.config import EmbeddingConfig
-    from platypus_ray.refine.embed import choose_backend
+    from platypus_ray.embedding.encoders import resolve_precision
+    from platypus_ray.embedding import EmbeddingConfig
+    from platypus_ray.embedding.pool import choose_backend
 
     assert resolve_precision("auto", "cuda") == "float16" and resolve_precision("auto", "cpu") == "float32"
     with pytest.raises(UserError, match="embedding.backend: 'onnx' runs on CPU actors only"):

@@ -16,7 +16,7 @@ import numpy as np
 import ray
 
 from platypus_ray.blocks import has_rows
-from platypus_ray.refine.waits import wait_all
+from platypus_ray.waits import wait_all
 
 ROWS_PER_BLOCK = 65536
 _SPLIT_GROUPS = 32  # producer batches are split in this many groups: pieces = groups x blocks

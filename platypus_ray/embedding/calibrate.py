@@ -32,7 +32,8 @@ from typing import Callable
 import numpy as np
 
 from platypus_ray.errors import UserError
-from platypus_ray.refine.backends import EXACT, EncoderSpec, load_encoder
+from platypus_ray.dedup_reference import greedy_reference
+from platypus_ray.embedding.encoders import EXACT, EncoderSpec, load_encoder
 
 
 @dataclass
@@ -54,15 +55,12 @@ class Agreement:
 
 
 def decisions(rows: np.ndarray, probes: np.ndarray | None, dedup_t: float, flag_t: float) -> tuple[np.ndarray, np.ndarray]:
-    """(keep mask of the greedy dedup in input order, flag mask) computed in float64."""
-    from platypus_ray.refine.semantic_dedup import resolve_greedy
-    from platypus_ray.refine.similarity import Pairs
-
+    """(keep mask of the greedy dedup in input order, flag mask) computed in float64: the brute-force
+    rule (:mod:`platypus_ray.dedup_reference`), which refine's dedup equals on every row (its tests)."""
     v = np.asarray(rows, dtype=np.float64)
+    keep = greedy_reference(v, np.arange(len(v)), dedup_t)
     sims = v @ v.T
     np.fill_diagonal(sims, -np.inf)
-    i, j = np.nonzero(np.triu(sims >= dedup_t, k=1))
-    keep = resolve_greedy(len(v), Pairs(i, j, sims[i, j], sims.max(axis=1, initial=-1.0)), np.arange(len(v))).keep
     if probes is not None and len(probes):
         best = (v @ np.asarray(probes, dtype=np.float64).T).max(axis=1)
     else:
@@ -180,7 +178,7 @@ def _machine_key(base: EncoderSpec) -> str:
             versions.append(version(package))
         except Exception:  # noqa: BLE001
             versions.append("-")
-    from platypus_ray.refine.export import RECIPES
+    from platypus_ray.embedding.manifest import RECIPES
 
     key = json.dumps([_machine(), base.threads, base.batch_size, base.batch_tokens, versions, RECIPES], sort_keys=True)
     return hashlib.sha256(key.encode()).hexdigest()[:12]

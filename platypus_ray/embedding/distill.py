@@ -47,7 +47,7 @@ def distill_static(model: str, out: Path, pca_dims: int | None = 256, token_remo
     """Distil ``model`` (resolved offline) into a model2vec StaticModel saved under ``out``."""
     from model2vec.distill import distill
 
-    from platypus_ray.refine.embed import check_model, resolve_model
+    from platypus_ray.embedding.models import check_model, resolve_model
 
     check_model(model)
     static = distill(model_name=resolve_model(model), device="cpu", pca_dims=pca_dims,
@@ -62,9 +62,9 @@ def run(cfg: DistillConfig) -> DistillResult:
     import time
 
     from platypus_ray.errors import UserError
-    from platypus_ray.refine.export import MANIFEST, _write_manifest
+    from platypus_ray.embedding.manifest import MANIFEST, write_manifest
 
-    from platypus_ray.refine.embed import check_model
+    from platypus_ray.embedding.models import check_model
 
     try:
         check_model(cfg.model)
@@ -82,7 +82,7 @@ def run(cfg: DistillConfig) -> DistillResult:
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
-    _write_manifest(staging, "static", cfg.model, {"dim": int(static.dim)})
+    write_manifest(staging, "static", cfg.model, {"dim": int(static.dim)})
     shutil.rmtree(out, ignore_errors=True)
     staging.rename(out)
     return DistillResult(out, len(static.tokens), int(static.dim), time.perf_counter() - start)

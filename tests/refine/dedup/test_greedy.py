@@ -5,9 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from platypus_ray.refine.reference import greedy_reference, platypus_notebook_loop
-from platypus_ray.refine.semantic_dedup import priority_order, resolve_greedy
-from platypus_ray.refine.similarity import Pairs, all_pairs_above, best_matches
+from platypus_ray.dedup_reference import greedy_reference, platypus_notebook_loop
+from platypus_ray.refine.dedup.greedy import priority_order, resolve_greedy
+from platypus_ray.refine.dedup.similarity import Pairs, all_pairs_above, best_matches
 
 
 def clustered_embeddings(n: int, dim: int = 32, clusters: int = 40, spread: float = 0.6, seed: int = 0) -> np.ndarray:
@@ -88,8 +88,8 @@ def test_bounded_neighbour_lists_decide_exactly_as_brute_force(ray_session, monk
     """Keeping only each row's best higher-priority neighbours, with the exact check for rows
     over the bound, changes no decision, whatever the bound; the check reads the blocks by
     tasks (local_bytes 0) or a driver copy of a small input, with the same result."""
-    from platypus_ray.refine import semantic_dedup
-    from platypus_ray.refine.semantic_dedup import exact_check_against
+    from platypus_ray.refine.dedup import greedy as semantic_dedup
+    from platypus_ray.refine.dedup.greedy import exact_check_against
 
     monkeypatch.setattr(semantic_dedup, "_LOCAL_CHECK_BYTES", local_bytes)
 
@@ -112,7 +112,7 @@ def test_bounded_neighbour_lists_decide_exactly_as_brute_force(ray_session, monk
 def test_a_template_filled_in_thousands_of_times_stays_within_the_row_bound(ray_session):
     """3,000 rows all within 0.8 of each other (4.5 million pairs): the search keeps at most
     per_row neighbours a row, and the one kept row is the highest-priority one."""
-    from platypus_ray.refine.semantic_dedup import exact_check_against
+    from platypus_ray.refine.dedup.greedy import exact_check_against
 
     rng = np.random.default_rng(5)
     template = rng.normal(size=64)

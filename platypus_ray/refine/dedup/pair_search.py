@@ -6,12 +6,12 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from platypus_ray.refine.clustered import ClusterSettings, clustered_pairs_above
+from platypus_ray.refine.dedup.clustered import ClusterSettings, clustered_pairs_above
 from platypus_ray.refine.config import DedupConfig
-from platypus_ray.refine.recall import measure_recall
-from platypus_ray.refine.semantic_dedup import DedupDecision, exact_check_against, priority_order, resolve_greedy
-from platypus_ray.refine.similarity import Pairs, all_pairs_above
-from platypus_ray.refine.vectors import EmbeddingBlocks
+from platypus_ray.refine.dedup.recall import measure_recall
+from platypus_ray.refine.dedup.greedy import DedupDecision, exact_check_against, priority_order, resolve_greedy
+from platypus_ray.refine.dedup.similarity import Pairs, all_pairs_above
+from platypus_ray.embedding import EmbeddingBlocks
 
 
 @dataclass

@@ -12,7 +12,7 @@
    pair recall where this reaches 0.998 at the same margin.)
 
 The union of pairs feeds the same greedy rule as exact mode. A pair whose rows share no
-cluster is missed: :mod:`platypus_ray.refine.recall` measures how often on every run.
+cluster is missed: :mod:`platypus_ray.refine.dedup.recall` measures how often on every run.
 The driver holds block references, the centroids, a few ints per row and the pair graph.
 """
 
@@ -24,9 +24,9 @@ import numpy as np
 import ray
 import torch
 
-from platypus_ray.refine.similarity import _EPS, Pairs, _exact_scores, _top_per_row
-from platypus_ray.refine.vectors import EmbeddingBlocks
-from platypus_ray.refine.waits import wait_all
+from platypus_ray.refine.dedup.similarity import _EPS, Pairs, _exact_scores, _top_per_row
+from platypus_ray.embedding import EmbeddingBlocks
+from platypus_ray.waits import wait_all
 
 _PAIR_DTYPES = (np.int64, np.int64, np.float64)
 

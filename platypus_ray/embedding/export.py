@@ -15,24 +15,15 @@ wrong vectors.
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 import shutil
-import time
 import uuid
 import warnings
 from pathlib import Path
 
-from platypus_ray.errors import UserError
+from platypus_ray.embedding.manifest import RECIPES, verify_export, write_manifest
+from platypus_ray.embedding.models import resolve_model
 
-KINDS = ("onnx", "onnx-int8", "static")
-# Bumped when a kind's recipe changes its vectors: the export gets a new folder (an old one is
-# never reused) and the embedding cache a new namespace. int8 v2 keeps the feed-forward output
-# projections in fp32: their inputs (after GELU) carry the outliers int8 clips; on Alpaca that
-# halved the rows whose keep/drop moved (36 -> 20 of 5,000).
-RECIPES = {"onnx": 1, "onnx-int8": 2, "static": 1}
-MANIFEST = "export.json"
-_FILES = {"onnx": "model.onnx", "onnx-int8": "model.onnx", "static": "model.safetensors"}
 _INPUTS = ["input_ids", "attention_mask", "token_type_ids"]
 
 
@@ -46,8 +37,6 @@ def export_root(export_dir: str | None) -> Path:
 
 def model_folder(root: Path, model: str) -> Path:
     """``root/<name>-<key>``: the key hashes the resolved weights' file names, sizes and config."""
-    from platypus_ray.refine.embed import resolve_model
-
     source = Path(resolve_model(model))
     digest = hashlib.sha256(str(source).encode())
     for path in sorted(p for p in source.rglob("*") if p.is_file()):
@@ -67,12 +56,12 @@ def ensure_export(model: str, kind: str, root: Path) -> Path:
     staging.mkdir(parents=True)
     try:
         if kind == "static":
-            from platypus_ray.refine.distill import distill_static
+            from platypus_ray.embedding.distill import distill_static
 
             info: dict = {"dim": int(distill_static(model, staging).dim)}
         else:
             info = _export_onnx(model, staging, quantize=kind == "onnx-int8")
-        _write_manifest(staging, kind, model, info)
+        write_manifest(staging, kind, model, info)
         try:
             staging.rename(folder)
         except OSError:  # another actor or run finished the same export first
@@ -89,47 +78,11 @@ def kind_folder(kind: str) -> str:
     return kind if RECIPES[kind] == 1 else f"{kind}-v{RECIPES[kind]}"
 
 
-def verify_export(folder: Path) -> dict:
-    """The manifest of a complete export; a UserError naming the folder when it is partial or corrupt."""
-    manifest = folder / MANIFEST
-    fix = f"delete {folder} and run again to re-export it"
-    if not manifest.is_file():
-        raise UserError(f"embedding.export_dir: {folder} is a partial export (no {MANIFEST}); {fix}")
-    try:
-        info = json.loads(manifest.read_text())
-        model_file = folder / info["file"]
-    except (ValueError, KeyError) as exc:
-        raise UserError(f"embedding.export_dir: {manifest} is unreadable ({exc}); {fix}") from None
-    if not model_file.is_file():
-        raise UserError(f"embedding.export_dir: {model_file} is missing from the export; {fix}")
-    if _sha256(model_file) != info.get("sha256"):
-        raise UserError(f"embedding.export_dir: {model_file} does not match the checksum in {MANIFEST} "
-                        f"(truncated or changed after export); {fix}")
-    return info
-
-
-def _write_manifest(folder: Path, kind: str, model: str, info: dict) -> None:
-    from importlib.metadata import version
-
-    versions = {}
-    for package in ("torch", "sentence-transformers", "onnx", "onnxruntime", "model2vec"):
-        try:
-            versions[package] = version(package)
-        except Exception:  # noqa: BLE001 - a missing optional package is simply not recorded
-            pass
-    file = _FILES[kind]
-    manifest = {"kind": kind, "recipe": RECIPES[kind], "model": model, "file": file, "sha256": _sha256(folder / file),
-                "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "versions": versions, **info}
-    (folder / MANIFEST).write_text(json.dumps(manifest, indent=2))
-
-
 def _export_onnx(model: str, folder: Path, quantize: bool) -> dict:
     """Trace the whole sentence-transformers pipeline (transformer, pooling, normalise) to ONNX;
     the tokenizer is saved beside it so actors need neither torch nor transformers to run it."""
     import torch
     from sentence_transformers import SentenceTransformer
-
-    from platypus_ray.refine.embed import resolve_model
 
     # Eager attention traces to plain MatMul/Softmax, which ONNX Runtime and OpenVINO optimise
     # better than the traced SDPA graph (measured ~1.06x); the vectors are the same.
@@ -169,9 +122,3 @@ def _export_onnx(model: str, folder: Path, quantize: bool) -> dict:
             "dim": int(len(st.encode(["x"], convert_to_numpy=True)[0]))}
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()

@@ -1,6 +1,6 @@
 """Exact cosine similarity search as parallel Ray tasks over tiles of unit vectors.
 
-The vectors stay in the object store (:class:`~platypus_ray.refine.vectors.EmbeddingBlocks`).
+The vectors stay in the object store (:class:`~platypus_ray.embedding.vectors.EmbeddingBlocks`).
 Each task owns ``tile`` rows and walks the column tiles block by block, so a task never
 holds more than a ``tile x tile`` similarity matrix; no N x N matrix exists anywhere.
 Tiles are multiplied in float32 (on a GPU when one is assigned); every candidate pair
@@ -19,8 +19,8 @@ import ray
 import torch
 
 from platypus_ray.devices import actor_device
-from platypus_ray.refine.vectors import EmbeddingBlocks
-from platypus_ray.refine.waits import as_completed
+from platypus_ray.embedding import EmbeddingBlocks
+from platypus_ray.waits import as_completed
 
 _EPS = 1e-5
 # Tiles are read-only views of the shared object-store array; torch warns but never writes to them.

@@ -7,7 +7,8 @@ import numpy as np
 import pytest
 
 from platypus_ray.errors import UserError
-from platypus_ray.refine.embed import Embedder, check_model, resolve_model
+from platypus_ray.embedding.models import check_model, resolve_model
+from platypus_ray.embedding.pool import Embedder
 
 
 def test_bundled_minilm_resolves_to_a_local_folder():
@@ -42,9 +43,9 @@ def test_one_input_block_is_cut_into_batches_that_every_actor_shares(ray_session
     call (the sort's blocks follow the input's: one block went to one actor)."""
     import ray
 
-    from platypus_ray.bench.refine import profiled_embedder
-    from platypus_ray.refine.config import EmbeddingConfig
-    from platypus_ray.refine.embed import embed_texts
+    from platypus_ray.bench.embed_stage import profiled_embedder
+    from platypus_ray.embedding import EmbeddingConfig
+    from platypus_ray.embedding.pool import embed_texts
     from tests.helpers import build_static_embedder
 
     texts = [f"row {i} " + "word " * (i % 23) for i in range(96)]

@@ -15,9 +15,9 @@ import ray
 from platypus_ray.config import validate_config
 from platypus_ray.errors import UserError
 from platypus_ray.refine import RefineConfig
-from platypus_ray.refine.config import EmbeddingConfig
-from platypus_ray.refine.embed import open_cache
-from platypus_ray.refine.embedding_cache import EmbeddingCache, as_keys, hash_array, text_hash
+from platypus_ray.embedding import EmbeddingConfig
+from platypus_ray.embedding.pool import open_cache
+from platypus_ray.embedding.cache import EmbeddingCache, as_keys, hash_array, text_hash
 from platypus_ray.refine.rows import embed_text
 from tests.helpers import build_static_embedder
 

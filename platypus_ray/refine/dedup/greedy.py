@@ -13,8 +13,8 @@ from typing import Callable
 
 import numpy as np
 
-from platypus_ray.refine.similarity import Pairs
-from platypus_ray.refine.vectors import EmbeddingBlocks
+from platypus_ray.refine.dedup.similarity import Pairs
+from platypus_ray.embedding import EmbeddingBlocks
 
 
 @dataclass
