@@ -42,6 +42,18 @@ def keys_of(texts: list[str]) -> np.ndarray:
     return as_keys(hash_array(texts))
 
 
+def test_a_shard_holding_a_text_twice_serves_each_asked_key_once(tmp_path, ray_session):
+    """A run that embedded a text as a training row and as a benchmark probe wrote it twice into
+    one shard; reading it back served the key twice and the vector assembly refused the run."""
+    cache = EmbeddingCache(str(tmp_path), IDENTITY)
+    vectors = unit_vectors(3)
+    write_shard(cache, "a.parquet", ["question", "row", "question"], vectors[[0, 1, 0]])
+    hit = cache.lookup(keys_of(["question", "row", "question"]))
+    assert hit.found.all()
+    keys = np.concatenate([ray.get(piece)["key"] for piece in hit.pieces])
+    assert sorted(keys.tolist()) == [0, 1, 2]
+
+
 def test_lookup_returns_the_stored_vectors_bit_for_bit_and_misses_the_rest(tmp_path, ray_session):
     cache = EmbeddingCache(str(tmp_path), IDENTITY)
     texts = [f"text {i}" for i in range(10)]
