@@ -122,7 +122,7 @@ def copy_data(out: Path) -> None:
 def carried_texts(data: Path) -> tuple[list[str], list[str]]:
     """The texts the embed step encodes: the Alpaca rows as refine embeds them, and the MMLU probes."""
     from platypus_ray.bench.backends import mmlu_probes
-    from platypus_ray.bench.refine import load_texts
+    from platypus_ray.bench.embed_stage import load_texts
 
     return load_texts(data / "alpaca_5000.json", None), mmlu_probes(data / "mmlu")
 

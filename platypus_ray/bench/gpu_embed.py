@@ -29,7 +29,7 @@ THRESHOLD = 0.8
 
 def carried_texts(s: StepSettings) -> tuple[list[str], list[str]]:
     from platypus_ray.bench.backends import mmlu_probes
-    from platypus_ray.bench.refine import load_texts
+    from platypus_ray.bench.embed_stage import load_texts
 
     data = Path(s.data)
     rows = load_texts(data / "alpaca_5000.json", 48 if s.dry_run else None)
@@ -44,9 +44,8 @@ def _stage_embed(texts: list[str], model: str, precision: str, device: str, batc
     """The refine embed stage on ``texts`` (one block, as refine reads a file), profiled per call."""
     import ray
 
-    from platypus_ray.bench.refine import profiled_embedder
-    from platypus_ray.embedding import EmbeddingConfig
-    from platypus_ray.embedding.pool import embed_texts
+    from platypus_ray.bench.embed_stage import profiled_embedder
+    from platypus_ray.embedding import EmbeddingConfig, embed
 
     ds = ray.data.from_items([{"key": k, "text": t, "text_len": len(t)} for k, t in enumerate(texts)],
                              override_num_blocks=1).materialize()
@@ -55,7 +54,7 @@ def _stage_embed(texts: list[str], model: str, precision: str, device: str, batc
     with tempfile.TemporaryDirectory() as folder:
         log = Path(folder) / "calls.txt"
         start = time.perf_counter()
-        vectors = embed_texts(ds, len(texts), cfg, embedder=profiled_embedder(str(log))).blocks.to_matrix()
+        vectors = embed(ds, len(texts), cfg, embedder=profiled_embedder(str(log))).blocks.to_matrix()
         total = time.perf_counter() - start
         calls = np.loadtxt(log, ndmin=2)  # pid, wall start, wall end, cpu start, cpu end, rows
     steady = calls[:, 2].max() - calls[:, 1].min()
