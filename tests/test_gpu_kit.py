@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import time
 
 import numpy as np
 import pytest
@@ -38,6 +40,22 @@ def test_dry_run_runs_every_step_and_their_checks_hold(ray_session, tmp_path, ca
     assert set(impls) == {"eager", "sdpa"} and all(x["within_1e-3"] and x["rows"] > 4 for x in impls.values())
     printed = [json.loads(x) for x in capsys.readouterr().out.splitlines() if x.startswith('{"step"')]
     assert [x["step"] for x in printed] == list(lines)  # one JSON line per step on stdout too
+
+
+def test_a_step_runs_in_its_own_process_and_one_past_its_limit_is_killed(tmp_path, capsys):
+    """The GPU machine's path: each step a child process printing one marked line; a step over
+    its limit is killed with its process group and reported as a timeout."""
+    from platypus_ray.bench.gpu_env import StepSettings
+
+    assert gpu.main(["--dry-run", "--only", "attention", "--out", str(tmp_path)]) == 0
+    line = json.loads((tmp_path / "gpu-steps.jsonl").read_text())
+    assert line["step"] == "attention" and line["status"] == "ok" and line["impls"]["sdpa"]["within_1e-3"]
+    assert capsys.readouterr().out.splitlines()[-1].startswith('{"step": "attention", "status": "ok"')
+    settings = StepSettings(True, str(gpu.SHARED_DATA), None, str(tmp_path), ("1b",), 2)
+    started = time.perf_counter()
+    late = gpu.run_step("train", settings, in_process=False, limit_s=3, env=dict(os.environ))
+    assert late["status"] == "timeout" and late["error"] == "over its 3 s limit" and late["finished_parts"] == []
+    assert time.perf_counter() - started < 45
 
 
 def test_float64_check_finds_a_wrong_decision():
