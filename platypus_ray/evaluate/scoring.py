@@ -15,6 +15,9 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
+import pyarrow as pa
+
+from platypus_ray.blocks import rows_only
 
 
 def encode_pair(tokenizer: Any, context: str, continuation: str, add_eos: bool = False,
@@ -99,6 +102,9 @@ def load_model(name_or_path: str, adapter: str | None, dtype: str, device: str):
     return tokenizer, model
 
 
+SCORED_SCHEMA = pa.schema([("request", pa.int64()), ("logprob", pa.float64()), ("n_tokens", pa.int64()), ("greedy", pa.bool_())])
+
+
 class Scorer:
     """Ray Data callable class: one model replica per actor; a batch of requests in, scores out."""
 
@@ -114,6 +120,7 @@ class Scorer:
         pad = self.tokenizer.pad_token_id
         self.pad_id = pad if pad is not None else self.tokenizer.eos_token_id
 
+    @rows_only(SCORED_SCHEMA)
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         encoded = [
             encode_pair(self.tokenizer, context, continuation, bool(add_eos), bool(move_space))

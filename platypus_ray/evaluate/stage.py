@@ -22,6 +22,7 @@ import pyarrow as pa
 import ray
 
 from platypus_ray.batching import actor_pool_map, length_sorted_slices, resolve_device
+from platypus_ray.blocks import batches as nonempty_batches
 from platypus_ray.config import dump_config
 from platypus_ray.evaluate.config import EvaluateConfig, InferenceSettings, ModelRef
 from platypus_ray.evaluate.harness import entry_metrics, evaluate_tasks, item_rows, pool_lm, write_samples
@@ -51,7 +52,7 @@ def score(rows: pd.DataFrame, model: ModelRef, inference: InferenceSettings, dev
     n = len(table)
     out = {"logprob": np.full(n, np.nan), "n_tokens": np.zeros(n, dtype=np.int64), "greedy": np.zeros(n, dtype=bool)}
     seen = 0
-    for batch in scored.iter_batches(batch_format="numpy", batch_size=None):
+    for batch in nonempty_batches(scored, "numpy"):
         for column in out:
             out[column][batch["request"]] = batch[column]
         seen += len(batch["request"])
