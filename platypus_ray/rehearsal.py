@@ -100,7 +100,7 @@ def record_stage(cluster: LocalCluster, stage: str, autoscaler: str, cluster_fil
         start = _seconds(n["start_time_ms"])
         if n["is_head_node"] or start < since_s:
             continue
-        end = _seconds(n["end_time_ms"]) if n.get("end_time_ms") else time.time()
+        end = time.time() if n["state"] == "ALIVE" else _seconds(n["end_time_ms"])  # still up: so far
         record.launched[types[n["node_id"]]] = record.launched.get(types[n["node_id"]], 0) + 1
         seconds[types[n["node_id"]]] += end - start
     record.node_seconds = {k: round(v, 1) for k, v in seconds.items()}

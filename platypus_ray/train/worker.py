@@ -39,6 +39,8 @@ def train_loop_per_worker(plan: WorkerPlan) -> None:
     rank, world = context.get_world_rank(), context.get_world_size()
     on_gpu = cfg.cluster.use_gpu and actor_device("cuda") == "cuda"  # a simulated GPU: the CPU path (devices.py)
     os.environ.setdefault("DS_ACCELERATOR", "cuda" if on_gpu else "cpu")  # no probing, no fallback warning
+    if not on_gpu:  # Ray Train points Accelerate at cuda:0 whenever it assigned a GPU, simulated ones too
+        os.environ["ACCELERATE_TORCH_DEVICE"] = "cpu"
 
     import deepspeed
 
@@ -205,8 +207,9 @@ class _ShardStream(torch.utils.data.IterableDataset):
     def __iter__(self):
         while True:
             # drop_last keeps the number of forward passes equal on every rank (ZeRO-3 needs it).
-            yield from self.shard.iter_torch_batches(
-                batch_size=self.batch_size, collate_fn=self.collate, drop_last=self.endless
+            yield from self.shard.iter_torch_batches(  # "auto" is cuda:0 for a simulated GPU too (devices.py)
+                batch_size=self.batch_size, collate_fn=self.collate, drop_last=self.endless,
+                device="auto" if torch.cuda.is_available() else "cpu",
             )
             if not self.endless:
                 return
