@@ -6,7 +6,8 @@ Both sides run the same lm-eval task (a benchmark file turned into a task YAML b
 stage: the shipped sample quiz, the real-data case, plus ``--items`` generated questions with
 choices of 1 to 8 words) on the same tiny LLaMA (``--hidden`` wide, untrained: speed only), on
 2 CPUs: ``lm_eval.simple_evaluate`` with its ``hf`` model (batch size auto, torch on 2 threads,
-the model loaded before the clock starts) and the evaluate stage with 2 actors of 1 CPU on a
+the model loaded before the clock starts; its batch-size probe runs inside the clock, as in
+every lm-eval run with auto; ``--lm-eval-batch-size 16`` times it without the probe) and the evaluate stage with 2 actors of 1 CPU on a
 2-CPU local Ray (its clock includes starting the actors and loading one model in each). The
 outside oracle: the per-item log-likelihoods of the two sides must agree (max difference printed)
 and so must acc and acc_norm. Prints documents/s of each and the ratio, with the CPU model.
@@ -55,7 +56,7 @@ def entries(folder: Path, items: int, shots: int) -> list[dict]:
             {"path": str(folder / "generated.jsonl"), "format": "questions", "name": "generated", "num_fewshot": shots}]
 
 
-def run_lm_eval(model_dir: str, cfg, folder: Path) -> tuple[float, dict]:
+def run_lm_eval(model_dir: str, cfg, folder: Path, batch_size: str) -> tuple[float, dict]:
     """lm-eval's hf loop on the task YAMLs the evaluate stage writes for the same entries."""
     import torch
     import lm_eval
@@ -66,19 +67,19 @@ def run_lm_eval(model_dir: str, cfg, folder: Path) -> tuple[float, dict]:
 
     torch.set_num_threads(2)
     loaded = load_tasks(cfg.benchmarks, cfg.seed, folder)  # writes the YAMLs (file entries) into folder
-    lm = HFLM(pretrained=model_dir, dtype="float32", device="cpu", batch_size="auto")
+    lm = HFLM(pretrained=model_dir, dtype="float32", device="cpu", batch_size=batch_size)
     start = time.perf_counter()
     out = lm_eval.simple_evaluate(model=lm, tasks=loaded.lm_names, task_manager=TaskManager(include_path=str(folder)),
                                   num_fewshot=cfg.benchmarks[0].num_fewshot, log_samples=True)
     return time.perf_counter() - start, out
 
 
-def run_pool(cfg) -> tuple[float, object]:
+def run_pool(cfg, temp_dir: Path) -> tuple[float, object]:
     import ray
 
     from platypus_ray.evaluate import run
 
-    ray.init(address="local", num_cpus=2, include_dashboard=False, logging_level="ERROR",
+    ray.init(address="local", num_cpus=2, include_dashboard=False, logging_level="ERROR", _temp_dir=str(temp_dir),
              runtime_env={"env_vars": {"HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}})
     ray.data.DataContext.get_current().enable_progress_bars = False
     try:
@@ -107,6 +108,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--shots", type=int, default=5)
     parser.add_argument("--hidden", type=int, default=256)
     parser.add_argument("--batch-size", type=int, default=16, help="the pool's sequences per forward pass")
+    parser.add_argument("--lm-eval-batch-size", default="auto",
+                        help="lm-eval's batch_size: auto (the issue's baseline; its probe runs inside the clock) or N")
     parser.add_argument("--json", help="write the numbers to this file")
     args = parser.parse_args(argv)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -124,18 +127,20 @@ def main(argv: list[str] | None = None) -> int:
             "model": {"name_or_path": model_dir, "label": "pool"}, "output": str(root / "eval"),
             "benchmarks": entries(root, args.items, args.shots),
             "inference": {"actors": 2, "cpus_per_actor": 1, "batch_size": args.batch_size, "device": "cpu"}})
-        lm_eval_s, reference = run_lm_eval(model_dir, cfg, root / "tasks")
-        pool_s, _ = run_pool(cfg)
+        lm_eval_s, reference = run_lm_eval(model_dir, cfg, root / "tasks", args.lm_eval_batch_size)
+        pool_s, _ = run_pool(cfg, root / "ray")
         checks = compare(reference, root / "eval", "pool")
     docs = sum(c["docs"] for c in checks.values())
     numbers = {"cpu": cpu_model(), "cores_used": 2, "docs": docs, "requests": sum(len(s["arguments"]) for v in reference["samples"].values() for s in v),
                "num_fewshot": args.shots, "hidden": args.hidden,
-               "lm_eval_hf": {"wall_s": round(lm_eval_s, 2), "docs_per_s": round(docs / lm_eval_s, 2)},
+               "lm_eval_hf": {"batch_size": args.lm_eval_batch_size, "wall_s": round(lm_eval_s, 2),
+                              "docs_per_s": round(docs / lm_eval_s, 2)},
                "ray_data_pool": {"actors": 2, "wall_s": round(pool_s, 2), "docs_per_s": round(docs / pool_s, 2)},
                "ratio_pool_vs_lm_eval": round(lm_eval_s / pool_s, 3), "checks": checks}
     print(f"bench.evaluate: {docs} documents ({numbers['requests']} requests), {args.shots}-shot, hidden {args.hidden}, "
           f"2 CPUs of {numbers['cpu']}")
-    print(f"  lm-eval hf loop (batch auto, 2 threads): {numbers['lm_eval_hf']['docs_per_s']:8.2f} docs/s ({lm_eval_s:.1f} s)")
+    print(f"  lm-eval hf loop (batch {args.lm_eval_batch_size}, 2 threads): {numbers['lm_eval_hf']['docs_per_s']:8.2f} docs/s "
+          f"({lm_eval_s:.1f} s)")
     print(f"  Ray Data pool (2 actors x 1 CPU)       : {numbers['ray_data_pool']['docs_per_s']:8.2f} docs/s ({pool_s:.1f} s, "
           "actor start and model loads included)")
     print(f"  ratio pool / lm-eval: {numbers['ratio_pool_vs_lm_eval']:.2f}x")
