@@ -4,6 +4,7 @@
     python -m platypus_ray.bench.refine --backends --json out/backends.json   # see bench/backends.py
     python -m platypus_ray.bench.refine --rerun --json out/rerun.json         # see bench/rerun.py
     python -m platypus_ray.bench.refine --e2e 100000 --json out/e2e.json      # see bench/refine_e2e.py
+    python -m platypus_ray.bench.refine --scale 100000 --text --json out/t.json  # see bench/dedup_text.py
 
 1. Embed: bare sentence-transformers ``encode`` (one process, all cores) vs the pipeline's
    embed stage (Ray Data actor pool on the same rows and cores), rows/s and ratio.
@@ -93,6 +94,8 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--scale", type=int, default=None, metavar="N",
                         help="clustered dedup of N generated rows with its measured recall, and stop")
     parser.add_argument("--recall-sample", type=int, default=20_000, help="with --scale: rows checked exactly")
+    parser.add_argument("--text", action="store_true",
+                        help="with --scale N: N perturbed rows of --source, static encoder, each mode vs brute force and SemHash")
     parser.add_argument("--rerun", action="store_true",
                         help="first refine run vs a rerun with another dedup.threshold from the embedding cache, and stop")
     parser.add_argument("--rerun-threshold", type=float, default=0.85, help="with --rerun: the rerun's dedup.threshold")
@@ -124,6 +127,11 @@ def main(argv: list[str] | None = None) -> int:
     init_ray()
     ray.data.DataContext.get_current().enable_progress_bars = False
     cores = os.cpu_count()
+    if args.scale is not None and args.text:
+        from platypus_ray.bench.dedup_text import main as run_text
+
+        run_text(args.source, args.scale, args.json)
+        return 0
     if args.scale is not None:
         from platypus_ray.bench.scale import main as run_scale
 
