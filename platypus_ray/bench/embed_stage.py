@@ -68,23 +68,11 @@ def bench_pipeline_embed(texts: list[str], batch_size: int, actors: int, backend
     actor appends its calls' wall and CPU times to a file (an actor to collect them would take
     CPU from the stage it measures). ``cpu_share_in_calls`` below 1 is CPU taken by other
     processes (Ray's own, on a small node); ``busy_share`` below 1 is actors waiting for a batch."""
-    import tempfile
+    from platypus_ray.embedding import EmbeddingConfig
 
-    import ray
-
-    from platypus_ray.embedding import EmbeddingConfig, embed
-
-    # One block, as refine reads a source file (many small blocks hid the one-actor pool this once had)
-    ds = ray.data.from_items([{"key": k, "text": t, "text_len": len(t)} for k, t in enumerate(texts)],
-                             override_num_blocks=1).materialize()
     cfg = EmbeddingConfig(batch_size=batch_size, actors=actors, device="cpu", backend=backend, export_dir=export_dir,
                           cpus_per_actor=cpus_per_actor)
-    with tempfile.TemporaryDirectory() as folder:
-        log = Path(folder) / "calls.txt"
-        start = time.perf_counter()
-        vectors = embed(ds, len(texts), cfg, embedder=profiled_embedder(str(log))).blocks.to_matrix()
-        total = time.perf_counter() - start
-        calls = np.loadtxt(log, ndmin=2)  # pid, wall start, wall end, cpu start, cpu end, rows
+    total, calls, vectors = run_profiled(texts, cfg)
     first, last = calls[:, 1].min(), calls[:, 2].max()
     busy = calls[:, 2] - calls[:, 1]
     pids = np.unique(calls[:, 0])
@@ -92,6 +80,26 @@ def bench_pipeline_embed(texts: list[str], batch_size: int, actors: int, backend
                            (calls[:, 4] - calls[:, 3]).sum() / (busy.sum() * cpus_per_actor),
                            max(last - calls[calls[:, 0] == pid, 2].max() for pid in pids))
     return profile, vectors
+
+
+def run_profiled(texts: list[str], cfg) -> tuple[float, np.ndarray, np.ndarray]:
+    """The embed stage on ``texts`` as one block, as refine reads a source file (many small blocks
+    hid the one-actor pool this once had): (seconds from call to vectors back, one row per actor
+    call: pid, wall start, wall end, cpu start, cpu end, rows; the vectors)."""
+    import tempfile
+
+    import ray
+
+    from platypus_ray.embedding import embed
+
+    ds = ray.data.from_items([{"key": k, "text": t, "text_len": len(t)} for k, t in enumerate(texts)],
+                             override_num_blocks=1).materialize()
+    with tempfile.TemporaryDirectory() as folder:
+        log = Path(folder) / "calls.txt"
+        start = time.perf_counter()
+        vectors = embed(ds, len(texts), cfg, embedder=profiled_embedder(str(log))).blocks.to_matrix()
+        total = time.perf_counter() - start
+        return total, np.loadtxt(log, ndmin=2), vectors
 
 
 def profiled_embedder(log: str):

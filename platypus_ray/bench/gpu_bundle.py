@@ -28,7 +28,6 @@ Everything goes in one transfer when it fits in ``--limit-mib`` (60); otherwise 
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import os
 import shutil
@@ -40,6 +39,7 @@ import time
 from importlib.metadata import version
 from pathlib import Path
 
+from platypus_ray.checksum import sha256
 from platypus_ray.errors import UserError
 
 # Installed here, lacking there: carried at the versions this machine runs (one version each).
@@ -53,12 +53,6 @@ SHARED_DATA = Path(__file__).resolve().parents[2].parent / "shared" / "data"
 MIB = 1 << 20
 
 
-def sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def _pip(*args: str) -> None:

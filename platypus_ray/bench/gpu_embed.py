@@ -15,7 +15,6 @@ rule re-applied: ``decisions_differ`` must be 0.
 
 from __future__ import annotations
 
-import tempfile
 import time
 from pathlib import Path
 
@@ -42,21 +41,12 @@ def carried_texts(s: StepSettings) -> tuple[list[str], list[str]]:
 
 def _stage_embed(texts: list[str], model: str, precision: str, device: str, batch_size: int) -> tuple[dict, np.ndarray]:
     """The refine embed stage on ``texts`` (one block, as refine reads a file), profiled per call."""
-    import ray
+    from platypus_ray.bench.embed_stage import run_profiled
+    from platypus_ray.embedding import EmbeddingConfig
 
-    from platypus_ray.bench.embed_stage import profiled_embedder
-    from platypus_ray.embedding import EmbeddingConfig, embed
-
-    ds = ray.data.from_items([{"key": k, "text": t, "text_len": len(t)} for k, t in enumerate(texts)],
-                             override_num_blocks=1).materialize()
     cfg = EmbeddingConfig(model=model, batch_size=batch_size, actors=1, device=device, backend="torch",
                           precision=precision, cache=False)
-    with tempfile.TemporaryDirectory() as folder:
-        log = Path(folder) / "calls.txt"
-        start = time.perf_counter()
-        vectors = embed(ds, len(texts), cfg, embedder=profiled_embedder(str(log))).blocks.to_matrix()
-        total = time.perf_counter() - start
-        calls = np.loadtxt(log, ndmin=2)  # pid, wall start, wall end, cpu start, cpu end, rows
+    total, calls, vectors = run_profiled(texts, cfg)
     steady = calls[:, 2].max() - calls[:, 1].min()
     return {"stage_rows_per_s_steady": round(len(texts) / steady, 1),
             "stage_rows_per_s_end_to_end": round(len(texts) / total, 1), "stage_s": round(total, 2)}, vectors

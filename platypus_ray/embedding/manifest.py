@@ -7,11 +7,11 @@ distilled static models (``distill.py``) both write it.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import time
 from pathlib import Path
 
+from platypus_ray.checksum import sha256
 from platypus_ray.errors import UserError
 
 KINDS = ("onnx", "onnx-int8", "static")
@@ -56,11 +56,3 @@ def write_manifest(folder: Path, kind: str, model: str, info: dict) -> None:
     manifest = {"kind": kind, "recipe": RECIPES[kind], "model": model, "file": file, "sha256": sha256(folder / file),
                 "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "versions": versions, **info}
     (folder / MANIFEST).write_text(json.dumps(manifest, indent=2))
-
-
-def sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()

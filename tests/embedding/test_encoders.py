@@ -137,7 +137,7 @@ def test_corrupt_and_partial_exports_fail_with_the_folder_to_delete(export_dir, 
         verify_export(broken)
     # a corrupt file whose manifest was rewritten to match still cannot load: ONNX Runtime's error, same fix
     info = json.loads((good / MANIFEST).read_text())
-    from platypus_ray.embedding.manifest import sha256 as _sha256
+    from platypus_ray.checksum import sha256 as _sha256
 
     (broken / MANIFEST).write_text(json.dumps(info | {"sha256": _sha256(broken / "model.onnx")}))
     root = tmp_path / "root"
