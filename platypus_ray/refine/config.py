@@ -57,7 +57,8 @@ class DedupConfig(StrictModel):
     # exact: each row keeps its best higher-priority neighbours only (memory rows x this, however dense a
     # template cluster); a row with more, none of them kept, gets an exact check: decisions stay exact
     neighbours_per_row: int = Field(32, ge=1, description="best higher-priority neighbours kept per row (both modes)")
-    auto_exact_max_rows: int = Field(50_000, ge=0, description="auto: exact up to this many rows, clustered above")
+    # auto: exact while its all-pairs GEMM is estimated (measured rate x the cluster's CPUs) to take at most this
+    auto_exact_budget_s: float = Field(60.0, ge=0.0, description="auto: exact up to this estimated all-pairs time, clustered above")
     rows_per_cluster: int = Field(1000, ge=16, description="clustered: k = rows / this")
     cluster_margin: float = Field(0.04, ge=0.0, le=1.0, description="clustered: also join centroids this close to the nearest")
     recall_sample: int = Field(20_000, ge=0, description="clustered: rows checked against an exact search on every run")

@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from platypus_ray.refine.dedup.clustered import ClusterSettings, clustered_pairs_above
+from platypus_ray.refine.dedup.cost import exact_seconds, gemm_gflops_per_cpu
 from platypus_ray.refine.config import DedupConfig
 from platypus_ray.refine.dedup.recall import measure_recall
 from platypus_ray.refine.dedup.greedy import DedupDecision, exact_check_against, priority_order, resolve_greedy
@@ -21,20 +22,27 @@ class DedupOutcome:
     stats: dict = field(default_factory=dict)  # mode, why, and for clustered: clusters, recall
 
 
-def choose_mode(rows: int, cfg: DedupConfig) -> tuple[str, str]:
-    """(mode, why): ``auto`` is exact while all-pairs is cheap, clustered above."""
+def choose_mode(rows: int, dim: int, cfg: DedupConfig, cpus: float, gflops_per_cpu: float | None = None) -> tuple[str, str, dict]:
+    """(mode, why, the estimate): ``auto`` is exact while the all-pairs GEMM is estimated to fit
+    ``dedup.auto_exact_budget_s`` on ``cpus`` at the measured rate (:mod:`.cost`), clustered above."""
     if cfg.mode != "auto":
-        return cfg.mode, f"dedup.mode: {cfg.mode}"
-    if rows <= cfg.auto_exact_max_rows:
-        return "exact", f"{rows} rows <= dedup.auto_exact_max_rows ({cfg.auto_exact_max_rows}): all pairs are cheap"
-    return "clustered", f"{rows} rows > dedup.auto_exact_max_rows ({cfg.auto_exact_max_rows}): all pairs grow as rows^2"
+        return cfg.mode, f"dedup.mode: {cfg.mode}", {}
+    rate = gflops_per_cpu if gflops_per_cpu is not None else gemm_gflops_per_cpu(dim)
+    estimate = exact_seconds(rows, dim, cpus, rate)
+    record = {"auto_exact_estimate_s": round(estimate, 2), "gemm_gflops_per_cpu": round(rate, 2), "cpus": cpus}
+    sizing = f"{rows} rows x {dim} dims, {rate:.1f} GFLOP/s measured per CPU x {cpus:g} CPUs"
+    if estimate <= cfg.auto_exact_budget_s:
+        return "exact", (f"all pairs estimated at {estimate:.1f} s ({sizing}) <= dedup.auto_exact_budget_s "
+                         f"({cfg.auto_exact_budget_s:g} s)"), record
+    return "clustered", (f"all pairs estimated at {estimate:.1f} s ({sizing}) > dedup.auto_exact_budget_s "
+                         f"({cfg.auto_exact_budget_s:g} s)"), record
 
 
 def dedup_rows(vectors: EmbeddingBlocks | np.ndarray, output_len: np.ndarray, cfg: DedupConfig, num_gpus: float) -> DedupOutcome:
     """Find the near-duplicate pairs among the rows of ``vectors`` and apply the greedy rule in priority order."""
     blocks = EmbeddingBlocks.of(vectors)
     n = blocks.n
-    mode, why = choose_mode(n, cfg)
+    mode, why, estimate = choose_mode(n, blocks.dim, cfg, _cluster_cpus())
     print(f"refine: semantic dedup of {n} rows: {mode} ({why})", flush=True)
     order = priority_order(output_len, cfg.keep)
     rank = np.empty(n, dtype=np.int64)
@@ -42,7 +50,7 @@ def dedup_rows(vectors: EmbeddingBlocks | np.ndarray, output_len: np.ndarray, cf
     if mode == "exact" or n < 2:
         pairs = all_pairs_above(blocks, cfg.threshold, cfg.tile_size, num_gpus, cfg.timeout_s, rank, cfg.neighbours_per_row)
         decision = resolve_greedy(n, pairs, order, exact_check_against(blocks, cfg.threshold, cfg.timeout_s))
-        return DedupOutcome(pairs, decision, {"mode": mode, "why": why, **_bound_stats(pairs)})
+        return DedupOutcome(pairs, decision, {"mode": mode, "why": why, **estimate, **_bound_stats(pairs)})
     settings = ClusterSettings(rows_per_cluster=cfg.rows_per_cluster, margin=cfg.cluster_margin, tile=cfg.tile_size,
                                per_row=cfg.neighbours_per_row)
     found = clustered_pairs_above(blocks, cfg.threshold, settings, cfg.timeout_s, rank)
@@ -52,7 +60,7 @@ def dedup_rows(vectors: EmbeddingBlocks | np.ndarray, output_len: np.ndarray, cf
     print(f"refine: clustered dedup: {found.clusters} clusters, {found.assignments_per_row:.2f} per row; on "
           f"{recall.exact_sample_rows} sampled rows pair recall {recall.pair_recall:.4f}, decision agreement "
           f"{recall.decision_agreement:.4f} against an exact search", flush=True)
-    stats = {"mode": mode, "why": why, "clusters": found.clusters, "assignments_per_row": round(found.assignments_per_row, 3),
+    stats = {"mode": mode, "why": why, **estimate, "clusters": found.clusters, "assignments_per_row": round(found.assignments_per_row, 3),
              "largest_cluster": found.largest_cluster, **_bound_stats(found.pairs), **recall.as_dict(), **closure}
     return DedupOutcome(pairs, decision, stats)
 
@@ -95,6 +103,15 @@ def _union(pairs: Pairs, i: np.ndarray, j: np.ndarray, score: np.ndarray) -> Pai
     np.maximum.at(nearest, j, score)
     total = None if pairs.total is None else pairs.total + len(i)
     return Pairs(all_i[first], all_j[first], np.concatenate([pairs.score, score])[first], nearest, pairs.incomplete, total)
+
+
+def _cluster_cpus() -> float:
+    """CPUs the tile tasks spread over: the Ray cluster's, or this machine's without Ray."""
+    import os
+
+    import ray
+
+    return float(ray.cluster_resources().get("CPU", 1.0)) if ray.is_initialized() else float(os.cpu_count() or 1)
 
 
 def _bound_stats(pairs: Pairs) -> dict:
