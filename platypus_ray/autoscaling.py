@@ -1,6 +1,6 @@
 """Ray's own autoscaler on one machine: the node types of a cluster file, launched and removed as fake nodes on 127.0.0.1.
 
-The head is a :class:`~platypus_ray.local_cluster.LocalCluster` head (own temp dir, ports, token
+The head is :class:`~platypus_ray.local_cluster.AutoscalingLocalCluster`, a ``LocalCluster`` head (own temp dir, ports, token
 auth, exact-process teardown) with 0 CPUs and ``--autoscaling-config``. Its monitor runs the real
 autoscaler, v1 (what ``ray up`` runs) or v2 (``RAY_enable_autoscaler_v2=1``, what KubeRay runs),
 with :class:`LoopbackFakeProvider`: each "node" is a raylet and its agents started by the monitor,
@@ -17,14 +17,13 @@ from __future__ import annotations
 
 import copy
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import yaml
 
 from platypus_ray.devices import SIMULATE_GPU_ENV
 from platypus_ray.errors import UserError
-from platypus_ray.local_cluster import LOOPBACK, LocalCluster
 
 HEAD_TYPE = "ray.head.default"  # the fake provider tags its head with this name
 FAKE_HEAD_ID = "fffffffffffffffffffffffffffffffffffffffffffffffffff00000"
@@ -57,7 +56,7 @@ class LoopbackFakeProvider(FakeMultiNodeProvider):
             node_id = self._next_hex_node_id()
             labels = {**labels, NODE_TYPE_LABEL: node_type}
             params = ray._private.parameter.RayParams(
-                node_ip_address=LOOPBACK, gcs_address=self._gcs_address, redis_address=self._gcs_address,
+                node_ip_address="127.0.0.1", gcs_address=self._gcs_address, redis_address=self._gcs_address,
                 # Its own runtime-env folder, as on a real machine: nodes share the head's session dir,
                 # and one node's agent deleting an unused working dir would delete the job's.
                 runtime_env_dir_name=f"runtime_resources_{node_id[-5:]}",
@@ -158,37 +157,3 @@ def autoscaler_config(shape: ClusterShape, gcs_address: str, idle_timeout_minute
             "available_node_types": types, "head_node_type": HEAD_TYPE, "upscaling_speed": shape.upscaling_speed,
             "idle_timeout_minutes": idle_timeout_minutes, "docker": {}, "auth": {"ssh_user": "ubuntu"},
             "file_mounts": {}, "file_mounts_sync_continuously": False, **{k: [] for k in empty_lists}}
-
-
-@dataclass
-class AutoscalingLocalCluster(LocalCluster):
-    """A 0-CPU head whose autoscaler launches ``shape``'s worker types as fake nodes on demand and
-    removes them after ``idle_timeout_minutes`` idle (the file's own 10 minutes would outlast a test)."""
-
-    shape: ClusterShape | None = None
-    idle_timeout_minutes: float = 0.1
-    v2: bool = False
-    cpus_per_node: int = 0
-    env: dict[str, str] = field(default_factory=dict)
-
-    def __post_init__(self) -> None:
-        if self.shape is None:
-            raise ValueError("AutoscalingLocalCluster needs a shape (read_shape(path))")
-        fake = {"RAY_FAKE_CLUSTER": "1", "AUTOSCALER_UPDATE_INTERVAL_S": "1", SIMULATE_GPU_ENV: "1", **LOOPBACK_ONLY}
-        if self.v2:  # as KubeRay's head: the v2 autoscaler, the head known to the provider by its fixed id
-            fake.update({"RAY_enable_autoscaler_v2": "1", "RAY_CLOUD_INSTANCE_ID": FAKE_HEAD_ID,
-                         "RAY_OVERRIDE_NODE_ID_FOR_TESTING": FAKE_HEAD_ID})
-        self.env = {**fake, **self.env}
-
-    @property
-    def client_env(self) -> dict[str, str]:
-        return {**super().client_env, **LOOPBACK_ONLY}  # resolves 127.0.0.1 as the head does
-
-    def _node_args(self, name: str, temp_dir: Path) -> list[str]:
-        args = super()._node_args(name, temp_dir)
-        if name != "head":
-            return args
-        path = self.root / "autoscaling.yaml"  # the GCS port is chosen by now: the provider joins it
-        path.write_text(yaml.safe_dump(autoscaler_config(self.shape, self.address, self.idle_timeout_minutes, self.v2)))
-        # No GPUs on the head, as on the cluster (a GPU machine would otherwise take the GPU work itself).
-        return [*args, f"--autoscaling-config={path}", "--num-gpus=0"]

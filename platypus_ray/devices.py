@@ -9,8 +9,8 @@ inside the actor or worker, so each one calls :func:`actor_device` itself.
 given a GPU but sees no CUDA device computes on its CPU path (CPU encoder, CPU scoring, gloo)
 while the stage keeps its GPU resource requests, so the autoscaler still launches the GPU node
 types of the cluster file. It is meant for the fake GPU nodes of
-``python -m platypus_ray.local_cluster --autoscaling cluster.yaml``; pass it to a job with
-``--runtime-env-json '{"env_vars": {"PLATYPUS_RAY_SIMULATE_GPU": "1"}}'``. Without it, a GPU
+``python -m platypus_ray.local_cluster --autoscaling cluster.yaml``, which sets it on every node
+(elsewhere: in the nodes' environment, or a runtime env's ``env_vars``). Without it, a GPU
 requested and none visible is a :class:`DeviceError` (a broken CUDA image fails loudly instead
 of running a 13B model on a CPU).
 """

@@ -27,6 +27,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import psutil
+import yaml
+
+from platypus_ray.autoscaling import FAKE_HEAD_ID, LOOPBACK_ONLY, ClusterShape, autoscaler_config
+from platypus_ray.devices import SIMULATE_GPU_ENV
 
 LOOPBACK = "127.0.0.1"
 
@@ -187,6 +191,40 @@ class LocalCluster:
         self.stop()
 
 
+@dataclass
+class AutoscalingLocalCluster(LocalCluster):
+    """A 0-CPU head whose autoscaler launches ``shape``'s worker types as fake nodes on demand and
+    removes them after ``idle_timeout_minutes`` idle (the file's own 10 minutes would outlast a test)."""
+
+    shape: ClusterShape | None = None
+    idle_timeout_minutes: float = 0.1
+    v2: bool = False
+    cpus_per_node: int = 0
+    env: dict[str, str] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.shape is None:
+            raise ValueError("AutoscalingLocalCluster needs a shape (read_shape(path))")
+        fake = {"RAY_FAKE_CLUSTER": "1", "AUTOSCALER_UPDATE_INTERVAL_S": "1", SIMULATE_GPU_ENV: "1", **LOOPBACK_ONLY}
+        if self.v2:  # as KubeRay's head: the v2 autoscaler, the head known to the provider by its fixed id
+            fake.update({"RAY_enable_autoscaler_v2": "1", "RAY_CLOUD_INSTANCE_ID": FAKE_HEAD_ID,
+                         "RAY_OVERRIDE_NODE_ID_FOR_TESTING": FAKE_HEAD_ID})
+        self.env = {**fake, **self.env}
+
+    @property
+    def client_env(self) -> dict[str, str]:
+        return {**super().client_env, **LOOPBACK_ONLY}  # resolves 127.0.0.1 as the head does
+
+    def _node_args(self, name: str, temp_dir: Path) -> list[str]:
+        args = super()._node_args(name, temp_dir)
+        if name != "head":
+            return args
+        path = self.root / "autoscaling.yaml"  # the GCS port is chosen by now: the provider joins it
+        path.write_text(yaml.safe_dump(autoscaler_config(self.shape, self.address, self.idle_timeout_minutes, self.v2)))
+        # No GPUs on the head, as on the cluster (a GPU machine would otherwise take the GPU work itself).
+        return [*args, f"--autoscaling-config={path}", "--num-gpus=0"]
+
+
 def main() -> None:
     import argparse
 
@@ -200,7 +238,7 @@ def main() -> None:
     parser.add_argument("--idle-timeout-minutes", type=float, default=0.5, help="idle workers are removed after this")
     args = parser.parse_args()
     if args.autoscaling:
-        from platypus_ray.autoscaling import AutoscalingLocalCluster, read_shape
+        from platypus_ray.autoscaling import read_shape
         from platypus_ray.errors import UserError
 
         try:
