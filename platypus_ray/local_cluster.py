@@ -256,6 +256,7 @@ def main() -> None:
     print(f"  ray job submit --address {cluster.dashboard_url} --working-dir . "
           "--runtime-env jobs/runtime_env.yaml -- python jobs/pipeline.py --config jobs/configs/demo.yaml")
     print("Ctrl-C stops it.", flush=True)
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))  # `kill PID` also stops the cluster (finally below)
     try:
         while True:
             time.sleep(3600)
