@@ -72,7 +72,7 @@ def test_chinese_source_with_english_model_stops_before_embedding(ray_session, c
     def no_embedding(*args, **kwargs):
         raise AssertionError("refine embedded rows before refusing the source")
 
-    monkeypatch.setattr(stage, "embed_texts", no_embedding)
+    monkeypatch.setattr(stage, "embed", no_embedding)
     assert main(_args(corpus, tmp_path / "out", "zh.jsonl", "en.jsonl")) == 2
     err = capsys.readouterr().err
     assert "error: source 'zh': 30 of 30 rows (100%) are in scripts that embedding.model 'all-MiniLM-L6-v2' does not read" in err
