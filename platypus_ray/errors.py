@@ -14,7 +14,8 @@ class InputError(UserError, ValueError):
 
 
 class EnvironmentFailure(UserError):
-    """The machine, not the input: a full disk, a folder that cannot be written, a URI that cannot be reached."""
+    """The machine, not the input: a full disk, a folder that cannot be written (an unreachable URI is an
+    InputError, paths.unreachable: refine's read tasks report those per file)."""
 
 
 # errno -> what the user can do about it; other OSErrors are bugs or unexpected, and keep their traceback
