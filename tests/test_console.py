@@ -107,7 +107,11 @@ def test_logs_sit_beside_replaced_outputs_and_inside_a_storage_folder(tmp_path):
     assert console.log_folder(TinyModelConfig(out=str(tmp_path / "model"))) == str(tmp_path)
     demo = load_config(PipelineConfig, str(root / "jobs/configs/demo.yaml"), [])  # out/demo/{refine,train,merged,eval}
     assert console.log_folder(demo) == str(Path("out/demo").resolve())
-    train = load_config(TrainConfig, str(root / "jobs/configs/tiny-cpu.yaml"), [f"run.storage_path={tmp_path}/runs"])
+    # a clean clone has no out/demo/refine/kept nor out/tiny-llama: point the inputs at folders that exist
+    (tmp_path / "llm").mkdir()
+    (tmp_path / "llm" / "config.json").write_text("{}")
+    overrides = [f"run.storage_path={tmp_path}/runs", f"data.path={tmp_path}", f"model.name_or_path={tmp_path}/llm"]
+    train = load_config(TrainConfig, str(root / "jobs/configs/tiny-cpu.yaml"), overrides)
     assert console.log_folder(train) == f"{tmp_path}/runs"  # a storage folder of many runs holds its logs
 
 
