@@ -5,6 +5,7 @@
     python -m platypus_ray.bench.refine --rerun --json out/rerun.json         # see bench/rerun.py
     python -m platypus_ray.bench.refine --e2e 100000 --json out/e2e.json      # see bench/refine_e2e.py
     python -m platypus_ray.bench.refine --scale 100000 --text --json out/t.json  # see bench/dedup_text.py
+    python -m platypus_ray.bench.refine --versus-semhash 100000 --json out/v.json  # see bench/versus_semhash.py
 
 1. Embed: bare sentence-transformers ``encode`` (one process, all cores) vs the pipeline's
    embed stage (Ray Data actor pool on the same rows and cores), rows/s and ratio.
@@ -102,12 +103,20 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--e2e", type=int, default=None, metavar="N",
                         help="one `platypus-ray refine` run on N perturbed Alpaca rows, rows/s per step, and stop")
     parser.add_argument("--e2e-backend", default="auto", help="with --e2e: embedding.backend")
+    parser.add_argument("--versus-semhash", type=int, default=None, metavar="N",
+                        help="a `platypus-ray refine` process vs a SemHash process on N perturbed Alpaca rows, and stop")
+    parser.add_argument("--no-reference", action="store_true", help="with --versus-semhash: skip the brute-force kept set")
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    if args.versus_semhash is not None:
+        from platypus_ray.bench.versus_semhash import run_versus
+
+        run_versus(args.source, args.versus_semhash, args.threshold, args.json, reference=not args.no_reference)
+        return 0
     if args.e2e is not None:
         from platypus_ray.bench.refine_e2e import run_e2e
 

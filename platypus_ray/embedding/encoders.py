@@ -190,7 +190,8 @@ class StaticEncoder(Encoder):
             verify_export(folder)
         else:
             folder = ensure_export(spec.model, "static", export_root(spec.export_dir))
-        self.model = StaticModel.from_pretrained(str(folder))
+        self.folder = str(folder)
+        self.model = StaticModel.from_pretrained(self.folder)
         self.version = f"model2vec {model2vec.__version__}, {self.model.dim} dims (different vector space)"
 
     def encode(self, texts: list[str]) -> np.ndarray:

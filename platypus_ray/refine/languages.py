@@ -17,6 +17,7 @@ No row is ever removed for its language.
 
 from __future__ import annotations
 
+import re
 from dataclasses import asdict, dataclass
 
 import numpy as np
@@ -41,6 +42,7 @@ _STARTS = [
 _BOUNDS = np.array([start for start, _ in _STARTS], dtype=np.uint32)
 _SCRIPT_IDS = np.array([name for _, name in _STARTS], dtype=object)
 NO_LETTERS = "none"
+_ASCII_LETTER = re.compile("[A-Za-z]")
 
 MISMATCH_ERROR_SHARE = 0.5  # a source with more of its rows outside the model than this stops the run
 COLLAPSE_MEAN_COSINE = 0.35  # mean pairwise cosine above this: the model cannot tell the rows apart
@@ -48,6 +50,13 @@ COLLAPSE_MEAN_COSINE = 0.35  # mean pairwise cosine above this: the model cannot
 
 def dominant_script(text: str) -> str:
     """The script most of ``text``'s letters are written in, or ``none`` when it has no letters."""
+    if text.isascii():  # most rows: the only letters below U+0080 are Latin (A-Z, a-z)
+        return "latin" if _ASCII_LETTER.search(text) else NO_LETTERS
+    return script_by_table(text)
+
+
+def script_by_table(text: str) -> str:
+    """:func:`dominant_script` by the code-point table, for any text."""
     points = np.frombuffer(text.encode("utf-32-le", "replace"), dtype=np.uint32)
     scripts = _SCRIPT_IDS[np.searchsorted(_BOUNDS, points, side="right") - 1]
     letters = scripts[scripts != ""]

@@ -7,11 +7,13 @@ import json
 import numpy as np
 import pandas as pd
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from platypus_ray.cli import main
 from platypus_ray.config import ConfigError, validate_config
 from platypus_ray.refine import RefineConfig
-from platypus_ray.refine.languages import dominant_script, mean_pairwise_cosine
+from platypus_ray.refine.languages import dominant_script, mean_pairwise_cosine, script_by_table
 
 # Distinct Chinese instructions (hand-written for this test): an English-only model reads them as one blur.
 ZH = """请写一首关于秋天落叶的诗。|如何在家里烤制酸面包？|解释一下为什么海洋会有潮汐。|给我五个节省购物开支的建议。
@@ -40,6 +42,12 @@ def test_dominant_script_and_mean_pairwise_cosine(ray_session):  # the sums run 
     vectors = np.array([[1.0, 0.0], [1.0, 0.0], [0.0, 1.0], [-1.0, 0.0]])
     spread = mean_pairwise_cosine(vectors, np.array([0, 0, 1, 1]), 2)
     assert spread[0] == pytest.approx(1.0) and spread[1] == pytest.approx(0.0)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.text(alphabet=st.characters(max_codepoint=0x7F)) | st.text())
+def test_the_ascii_fast_path_names_the_script_the_table_names(text):
+    assert dominant_script(text) == script_by_table(text)
 
 
 def test_unknown_language_code_is_a_config_error(tmp_path):

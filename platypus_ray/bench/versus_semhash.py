@@ -1,0 +1,130 @@
+"""Whole process against SemHash: one `platypus-ray refine` process and one SemHash process on the
+same JSONL file, the same static encoder and threshold, timed from process start to exit:
+
+    python -m platypus_ray.bench.refine --versus-semhash 100000 --json out/versus.json
+
+The rows are ``bench.refine --e2e``'s (the Alpaca sample, then perturbed copies). refine runs as a
+user runs it (``embedding.backend: static``, no benchmarks, cache off, ``keep: first``), writing its
+ledger, report and stats. The SemHash process does what its README shows: read the JSONL, build
+records of instruction + input, ``SemHash.from_records(..., model=<the same StaticModel>)``,
+``self_deduplicate(threshold)``, write the kept records. Both kept sets are compared, as sets of
+refine's normalised texts, with each other and (``reference``) with the brute-force greedy rule
+over the same vectors.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import pyarrow.parquet as pq
+
+from platypus_ray.bench.refine_e2e import refine_process, write_corpus
+
+# The SemHash side, run as its own process: nothing from platypus-ray but the model folder.
+_SEMHASH_SCRIPT = """
+import json, sys
+from model2vec import StaticModel
+from semhash import SemHash
+corpus, model_dir, threshold, out = sys.argv[1], sys.argv[2], float(sys.argv[3]), sys.argv[4]
+with open(corpus) as handle:
+    rows = [json.loads(line) for line in handle if line.strip()]
+records = [{"text": (r["instruction"] + " " + r["input"]) if (r.get("input") or "").strip() else r["instruction"]}
+           for r in rows]
+index = SemHash.from_records(records=records, columns=["text"], model=StaticModel.from_pretrained(model_dir))
+kept = index.self_deduplicate(threshold=threshold).selected
+with open(out, "w") as handle:
+    for record in kept:
+        handle.write(json.dumps(record["text"]) + "\\n")
+"""
+
+
+def _static_model_folder() -> str:
+    from platypus_ray.embedding.encoders import EncoderSpec, load_encoder
+
+    return load_encoder(EncoderSpec("all-MiniLM-L6-v2", "static", device="cpu")).folder
+
+
+def semhash_process(corpus: Path, model_dir: str, threshold: float, out: Path, timeout_s: float) -> float:
+    start = time.perf_counter()
+    done = subprocess.run([sys.executable, "-c", _SEMHASH_SCRIPT, str(corpus), model_dir, str(threshold), str(out)],
+                          capture_output=True, text=True, timeout=timeout_s)
+    seconds = time.perf_counter() - start
+    if done.returncode != 0:
+        raise SystemExit(f"the SemHash process failed:\n{done.stderr[-3000:]}")
+    return seconds
+
+
+def _refine_kept_texts(output: Path) -> list[str]:
+    from platypus_ray.refine.rows import embed_text
+
+    table = pq.read_table(output / "kept", columns=["instruction", "input"])
+    return [embed_text(i, x) for i, x in zip(table["instruction"].to_pylist(), table["input"].to_pylist())]
+
+
+def _difference(kept: set[str], truth: set[str]) -> dict:
+    differ = len(kept ^ truth)
+    return {"kept": len(kept), "kept_differs": differ, "kept_difference": round(differ / max(len(truth), 1), 5)}
+
+
+def _reference_kept(corpus: Path, model_dir: str, threshold: float) -> set[str]:
+    """The brute-force greedy rule (removed iff similar to an earlier kept row) over refine's
+    exact-dedup survivors' texts in input order, with the same static vectors."""
+    from model2vec import StaticModel
+
+    from platypus_ray.dedup_reference import greedy_reference
+    from platypus_ray.refine.rows import embed_text, normalize
+
+    seen: dict[str, str] = {}
+    with corpus.open() as handle:
+        for line in handle:
+            row = json.loads(line)
+            text = embed_text(row["instruction"], row.get("input") or "")
+            seen.setdefault(normalize(text), text)
+    texts = list(seen.values())
+    vectors = StaticModel.from_pretrained(model_dir).encode(texts, batch_size=1024).astype(np.float32)
+    keep = greedy_reference(vectors, np.arange(len(texts)), threshold)
+    return {normalize(t) for t, k in zip(texts, keep) if k}
+
+
+def run_versus(source: Path, rows: int, threshold: float, json_path: Path | None, reference: bool = True) -> dict:
+    from platypus_ray.refine.rows import normalize
+
+    model_dir = _static_model_folder()  # exported once, before either clock starts
+    with tempfile.TemporaryDirectory(prefix="platypus-ray-versus-") as tmp:
+        folder = Path(tmp)
+        corpus = folder / "corpus.jsonl"
+        write_corpus(source, rows, corpus)
+        config = {"sources": [{"path": str(corpus), "name": "alpaca-perturbed"}],
+                  "embedding": {"backend": "static", "cache": False},
+                  "dedup": {"threshold": threshold, "keep": "first"}, "output": str(folder / "out")}
+        refine_s, stats = refine_process(config, folder, "refine", timeout_s=4 * 3600)
+        semhash_s = semhash_process(corpus, model_dir, threshold, folder / "semhash.jsonl", timeout_s=4 * 3600)
+        ours = {normalize(t) for t in _refine_kept_texts(folder / "out")}
+        theirs = {normalize(json.loads(line)) for line in (folder / "semhash.jsonl").open()}
+        truth = _reference_kept(corpus, model_dir, threshold) if reference else None
+    result = {"rows": rows, "threshold": threshold, "refine_wall_s": round(refine_s, 1), "semhash_wall_s": round(semhash_s, 1),
+              "speed_vs_semhash": round(semhash_s / refine_s, 2),  # above 1: refine is faster
+              "refine": {"kept": len(ours), "dedup_mode": (stats.get("dedup") or {}).get("mode"),
+                         "timings_s": stats["timings_s"], "driver_peak_rss_mb": stats["driver_peak_rss_mb"]},
+              "semhash": {"kept": len(theirs)},
+              "refine_vs_semhash_differs": len(ours ^ theirs)}
+    if truth is not None:
+        result["brute_force_kept"] = len(truth)
+        result["refine"].update(_difference(ours, truth))
+        result["semhash"].update(_difference(theirs, truth))
+    print(f"versus SemHash, {rows} rows at {threshold}: refine {refine_s:.1f} s ({result['refine']['dedup_mode']}), "
+          f"SemHash {semhash_s:.1f} s: refine at {result['speed_vs_semhash']}x SemHash's speed")
+    print(f"  kept: refine {len(ours)}, SemHash {len(theirs)}" +
+          (f", brute force {len(truth)}; differ from it: refine {result['refine']['kept_differs']}, "
+           f"SemHash {result['semhash']['kept_differs']}" if truth is not None else ""))
+    print("  refine steps (s): " + ", ".join(f"{k} {v}" for k, v in stats["timings_s"].items()))
+    if json_path:
+        json_path.parent.mkdir(parents=True, exist_ok=True)
+        json_path.write_text(json.dumps({"versus_semhash": result}, indent=2) + "\n")
+    return result
