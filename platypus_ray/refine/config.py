@@ -52,13 +52,16 @@ class DedupConfig(StrictModel):
     threshold: float = Field(0.8, gt=0.0, le=1.0)
     keep: Literal["longest_output", "first"] = "longest_output"  # first = input order (Platypus notebook)
     tile_size: int = Field(2048, ge=16, description="rows per similarity tile; memory per task ~ tile_size^2 * 4 B")
-    # exact: all pairs, identical to brute force. clustered: k-means partitions, exact inside, recall measured.
-    mode: Literal["auto", "exact", "clustered"] = "auto"
+    # kept: each row against the rows kept before it (exact, rows x kept work; refine/dedup/kept_walk.py).
+    # exact: all pairs (every pair for the report; all-pairs work). clustered: k-means partitions, the kept
+    # set made exact by a search among kept rows. auto: kept within auto_exact_budget_s, clustered past it.
+    mode: Literal["auto", "kept", "exact", "clustered"] = "auto"
     # exact: each row keeps its best higher-priority neighbours only (memory rows x this, however dense a
     # template cluster); a row with more, none of them kept, gets an exact check: decisions stay exact
     neighbours_per_row: int = Field(32, ge=1, description="best higher-priority neighbours kept per row (both modes)")
-    # auto: exact while its all-pairs GEMM is estimated (measured rate x the cluster's CPUs) to take at most this
-    auto_exact_budget_s: float = Field(60.0, ge=0.0, description="auto: exact up to this estimated all-pairs time, clustered above")
+    # auto: the walk against the kept set while its projected GEMM time (measured rate x one node's CPUs) fits this
+    auto_exact_budget_s: float = Field(60.0, ge=0.0, description="auto: the exact walk against the kept set while its "
+                                       "projected time fits this, clustered past it")
     rows_per_cluster: int = Field(1000, ge=16, description="clustered: k = rows / this")
     cluster_margin: float = Field(0.04, ge=0.0, le=1.0, description="clustered: also join centroids this close to the nearest")
     recall_sample: int = Field(20_000, ge=0, description="clustered: rows checked against an exact search on every run")

@@ -57,9 +57,11 @@ def write_review(path: Path, rows: list[dict]) -> None:
 def write_report(path: Path, stats: dict, decisions: Decisions, nearest: np.ndarray, contamination_scores: np.ndarray,
                  texts: dict[int, str], review: list[dict], cfg) -> None:
     """A single self-contained HTML file (plots inlined as PNG) that opens offline."""
+    against_kept = (stats.get("dedup") or {}).get("mode") == "kept"  # the walk scores each row against kept rows only
+    title = ("Cosine of each row to the nearest kept row before it" if against_kept
+             else "Nearest-neighbour cosine among rows after decontamination")
     plots = [
-        _histogram(nearest[nearest > -1], cfg.dedup.threshold, "Nearest-neighbour cosine among rows after decontamination",
-                   "semantic dedup threshold"),
+        _histogram(nearest[nearest > -1], cfg.dedup.threshold, title, "semantic dedup threshold"),
     ]
     if len(contamination_scores):
         plots.append(_histogram(contamination_scores, cfg.contamination.threshold,

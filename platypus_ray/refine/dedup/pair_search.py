@@ -1,4 +1,5 @@
-"""Which pair search semantic dedup runs (exact or clustered), and the greedy decision over its pairs."""
+"""Which search semantic dedup runs (the walk against the kept set, all pairs, or clustered) and the
+greedy decision over what it found."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ from platypus_ray.refine.dedup.clustered import ClusterSettings, clustered_pairs
 from platypus_ray.refine.dedup.cost import exact_seconds, gemm_gflops_per_cpu
 from platypus_ray.refine.config import DedupConfig
 from platypus_ray.refine.dedup.recall import measure_recall
+from platypus_ray.refine.dedup.kept_walk import OverBudget, kept_walk_pairs
 from platypus_ray.refine.dedup.greedy import DedupDecision, exact_check_against, priority_order, resolve_greedy
 from platypus_ray.refine.dedup.similarity import Pairs, all_pairs_above
 from platypus_ray.embedding import EmbeddingBlocks
@@ -22,32 +24,49 @@ class DedupOutcome:
     stats: dict = field(default_factory=dict)  # mode, why, and for clustered: clusters, recall
 
 
-def choose_mode(rows: int, dim: int, cfg: DedupConfig, cpus: float, gflops_per_cpu: float | None = None) -> tuple[str, str, dict]:
-    """(mode, why, the estimate): ``auto`` is exact while the all-pairs GEMM is estimated to fit
-    ``dedup.auto_exact_budget_s`` on ``cpus`` at the measured rate (:mod:`.cost`), clustered above."""
+def choose_mode(rows: int, dim: int, cfg: DedupConfig, cpus: float, gflops_per_cpu: float | None = None,
+                node_memory: float | None = None) -> tuple[str, str, dict]:
+    """(mode, why, the estimate): ``auto`` walks against the kept set (exact) with a budget of
+    ``dedup.auto_exact_budget_s`` at the measured GEMM rate on one node's ``cpus`` (:mod:`.cost`),
+    as dot products (``max_products``: the walk gives up and clustered mode runs past it); it
+    clusters from the start when the vectors would not fit a third of one node's ``node_memory``."""
     if cfg.mode != "auto":
         return cfg.mode, f"dedup.mode: {cfg.mode}", {}
+    vector_bytes = rows * dim * 4
+    if node_memory is not None and 3 * vector_bytes > node_memory:
+        return "clustered", (f"{rows} rows x {dim} dims ({vector_bytes / 2**30:.1f} GiB of vectors) do not fit a third of "
+                             f"one node's memory ({node_memory / 2**30:.1f} GiB) for the walk against the kept set"), {}
     rate = gflops_per_cpu if gflops_per_cpu is not None else gemm_gflops_per_cpu(dim)
-    estimate = exact_seconds(rows, dim, cpus, rate)
-    record = {"auto_exact_estimate_s": round(estimate, 2), "gemm_gflops_per_cpu": round(rate, 2), "cpus": cpus}
-    sizing = f"{rows} rows x {dim} dims, {rate:.1f} GFLOP/s measured per CPU x {cpus:g} CPUs"
-    if estimate <= cfg.auto_exact_budget_s:
-        return "exact", (f"all pairs estimated at {estimate:.1f} s ({sizing}) <= dedup.auto_exact_budget_s "
-                         f"({cfg.auto_exact_budget_s:g} s)"), record
-    return "clustered", (f"all pairs estimated at {estimate:.1f} s ({sizing}) > dedup.auto_exact_budget_s "
-                         f"({cfg.auto_exact_budget_s:g} s)"), record
+    max_products = cfg.auto_exact_budget_s * rate * 1e9 * max(cpus, 1.0) / (2.0 * max(dim, 1))
+    record = {"gemm_gflops_per_cpu": round(rate, 2), "cpus": cpus, "max_products": float(max_products),
+              "all_pairs_estimate_s": round(exact_seconds(rows, dim, cpus, rate), 2)}
+    return "kept", (f"the walk against the kept set is exact; it runs while its projected work fits "
+                    f"dedup.auto_exact_budget_s ({cfg.auto_exact_budget_s:g} s at {rate:.1f} GFLOP/s measured per CPU x "
+                    f"{cpus:g} CPUs), clustered past it"), record
 
 
 def dedup_rows(vectors: EmbeddingBlocks | np.ndarray, output_len: np.ndarray, cfg: DedupConfig, num_gpus: float) -> DedupOutcome:
     """Find the near-duplicate pairs among the rows of ``vectors`` and apply the greedy rule in priority order."""
     blocks = EmbeddingBlocks.of(vectors)
     n = blocks.n
-    mode, why, estimate = choose_mode(n, blocks.dim, cfg, _cluster_cpus())
-    print(f"refine: semantic dedup of {n} rows: {mode} ({why})", flush=True)
+    cpus, memory = _node_capacity()
+    mode, why, estimate = choose_mode(n, blocks.dim, cfg, cpus, node_memory=memory)
     order = priority_order(output_len, cfg.keep)
     rank = np.empty(n, dtype=np.int64)
     rank[order] = np.arange(n)
-    if mode == "exact" or n < 2:
+    if mode == "kept" and n >= 2:
+        print(f"refine: semantic dedup of {n} rows: against the kept set ({why})", flush=True)
+        walked = kept_walk_pairs(blocks, order, cfg.threshold, num_gpus, int(cpus), cfg.timeout_s, estimate.pop("max_products", None))
+        if not isinstance(walked, OverBudget):
+            decision, pairs, products = walked
+            return DedupOutcome(pairs, decision, {"mode": "kept", "why": why, **estimate, "dot_products": int(products),
+                                                  "pairs_found": pairs.count, "pairs": "each removed row with its kept match"})
+        mode, why = "clustered", (f"the walk against the kept set had {walked.kept} rows kept after {walked.rows_done} of {n}; "
+                                  f"its projected work ({walked.projected_products:.3g} dot products) passed "
+                                  f"dedup.auto_exact_budget_s ({cfg.auto_exact_budget_s:g} s)")
+    print(f"refine: semantic dedup of {n} rows: {mode} ({why})", flush=True)
+    estimate.pop("max_products", None)
+    if mode in ("exact", "kept") or n < 2:
         pairs = all_pairs_above(blocks, cfg.threshold, cfg.tile_size, num_gpus, cfg.timeout_s, rank, cfg.neighbours_per_row)
         decision = resolve_greedy(n, pairs, order, exact_check_against(blocks, cfg.threshold, cfg.timeout_s))
         return DedupOutcome(pairs, decision, {"mode": mode, "why": why, **estimate, **_bound_stats(pairs)})
@@ -122,13 +141,19 @@ def _union(pairs: Pairs, i: np.ndarray, j: np.ndarray, score: np.ndarray) -> Pai
     return Pairs(all_i[first], all_j[first], np.concatenate([pairs.score, score])[first], nearest, pairs.incomplete, total)
 
 
-def _cluster_cpus() -> float:
-    """CPUs the tile tasks spread over: the Ray cluster's, or this machine's without Ray."""
+def _node_capacity() -> tuple[float, float | None]:
+    """(CPUs, memory bytes) of the largest live node: the walk against the kept set is one task
+    on one node. This machine's CPUs, memory unknown, without Ray."""
     import os
 
     import ray
 
-    return float(ray.cluster_resources().get("CPU", 1.0)) if ray.is_initialized() else float(os.cpu_count() or 1)
+    if not ray.is_initialized():
+        return float(os.cpu_count() or 1), None
+    nodes = [node["Resources"] for node in ray.nodes() if node.get("Alive")]
+    cpus = max((r.get("CPU", 0.0) for r in nodes), default=0.0) or 1.0
+    memory = max((r.get("memory", 0.0) for r in nodes), default=0.0) or None
+    return float(cpus), memory
 
 
 def _bound_stats(pairs: Pairs) -> dict:

@@ -52,12 +52,14 @@ def test_clustered_finds_the_planted_pairs_and_reports_true_recall(planted):
 
 def test_auto_mode_and_clustered_decisions_match_exact_on_planted_rows(planted):
     _, emb, exact = planted
-    assert choose_mode(10, 384, DedupConfig(), cpus=2)[0] == "exact"  # the rate measured here: 10 rows always fit
-    # 100k rows x 384 dims is 3.8e12 FLOPs: 48 s at 10 GFLOP/s x 8 CPUs fits the 60 s default; 384 s on one CPU does not
-    mode, why, estimate = choose_mode(100_000, 384, DedupConfig(), cpus=8, gflops_per_cpu=10.0)
-    assert mode == "exact" and estimate["auto_exact_estimate_s"] == pytest.approx(48.0, rel=0.01) and "<= dedup" in why
-    assert choose_mode(100_000, 384, DedupConfig(), cpus=1, gflops_per_cpu=10.0)[0] == "clustered"
-    assert choose_mode(100_000, 384, DedupConfig(auto_exact_budget_s=400), cpus=1, gflops_per_cpu=10.0)[0] == "exact"
+    # auto: the walk against the kept set, with a budget of dot products (60 s x 10 GFLOP/s x 8 CPUs / (2 x 384))
+    mode, why, estimate = choose_mode(100_000, 384, DedupConfig(), cpus=8, gflops_per_cpu=10.0, node_memory=2**34)
+    assert mode == "kept" and estimate["max_products"] == pytest.approx(6.25e9) and "auto_exact_budget_s (60 s" in why
+    assert choose_mode(100_000, 384, DedupConfig(auto_exact_budget_s=6), cpus=8, gflops_per_cpu=10.0)[2]["max_products"] == (
+        pytest.approx(6.25e8))
+    # vectors that would not fit one node for the walk: clustered from the start
+    mode, why, _ = choose_mode(10_000_000, 384, DedupConfig(), cpus=8, gflops_per_cpu=10.0, node_memory=2**34)
+    assert mode == "clustered" and "do not fit a third of one node's memory (16.0 GiB)" in why
     assert choose_mode(5, 384, DedupConfig(mode="clustered"), cpus=1)[:2] == ("clustered", "dedup.mode: clustered")
     lengths = np.random.default_rng(0).integers(1, 500, len(emb))
     clustered = dedup_rows(emb, lengths, DedupConfig(mode="clustered", rows_per_cluster=500, recall_sample=2000), 0)

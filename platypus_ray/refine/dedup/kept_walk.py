@@ -1,0 +1,163 @@
+"""Semantic dedup against the kept set (``dedup.mode: kept``): the greedy rule computed directly.
+
+A row is removed iff its cosine to some higher-priority *kept* row is >= threshold, so the
+rows only ever need comparing with the kept rows before them, never with each other: the
+Platypus notebook's one-vs-kept loop, done a chunk of rows at a time. Each chunk (in priority
+order) is one GEMM against the rows kept so far, then the chunk's own rows that no earlier
+kept row removed are settled among themselves in order. Work is rows x kept x dim: on dense
+near-duplicate families (a few thousand kept out of hundreds of thousands) a small fraction
+of the all-pairs search, and never more than half of it (each pair is looked at once, and
+only when the earlier row was kept). Float32 products within ``_EPS`` of the threshold are
+re-scored in float64, so the kept set is the float64 brute-force reference's, row for row.
+
+The walk runs as one Ray task that takes the vector blocks from the object store and uses a
+node's cores (BLAS threads) or its GPU; the driver gets back four numbers per row. What it
+does not give is every pair above the threshold: a removed row's pairs with other removed
+rows are never computed (``exact`` mode enumerates them, at all-pairs cost).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import ray
+
+from platypus_ray.embedding import EmbeddingBlocks
+from platypus_ray.refine.dedup.greedy import DedupDecision
+from platypus_ray.refine.dedup.similarity import _EPS, Pairs
+from platypus_ray.waits import wait_all
+
+CHUNK_ROWS = 2048  # rows settled per step; their own greedy walk is chunk x chunk
+KEPT_TILE = 16384  # kept rows per GEMM: a chunk x tile float32 product is 128 MiB
+
+
+class OverBudget(Exception):
+    """The walk's projected work passed its budget (``dedup.mode: auto`` then clusters instead)."""
+
+    def __init__(self, rows_done: int, kept: int, projected_products: float):
+        super().__init__(rows_done, kept, projected_products)
+        self.rows_done, self.kept, self.projected_products = rows_done, kept, projected_products
+
+
+def walk_against_kept(emb: np.ndarray, order: np.ndarray, threshold: float, chunk_rows: int = CHUNK_ROWS,
+                      kept_tile: int = KEPT_TILE, device: str = "cpu",
+                      max_products: float | None = None) -> tuple[DedupDecision, np.ndarray, int]:
+    """The greedy rule over ``emb`` (n x dim unit vectors) with rows visited in ``order``.
+
+    Returns the decision (matched: the best-scoring earlier kept row of each removed row), each
+    row's highest cosine to a kept row before it (-1 when none was before it), and the number
+    of dot products computed. With ``max_products``, raises :class:`OverBudget` as soon as the
+    work done plus the remaining rows times the rows kept so far plus the next chunk's own
+    pairs (a lower bound of what is left) passes it."""
+    import torch
+
+    n, dim = emb.shape if emb.ndim == 2 else (len(emb), 0)
+    keep = np.zeros(n, dtype=bool)
+    matched = np.full(n, -1, dtype=np.int64)
+    score = np.full(n, np.nan)
+    nearest = np.full(n, -1.0)
+    kept_rows = np.empty(n, dtype=np.int64)
+    kept = torch.empty((n, dim), dtype=torch.float32, device=device)  # the kept vectors, in the order kept
+    n_kept, products = 0, 0
+    for start in range(0, n, chunk_rows):
+        rows = order[start : start + chunk_rows]
+        projected = products + (n - start) * n_kept + len(rows) * (len(rows) - 1) // 2
+        if max_products is not None and projected > max_products:
+            raise OverBudget(start, n_kept, projected)
+        chunk64 = emb[rows].astype(np.float64)
+        chunk = torch.from_numpy(emb[rows].astype(np.float32)).to(device)
+        best, arg = _best_kept(chunk, kept, n_kept, kept_tile)
+        products += len(rows) * n_kept
+        # float32 within _EPS of the threshold: the float64 product decides, as in the reference
+        for k in np.flatnonzero(np.abs(best - threshold) < _EPS):
+            exact = emb[kept_rows[:n_kept]].astype(np.float64) @ chunk64[k]
+            arg[k] = int(np.argmax(exact))
+            best[k] = float(exact[arg[k]])
+        gone = best >= threshold
+        matched[rows[gone]] = kept_rows[arg[gone]]
+        score[rows[gone]] = best[gone]
+        nearest[rows] = np.where(n_kept > 0, best, -1.0)
+        open_rows = np.flatnonzero(~gone)
+        newly = _settle_among(chunk64, chunk, open_rows, threshold, rows, keep, matched, score, nearest)
+        products += len(open_rows) * (len(open_rows) - 1) // 2
+        take = rows[newly]
+        kept_rows[n_kept : n_kept + len(take)] = take
+        kept[n_kept : n_kept + len(take)] = chunk[torch.from_numpy(newly).to(device)]
+        n_kept += len(take)
+    return DedupDecision(keep, matched, score), nearest, products
+
+
+def _best_kept(chunk, kept, n_kept: int, kept_tile: int) -> tuple[np.ndarray, np.ndarray]:
+    """Each chunk row's best float32 cosine to the kept rows and its position among them."""
+    import torch
+
+    best = torch.full((len(chunk),), -2.0, device=chunk.device)
+    arg = torch.zeros(len(chunk), dtype=torch.int64, device=chunk.device)
+    for first in range(0, n_kept, kept_tile):
+        tile_best, tile_arg = (chunk @ kept[first : min(first + kept_tile, n_kept)].T).max(dim=1)
+        better = tile_best > best
+        best = torch.where(better, tile_best, best)
+        arg = torch.where(better, tile_arg + first, arg)
+    return best.double().cpu().numpy(), arg.cpu().numpy()
+
+
+def _settle_among(chunk64: np.ndarray, chunk, open_rows: np.ndarray, threshold: float, rows: np.ndarray,
+                  keep: np.ndarray, matched: np.ndarray, score: np.ndarray, nearest: np.ndarray) -> np.ndarray:
+    """The greedy walk over a chunk's rows that no earlier kept row removed (``open_rows``, in
+    priority order): a row goes iff an earlier one of them that stayed is similar. Returns the
+    chunk positions kept."""
+    import torch
+
+    if len(open_rows) == 0:
+        return open_rows
+    index = torch.from_numpy(open_rows).to(chunk.device)
+    among = (chunk[index] @ chunk[index].T).double().cpu().numpy()
+    among[np.triu_indices(len(open_rows))] = -2.0  # only earlier rows count
+    stays = np.ones(len(open_rows), dtype=bool)
+    for a in np.flatnonzero((among >= threshold - _EPS).any(axis=1)):
+        candidates = np.flatnonzero(stays[:a] & (among[a, :a] >= threshold - _EPS))
+        if len(candidates) == 0:
+            continue
+        exact = chunk64[open_rows[candidates]] @ chunk64[open_rows[a]]
+        pick = int(np.argmax(exact))
+        if exact[pick] >= threshold:
+            stays[a] = False
+            row = rows[open_rows[a]]
+            matched[row], score[row] = rows[open_rows[candidates[pick]]], float(exact[pick])
+    # a row's nearest kept row before it may sit in its own chunk
+    earlier_kept = np.where(stays[None, :], among, -2.0).max(axis=1)
+    positions = rows[open_rows]
+    nearest[positions] = np.maximum(nearest[positions], np.where(earlier_kept > -2.0, earlier_kept, -1.0))
+    keep[positions[stays]] = True
+    return open_rows[stays]
+
+
+@ray.remote
+def _walk_task(refs: list, order: np.ndarray, threshold: float, use_gpu: bool, threads: int, max_products: float | None):
+    import torch
+
+    from platypus_ray.devices import actor_device
+
+    torch.set_num_threads(max(1, threads))  # a reused worker keeps the thread count of its first task
+    emb = np.concatenate([ray.get(ref) for ref in refs]) if refs else np.zeros((0, 0), dtype=np.float32)
+    try:
+        return walk_against_kept(emb, order, threshold, device=actor_device("cuda" if use_gpu else "cpu"),
+                                 max_products=max_products)
+    except OverBudget as over:  # a value, not an error: Ray would print a traceback for a raised one
+        return over
+
+
+def kept_walk_pairs(blocks: EmbeddingBlocks, order: np.ndarray, threshold: float, num_gpus: float, cpus: int,
+                    timeout_s: float, max_products: float | None = None) -> tuple[DedupDecision, Pairs, int] | OverBudget:
+    """:func:`walk_against_kept` over object-store blocks in one Ray task on ``cpus`` cores of one
+    node (its BLAS threads) or one GPU. The pairs are each removed row with its kept match."""
+    task = _walk_task.options(num_cpus=cpus if not num_gpus else 1, num_gpus=1 if num_gpus else 0)
+    ref = task.remote(blocks.refs, order, threshold, bool(num_gpus), cpus, max_products)
+    (result,) = wait_all([ref], timeout_s)
+    if isinstance(result, OverBudget):
+        return result
+    decision, nearest, products = result
+    gone = np.flatnonzero(~decision.keep)
+    hi, lo = decision.matched[gone], gone
+    i, j = np.minimum(hi, lo), np.maximum(hi, lo)
+    pairs = Pairs(i, j, decision.score[gone], nearest.astype(np.float32))
+    return decision, pairs, products

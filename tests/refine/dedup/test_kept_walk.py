@@ -1,0 +1,95 @@
+"""The walk against the kept set (dedup.mode kept, auto's first choice) against the brute-force rule."""
+
+from __future__ import annotations
+
+import random
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from platypus_ray.dedup_reference import greedy_reference
+from platypus_ray.refine.config import DedupConfig
+from platypus_ray.refine.dedup import dedup_rows
+from platypus_ray.refine.dedup.greedy import priority_order
+from platypus_ray.refine.dedup.kept_walk import OverBudget, walk_against_kept
+
+
+def families(seed: int, n_families: int, copies: int, spread: float, dim: int = 24) -> np.ndarray:
+    """Unit vectors in near-duplicate families: each a centre plus noise of size ``spread``."""
+    rng = np.random.default_rng(seed)
+    centres = rng.normal(size=(n_families, dim))
+    emb = np.repeat(centres, copies, axis=0) + spread * rng.normal(size=(n_families * copies, dim))
+    emb = emb[rng.permutation(len(emb))]
+    return (emb / np.linalg.norm(emb, axis=1, keepdims=True)).astype(np.float32)
+
+
+@settings(max_examples=40, deadline=None)
+@given(seed=st.integers(0, 10**6), n_families=st.integers(1, 30), copies=st.integers(1, 40),
+       spread=st.sampled_from([0.05, 0.2, 0.35, 0.6]), chunk=st.sampled_from([1, 3, 16, 97, 2048]),
+       tile=st.sampled_from([1, 5, 64, 16384]), threshold=st.sampled_from([0.7, 0.8, 0.9]), shuffled=st.booleans())
+def test_the_walk_keeps_exactly_the_brute_force_set(seed, n_families, copies, spread, chunk, tile, threshold, shuffled):
+    """Any chunking of the rows and tiling of the kept set: the brute-force kept set, and each
+    removed row names an earlier kept row at or above the threshold with its float64 cosine."""
+    emb = families(seed, n_families, copies, spread)
+    order = np.random.default_rng(seed).permutation(len(emb)) if shuffled else np.arange(len(emb))
+    decision, nearest, products = walk_against_kept(emb, order, threshold, chunk_rows=chunk, kept_tile=tile)
+    np.testing.assert_array_equal(decision.keep, greedy_reference(emb, order, threshold))
+    rank = np.argsort(order)
+    gone = np.flatnonzero(~decision.keep)
+    match = decision.matched[gone]
+    assert decision.keep[match].all() and (rank[match] < rank[gone]).all()
+    cosine = np.einsum("ij,ij->i", emb[gone].astype(np.float64), emb[match].astype(np.float64))
+    np.testing.assert_allclose(decision.score[gone], cosine, atol=1e-6)
+    assert (cosine >= threshold).all() and (decision.matched[decision.keep] == -1).all()
+    assert (nearest[decision.keep] < threshold).all() and products <= len(emb) * (len(emb) - 1) // 2
+
+
+def test_a_walk_past_its_budget_stops_early_saying_how_far_it_got():
+    emb = families(0, 400, 2, 0.9)  # nearly all distinct: the kept set grows with the rows
+    with pytest.raises(OverBudget) as over:
+        walk_against_kept(emb, np.arange(len(emb)), 0.8, chunk_rows=64, max_products=5_000)
+    assert 0 < over.value.rows_done < len(emb) and over.value.projected_products > 5_000
+
+
+@pytest.fixture(scope="module")
+def perturbed_family(ray_session):
+    """Static (model2vec) vectors of real text: 5 shipped instructions, each copied 120 times with a
+    word dropped, swapped or added, or its case changed, as the scale bench builds them."""
+    from platypus_ray.bench.refine_e2e import perturb
+    from platypus_ray.embedding.encoders import EncoderSpec, load_encoder
+    from platypus_ray.samples import sample_rows
+
+    rng = random.Random(1)
+    texts = []
+    for row in sample_rows()[:5]:
+        text = row["instruction"]
+        texts.append(text)
+        for _ in range(120):
+            text = perturb(text, rng)
+            texts.append(text)
+    texts = list(dict.fromkeys(texts))
+    encoder = load_encoder(EncoderSpec("all-MiniLM-L6-v2", "static", device="cpu"))
+    return encoder.encode(texts).astype(np.float32)
+
+
+@pytest.mark.parametrize("cfg", [
+    DedupConfig(mode="auto", threshold=0.8, keep="longest_output"),
+    DedupConfig(mode="kept", threshold=0.9, keep="first"),
+    # a budget the walk cannot meet: auto falls back to clustered, whose kept set is made exact too
+    DedupConfig(mode="auto", threshold=0.8, keep="first", auto_exact_budget_s=0.0, rows_per_cluster=20),
+], ids=["auto", "kept", "auto-over-budget"])
+def test_refine_dedup_on_a_dense_family_of_real_text_keeps_the_brute_force_set(perturbed_family, cfg):
+    emb = perturbed_family
+    output_len = np.random.default_rng(3).integers(1, 60, len(emb))
+    exact = greedy_reference(emb, priority_order(output_len, cfg.keep), cfg.threshold)
+    outcome = dedup_rows(emb, output_len, cfg, 0)
+    np.testing.assert_array_equal(outcome.decision.keep, exact)
+    assert 1 < exact.sum() < len(emb) / 3  # a dense family: most rows go
+    expected = "clustered" if cfg.auto_exact_budget_s == 0 else "kept"
+    assert outcome.stats["mode"] == expected
+    if expected == "kept":
+        assert outcome.stats["pairs_found"] == (~exact).sum() and outcome.stats["dot_products"] > 0
+    else:
+        assert "passed dedup.auto_exact_budget_s (0 s)" in outcome.stats["why"]
