@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import os
 import sys
+from pathlib import Path
 
 import ray
 import ray.data
@@ -29,14 +30,15 @@ def interpreter_first_path() -> str:
     return os.pathsep.join([here, *rest])
 
 
-def init_ray() -> None:
+def init_ray(dashboard: bool = True) -> None:
     """Connect once: to ``RAY_ADDRESS`` when set (``ray job submit`` sets it), else start a local instance.
 
     The local instance is explicit (``address="local"``) so a stale cluster started by
-    ``ray start`` elsewhere on the machine is never joined by accident.
+    ``ray start`` elsewhere on the machine is never joined by accident. ``dashboard=False``
+    (standalone refine) starts it without the dashboard; a pipeline starts Ray first, with it.
     """
     if not ray.is_initialized():
-        _start_or_join()
+        _start_or_join(dashboard)
     context = ray.data.DataContext.get_current()
     # An input error raised in a Ray Data task (a broken file) reaches the CLI as itself, not
     # as Ray's generic UserCodeException, so it prints as one `error:` line (errors.find_user_error).
@@ -45,19 +47,23 @@ def init_ray() -> None:
         context.enable_progress_bars = False
 
 
-def _start_or_join() -> None:
-    env = dict(WORKER_ENV)
-    if not os.environ.get("RAY_ADDRESS") and "DS_ACCELERATOR" not in os.environ:
-        import torch
+def _has_nvidia_driver() -> bool:
+    """An NVIDIA driver is loaded (what torch.cuda needs), found without importing torch: the
+    import costs every refine start a second."""
+    return os.path.exists("/proc/driver/nvidia/version") or any(Path("/dev").glob("nvidia[0-9]*"))
 
-        if not torch.cuda.is_available():
-            env["DS_ACCELERATOR"] = "cpu"  # DeepSpeed would otherwise probe for CUDA in every worker
+
+def _start_or_join(dashboard: bool) -> None:
+    env = dict(WORKER_ENV)
+    if not os.environ.get("RAY_ADDRESS") and "DS_ACCELERATOR" not in os.environ and not _has_nvidia_driver():
+        env["DS_ACCELERATOR"] = "cpu"  # DeepSpeed would otherwise probe for CUDA in every worker
     env.update({k: os.environ[k] for k in _PASSED_THROUGH if k in os.environ})
     if os.environ.get("RAY_ADDRESS"):
         # A submitted job already carries its runtime env (jobs/runtime_env.yaml); don't override it.
         ray.init(logging_level=logging.WARNING)
     else:
         env["PATH"] = interpreter_first_path()
-        # The dashboard serves Ray's state API (Ray Train's placement-group cleaner polls it) and UI.
-        ray.init(address="local", runtime_env={"env_vars": env}, logging_level=logging.WARNING)
+        # The dashboard serves Ray's state API (Ray Train's placement-group cleaner polls it) and UI;
+        # a local refine needs neither and saves its start (1.6 s of a 100k-row run's 23 s).
+        ray.init(address="local", runtime_env={"env_vars": env}, logging_level=logging.WARNING, include_dashboard=dashboard)
     logging.getLogger("ray.data").setLevel(logging.WARNING)  # one INFO block per dataset execution otherwise

@@ -38,28 +38,60 @@ def perturbed_texts(source: Path, rows: int, seed: int = 0) -> list[str]:
     return list(seen.values())
 
 
+def sparse_texts(source: Path) -> list[str]:
+    """Distinct texts with few near-duplicates: the Alpaca rows (instruction + input), their outputs
+    split into sentences, and the MMLU questions (passages split into sentences) and answer choices
+    beside the sample; sentences of fewer than 4 words are left out. Distinct by refine's exact key."""
+    import csv
+    import json
+    import re
+
+    from platypus_ray.refine.rows import embed_text, normalize
+
+    sentence_end = re.compile(r"(?<=[.!?])\s+")
+    texts: list[str] = []
+    for row in json.loads(source.read_text()):
+        texts.append(embed_text(row["instruction"], row.get("input") or ""))
+        texts += sentence_end.split(row["output"])
+    for path in sorted((source.parent / "benchmarks" / "mmlu").glob("*_test.csv")):
+        with path.open(newline="") as handle:
+            for question, *choices in csv.reader(handle):
+                texts += sentence_end.split(question) + choices[:4]
+    seen: dict[str, str] = {}
+    for text in texts:
+        if len(text.split()) >= 4:
+            seen.setdefault(normalize(text), text)
+    return list(seen.values())
+
+
 def _kept_difference(keep: np.ndarray, exact: np.ndarray) -> dict:
     differ = int((keep != exact).sum())
     return {"kept": int(keep.sum()), "kept_differs": differ, "kept_difference": round(differ / max(int(exact.sum()), 1), 5)}
+
+
+# kept: the walk against the kept set finds each removed row's kept match, not every pair (its pair
+# recall is the share of pairs that have a kept row in them); exact and clustered enumerate pairs.
+MODES = ("kept", "exact", "clustered")
+STAT_KEYS = ("why", "dot_products", "kept_check_rounds", "kept_check_pairs_added")
 
 
 def _pair_keys(i: np.ndarray, j: np.ndarray, n: int) -> np.ndarray:
     return np.unique(np.minimum(i, j).astype(np.int64) * n + np.maximum(i, j))
 
 
-def run_text(source: Path, rows: int, threshold: float = 0.8, semhash: bool = True) -> dict:
-    """The table's numbers for ``rows`` perturbed rows (Ray already up)."""
+def run_text(source: Path, rows: int, threshold: float = 0.8, semhash: bool = True, sparse: bool = False) -> dict:
+    """The table's numbers for ``rows`` perturbed rows, or for the sparse set (Ray already up)."""
     from platypus_ray.dedup_reference import greedy_reference
     from platypus_ray.embedding.encoders import EncoderSpec, load_encoder
     from platypus_ray.refine.config import DedupConfig
     from platypus_ray.refine.dedup import dedup_rows
     from platypus_ray.refine.dedup.similarity import all_pairs_above
 
-    texts = perturbed_texts(source, rows)
+    texts = sparse_texts(source) if sparse else perturbed_texts(source, rows)
     encoder = load_encoder(EncoderSpec("all-MiniLM-L6-v2", "static", device="cpu", batch_size=1024))
     start = time.perf_counter()
     emb = encoder.encode(texts).astype(np.float32)
-    result: dict = {"rows": rows, "distinct_texts": len(texts), "dim": int(emb.shape[1]),
+    result: dict = {"data": "sparse" if sparse else "perturbed", "rows": len(texts) if sparse else rows, "distinct_texts": len(texts), "dim": int(emb.shape[1]),
                     "encode_s": round(time.perf_counter() - start, 2)}
     n = len(texts)
     order = np.arange(n)  # keep: first
@@ -69,18 +101,19 @@ def run_text(source: Path, rows: int, threshold: float = 0.8, semhash: bool = Tr
     truth = all_pairs_above(emb, threshold, 2048)
     truth_keys = _pair_keys(truth.i, truth.j, n)
     output_len = np.ones(n, dtype=np.int64)
-    for mode in ("exact", "clustered"):
+    result["pairs_above_threshold"] = len(truth_keys)
+    for mode in MODES:
         start = time.perf_counter()
         outcome = dedup_rows(emb, output_len, DedupConfig(mode=mode, threshold=threshold, keep="first"), 0)
         wall = time.perf_counter() - start
         found = _pair_keys(outcome.pairs.i, outcome.pairs.j, n)
         recall = len(np.intersect1d(found, truth_keys)) / max(len(truth_keys), 1)
         result[mode] = {**_kept_difference(outcome.decision.keep, exact), "wall_s": round(wall, 2),
-                        "pair_recall_no_exclusions": round(recall, 5),
-                        **{k: outcome.stats[k] for k in ("kept_check_rounds", "kept_check_pairs_added") if k in outcome.stats}}
+                        "pairs_found": len(found), "pair_recall_no_exclusions": round(recall, 5),
+                        **{k: outcome.stats[k] for k in STAT_KEYS if k in outcome.stats}}
     if semhash:
         result["semhash"] = _semhash(texts, encoder, exact, threshold)
-        for mode in ("exact", "clustered"):  # SemHash's wall includes its encode: the mode's gets the same encode added
+        for mode in MODES:  # SemHash's wall includes its encode: the mode's gets the same encode added
             if "wall_s" in result["semhash"]:
                 own = result[mode]["wall_s"] + result["encode_s"]
                 result[mode]["speed_vs_semhash"] = round(result["semhash"]["wall_s"] / own, 2)  # above 1: faster
@@ -104,10 +137,10 @@ def _semhash(texts: list[str], encoder, exact: np.ndarray, threshold: float) -> 
     return {**_kept_difference(keep, exact), "wall_s": round(wall, 2)}
 
 
-def main(source: Path, rows: int, json_path: Path | None) -> dict:
+def main(source: Path, rows: int, json_path: Path | None, sparse: bool = False) -> dict:
     import json
 
-    result = run_text(source, rows)
+    result = run_text(source, rows, sparse=sparse)
     print(json.dumps(result, indent=2))
     if json_path is not None:
         json_path.parent.mkdir(parents=True, exist_ok=True)

@@ -24,20 +24,10 @@ import tempfile
 import time
 from pathlib import Path
 
+from platypus_ray.bench.machine import cpu_model
+
 WORDS = ["amber", "basil", "cedar", "delta", "ember", "flint", "grove", "heron", "ivory", "jolly", "karma", "lemon"]
 SAMPLE_QUIZ = Path(__file__).resolve().parent.parent / "samples" / "benchmark.jsonl"
-
-
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    import platform
-
-    return platform.processor() or "unknown"
 
 
 def write_questions(path: Path, n: int, seed: int = 0) -> None:

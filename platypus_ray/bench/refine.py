@@ -5,6 +5,7 @@
     python -m platypus_ray.bench.refine --rerun --json out/rerun.json         # see bench/rerun.py
     python -m platypus_ray.bench.refine --e2e 100000 --json out/e2e.json      # see bench/refine_e2e.py
     python -m platypus_ray.bench.refine --scale 100000 --text --json out/t.json  # see bench/dedup_text.py
+    python -m platypus_ray.bench.refine --sparse --json out/s.json                 # the same on the sparse set
     python -m platypus_ray.bench.refine --versus-semhash 100000 --json out/v.json  # see bench/versus_semhash.py
 
 1. Embed: bare sentence-transformers ``encode`` (one process, all cores) vs the pipeline's
@@ -97,6 +98,8 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--recall-sample", type=int, default=20_000, help="with --scale: rows checked exactly")
     parser.add_argument("--text", action="store_true",
                         help="with --scale N: N perturbed rows of --source, static encoder, each mode vs brute force and SemHash")
+    parser.add_argument("--sparse", action="store_true",
+                        help="as --scale N --text on the sparse set: Alpaca rows, their output sentences, MMLU items")
     parser.add_argument("--rerun", action="store_true",
                         help="first refine run vs a rerun with another dedup.threshold from the embedding cache, and stop")
     parser.add_argument("--rerun-threshold", type=float, default=0.85, help="with --rerun: the rerun's dedup.threshold")
@@ -136,10 +139,10 @@ def main(argv: list[str] | None = None) -> int:
     init_ray()
     ray.data.DataContext.get_current().enable_progress_bars = False
     cores = os.cpu_count()
-    if args.scale is not None and args.text:
+    if (args.scale is not None and args.text) or args.sparse:
         from platypus_ray.bench.dedup_text import main as run_text
 
-        run_text(args.source, args.scale, args.json)
+        run_text(args.source, args.scale or 0, args.json, sparse=args.sparse)
         return 0
     if args.scale is not None:
         from platypus_ray.bench.scale import main as run_scale

@@ -15,6 +15,7 @@ over the same vectors.
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import tempfile
@@ -24,6 +25,7 @@ from pathlib import Path
 import numpy as np
 import pyarrow.parquet as pq
 
+from platypus_ray.bench.machine import cpu_model
 from platypus_ray.bench.refine_e2e import refine_process, write_corpus
 
 # The SemHash side, run as its own process: nothing from platypus-ray but the model folder.
@@ -72,24 +74,34 @@ def _difference(kept: set[str], truth: set[str]) -> dict:
     return {"kept": len(kept), "kept_differs": differ, "kept_difference": round(differ / max(len(truth), 1), 5)}
 
 
-def _reference_kept(corpus: Path, model_dir: str, threshold: float) -> set[str]:
-    """The brute-force greedy rule (removed iff similar to an earlier kept row) over refine's
-    exact-dedup survivors' texts in input order, with the same static vectors."""
+def _reference_kept(corpus: Path, model_dir: str, threshold: float) -> tuple[set[str], dict]:
+    """The brute-force greedy rule (removed iff similar to an earlier kept row) over the rows refine's
+    validation and exact dedup leave (of equal normalised instruction + input, the longest output, then the first),
+    in input order, with the same static vectors."""
     from model2vec import StaticModel
 
     from platypus_ray.dedup_reference import greedy_reference
-    from platypus_ray.refine.rows import embed_text, normalize
+    from platypus_ray.refine.config import ColumnMapping
+    from platypus_ray.refine.rows import dedup_key, embed_text, normalize, validate_record
 
-    seen: dict[str, str] = {}
+    best: dict[int, tuple[int, int, str]] = {}  # key -> (-output length, row, text)
     with corpus.open() as handle:
-        for line in handle:
-            row = json.loads(line)
-            text = embed_text(row["instruction"], row.get("input") or "")
-            seen.setdefault(normalize(text), text)
-    texts = list(seen.values())
-    vectors = StaticModel.from_pretrained(model_dir).encode(texts, batch_size=1024).astype(np.float32)
+        for row_number, line in enumerate(handle):
+            row, _, _ = validate_record(json.loads(line), ColumnMapping())
+            if row is None:  # refine's invalid rows (an empty output) take no part
+                continue
+            candidate = (-len(row["output"]), row_number, embed_text(row["instruction"], row.get("input") or ""))
+            key = dedup_key(row["instruction"], row.get("input") or "")
+            if key not in best or candidate < best[key]:
+                best[key] = candidate
+    texts = [text for _, _, text in sorted(best.values(), key=lambda survivor: survivor[1])]
+    model = StaticModel.from_pretrained(model_dir)
+    start = time.perf_counter()  # the bare encoder on these texts, all cores: the embed stage's baseline
+    vectors = model.encode(texts, batch_size=1024).astype(np.float32)
+    bare = {"texts": len(texts), "bare_encode_s": round(time.perf_counter() - start, 2)}
+    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
     keep = greedy_reference(vectors, np.arange(len(texts)), threshold)
-    return {normalize(t) for t, k in zip(texts, keep) if k}
+    return {normalize(t) for t, k in zip(texts, keep) if k}, bare
 
 
 def run_versus(source: Path, rows: int, threshold: float, json_path: Path | None, reference: bool = True) -> dict:
@@ -107,13 +119,22 @@ def run_versus(source: Path, rows: int, threshold: float, json_path: Path | None
         semhash_s = semhash_process(corpus, model_dir, threshold, folder / "semhash.jsonl", timeout_s=4 * 3600)
         ours = {normalize(t) for t in _refine_kept_texts(folder / "out")}
         theirs = {normalize(json.loads(line)) for line in (folder / "semhash.jsonl").open()}
-        truth = _reference_kept(corpus, model_dir, threshold) if reference else None
-    result = {"rows": rows, "threshold": threshold, "refine_wall_s": round(refine_s, 1), "semhash_wall_s": round(semhash_s, 1),
+        truth, bare = _reference_kept(corpus, model_dir, threshold) if reference else (None, None)
+    import platform
+
+    result = {"rows": rows, "threshold": threshold, "cpu": cpu_model(), "cores": os.cpu_count(), "python": platform.python_version(), "refine_wall_s": round(refine_s, 1), "semhash_wall_s": round(semhash_s, 1),
               "speed_vs_semhash": round(semhash_s / refine_s, 2),  # above 1: refine is faster
               "refine": {"kept": len(ours), "dedup_mode": (stats.get("dedup") or {}).get("mode"),
                          "timings_s": stats["timings_s"], "driver_peak_rss_mb": stats["driver_peak_rss_mb"]},
               "semhash": {"kept": len(theirs)},
               "refine_vs_semhash_differs": len(ours ^ theirs)}
+    timings = stats["timings_s"]
+    result["refine"]["read_validate_rows_per_s"] = round(rows / timings["read_validate"], 1)
+    if bare is not None and timings.get("embed"):
+        bare_rate = bare["texts"] / bare["bare_encode_s"]
+        stage_rate = stats["embedding"]["computed"] / timings["embed"]
+        result["embed"] = {"stage_texts_per_s": round(stage_rate, 1), "bare_encode_texts_per_s": round(bare_rate, 1),
+                           "ratio": round(stage_rate / bare_rate, 3)}
     if truth is not None:
         result["brute_force_kept"] = len(truth)
         result["refine"].update(_difference(ours, truth))
@@ -123,7 +144,12 @@ def run_versus(source: Path, rows: int, threshold: float, json_path: Path | None
     print(f"  kept: refine {len(ours)}, SemHash {len(theirs)}" +
           (f", brute force {len(truth)}; differ from it: refine {result['refine']['kept_differs']}, "
            f"SemHash {result['semhash']['kept_differs']}" if truth is not None else ""))
-    print("  refine steps (s): " + ", ".join(f"{k} {v}" for k, v in stats["timings_s"].items()))
+    print("  refine steps (s): " + ", ".join(f"{k} {v}" for k, v in stats["timings_s"].items()) +
+          f"; read+validate {result['refine']['read_validate_rows_per_s']} rows/s; driver peak RSS "
+          f"{stats['driver_peak_rss_mb']} MB")
+    if "embed" in result:
+        print(f"  embed stage {result['embed']['stage_texts_per_s']} texts/s vs the bare static encoder "
+              f"{result['embed']['bare_encode_texts_per_s']} texts/s: {result['embed']['ratio']}x")
     if json_path:
         json_path.parent.mkdir(parents=True, exist_ok=True)
         json_path.write_text(json.dumps({"versus_semhash": result}, indent=2) + "\n")

@@ -25,6 +25,7 @@ from platypus_ray.embedding.config import EmbeddingConfig
 from platypus_ray.embedding.cache import HASH_BYTES, EmbeddingCache, as_keys
 from platypus_ray.embedding.vectors import DimensionMismatch, EmbeddingBlocks, assemble
 
+STATIC_ROWS_PER_CALL = 16384
 # What embed_texts takes: a dense key, the text, its hash (for the cache) and its length (for the sort).
 TO_EMBED_SCHEMA = pa.schema([("key", pa.int64()), ("text", pa.string()), ("text_hash", pa.binary(HASH_BYTES)),
                              ("text_len", pa.int64())])
@@ -33,7 +34,8 @@ TO_EMBED_SCHEMA = pa.schema([("key", pa.int64()), ("text", pa.string()), ("text_
 class Embedder:
     """Ray Data callable class: builds its encoder once per actor; batch of text in, unit vectors out."""
 
-    def __init__(self, model: str, device: str, batch_size: int, spec: EncoderSpec | None = None):
+    def __init__(self, model: str, device: str, batch_size: int, spec: EncoderSpec | None = None, keep_hash: bool = True):
+        self.keep_hash = keep_hash
         spec = spec or EncoderSpec(model, "torch", device=device, batch_size=batch_size)
         if actor_device(spec.device) != spec.device:  # a simulated GPU (devices.py): the CPU encoder, fp32
             spec = replace(spec, device="cpu", precision="float32", batch_tokens=resolve_batch_tokens("auto", "cpu"))
@@ -43,7 +45,7 @@ class Embedder:
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         vectors = self.encoder.encode(batch["text"].tolist())
         out = {"key": batch["key"], "embedding": vectors.astype(np.float32)}
-        if "text_hash" in batch:  # carried through for the embedding cache
+        if self.keep_hash and "text_hash" in batch:  # carried through for the embedding cache
             out["text_hash"] = batch["text_hash"]
         return out
 
@@ -164,10 +166,11 @@ def embed_texts(ds: ray.data.Dataset, n: int, cfg: EmbeddingConfig, embedder: ty
     if todo:
         device = resolve_device(cfg.device)
         result.backend = choose_backend(cfg, device, lambda k: _spread_texts(ds, n, k), todo, thresholds)
-        embedded = _in_actor_pool(ds, todo, cfg, device, embedder, result.backend.spec).materialize()
+        embedded = _in_actor_pool(ds, todo, cfg, device, embedder, result.backend.spec, keep_hash=cache is not None).materialize()
         if cache is not None:
             result.warnings += cache.store(embedded)
-        pieces += embedded.select_columns(["key", "embedding"]).to_numpy_refs()
+            embedded = embedded.select_columns(["key", "embedding"])
+        pieces += embedded.to_numpy_refs()
         result.computed = todo
     try:
         result.blocks = assemble(pieces, n, timeout_s)
@@ -177,7 +180,7 @@ def embed_texts(ds: ray.data.Dataset, n: int, cfg: EmbeddingConfig, embedder: ty
 
 
 def _in_actor_pool(ds: ray.data.Dataset, n: int, cfg: EmbeddingConfig, device: str, embedder: type[Embedder],
-                   spec: EncoderSpec) -> ray.data.Dataset:
+                   spec: EncoderSpec, keep_hash: bool = False) -> ray.data.Dataset:
     """Vectors of ``ds``'s rows, in batches of similar length, longest first (less padding):
     a distributed sort cut into blocks of at most ``batch_size`` rows, then ``batch_size``
     consecutive rows per actor call. An actor takes whole blocks, and the sort's blocks
@@ -185,12 +188,20 @@ def _in_actor_pool(ds: ray.data.Dataset, n: int, cfg: EmbeddingConfig, device: s
     while the other idled (0.5x); small blocks are bundled up to ``batch_size`` rows (a sort
     of 2,000 rows gave blocks of 10, and a block a call ran at 0.4x). The sorted rows are
     materialised first: the sort is a barrier anyway, and an actor pool started beside it
-    would hold the CPUs its tasks need (a deadlock on a 2-CPU node)."""
-    rows = (ds.sort(["text_len", "key"], descending=[True, False])
-            .repartition(target_num_rows_per_block=cfg.batch_size).materialize())
-    return actor_pool_map(rows, embedder, {"model": cfg.model, "device": device, "batch_size": cfg.batch_size, "spec": spec},
-                          actors=cfg.actors, max_actors=-(-n // cfg.batch_size), cpus_per_actor=cfg.cpus_per_actor,
-                          device=device, batch_size=cfg.batch_size)
+    would hold the CPUs its tasks need (a deadlock on a 2-CPU node). The static backend skips
+    the sort and takes blocks of up to ``STATIC_ROWS_PER_CALL`` rows, a few per actor: at 256
+    rows a call its pool ran at a fifth of the bare encoder's rate (issue 27)."""
+    if spec.backend == "static":  # a table lookup per token: no padding to save, and a call per 256 rows costs more than its work
+        rows_per_call = min(STATIC_ROWS_PER_CALL, max(cfg.batch_size, -(-n // (4 * max(cfg.actors, 1)))))
+        rows = ds.repartition(target_num_rows_per_block=rows_per_call).materialize()
+    else:
+        rows_per_call = cfg.batch_size
+        rows = (ds.sort(["text_len", "key"], descending=[True, False])
+                .repartition(target_num_rows_per_block=cfg.batch_size).materialize())
+    return actor_pool_map(rows, embedder, {"model": cfg.model, "device": device, "batch_size": cfg.batch_size, "spec": spec,
+                                           "keep_hash": keep_hash},
+                          actors=cfg.actors, max_actors=-(-n // rows_per_call), cpus_per_actor=cfg.cpus_per_actor,
+                          device=device, batch_size=rows_per_call)
 
 
 def _keys_and_hashes(ds: ray.data.Dataset) -> tuple[np.ndarray, np.ndarray]:

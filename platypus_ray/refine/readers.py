@@ -109,8 +109,36 @@ def _first_lines(stream_lines: Iterator[bytes]) -> tuple[list[bytes], Iterator[b
     return head, stream_lines
 
 
-def _json_lines(stream_lines: Iterable[bytes]) -> Iterator[Record]:
-    for number, line in enumerate(_split_lines(stream_lines), start=1):
+def read_jsonl_range(stream: BinaryIO, start: int, stop: int) -> Iterator[Record]:
+    """The JSON Lines rows whose first byte lies in ``[start, stop)`` of a seekable, uncompressed
+    stream, numbered by their line in the whole file: ranges that tile a file read every row once
+    (a line crossing a boundary belongs to the range it starts in)."""
+    if start > 0:
+        stream.seek(start - 1)
+        stream.readline()  # the rest of the line the previous range owns (just its newline if one ends there)
+    begin = stream.tell()
+    stream.seek(0)
+    newlines_before = sum(chunk.count(b"\n") for chunk in _chunks(stream, begin))
+    stream.seek(begin)
+
+    def owned() -> Iterator[bytes]:
+        position = begin
+        while position < stop and (line := stream.readline()):
+            position += len(line)
+            yield line[len(_BOM):] if position == len(line) and line.startswith(_BOM) else line
+
+    yield from _json_lines(owned(), first_line=newlines_before + 1)
+
+
+def _chunks(stream: BinaryIO, size: int, chunk: int = 1 << 24) -> Iterator[bytes]:
+    """The next ``size`` bytes of ``stream`` in pieces of at most ``chunk``."""
+    while size > 0 and (piece := stream.read(min(chunk, size))):
+        size -= len(piece)
+        yield piece
+
+
+def _json_lines(stream_lines: Iterable[bytes], first_line: int = 1) -> Iterator[Record]:
+    for number, line in enumerate(_split_lines(stream_lines), start=first_line):
         line = line[:-1] if line.endswith(b"\r") else line
         if not line.strip():
             continue  # a blank line is not a row

@@ -8,8 +8,9 @@ cannot be read as its format at all is an :class:`InputError` naming the file.
 from __future__ import annotations
 
 import lzma
+import os
 import zlib
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from typing import Any, Iterator
 
 import pyarrow as pa
@@ -17,10 +18,10 @@ import ray
 
 from platypus_ray.blocks import rows_only
 from platypus_ray.errors import InputError
-from platypus_ray.paths import COMPRESSIONS, expand_files, open_input, without_compression
+from platypus_ray.paths import COMPRESSIONS, expand_files, is_remote, open_input, without_compression
 from platypus_ray.refine.config import SOURCE_EXTENSIONS, ColumnMapping, SourceConfig
 from platypus_ray.refine.languages import dominant_script
-from platypus_ray.refine.readers import Record, read_records
+from platypus_ray.refine.readers import Record, read_jsonl_range, read_records
 from platypus_ray.refine.rows import content_id, dedup_key, embed_text, raw_id, validate_record
 
 UNREADABLE = "unreadable_file"
@@ -54,6 +55,7 @@ class SourceFile:
     format: str
     columns: dict[str, str]
     field: str | None = None  # JSON: the top-level key whose list holds the records
+    byte_range: tuple[int, int] | None = None  # a piece of a large local JSONL file (see split_large_files)
 
 
 def list_source_files(sources: list[SourceConfig]) -> list[SourceFile]:
@@ -69,8 +71,40 @@ def list_source_files(sources: list[SourceConfig]) -> list[SourceFile]:
     return files
 
 
+PIECE_BYTES = 32 * 2**20  # a read task's share of a large JSONL file: ~80k Alpaca-sized rows
+
+
+def split_large_files(files: list[SourceFile], piece_bytes: int | None = None) -> list[SourceFile]:
+    """The read tasks: a local, uncompressed JSONL file larger than ``piece_bytes`` becomes byte
+    ranges that tile it (one task each, so a 1M-row file is not parsed on one core), everything
+    else one task. ``file_rank`` becomes the piece's rank; pieces of a file keep its order, so
+    (rank, row) still sorts rows in input order, and rows keep the line numbers of the file."""
+    pieces: list[SourceFile] = []
+    for sf in files:
+        for byte_range in _byte_ranges(sf, piece_bytes or PIECE_BYTES):
+            pieces.append(replace(sf, file_rank=len(pieces), byte_range=byte_range))
+    return pieces
+
+
+def _byte_ranges(sf: SourceFile, piece_bytes: int) -> list[tuple[int, int] | None]:
+    if sf.format != "jsonl" or sf.field is not None or is_remote(sf.path) or without_compression(sf.path) != sf.path:
+        return [None]
+    size = os.path.getsize(sf.path)
+    if size <= piece_bytes or not _starts_with_an_object(sf.path):
+        return [None]  # small, or a JSON array in a .jsonl file (read whole, as a document)
+    n = -(-size // piece_bytes)
+    return [(k * size // n, (k + 1) * size // n) for k in range(n)]
+
+
+def _starts_with_an_object(path: str) -> bool:
+    with open(path, "rb") as handle:
+        head = handle.read(1 << 16)
+    return head.removeprefix(b"\xef\xbb\xbf").lstrip()[:1] == b"{"
+
+
 def read_sources(files: list[SourceFile]) -> ray.data.Dataset:
-    """A Ray Data dataset of parsed rows (valid and invalid), one block per file."""
+    """A Ray Data dataset of parsed rows (valid and invalid), one block per piece (see
+    :func:`split_large_files`; ``files`` are the pieces)."""
     items = [asdict(f) for f in files]
     return ray.data.from_items(items, override_num_blocks=len(items)).map_batches(
         _parse_files, batch_size=1, batch_format="pyarrow"
@@ -79,7 +113,11 @@ def read_sources(files: list[SourceFile]) -> ray.data.Dataset:
 
 @rows_only(PARSED_SCHEMA)
 def _parse_files(batch: pa.Table) -> pa.Table:
-    return pa.concat_tables([_parse_or_report(SourceFile(**row)) for row in batch.to_pylist()])
+    rows = batch.to_pylist()
+    for row in rows:  # Arrow hands the range back as a list
+        if row.get("byte_range") is not None:
+            row["byte_range"] = tuple(row["byte_range"])
+    return pa.concat_tables([_parse_or_report(SourceFile(**row)) for row in rows])
 
 
 def _parse_or_report(sf: SourceFile) -> pa.Table:
@@ -97,7 +135,7 @@ def _parse_or_report(sf: SourceFile) -> pa.Table:
 
 def check_readable(reason, detail) -> None:
     """Raise one InputError naming every file that could not be read as its format."""
-    problems = [str(d) for r, d in zip(reason, detail) if r == UNREADABLE]
+    problems = list(dict.fromkeys(str(d) for r, d in zip(reason, detail) if r == UNREADABLE))  # a file's pieces: once
     if problems:
         raise InputError("; ".join(problems))
 
@@ -147,6 +185,10 @@ _READ_FAILURES = (OSError, EOFError, zlib.error, lzma.LZMAError)
 
 def _records(sf: SourceFile) -> Iterator[Record]:
     try:
+        if sf.byte_range is not None:
+            with open(sf.path, "rb") as stream:
+                yield from read_jsonl_range(stream, *sf.byte_range)
+            return
         with open_input(sf.path) as stream:
             yield from read_records(stream, sf.format, sf.path, sf.field)
     except _READ_FAILURES as exc:

@@ -35,7 +35,7 @@ from platypus_ray.refine.ledger import Decisions, fetch_texts, summarize, write_
 from platypus_ray.refine.report import review_rows, review_uids, write_report, write_review
 from platypus_ray.refine.rows import embed_text
 from platypus_ray.refine.dedup import best_matches, dedup_rows
-from platypus_ray.refine.sources import PARSED_SCHEMA, check_readable, list_source_files, read_sources
+from platypus_ray.refine.sources import PARSED_SCHEMA, check_readable, list_source_files, read_sources, split_large_files
 from platypus_ray.runtime import init_ray
 
 _META_COLUMNS = ["source", "file_rank", "row_in_file", "valid", "reason", "detail", "id", "dedup_key", "output_len", "text_len",
@@ -114,17 +114,18 @@ def run(cfg: RefineConfig) -> RefineResult:
             print(f"refine: WARNING: benchmark '{bench.benchmark_name}' has no items; nothing is checked against it",
                   file=sys.stderr, flush=True)
     files = list_source_files(cfg.sources)
-    init_ray()
+    init_ray(dashboard=False)  # a no-op where Ray is up already (a pipeline, a submitted job)
     ray.data.DataContext.get_current().execution_options.preserve_order = True
     timer.lap("setup")
 
-    parsed = read_sources(files).materialize()
+    pieces = split_large_files(files)
+    parsed = read_sources(pieces).materialize()
     meta = _gather_meta(parsed)
     check_readable(meta["reason"], meta["detail"])
     decisions = Decisions.start(meta)
     languages, warnings = check_languages(meta, decisions.detail, cfg.embedding.model, cfg.embedding.languages,
                                           cfg.embedding.allow_language_mismatch)
-    file_offset = _file_offsets(meta, len(files))
+    file_offset = _file_offsets(meta, len(pieces))
     timer.lap("read_validate")
 
     survivors = _exact_dedup(meta, decisions)

@@ -27,6 +27,7 @@ from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from platypus_ray.cli import main
+from platypus_ray.refine import sources as refine_sources
 
 pytestmark = pytest.mark.slow
 
@@ -132,9 +133,11 @@ def test_refine_on_random_sources_and_benchmarks_accounts_for_every_row(shared_c
         bench_entries.append(f"{{path: {root / f'bench{b}.jsonl'}, format: questions, name: bench{b}}}")
     output = root / "out"
     before = _snapshot(root, output)
-    code = main(["refine", "--set", f"sources=[{', '.join(sources)}]", "--set", f"output={output}",
-                 "--set", f"benchmarks=[{', '.join(bench_entries)}]", "--set", f"embedding.cache={shared_cache}",
-                 "--set", "embedding.actors=1"])
+    with pytest.MonkeyPatch.context() as patch:  # JSONL files past 200 bytes are read in byte-range pieces
+        patch.setattr(refine_sources, "PIECE_BYTES", 200)
+        code = main(["refine", "--set", f"sources=[{', '.join(sources)}]", "--set", f"output={output}",
+                     "--set", f"benchmarks=[{', '.join(bench_entries)}]", "--set", f"embedding.cache={shared_cache}",
+                     "--set", "embedding.actors=1"])
     assert code == 0
     assert _snapshot(root, output) == before  # nothing outside the output (the cache lives elsewhere) changed
     ledger = pd.read_parquet(output / "ledger")

@@ -19,14 +19,17 @@ The driver holds block references, the centroids, a few ints per row and the pai
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 import ray
-import torch
 
 from platypus_ray.refine.dedup.similarity import _EPS, Pairs, _exact_scores, _top_per_row
 from platypus_ray.embedding import EmbeddingBlocks
 from platypus_ray.waits import wait_all
+
+if TYPE_CHECKING:  # torch loads in the tasks that use it, not in the driver (1 s of every refine start)
+    import torch
 
 _PAIR_DTYPES = (np.int64, np.int64, np.float64)
 
@@ -81,6 +84,8 @@ def clustered_pairs_above(blocks: EmbeddingBlocks, threshold: float, settings: C
 
 def _kmeans(blocks: EmbeddingBlocks, k: int, settings: ClusterSettings, timeout_s: float) -> np.ndarray:
     """Spherical k-means on a random sample of rows (gathered from every block)."""
+    import torch
+
     rng = np.random.default_rng(settings.seed)
     want = min(blocks.n, k * settings.sample_per_cluster)
     picks = np.sort(rng.choice(blocks.n, size=want, replace=False))
@@ -97,6 +102,8 @@ def _kmeans(blocks: EmbeddingBlocks, k: int, settings: ClusterSettings, timeout_
 
 
 def _argmax_rows(x: torch.Tensor, centroids: torch.Tensor, chunk: int = 16384) -> torch.Tensor:
+    import torch
+
     return torch.cat([(x[s : s + chunk] @ centroids.T).argmax(dim=1) for s in range(0, len(x), chunk)])
 
 
@@ -114,6 +121,8 @@ def _balance(sizes: np.ndarray, groups: int) -> np.ndarray:
 @ray.remote
 def _assign(block: np.ndarray, centroids: np.ndarray, margin: float, max_assign: int) -> np.ndarray:
     """Per row: the nearest centroid and the others within ``margin`` (-1 pads)."""
+    import torch
+
     sims = torch.from_numpy(np.array(block)) @ torch.from_numpy(np.array(centroids)).T  # copies: objects are read-only
     top = torch.topk(sims, k=min(max_assign, sims.shape[1]), dim=1)
     within = top.values >= top.values[:, :1] - margin
@@ -138,6 +147,8 @@ def _split(block: np.ndarray, clusters: np.ndarray, group_of_cluster: np.ndarray
 def _pairs_in_group(threshold: float, tile: int, rank: np.ndarray | None, per_row: int | None, *pieces):
     """Pairs >= threshold inside each cluster of this group, each row's best in-cluster cosine and,
     bounded, (row, candidate count) of the lower-priority rows; pairs come as (hi, lo) by priority."""
+    import torch
+
     ids, cluster = (np.concatenate([p[k] for p in pieces]) for k in range(2))
     vectors = np.concatenate([p[2] for p in pieces]) if len(ids) else np.zeros((0, 0), np.float32)
     order = np.argsort(cluster, kind="stable")

@@ -1,11 +1,13 @@
-"""What ``dedup.mode: auto`` weighs: the estimated time of the exact all-pairs search on this cluster.
+"""What ``dedup.mode: auto`` weighs: a measured GEMM rate, turned into a budget of dot products.
 
-Exact mode's work is the similarity GEMM over every pair, ``n (n - 1) / 2`` dot products of
-``dim`` multiply-adds, spread over the cluster's CPUs (one tile task a CPU). The rate is measured,
-not assumed: one CPU thread multiplying a tile-sized float32 block, once per process (about 0.2 s;
-AVX2 and AVX-512 boxes differ 2-5x). On GPU nodes the tiles run on CUDA and the estimate is an upper
-bound. Since clustered mode's kept set equals exact's (pair_search.close_over_kept), the choice is
-about time only: exact whenever its estimate fits ``dedup.auto_exact_budget_s``.
+Auto runs the walk against the kept set (:mod:`.kept_walk`, exact) and gives it
+``dedup.auto_exact_budget_s`` of similarity GEMM on one node's CPUs: rows x kept x ``dim``
+multiply-adds, projected as it goes; past the budget (sparse data at scale, where most rows
+are kept) it clusters instead. ``exact_seconds`` is the all-pairs search's estimate, recorded
+beside it. The rate is measured, not assumed: one CPU thread multiplying a tile-sized float32
+block, once per process (about 0.2 s; AVX2 and AVX-512 boxes differ 2-5x). On GPU nodes the
+products run on CUDA and the budget is conservative. Every mode's kept set is the exact one
+(clustered: pair_search.close_over_kept), so the choice is about time only.
 """
 
 from __future__ import annotations
@@ -18,21 +20,18 @@ import numpy as np
 
 @functools.lru_cache(maxsize=8)
 def gemm_gflops_per_cpu(dim: int, tile: int = 2048) -> float:
-    """Measured float32 GEMM rate of one CPU thread on a (tile x dim) @ (dim x tile) product."""
-    import torch
+    """Measured float32 GEMM rate of one CPU thread on a (tile x dim) @ (dim x tile) product
+    (numpy's BLAS: the driver does not load torch for it; torch's CPU GEMM measured the same here)."""
+    from threadpoolctl import threadpool_limits
 
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        a = torch.randn(tile, max(dim, 1))
+    a = np.random.default_rng(0).standard_normal((tile, max(dim, 1)), dtype=np.float32)
+    with threadpool_limits(limits=1):
         (a @ a.T).sum()  # warm-up
         reps, start = 0, time.perf_counter()
         while reps < 3 or time.perf_counter() - start < 0.1:
             (a @ a.T).sum()
             reps += 1
         seconds = (time.perf_counter() - start) / reps
-    finally:
-        torch.set_num_threads(threads)
     return 2.0 * tile * tile * max(dim, 1) / seconds / 1e9
 
 

@@ -17,7 +17,6 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 import ray
-import torch
 
 from platypus_ray.refine.dedup.clustered import pair_keys
 from platypus_ray.refine.dedup.similarity import _EPS, Pairs, _exact_scores_between
@@ -74,6 +73,8 @@ def measure_recall(blocks: EmbeddingBlocks, pairs: Pairs, keep: np.ndarray, rank
 @ray.remote
 def _exact_block(queries: np.ndarray, block: np.ndarray, start: int, threshold: float, tile: int):
     """(query index, global row) of every pair >= threshold between the queries and this block."""
+    import torch
+
     out_q, out_j = [], []
     x = torch.from_numpy(np.array(block))  # a writable copy: object-store arrays are read-only
     for s in range(0, len(queries), tile):

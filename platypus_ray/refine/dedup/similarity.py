@@ -13,14 +13,17 @@ from __future__ import annotations
 
 import warnings
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 import ray
-import torch
 
 from platypus_ray.devices import actor_device
 from platypus_ray.embedding import EmbeddingBlocks
 from platypus_ray.waits import as_completed
+
+if TYPE_CHECKING:  # torch loads in the tasks that use it, not in the driver (1 s of every refine start)
+    import torch
 
 _EPS = 1e-5
 # Tiles are read-only views of the shared object-store array; torch warns but never writes to them.
@@ -121,6 +124,8 @@ def best_matches(queries: EmbeddingBlocks | np.ndarray, references: np.ndarray, 
 
 
 def _device(num_gpus_assigned: bool) -> torch.device:
+    import torch
+
     return torch.device(actor_device("cuda" if num_gpus_assigned else "cpu"))  # cpu for a simulated GPU (devices.py)
 
 
@@ -132,6 +137,8 @@ def _pairs_in_row_block(refs: list, offsets: np.ndarray, b: int, start: int, sto
     returned as (higher-priority row, lower-priority row), at most ``per_row`` per lower-priority
     row, with each row's candidate count before the bound. Column blocks are read from the
     object store one at a time (``refs`` is a list, so Ray does not fetch them all up front)."""
+    import torch
+
     device = _device(bool(ray.get_gpu_ids()))
     n = int(offsets[-1])
     block = ray.get(refs[b])
@@ -173,6 +180,8 @@ def _pairs_in_row_block(refs: list, offsets: np.ndarray, b: int, start: int, sto
 def _best_in_row_block(block: np.ndarray, first: int, lo: int, hi: int, references: np.ndarray, tile: int,
                        threshold: float):
     """Best reference for each query row lo..hi-1 of a block whose first row is ``first``."""
+    import torch
+
     device = _device(bool(ray.get_gpu_ids()))
     queries = block[lo:hi]
     rows = torch.from_numpy(np.array(queries)).to(device)
