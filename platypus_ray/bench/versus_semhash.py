@@ -124,7 +124,7 @@ def run_versus(source: Path, rows: int, threshold: float, json_path: Path | None
 
     result = {"rows": rows, "threshold": threshold, "cpu": cpu_model(), "cores": os.cpu_count(), "python": platform.python_version(), "refine_wall_s": round(refine_s, 1), "semhash_wall_s": round(semhash_s, 1),
               "speed_vs_semhash": round(semhash_s / refine_s, 2),  # above 1: refine is faster
-              "refine": {"kept": len(ours), "dedup_mode": (stats.get("dedup") or {}).get("mode"),
+              "refine": {"kept": len(ours), "embedded_texts": stats["embedding"]["computed"], "dedup_mode": (stats.get("dedup") or {}).get("mode"),
                          "timings_s": stats["timings_s"], "driver_peak_rss_mb": stats["driver_peak_rss_mb"]},
               "semhash": {"kept": len(theirs)},
               "refine_vs_semhash_differs": len(ours ^ theirs)}
