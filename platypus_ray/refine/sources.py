@@ -89,8 +89,12 @@ def split_large_files(files: list[SourceFile], piece_bytes: int | None = None) -
 def _byte_ranges(sf: SourceFile, piece_bytes: int) -> list[tuple[int, int] | None]:
     if sf.format != "jsonl" or sf.field is not None or is_remote(sf.path) or without_compression(sf.path) != sf.path:
         return [None]
-    size = os.path.getsize(sf.path)
-    if size <= piece_bytes or not _starts_with_an_object(sf.path):
+    try:
+        size = os.path.getsize(sf.path)
+        whole = size <= piece_bytes or not _starts_with_an_object(sf.path)
+    except OSError:  # gone or unreadable since it was listed: its read task reports it, naming the file
+        return [None]
+    if whole:
         return [None]  # small, or a JSON array in a .jsonl file (read whole, as a document)
     n = -(-size // piece_bytes)
     return [(k * size // n, (k + 1) * size // n) for k in range(n)]

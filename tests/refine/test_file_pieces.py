@@ -45,3 +45,8 @@ def test_a_json_array_in_a_jsonl_file_is_not_split(tmp_path):
     body = json.dumps([{"instruction": f"q{i}", "output": "a"} for i in range(50)]).encode()
     whole, parts, n_pieces = whole_and_pieces(tmp_path, body, 64)
     assert n_pieces == 1 and parts.num_rows == whole.num_rows == 50
+
+
+def test_a_file_gone_before_the_split_is_left_whole_for_its_read_task_to_report(tmp_path):
+    sf = SourceFile("s", str(tmp_path / "gone.jsonl"), 0, "jsonl", {})
+    assert split_large_files([sf], 1) == [sf]
