@@ -78,3 +78,28 @@ def build_static_embedder(folder, texts: list[str], dim: int = 64, translations:
     model = SentenceTransformer(modules=[st_models.StaticEmbedding(tokenizer, embedding_weights=weights), st_models.Normalize()])
     model.save(str(folder))
     return str(folder)
+
+
+def dense_family_vectors(rows: int, copies: int, seed: int, backend: str):
+    """Real vectors of a dense near-duplicate family: the first ``rows`` shipped instructions, each
+    followed by ``copies`` chained perturbations (a word dropped, swapped or added, or the case
+    changed, as the scale bench builds them), distinct texts only, embedded with ``backend``."""
+    import random
+
+    import numpy as np
+
+    from platypus_ray.bench.refine_e2e import perturb
+    from platypus_ray.embedding.encoders import EncoderSpec, load_encoder
+    from platypus_ray.samples import sample_rows
+
+    rng = random.Random(seed)
+    texts = []
+    for row in sample_rows()[:rows]:
+        text = row["instruction"]
+        texts.append(text)
+        for _ in range(copies):
+            text = perturb(text, rng)
+            texts.append(text)
+    texts = list(dict.fromkeys(texts))
+    encoder = load_encoder(EncoderSpec("all-MiniLM-L6-v2", backend, device="cpu", batch_size=64))
+    return encoder.encode(texts).astype(np.float32)

@@ -14,6 +14,7 @@ from platypus_ray.refine.dedup.recall import measure_recall
 from platypus_ray.refine.dedup.greedy import resolve_greedy
 from platypus_ray.refine.dedup.similarity import all_pairs_above
 from platypus_ray.embedding import EmbeddingBlocks
+from tests.helpers import dense_family_vectors
 
 pytestmark = pytest.mark.slow
 
@@ -103,25 +104,8 @@ def test_a_similarity_search_past_its_bound_is_cancelled_and_frees_its_cpus(plan
 
 @pytest.fixture(scope="module")
 def dense_family(ray_session):
-    """Real MiniLM vectors of a dense near-duplicate family: 6 shipped instructions, each copied 80
-    times with a word dropped, swapped or added, or its case changed (as the scale bench builds them)."""
-    import random
-
-    from platypus_ray.bench.refine_e2e import perturb
-    from platypus_ray.embedding.encoders import EncoderSpec, load_encoder
-    from platypus_ray.samples import sample_rows
-
-    rng = random.Random(0)
-    texts = []
-    for row in sample_rows()[:6]:
-        text = row["instruction"]
-        texts.append(text)
-        for _ in range(80):
-            text = perturb(text, rng)
-            texts.append(text)
-    texts = list(dict.fromkeys(texts))
-    encoder = load_encoder(EncoderSpec("all-MiniLM-L6-v2", "torch", device="cpu", batch_size=64))
-    return encoder.encode(texts).astype(np.float32)
+    """Real MiniLM vectors of a dense near-duplicate family: 6 shipped instructions, each copied 80 times."""
+    return dense_family_vectors(6, 80, seed=0, backend="torch")
 
 
 @pytest.mark.parametrize("rows_per_cluster", [16, 20, 40])

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import random
-
 import numpy as np
 import pytest
 from hypothesis import given, settings
@@ -14,6 +12,7 @@ from platypus_ray.refine.config import DedupConfig
 from platypus_ray.refine.dedup import dedup_rows
 from platypus_ray.refine.dedup.greedy import priority_order
 from platypus_ray.refine.dedup.kept_walk import OverBudget, walk_against_kept
+from tests.helpers import dense_family_vectors
 
 
 def families(seed: int, n_families: int, copies: int, spread: float, dim: int = 24) -> np.ndarray:
@@ -55,23 +54,8 @@ def test_a_walk_past_its_budget_stops_early_saying_how_far_it_got():
 
 @pytest.fixture(scope="module")
 def perturbed_family(ray_session):
-    """Static (model2vec) vectors of real text: 5 shipped instructions, each copied 120 times with a
-    word dropped, swapped or added, or its case changed, as the scale bench builds them."""
-    from platypus_ray.bench.refine_e2e import perturb
-    from platypus_ray.embedding.encoders import EncoderSpec, load_encoder
-    from platypus_ray.samples import sample_rows
-
-    rng = random.Random(1)
-    texts = []
-    for row in sample_rows()[:5]:
-        text = row["instruction"]
-        texts.append(text)
-        for _ in range(120):
-            text = perturb(text, rng)
-            texts.append(text)
-    texts = list(dict.fromkeys(texts))
-    encoder = load_encoder(EncoderSpec("all-MiniLM-L6-v2", "static", device="cpu"))
-    return encoder.encode(texts).astype(np.float32)
+    """Static (model2vec) vectors of real text: 5 shipped instructions, each copied 120 times."""
+    return dense_family_vectors(5, 120, seed=1, backend="static")
 
 
 @pytest.mark.parametrize("cfg", [
