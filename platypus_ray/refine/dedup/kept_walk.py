@@ -67,11 +67,9 @@ def walk_against_kept(emb: np.ndarray, order: np.ndarray, threshold: float, chun
         chunk = torch.from_numpy(emb[rows].astype(np.float32)).to(device)
         best, arg = _best_kept(chunk, kept, n_kept, kept_tile)
         products += len(rows) * n_kept
-        # float32 within _EPS of the threshold: the float64 product decides, as in the reference
-        for k in np.flatnonzero(np.abs(best - threshold) < _EPS):
-            exact = emb[kept_rows[:n_kept]].astype(np.float64) @ chunk64[k]
-            arg[k] = int(np.argmax(exact))
-            best[k] = float(exact[arg[k]])
+        near = np.flatnonzero(np.abs(best - threshold) < _EPS)  # float64 decides these, as in the reference
+        if len(near):
+            best[near], arg[near] = _best_kept64(emb, kept_rows[:n_kept], chunk64[near], kept_tile)
         gone = best >= threshold
         matched[rows[gone]] = kept_rows[arg[gone]]
         score[rows[gone]] = best[gone]
@@ -98,6 +96,19 @@ def _best_kept(chunk, kept, n_kept: int, kept_tile: int) -> tuple[np.ndarray, np
         best = torch.where(better, tile_best, best)
         arg = torch.where(better, tile_arg + first, arg)
     return best.double().cpu().numpy(), arg.cpu().numpy()
+
+
+def _best_kept64(emb: np.ndarray, kept_rows: np.ndarray, queries64: np.ndarray, kept_tile: int) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`_best_kept` in float64 for a few rows, a tile of kept rows at a time (bounded memory)."""
+    best = np.full(len(queries64), -2.0)
+    arg = np.zeros(len(queries64), dtype=np.int64)
+    for first in range(0, len(kept_rows), kept_tile):
+        scores = queries64 @ emb[kept_rows[first : first + kept_tile]].astype(np.float64).T
+        tile_arg = scores.argmax(axis=1)
+        tile_best = scores[np.arange(len(scores)), tile_arg]
+        better = tile_best > best
+        best[better], arg[better] = tile_best[better], tile_arg[better] + first
+    return best, arg
 
 
 def _settle_among(chunk64: np.ndarray, chunk, open_rows: np.ndarray, threshold: float, rows: np.ndarray,

@@ -66,7 +66,7 @@ def dedup_rows(vectors: EmbeddingBlocks | np.ndarray, output_len: np.ndarray, cf
                                   f"dedup.auto_exact_budget_s ({cfg.auto_exact_budget_s:g} s)")
     print(f"refine: semantic dedup of {n} rows: {mode} ({why})", flush=True)
     estimate.pop("max_products", None)
-    if mode in ("exact", "kept") or n < 2:
+    if mode == "exact" or n < 2:  # (kept with fewer than 2 rows: nothing to compare)
         pairs = all_pairs_above(blocks, cfg.threshold, cfg.tile_size, num_gpus, cfg.timeout_s, rank, cfg.neighbours_per_row)
         decision = resolve_greedy(n, pairs, order, exact_check_against(blocks, cfg.threshold, cfg.timeout_s))
         return DedupOutcome(pairs, decision, {"mode": mode, "why": why, **estimate, **_bound_stats(pairs)})

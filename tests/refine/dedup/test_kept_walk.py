@@ -45,6 +45,24 @@ def test_the_walk_keeps_exactly_the_brute_force_set(seed, n_families, copies, sp
     assert (nearest[decision.keep] < threshold).all() and products <= len(emb) * (len(emb) - 1) // 2
 
 
+def test_pairs_at_the_threshold_are_decided_in_float64_as_the_reference_decides_them():
+    """200 pairs built at cosine 0.8 exactly: float32 products land on both sides of the threshold
+    (about half of them here), float64 decides as the reference does."""
+    rng = np.random.default_rng(0)
+    a = rng.normal(size=(200, 64))
+    a /= np.linalg.norm(a, axis=1, keepdims=True)
+    noise = rng.normal(size=(200, 64))
+    noise -= (noise * a).sum(axis=1, keepdims=True) * a
+    noise /= np.linalg.norm(noise, axis=1, keepdims=True)
+    emb = np.concatenate([a, 0.8 * a + 0.6 * noise]).astype(np.float32)
+    order = np.ravel(np.column_stack([np.arange(200), np.arange(200, 400)]))  # a_0, b_0, a_1, b_1, ...: each a_i is kept first
+    float32 = np.einsum("ij,ij->i", emb[:200], emb[200:])
+    float64 = np.einsum("ij,ij->i", emb[:200].astype(np.float64), emb[200:].astype(np.float64))
+    assert ((float32 >= 0.8) != (float64 >= 0.8)).any()  # the case exists in these vectors
+    decision, _, _ = walk_against_kept(emb, order, 0.8, chunk_rows=7)
+    np.testing.assert_array_equal(decision.keep, greedy_reference(emb, order, 0.8))
+
+
 def test_a_walk_past_its_budget_stops_early_saying_how_far_it_got():
     emb = families(0, 400, 2, 0.9)  # nearly all distinct: the kept set grows with the rows
     with pytest.raises(OverBudget) as over:
