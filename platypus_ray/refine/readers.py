@@ -109,17 +109,17 @@ def _first_lines(stream_lines: Iterator[bytes]) -> tuple[list[bytes], Iterator[b
     return head, stream_lines
 
 
-def read_jsonl_range(stream: BinaryIO, start: int, stop: int) -> Iterator[Record]:
+def read_jsonl_range(stream: BinaryIO, start: int, stop: int, newlines_before: int = 0) -> Iterator[Record]:
     """The JSON Lines rows whose first byte lies in ``[start, stop)`` of a seekable, uncompressed
     stream, numbered by their line in the whole file: ranges that tile a file read every row once
-    (a line crossing a boundary belongs to the range it starts in)."""
+    (a line crossing a boundary belongs to the range it starts in). ``newlines_before``: how many
+    ``\n`` bytes lie before ``start - 1`` (counted once for all ranges, see ``sources.split_large_files``)."""
+    newlines = 0
     if start > 0:
         stream.seek(start - 1)
-        stream.readline()  # the rest of the line the previous range owns (just its newline if one ends there)
+        # the rest of the line the previous range owns: just its newline if one ends at start - 1
+        newlines = newlines_before + stream.readline().endswith(b"\n")
     begin = stream.tell()
-    stream.seek(0)
-    newlines_before = sum(chunk.count(b"\n") for chunk in _chunks(stream, begin))
-    stream.seek(begin)
 
     def owned() -> Iterator[bytes]:
         position = begin
@@ -127,14 +127,7 @@ def read_jsonl_range(stream: BinaryIO, start: int, stop: int) -> Iterator[Record
             position += len(line)
             yield line[len(_BOM):] if position == len(line) and line.startswith(_BOM) else line
 
-    yield from _json_lines(owned(), first_line=newlines_before + 1)
-
-
-def _chunks(stream: BinaryIO, size: int, chunk: int = 1 << 24) -> Iterator[bytes]:
-    """The next ``size`` bytes of ``stream`` in pieces of at most ``chunk``."""
-    while size > 0 and (piece := stream.read(min(chunk, size))):
-        size -= len(piece)
-        yield piece
+    yield from _json_lines(owned(), first_line=newlines + 1)
 
 
 def _json_lines(stream_lines: Iterable[bytes], first_line: int = 1) -> Iterator[Record]:

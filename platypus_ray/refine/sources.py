@@ -55,7 +55,8 @@ class SourceFile:
     format: str
     columns: dict[str, str]
     field: str | None = None  # JSON: the top-level key whose list holds the records
-    byte_range: tuple[int, int] | None = None  # a piece of a large local JSONL file (see split_large_files)
+    # a piece of a large local JSONL file: (start, stop, newlines before start - 1); see split_large_files
+    byte_range: tuple[int, int, int] | None = None
 
 
 def list_source_files(sources: list[SourceConfig]) -> list[SourceFile]:
@@ -86,18 +87,33 @@ def split_large_files(files: list[SourceFile], piece_bytes: int | None = None) -
     return pieces
 
 
-def _byte_ranges(sf: SourceFile, piece_bytes: int) -> list[tuple[int, int] | None]:
+def _byte_ranges(sf: SourceFile, piece_bytes: int) -> list[tuple[int, int, int] | None]:
     if sf.format != "jsonl" or sf.field is not None or is_remote(sf.path) or without_compression(sf.path) != sf.path:
         return [None]
     try:
         size = os.path.getsize(sf.path)
-        whole = size <= piece_bytes or not _starts_with_an_object(sf.path)
+        if size <= piece_bytes or not _starts_with_an_object(sf.path):
+            return [None]  # small, or a JSON array in a .jsonl file (read whole, as a document)
+        n = -(-size // piece_bytes)
+        starts = [k * size // n for k in range(n)]
+        # one pass over the file counts the newlines before each piece, so rows keep the file's line numbers
+        newlines = _newlines_before(sf.path, [max(start - 1, 0) for start in starts])
     except OSError:  # gone or unreadable since it was listed: its read task reports it, naming the file
         return [None]
-    if whole:
-        return [None]  # small, or a JSON array in a .jsonl file (read whole, as a document)
-    n = -(-size // piece_bytes)
-    return [(k * size // n, (k + 1) * size // n) for k in range(n)]
+    return [(start, stop, count) for start, stop, count in zip(starts, starts[1:] + [size], newlines)]
+
+
+def _newlines_before(path: str, offsets: list[int], chunk: int = 1 << 24) -> list[int]:
+    """The number of ``\n`` bytes before each of the ascending ``offsets``, in one streaming read."""
+    counts: list[int] = []
+    seen = position = 0
+    with open(path, "rb") as handle:
+        while len(counts) < len(offsets) and (data := handle.read(chunk)):
+            while len(counts) < len(offsets) and offsets[len(counts)] <= position + len(data):
+                counts.append(seen + data.count(b"\n", 0, offsets[len(counts)] - position))
+            seen += data.count(b"\n")
+            position += len(data)
+    return counts + [seen] * (len(offsets) - len(counts))
 
 
 def _starts_with_an_object(path: str) -> bool:

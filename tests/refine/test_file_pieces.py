@@ -50,3 +50,15 @@ def test_a_json_array_in_a_jsonl_file_is_not_split(tmp_path):
 def test_a_file_gone_before_the_split_is_left_whole_for_its_read_task_to_report(tmp_path):
     sf = SourceFile("s", str(tmp_path / "gone.jsonl"), 0, "jsonl", {})
     assert split_large_files([sf], 1) == [sf]
+
+
+@settings(max_examples=80, deadline=None)
+@given(body=st.binary(max_size=200).map(lambda b: b.replace(b"x", b"\n")), chunk=st.integers(1, 50),
+       cuts=st.lists(st.integers(0, 220), max_size=6))
+def test_newlines_before_each_offset_match_a_count(tmp_path_factory, body, chunk, cuts):
+    from platypus_ray.refine.sources import _newlines_before
+
+    path = tmp_path_factory.mktemp("n") / "f.jsonl"
+    path.write_bytes(body)
+    offsets = sorted(cuts)
+    assert _newlines_before(str(path), offsets, chunk) == [body[:offset].count(b"\n") for offset in offsets]
