@@ -63,8 +63,9 @@ def walk_against_kept(emb: np.ndarray, order: np.ndarray, threshold: float, chun
         projected = products + (n - start) * n_kept + len(rows) * (len(rows) - 1) // 2
         if max_products is not None and projected > max_products:
             raise OverBudget(start, n_kept, projected)
-        chunk64 = emb[rows].astype(np.float64)
-        chunk = torch.from_numpy(emb[rows].astype(np.float32)).to(device)
+        picked = emb[rows]  # one gather of the chunk's vectors, used in both precisions
+        chunk64 = picked.astype(np.float64)
+        chunk = torch.from_numpy(picked.astype(np.float32, copy=False)).to(device)
         best, arg = _best_kept(chunk, kept, n_kept, kept_tile)
         products += len(rows) * n_kept
         near = np.flatnonzero(np.abs(best - threshold) < _EPS)  # float64 decides these, as in the reference
