@@ -11,7 +11,7 @@ only when the earlier row was kept). Float32 products within ``_EPS`` of the thr
 re-scored in float64, so the kept set is the float64 brute-force reference's, row for row.
 
 The walk runs as one Ray task that takes the vector blocks from the object store and uses a
-node's cores (BLAS threads) or its GPU; the driver gets back four numbers per row. What it
+node's cores (numpy's BLAS threads) or its GPU (torch); the driver gets back four numbers per row. What it
 does not give is every pair above the threshold: a removed row's pairs with other removed
 rows are never computed (``exact`` mode enumerates them, at all-pairs cost).
 """
@@ -38,6 +38,66 @@ class OverBudget(Exception):
         self.rows_done, self.kept, self.projected_products = rows_done, kept, projected_products
 
 
+class _Numpy:
+    """The walk's float32 products on CPU: numpy's BLAS (the worker loads no torch: 2 s a start)."""
+
+    def __init__(self, n: int, dim: int):
+        self.kept = np.empty((n, dim), dtype=np.float32)  # the kept vectors, in the order kept
+
+    def put(self, picked: np.ndarray) -> np.ndarray:
+        return np.ascontiguousarray(picked, dtype=np.float32)
+
+    def best_kept(self, chunk: np.ndarray, n_kept: int, kept_tile: int) -> tuple[np.ndarray, np.ndarray]:
+        """Each chunk row's best float32 cosine to the kept rows and its position among them."""
+        best = np.full(len(chunk), -2.0)
+        arg = np.zeros(len(chunk), dtype=np.int64)
+        for first in range(0, n_kept, kept_tile):
+            scores = chunk @ self.kept[first : min(first + kept_tile, n_kept)].T
+            tile_arg = scores.argmax(axis=1)
+            tile_best = scores[np.arange(len(scores)), tile_arg]
+            better = tile_best > best
+            best[better], arg[better] = tile_best[better], tile_arg[better] + first
+        return best, arg
+
+    def among(self, chunk: np.ndarray, rows: np.ndarray) -> np.ndarray:
+        picked = chunk[rows]
+        return (picked @ picked.T).astype(np.float64)
+
+    def keep(self, chunk: np.ndarray, rows: np.ndarray, at: int) -> None:
+        self.kept[at : at + len(rows)] = chunk[rows]
+
+
+class _Torch(_Numpy):
+    """The same on a GPU."""
+
+    def __init__(self, n: int, dim: int, device: str):
+        import torch
+
+        self.torch, self.device = torch, device
+        self.kept = torch.empty((n, dim), dtype=torch.float32, device=device)
+
+    def put(self, picked: np.ndarray):
+        return self.torch.from_numpy(np.ascontiguousarray(picked, dtype=np.float32)).to(self.device)
+
+    def best_kept(self, chunk, n_kept: int, kept_tile: int) -> tuple[np.ndarray, np.ndarray]:
+        torch = self.torch
+        best = torch.full((len(chunk),), -2.0, device=chunk.device)
+        arg = torch.zeros(len(chunk), dtype=torch.int64, device=chunk.device)
+        for first in range(0, n_kept, kept_tile):
+            tile_best, tile_arg = (chunk @ self.kept[first : min(first + kept_tile, n_kept)].T).max(dim=1)
+            better = tile_best > best
+            best = torch.where(better, tile_best, best)
+            arg = torch.where(better, tile_arg + first, arg)
+        return best.double().cpu().numpy(), arg.cpu().numpy()
+
+    def among(self, chunk, rows: np.ndarray) -> np.ndarray:
+        picked = chunk[self.torch.from_numpy(rows).to(self.device)]
+        return (picked @ picked.T).double().cpu().numpy()
+
+    def keep(self, chunk, rows: np.ndarray, at: int) -> None:
+        self.kept[at : at + len(rows)] = chunk[self.torch.from_numpy(rows).to(self.device)]
+
+
 def walk_against_kept(emb: np.ndarray, order: np.ndarray, threshold: float, chunk_rows: int = CHUNK_ROWS,
                       kept_tile: int = KEPT_TILE, device: str = "cpu",
                       max_products: float | None = None) -> tuple[DedupDecision, np.ndarray, int]:
@@ -47,16 +107,15 @@ def walk_against_kept(emb: np.ndarray, order: np.ndarray, threshold: float, chun
     row's highest cosine to a kept row before it (-1 when none was before it), and the number
     of dot products computed. With ``max_products``, raises :class:`OverBudget` as soon as the
     work done plus the remaining rows times the rows kept so far plus the next chunk's own
-    pairs (a lower bound of what is left) passes it."""
-    import torch
-
+    pairs (a lower bound of what is left) passes it. ``device``: ``cpu`` (numpy) or a torch
+    CUDA device."""
     n, dim = emb.shape if emb.ndim == 2 else (len(emb), 0)
     keep = np.zeros(n, dtype=bool)
     matched = np.full(n, -1, dtype=np.int64)
     score = np.full(n, np.nan)
     nearest = np.full(n, -1.0)
     kept_rows = np.empty(n, dtype=np.int64)
-    kept = torch.empty((n, dim), dtype=torch.float32, device=device)  # the kept vectors, in the order kept
+    products_of = _Numpy(n, dim) if device == "cpu" else _Torch(n, dim, device)
     n_kept, products = 0, 0
     for start in range(0, n, chunk_rows):
         rows = order[start : start + chunk_rows]
@@ -65,8 +124,8 @@ def walk_against_kept(emb: np.ndarray, order: np.ndarray, threshold: float, chun
             raise OverBudget(start, n_kept, projected)
         picked = emb[rows]  # one gather of the chunk's vectors, used in both precisions
         chunk64 = picked.astype(np.float64)
-        chunk = torch.from_numpy(picked.astype(np.float32, copy=False)).to(device)
-        best, arg = _best_kept(chunk, kept, n_kept, kept_tile)
+        chunk = products_of.put(picked)
+        best, arg = products_of.best_kept(chunk, n_kept, kept_tile)
         products += len(rows) * n_kept
         near = np.flatnonzero(np.abs(best - threshold) < _EPS)  # float64 decides these, as in the reference
         if len(near):
@@ -76,31 +135,17 @@ def walk_against_kept(emb: np.ndarray, order: np.ndarray, threshold: float, chun
         score[rows[gone]] = best[gone]
         nearest[rows] = np.where(n_kept > 0, best, -1.0)
         open_rows = np.flatnonzero(~gone)
-        newly = _settle_among(chunk64, chunk, open_rows, threshold, rows, keep, matched, score, nearest)
+        among = products_of.among(chunk, open_rows) if len(open_rows) else None
+        newly = _settle_among(chunk64, among, open_rows, threshold, rows, keep, matched, score, nearest)
         products += len(open_rows) * (len(open_rows) - 1) // 2
-        take = rows[newly]
-        kept_rows[n_kept : n_kept + len(take)] = take
-        kept[n_kept : n_kept + len(take)] = chunk[torch.from_numpy(newly).to(device)]
-        n_kept += len(take)
+        kept_rows[n_kept : n_kept + len(newly)] = rows[newly]
+        products_of.keep(chunk, newly, n_kept)
+        n_kept += len(newly)
     return DedupDecision(keep, matched, score), nearest, products
 
 
-def _best_kept(chunk, kept, n_kept: int, kept_tile: int) -> tuple[np.ndarray, np.ndarray]:
-    """Each chunk row's best float32 cosine to the kept rows and its position among them."""
-    import torch
-
-    best = torch.full((len(chunk),), -2.0, device=chunk.device)
-    arg = torch.zeros(len(chunk), dtype=torch.int64, device=chunk.device)
-    for first in range(0, n_kept, kept_tile):
-        tile_best, tile_arg = (chunk @ kept[first : min(first + kept_tile, n_kept)].T).max(dim=1)
-        better = tile_best > best
-        best = torch.where(better, tile_best, best)
-        arg = torch.where(better, tile_arg + first, arg)
-    return best.double().cpu().numpy(), arg.cpu().numpy()
-
-
 def _best_kept64(emb: np.ndarray, kept_rows: np.ndarray, queries64: np.ndarray, kept_tile: int) -> tuple[np.ndarray, np.ndarray]:
-    """:func:`_best_kept` in float64 for a few rows, a tile of kept rows at a time (bounded memory)."""
+    """The best kept row in float64 for a few rows, a tile of kept rows at a time (bounded memory)."""
     best = np.full(len(queries64), -2.0)
     arg = np.zeros(len(queries64), dtype=np.int64)
     for first in range(0, len(kept_rows), kept_tile):
@@ -112,17 +157,13 @@ def _best_kept64(emb: np.ndarray, kept_rows: np.ndarray, queries64: np.ndarray, 
     return best, arg
 
 
-def _settle_among(chunk64: np.ndarray, chunk, open_rows: np.ndarray, threshold: float, rows: np.ndarray,
+def _settle_among(chunk64: np.ndarray, among: np.ndarray | None, open_rows: np.ndarray, threshold: float, rows: np.ndarray,
                   keep: np.ndarray, matched: np.ndarray, score: np.ndarray, nearest: np.ndarray) -> np.ndarray:
     """The greedy walk over a chunk's rows that no earlier kept row removed (``open_rows``, in
-    priority order): a row goes iff an earlier one of them that stayed is similar. Returns the
-    chunk positions kept."""
-    import torch
-
+    priority order; ``among``: their float32 cosines to each other): a row goes iff an earlier
+    one of them that stayed is similar. Returns the chunk positions kept."""
     if len(open_rows) == 0:
         return open_rows
-    index = torch.from_numpy(open_rows).to(chunk.device)
-    among = (chunk[index] @ chunk[index].T).double().cpu().numpy()
     among[np.triu_indices(len(open_rows))] = -2.0  # only earlier rows count
     stays = np.ones(len(open_rows), dtype=bool)
     for a in np.flatnonzero((among >= threshold - _EPS).any(axis=1)):
@@ -145,15 +186,19 @@ def _settle_among(chunk64: np.ndarray, chunk, open_rows: np.ndarray, threshold: 
 
 @ray.remote
 def _walk_task(refs: list, order: np.ndarray, threshold: float, use_gpu: bool, threads: int, max_products: float | None):
-    import torch
+    from threadpoolctl import threadpool_limits
 
     from platypus_ray.devices import actor_device
 
-    torch.set_num_threads(max(1, threads))  # a reused worker keeps the thread count of its first task
     emb = np.concatenate([ray.get(ref) for ref in refs]) if refs else np.zeros((0, 0), dtype=np.float32)
+    device = actor_device("cuda" if use_gpu else "cpu")
+    if device != "cpu":
+        import torch
+
+        torch.set_num_threads(max(1, threads))  # a reused worker keeps the thread count of its first task
     try:
-        return walk_against_kept(emb, order, threshold, device=actor_device("cuda" if use_gpu else "cpu"),
-                                 max_products=max_products)
+        with threadpool_limits(limits=max(1, threads)):  # a worker's BLAS starts at one thread (OMP_NUM_THREADS)
+            return walk_against_kept(emb, order, threshold, device=device, max_products=max_products)
     except OverBudget as over:  # a value, not an error: Ray would print a traceback for a raised one
         return over
 
