@@ -66,6 +66,13 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _stop_local_ray() -> None:
+    """Stop the local Ray instance a stage started (commands that never used Ray import none)."""
+    runtime = sys.modules.get("platypus_ray.runtime")
+    if runtime is not None:
+        runtime.stop_local_ray()
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     command = COMMANDS[args.command]
@@ -89,6 +96,8 @@ def main(argv: list[str] | None = None) -> int:
             raise
         print(f"platypus-ray {args.command}: error: {user_error}", file=sys.stderr)
         return 2
+    finally:
+        _stop_local_ray()
     print(result.summary())
     note = console.routed_note()
     if note:

@@ -135,11 +135,25 @@ def _cases(tmp_path: Path, tiny_model_path: str) -> dict:
                                        "add_eos_token": True}, rows),
         "train_data._token_counts": (train_data._token_counts, tokenized, "numpy", {"cutoff_len": 16},
                                      lambda t: {k: sum(t[k].to_pylist()) for k in ("rows", "tokens", "truncated")}),
+        "embed.embed_in_task": (embed_module.embed_in_task, to_embed, "numpy",
+                                {"embedder": embed_module.Embedder, "ctor": _static_embedder_arguments()}, _vectors_by_key),
         # Packing is per block by design: what must not change is which tokens and rows come out.
         "packing.pack_batch": (packing.pack_batch, tokenized, "numpy", {"cutoff_len": 64, "seed": 0},
                                lambda t: (sum(t["num_rows"].to_pylist()),
                                           collections.Counter(x for seq in t["input_ids"].to_pylist() for x in seq))),
     }
+
+
+def _static_embedder_arguments() -> dict:
+    from platypus_ray.embedding.encoders import EncoderSpec
+
+    spec = EncoderSpec("all-MiniLM-L6-v2", "static", device="cpu")
+    return {"model": spec.model, "device": "cpu", "batch_size": 256, "spec": spec, "keep_hash": False}
+
+
+def _vectors_by_key(t: pa.Table) -> list:
+    vectors = np.asarray(t["embedding"].combine_chunks().to_numpy_ndarray())
+    return sorted((key, vector.tobytes()) for key, vector in zip(t["key"].to_pylist(), vectors))
 
 
 def _written(folder: Path) -> list[str]:
@@ -180,7 +194,7 @@ def cases(tmp_path_factory, tiny_model):
     return _cases(tmp_path_factory.mktemp("blocks"), tiny_model)
 
 
-CASE_NAMES = ["sources._parse_files", "stage._with_keys", "embed._rows_of_keys", "contamination.ngram_matches",
+CASE_NAMES = ["sources._parse_files", "stage._with_keys", "embed._rows_of_keys", "embed.embed_in_task", "contamination.ngram_matches",
               "ledger._text_rows", "embedding_cache._write_shard", "ledger._write_block",
               "train_data.tokenize_batch", "train_data._token_counts", "packing.pack_batch"]
 

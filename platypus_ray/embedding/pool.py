@@ -1,4 +1,5 @@
-"""Sentence embeddings in a Ray Data actor pool: one encoder per actor, batches sorted by length.
+"""Sentence embeddings in a Ray Data actor pool: one encoder per actor, batches sorted by length
+(the static backend, which loads in a moment, runs as Ray Data tasks instead: see ``_in_actor_pool``).
 
 The encoder comes from :mod:`platypus_ray.embedding.encoders` (torch, ONNX Runtime, OpenVINO,
 int8, model2vec static); which one is settled on the driver before any actor starts
@@ -188,20 +189,37 @@ def _in_actor_pool(ds: ray.data.Dataset, n: int, cfg: EmbeddingConfig, device: s
     while the other idled (0.5x); small blocks are bundled up to ``batch_size`` rows (a sort
     of 2,000 rows gave blocks of 10, and a block a call ran at 0.4x). The sorted rows are
     materialised first: the sort is a barrier anyway, and an actor pool started beside it
-    would hold the CPUs its tasks need (a deadlock on a 2-CPU node). The static backend skips
-    the sort and takes blocks of up to ``STATIC_ROWS_PER_CALL`` rows, a few per actor: at 256
-    rows a call its pool ran at a fifth of the bare encoder's rate (issue 27)."""
-    if spec.backend == "static":  # a table lookup per token: no padding to save, and a call per 256 rows costs more than its work
+    would hold the CPUs its tasks need (a deadlock on a 2-CPU node).
+
+    The static backend is a table lookup per token: no padding to save, and a call per 256
+    rows cost more than its work (its pool ran at a fifth of the bare encoder's rate, issue
+    27). It skips the sort, takes blocks of up to ``STATIC_ROWS_PER_CALL`` rows, and runs as
+    Ray Data tasks, not actors: its model loads in a fraction of a second and stays loaded in
+    each worker process (:func:`embed_in_task`), while an actor pool's start and release
+    cost 3 s of a 65k-row run's 8 (fresh processes, then CPUs held until they exit)."""
+    ctor = {"model": cfg.model, "device": device, "batch_size": cfg.batch_size, "spec": spec, "keep_hash": keep_hash}
+    if spec.backend == "static":
         rows_per_call = min(STATIC_ROWS_PER_CALL, max(cfg.batch_size, -(-n // (4 * max(cfg.actors, 1)))))
         rows = ds.repartition(target_num_rows_per_block=rows_per_call).materialize()
-    else:
-        rows_per_call = cfg.batch_size
-        rows = (ds.sort(["text_len", "key"], descending=[True, False])
-                .repartition(target_num_rows_per_block=cfg.batch_size).materialize())
-    return actor_pool_map(rows, embedder, {"model": cfg.model, "device": device, "batch_size": cfg.batch_size, "spec": spec,
-                                           "keep_hash": keep_hash},
-                          actors=cfg.actors, max_actors=-(-n // rows_per_call), cpus_per_actor=cfg.cpus_per_actor,
-                          device=device, batch_size=rows_per_call)
+        return rows.map_batches(embed_in_task, fn_kwargs={"embedder": embedder, "ctor": ctor}, batch_size=rows_per_call,
+                                num_cpus=cfg.cpus_per_actor, concurrency=max(1, min(cfg.actors, -(-n // rows_per_call))))
+    rows = (ds.sort(["text_len", "key"], descending=[True, False])
+            .repartition(target_num_rows_per_block=cfg.batch_size).materialize())
+    return actor_pool_map(rows, embedder, ctor, actors=cfg.actors, max_actors=-(-n // cfg.batch_size),
+                          cpus_per_actor=cfg.cpus_per_actor, device=device, batch_size=cfg.batch_size)
+
+
+_TASK_EMBEDDERS: dict = {}  # (embedder class, its arguments) -> the embedder, once per worker process
+
+
+@rows_only(lambda: {"key": np.empty(0, np.int64)})
+def embed_in_task(batch: dict[str, np.ndarray], embedder: type[Embedder], ctor: dict) -> dict[str, np.ndarray]:
+    """:class:`Embedder` as a Ray Data task function, for encoders that load in a moment (static):
+    the worker process builds it on its first batch and keeps it for the next ones."""
+    identity = (embedder, tuple(sorted(ctor.items())))
+    if identity not in _TASK_EMBEDDERS:
+        _TASK_EMBEDDERS[identity] = embedder(**ctor)
+    return _TASK_EMBEDDERS[identity](batch)
 
 
 def _keys_and_hashes(ds: ray.data.Dataset) -> tuple[np.ndarray, np.ndarray]:
