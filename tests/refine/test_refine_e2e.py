@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import csv
 import json
+import re
 from pathlib import Path
 
 import pandas as pd
@@ -183,7 +184,12 @@ def test_review_csv_and_offline_report(refined):
     assert len(flags) == 3 and flags.matched.str.startswith("mmlu/").all()
     assert flags.text.str.len().gt(0).all() and flags.matched_text.str.len().gt(0).all()
     html = (output / "report.html").read_text()
-    assert html.count("data:image/png;base64,") == 2  # two histograms, inlined
+    assert html.count('<svg class="histogram"') == 2  # two histograms, inlined
+    stats = json.loads((output / "stats.json").read_text())
+    counts = [sum(map(int, re.findall(r'data-rows="(\d+)"', svg))) for svg in html.split('<svg class="histogram"')[1:]]
+    # the dedup one: every row with a higher-priority row to compare with; the contamination one: every survivor
+    assert 0 < counts[0] <= stats["kept"] + stats["removed"].get("near_duplicate", 0)
+    assert counts[1] == stats["kept"] + stats["removed"].get("near_duplicate", 0) + stats["removed"].get("contaminated", 0)
     assert "http://" not in html and "https://" not in html  # opens offline
     assert (output / "config.yaml").is_file()
 
