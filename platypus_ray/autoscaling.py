@@ -22,7 +22,6 @@ from pathlib import Path
 
 import yaml
 
-from platypus_ray.devices import SIMULATE_GPU_ENV
 from platypus_ray.errors import UserError
 
 HEAD_TYPE = "ray.head.default"  # the fake provider tags its head with this name
