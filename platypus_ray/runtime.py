@@ -26,6 +26,7 @@ _PASSED_THROUGH = ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "TORCH_EXTENSIONS_D
 # on 2 CPUs a worker idle through the dedup walk was killed and the write's next task waited
 # ~1.3 s for a fresh process.
 _LOCAL_WORKERS = {"num_workers_soft_limit": (os.cpu_count() or 1) + 4}
+_started_here = False  # this process started the local instance (stop_local_ray may stop it)
 
 
 def interpreter_first_path() -> str:
@@ -57,6 +58,7 @@ def init_ray(dashboard: bool = True) -> None:
 def stop_local_ray() -> None:
     """Stop the local instance this process started (a joined cluster is left running). Called by
     the CLI as a command ends: Ray's own exit hook does the same after a fixed half-second sleep."""
+    global _started_here
     if _started_here and ray.is_initialized():
         # The autoscaler monitor goes first: Ray stops it after the GCS, and it then spent its whole
         # one-second grace waiting for the GCS before being killed (1.4 s of shutdown, 0.4 s so).
@@ -64,9 +66,7 @@ def stop_local_ray() -> None:
         if node is not None and hasattr(node, "kill_monitor"):
             node.kill_monitor(check_alive=False)
         ray.shutdown()
-
-
-_started_here = False
+    _started_here = False
 
 
 def _has_nvidia_driver() -> bool:
