@@ -123,10 +123,11 @@ def run(cfg: RefineConfig) -> RefineResult:
 
 @contextlib.contextmanager
 def _refine_data_context():
-    """Ray Data settings for refine's steps, put back after (a pipeline trains next in the same driver).
-    Every refine step is one operator over materialised input, so nothing downstream needs the
-    CPUs Ray Data holds back per operator by default: with them held, a 2-CPU node ran the
-    read's two pieces one after the other."""
+    """Ray Data settings for refine's steps: rows keep their order (and the setting stays on), and
+    no CPUs are held back per operator, which is put back after (a pipeline trains next in the
+    same driver). Every refine step is one operator over materialised input, so nothing
+    downstream needs the CPUs Ray Data reserves by default: with them held, a 2-CPU node read
+    a file's two pieces one after the other."""
     context = ray.data.DataContext.get_current()
     saved = context.op_resource_reservation_enabled
     context.execution_options.preserve_order = True
