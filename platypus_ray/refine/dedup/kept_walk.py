@@ -49,15 +49,8 @@ class _Numpy:
 
     def best_kept(self, chunk: np.ndarray, n_kept: int, kept_tile: int) -> tuple[np.ndarray, np.ndarray]:
         """Each chunk row's best float32 cosine to the kept rows and its position among them."""
-        best = np.full(len(chunk), -2.0)
-        arg = np.zeros(len(chunk), dtype=np.int64)
-        for first in range(0, n_kept, kept_tile):
-            scores = chunk @ self.kept[first : min(first + kept_tile, n_kept)].T
-            tile_arg = scores.argmax(axis=1)
-            tile_best = scores[np.arange(len(scores)), tile_arg]
-            better = tile_best > best
-            best[better], arg[better] = tile_best[better], tile_arg[better] + first
-        return best, arg
+        return _best_over_tiles(chunk, ((first, self.kept[first : min(first + kept_tile, n_kept)])
+                                        for first in range(0, n_kept, kept_tile)))
 
     def among(self, chunk: np.ndarray, rows: np.ndarray) -> np.ndarray:
         picked = chunk[rows]
@@ -146,10 +139,17 @@ def walk_against_kept(emb: np.ndarray, order: np.ndarray, threshold: float, chun
 
 def _best_kept64(emb: np.ndarray, kept_rows: np.ndarray, queries64: np.ndarray, kept_tile: int) -> tuple[np.ndarray, np.ndarray]:
     """The best kept row in float64 for a few rows, a tile of kept rows at a time (bounded memory)."""
-    best = np.full(len(queries64), -2.0)
-    arg = np.zeros(len(queries64), dtype=np.int64)
-    for first in range(0, len(kept_rows), kept_tile):
-        scores = queries64 @ emb[kept_rows[first : first + kept_tile]].astype(np.float64).T
+    return _best_over_tiles(queries64, ((first, emb[kept_rows[first : first + kept_tile]].astype(np.float64))
+                                        for first in range(0, len(kept_rows), kept_tile)))
+
+
+def _best_over_tiles(queries: np.ndarray, tiles) -> tuple[np.ndarray, np.ndarray]:
+    """Each query's best cosine over ``tiles`` ((position of the tile's first row, its vectors), in
+    order) and the position of the row that gave it; -2.0 and 0 with no tiles."""
+    best = np.full(len(queries), -2.0)
+    arg = np.zeros(len(queries), dtype=np.int64)
+    for first, kept in tiles:
+        scores = queries @ kept.T
         tile_arg = scores.argmax(axis=1)
         tile_best = scores[np.arange(len(scores)), tile_arg]
         better = tile_best > best
@@ -192,10 +192,6 @@ def _walk_task(refs: list, order: np.ndarray, threshold: float, use_gpu: bool, t
 
     emb = np.concatenate([ray.get(ref) for ref in refs]) if refs else np.zeros((0, 0), dtype=np.float32)
     device = actor_device("cuda" if use_gpu else "cpu")
-    if device != "cpu":
-        import torch
-
-        torch.set_num_threads(max(1, threads))  # a reused worker keeps the thread count of its first task
     try:
         with threadpool_limits(limits=max(1, threads)):  # a worker's BLAS starts at one thread (OMP_NUM_THREADS)
             return walk_against_kept(emb, order, threshold, device=device, max_products=max_products)
