@@ -45,8 +45,7 @@ def ray_session(tmp_path_factory):
         num_cpus=2,
         include_dashboard=True,
         _temp_dir=str(tmp_path_factory.mktemp("ray")),
-        # no runtime_env: the variables are in os.environ above, and a job with a runtime env can
-        # not use the workers Ray starts ahead (each task of the session waited for a fresh one)
+        runtime_env={"env_vars": {"HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}},
         logging_level="WARNING",
     )
     ray.data.DataContext.get_current().enable_progress_bars = False
