@@ -56,15 +56,17 @@ class DedupConfig(StrictModel):
     # exact: all pairs (every pair for the report; all-pairs work). clustered: k-means partitions, the kept
     # set made exact by a search among kept rows. auto: kept within auto_exact_budget_s, clustered past it.
     mode: Literal["auto", "kept", "exact", "clustered"] = "auto"
-    # exact: each row keeps its best higher-priority neighbours only (memory rows x this, however dense a
-    # template cluster); a row with more, none of them kept, gets an exact check: decisions stay exact
-    neighbours_per_row: int = Field(32, ge=1, description="best higher-priority neighbours kept per row (both modes)")
+    # exact and clustered hold every pair found while they number at most max_pairs (24 B each in the
+    # driver); past it each row keeps its best higher-priority neighbours only (memory rows x this, however
+    # dense a template cluster), and a row with more, none of them kept, gets an exact check: decisions stay exact
+    max_pairs: int = Field(16_000_000, ge=0, description="pairs held before each row keeps only its neighbours_per_row best")
+    neighbours_per_row: int = Field(32, ge=1, description="past max_pairs: best higher-priority neighbours kept per row")
     # auto: the walk against the kept set while its projected GEMM time (measured rate x one node's CPUs) fits this
     auto_exact_budget_s: float = Field(60.0, ge=0.0, description="auto: the exact walk against the kept set while its "
                                        "projected time fits this, clustered past it")
     rows_per_cluster: int = Field(1000, ge=16, description="clustered: k = rows / this")
-    cluster_margin: float = Field(0.04, ge=0.0, le=1.0, description="clustered: also join centroids this close to the nearest")
-    recall_sample: int = Field(20_000, ge=0, description="clustered: rows checked against an exact search on every run")
+    cluster_margin: float = Field(0.06, ge=0.0, le=1.0, description="clustered: also join centroids this close to the nearest")
+    recall_sample: int = Field(5_000, ge=0, description="clustered: rows checked against an exact search on every run")
     timeout_s: float = Field(3600.0, gt=0, description="bound on the similarity tasks of one run")
 
 

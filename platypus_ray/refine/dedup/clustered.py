@@ -24,26 +24,24 @@ from typing import TYPE_CHECKING
 import numpy as np
 import ray
 
-from platypus_ray.refine.dedup.similarity import _EPS, Pairs, _exact_scores, _top_per_row
+from platypus_ray.refine.dedup.similarity import _EPS, HeldPairs, PairBudget, Pairs, _exact_scores
 from platypus_ray.embedding import EmbeddingBlocks
-from platypus_ray.waits import wait_all
+from platypus_ray.waits import as_completed, wait_all
 
 if TYPE_CHECKING:  # torch loads in the tasks that use it, not in the driver (1 s of every refine start)
     import torch
 
-_PAIR_DTYPES = (np.int64, np.int64, np.float64)
-
-
 @dataclass(frozen=True)
 class ClusterSettings:
     rows_per_cluster: int = 1000
-    margin: float = 0.04  # extra centroids within this cosine of the nearest one
+    margin: float = 0.06  # extra centroids within this cosine of the nearest one
     max_assign: int = 4
     kmeans_iterations: int = 12
     sample_per_cluster: int = 40  # k-means training rows per centroid
     tile: int = 2048
     seed: int = 0
     per_row: int | None = None  # with a rank: each row's best higher-priority neighbours kept (see similarity)
+    max_pairs: int = 0  # ... once more than this many pairs are held (0: from the start)
 
 
 @dataclass
@@ -74,11 +72,18 @@ def clustered_pairs_above(blocks: EmbeddingBlocks, threshold: float, settings: C
     pieces = [split.remote(ref, a, group_of_cluster, groups, int(start))
               for ref, a, start in zip(blocks.refs, assigned, blocks.offsets[:-1])]
     pieces = [p if isinstance(p, list) else [p] for p in pieces]
-    per_row = settings.per_row if rank is not None else None
-    rank_ref = ray.put(rank if per_row else None)
-    found = wait_all([_pairs_in_group.remote(threshold, settings.tile, rank_ref, per_row, *[p[g] for p in pieces])
-                      for g in range(groups)], timeout_s)
-    pairs = _union(found, n, per_row)
+    budget = PairBudget(settings.per_row, settings.max_pairs) if settings.per_row and rank is not None else None
+    rank_ref = ray.put(rank if budget else None)
+    refs = [_pairs_in_group.remote(threshold, settings.tile, rank_ref, budget, *[p[g] for p in pieces]) for g in range(groups)]
+    held = HeldPairs(n, budget, distinct=True)
+    nearest = np.full(n, -1.0, dtype=np.float32)
+    for i, j, score, near_ids, near, counted_rows, counted, task_bounded in as_completed(refs, timeout_s):
+        held.add(i, j, score, task_bounded)
+        np.maximum.at(nearest, near_ids, near)
+        # a pair shared by two clusters counts twice here: "incomplete" errs towards an exact check
+        np.add.at(held.counts, counted_rows, counted)
+    i, j, score = held.pairs()
+    pairs = Pairs(np.minimum(i, j), np.maximum(i, j), score, nearest, *held.bound_fields())
     return ClusteredPairs(pairs, k, float(sizes.sum() / max(n, 1)), int(sizes.max(initial=0)))
 
 
@@ -144,9 +149,10 @@ def _split(block: np.ndarray, clusters: np.ndarray, group_of_cluster: np.ndarray
 
 
 @ray.remote
-def _pairs_in_group(threshold: float, tile: int, rank: np.ndarray | None, per_row: int | None, *pieces):
+def _pairs_in_group(threshold: float, tile: int, rank: np.ndarray | None, budget: PairBudget | None, *pieces):
     """Pairs >= threshold inside each cluster of this group, each row's best in-cluster cosine and,
-    bounded, (row, candidate count) of the lower-priority rows; pairs come as (hi, lo) by priority."""
+    with a ``budget``, (row, candidate count) of the lower-priority rows, pairs as (hi, lo) by
+    priority, bounded per row once this task alone holds more than the budget."""
     import torch
 
     ids, cluster = (np.concatenate([p[k] for p in pieces]) for k in range(2))
@@ -154,11 +160,11 @@ def _pairs_in_group(threshold: float, tile: int, rank: np.ndarray | None, per_ro
     order = np.argsort(cluster, kind="stable")
     ids, cluster, vectors = ids[order], cluster[order], vectors[order]
     bounds = np.flatnonzero(np.diff(cluster, prepend=-1, append=-2))
-    found, near_ids, near, counted = [], [], [], []
+    held = HeldPairs(0, budget, distinct=True)
+    near_ids, near, counted = [], [], []
     for a, b in zip(bounds[:-1], bounds[1:]):
         x = torch.from_numpy(vectors[a:b])
         best = torch.full((b - a,), -1.0)
-        in_cluster = []
         for s in range(0, b - a, tile):
             sims = x[s : s + tile] @ x.T
             local = torch.arange(s, s + len(sims))
@@ -169,23 +175,17 @@ def _pairs_in_group(threshold: float, tile: int, rank: np.ndarray | None, per_ro
             score = _rescored(vectors[a:b], li, lj, sims[li - s, lj].numpy().astype(np.float64), threshold)
             exact = score >= threshold
             gi, gj, score = ids[a:b][li[exact]], ids[a:b][lj[exact]], score[exact]
-            if per_row is None:
-                in_cluster.append((gi, gj, score))
-                continue
-            i_first = rank[gi] < rank[gj]
-            gi, gj = np.where(i_first, gi, gj), np.where(i_first, gj, gi)
-            counted.append(np.unique(gj, return_counts=True))
-            # bounded while the cluster is walked: a template stays linear
-            in_cluster = [_top_per_row(*map(np.concatenate, zip(*in_cluster, (gi, gj, score))), per_row)]
-        found += in_cluster
-        if per_row is not None and len(found) > 1:  # a row in several clusters: one list of its best
-            found = [_top_per_row(*_distinct(*map(np.concatenate, zip(*found))), per_row)]
+            if budget is not None:
+                i_first = rank[gi] < rank[gj]
+                gi, gj = np.where(i_first, gi, gj), np.where(i_first, gj, gi)
+                counted.append(np.unique(gj, return_counts=True))
+            held.add(gi, gj, score)  # bounded while the cluster is walked: a template stays linear
         near_ids.append(ids[a:b])
         near.append(best.numpy())
     cat = lambda parts, dtype: np.concatenate(parts) if parts else np.empty(0, dtype)  # noqa: E731
-    return (cat([f[0] for f in found], np.int64), cat([f[1] for f in found], np.int64), cat([f[2] for f in found], np.float64),
-            cat(near_ids, np.int64), cat(near, np.float32), cat([c[0] for c in counted], np.int64),
-            cat([c[1] for c in counted], np.int64))
+    i, j, score = held.pairs()
+    return (i, j, score, cat(near_ids, np.int64), cat(near, np.float32), cat([c[0] for c in counted], np.int64),
+            cat([c[1] for c in counted], np.int64), held.bounding)
 
 
 def _rescored(x: np.ndarray, i: np.ndarray, j: np.ndarray, score: np.ndarray, threshold: float) -> np.ndarray:
@@ -199,30 +199,3 @@ def _rescored(x: np.ndarray, i: np.ndarray, j: np.ndarray, score: np.ndarray, th
 def pair_keys(i: np.ndarray, j: np.ndarray, n: int) -> np.ndarray:
     """One int64 per unordered pair of row indices below ``n``: (i, j) and (j, i) get the same key."""
     return np.minimum(i, j) * np.int64(n) + np.maximum(i, j)
-
-
-def _distinct(i: np.ndarray, j: np.ndarray, score: np.ndarray):
-    """Each ordered pair once (a pair seen in two clusters is the same pair)."""
-    _, first = np.unique(pair_keys(i, j, int(max(i.max(initial=0), j.max(initial=0))) + 1), return_index=True)
-    return i[first], j[first], score[first]
-
-
-def _union(found: list[tuple], n: int, per_row: int | None) -> Pairs:
-    """Pairs found in several clusters (or groups) count once; bounded, each row keeps its best."""
-    i = np.concatenate([f[0] for f in found]) if found else np.empty(0, np.int64)
-    j = np.concatenate([f[1] for f in found]) if found else np.empty(0, np.int64)
-    score = np.concatenate([f[2] for f in found]) if found else np.empty(0)
-    i, j, score = _distinct(i, j, score)
-    nearest = np.full(n, -1.0, dtype=np.float32)
-    for f in found:
-        np.maximum.at(nearest, f[3], f[4])
-    if per_row is None:
-        lo, hi = np.minimum(i, j), np.maximum(i, j)
-        return Pairs(lo, hi, score, nearest)
-    i, j, score = _top_per_row(i, j, score, per_row)
-    counts = np.zeros(n, dtype=np.int64)
-    for f in found:
-        np.add.at(counts, f[5], f[6])
-    # counts may count a pair once per shared cluster: "incomplete" errs towards an exact check
-    lo, hi = np.minimum(i, j), np.maximum(i, j)
-    return Pairs(lo, hi, score, nearest, incomplete=counts > per_row, total=int(counts.sum()))

@@ -67,11 +67,12 @@ def dedup_rows(vectors: EmbeddingBlocks | np.ndarray, output_len: np.ndarray, cf
     print(f"refine: semantic dedup of {n} rows: {mode} ({why})", flush=True)
     estimate.pop("max_products", None)
     if mode == "exact" or n < 2:  # (kept with fewer than 2 rows: nothing to compare)
-        pairs = all_pairs_above(blocks, cfg.threshold, cfg.tile_size, num_gpus, cfg.timeout_s, rank, cfg.neighbours_per_row)
+        pairs = all_pairs_above(blocks, cfg.threshold, cfg.tile_size, num_gpus, cfg.timeout_s, rank, cfg.neighbours_per_row,
+                                cfg.max_pairs)
         decision = resolve_greedy(n, pairs, order, exact_check_against(blocks, cfg.threshold, cfg.timeout_s))
         return DedupOutcome(pairs, decision, {"mode": mode, "why": why, **estimate, **_bound_stats(pairs)})
     settings = ClusterSettings(rows_per_cluster=cfg.rows_per_cluster, margin=cfg.cluster_margin, tile=cfg.tile_size,
-                               per_row=cfg.neighbours_per_row)
+                               per_row=cfg.neighbours_per_row, max_pairs=cfg.max_pairs)
     found = clustered_pairs_above(blocks, cfg.threshold, settings, cfg.timeout_s, rank)
     check = exact_check_against(blocks, cfg.threshold, cfg.timeout_s)
     pairs, decision, closure = close_over_kept(blocks, found.pairs, order, rank, check, cfg, num_gpus)
@@ -157,5 +158,8 @@ def _node_capacity() -> tuple[float, float | None]:
 
 
 def _bound_stats(pairs: Pairs) -> dict:
-    """How many pairs the search saw, and how many rows had more than ``neighbours_per_row``."""
-    return {"pairs_found": pairs.count, "rows_over_neighbour_bound": int(pairs.incomplete.sum())}
+    """How many pairs the search saw, whether it held them all (within ``dedup.max_pairs``), and
+    how many rows had more than ``neighbours_per_row`` when it did not."""
+    bounded = pairs.count > len(pairs.i)
+    return {"pairs_found": pairs.count, "pairs_held": len(pairs.i), "every_pair_held": not bounded,
+            "rows_over_neighbour_bound": int(pairs.incomplete.sum())}

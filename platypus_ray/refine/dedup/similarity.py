@@ -59,38 +59,96 @@ class BestMatch:
 
 
 def all_pairs_above(vectors: EmbeddingBlocks | np.ndarray, threshold: float, tile: int, num_gpus: float = 0.0,
-                    timeout_s: float = 3600.0, rank: np.ndarray | None = None, per_row: int | None = None) -> Pairs:
+                    timeout_s: float = 3600.0, rank: np.ndarray | None = None, per_row: int | None = None,
+                    max_pairs: int = 0) -> Pairs:
     """Every pair of rows with cosine >= threshold (exact), plus nearest-neighbour scores.
 
-    With ``rank`` (priority: lower is kept first) and ``per_row``, each row keeps only its
-    ``per_row`` best neighbours of higher priority, so memory is O(rows x per_row) however
-    dense a cluster is (a template filled in 10,000 times has ~5*10^7 pairs)."""
+    With ``rank`` (priority: lower is kept first) and ``per_row``, memory has a bound: once more
+    than ``max_pairs`` pairs are held (0: from the start), each row keeps only its ``per_row``
+    best neighbours of higher priority, so memory is O(rows x per_row) however dense a cluster
+    is (a template filled in 10,000 times has ~5*10^7 pairs). Under the budget every pair is kept."""
     blocks = EmbeddingBlocks.of(vectors)
     n = blocks.n
     nearest = np.full(n, -1.0, dtype=np.float32)
-    bounded = per_row is not None
+    bounded = per_row is not None and rank is not None
     if n < 2:
         empty = np.empty(0, dtype=np.int64)
         return Pairs(empty, empty, np.empty(0), nearest, np.zeros(n, dtype=bool) if bounded else None, 0 if bounded else None)
     rank_ref = ray.put(rank if bounded else None)
     task = _pairs_in_row_block.options(num_gpus=num_gpus)
-    refs = [task.remote(blocks.refs, blocks.offsets, b, start, min(start + tile, end), tile, threshold, rank_ref, per_row)
+    budget = PairBudget(per_row, max_pairs) if bounded else None
+    refs = [task.remote(blocks.refs, blocks.offsets, b, start, min(start + tile, end), tile, threshold, rank_ref, budget)
             for b, first, end in blocks.spans() for start in range(first, end, tile)]
-    found: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
-    counts = np.zeros(n, dtype=np.int64)
-    for start, i, j, score, row_max, col_max, block_counts in as_completed(refs, timeout_s):
-        found.append((i, j, score))
-        if bounded:  # j is the lower-priority row: keep its per_row best, whatever the other tasks found
-            found = [_top_per_row(*map(np.concatenate, zip(*found)), per_row)]
-            counts[start:] += block_counts
+    held = HeldPairs(n, budget)
+    for start, i, j, score, row_max, col_max, block_counts, task_bounded in as_completed(refs, timeout_s):
+        held.add(i, j, score, task_bounded)  # bounded: j is the lower-priority row
+        if block_counts is not None:
+            held.counts[start:] += block_counts
         np.maximum(nearest[start : start + len(row_max)], row_max, out=nearest[start : start + len(row_max)])
         np.maximum(nearest[start:], col_max, out=nearest[start:])
-    i, j, score = map(np.concatenate, zip(*found))
+    i, j, score = held.pairs()
     i, j = np.minimum(i, j), np.maximum(i, j)
     order = np.lexsort((j, i))
-    if not bounded:
-        return Pairs(i[order], j[order], score[order], nearest)
-    return Pairs(i[order], j[order], score[order], nearest, incomplete=counts > per_row, total=int(counts.sum()))
+    return Pairs(i[order], j[order], score[order], nearest, *held.bound_fields())
+
+
+@dataclass(frozen=True)
+class PairBudget:
+    """Memory bound of a pair search: past ``max_pairs`` held pairs (0: always), each row keeps its
+    ``per_row`` best higher-priority neighbours and rows that had more are marked incomplete."""
+
+    per_row: int
+    max_pairs: int = 0
+
+    def over(self, held: int) -> bool:
+        return held > self.max_pairs
+
+
+class HeldPairs:
+    """The pairs a search's driver holds as task results arrive: all of them while they fit the
+    budget, then (for good, and in every later task's result too) each row's ``per_row`` best.
+    ``distinct``: results may repeat a pair (a row placed in two clusters), counted once."""
+
+    def __init__(self, n: int, budget: PairBudget | None, distinct: bool = False):
+        self.budget, self.distinct = budget, distinct
+        self.parts: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
+        self.held = 0
+        self.bounding = budget is not None and budget.max_pairs == 0
+        self.counts = np.zeros(n, dtype=np.int64)  # candidates per lower-priority row, before any bound
+
+    def add(self, hi: np.ndarray, lo: np.ndarray, score: np.ndarray, task_bounded: bool = False) -> None:
+        self.parts.append((hi, lo, score))
+        self.held += len(hi)
+        if self.budget is None:
+            return
+        self.bounding = self.bounding or task_bounded or self.budget.over(self.held)
+        if self.bounding:
+            self.parts = [_top_per_row(*self._joined(), self.budget.per_row)]
+            self.held = len(self.parts[0][0])
+
+    def _joined(self):
+        joined = tuple(map(np.concatenate, zip(*self.parts))) if self.parts else _NO_PAIRS
+        return _distinct_pairs(*joined) if self.distinct and len(self.parts) > 1 else joined
+
+    def pairs(self):
+        return self._joined()
+
+    def bound_fields(self) -> tuple[np.ndarray | None, int | None]:
+        """(incomplete, total) for :class:`Pairs`: nothing marked while every pair was kept."""
+        if self.budget is None:
+            return None, None
+        incomplete = self.counts > self.budget.per_row if self.bounding else np.zeros(len(self.counts), dtype=bool)
+        return incomplete, int(self.counts.sum())
+
+
+_NO_PAIRS = (np.empty(0, np.int64), np.empty(0, np.int64), np.empty(0, np.float64))
+
+
+def _distinct_pairs(i: np.ndarray, j: np.ndarray, score: np.ndarray):
+    """Each pair once (the same pair found twice has the same score)."""
+    n = int(max(i.max(initial=0), j.max(initial=0))) + 1
+    _, first = np.unique(np.minimum(i, j) * np.int64(n) + np.maximum(i, j), return_index=True)
+    return i[first], j[first], score[first]
 
 
 def _top_per_row(hi: np.ndarray, lo: np.ndarray, score: np.ndarray, k: int):
@@ -131,12 +189,13 @@ def _device(num_gpus_assigned: bool) -> torch.device:
 
 @ray.remote
 def _pairs_in_row_block(refs: list, offsets: np.ndarray, b: int, start: int, stop: int, tile: int, threshold: float,
-                        rank: np.ndarray | None, per_row: int | None):
+                        rank: np.ndarray | None, budget: PairBudget | None):
     """Pairs (i in rows start..stop-1 of block ``b``, j > i) with cosine >= threshold, scored in
-    float64 (candidates come from float32 tiles at threshold - _EPS). Bounded (``per_row``):
-    returned as (higher-priority row, lower-priority row), at most ``per_row`` per lower-priority
-    row, with each row's candidate count before the bound. Column blocks are read from the
-    object store one at a time (``refs`` is a list, so Ray does not fetch them all up front)."""
+    float64 (candidates come from float32 tiles at threshold - _EPS). With a ``budget``: returned
+    as (higher-priority row, lower-priority row) with each row's candidate count, and bounded to
+    ``per_row`` per lower-priority row once this task alone holds more than the budget. Column
+    blocks are read from the object store one at a time (``refs`` is a list, so Ray does not
+    fetch them all up front)."""
     import torch
 
     device = _device(bool(ray.get_gpu_ids()))
@@ -147,8 +206,7 @@ def _pairs_in_row_block(refs: list, offsets: np.ndarray, b: int, start: int, sto
     rows = torch.from_numpy(rows32).to(device)
     row_max = torch.full((stop - start,), -1.0, device=device)
     col_max = torch.full((n - start,), -1.0, device=device)
-    found: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
-    counts = np.zeros(n - start, dtype=np.int64) if per_row is not None else None
+    held = HeldPairs(n - start, budget)
     for c in range(b, len(refs)):
         columns = block if c == b else ray.get(refs[c])
         for col in range(start if c == b else int(offsets[c]), int(offsets[c + 1]), tile):
@@ -163,45 +221,62 @@ def _pairs_in_row_block(refs: list, offsets: np.ndarray, b: int, start: int, sto
             hit_i, hit_j = (h.cpu().numpy() for h in torch.nonzero(sims >= threshold - _EPS, as_tuple=True))
             score = np.einsum("ij,ij->i", rows64[hit_i], cols[hit_j].astype(np.float64))
             i, j = hit_i + start, hit_j + col
-            if counts is None:
-                exact = score >= threshold
-                found.append((i[exact], j[exact], score[exact]))
-                continue
-            i_first = rank[i] < rank[j]
-            i, j = np.where(i_first, i, j), np.where(i_first, j, i)  # (higher, lower priority)
-            counts += np.bincount(j - start, minlength=n - start)
+            if budget is not None:
+                i_first = rank[i] < rank[j]
+                i, j = np.where(i_first, i, j), np.where(i_first, j, i)  # (higher, lower priority)
+                held.counts += np.bincount(j - start, minlength=n - start)
             exact = score >= threshold
-            found = [_top_per_row(*map(np.concatenate, zip(*found, (i[exact], j[exact], score[exact]))), per_row)]
-    i, j, score = map(np.concatenate, zip(*found))
-    return start, i, j, score, row_max.cpu().numpy(), col_max.cpu().numpy(), counts
+            held.add(i[exact], j[exact], score[exact])
+    i, j, score = held.pairs()
+    counts = held.counts if budget is not None else None
+    return start, i, j, score, row_max.cpu().numpy(), col_max.cpu().numpy(), counts, held.bounding
 
 
 @ray.remote
 def _best_in_row_block(block: np.ndarray, first: int, lo: int, hi: int, references: np.ndarray, tile: int,
                        threshold: float):
-    """Best reference for each query row lo..hi-1 of a block whose first row is ``first``."""
+    """Best reference for each query row lo..hi-1 of a block whose first row is ``first``: float32
+    products on a GPU (torch) when the task has one, else numpy's BLAS (the worker loads no torch,
+    2 s of every start)."""
+    queries = block[lo:hi]
+    if ray.get_gpu_ids():
+        best_np, idx_np = _best_references_torch(queries, references, tile)
+    else:
+        best_np = np.full(hi - lo, -2.0, dtype=np.float32)
+        idx_np = np.zeros(hi - lo, dtype=np.int64)
+        for col in range(0, len(references), tile):
+            sims = queries @ references[col : col + tile].T
+            idx = sims.argmax(axis=1)
+            values = sims[np.arange(len(sims)), idx]
+            better = values > best_np
+            best_np = np.where(better, values, best_np)
+            idx_np = np.where(better, idx + col, idx_np)
+    float32_best = best_np
+    best64 = _exact_scores_between(queries, references, np.arange(hi - lo), idx_np)
+    # A row whose float32 best lies within _EPS of the threshold is re-scored in float64
+    # against every reference: another reference may cross the threshold where this one does not.
+    for k in np.flatnonzero(np.abs(float32_best - threshold) < _EPS):
+        exact = references.astype(np.float64) @ queries[k].astype(np.float64)
+        idx_np[k] = int(np.argmax(exact))
+        best64[k] = float(exact[idx_np[k]])
+    return first + lo, idx_np, best64
+
+
+def _best_references_torch(queries: np.ndarray, references: np.ndarray, tile: int) -> tuple[np.ndarray, np.ndarray]:
+    """(best float32 cosine, its reference) of each query, on this task's GPU."""
     import torch
 
-    device = _device(bool(ray.get_gpu_ids()))
-    queries = block[lo:hi]
+    device = _device(True)
     rows = torch.from_numpy(np.array(queries)).to(device)
-    best = torch.full((hi - lo,), -2.0, device=device)
-    best_idx = torch.zeros((hi - lo,), dtype=torch.int64, device=device)
+    best = torch.full((len(queries),), -2.0, device=device)
+    best_idx = torch.zeros((len(queries),), dtype=torch.int64, device=device)
     for col in range(0, len(references), tile):
         sims = rows @ torch.from_numpy(references[col : col + tile]).to(device).T
         values, idx = sims.max(dim=1)
         better = values > best
         best = torch.where(better, values, best)
         best_idx = torch.where(better, idx + col, best_idx)
-    idx_np = best_idx.cpu().numpy()
-    best_np = _exact_scores_between(queries, references, np.arange(hi - lo), idx_np)
-    # A row whose float32 best lies within _EPS of the threshold is re-scored in float64
-    # against every reference: another reference may cross the threshold where this one does not.
-    for k in np.flatnonzero(np.abs(best.cpu().numpy() - threshold) < _EPS):
-        exact = references.astype(np.float64) @ queries[k].astype(np.float64)
-        idx_np[k] = int(np.argmax(exact))
-        best_np[k] = float(exact[idx_np[k]])
-    return first + lo, idx_np, best_np
+    return best.cpu().numpy(), best_idx.cpu().numpy()
 
 
 def _exact_scores(emb: np.ndarray, i: np.ndarray, j: np.ndarray) -> np.ndarray:

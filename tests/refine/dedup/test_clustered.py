@@ -69,17 +69,20 @@ def test_auto_mode_and_clustered_decisions_match_exact_on_planted_rows(planted):
     assert agreement >= 0.998 and clustered.stats["mode"] == "clustered" and clustered.stats["pair_recall"] >= 0.98
 
 
-def test_a_template_in_clustered_mode_stays_within_the_row_bound_and_decides_as_exact(ray_session):
-    """2,000 rows of one template (2 million pairs) among 2,000 unrelated rows: clustered mode
-    holds at most neighbours_per_row pairs a row, and the decisions equal exact mode's."""
+@pytest.mark.parametrize("max_pairs", [0, 300_000])
+def test_a_template_in_clustered_mode_stays_within_the_row_bound_and_decides_as_exact(ray_session, max_pairs):
+    """2,000 rows of one template (2 million pairs) among 2,000 unrelated rows, past dedup.max_pairs
+    (from the start, or once a group's pairs pass it): clustered mode holds at most
+    neighbours_per_row pairs a row, and the decisions equal exact mode's."""
     rng = np.random.default_rng(5)
     emb = np.concatenate([rng.normal(size=64) + 0.05 * rng.normal(size=(2000, 64)), rng.normal(size=(2000, 64))])
     emb = (emb / np.linalg.norm(emb, axis=1, keepdims=True)).astype(np.float32)
     lengths = rng.integers(1, 500, len(emb))
-    cfg = DedupConfig(mode="clustered", rows_per_cluster=500, neighbours_per_row=8, recall_sample=400)
+    cfg = DedupConfig(mode="clustered", rows_per_cluster=500, neighbours_per_row=8, recall_sample=400, max_pairs=max_pairs)
     clustered = dedup_rows(emb, lengths, cfg, 0)
     assert clustered.pairs.count >= 2000 * 1999 // 2 and len(clustered.pairs.i) <= len(emb) * 8
     assert clustered.stats["rows_over_neighbour_bound"] > 1000 and clustered.stats["decision_agreement"] == 1.0
+    assert not clustered.stats["every_pair_held"] and clustered.stats["pair_recall"] < 0.05 <= 0.99 <= clustered.stats["pair_recall_within_bound"]
     reference = dedup_rows(emb, lengths, DedupConfig(mode="exact"), 0)
     np.testing.assert_array_equal(clustered.decision.keep, reference.decision.keep)
     assert clustered.decision.keep[:2000].sum() == 1

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from platypus_ray.dedup_reference import greedy_reference, platypus_notebook_loop
 from platypus_ray.refine.dedup.greedy import priority_order, resolve_greedy
@@ -127,7 +129,82 @@ def test_a_template_filled_in_thousands_of_times_stays_within_the_row_bound(ray_
     assert np.flatnonzero(decision.keep).tolist() == [order[0]]
 
 
+@pytest.mark.parametrize("share", [0.0, 0.3, 0.99, 1.0, 10.0])
+def test_a_pair_budget_holds_every_pair_when_they_fit_and_decides_exactly_when_they_do_not(ray_session, share):
+    """dedup.max_pairs: a search whose pairs fit the budget holds every one of them (no row marked
+    incomplete, the pairs equal brute force); past it, wherever in the run the budget is crossed,
+    rows keep their best neighbours and the decisions still equal brute force."""
+    from platypus_ray.refine.dedup.greedy import exact_check_against
+
+    emb = clustered_embeddings(517, seed=3)
+    truth = brute_force_pairs(emb, 0.8)
+    order = priority_order(np.random.default_rng(4).integers(1, 40, len(emb)), "longest_output")
+    rank = np.argsort(order)
+    budget = int(share * len(truth))
+    pairs = all_pairs_above(emb, 0.8, 64, rank=rank, per_row=2, max_pairs=budget)
+    assert pairs.count == len(truth)
+    if budget >= len(truth):
+        assert set(zip(pairs.i.tolist(), pairs.j.tolist())) == truth and not pairs.incomplete.any()
+    else:
+        assert len(pairs.i) < len(truth) and pairs.incomplete.any()
+    decision = resolve_greedy(len(emb), pairs, order, exact_check_against(emb, 0.8))
+    np.testing.assert_array_equal(decision.keep, greedy_reference(emb, order, 0.8))
+
+
 @pytest.mark.parametrize("n", [0, 1])
 def test_bounded_search_of_fewer_than_two_rows_finds_nothing(n):
     pairs = all_pairs_above(np.ones((n, 4), dtype=np.float32) / 2, 0.8, 16, rank=np.arange(n), per_row=4)
     assert len(pairs.i) == 0 and pairs.count == 0 and not pairs.incomplete.any() and len(pairs.incomplete) == n
+
+
+def _walk_row_by_row(n, pairs, order, exact_check=None):
+    """The greedy rule as a plain walk in priority order over listed pairs (the oracle for
+    resolve_greedy's propagation): removed iff a listed higher-priority neighbour is kept; an
+    incomplete row with none asks ``exact_check``; the match is the best kept neighbour."""
+    rank = np.argsort(order)
+    keep = np.ones(n, dtype=bool)
+    matched, score = np.full(n, -1), np.full(n, np.nan)
+    neighbours: dict[int, list] = {}
+    for a, b, s in zip(pairs.i.tolist(), pairs.j.tolist(), pairs.score.tolist()):
+        hi, lo = (a, b) if rank[a] < rank[b] else (b, a)
+        neighbours.setdefault(lo, []).append((hi, s))
+    incomplete = pairs.incomplete if pairs.incomplete is not None else np.zeros(n, dtype=bool)
+    for row in order.tolist():
+        kept = [(s, -k, hi) for k, (hi, s) in enumerate(neighbours.get(row, [])) if keep[hi]]
+        if kept:
+            s, _, hi = max(kept)
+            keep[row], matched[row], score[row] = False, hi, s
+        elif incomplete[row]:
+            match, cosine = exact_check(row, keep, rank)
+            if match >= 0:
+                keep[row], matched[row], score[row] = False, match, cosine
+    return keep, matched, score
+
+
+@given(n=st.integers(2, 120), density=st.floats(0.0, 0.3), chain=st.booleans(), seed=st.integers(0, 2**31 - 1))
+@settings(max_examples=60, deadline=None)
+def test_propagation_decides_as_the_row_by_row_walk_on_any_graph(n, density, chain, seed):
+    """Random graphs, priority orders, tied scores, incomplete rows and chains longer than the
+    propagation's rounds: the same keep, matches and scores as a walk one row at a time."""
+    rng = np.random.default_rng(seed)
+    i, j = np.triu_indices(n, k=1)
+    pick = rng.random(len(i)) < density
+    i, j = i[pick], j[pick]
+    if chain:  # 0-1, 1-2, ...: each link settles one propagation round later
+        i, j = np.r_[i, np.arange(n - 1)], np.r_[j, np.arange(1, n)]
+        _, first = np.unique(i * n + j, return_index=True)
+        i, j = i[first], j[first]
+    score = rng.choice([0.81, 0.85, 0.9, 0.97], size=len(i))  # few values: ties decide by list order
+    order = rng.permutation(n) if not chain else np.arange(n)
+    incomplete = rng.random(n) < 0.2
+    pairs = Pairs(i, j, score, np.full(n, -1.0), incomplete=incomplete)
+
+    def check(row, keep, rank_):  # a deterministic stand-in answer: the first kept row before it, for even rows
+        before = np.flatnonzero(keep & (rank_ < rank_[row]))
+        return (int(before[np.argmin(rank_[before])]), 0.8) if row % 2 == 0 and len(before) else (-1, float("nan"))
+
+    decision = resolve_greedy(n, pairs, order, check)
+    keep, matched, best = _walk_row_by_row(n, pairs, order, check)
+    np.testing.assert_array_equal(decision.keep, keep)
+    np.testing.assert_array_equal(decision.matched, matched)
+    np.testing.assert_array_equal(decision.score, best)
