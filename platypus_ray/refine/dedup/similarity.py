@@ -113,6 +113,7 @@ class HeldPairs:
         self.budget, self.distinct = budget, distinct
         self.parts: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
         self.held = 0
+        self._recount_at = 0
         self.bounding = budget is not None and budget.max_pairs == 0
         self.counts = np.zeros(n, dtype=np.int64)  # candidates per lower-priority row, before any bound
 
@@ -121,7 +122,15 @@ class HeldPairs:
         self.held += len(hi)
         if self.budget is None:
             return
-        self.bounding = self.bounding or task_bounded or self.budget.over(self.held)
+        if not self.bounding and self.budget.over(self.held):
+            if not self.distinct:
+                self.bounding = True
+            elif self.held > self._recount_at:  # repeats cost no budget: count distinct pairs (again past a quarter more)
+                self.parts = [self._joined()]
+                self.held = len(self.parts[0][0])
+                self._recount_at = self.held + self.budget.max_pairs // 4
+                self.bounding = self.budget.over(self.held)
+        self.bounding = self.bounding or task_bounded
         if self.bounding:
             self.parts = [_top_per_row(*self._joined(), self.budget.per_row)]
             self.held = len(self.parts[0][0])

@@ -40,6 +40,11 @@ def test_clustered_finds_the_planted_pairs_and_reports_true_recall(planted):
     assert len(exact.i) > 300 and true_recall >= 0.99
     np.testing.assert_allclose(np.sort(found.pairs.score), np.sort(exact.score[np.isin(
         exact.i * n + exact.j, list(keys(found.pairs, n)))]), atol=1e-6)
+    # a budget of exactly the distinct pairs holds them all, though rows in two clusters repeat pairs
+    budgeted = clustered_pairs_above(blocks, 0.8, ClusterSettings(rows_per_cluster=500, per_row=1, max_pairs=len(found.pairs.i)),
+                                     timeout_s=300, rank=np.arange(n))
+    assert budgeted.pairs.total > len(found.pairs.i) and not budgeted.pairs.incomplete.any()
+    assert keys(budgeted.pairs, n) == keys(found.pairs, n)
     order = np.arange(n)
     decision = resolve_greedy(n, found.pairs, order)
     report = measure_recall(blocks, found.pairs, decision.keep, order, 0.8, sample=3000, seed=1, timeout_s=300)
