@@ -75,17 +75,13 @@ MODES = ("kept", "exact", "clustered")
 STAT_KEYS = ("why", "dot_products", "kept_check_rounds", "kept_check_pairs_added")
 
 
-def _pair_keys(i: np.ndarray, j: np.ndarray, n: int) -> np.ndarray:
-    return np.unique(np.minimum(i, j).astype(np.int64) * n + np.maximum(i, j))
-
-
 def run_text(source: Path, rows: int, threshold: float = 0.8, semhash: bool = True, sparse: bool = False) -> dict:
     """The table's numbers for ``rows`` perturbed rows, or for the sparse set (Ray already up)."""
     from platypus_ray.dedup_reference import greedy_reference
     from platypus_ray.embedding.encoders import EncoderSpec, load_encoder
     from platypus_ray.refine.config import DedupConfig
     from platypus_ray.refine.dedup import dedup_rows
-    from platypus_ray.refine.dedup.similarity import all_pairs_above
+    from platypus_ray.refine.dedup.similarity import all_pairs_above, pair_keys
 
     texts = sparse_texts(source) if sparse else perturbed_texts(source, rows)
     encoder = load_encoder(EncoderSpec("all-MiniLM-L6-v2", "static", device="cpu", batch_size=1024))
@@ -99,14 +95,14 @@ def run_text(source: Path, rows: int, threshold: float = 0.8, semhash: bool = Tr
     exact = greedy_reference(emb, order, threshold)
     result["brute_force"] = {"kept": int(exact.sum()), "wall_s": round(time.perf_counter() - start, 2)}
     truth = all_pairs_above(emb, threshold, 2048)
-    truth_keys = _pair_keys(truth.i, truth.j, n)
+    truth_keys = np.unique(pair_keys(truth.i, truth.j, n))
     output_len = np.ones(n, dtype=np.int64)
     result["pairs_above_threshold"] = len(truth_keys)
     for mode in MODES:
         start = time.perf_counter()
         outcome = dedup_rows(emb, output_len, DedupConfig(mode=mode, threshold=threshold, keep="first"), 0)
         wall = time.perf_counter() - start
-        found = _pair_keys(outcome.pairs.i, outcome.pairs.j, n)
+        found = np.unique(pair_keys(outcome.pairs.i, outcome.pairs.j, n))
         recall = len(np.intersect1d(found, truth_keys)) / max(len(truth_keys), 1)
         result[mode] = {**_kept_difference(outcome.decision.keep, exact), "wall_s": round(wall, 2),
                         "pairs_found": len(found), "pair_recall_no_exclusions": round(recall, 5),

@@ -40,7 +40,12 @@ def test_embedder_batch_gives_unit_vectors_that_rank_paraphrases_first():
 
 def test_one_input_block_is_cut_into_batches_that_every_actor_shares(ray_session, tmp_path):
     """A source file read as one block must still feed every actor, at most ``batch_size`` rows a
-    call (the sort's blocks follow the input's: one block went to one actor)."""
+    call (the sort's blocks follow the input's: one block went to one actor). Each actor waits in
+    its first call until both have one, so on a slow box the first cannot take every batch before
+    the second starts; with the block uncut, the second never gets a call and the wait times out."""
+    import os
+    import time
+
     import ray
 
     from platypus_ray.bench.embed_stage import profiled_embedder
@@ -52,9 +57,22 @@ def test_one_input_block_is_cut_into_batches_that_every_actor_shares(ray_session
     model = build_static_embedder(tmp_path / "model", texts)
     ds = ray.data.from_items([{"key": k, "text": t, "text_len": len(t)} for k, t in enumerate(texts)],
                              override_num_blocks=1)
-    log = tmp_path / "calls.txt"
+    log, arrived = tmp_path / "calls.txt", tmp_path / "arrived"
+    arrived.mkdir()
+
+    class BothActorsStart(profiled_embedder(str(log))):
+        def __call__(self, batch):
+            mine = arrived / str(os.getpid())
+            if not mine.exists():
+                mine.touch()
+                deadline = time.monotonic() + 60
+                while len(list(arrived.iterdir())) < 2:
+                    assert time.monotonic() < deadline, "the other actor got no batch within 60 s"
+                    time.sleep(0.05)
+            return super().__call__(batch)
+
     cfg = EmbeddingConfig(model=model, backend="torch", device="cpu", batch_size=8, actors=2, cache=False)
-    vectors = embed_texts(ds, len(texts), cfg, embedder=profiled_embedder(str(log))).blocks.to_matrix()
+    vectors = embed_texts(ds, len(texts), cfg, embedder=BothActorsStart).blocks.to_matrix()
     calls = np.loadtxt(log, ndmin=2)
     assert len(np.unique(calls[:, 0])) == 2, "both actors took batches"
     assert calls[:, 5].max() <= 8 and calls[:, 5].sum() == len(texts)

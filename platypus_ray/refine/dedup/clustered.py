@@ -160,7 +160,7 @@ def _pairs_in_group(threshold: float, tile: int, rank: np.ndarray | None, budget
     order = np.argsort(cluster, kind="stable")
     ids, cluster, vectors = ids[order], cluster[order], vectors[order]
     bounds = np.flatnonzero(np.diff(cluster, prepend=-1, append=-2))
-    held = HeldPairs(0, budget, distinct=True)
+    held = HeldPairs(0, budget, distinct=True)  # candidate counts: this task returns its own
     near_ids, near, counted = [], [], []
     for a, b in zip(bounds[:-1], bounds[1:]):
         x = torch.from_numpy(vectors[a:b])
@@ -194,8 +194,3 @@ def _rescored(x: np.ndarray, i: np.ndarray, j: np.ndarray, score: np.ndarray, th
     if close.any():
         score[close] = _exact_scores(x, i[close], j[close])
     return score
-
-
-def pair_keys(i: np.ndarray, j: np.ndarray, n: int) -> np.ndarray:
-    """One int64 per unordered pair of row indices below ``n``: (i, j) and (j, i) get the same key."""
-    return np.minimum(i, j) * np.int64(n) + np.maximum(i, j)

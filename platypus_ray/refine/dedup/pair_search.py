@@ -13,7 +13,7 @@ from platypus_ray.refine.config import DedupConfig
 from platypus_ray.refine.dedup.recall import measure_recall
 from platypus_ray.refine.dedup.kept_walk import OverBudget, kept_walk_pairs
 from platypus_ray.refine.dedup.greedy import DedupDecision, exact_check_against, priority_order, resolve_greedy
-from platypus_ray.refine.dedup.similarity import Pairs, all_pairs_above
+from platypus_ray.refine.dedup.similarity import Pairs, all_pairs_above, pair_keys
 from platypus_ray.embedding import EmbeddingBlocks
 
 
@@ -138,7 +138,7 @@ def _union(pairs: Pairs, i: np.ndarray, j: np.ndarray, score: np.ndarray) -> Pai
     """``pairs`` plus new pairs (i < j) among kept rows, each pair once."""
     n = len(pairs.nearest)
     all_i, all_j = np.concatenate([pairs.i, i]), np.concatenate([pairs.j, j])
-    _, first = np.unique(all_i.astype(np.int64) * n + all_j, return_index=True)
+    _, first = np.unique(pair_keys(all_i, all_j, n), return_index=True)
     first.sort()
     nearest = pairs.nearest.copy()
     np.maximum.at(nearest, i, score)

@@ -20,8 +20,7 @@ from dataclasses import asdict, dataclass
 import numpy as np
 import ray
 
-from platypus_ray.refine.dedup.clustered import pair_keys
-from platypus_ray.refine.dedup.similarity import _EPS, Pairs, _exact_scores_between
+from platypus_ray.refine.dedup.similarity import _EPS, Pairs, _exact_scores_between, pair_keys
 from platypus_ray.embedding import EmbeddingBlocks
 from platypus_ray.waits import wait_all
 

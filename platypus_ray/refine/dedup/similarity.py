@@ -126,21 +126,19 @@ class HeldPairs:
             if not self.distinct:
                 self.bounding = True
             elif self.held > self._recount_at:  # repeats cost no budget: count distinct pairs (again past a quarter more)
-                self.parts = [self._joined()]
+                self.parts = [self.pairs()]
                 self.held = len(self.parts[0][0])
                 self._recount_at = self.held + self.budget.max_pairs // 4
                 self.bounding = self.budget.over(self.held)
         self.bounding = self.bounding or task_bounded
         if self.bounding:
-            self.parts = [_top_per_row(*self._joined(), self.budget.per_row)]
+            self.parts = [_top_per_row(*self.pairs(), self.budget.per_row)]
             self.held = len(self.parts[0][0])
 
-    def _joined(self):
+    def pairs(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(hi, lo, score) of every pair held now."""
         joined = tuple(map(np.concatenate, zip(*self.parts))) if self.parts else _NO_PAIRS
         return _distinct_pairs(*joined) if self.distinct and len(self.parts) > 1 else joined
-
-    def pairs(self):
-        return self._joined()
 
     def bound_fields(self) -> tuple[np.ndarray | None, int | None]:
         """(incomplete, total) for :class:`Pairs`: nothing marked while every pair was kept."""
@@ -153,10 +151,15 @@ class HeldPairs:
 _NO_PAIRS = (np.empty(0, np.int64), np.empty(0, np.int64), np.empty(0, np.float64))
 
 
+def pair_keys(i: np.ndarray, j: np.ndarray, n: int) -> np.ndarray:
+    """One int64 per unordered pair of row indices below ``n``: (i, j) and (j, i) get the same key."""
+    return np.minimum(i, j) * np.int64(n) + np.maximum(i, j)
+
+
 def _distinct_pairs(i: np.ndarray, j: np.ndarray, score: np.ndarray):
     """Each pair once (the same pair found twice has the same score)."""
     n = int(max(i.max(initial=0), j.max(initial=0))) + 1
-    _, first = np.unique(np.minimum(i, j) * np.int64(n) + np.maximum(i, j), return_index=True)
+    _, first = np.unique(pair_keys(i, j, n), return_index=True)
     return i[first], j[first], score[first]
 
 

@@ -107,7 +107,12 @@ def test_a_similarity_search_past_its_bound_is_cancelled_and_frees_its_cpus(plan
     deadline = time.time() + 60
     while ray.available_resources().get("CPU", 0) < free_before and time.time() < deadline:
         time.sleep(0.2)
-    assert ray.available_resources().get("CPU", 0) >= free_before
+    free_after = ray.available_resources().get("CPU", 0)
+    if free_after < free_before:  # name what holds them, for the flake seen once under load
+        from ray.util.state import list_tasks
+
+        holders = [(t.name, t.state) for t in list_tasks(filters=[("state", "=", "RUNNING")], timeout=10)]
+        pytest.fail(f"{free_after} CPUs free after 60 s, {free_before} before; running tasks: {holders}")
 
 
 @pytest.fixture(scope="module")
