@@ -65,7 +65,7 @@ class DedupConfig(StrictModel):
     auto_exact_budget_s: float = Field(60.0, ge=0.0, description="auto: the exact walk against the kept set while its "
                                        "projected time fits this, clustered past it")
     rows_per_cluster: int = Field(1000, ge=16, description="clustered: k = rows / this")
-    cluster_margin: float = Field(0.06, ge=0.0, le=1.0, description="clustered: also join centroids this close to the nearest")
+    cluster_margin: float = Field(0.08, ge=0.0, le=1.0, description="clustered: also join centroids this close to the nearest")
     recall_sample: int = Field(5_000, ge=0, description="clustered: rows checked against an exact search on every run")
     timeout_s: float = Field(3600.0, gt=0, description="bound on the similarity tasks of one run")
 

@@ -34,7 +34,9 @@ if TYPE_CHECKING:  # torch loads in the tasks that use it, not in the driver (1 
 @dataclass(frozen=True)
 class ClusterSettings:
     rows_per_cluster: int = 1000
-    margin: float = 0.06  # extra centroids within this cosine of the nearest one
+    # extra centroids within this cosine of the nearest one; on 1M perturbed Alpaca rows 0.06 found
+    # 0.991 of all pairs, 0.08 0.996 for 2% more time (100k: 0.994 / 0.997, 16% more)
+    margin: float = 0.08
     max_assign: int = 4
     kmeans_iterations: int = 12
     sample_per_cluster: int = 40  # k-means training rows per centroid
