@@ -27,7 +27,7 @@ demo: setup
 
 # A real two-node Ray cluster on this machine (own temp dirs and ports; Ctrl-C stops it).
 local-cluster: setup   # CLUSTER=cluster.yaml (or kuberay/rayjob.yaml): rehearse that file's autoscaling
-	$(PY) -m platypus_ray.local_cluster $(if $(CLUSTER),--autoscaling $(CLUSTER),--nodes 2 --cpus-per-node 1)
+	$(PY) -m platypus_ray.devtools.local_cluster $(if $(CLUSTER),--autoscaling $(CLUSTER),--nodes 2 --cpus-per-node 1)
 
 test: setup
 	$(PY) -m pytest -q

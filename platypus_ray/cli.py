@@ -12,9 +12,9 @@ import os
 import sys
 from dataclasses import dataclass
 
-from platypus_ray import console
-from platypus_ray.config import load_config
-from platypus_ray.errors import environment_failure, find_user_error
+from platypus_ray.core import console
+from platypus_ray.core.config import load_config
+from platypus_ray.core.errors import environment_failure, find_user_error
 
 
 @dataclass(frozen=True)
@@ -39,7 +39,7 @@ COMMANDS: dict[str, Command] = {
     "pipeline": Command("refine -> train -> merge in one run, each stage feeding the next",
                         "platypus_ray.pipeline", "PipelineConfig"),
     "make-tiny-model": Command("build a tiny LLaMA + locally trained tokenizer (tests, demo)",
-                               "platypus_ray.tiny_model", "TinyModelConfig", flags=("out",)),
+                               "platypus_ray.devtools.tiny_model", "TinyModelConfig", flags=("out",)),
     "distill-embedder": Command("distil a model2vec static embedder from a local sentence-transformers model (offline)",
                                 "platypus_ray.embedding.distill", "DistillConfig", flags=("model", "out")),
 }
@@ -68,7 +68,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _stop_local_ray() -> None:
     """Stop the local Ray instance a stage started (commands that never used Ray import none)."""
-    runtime = sys.modules.get("platypus_ray.runtime")
+    runtime = sys.modules.get("platypus_ray.core.runtime")
     if runtime is not None:
         runtime.stop_local_ray()
 

@@ -14,7 +14,7 @@ from typing import Literal
 
 from pydantic import ValidationInfo, field_validator
 
-from platypus_ray.config import StrictModel, is_planned
+from platypus_ray.core.config import StrictModel, is_planned
 
 
 class MergeConfig(StrictModel):
@@ -27,7 +27,7 @@ class MergeConfig(StrictModel):
 
     def check_output(self) -> None:
         """Refuse an ``out`` whose replacement would delete the base, the adapter or foreign files."""
-        from platypus_ray.outputs import check_output
+        from platypus_ray.core.outputs import check_output
 
         check_output(self.out, "out", inputs=[self.base, self.adapter])
 
@@ -75,7 +75,7 @@ def run(cfg: MergeConfig) -> MergeResult:
     from peft import PeftModel
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from platypus_ray.outputs import replaced_atomically
+    from platypus_ray.core.outputs import replaced_atomically
 
     dtype = "auto" if cfg.dtype == "auto" else getattr(torch, cfg.dtype)
     base = AutoModelForCausalLM.from_pretrained(cfg.base, dtype=dtype)

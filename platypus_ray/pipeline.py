@@ -17,16 +17,16 @@ from typing import Any
 
 from pydantic import Field, ValidationInfo, field_validator, model_validator
 
-from platypus_ray.config import StrictModel
-from platypus_ray.dtypes import DTypeName
+from platypus_ray.core.config import StrictModel
+from platypus_ray.core.dtypes import DTypeName
 from platypus_ray.evaluate.config import (BenchmarkEntry, EvaluateConfig, InferenceSettings, ValidationSettings,
                                           benchmark_inputs, expand_preset)
 from platypus_ray.merge import MergeConfig
-from platypus_ray.outputs import check_output
-from platypus_ray.paths import absolute_if_local
+from platypus_ray.core.outputs import check_output
+from platypus_ray.core.paths import absolute_if_local
 from platypus_ray.refine.config import RefineConfig
-from platypus_ray.tiny_model import TinyModelConfig
-from platypus_ray.tracking import check_reachable
+from platypus_ray.devtools.tiny_model import TinyModelConfig
+from platypus_ray.train.tracking import check_reachable
 from platypus_ray.train.config import TrainConfig
 
 
@@ -114,7 +114,7 @@ class PipelineResult:
 
 
 def run(cfg: PipelineConfig) -> PipelineResult:
-    from platypus_ray.runtime import init_ray
+    from platypus_ray.core.runtime import init_ray
 
     result = PipelineResult()
 
@@ -150,7 +150,7 @@ def run(cfg: PipelineConfig) -> PipelineResult:
 
         check_cluster_fits(cfg.train.cluster)  # before refine runs: a train shape that cannot fit fails now
     if cfg.build_tiny_model and not os.path.isfile(os.path.join(cfg.train.model.name_or_path, "config.json")):
-        from platypus_ray import tiny_model
+        from platypus_ray.devtools import tiny_model
 
         step("make-tiny-model", cfg.train.model.name_or_path, tiny_model.run, TinyModelConfig(out=cfg.train.model.name_or_path))
     if cfg.refine is not None:

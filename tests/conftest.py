@@ -12,7 +12,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 # actor per worker group (no test drains a node); the Train controller notices a finished run sooner;
 # idle task workers are kept 5 minutes, not 1 s: Ray keeps only as many as there are CPUs, and each
 # Ray Data operation then waited for new workers to start (the refine end-to-end tests: 120 s -> 81 s).
-from platypus_ray.runtime import WORKER_ENV, interpreter_first_path  # noqa: E402
+from platypus_ray.core.runtime import WORKER_ENV, interpreter_first_path  # noqa: E402
 
 os.environ["PATH"] = interpreter_first_path()
 os.environ.update({"RAY_TRAIN_ENABLE_PREEMPTION_WATCHER": "0", "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.5",
@@ -55,7 +55,7 @@ def ray_session(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def tiny_model(tmp_path_factory):
-    from platypus_ray.tiny_model import TinyModelConfig, run
+    from platypus_ray.devtools.tiny_model import TinyModelConfig, run
 
     return str(run(TinyModelConfig(out=str(tmp_path_factory.mktemp("tiny") / "model"), pretrain_steps=100)).out)
 

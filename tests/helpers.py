@@ -20,7 +20,7 @@ def train_raw(model: str, data: str, storage: str, name: str, **sections) -> dic
 
 
 def train_config(model: str, data: str, storage: str, name: str, **sections):
-    from platypus_ray.config import validate_config
+    from platypus_ray.core.config import validate_config
     from platypus_ray.train.config import TrainConfig
 
     return validate_config(TrainConfig, train_raw(model, data, storage, name, **sections))
@@ -37,7 +37,7 @@ def shipped_presets(planned: set[str]) -> dict[str, object]:
     from pathlib import Path
 
     from platypus_ray.cli import COMMANDS
-    from platypus_ray.config import load_config
+    from platypus_ray.core.config import load_config
 
     root = Path(__file__).parents[1]
     presets = {}

@@ -13,9 +13,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from platypus_ray.autoscaling import ClusterShape, shape_from_cluster_file, shape_from_rayjob
-from platypus_ray.local_cluster import AutoscalingLocalCluster
-from platypus_ray.rehearsal import StageRecord, record_stage, submit, wait_for_workers_gone
+from platypus_ray.devtools.autoscaling import ClusterShape, shape_from_cluster_file, shape_from_rayjob
+from platypus_ray.devtools.local_cluster import AutoscalingLocalCluster
+from platypus_ray.devtools.rehearsal import StageRecord, record_stage, submit, wait_for_workers_gone
 from tests.helpers import train_raw
 
 pytestmark = pytest.mark.slow

@@ -1,4 +1,4 @@
-"""The GPU simulation switch (platypus_ray/devices.py) that lets stages run on the fake GPU nodes
+"""The GPU simulation switch (platypus_ray/core/devices.py) that lets stages run on the fake GPU nodes
 of the autoscaling local cluster: off by default, a GPU asked for and none visible is an error."""
 
 from __future__ import annotations
@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from platypus_ray.devices import SIMULATE_GPU_ENV, DeviceError, actor_device, simulating_gpu, train_backend
+from platypus_ray.core.devices import SIMULATE_GPU_ENV, DeviceError, actor_device, simulating_gpu, train_backend
 
 no_cuda = pytest.mark.skipif(torch.cuda.is_available(), reason="checks the no-GPU paths")
 

@@ -1,4 +1,4 @@
-"""Blocks without rows (platypus_ray/blocks.py): no step may depend on their schema.
+"""Blocks without rows (platypus_ray/core/blocks.py): no step may depend on their schema.
 
 Ray Data passes a 0-row block through a step without calling the step's function, so such a
 block may have no columns or another step's. Three checks that would find the next case:
@@ -28,8 +28,8 @@ from ray.data.block import BlockAccessor
 from ray.data.extensions import ArrowTensorArray
 
 import platypus_ray
-from platypus_ray.benchmarks import BenchmarkItem
-from platypus_ray.blocks import ROWS_ONLY
+from platypus_ray.testsets import BenchmarkItem
+from platypus_ray.core.blocks import ROWS_ONLY
 from platypus_ray.embedding import cache as embedding_cache
 from platypus_ray.embedding import pool as embed_module
 from platypus_ray.refine import contamination, ledger, sources, stage
@@ -79,7 +79,7 @@ def test_every_map_function_in_the_package_skips_blocks_without_rows():
     assert ("platypus_ray.embedding.pool", "_rows_of_keys") in found  # the walk sees the call sites
     found.add(("platypus_ray.embedding.pool", "Embedder"))  # reaches actor_pool_map as embed_texts' parameter
     unguarded = sorted(f"{m}.{n}" for m, n in found if not getattr(_resolve(m, n), ROWS_ONLY, False))
-    assert not unguarded, f"map_batches functions not wrapped by platypus_ray.blocks.rows_only: {unguarded}"
+    assert not unguarded, f"map_batches functions not wrapped by platypus_ray.core.blocks.rows_only: {unguarded}"
 
 
 # ---- each block function on random splits -------------------------------------------------
@@ -234,7 +234,7 @@ def test_the_cases_cover_every_map_function(cases):
 def test_driver_readers_and_vector_assembly_ignore_blocks_without_rows(ray_session, cases, split):
     import ray
 
-    from platypus_ray.blocks import batches, read_columns
+    from platypus_ray.core.blocks import batches, read_columns
     from platypus_ray.embedding.vectors import assemble
 
     keyed = _keyed(cases["stage._with_keys"][1])

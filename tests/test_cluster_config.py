@@ -12,11 +12,11 @@ import pytest
 import ray
 import yaml
 
-from platypus_ray.autoscaling import shape_from_cluster_file, shape_from_rayjob
+from platypus_ray.devtools.autoscaling import shape_from_cluster_file, shape_from_rayjob
 from platypus_ray.evaluate.config import EvaluateConfig
 from platypus_ray.pipeline import PipelineConfig
 from platypus_ray.refine.config import RefineConfig
-from platypus_ray.runtime import WORKER_ENV
+from platypus_ray.core.runtime import WORKER_ENV
 from platypus_ray.sweep.config import SweepConfig
 from tests.helpers import shipped_presets
 

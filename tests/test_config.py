@@ -8,7 +8,7 @@ import pytest
 import yaml
 
 from platypus_ray.cli import main
-from platypus_ray.config import ConfigError, apply_override, load_config
+from platypus_ray.core.config import ConfigError, apply_override, load_config
 from platypus_ray.refine.config import RefineConfig
 
 

@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from platypus_ray import console
-from platypus_ray.console import NoiseLog, RoutedStream
+from platypus_ray.core import console
+from platypus_ray.core.console import NoiseLog, RoutedStream
 
 # Lines from a `make demo` run before this filter existed (driver and forwarded worker output).
 EXCERPT = Path(__file__).with_name("demo_console_excerpt.txt").read_text()
@@ -98,9 +98,9 @@ def test_the_log_is_written_once_its_folder_is_known(tmp_path):
 
 
 def test_logs_sit_beside_replaced_outputs_and_inside_a_storage_folder(tmp_path):
-    from platypus_ray.config import load_config
+    from platypus_ray.core.config import load_config
     from platypus_ray.pipeline import PipelineConfig
-    from platypus_ray.tiny_model import TinyModelConfig
+    from platypus_ray.devtools.tiny_model import TinyModelConfig
     from platypus_ray.train.config import TrainConfig
 
     root = Path(__file__).parents[1]

@@ -60,7 +60,7 @@ def test_a_step_runs_in_its_own_process_and_one_past_its_limit_is_killed(tmp_pat
 
 
 def test_float64_check_finds_a_wrong_decision():
-    from platypus_ray.dedup_reference import greedy_reference
+    from platypus_ray.devtools.dedup_reference import greedy_reference
 
     vectors = planted_vectors(600, 384, seed=3)
     keep = greedy_reference(vectors, np.arange(600), 0.8)
@@ -116,7 +116,7 @@ def test_carried_minilm_keeps_vectors_and_refuses_other_tokens(tmp_path):
     """fp16 storage with unused vocabulary rows zeroed: the carried texts' vectors stay within
     fp16 rounding of the fp32 model's; a text with another token is refused."""
     from platypus_ray.bench.gpu_minilm import check_tokens, pack, source_folder, unpack
-    from platypus_ray.errors import UserError
+    from platypus_ray.core.errors import UserError
     from platypus_ray.embedding.encoders import EncoderSpec, load_encoder
 
     texts = ["Give three tips for staying healthy.", "What is the capital of France?", "Sort these numbers: 3 1 2"]

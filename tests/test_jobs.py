@@ -14,7 +14,7 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 
-from platypus_ray.local_cluster import LocalCluster
+from platypus_ray.devtools.local_cluster import LocalCluster
 
 pytestmark = pytest.mark.slow
 ROOT = Path(__file__).parents[1]

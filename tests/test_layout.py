@@ -1,6 +1,7 @@
-"""The package's import graph: no circles anywhere (function-level imports count), the embedding
-engine never imports a stage, and refine reaches the engine and its dedup wing only through their
-entries (``platypus_ray.embedding``, ``platypus_ray.refine.dedup``)."""
+"""The package's import graph: no circles anywhere (function-level imports count), the shared core
+imports nothing above it, dev tools stay apart from the library, the embedding engine never
+imports a stage, and refine reaches the engine and its dedup wing only through their entries
+(``platypus_ray.embedding``, ``platypus_ray.refine.dedup``)."""
 
 from __future__ import annotations
 
@@ -102,6 +103,29 @@ def test_refine_uses_the_engine_and_the_dedup_wing_through_their_entries():
                     target.startswith("platypus_ray.refine.dedup.") and not module.startswith("platypus_ray.refine.dedup")):
                 offending.append((module, target))
     assert not offending, f"refine modules reaching past an entry: {sorted(offending)}"
+
+
+def test_the_core_imports_only_the_core():
+    graph = import_graph()
+    offending = sorted((m, t) for m, targets in graph.items() if m.startswith("platypus_ray.core")
+                       for t in targets if not t.startswith("platypus_ray.core"))
+    assert not offending, f"platypus_ray.core must not import above itself: {offending}"
+
+
+# Who may use a dev tool: the CLI's commands (make-tiny-model), the pipeline's build_tiny_model, the
+# benches, and the embedding calibration, which measures a backend's decisions against the brute-force rule.
+DEVTOOL_USERS = ("platypus_ray.cli", "platypus_ray.pipeline", "platypus_ray.bench", "platypus_ray.devtools",
+                 "platypus_ray.embedding.calibrate")
+
+
+def test_dev_tools_stay_apart_from_the_library():
+    graph = import_graph()
+    offending = sorted((m, t) for m, targets in graph.items() if not m.startswith(DEVTOOL_USERS)
+                       for t in targets if t.startswith("platypus_ray.devtools"))
+    assert not offending, f"library modules importing a dev tool: {offending}"
+    upward = sorted((m, t) for m, targets in graph.items() if m.startswith("platypus_ray.devtools")
+                    for t in targets if t in ("platypus_ray.cli", "platypus_ray.pipeline"))
+    assert not upward, f"dev tools importing the top of the package: {upward}"
 
 
 def test_a_circle_would_be_found():

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from platypus_ray.local_cluster import LocalCluster
+from platypus_ray.devtools.local_cluster import LocalCluster
 from platypus_ray.train.adapter import check_adapter
 from tests.helpers import train_raw
 

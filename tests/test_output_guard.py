@@ -12,9 +12,9 @@ from pathlib import Path
 
 import pytest
 
-from platypus_ray.config import validate_config
-from platypus_ray.errors import UserError
-from platypus_ray.outputs import MARKER, remove_leftovers
+from platypus_ray.core.config import validate_config
+from platypus_ray.core.errors import UserError
+from platypus_ray.core.outputs import MARKER, remove_leftovers
 from tests.helpers import train_raw
 
 CASES = {  # case -> the refusal it must produce
@@ -80,10 +80,10 @@ def _train(root: Path, case: str, monkeypatch) -> None:
 
 def _pipeline(root: Path, case: str, monkeypatch) -> None:
     """The train run folder, which the pipeline used to check only after Ray and refine ran."""
-    import platypus_ray.runtime
+    import platypus_ray.core.runtime
     from platypus_ray import pipeline
 
-    monkeypatch.setattr(platypus_ray.runtime, "init_ray", _ray_must_not_start)
+    monkeypatch.setattr(platypus_ray.core.runtime, "init_ray", _ray_must_not_start)
     raw = train_raw(str(root / "model"), str(root / "kept"), "unused", "unused", run=_run_folder(root, case))
     pipeline.run(validate_config(pipeline.PipelineConfig, {"train": raw}))
 
@@ -100,7 +100,7 @@ def test_every_stage_refuses_what_it_could_destroy_before_ray_starts(stage, case
 def test_a_marked_run_folder_is_resumed_and_checked_by_the_pipeline_before_ray(inputs, monkeypatch):
     """A folder this project wrote is accepted, but a rerun with another training problem is
     refused before Ray starts (check_resumable, as train's prepare does)."""
-    import platypus_ray.runtime
+    import platypus_ray.core.runtime
     from platypus_ray import pipeline
     from platypus_ray.train.config import TrainConfig
 
@@ -110,7 +110,7 @@ def test_a_marked_run_folder_is_resumed_and_checked_by_the_pipeline_before_ray(i
     raw = train_raw(str(inputs / "model"), str(inputs / "kept"), str(inputs / "runs"), "r1")
     earlier = validate_config(TrainConfig, {**raw, "lora": {**raw["lora"], "r": 4}})
     (run_dir / "config.yaml").write_text(json.dumps(earlier.model_dump(mode="json")))  # JSON is YAML
-    monkeypatch.setattr(platypus_ray.runtime, "init_ray", _ray_must_not_start)
+    monkeypatch.setattr(platypus_ray.core.runtime, "init_ray", _ray_must_not_start)
     with pytest.raises(UserError, match="run 'r1' .* was started with a different config .*lora"):
         pipeline.run(validate_config(pipeline.PipelineConfig, {"train": raw}))
 
@@ -140,7 +140,7 @@ def test_only_our_old_folders_of_interrupted_swaps_are_removed(tmp_path, capsys)
     ("data/a.jsonl", "data/refined", False),
 ])
 def test_a_source_glob_refuses_only_outputs_it_would_read_back(source, output, refused, tmp_path, monkeypatch):
-    from platypus_ray.outputs import check_output
+    from platypus_ray.core.outputs import check_output
 
     monkeypatch.chdir(tmp_path)
     (tmp_path / "data").mkdir()
@@ -163,7 +163,7 @@ def test_a_glob_source_in_the_working_directory_runs_with_the_default_output_and
 def test_the_pipeline_checks_a_run_folder_whose_data_refine_has_not_written_yet(inputs, monkeypatch):
     """In a pipeline, train's data is refine's output, which does not exist before Ray starts:
     the run-folder check must not re-validate it (a real `ray job submit` of the demo failed so)."""
-    import platypus_ray.runtime
+    import platypus_ray.core.runtime
     from platypus_ray import pipeline
 
     class ReachedRay(Exception):
@@ -174,7 +174,7 @@ def test_the_pipeline_checks_a_run_folder_whose_data_refine_has_not_written_yet(
 
     (inputs / "data.jsonl").write_text(json.dumps({"instruction": "Name a colour.", "output": "Red."}) + "\n")
     raw = train_raw(str(inputs / "model"), str(inputs / "kept"), str(inputs / "runs"), "r1")
-    monkeypatch.setattr(platypus_ray.runtime, "init_ray", reached_ray)
+    monkeypatch.setattr(platypus_ray.core.runtime, "init_ray", reached_ray)
     cfg = validate_config(pipeline.PipelineConfig, {"refine": {"sources": [{"path": str(inputs / "data.jsonl")}],
                                                                "output": str(inputs / "out" / "refine")}, "train": raw})
     assert not Path(cfg.train.data.path).exists()

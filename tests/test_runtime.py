@@ -1,4 +1,4 @@
-"""Connecting to Ray and letting go of it (platypus_ray/runtime.py)."""
+"""Connecting to Ray and letting go of it (platypus_ray/core/runtime.py)."""
 
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ def test_an_instance_this_process_joined_is_left_running(ray_session):
     inside it (or a submitted job's driver) must not stop it."""
     import ray
 
-    from platypus_ray import runtime
+    from platypus_ray.core import runtime
 
     runtime.init_ray(dashboard=False)
     runtime.stop_local_ray()
@@ -30,7 +30,7 @@ def test_the_instance_init_ray_started_is_stopped_with_every_process_it_ran(tmp_
     server, log monitor) has exited when it returns, and the workers see the driver's variables."""
     script = textwrap.dedent("""
         import json, os, ray
-        from platypus_ray import runtime
+        from platypus_ray.core import runtime
         runtime.init_ray(dashboard=False)
         seen = ray.get(ray.remote(lambda: os.environ.get("RAY_TRAIN_ENABLE_PRINT_PATCH")).remote())
         node = ray._private.worker._global_node
@@ -38,7 +38,7 @@ def test_the_instance_init_ray_started_is_stopped_with_every_process_it_ran(tmp_
         runtime.stop_local_ray()
         print(json.dumps({"pids": pids, "seen": seen, "initialized": ray.is_initialized()}))
     """)
-    from platypus_ray.runtime import WORKER_ENV
+    from platypus_ray.core.runtime import WORKER_ENV
 
     env = {k: v for k, v in os.environ.items() if k not in WORKER_ENV}  # the variables come from init_ray alone
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120, cwd=tmp_path, env=env)

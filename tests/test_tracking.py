@@ -14,9 +14,9 @@ from types import SimpleNamespace
 import pytest
 import yaml
 
-from platypus_ray.config import validate_config
-from platypus_ray.errors import UserError
-from platypus_ray.tracking import TrackingSettings, TrackingTarget, check_reachable, flatten, remote_storage_problems
+from platypus_ray.core.config import validate_config
+from platypus_ray.core.errors import UserError
+from platypus_ray.train.tracking import TrackingSettings, TrackingTarget, check_reachable, flatten, remote_storage_problems
 from tests.helpers import train_raw
 
 
@@ -58,7 +58,7 @@ def test_every_store_is_opened_before_use_and_an_unusable_one_names_its_uri(tmp_
 def _write_in_bursts(uri: str, experiment_id: str, worker: int, results) -> None:
     from mlflow.entities import Metric
 
-    from platypus_ray.tracking import client, retry_locked
+    from platypus_ray.train.tracking import client, retry_locked
 
     mlflow = client(uri)
     run_id = retry_locked(mlflow.create_run, experiment_id, run_name=f"w{worker}").info.run_id
@@ -73,7 +73,7 @@ def test_concurrent_writers_to_one_sqlite_store_lose_nothing(tmp_path):
     metric point lands; a "database is locked" burst is retried, not dropped."""
     import multiprocessing
 
-    from platypus_ray.tracking import client
+    from platypus_ray.train.tracking import client
 
     uri = f"sqlite:///{tmp_path}/mlflow.db"
     check_reachable(uri)
@@ -94,7 +94,7 @@ def test_concurrent_writers_to_one_sqlite_store_lose_nothing(tmp_path):
 
 
 def test_a_locked_database_is_retried_a_bounded_number_of_times(monkeypatch):
-    from platypus_ray import tracking
+    from platypus_ray.train import tracking
 
     monkeypatch.setattr(tracking.time, "sleep", lambda s: None)
     calls = []
@@ -207,10 +207,10 @@ def test_train_and_sweep_fail_on_a_dead_server_before_ray_starts(dead_server_tra
 
 
 def test_pipeline_fails_on_a_dead_server_before_ray_starts(dead_server_train_raw, monkeypatch, tmp_path, capsys):
-    import platypus_ray.runtime
+    import platypus_ray.core.runtime
     from platypus_ray.cli import main
 
-    monkeypatch.setattr(platypus_ray.runtime, "init_ray", _ray_must_not_start)
+    monkeypatch.setattr(platypus_ray.core.runtime, "init_ray", _ray_must_not_start)
     uri, raw = dead_server_train_raw
     path = tmp_path / "pipeline.yaml"
     path.write_text(yaml.safe_dump({"train": raw}))

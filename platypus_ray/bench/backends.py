@@ -32,7 +32,7 @@ MMLU = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "benchma
 
 def mmlu_probes(folder: Path = MMLU, window_words: int = 64) -> list[str]:
     """The probe texts refine embeds for the shared MMLU subjects (questions, windows, last paragraphs)."""
-    from platypus_ray.benchmarks import BenchmarkConfig, load_benchmark
+    from platypus_ray.testsets import BenchmarkConfig, load_benchmark
     from platypus_ray.refine.contamination import make_probes
 
     if not folder.is_dir():

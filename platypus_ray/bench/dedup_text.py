@@ -77,7 +77,7 @@ STAT_KEYS = ("why", "dot_products", "kept_check_rounds", "kept_check_pairs_added
 
 def run_text(source: Path, rows: int, threshold: float = 0.8, semhash: bool = True, sparse: bool = False) -> dict:
     """The table's numbers for ``rows`` perturbed rows, or for the sparse set (Ray already up)."""
-    from platypus_ray.dedup_reference import greedy_reference
+    from platypus_ray.devtools.dedup_reference import greedy_reference
     from platypus_ray.embedding.encoders import EncoderSpec, load_encoder
     from platypus_ray.refine.config import DedupConfig
     from platypus_ray.refine.dedup import dedup_rows

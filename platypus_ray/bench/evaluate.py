@@ -104,8 +104,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    from platypus_ray import tiny_model
-    from platypus_ray.config import validate_config
+    from platypus_ray.devtools import tiny_model
+    from platypus_ray.core.config import validate_config
     from platypus_ray.evaluate import EvaluateConfig
 
     with tempfile.TemporaryDirectory(prefix="bench-evaluate-") as tmp:

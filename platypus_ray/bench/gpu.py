@@ -48,7 +48,7 @@ class KitError(Exception):
 
 def verify(bundle: Path) -> dict:
     """The manifest, after every piece's size and sha256 matched it."""
-    from platypus_ray.checksum import sha256
+    from platypus_ray.core.checksum import sha256
 
     manifest_path = bundle / "manifest.json"
     if not manifest_path.is_file():

@@ -39,8 +39,8 @@ import time
 from importlib.metadata import version
 from pathlib import Path
 
-from platypus_ray.checksum import sha256
-from platypus_ray.errors import UserError
+from platypus_ray.core.checksum import sha256
+from platypus_ray.core.errors import UserError
 
 # Installed here, lacking there: carried at the versions this machine runs (one version each).
 # typing-extensions: pydantic_core needs a recent one; a newer one than the machine's is harmless.

@@ -37,7 +37,7 @@ def local_ray(gpus: int):
     if ray.is_initialized():
         yield ray
         return
-    from platypus_ray.runtime import WORKER_ENV, interpreter_first_path
+    from platypus_ray.core.runtime import WORKER_ENV, interpreter_first_path
 
     temp = tempfile.mkdtemp(prefix="ray-gpu-", dir="/tmp")  # short: Ray's socket paths have a length limit
     env = {**WORKER_ENV, "PATH": interpreter_first_path(), "PYTHONPATH": os.environ.get("PYTHONPATH", "")}
@@ -108,7 +108,7 @@ def shared_tokenizer(work: str) -> str:
     byte-level BPE; random-weight models need no particular vocabulary)."""
     folder = Path(work) / "tokenizer"
     if not (folder / "tokenizer.json").is_file():
-        from platypus_ray.tiny_model import train_tokenizer
+        from platypus_ray.devtools.tiny_model import train_tokenizer
 
         train_tokenizer().save_pretrained(folder)
     return str(folder)

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from platypus_ray.errors import UserError
+from platypus_ray.core.errors import UserError
 
 TOKENS_FILE = "carried_tokens.json"
 WEIGHTS = "model.safetensors"

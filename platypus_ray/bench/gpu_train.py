@@ -60,7 +60,7 @@ def build_model(folder: Path, size: str, device: str, tokenizer_path: str) -> in
 
 
 def _config(s: StepSettings, model: Path, data: Path, name: str, packed: bool):
-    from platypus_ray.config import validate_config
+    from platypus_ray.core.config import validate_config
     from platypus_ray.train import TrainConfig
 
     gpu = not s.dry_run
@@ -91,7 +91,7 @@ def _reloads(model: Path, adapter: str, device: str) -> bool:
 
 
 def _one_run(s: StepSettings, model: Path, data: Path, size: str, packed: bool, params: int) -> dict:
-    from platypus_ray.errors import UserError
+    from platypus_ray.core.errors import UserError
     from platypus_ray.train import fit, prepare
     from platypus_ray.train.adapter import check_adapter
 

@@ -18,7 +18,7 @@ VARIANTS = {"unpacked": (1, "none"), "padded": (8, "none"), "packed": (1, "packe
 
 
 def run_variants(model_dir: str, data_dir: str, work: str, steps: int, skip: int, cutoff: int) -> dict:
-    from platypus_ray.config import validate_config
+    from platypus_ray.core.config import validate_config
     from platypus_ray.train import TrainConfig, fit, prepare
 
     speeds, plans = {}, {}

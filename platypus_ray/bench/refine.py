@@ -48,7 +48,7 @@ def check_refine_output(output: Path, source: Path, threshold: float, batch_size
     bare `encode` in another process; its ledger must hold every input row once."""
     import pandas as pd
 
-    from platypus_ray.dedup_reference import greedy_reference
+    from platypus_ray.devtools.dedup_reference import greedy_reference
 
     ledger = pd.read_parquet(output / "ledger").sort_values("source_index")
     records = json.loads(source.read_text())
@@ -133,8 +133,8 @@ def main(argv: list[str] | None = None) -> int:
 
     import ray
 
-    from platypus_ray.dedup_reference import greedy_reference, platypus_notebook_loop
-    from platypus_ray.runtime import init_ray
+    from platypus_ray.devtools.dedup_reference import greedy_reference, platypus_notebook_loop
+    from platypus_ray.core.runtime import init_ray
 
     init_ray()
     ray.data.DataContext.get_current().enable_progress_bars = False

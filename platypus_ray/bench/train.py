@@ -114,7 +114,7 @@ def main(argv: list[str] | None = None) -> int:
     import pyarrow.parquet as pq
 
     from platypus_ray.samples import sample_rows
-    from platypus_ray.tiny_model import TinyModelConfig, run as make_model
+    from platypus_ray.devtools.tiny_model import TinyModelConfig, run as make_model
 
     work = tempfile.mkdtemp(prefix="bench-train-")
     scale = args.hidden / DEFAULTS["hidden"]
@@ -146,7 +146,7 @@ def _versus_single_process(args: argparse.Namespace, model_dir: str, data_dir: s
     import multiprocessing
     from concurrent.futures import ProcessPoolExecutor
 
-    from platypus_ray.config import validate_config
+    from platypus_ray.core.config import validate_config
     from platypus_ray.train import TrainConfig, fit, prepare
 
     workers = 2

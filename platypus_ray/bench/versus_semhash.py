@@ -80,7 +80,7 @@ def _reference_kept(corpus: Path, model_dir: str, threshold: float) -> tuple[set
     in input order, with the same static vectors."""
     from model2vec import StaticModel
 
-    from platypus_ray.dedup_reference import greedy_reference
+    from platypus_ray.devtools.dedup_reference import greedy_reference
     from platypus_ray.refine.config import ColumnMapping
     from platypus_ray.refine.rows import dedup_key, embed_text, normalize, validate_record
 

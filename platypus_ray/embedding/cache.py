@@ -29,9 +29,9 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 import ray
 
-from platypus_ray.blocks import read_columns, rows_only
-from platypus_ray.errors import UserError
-from platypus_ray.waits import wait_all
+from platypus_ray.core.blocks import read_columns, rows_only
+from platypus_ray.core.errors import UserError
+from platypus_ray.core.waits import wait_all
 
 HASH_BYTES = 16
 FORMAT = 1  # bump when the shard layout changes: old shards then sit in another folder

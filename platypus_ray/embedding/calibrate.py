@@ -31,8 +31,8 @@ from typing import Callable
 
 import numpy as np
 
-from platypus_ray.errors import UserError
-from platypus_ray.dedup_reference import greedy_reference
+from platypus_ray.core.errors import UserError
+from platypus_ray.devtools.dedup_reference import greedy_reference
 from platypus_ray.embedding.encoders import EXACT, EncoderSpec, load_encoder
 
 
@@ -56,7 +56,7 @@ class Agreement:
 
 def decisions(rows: np.ndarray, probes: np.ndarray | None, dedup_t: float, flag_t: float) -> tuple[np.ndarray, np.ndarray]:
     """(keep mask of the greedy dedup in input order, flag mask) computed in float64: the brute-force
-    rule (:mod:`platypus_ray.dedup_reference`), which refine's dedup equals on every row (its tests)."""
+    rule (:mod:`platypus_ray.devtools.dedup_reference`), which refine's dedup equals on every row (its tests)."""
     v = np.asarray(rows, dtype=np.float64)
     keep = greedy_reference(v, np.arange(len(v)), dedup_t)
     sims = v @ v.T

@@ -6,7 +6,7 @@ from typing import Annotated, Literal
 
 from pydantic import Field, field_validator
 
-from platypus_ray.config import ActorCount, CpusPerActor, StrictModel
+from platypus_ray.core.config import ActorCount, CpusPerActor, StrictModel
 from platypus_ray.embedding.models import LANGUAGE_SCRIPTS, MULTILINGUAL
 
 EmbeddingBackend = Literal["auto", "torch", "onnx", "openvino", "onnx-int8", "static"]

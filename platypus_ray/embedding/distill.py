@@ -17,7 +17,7 @@ from pathlib import Path
 
 from pydantic import Field
 
-from platypus_ray.config import StrictModel
+from platypus_ray.core.config import StrictModel
 
 UNUSED_TOKENS = r"\[unused\d+\]"
 
@@ -61,7 +61,7 @@ def run(cfg: DistillConfig) -> DistillResult:
     import shutil
     import time
 
-    from platypus_ray.errors import UserError
+    from platypus_ray.core.errors import UserError
     from platypus_ray.embedding.manifest import MANIFEST, write_manifest
 
     from platypus_ray.embedding.models import check_model

@@ -128,7 +128,7 @@ class OnnxEncoder(GraphEncoder):
         super().__init__(spec, kind)
         import onnxruntime as ort
 
-        from platypus_ray.errors import UserError
+        from platypus_ray.core.errors import UserError
 
         options = ort.SessionOptions()
         options.intra_op_num_threads = spec.threads
@@ -158,7 +158,7 @@ class OpenVinoEncoder(GraphEncoder):
         super().__init__(spec, EXPORT_KIND[self.name])
         import openvino as ov
 
-        from platypus_ray.errors import UserError
+        from platypus_ray.core.errors import UserError
 
         core = ov.Core()
         # f32: no silent bf16 on CPUs that have it. No pinning: OpenVINO pins its threads to cores,

@@ -11,8 +11,8 @@ import json
 import time
 from pathlib import Path
 
-from platypus_ray.checksum import sha256
-from platypus_ray.errors import UserError
+from platypus_ray.core.checksum import sha256
+from platypus_ray.core.errors import UserError
 
 KINDS = ("onnx", "onnx-int8", "static")
 # Bumped when a kind's recipe changes its vectors: the export gets a new folder (an old one is

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import os
 
-from platypus_ray.errors import UserError
+from platypus_ray.core.errors import UserError
 
 _BUNDLED_MINILM = ("all-MiniLM-L6-v2", "sentence-transformers/all-MiniLM-L6-v2")
 

@@ -16,10 +16,10 @@ import numpy as np
 import pyarrow as pa
 import ray
 
-from platypus_ray.batching import actor_pool_map, resolve_device
-from platypus_ray.blocks import read_columns, rows_only
-from platypus_ray.devices import actor_device
-from platypus_ray.errors import UserError
+from platypus_ray.core.batching import actor_pool_map, resolve_device
+from platypus_ray.core.blocks import read_columns, rows_only
+from platypus_ray.core.devices import actor_device
+from platypus_ray.core.errors import UserError
 from platypus_ray.embedding.encoders import (APPROXIMATE, DIFFERENT_SPACE, EXPORT_KIND, EncoderSpec, load_encoder, prepare,
                                           resolve_batch_tokens, resolve_precision)
 from platypus_ray.embedding.config import EmbeddingConfig

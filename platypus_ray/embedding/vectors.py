@@ -15,8 +15,8 @@ from dataclasses import dataclass
 import numpy as np
 import ray
 
-from platypus_ray.blocks import has_rows
-from platypus_ray.waits import wait_all
+from platypus_ray.core.blocks import has_rows
+from platypus_ray.core.waits import wait_all
 
 ROWS_PER_BLOCK = 65536
 _SPLIT_GROUPS = 32  # producer batches are split in this many groups: pieces = groups x blocks
@@ -134,7 +134,7 @@ def assemble(sources: list, n: int, timeout_s: float = _TIMEOUT_S, rows_per_bloc
 
 
 def _vectors_of(batch: dict) -> tuple[np.ndarray, np.ndarray]:
-    if not has_rows(batch):  # a block without rows may have no columns at all (platypus_ray/blocks.py)
+    if not has_rows(batch):  # a block without rows may have no columns at all (platypus_ray/core/blocks.py)
         return np.empty(0, np.int64), np.zeros((0, 0), dtype=np.float32)
     keys = np.asarray(batch["key"], dtype=np.int64)
     vectors = np.asarray(batch["embedding"], dtype=np.float32)

@@ -13,10 +13,10 @@ from typing import Any, Literal
 
 from pydantic import Field, ValidationInfo, field_validator, model_validator
 
-from platypus_ray.benchmarks import BenchmarkConfig
-from platypus_ray.config import ActorCount, CpusPerActor, StrictModel, check_model_folder, is_planned
-from platypus_ray.dtypes import DTypeName
-from platypus_ray.paths import is_remote
+from platypus_ray.testsets import BenchmarkConfig
+from platypus_ray.core.config import ActorCount, CpusPerActor, StrictModel, check_model_folder, is_planned
+from platypus_ray.core.dtypes import DTypeName
+from platypus_ray.core.paths import is_remote
 
 
 class TaskEntry(StrictModel):
@@ -133,7 +133,7 @@ class EvaluateConfig(StrictModel):
 
     def check_output(self) -> None:
         """Refuse an output whose replacement would delete an input or a folder this project did not write."""
-        from platypus_ray.outputs import check_output
+        from platypus_ray.core.outputs import check_output
 
         models = [m for m in (self.model, self.compare_with) if m is not None]
         inputs = [m.name_or_path for m in models] + [m.adapter for m in models if m.adapter]

@@ -1,6 +1,6 @@
 """Benchmark files (refine's contamination formats) as thin lm-evaluation-harness task YAMLs.
 
-``{path: quiz.jsonl, format: questions}`` is read by :mod:`platypus_ray.benchmarks` (the same
+``{path: quiz.jsonl, format: questions}`` is read by :mod:`platypus_ray.testsets` (the same
 parser refine uses, so a malformed row fails naming file and line), its scorable items are
 written as JSONL beside a generated task YAML, and from there on lm-eval builds the prompts,
 draws the few-shot examples and computes the metrics, exactly as for a built-in task. The
@@ -25,7 +25,7 @@ from pathlib import Path
 
 import yaml
 
-from platypus_ray.benchmarks import BenchmarkConfig, BenchmarkItem, load_benchmark
+from platypus_ray.testsets import BenchmarkConfig, BenchmarkItem, load_benchmark
 
 _QUESTION_ANSWER = {"doc_to_text": "Question: {{question}}\nAnswer:", "doc_to_choice": "{{choices}}"}
 _TEMPLATES: dict[str, dict] = {

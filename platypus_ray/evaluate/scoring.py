@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
-from platypus_ray.blocks import rows_only
+from platypus_ray.core.blocks import rows_only
 
 
 def encode_pair(tokenizer: Any, context: str, continuation: str, add_eos: bool = False,
@@ -89,7 +89,7 @@ def load_model(name_or_path: str, adapter: str | None, dtype: str, device: str):
     """Tokenizer and eval-mode model; an adapter is merged in (inference needs no LoRA branch)."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from platypus_ray.dtypes import torch_dtype
+    from platypus_ray.core.dtypes import torch_dtype
     from platypus_ray.merge import tokenizer_source
 
     tokenizer = AutoTokenizer.from_pretrained(tokenizer_source(name_or_path, adapter))
@@ -111,7 +111,7 @@ class Scorer:
     def __init__(self, name_or_path: str, adapter: str | None, dtype: str, device: str, max_length: int | None):
         from lm_eval.models.utils import resolve_max_length
 
-        from platypus_ray.devices import actor_device
+        from platypus_ray.core.devices import actor_device
 
         device = actor_device(device)  # what this process sees: a simulated GPU computes on CPU
         self.tokenizer, self.model = load_model(name_or_path, adapter, dtype, device)

@@ -21,18 +21,18 @@ import pandas as pd
 import pyarrow as pa
 import ray
 
-from platypus_ray.batching import actor_pool_map, length_sorted_slices, resolve_device
-from platypus_ray.blocks import batches as nonempty_batches
-from platypus_ray.config import dump_config
+from platypus_ray.core.batching import actor_pool_map, length_sorted_slices, resolve_device
+from platypus_ray.core.blocks import batches as nonempty_batches
+from platypus_ray.core.config import dump_config
 from platypus_ray.evaluate.config import EvaluateConfig, InferenceSettings, ModelRef
 from platypus_ray.evaluate.harness import entry_metrics, evaluate_tasks, item_rows, pool_lm, write_samples
 from platypus_ray.evaluate.report import EvaluateResult
 from platypus_ray.evaluate.requests import validation_requests
 from platypus_ray.evaluate.scoring import Scorer
 from platypus_ray.evaluate.tasks import LoadedTasks, load_tasks
-from platypus_ray.outputs import replaced_atomically
-from platypus_ray.paths import absolute_if_local
-from platypus_ray.runtime import init_ray
+from platypus_ray.core.outputs import replaced_atomically
+from platypus_ray.core.paths import absolute_if_local
+from platypus_ray.core.runtime import init_ray
 
 __all__ = ["EvaluateResult", "run", "score"]
 _REQUEST_COLUMNS = ["context", "continuation", "add_eos", "move_space"]

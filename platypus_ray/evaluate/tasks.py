@@ -13,8 +13,8 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from platypus_ray.benchmarks import BenchmarkConfig
-from platypus_ray.errors import InputError
+from platypus_ray.testsets import BenchmarkConfig
+from platypus_ray.core.errors import InputError
 from platypus_ray.evaluate.config import BenchmarkEntry, TaskEntry
 from platypus_ray.evaluate.file_tasks import write_file_task
 

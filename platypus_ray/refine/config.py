@@ -6,10 +6,10 @@ from typing import Literal
 
 from pydantic import Field, ValidationInfo, field_validator, model_validator
 
-from platypus_ray.benchmarks import BenchmarkConfig
-from platypus_ray.config import StrictModel, check_input
+from platypus_ray.testsets import BenchmarkConfig
+from platypus_ray.core.config import StrictModel, check_input
 from platypus_ray.embedding import EmbeddingConfig
-from platypus_ray.errors import UserError
+from platypus_ray.core.errors import UserError
 
 SourceFormat = Literal["json", "jsonl", "parquet", "csv"]
 SOURCE_EXTENSIONS = ("json", "jsonl", "parquet", "csv")  # each also compressed: .gz, .bz2, .xz, .zst (paths.py)
@@ -41,7 +41,7 @@ class SourceConfig(StrictModel):
 
     @property
     def source_name(self) -> str:
-        from platypus_ray.paths import default_name
+        from platypus_ray.core.paths import default_name
 
         return self.name or default_name(self.path)
 
@@ -104,13 +104,13 @@ class RefineConfig(StrictModel):
 
     def check_output(self, key: str = "output") -> None:
         """Refuse an output whose replacement would delete an input or a folder this project did not write."""
-        from platypus_ray.outputs import check_output
+        from platypus_ray.core.outputs import check_output
 
         inputs = [s.path for s in self.sources] + [b.path for b in self.benchmarks]
         check_output(self.output, key, inputs=inputs, source_folders=[s.path for s in self.sources])
         cache = self.cache_location
         if cache:
-            from platypus_ray.outputs import inside, read_back
+            from platypus_ray.core.outputs import inside, read_back
 
             for kind, folder in [("output", self.output)] + [("source", s.path) for s in self.sources]:
                 if inside(cache, folder) if kind == "output" else read_back(cache, folder):

@@ -24,8 +24,8 @@ from dataclasses import dataclass
 import numpy as np
 import pyarrow as pa
 
-from platypus_ray.benchmarks import BenchmarkItem
-from platypus_ray.blocks import rows_only
+from platypus_ray.testsets import BenchmarkItem
+from platypus_ray.core.blocks import rows_only
 from platypus_ray.refine.config import ContaminationConfig
 
 _WORDS = re.compile(r"\w+")

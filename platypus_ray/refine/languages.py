@@ -22,7 +22,7 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
-from platypus_ray.errors import UserError
+from platypus_ray.core.errors import UserError
 from platypus_ray.embedding import LANGUAGE_SCRIPTS, MULTILINGUAL, EmbeddingBlocks, model_languages
 
 # (first code point, script) where a script's letters start; a code point belongs to the

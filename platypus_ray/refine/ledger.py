@@ -11,8 +11,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import ray
 
-from platypus_ray.blocks import batches, read_columns, rows_only
-from platypus_ray.errors import EnvironmentFailure, describe_os_error
+from platypus_ray.core.blocks import batches, read_columns, rows_only
+from platypus_ray.core.errors import EnvironmentFailure, describe_os_error
 from platypus_ray.refine.rows import CANONICAL_COLUMNS, embed_text
 
 LEDGER_SCHEMA = pa.schema([

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
-from platypus_ray.benchmarks import BenchmarkItem
+from platypus_ray.testsets import BenchmarkItem
 from platypus_ray.refine.ledger import Decisions
 from platypus_ray.embedding import report_html as embedding_section
 

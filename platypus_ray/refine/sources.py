@@ -16,12 +16,12 @@ from typing import Any, Iterator
 import pyarrow as pa
 import ray
 
-from platypus_ray.blocks import rows_only
-from platypus_ray.errors import InputError
-from platypus_ray.paths import COMPRESSIONS, expand_files, is_remote, open_input, without_compression
+from platypus_ray.core.blocks import rows_only
+from platypus_ray.core.errors import InputError
+from platypus_ray.core.paths import COMPRESSIONS, expand_files, is_remote, open_input, without_compression
 from platypus_ray.refine.config import SOURCE_EXTENSIONS, ColumnMapping, SourceConfig
 from platypus_ray.refine.languages import dominant_script
-from platypus_ray.refine.readers import Record, read_jsonl_range, read_records
+from platypus_ray.core.readers import Record, read_jsonl_range, read_records
 from platypus_ray.refine.rows import content_id, dedup_key, embed_text, raw_id, validate_record
 
 UNREADABLE = "unreadable_file"

@@ -23,13 +23,13 @@ import numpy as np
 import pyarrow as pa
 import ray
 
-from platypus_ray.benchmarks import BenchmarkItem, load_benchmark
-from platypus_ray.blocks import batches, read_columns, rows_only
-from platypus_ray.config import dump_config
-from platypus_ray.outputs import replaced_atomically
+from platypus_ray.testsets import BenchmarkItem, load_benchmark
+from platypus_ray.core.blocks import batches, read_columns, rows_only
+from platypus_ray.core.config import dump_config
+from platypus_ray.core.outputs import replaced_atomically
 from platypus_ray.refine import contamination as contam
 from platypus_ray.refine.config import RefineConfig
-from platypus_ray.batching import resolve_device
+from platypus_ray.core.batching import resolve_device
 from platypus_ray.embedding import HASH_BYTES, Embedded, EmbeddingBlocks, check_model, embed, hash_array
 from platypus_ray.refine.languages import check_languages, collapse_check
 from platypus_ray.refine.ledger import Decisions, fetch_texts, summarize, write_rows
@@ -37,7 +37,7 @@ from platypus_ray.refine.report import review_rows, review_uids, write_report, w
 from platypus_ray.refine.rows import embed_text
 from platypus_ray.refine.dedup import best_matches, dedup_rows
 from platypus_ray.refine.sources import PARSED_SCHEMA, check_readable, list_source_files, read_sources, split_large_files
-from platypus_ray.runtime import init_ray
+from platypus_ray.core.runtime import init_ray
 
 _META_COLUMNS = ["source", "file_rank", "row_in_file", "valid", "reason", "detail", "id", "dedup_key", "output_len", "text_len",
                  "script"]

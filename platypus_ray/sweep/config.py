@@ -7,7 +7,7 @@ from typing import Any, Literal
 
 from pydantic import Field, ValidationInfo, model_validator
 
-from platypus_ray.config import StrictModel
+from platypus_ray.core.config import StrictModel
 from platypus_ray.train.config import TrainConfig
 
 

@@ -15,7 +15,7 @@ from typing import Any
 
 import yaml
 
-from platypus_ray.paths import is_file, read_text, write_bytes, write_text
+from platypus_ray.core.paths import is_file, read_text, write_bytes, write_text
 from platypus_ray.sweep.config import SweepConfig
 from platypus_ray.train.layout import CHECKPOINT_SUBDIR
 
@@ -82,7 +82,7 @@ def collect_rows(grid, cfg: SweepConfig, total_steps: int, trials_dir: str) -> l
 
 def _status(error: BaseException | None, value: Any, step: int | None, total_steps: int, metric: str) -> str:
     if error is not None:
-        from platypus_ray.errors import find_user_error
+        from platypus_ray.core.errors import find_user_error
 
         reason = find_user_error(error) or error
         return f"error: {str(reason).splitlines()[0][:300]}"
@@ -146,7 +146,7 @@ def _best(values: list[float], mode: str) -> float | None:
 
 
 def _plot(rows: list[TrialRow], keys: list[str], metric: str) -> bytes:
-    from platypus_ray.plots import new_figure, png_bytes
+    from platypus_ray.sweep.plots import new_figure, png_bytes
 
     fig, ax = new_figure((8, 4.5))
     for row in rows:

@@ -7,7 +7,7 @@ import json
 
 from platypus_ray.sweep.config import SweepConfig
 from platypus_ray.sweep.report import TrialRow
-from platypus_ray.tracking import JobRun, TrackingSettings, client, flatten, retry_locked, warn
+from platypus_ray.train.tracking import JobRun, TrackingSettings, client, flatten, retry_locked, warn
 
 
 _CLOSING_STATUS = {"completed": "FINISHED", "stopped": "KILLED"}  # by the first word of TrialRow.status

@@ -26,7 +26,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from platypus_ray.config import _describe_error, _model_in
+from platypus_ray.core.config import _describe_error, _model_in
 from platypus_ray.train.config import TrainConfig
 
 DISTRIBUTIONS = ("loguniform", "uniform", "randint")

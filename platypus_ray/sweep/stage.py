@@ -16,14 +16,14 @@ from typing import Any
 
 from ray import tune
 
-from platypus_ray.errors import UserError
-from platypus_ray.outputs import check_output, mark_output
-from platypus_ray.runtime import init_ray
+from platypus_ray.core.errors import UserError
+from platypus_ray.core.outputs import check_output, mark_output
+from platypus_ray.core.runtime import init_ray
 from platypus_ray.sweep.config import SweepConfig
 from platypus_ray.sweep.report import TrialRow, collect_rows, write_outputs
 from platypus_ray.sweep.runs import open_parent, tag_trials
 from platypus_ray.sweep.space import data_key, data_variants, param_space, trial_config
-from platypus_ray.tracking import check_reachable
+from platypus_ray.train.tracking import check_reachable
 from platypus_ray.train.capacity import check_cluster_fits
 from platypus_ray.train.data import TokenizedData, prepare_data
 from platypus_ray.train.plan import TrainPlan

@@ -12,7 +12,7 @@ import shutil
 
 import ray.train
 
-from platypus_ray.paths import is_remote
+from platypus_ray.core.paths import is_remote
 from platypus_ray.train.layout import CHECKPOINT_SUBDIR
 
 ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors")

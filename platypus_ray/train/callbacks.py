@@ -13,7 +13,7 @@ import torch
 from transformers import TrainerCallback
 
 from platypus_ray.train.layout import CHECKPOINT_SUBDIR, INJECT_FAULT_ENV
-from platypus_ray.tracking import TrackingTarget, client, http_bounds, now_ms, retry_locked, warn
+from platypus_ray.train.tracking import TrackingTarget, client, http_bounds, now_ms, retry_locked, warn
 
 
 class InjectedFault(TrainerCallback):

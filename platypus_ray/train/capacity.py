@@ -6,7 +6,7 @@ import os
 
 import ray
 
-from platypus_ray.errors import UserError
+from platypus_ray.core.errors import UserError
 from platypus_ray.train.config import ClusterSettings
 
 

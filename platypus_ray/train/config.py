@@ -7,10 +7,10 @@ from typing import Literal
 
 from pydantic import Field, ValidationInfo, field_validator, model_validator
 
-from platypus_ray.config import RAY_RESOURCE_MAX, RAY_RESOURCE_STEP, StrictModel, check_model_folder, is_planned
-from platypus_ray.dtypes import DTypeName
-from platypus_ray.paths import is_remote
-from platypus_ray.tracking import TrackingSettings, remote_storage_problems
+from platypus_ray.core.config import RAY_RESOURCE_MAX, RAY_RESOURCE_STEP, StrictModel, check_model_folder, is_planned
+from platypus_ray.core.dtypes import DTypeName
+from platypus_ray.core.paths import is_remote
+from platypus_ray.train.tracking import TrackingSettings, remote_storage_problems
 
 def _on_worker(info: ValidationInfo) -> bool:
     """Workers re-validate the driver's config; its paths were checked (and resolved) there."""

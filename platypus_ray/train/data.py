@@ -9,7 +9,7 @@ import numpy as np
 import pyarrow as pa
 import ray
 
-from platypus_ray.blocks import rows_only
+from platypus_ray.core.blocks import rows_only
 from platypus_ray.train.config import TrainConfig
 from platypus_ray.train.packing import pack_batch
 from platypus_ray.train.prompts import IGNORE_INDEX, tokenize_example

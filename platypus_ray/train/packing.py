@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
-from platypus_ray.blocks import rows_only
+from platypus_ray.core.blocks import rows_only
 from platypus_ray.train.prompts import IGNORE_INDEX
 
 PACKED_SCHEMA = pa.schema([

@@ -12,9 +12,9 @@ import inspect
 from dataclasses import dataclass, field
 from typing import Any
 
-from platypus_ray.dtypes import BYTES, resolve_dtype
-from platypus_ray.errors import UserError
-from platypus_ray.tracking import TrackingTarget
+from platypus_ray.core.dtypes import BYTES, resolve_dtype
+from platypus_ray.core.errors import UserError
+from platypus_ray.train.tracking import TrackingTarget
 from platypus_ray.train.config import TrainConfig
 
 GIB = 1024**3

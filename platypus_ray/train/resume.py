@@ -6,9 +6,9 @@ from typing import Any
 
 import yaml
 
-from platypus_ray.errors import UserError
-from platypus_ray.outputs import check_output, mark_output
-from platypus_ray.paths import is_remote, read_text, write_text
+from platypus_ray.core.errors import UserError
+from platypus_ray.core.outputs import check_output, mark_output
+from platypus_ray.core.paths import is_remote, read_text, write_text
 from platypus_ray.train.config import TrainConfig
 
 

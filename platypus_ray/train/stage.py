@@ -25,11 +25,11 @@ import ray
 import ray.train
 from ray.train.torch import TorchConfig, TorchTrainer
 
-from platypus_ray.devices import train_backend
-from platypus_ray.errors import UserError
-from platypus_ray.paths import absolute_if_local, is_remote, write_text
-from platypus_ray.runtime import init_ray
-from platypus_ray.tracking import JobRun, check_reachable, flatten
+from platypus_ray.core.devices import train_backend
+from platypus_ray.core.errors import UserError
+from platypus_ray.core.paths import absolute_if_local, is_remote, write_text
+from platypus_ray.core.runtime import init_ray
+from platypus_ray.train.tracking import JobRun, check_reachable, flatten
 from platypus_ray.train.adapter import check_adapter, export_adapter
 from platypus_ray.train.capacity import check_cluster_fits
 from platypus_ray.train.config import TrainConfig

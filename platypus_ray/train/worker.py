@@ -18,11 +18,11 @@ import torch
 from ray.data.collate_fn import NumpyBatchCollateFn
 from transformers import PrinterCallback, Trainer, TrainingArguments
 
-from platypus_ray.dtypes import torch_dtype
+from platypus_ray.core.dtypes import torch_dtype
 from platypus_ray.train.callbacks import InjectedFault, ReportToRay, TrackingCallback
 from platypus_ray.train.config import TrainConfig
 from platypus_ray.train.layout import CHECKPOINT_SUBDIR
-from platypus_ray.devices import actor_device
+from platypus_ray.core.devices import actor_device
 from platypus_ray.train.plan import WorkerPlan
 from platypus_ray.train.prompts import IGNORE_INDEX
 

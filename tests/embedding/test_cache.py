@@ -12,8 +12,8 @@ import pyarrow.parquet as pq
 import pytest
 import ray
 
-from platypus_ray.config import validate_config
-from platypus_ray.errors import UserError
+from platypus_ray.core.config import validate_config
+from platypus_ray.core.errors import UserError
 from platypus_ray.refine import RefineConfig
 from platypus_ray.embedding import EmbeddingConfig
 from platypus_ray.embedding.pool import open_cache

@@ -13,7 +13,7 @@ import shutil
 import numpy as np
 import pytest
 
-from platypus_ray.errors import UserError
+from platypus_ray.core.errors import UserError
 from platypus_ray.embedding.encoders import EncoderSpec, load_encoder, token_batches
 from platypus_ray.embedding.calibrate import Agreement, calibrate, choose, compare, recorded_choice, spread
 from platypus_ray.embedding.export import ensure_export, model_folder
@@ -137,7 +137,7 @@ def test_corrupt_and_partial_exports_fail_with_the_folder_to_delete(export_dir, 
         verify_export(broken)
     # a corrupt file whose manifest was rewritten to match still cannot load: ONNX Runtime's error, same fix
     info = json.loads((good / MANIFEST).read_text())
-    from platypus_ray.checksum import sha256 as _sha256
+    from platypus_ray.core.checksum import sha256 as _sha256
 
     (broken / MANIFEST).write_text(json.dumps(info | {"sha256": _sha256(broken / "model.onnx")}))
     root = tmp_path / "root"

@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from platypus_ray.errors import UserError
+from platypus_ray.core.errors import UserError
 from platypus_ray.embedding.models import check_model, resolve_model
 from platypus_ray.embedding.pool import Embedder
 

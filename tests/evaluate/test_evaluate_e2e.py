@@ -14,7 +14,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from platypus_ray.config import validate_config
+from platypus_ray.core.config import validate_config
 from platypus_ray.evaluate import EvaluateConfig, run
 
 pytestmark = pytest.mark.slow
@@ -160,7 +160,7 @@ def test_malformed_benchmark_row_fails_before_ray_naming_file_and_line(tiny_mode
 
 
 def test_config_needs_work_and_distinct_labels(tiny_model, tmp_path):
-    from platypus_ray.config import ConfigError
+    from platypus_ray.core.config import ConfigError
 
     with pytest.raises(ConfigError, match="give benchmarks, a validation set, or both"):
         validate_config(EvaluateConfig, {"model": {"name_or_path": tiny_model}})

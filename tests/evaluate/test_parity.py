@@ -13,7 +13,7 @@ import re
 import pandas as pd
 import pytest
 
-from platypus_ray.config import validate_config
+from platypus_ray.core.config import validate_config
 from platypus_ray.evaluate import EvaluateConfig, run
 from tests.evaluate.harness_tasks import FEWSHOT, write_tasks
 

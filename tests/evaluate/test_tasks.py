@@ -11,7 +11,7 @@ import sys
 import numpy as np
 import pytest
 
-from platypus_ray.config import ConfigError, validate_config
+from platypus_ray.core.config import ConfigError, validate_config
 from platypus_ray.evaluate.config import LEADERBOARD, EvaluateConfig, TaskEntry
 from platypus_ray.evaluate.requests import validation_requests
 from platypus_ray.evaluate.scoring import Scorer, encode_pair, score_encoded

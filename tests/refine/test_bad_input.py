@@ -16,10 +16,10 @@ import pandas as pd
 import pytest
 
 from platypus_ray.cli import main
-from platypus_ray.config import ConfigError, validate_config
-from platypus_ray.errors import UserError
-from platypus_ray.outputs import MARKER, check_output, replaced_atomically
-from platypus_ray.paths import expand_files
+from platypus_ray.core.config import ConfigError, validate_config
+from platypus_ray.core.errors import UserError
+from platypus_ray.core.outputs import MARKER, check_output, replaced_atomically
+from platypus_ray.core.paths import expand_files
 from platypus_ray.refine import RefineConfig
 from platypus_ray.refine.ledger import LEDGER_COLUMNS
 
@@ -116,7 +116,7 @@ def test_literal_path_with_glob_characters_and_finite_numbers(tmp_path):
 
 
 def test_benchmark_file_errors_name_the_file_and_line(tmp_path):
-    from platypus_ray.benchmarks import BenchmarkConfig, BenchmarkFormatError, load_benchmark
+    from platypus_ray.testsets import BenchmarkConfig, BenchmarkFormatError, load_benchmark
 
     cases = {
         "bad_bytes.csv": (b"What is 1+1?,1,2,3,4,B\nWhat is caf\xe9?,a,b,c,d,A\n", "mmlu_csv", r"line 2: byte 0xe9"),

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from platypus_ray.benchmarks import BenchmarkItem
+from platypus_ray.testsets import BenchmarkItem
 from platypus_ray.refine.config import ContaminationConfig
 from platypus_ray.refine.contamination import NgramIndex, categorize, make_probes, word_ngrams
 

@@ -14,7 +14,7 @@ import pandas as pd
 import psutil
 import pytest
 
-from platypus_ray.config import validate_config
+from platypus_ray.core.config import validate_config
 from platypus_ray.refine import RefineConfig, run
 
 pytestmark = pytest.mark.slow
@@ -83,7 +83,7 @@ def test_an_embedding_actor_killed_mid_run_changes_nothing(ray_session, tmp_path
 
 def test_an_output_replaced_by_a_failed_run_stays_whole(tmp_path):
     """Refine writes into a staging folder that takes the output's place only on success."""
-    from platypus_ray.outputs import replaced_atomically
+    from platypus_ray.core.outputs import replaced_atomically
 
     output = tmp_path / "out"
     with replaced_atomically(str(output), "test") as staging:
@@ -95,7 +95,7 @@ def test_an_output_replaced_by_a_failed_run_stays_whole(tmp_path):
             (staging / "kept").mkdir()
             (staging / "kept" / "part-0.parquet").write_text("new")
             raise OSError("disk full")  # e.g. while writing report.html
-    from platypus_ray.outputs import MARKER
+    from platypus_ray.core.outputs import MARKER
 
     assert sorted(str(p.relative_to(output)) for p in output.rglob("*")) == [MARKER, "kept", "kept/part-0.parquet", "stats.json"]
     assert (output / "kept" / "part-0.parquet").read_text() == "old"

@@ -11,7 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from platypus_ray.cli import main
-from platypus_ray.config import ConfigError, validate_config
+from platypus_ray.core.config import ConfigError, validate_config
 from platypus_ray.refine import RefineConfig
 from platypus_ray.refine.languages import dominant_script, mean_pairwise_cosine, script_by_table
 

@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from platypus_ray.errors import InputError
+from platypus_ray.core.errors import InputError
 from platypus_ray.refine.config import ColumnMapping
 from platypus_ray.refine.sources import SourceFile, parse_source_file
 

@@ -11,7 +11,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from platypus_ray.config import validate_config
+from platypus_ray.core.config import validate_config
 from platypus_ray.refine import RefineConfig, run
 
 pytestmark = pytest.mark.slow

@@ -8,7 +8,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from platypus_ray.errors import InputError
+from platypus_ray.core.errors import InputError
 from platypus_ray.refine.config import ColumnMapping, SourceConfig
 from platypus_ray.refine.rows import content_id, dedup_key, embed_text, validate_record
 from platypus_ray.refine.sources import SourceFile, list_source_files, parse_source_file

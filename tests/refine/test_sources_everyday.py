@@ -16,8 +16,8 @@ import pyarrow as pa
 import pytest
 
 from platypus_ray.cli import main
-from platypus_ray.errors import InputError
-from platypus_ray.paths import expand_files, open_input
+from platypus_ray.core.errors import InputError
+from platypus_ray.core.paths import expand_files, open_input
 from platypus_ray.refine.config import SOURCE_EXTENSIONS, ColumnMapping
 from platypus_ray.refine.sources import SourceFile, _infer_format, parse_source_file
 
@@ -71,7 +71,7 @@ def test_jsonl_is_streamed_in_chunks_not_read_whole(tmp_path):
     stream = open_input(str(path))
     original = stream.read
     stream.read = lambda n=-1: reads.append(n) or original(n)
-    from platypus_ray.refine.readers import read_records
+    from platypus_ray.core.readers import read_records
 
     assert sum(1 for _ in read_records(stream, "jsonl", str(path))) == 4 * 20_000
     assert reads and all(0 < n <= 1 << 20 for n in reads)

@@ -12,7 +12,7 @@ import time
 
 import pytest
 
-from platypus_ray.errors import UserError
+from platypus_ray.core.errors import UserError
 from platypus_ray.sweep import run
 from tests.sweep.test_sweep_e2e import hold_one_cpu, sweep_config
 

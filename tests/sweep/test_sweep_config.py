@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from platypus_ray.config import ConfigError, validate_config
-from platypus_ray.errors import UserError
+from platypus_ray.core.config import ConfigError, validate_config
+from platypus_ray.core.errors import UserError
 from platypus_ray.sweep.config import SweepConfig
 from platypus_ray.sweep.space import data_variants, param_space, trial_config
 from platypus_ray.sweep.stage import max_concurrent_trials

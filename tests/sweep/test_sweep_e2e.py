@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from platypus_ray.config import validate_config
+from platypus_ray.core.config import validate_config
 from platypus_ray.sweep import SweepConfig, run
 from platypus_ray.train.config import TrainConfig
 from tests.helpers import train_raw
@@ -147,7 +147,7 @@ def test_asha_stops_the_diverging_trial_before_max_t(ray_session, tiny_model, ke
 
 
 def test_resume_without_a_sweep_is_a_clear_error(ray_session, tiny_model, kept_folder, tmp_path):
-    from platypus_ray.errors import UserError
+    from platypus_ray.core.errors import UserError
 
     cfg = sweep_config(tiny_model, kept_folder, str(tmp_path), "never-ran", space={"lora.r": [4]})
     with pytest.raises(UserError, match="resume: no sweep to continue at .*never-ran; drop --resume to start one"):

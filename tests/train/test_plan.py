@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from platypus_ray.config import validate_config
-from platypus_ray.errors import UserError
+from platypus_ray.core.config import validate_config
+from platypus_ray.core.errors import UserError
 from platypus_ray.train.config import TrainConfig
 from platypus_ray.train.plan import TrainPlan, model_size
 

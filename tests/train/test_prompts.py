@@ -9,7 +9,7 @@ from platypus_ray.train.prompts import IGNORE_INDEX, build_prompt, tokenize_exam
 
 @pytest.fixture(scope="module")
 def tokenizer():
-    from platypus_ray.tiny_model import train_tokenizer
+    from platypus_ray.devtools.tiny_model import train_tokenizer
 
     return train_tokenizer(vocab_size=512)
 

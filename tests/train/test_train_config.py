@@ -6,7 +6,7 @@ import re
 
 import pytest
 
-from platypus_ray.config import ConfigError, validate_config
+from platypus_ray.core.config import ConfigError, validate_config
 from platypus_ray.train.config import TrainConfig
 from platypus_ray.train.deepspeed_config import deepspeed_config
 

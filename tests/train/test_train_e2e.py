@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from platypus_ray.errors import UserError
+from platypus_ray.core.errors import UserError
 from platypus_ray.train import run
 from platypus_ray.train.stage import fit, prepare
 from platypus_ray.train.adapter import check_adapter
@@ -23,7 +23,7 @@ SCHEDULE = {"scheduler": "constant_with_warmup", "warmup_steps": 2}
 # These runs train on packed sequences (the sweep tests cover unpacked rows): ZeRO-3 on 2 workers,
 # resume after a fault and the adapter checks all hold with several rows per sequence.
 def packed_config(model, data, storage, name, **sections):
-    from platypus_ray.config import validate_config
+    from platypus_ray.core.config import validate_config
     from platypus_ray.train.config import TrainConfig
 
     raw = train_raw(model, data, storage, name, **sections)

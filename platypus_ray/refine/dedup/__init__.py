@@ -4,7 +4,7 @@ Inside: ``similarity`` (exact tiled all-pairs search, float64 re-scoring near th
 best matches against benchmark probes), ``clustered`` (k-means partitions, exact inside),
 ``pair_search`` (the mode choice and the per-row neighbour bound with its exact check),
 ``greedy`` (the greedy walk in priority order) and ``recall`` (clustered against exact on a
-sample). The brute-force oracle the tests compare with is :mod:`platypus_ray.dedup_reference`.
+sample). The brute-force oracle the tests compare with is :mod:`platypus_ray.devtools.dedup_reference`.
 
 From outside, import from here: :func:`dedup_rows` (vectors and priorities in, decisions,
 pairs and stats out) and :func:`best_matches` (contamination's search against benchmark probes).

@@ -26,7 +26,7 @@ import ray
 
 from platypus_ray.refine.dedup.similarity import _EPS, HeldPairs, PairBudget, Pairs, _exact_scores
 from platypus_ray.embedding import EmbeddingBlocks
-from platypus_ray.waits import as_completed, wait_all
+from platypus_ray.core.waits import as_completed, wait_all
 
 if TYPE_CHECKING:  # torch loads in the tasks that use it, not in the driver (1 s of every refine start)
     import torch

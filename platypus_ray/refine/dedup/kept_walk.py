@@ -24,7 +24,7 @@ import ray
 from platypus_ray.embedding import EmbeddingBlocks
 from platypus_ray.refine.dedup.greedy import DedupDecision
 from platypus_ray.refine.dedup.similarity import _EPS, Pairs
-from platypus_ray.waits import wait_all
+from platypus_ray.core.waits import wait_all
 
 CHUNK_ROWS = 2048  # rows settled per step; their own greedy walk is chunk x chunk
 KEPT_TILE = 16384  # kept rows per GEMM: a chunk x tile float32 product is 128 MiB
@@ -188,7 +188,7 @@ def _settle_among(chunk64: np.ndarray, among: np.ndarray | None, open_rows: np.n
 def _walk_task(refs: list, order: np.ndarray, threshold: float, use_gpu: bool, threads: int, max_products: float | None):
     from threadpoolctl import threadpool_limits
 
-    from platypus_ray.devices import actor_device
+    from platypus_ray.core.devices import actor_device
 
     emb = np.concatenate([ray.get(ref) for ref in refs]) if refs else np.zeros((0, 0), dtype=np.float32)
     device = actor_device("cuda" if use_gpu else "cpu")

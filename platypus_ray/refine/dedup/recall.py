@@ -22,7 +22,7 @@ import ray
 
 from platypus_ray.refine.dedup.similarity import _EPS, Pairs, _exact_scores_between, pair_keys
 from platypus_ray.embedding import EmbeddingBlocks
-from platypus_ray.waits import wait_all
+from platypus_ray.core.waits import wait_all
 
 
 @dataclass

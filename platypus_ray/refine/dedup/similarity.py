@@ -18,9 +18,9 @@ from typing import TYPE_CHECKING
 import numpy as np
 import ray
 
-from platypus_ray.devices import actor_device
+from platypus_ray.core.devices import actor_device
 from platypus_ray.embedding import EmbeddingBlocks
-from platypus_ray.waits import as_completed
+from platypus_ray.core.waits import as_completed
 
 if TYPE_CHECKING:  # torch loads in the tasks that use it, not in the driver (1 s of every refine start)
     import torch

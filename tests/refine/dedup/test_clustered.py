@@ -98,7 +98,7 @@ def test_a_similarity_search_past_its_bound_is_cancelled_and_frees_its_cpus(plan
     tasks give their CPUs back for the next job."""
     import time
 
-    from platypus_ray.errors import UserError
+    from platypus_ray.core.errors import UserError
 
     free_before = ray.available_resources().get("CPU", 0)
     _, emb, _ = planted
@@ -126,7 +126,7 @@ def dense_family(ray_session):
 def test_clustered_keeps_exactly_the_brute_force_set_on_a_dense_family(dense_family, rows_per_cluster, keep):
     """Cluster borders split the families (the walk over the clustered pairs alone kept 1-26 wrong
     rows of ~35 on these vectors); the exact check among the kept rows makes the kept set exact."""
-    from platypus_ray.dedup_reference import greedy_reference
+    from platypus_ray.devtools.dedup_reference import greedy_reference
     from platypus_ray.refine.dedup.greedy import exact_check_against, priority_order
 
     emb = dense_family

@@ -7,7 +7,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from platypus_ray.dedup_reference import greedy_reference, platypus_notebook_loop
+from platypus_ray.devtools.dedup_reference import greedy_reference, platypus_notebook_loop
 from platypus_ray.refine.dedup.greedy import priority_order, resolve_greedy
 from platypus_ray.refine.dedup.similarity import Pairs, all_pairs_above, best_matches
 

@@ -7,7 +7,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from platypus_ray.dedup_reference import greedy_reference
+from platypus_ray.devtools.dedup_reference import greedy_reference
 from platypus_ray.refine.config import DedupConfig
 from platypus_ray.refine.dedup import dedup_rows
 from platypus_ray.refine.dedup.greedy import priority_order

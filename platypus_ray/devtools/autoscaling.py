@@ -1,6 +1,6 @@
 """Ray's own autoscaler on one machine: the node types of a cluster file, launched and removed as fake nodes on 127.0.0.1.
 
-The head is :class:`~platypus_ray.local_cluster.AutoscalingLocalCluster`, a ``LocalCluster`` head (own temp dir, ports, token
+The head is :class:`~platypus_ray.devtools.local_cluster.AutoscalingLocalCluster`, a ``LocalCluster`` head (own temp dir, ports, token
 auth, exact-process teardown) with 0 CPUs and ``--autoscaling-config``. Its monitor runs the real
 autoscaler, v1 (what ``ray up`` runs) or v2 (``RAY_enable_autoscaler_v2=1``, what KubeRay runs),
 with :class:`LoopbackFakeProvider`: each "node" is a raylet and its agents started by the monitor,
@@ -8,9 +8,9 @@ advertising the node type's logical resources (``GPU`` included) on loopback. Bi
 and idle termination are Ray's. Node types come straight from ``cluster.yaml`` / ``cluster-gcp.yaml``
 (:func:`shape_from_cluster_file`) or from a KubeRay ``RayJob`` through KubeRay's own translator
 (:func:`shape_from_rayjob`). Fake GPUs: the nodes run with ``PLATYPUS_RAY_SIMULATE_GPU=1``
-(see :mod:`platypus_ray.devices`).
+(see :mod:`platypus_ray.core.devices`).
 
-    python -m platypus_ray.local_cluster --autoscaling cluster.yaml [--v2]
+    python -m platypus_ray.devtools.local_cluster --autoscaling cluster.yaml [--v2]
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ from pathlib import Path
 
 import yaml
 
-from platypus_ray.errors import UserError
+from platypus_ray.core.errors import UserError
 
 HEAD_TYPE = "ray.head.default"  # the fake provider tags its head with this name
 FAKE_HEAD_ID = "fffffffffffffffffffffffffffffffffffffffffffffffffff00000"

@@ -17,8 +17,8 @@ from dataclasses import asdict, dataclass, field
 from datetime import datetime
 from pathlib import Path
 
-from platypus_ray.autoscaling import NODE_TYPE_LABEL
-from platypus_ray.local_cluster import LocalCluster
+from platypus_ray.devtools.autoscaling import NODE_TYPE_LABEL
+from platypus_ray.devtools.local_cluster import LocalCluster
 
 RAY = str(Path(sys.executable).with_name("ray"))
 _ADDED = re.compile(r"Adding (\d+) node\(s\) of type ([\w.-]+)")

@@ -6,9 +6,9 @@ authentication with a token of its own (clients get it from :attr:`client_env`).
 exactly the processes of this cluster (found by its temp dirs), never other Ray instances:
 ``ray stop`` would kill every Ray process on the machine.
 
-    python -m platypus_ray.local_cluster --nodes 2    # prints the address; Ctrl-C stops it
-    python -m platypus_ray.local_cluster --autoscaling cluster.yaml [--v2]   # rehearse a cluster file
-                                                      # (platypus_ray/autoscaling.py; `ray status` shows the nodes)
+    python -m platypus_ray.devtools.local_cluster --nodes 2    # prints the address; Ctrl-C stops it
+    python -m platypus_ray.devtools.local_cluster --autoscaling cluster.yaml [--v2]   # rehearse a cluster file
+                                                      # (platypus_ray/devtools/autoscaling.py; `ray status` shows the nodes)
 """
 
 from __future__ import annotations
@@ -29,8 +29,8 @@ from pathlib import Path
 import psutil
 import yaml
 
-from platypus_ray.autoscaling import FAKE_HEAD_ID, LOOPBACK_ONLY, ClusterShape, autoscaler_config
-from platypus_ray.devices import SIMULATE_GPU_ENV
+from platypus_ray.devtools.autoscaling import FAKE_HEAD_ID, LOOPBACK_ONLY, ClusterShape, autoscaler_config
+from platypus_ray.core.devices import SIMULATE_GPU_ENV
 
 LOOPBACK = "127.0.0.1"
 
@@ -92,7 +92,7 @@ class LocalCluster:
         # Unix socket paths are limited to ~107 bytes: keep temp dirs short.
         temp_dir = self.root / name
         node = LocalNode(name, temp_dir)
-        from platypus_ray.runtime import interpreter_first_path
+        from platypus_ray.core.runtime import interpreter_first_path
 
         # `python` in a job's entrypoint is this interpreter, as on a cluster whose image has one.
         env = {**os.environ, **self.env, **self.client_env, "RAY_USAGE_STATS_ENABLED": "0",
@@ -238,8 +238,8 @@ def main() -> None:
     parser.add_argument("--idle-timeout-minutes", type=float, default=0.5, help="idle workers are removed after this")
     args = parser.parse_args()
     if args.autoscaling:
-        from platypus_ray.autoscaling import read_shape
-        from platypus_ray.errors import UserError
+        from platypus_ray.devtools.autoscaling import read_shape
+        from platypus_ray.core.errors import UserError
 
         try:
             shape = read_shape(args.autoscaling)

@@ -17,10 +17,10 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from pydantic import Field, field_validator
 
-from platypus_ray.config import StrictModel, check_input
-from platypus_ray.errors import InputError
-from platypus_ray.paths import default_name, expand_files, open_input
-from platypus_ray.unicode_checks import LONE_SURROGATE_PROBLEM, has_lone_surrogate
+from platypus_ray.core.config import StrictModel, check_input
+from platypus_ray.core.errors import InputError
+from platypus_ray.core.paths import default_name, expand_files, open_input
+from platypus_ray.core.unicode_checks import LONE_SURROGATE_PROBLEM, has_lone_surrogate
 
 BenchmarkFormat = Literal["mmlu_csv", "arc_jsonl", "hellaswag_jsonl", "truthfulqa_csv", "questions"]
 

@@ -16,7 +16,7 @@ from typing import Annotated, Any, TypeVar
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo
 
-from platypus_ray.errors import UserError
+from platypus_ray.core.errors import UserError
 
 M = TypeVar("M", bound=BaseModel)
 
@@ -50,7 +50,7 @@ def is_planned(path: str, info: ValidationInfo) -> bool:
 
 def check_input(path: str, extensions: tuple[str, ...], info: ValidationInfo) -> str:
     """An input file, folder or glob that exists now, or that an earlier stage will write."""
-    from platypus_ray.paths import check_input_path
+    from platypus_ray.core.paths import check_input_path
 
     return path if is_planned(path, info) else check_input_path(path, extensions)
 

@@ -13,7 +13,7 @@ from pathlib import Path
 
 from pydantic import Field
 
-from platypus_ray.config import StrictModel
+from platypus_ray.core.config import StrictModel
 from platypus_ray.samples import sample_rows
 from platypus_ray.train.prompts import build_prompt
 

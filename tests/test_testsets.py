@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from platypus_ray.benchmarks import BenchmarkConfig, BenchmarkFormatError, load_benchmark
+from platypus_ray.testsets import BenchmarkConfig, BenchmarkFormatError, load_benchmark
 
 MMLU_ROWS = 'What is 2+2?,3,4,5,6,B\n"A passage\nwith a newline. Which?",w,x,y,z,D\n'
 

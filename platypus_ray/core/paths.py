@@ -20,7 +20,7 @@ from typing import BinaryIO, Iterator
 import pyarrow as pa
 import pyarrow.fs as pafs
 
-from platypus_ray.errors import InputError
+from platypus_ray.core.errors import InputError
 
 _GLOB_CHARS = set("*?[")
 COMPRESSIONS = (".gz", ".bz2", ".xz", ".zst")

@@ -194,7 +194,7 @@ _STORAGE_KEYS = ("run.storage_path", "train.run.storage_path")
 
 def log_folder(cfg: object) -> str:
     """The folder whose ``logs/`` takes this command's noise: the common parent of its outputs."""
-    from platypus_ray.paths import is_remote
+    from platypus_ray.core.paths import is_remote
 
     def value(key: str) -> object:
         node = cfg

@@ -28,9 +28,9 @@ from typing import Any, TypeVar
 
 from pydantic import Field
 
-from platypus_ray.config import StrictModel
-from platypus_ray.errors import UserError
-from platypus_ray.paths import is_remote, read_text, write_text
+from platypus_ray.core.config import StrictModel
+from platypus_ray.core.errors import UserError
+from platypus_ray.core.paths import is_remote, read_text, write_text
 
 _PARAM_MAX = 6000  # MLflow's limit on a param value
 T = TypeVar("T")

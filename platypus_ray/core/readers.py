@@ -26,8 +26,8 @@ from typing import Any, BinaryIO, Iterable, Iterator
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from platypus_ray.errors import InputError
-from platypus_ray.paths import lines
+from platypus_ray.core.errors import InputError
+from platypus_ray.core.paths import lines
 
 _BOM = b"\xef\xbb\xbf"
 _ESCAPED_BYTE = re.compile("[\udc80-\udcff]")  # how errors="surrogateescape" spells an undecodable byte

@@ -19,8 +19,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterable, Iterator
 
-from platypus_ray.errors import UserError
-from platypus_ray.paths import is_remote
+from platypus_ray.core.errors import UserError
+from platypus_ray.core.paths import is_remote
 
 MARKER = ".platypus-ray-output"
 _LEFTOVER_KINDS = ("staging", "old")

@@ -9,7 +9,7 @@ inside the actor or worker, so each one calls :func:`actor_device` itself.
 given a GPU but sees no CUDA device computes on its CPU path (CPU encoder, CPU scoring, gloo)
 while the stage keeps its GPU resource requests, so the autoscaler still launches the GPU node
 types of the cluster file. It is meant for the fake GPU nodes of
-``python -m platypus_ray.local_cluster --autoscaling cluster.yaml``, which sets it on every node
+``python -m platypus_ray.devtools.local_cluster --autoscaling cluster.yaml``, which sets it on every node
 (elsewhere: in the nodes' environment, or a runtime env's ``env_vars``). Without it, a GPU
 requested and none visible is a :class:`DeviceError` (a broken CUDA image fails loudly instead
 of running a 13B model on a CPU).
@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import os
 
-from platypus_ray.errors import UserError
+from platypus_ray.core.errors import UserError
 
 SIMULATE_GPU_ENV = "PLATYPUS_RAY_SIMULATE_GPU"
 

@@ -6,7 +6,7 @@ import time
 
 import ray
 
-from platypus_ray.errors import UserError
+from platypus_ray.core.errors import UserError
 
 
 def wait_all(refs: list, timeout_s: float) -> list:
