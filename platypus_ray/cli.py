@@ -27,21 +27,42 @@ class Command:
 
 
 COMMANDS: dict[str, Command] = {
-    "refine": Command("curate instruction data: validate, dedup, decontaminate (Ray Data)",
-                      "platypus_ray.refine", "RefineConfig", switches=("allow_empty_benchmark",)),
+    "refine": Command(
+        "curate instruction data: validate, dedup, decontaminate (Ray Data)",
+        "platypus_ray.refine",
+        "RefineConfig",
+        switches=("allow_empty_benchmark",),
+    ),
     "train": Command("LoRA fine-tune with DeepSpeed ZeRO-3 on Ray Train", "platypus_ray.train", "TrainConfig"),
-    "sweep": Command("Ray Tune over LoRA rank / target modules / learning rate (ASHA)",
-                     "platypus_ray.sweep", "SweepConfig", switches=("resume",)),
-    "merge": Command("fold a LoRA adapter into a base model", "platypus_ray.merge", "MergeConfig",
-                     flags=("base", "adapter", "out")),
-    "evaluate": Command("benchmark accuracy (acc, acc_norm) and held-out loss, as Ray Data batch inference",
-                        "platypus_ray.evaluate", "EvaluateConfig"),
-    "pipeline": Command("refine -> train -> merge in one run, each stage feeding the next",
-                        "platypus_ray.pipeline", "PipelineConfig"),
-    "make-tiny-model": Command("build a tiny LLaMA + locally trained tokenizer (tests, demo)",
-                               "platypus_ray.devtools.tiny_model", "TinyModelConfig", flags=("out",)),
-    "distill-embedder": Command("distil a model2vec static embedder from a local sentence-transformers model (offline)",
-                                "platypus_ray.embedding.distill", "DistillConfig", flags=("model", "out")),
+    "sweep": Command(
+        "Ray Tune over LoRA rank / target modules / learning rate (ASHA)",
+        "platypus_ray.sweep",
+        "SweepConfig",
+        switches=("resume",),
+    ),
+    "merge": Command(
+        "fold a LoRA adapter into a base model", "platypus_ray.merge", "MergeConfig", flags=("base", "adapter", "out")
+    ),
+    "evaluate": Command(
+        "benchmark accuracy (acc, acc_norm) and held-out loss, as Ray Data batch inference",
+        "platypus_ray.evaluate",
+        "EvaluateConfig",
+    ),
+    "pipeline": Command(
+        "refine -> train -> merge in one run, each stage feeding the next", "platypus_ray.pipeline", "PipelineConfig"
+    ),
+    "make-tiny-model": Command(
+        "build a tiny LLaMA + locally trained tokenizer (tests, demo)",
+        "platypus_ray.devtools.tiny_model",
+        "TinyModelConfig",
+        flags=("out",),
+    ),
+    "distill-embedder": Command(
+        "distil a model2vec static embedder from a local sentence-transformers model (offline)",
+        "platypus_ray.embedding.distill",
+        "DistillConfig",
+        flags=("model", "out"),
+    ),
 }
 
 
@@ -51,18 +72,30 @@ def build_parser() -> argparse.ArgumentParser:
     for name, command in COMMANDS.items():
         sub = commands.add_parser(name, help=command.help, description=command.help)
         sub.add_argument("--config", "-c", help="YAML config file")
-        sub.add_argument("--verbose", "-v", action="store_true",
-                         help="show library output (deprecation warnings, Ray Train's report dumps, DeepSpeed "
-                              "builds) on the console instead of in <outputs>/logs/")
         sub.add_argument(
-            "--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+            "--verbose",
+            "-v",
+            action="store_true",
+            help="show library output (deprecation warnings, Ray Train's report dumps, DeepSpeed "
+            "builds) on the console instead of in <outputs>/logs/",
+        )
+        sub.add_argument(
+            "--set",
+            dest="overrides",
+            action="append",
+            default=[],
+            metavar="KEY=VALUE",
             help="override a config key, e.g. --set dedup.threshold=0.85 (repeatable)",
         )
         for flag in command.flags:
             sub.add_argument(f"--{flag}", dest=f"flag_{flag}", metavar=flag.upper(), help=f"same as --set {flag}=...")
         for switch in command.switches:
-            sub.add_argument(f"--{switch.replace('_', '-')}", dest=f"switch_{switch}", action="store_true",
-                             help=f"same as --set {switch}=true")
+            sub.add_argument(
+                f"--{switch.replace('_', '-')}",
+                dest=f"switch_{switch}",
+                action="store_true",
+                help=f"same as --set {switch}=true",
+            )
     return parser
 
 

@@ -45,8 +45,10 @@ class MergeResult:
     max_logit_difference: float
 
     def summary(self) -> str:
-        return (f"merge: saved {self.out} (model + tokenizer); max |logits(merged) - logits(base+adapter)| "
-                f"= {self.max_logit_difference:.2e}")
+        return (
+            f"merge: saved {self.out} (model + tokenizer); max |logits(merged) - logits(base+adapter)| "
+            f"= {self.max_logit_difference:.2e}"
+        )
 
 
 def tokenizer_source(base: str, adapter: str | None) -> str:

@@ -19,15 +19,21 @@ from pydantic import Field, ValidationInfo, field_validator, model_validator
 
 from platypus_ray.core.config import StrictModel
 from platypus_ray.core.dtypes import DTypeName
-from platypus_ray.evaluate.config import (BenchmarkEntry, EvaluateConfig, InferenceSettings, ValidationSettings,
-                                          benchmark_inputs, expand_preset)
-from platypus_ray.merge import MergeConfig
 from platypus_ray.core.outputs import check_output
 from platypus_ray.core.paths import absolute_if_local
-from platypus_ray.refine.config import RefineConfig
 from platypus_ray.devtools.tiny_model import TinyModelConfig
-from platypus_ray.train.tracking import check_reachable
+from platypus_ray.evaluate.config import (
+    BenchmarkEntry,
+    EvaluateConfig,
+    InferenceSettings,
+    ValidationSettings,
+    benchmark_inputs,
+    expand_preset,
+)
+from platypus_ray.merge import MergeConfig
+from platypus_ray.refine.config import RefineConfig
 from platypus_ray.train.config import TrainConfig
+from platypus_ray.train.tracking import check_reachable
 
 
 class MergeStep(StrictModel):
@@ -53,10 +59,13 @@ class EvaluateStep(StrictModel):
 
     def evaluate_config(self, model: dict, base: str) -> EvaluateConfig:
         compare = {"name_or_path": base, "label": "base"} if self.compare_with_base else None
-        return EvaluateConfig.model_validate({
-            **self.model_dump(exclude={"compare_with_base"}), "model": {**model, "label": "fine-tuned"},
-            "compare_with": compare,
-        })
+        return EvaluateConfig.model_validate(
+            {
+                **self.model_dump(exclude={"compare_with_base"}),
+                "model": {**model, "label": "fine-tuned"},
+                "compare_with": compare,
+            }
+        )
 
 
 class PipelineConfig(StrictModel):
@@ -78,7 +87,10 @@ class PipelineConfig(StrictModel):
         train = raw.get("train")
         if isinstance(raw.get("refine"), dict) and isinstance(train, dict):
             output = raw["refine"].get("output", RefineConfig.model_fields["output"].default)
-            train = raw["train"] = {**train, "data": {**(train.get("data") or {}), "path": f"{output.rstrip('/')}/kept"}}
+            train = raw["train"] = {
+                **train,
+                "data": {**(train.get("data") or {}), "path": f"{output.rstrip('/')}/kept"},
+            }
             planned.add(os.path.normpath(os.path.expanduser(output)))
         model = ((train or {}).get("model") or {}).get("name_or_path") if isinstance(train, dict) else None
         if raw.get("build_tiny_model") is True and isinstance(model, str):
@@ -86,11 +98,13 @@ class PipelineConfig(StrictModel):
         return raw
 
     @model_validator(mode="after")
-    def _merge_needs_train(self) -> "PipelineConfig":
+    def _merge_needs_train(self) -> PipelineConfig:
         if self.merge is not None and self.train is None:
             raise ValueError("merge: needs a train section (the adapter to merge comes from it)")
         if self.evaluate is not None and self.train is None:
-            raise ValueError("evaluate: needs a train section (it scores the fine-tune); use `platypus-ray evaluate` for a model you have")
+            raise ValueError(
+                "evaluate: needs a train section (it scores the fine-tune); use `platypus-ray evaluate` for a model you have"
+            )
         if self.evaluate is not None and not (self.evaluate.benchmarks or self.evaluate.validation):
             raise ValueError("evaluate: give benchmarks, a validation set, or both")
         if self.build_tiny_model and self.train is None:
@@ -152,7 +166,12 @@ def run(cfg: PipelineConfig) -> PipelineResult:
     if cfg.build_tiny_model and not os.path.isfile(os.path.join(cfg.train.model.name_or_path, "config.json")):
         from platypus_ray.devtools import tiny_model
 
-        step("make-tiny-model", cfg.train.model.name_or_path, tiny_model.run, TinyModelConfig(out=cfg.train.model.name_or_path))
+        step(
+            "make-tiny-model",
+            cfg.train.model.name_or_path,
+            tiny_model.run,
+            TinyModelConfig(out=cfg.train.model.name_or_path),
+        )
     if cfg.refine is not None:
         from platypus_ray import refine
 
@@ -163,14 +182,22 @@ def run(cfg: PipelineConfig) -> PipelineResult:
         trained = step("train", cfg.train.run.adapter_path, train.run, cfg.train)
         if cfg.merge is not None:
             base = cfg.merge.base or cfg.train.model.name_or_path
-            merge_cfg = MergeConfig(base=absolute_if_local(base), adapter=absolute_if_local(trained.adapter_path),
-                                    out=os.path.abspath(cfg.merge.out), dtype=cfg.merge.dtype)
+            merge_cfg = MergeConfig(
+                base=absolute_if_local(base),
+                adapter=absolute_if_local(trained.adapter_path),
+                out=os.path.abspath(cfg.merge.out),
+                dtype=cfg.merge.dtype,
+            )
             step("merge", merge_cfg.out, merge_on_cluster, merge_cfg)
         if cfg.evaluate is not None:
             from platypus_ray import evaluate
 
             base = cfg.train.model.name_or_path
-            model = {"name_or_path": cfg.merge.out} if cfg.merge else {"name_or_path": base, "adapter": trained.adapter_path}
+            model = (
+                {"name_or_path": cfg.merge.out}
+                if cfg.merge
+                else {"name_or_path": base, "adapter": trained.adapter_path}
+            )
             step("evaluate", cfg.evaluate.output, evaluate.run, cfg.evaluate.evaluate_config(model, base))
     return result
 

@@ -10,8 +10,9 @@ from __future__ import annotations
 import csv
 import io
 import json
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterator, Literal
+from typing import Any, Literal
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -151,8 +152,9 @@ def _utf8(data: bytes, path: str) -> str:
         return data.decode("utf-8-sig")
     except UnicodeDecodeError as exc:
         line = data[: exc.start].count(b"\n") + 1
-        raise BenchmarkFormatError(f"{path}, line {line}: byte {data[exc.start]:#04x} is not UTF-8; "
-                                   "re-save the file as UTF-8") from None
+        raise BenchmarkFormatError(
+            f"{path}, line {line}: byte {data[exc.start]:#04x} is not UTF-8; re-save the file as UTF-8"
+        ) from None
 
 
 def _csv_record(header: list[str], row: list[str], path: str, line: int) -> dict[str, str]:

@@ -12,18 +12,23 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 # actor per worker group (no test drains a node); the Train controller notices a finished run sooner;
 # idle task workers are kept 5 minutes, not 1 s: Ray keeps only as many as there are CPUs, and each
 # Ray Data operation then waited for new workers to start (the refine end-to-end tests: 120 s -> 81 s).
-from platypus_ray.core.runtime import WORKER_ENV, interpreter_first_path  # noqa: E402
+from platypus_ray.core.runtime import WORKER_ENV, interpreter_first_path
 
 os.environ["PATH"] = interpreter_first_path()
-os.environ.update({"RAY_TRAIN_ENABLE_PREEMPTION_WATCHER": "0", "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.5",
-                   "RAY_idle_worker_killing_time_threshold_ms": "300000",
-                   **{k: v for k, v in WORKER_ENV.items() if k not in os.environ}})
+os.environ.update(
+    {
+        "RAY_TRAIN_ENABLE_PREEMPTION_WATCHER": "0",
+        "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.5",
+        "RAY_idle_worker_killing_time_threshold_ms": "300000",
+        **{k: v for k, v in WORKER_ENV.items() if k not in os.environ},
+    }
+)
 
-import pyarrow as pa  # noqa: E402
-import pyarrow.parquet as pq  # noqa: E402
-import pytest  # noqa: E402
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
 
-from platypus_ray.samples import sample_rows  # noqa: E402
+from platypus_ray.samples import sample_rows
 
 
 def pytest_collection_modifyitems(items):

@@ -9,8 +9,15 @@ def train_raw(model: str, data: str, storage: str, name: str, **sections) -> dic
         "model": {"name_or_path": model},
         "data": {"path": data, "val_size": 0.1, "cutoff_len": 128},
         "lora": {"r": 8, "alpha": 16, "dropout": 0.05, "target_modules": "mlp"},
-        "training": {"learning_rate": 5e-3, "global_batch_size": 8, "micro_batch_size": 4, "max_steps": 12,
-                     "warmup_steps": 2, "eval_every": 6, "logging_steps": 1},
+        "training": {
+            "learning_rate": 5e-3,
+            "global_batch_size": 8,
+            "micro_batch_size": 4,
+            "max_steps": 12,
+            "warmup_steps": 2,
+            "eval_every": 6,
+            "logging_steps": 1,
+        },
         "cluster": {"workers": 2, "use_gpu": False, "resources_per_worker": {"CPU": 1}},
         "run": {"name": name, "storage_path": storage, "max_failures": 0},
     }
@@ -68,14 +75,17 @@ def build_static_embedder(folder, texts: list[str], dim: int = 64, translations:
     tokenizer = Tokenizer(models.WordPiece(unk_token="[UNK]"))
     tokenizer.normalizer = normalizers.BertNormalizer(handle_chinese_chars=True, lowercase=True)
     tokenizer.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
-    tokenizer.train_from_iterator([*texts, *translations.values()],
-                                  trainers.WordPieceTrainer(vocab_size=2000, special_tokens=["[UNK]", "[PAD]"]))
+    tokenizer.train_from_iterator(
+        [*texts, *translations.values()], trainers.WordPieceTrainer(vocab_size=2000, special_tokens=["[UNK]", "[PAD]"])
+    )
     weights = np.random.default_rng(0).standard_normal((tokenizer.get_vocab_size(), dim)).astype(np.float32)
     for sentence, translation in translations.items():
         own = tokenizer.encode(sentence).ids
         tied = sorted(set(tokenizer.encode(translation).ids) - set(own))
         weights[tied] = weights[own].mean(axis=0)
-    model = SentenceTransformer(modules=[st_models.StaticEmbedding(tokenizer, embedding_weights=weights), st_models.Normalize()])
+    model = SentenceTransformer(
+        modules=[st_models.StaticEmbedding(tokenizer, embedding_weights=weights), st_models.Normalize()]
+    )
     model.save(str(folder))
     return str(folder)
 

@@ -84,8 +84,16 @@ def assert_refine_placement(record: StageRecord, shape: ClusterShape) -> None:
 
 
 def refine_entrypoint(tmp_path: Path) -> list[str]:
-    return ["python", "jobs/refine.py", "--config", "jobs/configs/demo-refine.yaml", "--set", "embedding.device=cuda",
-            "--set", f"output={tmp_path / 'refine'}"]
+    return [
+        "python",
+        "jobs/refine.py",
+        "--config",
+        "jobs/configs/demo-refine.yaml",
+        "--set",
+        "embedding.device=cuda",
+        "--set",
+        f"output={tmp_path / 'refine'}",
+    ]
 
 
 def test_refine_with_cuda_embedding_on_the_cluster_yaml_node_types(aws_v1, tmp_path):
@@ -97,12 +105,22 @@ def test_two_gpu_train_workers_land_on_the_type_they_ask_for_and_scale_down(aws_
     """{GPU: 1, CPU: 8} alone fits the 1-GPU type too (measured: the autoscaler put both workers
     there); with accelerator_type:A100 the request names the 8-GPU type of cluster.yaml."""
     request = {"GPU": 1, "CPU": 8, "accelerator_type:A100": 0.001}
-    raw = train_raw(tiny_model, kept_folder, str(tmp_path / "storage"), "gpu-train",
-                    training={"max_steps": 4, "eval_every": 4}, cluster={"use_gpu": True, "resources_per_worker": request})
+    raw = train_raw(
+        tiny_model,
+        kept_folder,
+        str(tmp_path / "storage"),
+        "gpu-train",
+        training={"max_steps": 4, "eval_every": 4},
+        cluster={"use_gpu": True, "resources_per_worker": request},
+    )
     config = tmp_path / "train.yaml"
     config.write_text(yaml.safe_dump(raw))
     record = run_stage(aws_v1, "train", ["python", "jobs/finetune.py", "--config", str(config)], tmp_path)
-    named = {n for n, t in aws_v1.shape.worker_types.items() if all(t["resources"].get(k, 0) >= v for k, v in request.items())}
+    named = {
+        n
+        for n, t in aws_v1.shape.worker_types.items()
+        if all(t["resources"].get(k, 0) >= v for k, v in request.items())
+    }
     assert named == types_with_gpus(aws_v1.shape, 8)
     workers = [types for task, types in record.placements.items() if "RayTrainWorker" in task]
     assert workers and all(set(types) <= named for types in workers), record.placements

@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from platypus_ray.devtools.autoscaling import HEAD_TYPE, autoscaler_config, read_shape, shape_from_rayjob
 from platypus_ray.core.errors import UserError
+from platypus_ray.devtools.autoscaling import HEAD_TYPE, autoscaler_config, read_shape, shape_from_rayjob
 
 ROOT = Path(__file__).parents[1]
 FILES = ["cluster.yaml", "cluster-gcp.yaml", "kuberay/rayjob.yaml"]
@@ -50,8 +50,12 @@ def test_a_bad_cluster_file_is_one_clear_error(tmp_path):
     bad.write_text("cluster_name: x\nprovider: {type: aws}\n")
     with pytest.raises(UserError, match="no available_node_types or head_node_type"):
         read_shape(bad)
-    proc = subprocess.run([sys.executable, "-m", "platypus_ray.devtools.local_cluster", "--autoscaling", str(tmp_path / "nope.yaml")],
-                          capture_output=True, text=True, timeout=120)
+    proc = subprocess.run(
+        [sys.executable, "-m", "platypus_ray.devtools.local_cluster", "--autoscaling", str(tmp_path / "nope.yaml")],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
     assert proc.stderr.strip().splitlines() == [proc.stderr.strip()]
     assert "platypus-ray local-cluster: error:" in proc.stderr and "nope.yaml" in proc.stderr

@@ -28,21 +28,26 @@ from ray.data.block import BlockAccessor
 from ray.data.extensions import ArrowTensorArray
 
 import platypus_ray
-from platypus_ray.testsets import BenchmarkItem
 from platypus_ray.core.blocks import ROWS_ONLY
 from platypus_ray.embedding import cache as embedding_cache
 from platypus_ray.embedding import pool as embed_module
+from platypus_ray.embedding.cache import hash_array
 from platypus_ray.refine import contamination, ledger, sources, stage
 from platypus_ray.refine.config import ColumnMapping
-from platypus_ray.embedding.cache import hash_array
 from platypus_ray.refine.sources import PARSED_SCHEMA, SourceFile, parse_source_file
+from platypus_ray.testsets import BenchmarkItem
 from platypus_ray.train import data as train_data
 from platypus_ray.train import packing
 
 PACKAGE = Path(platypus_ray.__file__).parent
 # Schemas a 0-row block may carry instead of its step's own: none, and those of other steps.
-FOREIGN = [pa.schema([]), PARSED_SCHEMA, stage.KEYED_SCHEMA, embed_module.TO_EMBED_SCHEMA,
-           pa.schema([("embedding", pa.list_(pa.float32()))])]
+FOREIGN = [
+    pa.schema([]),
+    PARSED_SCHEMA,
+    stage.KEYED_SCHEMA,
+    embed_module.TO_EMBED_SCHEMA,
+    pa.schema([("embedding", pa.list_(pa.float32()))]),
+]
 
 
 def _map_function_names() -> set[tuple[str, str]]:
@@ -60,8 +65,12 @@ def _map_function_names() -> set[tuple[str, str]]:
                 continue
             target = node.args[position]
             name = ast.unparse(target)
-            if isinstance(target, ast.Name) and name in {a.arg for f in ast.walk(ast.parse(path.read_text()))
-                                                         if isinstance(f, ast.FunctionDef) for a in f.args.args}:
+            if isinstance(target, ast.Name) and name in {
+                a.arg
+                for f in ast.walk(ast.parse(path.read_text()))
+                if isinstance(f, ast.FunctionDef)
+                for a in f.args.args
+            }:
                 continue
             found.add((module, name))
     return found
@@ -86,8 +95,10 @@ def test_every_map_function_in_the_package_skips_blocks_without_rows():
 
 
 def _parsed(tmp_path: Path) -> pa.Table:
-    rows = [json.dumps({"instruction": f"Task {i % 7}", "input": "x" if i % 3 else "", "output": "y" * (i % 5 + 1)})
-            for i in range(23)] + ["{broken", "[1]"]
+    rows = [
+        json.dumps({"instruction": f"Task {i % 7}", "input": "x" if i % 3 else "", "output": "y" * (i % 5 + 1)})
+        for i in range(23)
+    ] + ["{broken", "[1]"]
     path = tmp_path / "rows.jsonl"
     path.write_text("\n".join(rows) + "\n")
     return parse_source_file(SourceFile("s", str(path), 0, "jsonl", ColumnMapping().model_dump()))
@@ -105,42 +116,114 @@ def _cases(tmp_path: Path, tiny_model_path: str) -> dict:
     n = parsed.num_rows
     keyed = _keyed(parsed)
     to_embed = keyed.select(embed_module.TO_EMBED_SCHEMA.names)
-    decisions = ledger.Decisions.start({name: parsed[name].to_numpy(zero_copy_only=False) for name in ("source", "valid", "reason", "detail", "id")})
-    file_table = pa.Table.from_pylist([{"source": "s", "path": str(tmp_path / "rows.jsonl"), "file_rank": r,
-                                         "format": "jsonl", "columns": ColumnMapping().model_dump()} for r in range(3)])
+    decisions = ledger.Decisions.start(
+        {name: parsed[name].to_numpy(zero_copy_only=False) for name in ("source", "valid", "reason", "detail", "id")}
+    )
+    file_table = pa.Table.from_pylist(
+        [
+            {
+                "source": "s",
+                "path": str(tmp_path / "rows.jsonl"),
+                "file_rank": r,
+                "format": "jsonl",
+                "columns": ColumnMapping().model_dump(),
+            }
+            for r in range(3)
+        ]
+    )
     items = [BenchmarkItem(f"b/x:{i}", "b", " ".join(f"Task {i % 7} word{w}" for w in range(9))) for i in range(3)]
     vectors = np.random.default_rng(0).normal(size=(n, 8)).astype(np.float32)
-    shard = pa.table({"text_hash": hash_array([f"t{i}" for i in range(n)]), "embedding": ArrowTensorArray.from_numpy(vectors)})
-    tokenized = train_data.tokenize_batch(BlockAccessor.for_block(keyed).to_batch_format("numpy"), tiny_model_path, 64,
-                                          False, True)
-    rows = lambda t: sorted(map(repr, t.to_pylist()))  # noqa: E731  (repr: bytes and NaN compare too)
+    shard = pa.table(
+        {"text_hash": hash_array([f"t{i}" for i in range(n)]), "embedding": ArrowTensorArray.from_numpy(vectors)}
+    )
+    tokenized = train_data.tokenize_batch(
+        BlockAccessor.for_block(keyed).to_batch_format("numpy"), tiny_model_path, 64, False, True
+    )
+    rows = lambda t: sorted(map(repr, t.to_pylist()))
     shard_dir, staging = tmp_path / "shards", tmp_path / "staging"
     for folder in (shard_dir, staging / "kept", staging / "ledger"):
         folder.mkdir(parents=True)
     return {
         "sources._parse_files": (sources._parse_files, file_table, "pyarrow", {}, rows),
-        "stage._with_keys": (stage._with_keys, parsed, "pyarrow",
-                             {"file_offset": np.array([0]), "key_of_uid": np.where(np.arange(n) % 4 == 3, -1, np.arange(n))}, rows),
-        "embed._rows_of_keys": (embed_module._rows_of_keys, to_embed, "pyarrow", {"wanted": np.arange(n) % 2 == 0}, rows),
-        "contamination.ngram_matches": (contamination.ngram_matches, keyed, "numpy",
-                                        {"index": contamination.NgramIndex.build(items, 3)}, rows),
-        "ledger._text_rows": (ledger._text_rows, parsed, "pyarrow", {"file_offset": np.array([0]), "wanted": np.arange(0, n, 2)}, rows),
-        "embedding_cache._write_shard": (embedding_cache._write_shard, shard, "numpy",
-                                         {"fs": pafs.LocalFileSystem(), "folder": str(shard_dir)}, lambda t: _written(shard_dir)),
-        "ledger._write_block": (ledger._write_block, parsed, "pyarrow",
-                                {"staging": str(staging), "file_offset": np.array([0]), "keep": np.arange(n) % 3 == 0,
-                                 "decided": decisions.table()}, lambda t: (_written(staging / "kept"), _written(staging / "ledger"))),
-        "train_data.tokenize_batch": (train_data.tokenize_batch, keyed, "numpy",
-                                      {"tokenizer_path": tiny_model_path, "cutoff_len": 64, "train_on_inputs": False,
-                                       "add_eos_token": True}, rows),
-        "train_data._token_counts": (train_data._token_counts, tokenized, "numpy", {"cutoff_len": 16},
-                                     lambda t: {k: sum(t[k].to_pylist()) for k in ("rows", "tokens", "truncated")}),
-        "embed.embed_in_task": (embed_module.embed_in_task, to_embed, "numpy",
-                                {"embedder": embed_module.Embedder, "ctor": _static_embedder_arguments()}, _vectors_by_key),
+        "stage._with_keys": (
+            stage._with_keys,
+            parsed,
+            "pyarrow",
+            {"file_offset": np.array([0]), "key_of_uid": np.where(np.arange(n) % 4 == 3, -1, np.arange(n))},
+            rows,
+        ),
+        "embed._rows_of_keys": (
+            embed_module._rows_of_keys,
+            to_embed,
+            "pyarrow",
+            {"wanted": np.arange(n) % 2 == 0},
+            rows,
+        ),
+        "contamination.ngram_matches": (
+            contamination.ngram_matches,
+            keyed,
+            "numpy",
+            {"index": contamination.NgramIndex.build(items, 3)},
+            rows,
+        ),
+        "ledger._text_rows": (
+            ledger._text_rows,
+            parsed,
+            "pyarrow",
+            {"file_offset": np.array([0]), "wanted": np.arange(0, n, 2)},
+            rows,
+        ),
+        "embedding_cache._write_shard": (
+            embedding_cache._write_shard,
+            shard,
+            "numpy",
+            {"fs": pafs.LocalFileSystem(), "folder": str(shard_dir)},
+            lambda t: _written(shard_dir),
+        ),
+        "ledger._write_block": (
+            ledger._write_block,
+            parsed,
+            "pyarrow",
+            {
+                "staging": str(staging),
+                "file_offset": np.array([0]),
+                "keep": np.arange(n) % 3 == 0,
+                "decided": decisions.table(),
+            },
+            lambda t: (_written(staging / "kept"), _written(staging / "ledger")),
+        ),
+        "train_data.tokenize_batch": (
+            train_data.tokenize_batch,
+            keyed,
+            "numpy",
+            {"tokenizer_path": tiny_model_path, "cutoff_len": 64, "train_on_inputs": False, "add_eos_token": True},
+            rows,
+        ),
+        "train_data._token_counts": (
+            train_data._token_counts,
+            tokenized,
+            "numpy",
+            {"cutoff_len": 16},
+            lambda t: {k: sum(t[k].to_pylist()) for k in ("rows", "tokens", "truncated")},
+        ),
+        "embed.embed_in_task": (
+            embed_module.embed_in_task,
+            to_embed,
+            "numpy",
+            {"embedder": embed_module.Embedder, "ctor": _static_embedder_arguments()},
+            _vectors_by_key,
+        ),
         # Packing is per block by design: what must not change is which tokens and rows come out.
-        "packing.pack_batch": (packing.pack_batch, tokenized, "numpy", {"cutoff_len": 64, "seed": 0},
-                               lambda t: (sum(t["num_rows"].to_pylist()),
-                                          collections.Counter(x for seq in t["input_ids"].to_pylist() for x in seq))),
+        "packing.pack_batch": (
+            packing.pack_batch,
+            tokenized,
+            "numpy",
+            {"cutoff_len": 64, "seed": 0},
+            lambda t: (
+                sum(t["num_rows"].to_pylist()),
+                collections.Counter(x for seq in t["input_ids"].to_pylist() for x in seq),
+            ),
+        ),
     }
 
 
@@ -183,8 +266,10 @@ def _as_blocks(table: pa.Table, split) -> list[pa.Table]:
 
 def _outputs(fn, blocks, batch_format: str, kwargs: dict) -> pa.Table:
     """``fn`` called on every block as Ray calls it (its batch format), outputs with rows concatenated."""
-    outs = [BlockAccessor.batch_to_block(fn(BlockAccessor.for_block(b).to_batch_format(batch_format), **kwargs))
-            for b in blocks]
+    outs = [
+        BlockAccessor.batch_to_block(fn(BlockAccessor.for_block(b).to_batch_format(batch_format), **kwargs))
+        for b in blocks
+    ]
     outs = [o for o in outs if o.num_rows]
     return pa.concat_tables(outs) if outs else None
 
@@ -194,9 +279,19 @@ def cases(tmp_path_factory, tiny_model):
     return _cases(tmp_path_factory.mktemp("blocks"), tiny_model)
 
 
-CASE_NAMES = ["sources._parse_files", "stage._with_keys", "embed._rows_of_keys", "embed.embed_in_task", "contamination.ngram_matches",
-              "ledger._text_rows", "embedding_cache._write_shard", "ledger._write_block",
-              "train_data.tokenize_batch", "train_data._token_counts", "packing.pack_batch"]
+CASE_NAMES = [
+    "sources._parse_files",
+    "stage._with_keys",
+    "embed._rows_of_keys",
+    "embed.embed_in_task",
+    "contamination.ngram_matches",
+    "ledger._text_rows",
+    "embedding_cache._write_shard",
+    "ledger._write_block",
+    "train_data.tokenize_batch",
+    "train_data._token_counts",
+    "packing.pack_batch",
+]
 
 
 @pytest.mark.parametrize("name", CASE_NAMES)
@@ -204,8 +299,13 @@ def test_a_block_function_gives_the_same_result_on_any_split(cases, name):
     fn, table, batch_format, kwargs, comparable = cases[name]
     expected = comparable(_outputs(fn, [table], batch_format, kwargs))
 
-    @settings(max_examples=25, deadline=None, derandomize=True, database=None,
-              suppress_health_check=[HealthCheck.function_scoped_fixture])
+    @settings(
+        max_examples=25,
+        deadline=None,
+        derandomize=True,
+        database=None,
+        suppress_health_check=[HealthCheck.function_scoped_fixture],
+    )
     @given(split=block_splits(table.num_rows))
     def check(split):
         got = _outputs(fn, _as_blocks(table, split), batch_format, kwargs)
@@ -218,9 +318,13 @@ def test_the_cases_cover_every_map_function(cases):
     """A new map function must get a case above (the Embedder, a model, is checked on Ray below)."""
     assert sorted(cases) == sorted(CASE_NAMES)
     covered = {getattr(fn, "__wrapped__", fn) for fn, *_ in cases.values()}
-    missing = sorted(f"{m}.{n}" for m, n in _map_function_names()
-                     if not n.startswith(("Embedder", "embedder", "fn_cls")) and "evaluate" not in m
-                     and getattr(_resolve(m, n), "__wrapped__", None) not in covered)
+    missing = sorted(
+        f"{m}.{n}"
+        for m, n in _map_function_names()
+        if not n.startswith(("Embedder", "embedder", "fn_cls"))
+        and "evaluate" not in m
+        and getattr(_resolve(m, n), "__wrapped__", None) not in covered
+    )
     assert not missing, f"map functions without a random-split case in tests/test_blocks.py: {missing}"
 
 
@@ -228,8 +332,13 @@ def test_the_cases_cover_every_map_function(cases):
 
 
 @pytest.mark.slow
-@settings(max_examples=8, deadline=None, derandomize=True, database=None,
-          suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(
+    max_examples=8,
+    deadline=None,
+    derandomize=True,
+    database=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture],
+)
 @given(split=block_splits(25))
 def test_driver_readers_and_vector_assembly_ignore_blocks_without_rows(ray_session, cases, split):
     import ray
@@ -247,9 +356,15 @@ def test_driver_readers_and_vector_assembly_ignore_blocks_without_rows(ray_sessi
 
     n = table.num_rows
     vectors = np.random.default_rng(1).normal(size=(n, 4)).astype(np.float32)
-    pieces = [ray.put({"key": np.arange(a, b), "embedding": vectors[a:b]} if kind == "rows" and b > a else
-                      BlockAccessor.for_block(FOREIGN[a].empty_table() if kind == "foreign" else pa.table({}))
-                      .to_batch_format("numpy"))
-              for kind, a, b in [(k, min(a, n), min(b, n)) if k == "rows" else (k, a, 0) for k, a, b in split]]
+    pieces = [
+        ray.put(
+            {"key": np.arange(a, b), "embedding": vectors[a:b]}
+            if kind == "rows" and b > a
+            else BlockAccessor.for_block(
+                FOREIGN[a].empty_table() if kind == "foreign" else pa.table({})
+            ).to_batch_format("numpy")
+        )
+        for kind, a, b in [(k, min(a, n), min(b, n)) if k == "rows" else (k, a, 0) for k, a, b in split]
+    ]
     blocks = assemble(pieces, n, timeout_s=60, rows_per_block=7)
     np.testing.assert_array_equal(blocks.to_matrix(), vectors)

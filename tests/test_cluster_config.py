@@ -12,11 +12,11 @@ import pytest
 import ray
 import yaml
 
+from platypus_ray.core.runtime import WORKER_ENV
 from platypus_ray.devtools.autoscaling import shape_from_cluster_file, shape_from_rayjob
 from platypus_ray.evaluate.config import EvaluateConfig
 from platypus_ray.pipeline import PipelineConfig
 from platypus_ray.refine.config import RefineConfig
-from platypus_ray.core.runtime import WORKER_ENV
 from platypus_ray.sweep.config import SweepConfig
 from tests.helpers import shipped_presets
 
@@ -93,8 +93,14 @@ def _fits(demand: dict[str, float], count: int, config: dict) -> bool:
 
 def test_every_cluster_preset_fits_the_clusters_node_types_and_writes_to_shared_storage():
     presets = cluster_presets()
-    assert {"platypus2-13b.yaml", "platypus2-70b.yaml", "refine-cluster.yaml", "sweep-13b.yaml",
-            "platypus2-13b-pipeline.yaml", "evaluate-13b.yaml"} <= set(presets)
+    assert {
+        "platypus2-13b.yaml",
+        "platypus2-70b.yaml",
+        "refine-cluster.yaml",
+        "sweep-13b.yaml",
+        "platypus2-13b-pipeline.yaml",
+        "evaluate-13b.yaml",
+    } <= set(presets)
     for path in CLUSTERS:
         config = yaml.safe_load(path.read_text())
         for name, cfg in presets.items():
@@ -150,9 +156,12 @@ def test_kuberay_rayjob_has_what_the_operator_needs():
     assert claims == {storage["metadata"]["name"]} and storage["spec"]["accessModes"] == ["ReadWriteMany"]
     groups = cluster["workerGroupSpecs"]
     assert all(g["minReplicas"] == 0 and g["maxReplicas"] >= 1 for g in groups)
+
     # The same node shapes as cluster.yaml (as KubeRay's autoscaler reads them), so the presets that fit there fit here.
     def shapes(shape):
-        return {(t["resources"]["CPU"], t["resources"].get("GPU", 0), t["max_workers"]) for t in shape.worker_types.values()}
+        return {
+            (t["resources"]["CPU"], t["resources"].get("GPU", 0), t["max_workers"]) for t in shape.worker_types.values()
+        }
 
     assert shapes(shape_from_rayjob(ROOT / "kuberay/rayjob.yaml")) == shapes(shape_from_cluster_file(CLUSTERS[0]))
 

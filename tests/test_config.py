@@ -99,8 +99,13 @@ def test_cli_bad_config_fails_before_ray_starts(tmp_path, corpus):
 
     path = write_yaml(tmp_path, {"sources": [{"path": str(corpus)}], "embeding": {}})
     env = {**os.environ, "RAY_ADDRESS": "127.0.0.1:9"}
-    proc = subprocess.run([sys.executable, "-m", "platypus_ray", "refine", "--config", path],
-                          capture_output=True, text=True, env=env, timeout=120)
+    proc = subprocess.run(
+        [sys.executable, "-m", "platypus_ray", "refine", "--config", path],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
+    )
     assert proc.returncode == 2, proc.stderr
     assert "platypus-ray refine: error: invalid config" in proc.stderr
     assert "embeding: unknown key (did you mean 'embedding'?)" in proc.stderr

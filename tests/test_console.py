@@ -24,7 +24,7 @@ def route(text: str, chunks: int = 1) -> tuple[str, list[str], NoiseLog]:
     stream = RoutedStream(target, log)
     size = -(-len(text) // chunks)
     for start in range(0, len(text), size):
-        stream.write(text[start:start + size])
+        stream.write(text[start : start + size])
     stream.flush()
     return target.getvalue(), log._held, log
 
@@ -33,25 +33,42 @@ def test_the_demo_excerpt_keeps_exactly_the_projects_lines():
     shown, routed, _ = route(EXCERPT, chunks=7)  # lines split across writes are still judged whole
     kept = shown.splitlines()
     assert [line for line in kept if "[train] step" in line] == [
-        line for line in EXCERPT.splitlines() if "[train] step" in line]
+        line for line in EXCERPT.splitlines() if "[train] step" in line
+    ]
     assert [line for line in kept if not line.startswith("\x1b[36m(")] == [
-        line for line in EXCERPT.splitlines() if line.startswith(("refine:", "  ", "train:")) and "warnings.warn" not in line]
-    for noise in ("FutureWarning", "DeprecationWarning", "TrainingReport(", "warnings.warn", "built successfully",
-                  "Progress bars disabled", "Token authentication is enabled", "constructor arguments",
-                  "trainable params", "Setting accelerator to CPU", "exclude_resources"):
+        line
+        for line in EXCERPT.splitlines()
+        if line.startswith(("refine:", "  ", "train:")) and "warnings.warn" not in line
+    ]
+    for noise in (
+        "FutureWarning",
+        "DeprecationWarning",
+        "TrainingReport(",
+        "warnings.warn",
+        "built successfully",
+        "Progress bars disabled",
+        "Token authentication is enabled",
+        "constructor arguments",
+        "trainable params",
+        "Setting accelerator to CPU",
+        "exclude_resources",
+    ):
         assert noise not in shown, noise
         assert any(noise in line for line in routed), noise
     assert len(kept) + len(routed) == len(EXCERPT.splitlines())  # nothing lost
 
 
-@pytest.mark.parametrize("line", [
-    "(RayTrainWorker pid=1) [train] step 7/30 loss nan grad_norm nan learning_rate 0.004",
-    "(RayTrainWorker pid=1) Reporting training result 2: TrainingReport(metrics={'loss': nan})",
-    "(RayTrainWorker pid=1) torch.OutOfMemoryError: CUDA out of memory. Tried to allocate 2.00 GiB",
-    "(TrainController pid=2) ray.exceptions.ActorDiedError: The actor died unexpectedly",
-    "(RayTrainWorker pid=1) Traceback (most recent call last):",
-    "tracking: warning: logging to MLflow failed (OSError: disk full); training continues",
-])
+@pytest.mark.parametrize(
+    "line",
+    [
+        "(RayTrainWorker pid=1) [train] step 7/30 loss nan grad_norm nan learning_rate 0.004",
+        "(RayTrainWorker pid=1) Reporting training result 2: TrainingReport(metrics={'loss': nan})",
+        "(RayTrainWorker pid=1) torch.OutOfMemoryError: CUDA out of memory. Tried to allocate 2.00 GiB",
+        "(TrainController pid=2) ray.exceptions.ActorDiedError: The actor died unexpectedly",
+        "(RayTrainWorker pid=1) Traceback (most recent call last):",
+        "tracking: warning: logging to MLflow failed (OSError: disk full); training continues",
+    ],
+)
 def test_a_real_problem_prints_even_inside_a_noise_block(line):
     header = "(RayTrainWorker pid=1) /x/transformers/y.py:3: FutureWarning: `a` is deprecated\n"
     shown, routed, _ = route(header + line + "\n")
@@ -77,10 +94,16 @@ def test_on_a_tty_a_progress_bar_redraw_is_not_held_for_a_newline():
 def test_on_a_non_tty_tqdm_redraws_go_to_the_log():
     target, log = io.StringIO(), NoiseLog()
     stream = RoutedStream(target, log)
-    for redraw in ("\rGenerating test split: 0 examples [00:00, ? examples/s]",
-                   "\rGenerating test split: 12 examples [00:00, 6129.78 examples/s]", "\n",
-                   "\r  0%|          | 0/12 [00:00<?, ?it/s]", "\r100%|##########| 12/12 [00:00<00:00, 650.50it/s]",
-                   "\n", "evaluate: fine-tuned vs base (70 s)\n", "no newline yet"):
+    for redraw in (
+        "\rGenerating test split: 0 examples [00:00, ? examples/s]",
+        "\rGenerating test split: 12 examples [00:00, 6129.78 examples/s]",
+        "\n",
+        "\r  0%|          | 0/12 [00:00<?, ?it/s]",
+        "\r100%|##########| 12/12 [00:00<00:00, 650.50it/s]",
+        "\n",
+        "evaluate: fine-tuned vs base (70 s)\n",
+        "no newline yet",
+    ):
         stream.write(redraw)
         stream.flush()  # tqdm flushes after every redraw: a half line must wait for its end
     assert target.getvalue() == "evaluate: fine-tuned vs base (70 s)\n" and len(log._held) == 4
@@ -94,13 +117,16 @@ def test_the_log_is_written_once_its_folder_is_known(tmp_path):
     log.use(str(tmp_path / "logs" / "train.log"))
     log.write(["(pid=1) Reporting training result 1: TrainingReport()"])
     assert (tmp_path / "logs" / "train.log").read_text().splitlines() == [
-        "/x/y.py:1: DeprecationWarning: old", "  old()", "(pid=1) Reporting training result 1: TrainingReport()"]
+        "/x/y.py:1: DeprecationWarning: old",
+        "  old()",
+        "(pid=1) Reporting training result 1: TrainingReport()",
+    ]
 
 
 def test_logs_sit_beside_replaced_outputs_and_inside_a_storage_folder(tmp_path):
     from platypus_ray.core.config import load_config
-    from platypus_ray.pipeline import PipelineConfig
     from platypus_ray.devtools.tiny_model import TinyModelConfig
+    from platypus_ray.pipeline import PipelineConfig
     from platypus_ray.train.config import TrainConfig
 
     root = Path(__file__).parents[1]
@@ -116,8 +142,16 @@ def test_logs_sit_beside_replaced_outputs_and_inside_a_storage_folder(tmp_path):
 
 
 def test_the_cli_routes_deepspeeds_cpu_notice_to_the_log(tmp_path):
-    command = [sys.executable, "-m", "platypus_ray", "make-tiny-model", "--out", str(tmp_path / "model"),
-               "--set", "pretrain_steps=2"]
+    command = [
+        sys.executable,
+        "-m",
+        "platypus_ray",
+        "make-tiny-model",
+        "--out",
+        str(tmp_path / "model"),
+        "--set",
+        "pretrain_steps=2",
+    ]
     done = subprocess.run(command, capture_output=True, text=True, timeout=300, cwd=tmp_path)
     assert done.returncode == 0, done.stderr[-2000:]
     console_text = done.stdout + done.stderr

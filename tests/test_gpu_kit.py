@@ -15,7 +15,9 @@ from platypus_ray.bench.gpu_embed import float64_decisions_differ, planted_vecto
 
 @pytest.mark.slow
 @pytest.mark.timeout(1500)  # ~2 min on 2 idle cores; far longer when the box is shared
-@pytest.mark.skipif(not gpu.SHARED_DATA.is_dir(), reason=f"the dry run reads the shared Alpaca sample at {gpu.SHARED_DATA}")
+@pytest.mark.skipif(
+    not gpu.SHARED_DATA.is_dir(), reason=f"the dry run reads the shared Alpaca sample at {gpu.SHARED_DATA}"
+)
 def test_dry_run_runs_every_step_and_their_checks_hold(ray_session, tmp_path, capsys):
     """All four steps on CPU at tiny sizes, in this process, on the session's Ray."""
     assert gpu.main(["--dry-run", "--in-process", "--out", str(tmp_path)]) == 0
@@ -83,8 +85,9 @@ def test_planted_copies_straddle_the_threshold():
 def test_bad_input_is_one_error_line_exit_2(tmp_path, capsys):
     assert gpu.main(["--dry-run", "--only", "embed,warp", "--out", str(tmp_path)]) == 2
     err = capsys.readouterr().err.strip().splitlines()
-    assert err == ["platypus-ray gpu: error: --skip/--only: unknown step(s) ['warp']; the steps are embed, tiles, "
-                   "train, attention"]
+    assert err == [
+        "platypus-ray gpu: error: --skip/--only: unknown step(s) ['warp']; the steps are embed, tiles, train, attention"
+    ]
     with pytest.raises(gpu.KitError, match="manifest.json not found; build it with scripts/gpu-bundle"):
         gpu.verify(tmp_path)
     (tmp_path / "piece.bin").write_bytes(b"abc")

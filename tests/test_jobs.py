@@ -31,17 +31,38 @@ def head():
 def submit(cluster: LocalCluster, *job_args: str, timeout: float) -> tuple[str, subprocess.CompletedProcess]:
     """Submit the pipeline job and wait for it (the CLI tails its logs; exit 1 when it FAILED)."""
     submission_id = f"test-{uuid.uuid4().hex[:8]}"
-    command = [RAY, "job", "submit", "--address", cluster.dashboard_url, "--submission-id", submission_id,
-               "--working-dir", ".", "--runtime-env", "jobs/runtime_env.yaml", "--",
-               "python", "jobs/pipeline.py", "--config", "jobs/configs/demo.yaml", *job_args]
+    command = [
+        RAY,
+        "job",
+        "submit",
+        "--address",
+        cluster.dashboard_url,
+        "--submission-id",
+        submission_id,
+        "--working-dir",
+        ".",
+        "--runtime-env",
+        "jobs/runtime_env.yaml",
+        "--",
+        "python",
+        "jobs/pipeline.py",
+        "--config",
+        "jobs/configs/demo.yaml",
+        *job_args,
+    ]
     env = {**os.environ, **cluster.client_env}
     done = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)
     return submission_id, done
 
 
 def job_status(cluster: LocalCluster, submission_id: str) -> str:
-    done = subprocess.run([RAY, "job", "status", "--address", cluster.dashboard_url, submission_id],
-                          env={**os.environ, **cluster.client_env}, capture_output=True, text=True, timeout=60)
+    done = subprocess.run(
+        [RAY, "job", "status", "--address", cluster.dashboard_url, submission_id],
+        env={**os.environ, **cluster.client_env},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     return done.stdout + done.stderr
 
 
@@ -49,12 +70,24 @@ def test_pipeline_job_succeeds_and_writes_every_stage(head, tiny_model, tmp_path
     out = tmp_path / "out"
     submission_id, done = submit(
         head,
-        "--set", f"refine.output={out}/refine", "--set", "refine.embedding.actors=1",
-        "--set", f"train.model.name_or_path={tiny_model}",
-        "--set", f"train.run.storage_path={out}/train", "--set", "train.training.max_steps=4",
-        "--set", "train.training.eval_every=2",
-        "--set", f"merge.out={out}/merged",
-        "--set", f"evaluate.output={out}/eval", "--set", "evaluate.compare_with_base=false",
+        "--set",
+        f"refine.output={out}/refine",
+        "--set",
+        "refine.embedding.actors=1",
+        "--set",
+        f"train.model.name_or_path={tiny_model}",
+        "--set",
+        f"train.run.storage_path={out}/train",
+        "--set",
+        "train.training.max_steps=4",
+        "--set",
+        "train.training.eval_every=2",
+        "--set",
+        f"merge.out={out}/merged",
+        "--set",
+        f"evaluate.output={out}/eval",
+        "--set",
+        "evaluate.compare_with_base=false",
         timeout=900,
     )
     (tmp_path / "job.log").write_text(done.stdout)
@@ -62,11 +95,22 @@ def test_pipeline_job_succeeds_and_writes_every_stage(head, tiny_model, tmp_path
     assert "succeeded" in job_status(head, submission_id).lower()
     # The job log carries each stage's summary, in order.
     log = done.stdout
-    assert (log.index("refine: ") < log.index("train: ") < log.index("merge: saved") < log.index("evaluate: fine-tuned")
-            < log.index("pipeline: done"))
+    assert (
+        log.index("refine: ")
+        < log.index("train: ")
+        < log.index("merge: saved")
+        < log.index("evaluate: fine-tuned")
+        < log.index("pipeline: done")
+    )
     # ...and not the libraries' noise (console.py): no warning blocks, no Ray Train report dumps.
-    for summary in ("input rows ->", "train plan:", "[train] step 4/4 loss", "train: 4 steps in", "  adapter ",
-                    "outputs: "):
+    for summary in (
+        "input rows ->",
+        "train plan:",
+        "[train] step 4/4 loss",
+        "train: 4 steps in",
+        "  adapter ",
+        "outputs: ",
+    ):
         assert summary in log, summary
     for noise in ("FutureWarning", "DeprecationWarning", "warnings.warn(", "TrainingReport("):
         assert noise not in log, noise
@@ -83,8 +127,9 @@ def test_pipeline_job_succeeds_and_writes_every_stage(head, tiny_model, tmp_path
 
 
 def test_job_with_an_invalid_config_fails_fast_with_the_message(head, tmp_path):
-    submission_id, done = submit(head, "--set", "train.lora.rank=4", "--set", f"refine.output={tmp_path}/r",
-                                 timeout=180)
+    submission_id, done = submit(
+        head, "--set", "train.lora.rank=4", "--set", f"refine.output={tmp_path}/r", timeout=180
+    )
     assert done.returncode != 0
     assert "failed" in job_status(head, submission_id).lower()
     assert "train.lora.rank: unknown key" in done.stdout, done.stdout[-3000:]

@@ -87,8 +87,13 @@ def test_the_package_has_no_import_circle():
 
 def test_the_embedding_engine_imports_no_stage():
     graph = import_graph()
-    offending = sorted((m, t) for m, targets in graph.items() if m.startswith("platypus_ray.embedding")
-                       for t in targets if t.split(".")[1] in STAGES)
+    offending = sorted(
+        (m, t)
+        for m, targets in graph.items()
+        if m.startswith("platypus_ray.embedding")
+        for t in targets
+        if t.split(".")[1] in STAGES
+    )
     assert not offending, f"platypus_ray.embedding must not import a stage: {offending}"
 
 
@@ -100,31 +105,52 @@ def test_refine_uses_the_engine_and_the_dedup_wing_through_their_entries():
             continue
         for target in targets:
             if target.startswith("platypus_ray.embedding.") or (
-                    target.startswith("platypus_ray.refine.dedup.") and not module.startswith("platypus_ray.refine.dedup")):
+                target.startswith("platypus_ray.refine.dedup.") and not module.startswith("platypus_ray.refine.dedup")
+            ):
                 offending.append((module, target))
     assert not offending, f"refine modules reaching past an entry: {sorted(offending)}"
 
 
 def test_the_core_imports_only_the_core():
     graph = import_graph()
-    offending = sorted((m, t) for m, targets in graph.items() if m.startswith("platypus_ray.core")
-                       for t in targets if not t.startswith("platypus_ray.core"))
+    offending = sorted(
+        (m, t)
+        for m, targets in graph.items()
+        if m.startswith("platypus_ray.core")
+        for t in targets
+        if not t.startswith("platypus_ray.core")
+    )
     assert not offending, f"platypus_ray.core must not import above itself: {offending}"
 
 
 # Who may use a dev tool: the CLI's commands (make-tiny-model), the pipeline's build_tiny_model, the
 # benches, and the embedding calibration, which measures a backend's decisions against the brute-force rule.
-DEVTOOL_USERS = ("platypus_ray.cli", "platypus_ray.pipeline", "platypus_ray.bench", "platypus_ray.devtools",
-                 "platypus_ray.embedding.calibrate")
+DEVTOOL_USERS = (
+    "platypus_ray.cli",
+    "platypus_ray.pipeline",
+    "platypus_ray.bench",
+    "platypus_ray.devtools",
+    "platypus_ray.embedding.calibrate",
+)
 
 
 def test_dev_tools_stay_apart_from_the_library():
     graph = import_graph()
-    offending = sorted((m, t) for m, targets in graph.items() if not m.startswith(DEVTOOL_USERS)
-                       for t in targets if t.startswith("platypus_ray.devtools"))
+    offending = sorted(
+        (m, t)
+        for m, targets in graph.items()
+        if not m.startswith(DEVTOOL_USERS)
+        for t in targets
+        if t.startswith("platypus_ray.devtools")
+    )
     assert not offending, f"library modules importing a dev tool: {offending}"
-    upward = sorted((m, t) for m, targets in graph.items() if m.startswith("platypus_ray.devtools")
-                    for t in targets if t in ("platypus_ray.cli", "platypus_ray.pipeline"))
+    upward = sorted(
+        (m, t)
+        for m, targets in graph.items()
+        if m.startswith("platypus_ray.devtools")
+        for t in targets
+        if t in ("platypus_ray.cli", "platypus_ray.pipeline")
+    )
     assert not upward, f"dev tools importing the top of the package: {upward}"
 
 

@@ -32,8 +32,15 @@ def two_nodes():
 
 
 def spread_config(tmp_path, tiny_model, kept_folder, name: str, **training) -> Path:
-    raw = train_raw(tiny_model, kept_folder, str(tmp_path / "storage"), name, training=training,
-                    cluster={"placement_strategy": "STRICT_SPREAD"}, run={"max_failures": 3})
+    raw = train_raw(
+        tiny_model,
+        kept_folder,
+        str(tmp_path / "storage"),
+        name,
+        training=training,
+        cluster={"placement_strategy": "STRICT_SPREAD"},
+        run={"max_failures": 3},
+    )
     path = tmp_path / f"{name}.yaml"
     path.write_text(yaml.safe_dump(raw))
     return path
@@ -65,9 +72,27 @@ def test_zero3_job_across_two_nodes_survives_losing_one(two_nodes, tiny_model, k
     log_path = tmp_path / "job.log"
     with log_path.open("w") as log:
         submit = subprocess.Popen(
-            [RAY, "job", "submit", "--address", two_nodes.dashboard_url, "--working-dir", ".",
-             "--runtime-env", "jobs/runtime_env.yaml", "--", "python", "jobs/finetune.py", "--config", str(config)],
-            cwd=ROOT, env={**os.environ, **two_nodes.client_env}, stdout=log, stderr=subprocess.STDOUT)
+            [
+                RAY,
+                "job",
+                "submit",
+                "--address",
+                two_nodes.dashboard_url,
+                "--working-dir",
+                ".",
+                "--runtime-env",
+                "jobs/runtime_env.yaml",
+                "--",
+                "python",
+                "jobs/finetune.py",
+                "--config",
+                str(config),
+            ],
+            cwd=ROOT,
+            env={**os.environ, **two_nodes.client_env},
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
         try:
             deadline = time.time() + 300
             while not committed_checkpoints(storage):  # the first checkpoint Ray Train has registered

@@ -56,7 +56,9 @@ def _run_folder(root: Path, case: str) -> dict:
 def _merge(root: Path, case: str, monkeypatch) -> None:
     from platypus_ray import merge
 
-    merge.run(merge.MergeConfig(base=str(root / "model"), adapter=str(root / "adapter"), out=_target(root, case, "adapter")))
+    merge.run(
+        merge.MergeConfig(base=str(root / "model"), adapter=str(root / "adapter"), out=_target(root, case, "adapter"))
+    )
 
 
 def _evaluate(root: Path, case: str, monkeypatch) -> None:
@@ -64,9 +66,16 @@ def _evaluate(root: Path, case: str, monkeypatch) -> None:
     from platypus_ray.evaluate.config import EvaluateConfig
 
     monkeypatch.setattr(stage, "init_ray", _ray_must_not_start)
-    stage.run(validate_config(EvaluateConfig, {
-        "model": {"name_or_path": str(root / "model")}, "output": _target(root, case, "model"),
-        "benchmarks": [{"path": str(root / "bench.jsonl"), "format": "questions"}]}))
+    stage.run(
+        validate_config(
+            EvaluateConfig,
+            {
+                "model": {"name_or_path": str(root / "model")},
+                "output": _target(root, case, "model"),
+                "benchmarks": [{"path": str(root / "bench.jsonl"), "format": "questions"}],
+            },
+        )
+    )
 
 
 def _train(root: Path, case: str, monkeypatch) -> None:
@@ -126,19 +135,22 @@ def test_only_our_old_folders_of_interrupted_swaps_are_removed(tmp_path, capsys)
     assert f"removing {ours} (left by an interrupted run)" in capsys.readouterr().err
 
 
-@pytest.mark.parametrize("source, output, refused", [
-    ("*.jsonl", "out/refine", False),  # the audit's case: a glob in the working directory
-    ("data/*.jsonl", "data/refined", False),  # a non-recursive glob never reads a subfolder's files
-    ("data/*", "data/refined", False),  # a matched folder is not expanded
-    ("data/*/*.parquet", "out/refine", False),
-    ("data/*/*.json", "data/refined", True),  # would read data/refined/stats.json
-    ("data/r*/*/*.parquet", "data/refined", True),  # would read data/refined/kept/part-0.parquet
-    ("data/x*/*/*.parquet", "data/refined", False),
-    ("data/**/*.jsonl", "data/refined", True),
-    ("**/*.jsonl", "out/refine", True),
-    ("data", "data/refined", True),  # a folder source is read recursively
-    ("data/a.jsonl", "data/refined", False),
-])
+@pytest.mark.parametrize(
+    "source, output, refused",
+    [
+        ("*.jsonl", "out/refine", False),  # the audit's case: a glob in the working directory
+        ("data/*.jsonl", "data/refined", False),  # a non-recursive glob never reads a subfolder's files
+        ("data/*", "data/refined", False),  # a matched folder is not expanded
+        ("data/*/*.parquet", "out/refine", False),
+        ("data/*/*.json", "data/refined", True),  # would read data/refined/stats.json
+        ("data/r*/*/*.parquet", "data/refined", True),  # would read data/refined/kept/part-0.parquet
+        ("data/x*/*/*.parquet", "data/refined", False),
+        ("data/**/*.jsonl", "data/refined", True),
+        ("**/*.jsonl", "out/refine", True),
+        ("data", "data/refined", True),  # a folder source is read recursively
+        ("data/a.jsonl", "data/refined", False),
+    ],
+)
 def test_a_source_glob_refuses_only_outputs_it_would_read_back(source, output, refused, tmp_path, monkeypatch):
     from platypus_ray.core.outputs import check_output
 
@@ -175,8 +187,13 @@ def test_the_pipeline_checks_a_run_folder_whose_data_refine_has_not_written_yet(
     (inputs / "data.jsonl").write_text(json.dumps({"instruction": "Name a colour.", "output": "Red."}) + "\n")
     raw = train_raw(str(inputs / "model"), str(inputs / "kept"), str(inputs / "runs"), "r1")
     monkeypatch.setattr(platypus_ray.core.runtime, "init_ray", reached_ray)
-    cfg = validate_config(pipeline.PipelineConfig, {"refine": {"sources": [{"path": str(inputs / "data.jsonl")}],
-                                                               "output": str(inputs / "out" / "refine")}, "train": raw})
+    cfg = validate_config(
+        pipeline.PipelineConfig,
+        {
+            "refine": {"sources": [{"path": str(inputs / "data.jsonl")}], "output": str(inputs / "out" / "refine")},
+            "train": raw,
+        },
+    )
     assert not Path(cfg.train.data.path).exists()
     with pytest.raises(ReachedRay):  # every check before Ray passed
         pipeline.run(cfg)

@@ -41,7 +41,9 @@ def test_the_instance_init_ray_started_is_stopped_with_every_process_it_ran(tmp_
     from platypus_ray.core.runtime import WORKER_ENV
 
     env = {k: v for k, v in os.environ.items() if k not in WORKER_ENV}  # the variables come from init_ray alone
-    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120, cwd=tmp_path, env=env)
+    done = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=120, cwd=tmp_path, env=env
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     result = json.loads(done.stdout.strip().splitlines()[-1])
     assert result["seen"] == "0" and not result["initialized"]

@@ -31,9 +31,25 @@ def test_mmlu_bad_row_names_file_and_line(tmp_path):
 def test_arc_both_layouts(tmp_path):
     path = tmp_path / "arc.jsonl"
     path.write_text(
-        json.dumps({"id": "Q1", "question": {"stem": "Sky color?", "choices": [{"text": "blue", "label": "A"}, {"text": "red", "label": "B"}]}, "answerKey": "A"})
+        json.dumps(
+            {
+                "id": "Q1",
+                "question": {
+                    "stem": "Sky color?",
+                    "choices": [{"text": "blue", "label": "A"}, {"text": "red", "label": "B"}],
+                },
+                "answerKey": "A",
+            }
+        )
         + "\n"
-        + json.dumps({"id": "Q2", "question": "Grass color?", "choices": {"text": ["red", "green"], "label": ["1", "2"]}, "answerKey": "2"})
+        + json.dumps(
+            {
+                "id": "Q2",
+                "question": "Grass color?",
+                "choices": {"text": ["red", "green"], "label": ["1", "2"]},
+                "answerKey": "2",
+            }
+        )
         + "\n"
     )
     items = load_benchmark(BenchmarkConfig(path=str(path), format="arc_jsonl", name="arc"))
@@ -44,7 +60,9 @@ def test_hellaswag_truthfulqa_and_questions(tmp_path):
     hs = tmp_path / "hs.jsonl"
     hs.write_text(json.dumps({"ind": 7, "ctx": "A man is", "endings": ["a", "b", "c", "d"], "label": "2"}) + "\n")
     tq = tmp_path / "TruthfulQA.csv"
-    tq.write_text('Type,Category,Question,Best Answer,Correct Answers,Incorrect Answers,Source\nA,B,Is the earth flat?,No,No; it is round,Yes; It is flat,src\n')
+    tq.write_text(
+        "Type,Category,Question,Best Answer,Correct Answers,Incorrect Answers,Source\nA,B,Is the earth flat?,No,No; it is round,Yes; It is flat,src\n"
+    )
     qs = tmp_path / "q.jsonl"
     qs.write_text(json.dumps({"question": "Pick B", "choices": ["x", "y"], "answer": "B"}) + "\n")
     [h] = load_benchmark(BenchmarkConfig(path=str(hs), format="hellaswag_jsonl"))
@@ -77,7 +95,11 @@ def test_lone_surrogate_and_record_numbers_name_file_and_place(tmp_path):
     # json.dumps writes the escape \ud800 (ASCII): valid JSON, but the text it decodes to is not valid Unicode
     bad = json.dumps({"question": "bad \ud800 q"})
     refused("q.jsonl", ok + "\n" + bad + "\n", r"q.jsonl, line 2: the question holds a lone UTF-16 surrogate")
-    refused("c.jsonl", json.dumps({"question": "q", "choices": ["a", "b\udc00"]}) + "\n", r"c.jsonl, line 1: the choice 2 holds")
+    refused(
+        "c.jsonl",
+        json.dumps({"question": "q", "choices": ["a", "b\udc00"]}) + "\n",
+        r"c.jsonl, line 1: the choice 2 holds",
+    )
     refused("s.json", f"[{ok},\n {bad}]", r"s.json, record 2: the question holds a lone UTF-16 surrogate")
     refused("a.json", f"[{ok},\n {ok}, " + json.dumps({"question": 7}) + "]", r"a.json, record 3: not a questions row")
     pd.DataFrame({"question": ["ok", ""]}).to_parquet(tmp_path / "p.parquet")

@@ -16,7 +16,13 @@ import yaml
 
 from platypus_ray.core.config import validate_config
 from platypus_ray.core.errors import UserError
-from platypus_ray.train.tracking import TrackingSettings, TrackingTarget, check_reachable, flatten, remote_storage_problems
+from platypus_ray.train.tracking import (
+    TrackingSettings,
+    TrackingTarget,
+    check_reachable,
+    flatten,
+    remote_storage_problems,
+)
 from tests.helpers import train_raw
 
 
@@ -39,7 +45,10 @@ def test_local_store_uri_and_remote_storage_rules(tmp_path):
     problems = remote_storage_problems(TrackingSettings(mlflow=True, tensorboard=True), "s3://bucket/runs")
     assert len(problems) == 2 and "give a tracking server URI" in problems[0]
     assert flatten({"lora": {"r": 8, "target_modules": ["q_proj"]}, "x": None}) == {
-        "lora.r": "8", "lora.target_modules": '["q_proj"]', "x": "null"}
+        "lora.r": "8",
+        "lora.target_modules": '["q_proj"]',
+        "x": "null",
+    }
 
 
 def test_every_store_is_opened_before_use_and_an_unusable_one_names_its_uri(tmp_path):
@@ -47,8 +56,10 @@ def test_every_store_is_opened_before_use_and_an_unusable_one_names_its_uri(tmp_
     check_reachable(f"sqlite:///{db}")  # created and migrated now, not by the first trial
     assert db.stat().st_size > 0
     (tmp_path / "file").write_text("not a folder")
-    for uri, fix in ((f"sqlite:///{tmp_path}/file/mlflow.db", "writable"),
-                     ("postgresql://127.0.0.1:1/mlflow", "install the store's driver")):
+    for uri, fix in (
+        (f"sqlite:///{tmp_path}/file/mlflow.db", "writable"),
+        ("postgresql://127.0.0.1:1/mlflow", "install the store's driver"),
+    ):
         start = time.perf_counter()
         with pytest.raises(UserError, match=rf"tracking.mlflow: the store {re.escape(uri)} cannot be used \(.*{fix}"):
             check_reachable(uri)
@@ -200,8 +211,9 @@ def test_train_and_sweep_fail_on_a_dead_server_before_ray_starts(dead_server_tra
     uri, raw = dead_server_train_raw
     with pytest.raises(UserError, match=rf"tracking.mlflow: the tracking server {uri} does not answer"):
         train_stage.prepare(validate_config(TrainConfig, raw))
-    sweep = validate_config(SweepConfig, {**raw, "run": {**raw["run"], "name": "dead-sweep"},
-                                          "sweep": {"space": {"lora.r": [4, 8]}}})
+    sweep = validate_config(
+        SweepConfig, {**raw, "run": {**raw["run"], "name": "dead-sweep"}, "sweep": {"space": {"lora.r": [4, 8]}}}
+    )
     with pytest.raises(UserError, match=rf"tracking.mlflow: the tracking server {uri} does not answer"):
         sweep_stage.run(sweep)
 
@@ -215,7 +227,10 @@ def test_pipeline_fails_on_a_dead_server_before_ray_starts(dead_server_train_raw
     path = tmp_path / "pipeline.yaml"
     path.write_text(yaml.safe_dump({"train": raw}))
     assert main(["pipeline", "--config", str(path)]) == 2
-    assert f"platypus-ray pipeline: error: tracking.mlflow: the tracking server {uri} does not answer" in capsys.readouterr().err
+    assert (
+        f"platypus-ray pipeline: error: tracking.mlflow: the tracking server {uri} does not answer"
+        in capsys.readouterr().err
+    )
 
 
 def test_an_unusable_sqlite_store_fails_train_before_ray_starts(dead_server_train_raw, monkeypatch, tmp_path, capsys):
@@ -230,5 +245,7 @@ def test_an_unusable_sqlite_store_fails_train_before_ray_starts(dead_server_trai
     path.write_text(yaml.safe_dump({**raw, "tracking": {"mlflow": uri}}))
     assert main(["train", "--config", str(path)]) == 2
     err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and err[0].startswith(f"platypus-ray train: error: tracking.mlflow: the store {uri} cannot be used")
+    assert len(err) == 1 and err[0].startswith(
+        f"platypus-ray train: error: tracking.mlflow: the store {uri} cannot be used"
+    )
     assert "writable" in err[0]

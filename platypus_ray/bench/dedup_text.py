@@ -66,7 +66,11 @@ def sparse_texts(source: Path) -> list[str]:
 
 def _kept_difference(keep: np.ndarray, exact: np.ndarray) -> dict:
     differ = int((keep != exact).sum())
-    return {"kept": int(keep.sum()), "kept_differs": differ, "kept_difference": round(differ / max(int(exact.sum()), 1), 5)}
+    return {
+        "kept": int(keep.sum()),
+        "kept_differs": differ,
+        "kept_difference": round(differ / max(int(exact.sum()), 1), 5),
+    }
 
 
 # kept: the walk against the kept set finds each removed row's kept match, not every pair (its pair
@@ -87,8 +91,13 @@ def run_text(source: Path, rows: int, threshold: float = 0.8, semhash: bool = Tr
     encoder = load_encoder(EncoderSpec("all-MiniLM-L6-v2", "static", device="cpu", batch_size=1024))
     start = time.perf_counter()
     emb = encoder.encode(texts).astype(np.float32)
-    result: dict = {"data": "sparse" if sparse else "perturbed", "rows": len(texts) if sparse else rows, "distinct_texts": len(texts), "dim": int(emb.shape[1]),
-                    "encode_s": round(time.perf_counter() - start, 2)}
+    result: dict = {
+        "data": "sparse" if sparse else "perturbed",
+        "rows": len(texts) if sparse else rows,
+        "distinct_texts": len(texts),
+        "dim": int(emb.shape[1]),
+        "encode_s": round(time.perf_counter() - start, 2),
+    }
     n = len(texts)
     order = np.arange(n)  # keep: first
     start = time.perf_counter()
@@ -104,9 +113,13 @@ def run_text(source: Path, rows: int, threshold: float = 0.8, semhash: bool = Tr
         wall = time.perf_counter() - start
         found = np.unique(pair_keys(outcome.pairs.i, outcome.pairs.j, n))
         recall = len(np.intersect1d(found, truth_keys)) / max(len(truth_keys), 1)
-        result[mode] = {**_kept_difference(outcome.decision.keep, exact), "wall_s": round(wall, 2),
-                        "pairs_found": len(found), "pair_recall_no_exclusions": round(recall, 5),
-                        **{k: outcome.stats[k] for k in STAT_KEYS if k in outcome.stats}}
+        result[mode] = {
+            **_kept_difference(outcome.decision.keep, exact),
+            "wall_s": round(wall, 2),
+            "pairs_found": len(found),
+            "pair_recall_no_exclusions": round(recall, 5),
+            **{k: outcome.stats[k] for k in STAT_KEYS if k in outcome.stats},
+        }
     if semhash:
         result["semhash"] = _semhash(texts, encoder, exact, threshold)
         for mode in MODES:  # SemHash's wall includes its encode: the mode's gets the same encode added

@@ -62,23 +62,39 @@ class StageProfile:
         return {k: round(v, 3) for k, v in asdict(self).items()}
 
 
-def bench_pipeline_embed(texts: list[str], batch_size: int, actors: int, backend: str = "torch",
-                         export_dir: str | None = None, cpus_per_actor: float = 1.0) -> tuple[StageProfile, np.ndarray]:
+def bench_pipeline_embed(
+    texts: list[str],
+    batch_size: int,
+    actors: int,
+    backend: str = "torch",
+    export_dir: str | None = None,
+    cpus_per_actor: float = 1.0,
+) -> tuple[StageProfile, np.ndarray]:
     """The refine stage's embed step (length sort, actor pool, collect) and its profile. Each
     actor appends its calls' wall and CPU times to a file (an actor to collect them would take
     CPU from the stage it measures). ``cpu_share_in_calls`` below 1 is CPU taken by other
     processes (Ray's own, on a small node); ``busy_share`` below 1 is actors waiting for a batch."""
     from platypus_ray.embedding import EmbeddingConfig
 
-    cfg = EmbeddingConfig(batch_size=batch_size, actors=actors, device="cpu", backend=backend, export_dir=export_dir,
-                          cpus_per_actor=cpus_per_actor)
+    cfg = EmbeddingConfig(
+        batch_size=batch_size,
+        actors=actors,
+        device="cpu",
+        backend=backend,
+        export_dir=export_dir,
+        cpus_per_actor=cpus_per_actor,
+    )
     total, calls, vectors = run_profiled(texts, cfg)
     first, last = calls[:, 1].min(), calls[:, 2].max()
     busy = calls[:, 2] - calls[:, 1]
     pids = np.unique(calls[:, 0])
-    profile = StageProfile(total, last - first, busy.sum() / (len(pids) * (last - first)),
-                           (calls[:, 4] - calls[:, 3]).sum() / (busy.sum() * cpus_per_actor),
-                           max(last - calls[calls[:, 0] == pid, 2].max() for pid in pids))
+    profile = StageProfile(
+        total,
+        last - first,
+        busy.sum() / (len(pids) * (last - first)),
+        (calls[:, 4] - calls[:, 3]).sum() / (busy.sum() * cpus_per_actor),
+        max(last - calls[calls[:, 0] == pid, 2].max() for pid in pids),
+    )
     return profile, vectors
 
 
@@ -92,8 +108,9 @@ def run_profiled(texts: list[str], cfg) -> tuple[float, np.ndarray, np.ndarray]:
 
     from platypus_ray.embedding import embed
 
-    ds = ray.data.from_items([{"key": k, "text": t, "text_len": len(t)} for k, t in enumerate(texts)],
-                             override_num_blocks=1).materialize()
+    ds = ray.data.from_items(
+        [{"key": k, "text": t, "text_len": len(t)} for k, t in enumerate(texts)], override_num_blocks=1
+    ).materialize()
     with tempfile.TemporaryDirectory() as folder:
         log = Path(folder) / "calls.txt"
         start = time.perf_counter()
@@ -112,8 +129,10 @@ def profiled_embedder(log: str):
             began, cpu_began = time.time(), time.process_time()
             out = super().__call__(batch)
             with open(log, "a") as f:
-                f.write(f"{os.getpid()} {began:.6f} {time.time():.6f} {cpu_began:.6f} {time.process_time():.6f} "
-                        f"{len(batch['text'])}\n")
+                f.write(
+                    f"{os.getpid()} {began:.6f} {time.time():.6f} {cpu_began:.6f} {time.process_time():.6f} "
+                    f"{len(batch['text'])}\n"
+                )
             return out
 
     return ProfiledEmbedder

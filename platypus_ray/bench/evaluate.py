@@ -35,21 +35,29 @@ def write_questions(path: Path, n: int, seed: int = 0) -> None:
     rows = []
     for i in range(n):
         k = rng.choice([2, 3, 4, 5])
-        rows.append({"id": f"g{i}", "question": f"Which {' '.join(rng.choices(WORDS, k=rng.randint(3, 12)))} comes next?",
-                     "choices": [" ".join(rng.choices(WORDS, k=rng.randint(1, 8))) for _ in range(k)], "answer": rng.randrange(k)})
+        rows.append(
+            {
+                "id": f"g{i}",
+                "question": f"Which {' '.join(rng.choices(WORDS, k=rng.randint(3, 12)))} comes next?",
+                "choices": [" ".join(rng.choices(WORDS, k=rng.randint(1, 8))) for _ in range(k)],
+                "answer": rng.randrange(k),
+            }
+        )
     path.write_text("".join(json.dumps(r) + "\n" for r in rows))
 
 
 def entries(folder: Path, items: int, shots: int) -> list[dict]:
     write_questions(folder / "generated.jsonl", items)
-    return [{"path": str(SAMPLE_QUIZ), "format": "questions", "name": "sample_quiz", "num_fewshot": shots},
-            {"path": str(folder / "generated.jsonl"), "format": "questions", "name": "generated", "num_fewshot": shots}]
+    return [
+        {"path": str(SAMPLE_QUIZ), "format": "questions", "name": "sample_quiz", "num_fewshot": shots},
+        {"path": str(folder / "generated.jsonl"), "format": "questions", "name": "generated", "num_fewshot": shots},
+    ]
 
 
 def run_lm_eval(model_dir: str, cfg, folder: Path, batch_size: str) -> tuple[float, dict]:
     """lm-eval's hf loop on the task YAMLs the evaluate stage writes for the same entries."""
-    import torch
     import lm_eval
+    import torch
     from lm_eval.models.huggingface import HFLM
     from lm_eval.tasks import TaskManager
 
@@ -59,8 +67,13 @@ def run_lm_eval(model_dir: str, cfg, folder: Path, batch_size: str) -> tuple[flo
     loaded = load_tasks(cfg.benchmarks, cfg.seed, folder)  # writes the YAMLs (file entries) into folder
     lm = HFLM(pretrained=model_dir, dtype="float32", device="cpu", batch_size=batch_size)
     start = time.perf_counter()
-    out = lm_eval.simple_evaluate(model=lm, tasks=loaded.lm_names, task_manager=TaskManager(include_path=str(folder)),
-                                  num_fewshot=cfg.benchmarks[0].num_fewshot, log_samples=True)
+    out = lm_eval.simple_evaluate(
+        model=lm,
+        tasks=loaded.lm_names,
+        task_manager=TaskManager(include_path=str(folder)),
+        num_fewshot=cfg.benchmarks[0].num_fewshot,
+        log_samples=True,
+    )
     return time.perf_counter() - start, out
 
 
@@ -69,8 +82,14 @@ def run_pool(cfg, temp_dir: Path) -> tuple[float, object]:
 
     from platypus_ray.evaluate import run
 
-    ray.init(address="local", num_cpus=2, include_dashboard=False, logging_level="ERROR", _temp_dir=str(temp_dir),
-             runtime_env={"env_vars": {"HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}})
+    ray.init(
+        address="local",
+        num_cpus=2,
+        include_dashboard=False,
+        logging_level="ERROR",
+        _temp_dir=str(temp_dir),
+        runtime_env={"env_vars": {"HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}},
+    )
     ray.data.DataContext.get_current().enable_progress_bars = False
     try:
         start = time.perf_counter()
@@ -84,10 +103,22 @@ def compare(reference: dict, output: Path, label: str) -> dict:
     """Max |log-likelihood difference| and the acc/acc_norm of both sides, per task."""
     out = {}
     for task, samples in reference["samples"].items():
-        ours = {s["doc_id"]: s for s in map(json.loads, (output / "samples" / label / f"samples_{task}.jsonl").read_text().splitlines())}
-        diff = max(abs(float(a[0]) - float(b[0])) for s in samples for a, b in zip(s["filtered_resps"], ours[s["doc_id"]]["filtered_resps"]))
-        metrics = {m: (round(float(reference["results"][task][f"{m},none"]), 4),
-                       round(sum(float(o[m]) for o in ours.values()) / len(ours), 4)) for m in ("acc", "acc_norm")}
+        ours = {
+            s["doc_id"]: s
+            for s in map(json.loads, (output / "samples" / label / f"samples_{task}.jsonl").read_text().splitlines())
+        }
+        diff = max(
+            abs(float(a[0]) - float(b[0]))
+            for s in samples
+            for a, b in zip(s["filtered_resps"], ours[s["doc_id"]]["filtered_resps"])
+        )
+        metrics = {
+            m: (
+                round(float(reference["results"][task][f"{m},none"]), 4),
+                round(sum(float(o[m]) for o in ours.values()) / len(ours), 4),
+            )
+            for m in ("acc", "acc_norm")
+        }
         out[task] = {"docs": len(samples), "max_abs_loglik_diff": diff, "lm_eval_vs_pool": metrics}
     return out
 
@@ -98,44 +129,80 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--shots", type=int, default=5)
     parser.add_argument("--hidden", type=int, default=256)
     parser.add_argument("--batch-size", type=int, default=16, help="the pool's sequences per forward pass")
-    parser.add_argument("--lm-eval-batch-size", default="auto",
-                        help="lm-eval's batch_size: auto (the issue's baseline; its probe runs inside the clock) or N")
+    parser.add_argument(
+        "--lm-eval-batch-size",
+        default="auto",
+        help="lm-eval's batch_size: auto (the issue's baseline; its probe runs inside the clock) or N",
+    )
     parser.add_argument("--json", help="write the numbers to this file")
     args = parser.parse_args(argv)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    from platypus_ray.devtools import tiny_model
     from platypus_ray.core.config import validate_config
+    from platypus_ray.devtools import tiny_model
     from platypus_ray.evaluate import EvaluateConfig
 
     with tempfile.TemporaryDirectory(prefix="bench-evaluate-") as tmp:
         root = Path(tmp)
-        model_dir = str(tiny_model.run(tiny_model.TinyModelConfig(
-            out=str(root / "model"), hidden_size=args.hidden, intermediate_size=args.hidden * 11 // 4, layers=4,
-            heads=8, kv_heads=4, pretrain_steps=0)).out)
-        cfg = validate_config(EvaluateConfig, {
-            "model": {"name_or_path": model_dir, "label": "pool"}, "output": str(root / "eval"),
-            "benchmarks": entries(root, args.items, args.shots),
-            "inference": {"actors": 2, "cpus_per_actor": 1, "batch_size": args.batch_size, "device": "cpu"}})
+        model_dir = str(
+            tiny_model.run(
+                tiny_model.TinyModelConfig(
+                    out=str(root / "model"),
+                    hidden_size=args.hidden,
+                    intermediate_size=args.hidden * 11 // 4,
+                    layers=4,
+                    heads=8,
+                    kv_heads=4,
+                    pretrain_steps=0,
+                )
+            ).out
+        )
+        cfg = validate_config(
+            EvaluateConfig,
+            {
+                "model": {"name_or_path": model_dir, "label": "pool"},
+                "output": str(root / "eval"),
+                "benchmarks": entries(root, args.items, args.shots),
+                "inference": {"actors": 2, "cpus_per_actor": 1, "batch_size": args.batch_size, "device": "cpu"},
+            },
+        )
         lm_eval_s, reference = run_lm_eval(model_dir, cfg, root / "tasks", args.lm_eval_batch_size)
         pool_s, _ = run_pool(cfg, root / "ray")
         checks = compare(reference, root / "eval", "pool")
     docs = sum(c["docs"] for c in checks.values())
-    numbers = {"cpu": cpu_model(), "cores_used": 2, "docs": docs, "requests": sum(len(s["arguments"]) for v in reference["samples"].values() for s in v),
-               "num_fewshot": args.shots, "hidden": args.hidden,
-               "lm_eval_hf": {"batch_size": args.lm_eval_batch_size, "wall_s": round(lm_eval_s, 2),
-                              "docs_per_s": round(docs / lm_eval_s, 2)},
-               "ray_data_pool": {"actors": 2, "wall_s": round(pool_s, 2), "docs_per_s": round(docs / pool_s, 2)},
-               "ratio_pool_vs_lm_eval": round(lm_eval_s / pool_s, 3), "checks": checks}
-    print(f"bench.evaluate: {docs} documents ({numbers['requests']} requests), {args.shots}-shot, hidden {args.hidden}, "
-          f"2 CPUs of {numbers['cpu']}")
-    print(f"  lm-eval hf loop (batch {args.lm_eval_batch_size}, 2 threads): {numbers['lm_eval_hf']['docs_per_s']:8.2f} docs/s "
-          f"({lm_eval_s:.1f} s)")
-    print(f"  Ray Data pool (2 actors x 1 CPU)       : {numbers['ray_data_pool']['docs_per_s']:8.2f} docs/s ({pool_s:.1f} s, "
-          "actor start and model loads included)")
+    numbers = {
+        "cpu": cpu_model(),
+        "cores_used": 2,
+        "docs": docs,
+        "requests": sum(len(s["arguments"]) for v in reference["samples"].values() for s in v),
+        "num_fewshot": args.shots,
+        "hidden": args.hidden,
+        "lm_eval_hf": {
+            "batch_size": args.lm_eval_batch_size,
+            "wall_s": round(lm_eval_s, 2),
+            "docs_per_s": round(docs / lm_eval_s, 2),
+        },
+        "ray_data_pool": {"actors": 2, "wall_s": round(pool_s, 2), "docs_per_s": round(docs / pool_s, 2)},
+        "ratio_pool_vs_lm_eval": round(lm_eval_s / pool_s, 3),
+        "checks": checks,
+    }
+    print(
+        f"bench.evaluate: {docs} documents ({numbers['requests']} requests), {args.shots}-shot, hidden {args.hidden}, "
+        f"2 CPUs of {numbers['cpu']}"
+    )
+    print(
+        f"  lm-eval hf loop (batch {args.lm_eval_batch_size}, 2 threads): {numbers['lm_eval_hf']['docs_per_s']:8.2f} docs/s "
+        f"({lm_eval_s:.1f} s)"
+    )
+    print(
+        f"  Ray Data pool (2 actors x 1 CPU)       : {numbers['ray_data_pool']['docs_per_s']:8.2f} docs/s ({pool_s:.1f} s, "
+        "actor start and model loads included)"
+    )
     print(f"  ratio pool / lm-eval: {numbers['ratio_pool_vs_lm_eval']:.2f}x")
     for task, check in checks.items():
-        print(f"  {task}: max |loglik diff| {check['max_abs_loglik_diff']:.2e}; (lm-eval, pool) {check['lm_eval_vs_pool']}")
+        print(
+            f"  {task}: max |loglik diff| {check['max_abs_loglik_diff']:.2e}; (lm-eval, pool) {check['lm_eval_vs_pool']}"
+        )
     if args.json:
         Path(args.json).write_text(json.dumps(numbers, indent=2))
     return 0

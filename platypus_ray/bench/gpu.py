@@ -52,14 +52,18 @@ def verify(bundle: Path) -> dict:
 
     manifest_path = bundle / "manifest.json"
     if not manifest_path.is_file():
-        raise KitError(f"{manifest_path} not found; build it with scripts/gpu-bundle and name '{bundle}' in the "
-                       "device call's carry")
+        raise KitError(
+            f"{manifest_path} not found; build it with scripts/gpu-bundle and name '{bundle}' in the "
+            "device call's carry"
+        )
     manifest = json.loads(manifest_path.read_text())
     for piece in manifest["pieces"]:
         path = bundle / piece["path"]
         if not path.is_file() or path.stat().st_size != piece["bytes"] or sha256(path) != piece["sha256"]:
-            raise KitError(f"{path}: missing or not the file the manifest names (size/sha256); rebuild with "
-                           "scripts/gpu-bundle and carry the whole folder")
+            raise KitError(
+                f"{path}: missing or not the file the manifest names (size/sha256); rebuild with "
+                "scripts/gpu-bundle and carry the whole folder"
+            )
     return manifest
 
 
@@ -70,8 +74,24 @@ def install(bundle: Path, prefix: Path) -> tuple[str, str]:
 
     site = prefix / "site"
     wheels = sorted(str(p) for p in (bundle / "base" / "wheels").glob("*.whl"))
-    subprocess.run([sys.executable, "-m", "pip", "install", "--quiet", "--no-index", "--no-deps", "--no-compile",
-                    "--no-cache-dir", "--target", str(site), *wheels], check=True, timeout=120)
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "install",
+            "--quiet",
+            "--no-index",
+            "--no-deps",
+            "--no-compile",
+            "--no-cache-dir",
+            "--target",
+            str(site),
+            *wheels,
+        ],
+        check=True,
+        timeout=120,
+    )
     with tarfile.open(bundle / "base" / "ray.tar.xz") as tar:
         tar.extractall(site, filter="fully_trusted")  # keeps the binaries' exec bits
     minilm = ""
@@ -88,21 +108,32 @@ def run_step(name: str, settings: StepSettings, in_process: bool, limit_s: float
     if in_process:
         line = call_step(name, settings)
     else:
-        command = [sys.executable, "-m", "platypus_ray.bench.gpu", "--step", name, "--settings",
-                   json.dumps(asdict(settings))]
+        command = [
+            sys.executable,
+            "-m",
+            "platypus_ray.bench.gpu",
+            "--step",
+            name,
+            "--settings",
+            json.dumps(asdict(settings)),
+        ]
         # its own process group: on timeout the step and the Ray instance it started go together
         child = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, text=True, start_new_session=True)
         try:
             stdout, _ = child.communicate(timeout=limit_s)
-            results = [json.loads(x[len(MARK):]) for x in stdout.splitlines() if x.startswith(MARK)]
+            results = [json.loads(x[len(MARK) :]) for x in stdout.splitlines() if x.startswith(MARK)]
             sys.stdout.write("".join(x + "\n" for x in stdout.splitlines() if not x.startswith(MARK)))
             line = results[-1] if results else {"step": name, "status": "error", "error": f"exit {child.returncode}"}
         except subprocess.TimeoutExpired:
             os.killpg(child.pid, signal.SIGKILL)
             with contextlib.suppress(subprocess.TimeoutExpired):
                 child.communicate(timeout=30)  # a grandchild still holding the pipe must not hang the kit
-            line = {"step": name, "status": "timeout", "error": f"over its {limit_s:.0f} s limit",
-                    "finished_parts": read_partial(settings.work, name)}
+            line = {
+                "step": name,
+                "status": "timeout",
+                "error": f"over its {limit_s:.0f} s limit",
+                "finished_parts": read_partial(settings.work, name),
+            }
     return line | {"step_s": round(time.perf_counter() - started, 1)}
 
 
@@ -126,8 +157,9 @@ def _step_child(name: str, settings_json: str) -> int:
 
 
 def parse(argv: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="platypus-ray gpu", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="platypus-ray gpu", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--dry-run", action="store_true", help="the same steps on this CPU at tiny sizes, no bundle")
     parser.add_argument("--bundle", default=".gpu", help="the folder scripts/gpu-bundle built (carried there)")
     parser.add_argument("--skip", default="", help=f"comma-separated steps to leave out ({', '.join(STEPS)})")
@@ -135,8 +167,11 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--sizes", default="1b,8b", help="train: model sizes (1b, 8b)")
     parser.add_argument("--steps", type=int, default=30, help="train: optimizer steps per run")
     parser.add_argument("--out", default=os.environ.get("OUT") or "out/gpu", help="where gpu-steps.jsonl goes")
-    parser.add_argument("--in-process", action="store_true",
-                        help="run the steps in this process (the tests: reuses a connected Ray); no time limits")
+    parser.add_argument(
+        "--in-process",
+        action="store_true",
+        help="run the steps in this process (the tests: reuses a connected Ray); no time limits",
+    )
     parser.add_argument("--step", help=argparse.SUPPRESS)
     parser.add_argument("--settings", help=argparse.SUPPRESS)
     return parser.parse_args(argv)
@@ -160,8 +195,10 @@ def prepare_run(args: argparse.Namespace, work: str) -> tuple[StepSettings, dict
     import torch
 
     if not torch.cuda.is_available():
-        raise KitError(f"no CUDA device visible (torch {torch.__version__}); run this on the GPU machine, or pass "
-                       "--dry-run for the CPU rehearsal")
+        raise KitError(
+            f"no CUDA device visible (torch {torch.__version__}); run this on the GPU machine, or pass "
+            "--dry-run for the CPU rehearsal"
+        )
     bad = sorted(set(sizes) - {"1b", "8b"})
     if bad:
         raise KitError(f"--sizes: unknown {bad}; give 1b, 8b or both")

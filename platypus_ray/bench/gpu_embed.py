@@ -44,12 +44,16 @@ def _stage_embed(texts: list[str], model: str, precision: str, device: str, batc
     from platypus_ray.bench.embed_stage import run_profiled
     from platypus_ray.embedding import EmbeddingConfig
 
-    cfg = EmbeddingConfig(model=model, batch_size=batch_size, actors=1, device=device, backend="torch",
-                          precision=precision, cache=False)
+    cfg = EmbeddingConfig(
+        model=model, batch_size=batch_size, actors=1, device=device, backend="torch", precision=precision, cache=False
+    )
     total, calls, vectors = run_profiled(texts, cfg)
     steady = calls[:, 2].max() - calls[:, 1].min()
-    return {"stage_rows_per_s_steady": round(len(texts) / steady, 1),
-            "stage_rows_per_s_end_to_end": round(len(texts) / total, 1), "stage_s": round(total, 2)}, vectors
+    return {
+        "stage_rows_per_s_steady": round(len(texts) / steady, 1),
+        "stage_rows_per_s_end_to_end": round(len(texts) / total, 1),
+        "stage_s": round(total, 2),
+    }, vectors
 
 
 def _bare_encode(texts: list[str], model: str, device: str) -> float:
@@ -77,8 +81,13 @@ def embed_step(s: StepSettings) -> dict:
 
         check_tokens(Path(s.minilm), rows + probes)
     texts = rows + probes
-    out: dict = {"rows": len(rows), "probes": len(probes), "device": s.device, "model": Path(model).name,
-                 "weights": "fp16-stored, upcast (see manifest storage_check)" if s.minilm else "fp32 original"}
+    out: dict = {
+        "rows": len(rows),
+        "probes": len(probes),
+        "device": s.device,
+        "model": Path(model).name,
+        "weights": "fp16-stored, upcast (see manifest storage_check)" if s.minilm else "fp32 original",
+    }
     bare = _bare_encode(texts, model, s.device)
     out["bare_encode_fp32_rows_per_s"] = round(bare, 1)
     batch_size = 32 if s.dry_run else 512
@@ -88,8 +97,9 @@ def embed_step(s: StepSettings) -> dict:
     for precision, (numbers, vectors) in runs.items():
         numbers["ratio_steady_vs_bare_fp32"] = round(numbers["stage_rows_per_s_steady"] / bare, 2)
         if precision != "float32":
-            diff, kept, flags = compare(ref[: len(rows)], vectors[: len(rows)], THRESHOLD, THRESHOLD,
-                                        ref[len(rows):], vectors[len(rows):])
+            diff, kept, flags = compare(
+                ref[: len(rows)], vectors[: len(rows)], THRESHOLD, THRESHOLD, ref[len(rows) :], vectors[len(rows) :]
+            )
             numbers |= {"max_abs_cos_diff": diff, "kept_differs": kept, "flags_differ": flags}
         out[precision] = numbers
     return out
@@ -142,8 +152,17 @@ def tiles_step(s: StepSettings) -> dict:
     sample = np.sort(np.random.default_rng(1).choice(n, size=sample_rows, replace=False))
     check = time.perf_counter()
     differ = float64_decisions_differ(vectors, keep, sample)
-    return {"rows": n, "dim": 384, "tile": tile, "gpus_per_task": 0 if s.dry_run else 0.25,
-            "dedup_s": round(seconds, 2), "generate_s": round(generated_s, 2), "pairs_found": outcome.pairs.count,
-            "removed": int((~keep).sum()), "float64_sample_rows": sample_rows,
-            "sample_removed": int((~keep[sample]).sum()), "decisions_differ": differ,
-            "float64_check_s": round(time.perf_counter() - check, 2)}
+    return {
+        "rows": n,
+        "dim": 384,
+        "tile": tile,
+        "gpus_per_task": 0 if s.dry_run else 0.25,
+        "dedup_s": round(seconds, 2),
+        "generate_s": round(generated_s, 2),
+        "pairs_found": outcome.pairs.count,
+        "removed": int((~keep).sum()),
+        "float64_sample_rows": sample_rows,
+        "sample_removed": int((~keep[sample]).sum()),
+        "decisions_differ": differ,
+        "float64_check_s": round(time.perf_counter() - check, 2),
+    }

@@ -43,8 +43,15 @@ def local_ray(gpus: int):
     env = {**WORKER_ENV, "PATH": interpreter_first_path(), "PYTHONPATH": os.environ.get("PYTHONPATH", "")}
     passed = ("HF_HUB_OFFLINE", "TORCH_EXTENSIONS_DIR", "DS_ACCELERATOR")
     env.update({k: os.environ[k] for k in passed if k in os.environ})
-    ray.init(address="local", _node_ip_address="127.0.0.1", _temp_dir=temp, include_dashboard=False,
-             num_gpus=gpus, runtime_env={"env_vars": env}, logging_level="WARNING")
+    ray.init(
+        address="local",
+        _node_ip_address="127.0.0.1",
+        _temp_dir=temp,
+        include_dashboard=False,
+        num_gpus=gpus,
+        runtime_env={"env_vars": env},
+        logging_level="WARNING",
+    )
     ray.data.DataContext.get_current().enable_progress_bars = False
     try:
         yield ray
@@ -66,14 +73,18 @@ class PeakGpuMemory:
     def _sample(self) -> None:
         while not self._stop.is_set():
             try:
-                out = subprocess.run(["nvidia-smi", "--query-gpu=memory.used", "--format=csv,noheader,nounits",
-                                      "-i", "0"], capture_output=True, text=True, timeout=5).stdout
+                out = subprocess.run(
+                    ["nvidia-smi", "--query-gpu=memory.used", "--format=csv,noheader,nounits", "-i", "0"],
+                    capture_output=True,
+                    text=True,
+                    timeout=5,
+                ).stdout
                 self.peak_mib = max(self.peak_mib or 0.0, float(out.strip().splitlines()[0]))
             except (OSError, ValueError, IndexError, subprocess.TimeoutExpired):
                 return
             self._stop.wait(self.every_s)
 
-    def __enter__(self) -> "PeakGpuMemory":
+    def __enter__(self) -> PeakGpuMemory:
         if shutil.which("nvidia-smi"):
             self._thread.start()
         return self

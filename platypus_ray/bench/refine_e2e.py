@@ -51,8 +51,10 @@ def write_corpus(source: Path, rows: int, path: Path, seed: int = 0) -> None:
 
 def mmlu_benchmarks(source: Path) -> list[dict]:
     """The MMLU subjects shipped beside ``source`` (none when absent), as refine ``benchmarks`` entries."""
-    return [{"path": str(p), "format": "mmlu_csv", "name": p.stem}
-            for p in sorted((source.parent / "benchmarks" / "mmlu").glob("*_test.csv"))]
+    return [
+        {"path": str(p), "format": "mmlu_csv", "name": p.stem}
+        for p in sorted((source.parent / "benchmarks" / "mmlu").glob("*_test.csv"))
+    ]
 
 
 def refine_process(config: dict, folder: Path, name: str, timeout_s: float) -> tuple[float, dict]:
@@ -61,8 +63,12 @@ def refine_process(config: dict, folder: Path, name: str, timeout_s: float) -> t
     path = folder / f"{name}.yaml"
     path.write_text(yaml.safe_dump(config))
     start = time.perf_counter()
-    done = subprocess.run([sys.executable, "-m", "platypus_ray", "refine", "--config", str(path)],
-                          capture_output=True, text=True, timeout=timeout_s)
+    done = subprocess.run(
+        [sys.executable, "-m", "platypus_ray", "refine", "--config", str(path)],
+        capture_output=True,
+        text=True,
+        timeout=timeout_s,
+    )
     seconds = time.perf_counter() - start
     if done.returncode != 0:
         raise SystemExit(f"refine ({name}) failed:\n{done.stderr[-3000:]}")
@@ -74,17 +80,32 @@ def run_e2e(source: Path, rows: int, backend: str, json_path: Path | None) -> di
     with tempfile.TemporaryDirectory(prefix="platypus-ray-e2e-") as tmp:
         folder = Path(tmp)
         write_corpus(source, rows, folder / "corpus.jsonl")
-        config = {"sources": [{"path": str(folder / "corpus.jsonl"), "name": "alpaca-perturbed"}],
-                  "benchmarks": benchmarks, "embedding": {"backend": backend, "cache": False}, "output": str(folder / "out")}
+        config = {
+            "sources": [{"path": str(folder / "corpus.jsonl"), "name": "alpaca-perturbed"}],
+            "benchmarks": benchmarks,
+            "embedding": {"backend": backend, "cache": False},
+            "output": str(folder / "out"),
+        }
         wall, stats = refine_process(config, folder, "refine", timeout_s=4 * 3600)
-    steps = {name: {"s": s, "rows_per_s": round(rows / s, 1) if s > 0 else None} for name, s in stats["timings_s"].items()}
-    result = {"rows": rows, "backend": stats["embedding"].get("backend"), "wall_s": round(wall, 1),
-              "rows_per_s": round(rows / wall, 1), "kept": stats["kept"], "removed": stats["removed"],
-              "dedup_mode": (stats.get("dedup") or {}).get("mode"), "driver_peak_rss_mb": stats["driver_peak_rss_mb"],
-              "steps": steps}
-    print(f"refine end to end: {rows} rows ({len(benchmarks)} benchmark files), backend {result['backend']}, "
-          f"dedup {result['dedup_mode']}: {wall:.1f} s wall, {result['rows_per_s']} rows/s; kept {stats['kept']}, "
-          f"removed {stats['removed']}; driver peak RSS {stats['driver_peak_rss_mb']} MB")
+    steps = {
+        name: {"s": s, "rows_per_s": round(rows / s, 1) if s > 0 else None} for name, s in stats["timings_s"].items()
+    }
+    result = {
+        "rows": rows,
+        "backend": stats["embedding"].get("backend"),
+        "wall_s": round(wall, 1),
+        "rows_per_s": round(rows / wall, 1),
+        "kept": stats["kept"],
+        "removed": stats["removed"],
+        "dedup_mode": (stats.get("dedup") or {}).get("mode"),
+        "driver_peak_rss_mb": stats["driver_peak_rss_mb"],
+        "steps": steps,
+    }
+    print(
+        f"refine end to end: {rows} rows ({len(benchmarks)} benchmark files), backend {result['backend']}, "
+        f"dedup {result['dedup_mode']}: {wall:.1f} s wall, {result['rows_per_s']} rows/s; kept {stats['kept']}, "
+        f"removed {stats['removed']}; driver peak RSS {stats['driver_peak_rss_mb']} MB"
+    )
     for name, step in steps.items():
         print(f"  {name:<15} {step['s']:8.1f} s  {step['rows_per_s'] or '-':>10} rows/s")
     if json_path:

@@ -31,30 +31,54 @@ def run_rerun(source: Path, threshold: float, rerun_threshold: float, json_path:
     benchmarks = mmlu_benchmarks(source)
     with tempfile.TemporaryDirectory(prefix="platypus-ray-rerun-") as tmp:
         folder = Path(tmp)
-        base = {"sources": [{"path": str(source), "name": source.stem}], "benchmarks": benchmarks,
-                "embedding": {"cache": str(folder / "cache")}}
-        first_s, first, _ = _refine({**base, "dedup": {"threshold": threshold}, "output": str(folder / "first")},
-                                    folder, "first")
-        rerun_s, rerun, rerun_kept = _refine({**base, "dedup": {"threshold": rerun_threshold}, "output": str(folder / "rerun")},
-                                             folder, "rerun")
-        fresh_s, _, fresh_kept = _refine({**base, "embedding": {"cache": False}, "dedup": {"threshold": rerun_threshold},
-                                          "output": str(folder / "fresh")}, folder, "fresh")
+        base = {
+            "sources": [{"path": str(source), "name": source.stem}],
+            "benchmarks": benchmarks,
+            "embedding": {"cache": str(folder / "cache")},
+        }
+        first_s, first, _ = _refine(
+            {**base, "dedup": {"threshold": threshold}, "output": str(folder / "first")}, folder, "first"
+        )
+        rerun_s, rerun, rerun_kept = _refine(
+            {**base, "dedup": {"threshold": rerun_threshold}, "output": str(folder / "rerun")}, folder, "rerun"
+        )
+        fresh_s, _, fresh_kept = _refine(
+            {
+                **base,
+                "embedding": {"cache": False},
+                "dedup": {"threshold": rerun_threshold},
+                "output": str(folder / "fresh"),
+            },
+            folder,
+            "fresh",
+        )
     result = {
-        "rows": first["input_rows"], "benchmarks": [b["name"] for b in benchmarks],
-        "threshold": threshold, "rerun_threshold": rerun_threshold,
-        "first_s": round(first_s, 1), "rerun_s": round(rerun_s, 1), "speedup": round(first_s / rerun_s, 2),
+        "rows": first["input_rows"],
+        "benchmarks": [b["name"] for b in benchmarks],
+        "threshold": threshold,
+        "rerun_threshold": rerun_threshold,
+        "first_s": round(first_s, 1),
+        "rerun_s": round(rerun_s, 1),
+        "speedup": round(first_s / rerun_s, 2),
         "first_embedding": {k: first["embedding"][k] for k in ("from_cache", "computed")},
         "rerun_embedding": {k: rerun["embedding"][k] for k in ("from_cache", "computed")},
-        "rerun_kept": len(rerun_kept), "fresh_s": round(fresh_s, 1),
+        "rerun_kept": len(rerun_kept),
+        "fresh_s": round(fresh_s, 1),
         "kept_identical_to_fresh": rerun_kept == fresh_kept,
     }
-    print(f"rerun  {result['rows']} rows + {len(benchmarks)} benchmark files, threshold {threshold} -> {rerun_threshold}, "
-          "wall time of each `platypus-ray refine` process:")
+    print(
+        f"rerun  {result['rows']} rows + {len(benchmarks)} benchmark files, threshold {threshold} -> {rerun_threshold}, "
+        "wall time of each `platypus-ray refine` process:"
+    )
     print(f"  first run (empty cache)    : {first_s:7.1f} s  embedded {first['embedding']['computed']}")
-    print(f"  rerun (threshold changed)  : {rerun_s:7.1f} s  from cache {rerun['embedding']['from_cache']}, "
-          f"computed {rerun['embedding']['computed']}  -> {result['speedup']:.2f}x faster  (target >= 5x)")
-    print(f"  fresh run, cache off       : {fresh_s:7.1f} s  kept set identical to the rerun's: "
-          f"{'yes' if result['kept_identical_to_fresh'] else 'NO'}")
+    print(
+        f"  rerun (threshold changed)  : {rerun_s:7.1f} s  from cache {rerun['embedding']['from_cache']}, "
+        f"computed {rerun['embedding']['computed']}  -> {result['speedup']:.2f}x faster  (target >= 5x)"
+    )
+    print(
+        f"  fresh run, cache off       : {fresh_s:7.1f} s  kept set identical to the rerun's: "
+        f"{'yes' if result['kept_identical_to_fresh'] else 'NO'}"
+    )
     if json_path:
         json_path.parent.mkdir(parents=True, exist_ok=True)
         json_path.write_text(json.dumps({"rerun": result}, indent=2))

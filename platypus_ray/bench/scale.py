@@ -19,11 +19,11 @@ from pathlib import Path
 import numpy as np
 import ray
 
-from platypus_ray.refine.dedup.clustered import ClusterSettings, clustered_pairs_above
-from platypus_ray.refine.dedup.recall import measure_recall
-from platypus_ray.refine.config import DedupConfig
-from platypus_ray.refine.dedup.greedy import exact_check_against, resolve_greedy
 from platypus_ray.embedding.vectors import EmbeddingBlocks
+from platypus_ray.refine.config import DedupConfig
+from platypus_ray.refine.dedup.clustered import ClusterSettings, clustered_pairs_above
+from platypus_ray.refine.dedup.greedy import exact_check_against, resolve_greedy
+from platypus_ray.refine.dedup.recall import measure_recall
 
 TOPICS = 4096
 
@@ -40,7 +40,8 @@ def _synthetic_block(seed: int, block: int, rows: int, dim: int) -> np.ndarray:
     parents = (rng.random(len(planted)) * planted).astype(np.int64)  # an earlier row of the block
     noise = rng.uniform(0.12, 0.45, size=(len(planted), 1))
     x[planted] = x[parents] + noise * rng.normal(size=(len(planted), dim)) / np.sqrt(dim) * np.linalg.norm(
-        x[parents], axis=1, keepdims=True)
+        x[parents], axis=1, keepdims=True
+    )
     return (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)
 
 
@@ -50,8 +51,13 @@ def synthetic_blocks(n: int, dim: int = 384, seed: int = 0, rows_per_block: int 
     return EmbeddingBlocks(refs, np.array(starts + [n], dtype=np.int64), dim)
 
 
-def run_scale(n: int, threshold: float = 0.8, recall_sample: int = 20_000, timeout_s: float = 3600,
-              settings: ClusterSettings = ClusterSettings(per_row=DedupConfig().neighbours_per_row)) -> dict:
+def run_scale(
+    n: int,
+    threshold: float = 0.8,
+    recall_sample: int = 20_000,
+    timeout_s: float = 3600,
+    settings: ClusterSettings = ClusterSettings(per_row=DedupConfig().neighbours_per_row),
+) -> dict:
     """Clustered dedup of ``n`` generated rows in input order (keep: first), with its recall,
     bounded per row and settled by the exact check as refine's dedup step does."""
     blocks = synthetic_blocks(n)
@@ -64,12 +70,20 @@ def run_scale(n: int, threshold: float = 0.8, recall_sample: int = 20_000, timeo
     start = time.perf_counter()
     report = measure_recall(blocks, found.pairs, decision.keep, order, threshold, recall_sample, 0, timeout_s)
     recall_s = time.perf_counter() - start
-    return {"rows": n, "mode": "clustered", "clustered_s": round(clustered_s, 1), "recall_s": round(recall_s, 1),
-            "clusters": found.clusters, "assignments_per_row": round(found.assignments_per_row, 3),
-            "largest_cluster": found.largest_cluster, "pairs": int(len(found.pairs.i)),
-            "rows_over_neighbour_bound": int(found.pairs.incomplete.sum()),
-            "removed": int((~decision.keep).sum()), **report.as_dict(),
-            "driver_peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)}
+    return {
+        "rows": n,
+        "mode": "clustered",
+        "clustered_s": round(clustered_s, 1),
+        "recall_s": round(recall_s, 1),
+        "clusters": found.clusters,
+        "assignments_per_row": round(found.assignments_per_row, 3),
+        "largest_cluster": found.largest_cluster,
+        "pairs": len(found.pairs.i),
+        "rows_over_neighbour_bound": int(found.pairs.incomplete.sum()),
+        "removed": int((~decision.keep).sum()),
+        **report.as_dict(),
+        "driver_peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+    }
 
 
 def main(n: int, json_path: Path | None, recall_sample: int) -> dict:

@@ -23,8 +23,16 @@ import time
 DEFAULTS = {"hidden": 512, "intermediate": 1408, "layers": 4, "heads": 8, "kv_heads": 4}
 
 
-def _baseline(model_dir: str, data_dir: str, steps: int, micro: int, accumulation: int, lr: float,
-              cutoff: int = 256, packed: bool = False) -> list[float]:
+def _baseline(
+    model_dir: str,
+    data_dir: str,
+    steps: int,
+    micro: int,
+    accumulation: int,
+    lr: float,
+    cutoff: int = 256,
+    packed: bool = False,
+) -> list[float]:
     """One process, torch on every core, HF Trainer + PEFT LoRA, no Ray, no DeepSpeed. ``packed``:
     the rows packed by the same function and collate as ``data.packing: packed``."""
     import pyarrow.parquet as pq
@@ -75,13 +83,28 @@ def _baseline(model_dir: str, data_dir: str, steps: int, micro: int, accumulatio
 
     model = get_peft_model(
         AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32),
-        LoraConfig(r=16, lora_alpha=16, lora_dropout=0.05, target_modules=["gate_proj", "up_proj", "down_proj"],
-                   task_type="CAUSAL_LM"),
+        LoraConfig(
+            r=16,
+            lora_alpha=16,
+            lora_dropout=0.05,
+            target_modules=["gate_proj", "up_proj", "down_proj"],
+            task_type="CAUSAL_LM",
+        ),
     )
     args = TrainingArguments(
-        output_dir=tempfile.mkdtemp(), per_device_train_batch_size=micro, gradient_accumulation_steps=accumulation,
-        max_steps=steps, learning_rate=lr, lr_scheduler_type="constant", logging_steps=1, save_strategy="no",
-        report_to=[], use_cpu=True, disable_tqdm=True, remove_unused_columns=False, dataloader_num_workers=0,
+        output_dir=tempfile.mkdtemp(),
+        per_device_train_batch_size=micro,
+        gradient_accumulation_steps=accumulation,
+        max_steps=steps,
+        learning_rate=lr,
+        lr_scheduler_type="constant",
+        logging_steps=1,
+        save_strategy="no",
+        report_to=[],
+        use_cpu=True,
+        disable_tqdm=True,
+        remove_unused_columns=False,
+        dataloader_num_workers=0,
         log_level="error",
     )
     trainer = CountingTrainer(model=model, args=args, train_dataset=Rows(), data_collator=collate_rows)
@@ -94,16 +117,24 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--hidden", type=int, default=DEFAULTS["hidden"])
     parser.add_argument("--steps", type=int, default=None, help="optimizer steps per run (30; 8 with --packing)")
-    parser.add_argument("--skip", type=int, default=None, help="warm-up steps left out of the median (5; 2 with --packing)")
+    parser.add_argument(
+        "--skip", type=int, default=None, help="warm-up steps left out of the median (5; 2 with --packing)"
+    )
     parser.add_argument("--micro-batch", type=int, default=8)
     parser.add_argument("--global-batch", type=int, default=16)
     parser.add_argument("--packing", action="store_true", help="compare unpacked, padded and packed training instead")
-    parser.add_argument("--packed", action="store_true",
-                        help="Ray Train vs the single process with both packing their rows (micro batch 1, --cutoff)")
+    parser.add_argument(
+        "--packed",
+        action="store_true",
+        help="Ray Train vs the single process with both packing their rows (micro batch 1, --cutoff)",
+    )
     parser.add_argument("--cutoff", type=int, default=1024, help="cutoff_len of the --packing runs")
     parser.add_argument("--json", help="--packing or --packed: write the numbers to this file")
-    parser.add_argument("--source", default="../shared/data/alpaca_5000.json",
-                        help="--packing: Alpaca JSON rows (the shipped sample rows when absent)")
+    parser.add_argument(
+        "--source",
+        default="../shared/data/alpaca_5000.json",
+        help="--packing: Alpaca JSON rows (the shipped sample rows when absent)",
+    )
     parser.add_argument("--rows", type=int, default=1000, help="--packing: rows taken from --source")
     args = parser.parse_args(argv)
     args.steps = args.steps or (8 if args.packing or args.packed else 30)
@@ -113,15 +144,25 @@ def main(argv: list[str] | None = None) -> int:
     import pyarrow as pa
     import pyarrow.parquet as pq
 
+    from platypus_ray.devtools.tiny_model import TinyModelConfig
+    from platypus_ray.devtools.tiny_model import run as make_model
     from platypus_ray.samples import sample_rows
-    from platypus_ray.devtools.tiny_model import TinyModelConfig, run as make_model
 
     work = tempfile.mkdtemp(prefix="bench-train-")
     scale = args.hidden / DEFAULTS["hidden"]
-    model_dir = str(make_model(TinyModelConfig(
-        out=f"{work}/model", hidden_size=args.hidden, intermediate_size=int(DEFAULTS["intermediate"] * scale) // 8 * 8,
-        layers=DEFAULTS["layers"], heads=DEFAULTS["heads"], kv_heads=DEFAULTS["kv_heads"], pretrain_steps=0,
-    )).out)
+    model_dir = str(
+        make_model(
+            TinyModelConfig(
+                out=f"{work}/model",
+                hidden_size=args.hidden,
+                intermediate_size=int(DEFAULTS["intermediate"] * scale) // 8 * 8,
+                layers=DEFAULTS["layers"],
+                heads=DEFAULTS["heads"],
+                kv_heads=DEFAULTS["kv_heads"],
+                pretrain_steps=0,
+            )
+        ).out
+    )
     data_dir = f"{work}/kept"
     os.makedirs(data_dir)
     rows = sample_rows()
@@ -129,7 +170,9 @@ def main(argv: list[str] | None = None) -> int:
         import json
 
         with open(args.source) as handle:
-            rows = [{k: r.get(k) or "" for k in ("instruction", "input", "output")} for r in json.load(handle)[:args.rows]]
+            rows = [
+                {k: r.get(k) or "" for k in ("instruction", "input", "output")} for r in json.load(handle)[: args.rows]
+            ]
     pq.write_table(pa.Table.from_pylist(rows), f"{data_dir}/part-0.parquet")
     if args.packing:
         from platypus_ray.bench import packing
@@ -155,27 +198,45 @@ def _versus_single_process(args: argparse.Namespace, model_dir: str, data_dir: s
     micro = 1 if args.packed else args.micro_batch  # a packed sequence is a micro batch
 
     with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as pool:
-        base_speeds = pool.submit(_baseline, model_dir, data_dir, args.steps, micro,
-                                  args.global_batch // micro, lr, cutoff, args.packed).result()
+        base_speeds = pool.submit(
+            _baseline, model_dir, data_dir, args.steps, micro, args.global_batch // micro, lr, cutoff, args.packed
+        ).result()
 
-    cfg = validate_config(TrainConfig, {
-        "model": {"name_or_path": model_dir},
-        "data": {"path": data_dir, "val_size": 0, "cutoff_len": cutoff, "packing": "packed" if args.packed else "none"},
-        "lora": {"r": 16, "alpha": 16, "dropout": 0.05, "target_modules": "mlp"},
-        "training": {"learning_rate": lr, "scheduler": "constant", "warmup_steps": 0, "max_steps": args.steps,
-                     "global_batch_size": args.global_batch, "micro_batch_size": micro,
-                     "eval_every": args.steps, "logging_steps": 1},
-        "cluster": {"workers": workers, "use_gpu": False, "resources_per_worker": {"CPU": 1}},
-        "run": {"name": "bench", "storage_path": f"{work}/runs", "max_failures": 0},
-    })
+    cfg = validate_config(
+        TrainConfig,
+        {
+            "model": {"name_or_path": model_dir},
+            "data": {
+                "path": data_dir,
+                "val_size": 0,
+                "cutoff_len": cutoff,
+                "packing": "packed" if args.packed else "none",
+            },
+            "lora": {"r": 16, "alpha": 16, "dropout": 0.05, "target_modules": "mlp"},
+            "training": {
+                "learning_rate": lr,
+                "scheduler": "constant",
+                "warmup_steps": 0,
+                "max_steps": args.steps,
+                "global_batch_size": args.global_batch,
+                "micro_batch_size": micro,
+                "eval_every": args.steps,
+                "logging_steps": 1,
+            },
+            "cluster": {"workers": workers, "use_gpu": False, "resources_per_worker": {"CPU": 1}},
+            "run": {"name": "bench", "storage_path": f"{work}/runs", "max_failures": 0},
+        },
+    )
     result = fit(prepare(cfg))
     ray_speeds = [h["tokens_per_s"] for h in result.history if "tokens_per_s" in h]
 
-    base = statistics.median(base_speeds[args.skip:])
-    ours = statistics.median(ray_speeds[args.skip:-1])  # the last interval includes the final checkpoint
+    base = statistics.median(base_speeds[args.skip :])
+    ours = statistics.median(ray_speeds[args.skip : -1])  # the last interval includes the final checkpoint
     packing = f"packed to {cutoff} tokens, micro 1 sequence" if args.packed else f"padded, micro {micro}"
-    print(f"train  tiny LLaMA hidden {args.hidden}, {n_rows} rows, global batch {args.global_batch}, {packing}, "
-          f"{args.steps} steps, {os.cpu_count()} cores (median real tokens/s after {args.skip} steps)")
+    print(
+        f"train  tiny LLaMA hidden {args.hidden}, {n_rows} rows, global batch {args.global_batch}, {packing}, "
+        f"{args.steps} steps, {os.cpu_count()} cores (median real tokens/s after {args.skip} steps)"
+    )
     print(f"  HF Trainer + PEFT, 1 process x {os.cpu_count()} threads : {base:8.0f} tokens/s")
     print(f"  Ray Train + ZeRO-3, {workers} workers x 1 CPU    : {ours:8.0f} tokens/s")
     print(f"  ratio Ray+ZeRO-3 / baseline                 : {ours / base:8.2f}x  (target >= 0.8x)")
@@ -183,9 +244,20 @@ def _versus_single_process(args: argparse.Namespace, model_dir: str, data_dir: s
         import json
 
         with open(args.json, "w") as handle:
-            json.dump({"baseline": {"packed": args.packed, "cutoff_len": cutoff, "micro_batch": micro,
-                                    "baseline_tokens_per_s": round(base, 1), "ray_tokens_per_s": round(ours, 1),
-                                    "ratio": round(ours / base, 3)}}, handle, indent=2)
+            json.dump(
+                {
+                    "baseline": {
+                        "packed": args.packed,
+                        "cutoff_len": cutoff,
+                        "micro_batch": micro,
+                        "baseline_tokens_per_s": round(base, 1),
+                        "ray_tokens_per_s": round(ours, 1),
+                        "ratio": round(ours / base, 3),
+                    }
+                },
+                handle,
+                indent=2,
+            )
     return 0
 
 

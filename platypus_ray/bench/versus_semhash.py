@@ -54,8 +54,12 @@ def _static_model_folder() -> str:
 
 def semhash_process(corpus: Path, model_dir: str, threshold: float, out: Path, timeout_s: float) -> float:
     start = time.perf_counter()
-    done = subprocess.run([sys.executable, "-c", _SEMHASH_SCRIPT, str(corpus), model_dir, str(threshold), str(out)],
-                          capture_output=True, text=True, timeout=timeout_s)
+    done = subprocess.run(
+        [sys.executable, "-c", _SEMHASH_SCRIPT, str(corpus), model_dir, str(threshold), str(out)],
+        capture_output=True,
+        text=True,
+        timeout=timeout_s,
+    )
     seconds = time.perf_counter() - start
     if done.returncode != 0:
         raise SystemExit(f"the SemHash process failed:\n{done.stderr[-3000:]}")
@@ -112,9 +116,12 @@ def run_versus(source: Path, rows: int, threshold: float, json_path: Path | None
         folder = Path(tmp)
         corpus = folder / "corpus.jsonl"
         write_corpus(source, rows, corpus)
-        config = {"sources": [{"path": str(corpus), "name": "alpaca-perturbed"}],
-                  "embedding": {"backend": "static", "cache": False},
-                  "dedup": {"threshold": threshold, "keep": "first"}, "output": str(folder / "out")}
+        config = {
+            "sources": [{"path": str(corpus), "name": "alpaca-perturbed"}],
+            "embedding": {"backend": "static", "cache": False},
+            "dedup": {"threshold": threshold, "keep": "first"},
+            "output": str(folder / "out"),
+        }
         refine_s, stats = refine_process(config, folder, "refine", timeout_s=4 * 3600)
         semhash_s = semhash_process(corpus, model_dir, threshold, folder / "semhash.jsonl", timeout_s=4 * 3600)
         ours = {normalize(t) for t in _refine_kept_texts(folder / "out")}
@@ -122,34 +129,63 @@ def run_versus(source: Path, rows: int, threshold: float, json_path: Path | None
         truth, bare = _reference_kept(corpus, model_dir, threshold) if reference else (None, None)
     import platform
 
-    result = {"rows": rows, "threshold": threshold, "cpu": cpu_model(), "cores": os.cpu_count(), "python": platform.python_version(), "refine_wall_s": round(refine_s, 1), "semhash_wall_s": round(semhash_s, 1),
-              "speed_vs_semhash": round(semhash_s / refine_s, 2),  # above 1: refine is faster
-              "refine": {"kept": len(ours), "embedded_texts": stats["embedding"]["computed"], "dedup_mode": (stats.get("dedup") or {}).get("mode"),
-                         "timings_s": stats["timings_s"], "driver_peak_rss_mb": stats["driver_peak_rss_mb"]},
-              "semhash": {"kept": len(theirs)},
-              "refine_vs_semhash_differs": len(ours ^ theirs)}
+    result = {
+        "rows": rows,
+        "threshold": threshold,
+        "cpu": cpu_model(),
+        "cores": os.cpu_count(),
+        "python": platform.python_version(),
+        "refine_wall_s": round(refine_s, 1),
+        "semhash_wall_s": round(semhash_s, 1),
+        "speed_vs_semhash": round(semhash_s / refine_s, 2),  # above 1: refine is faster
+        "refine": {
+            "kept": len(ours),
+            "embedded_texts": stats["embedding"]["computed"],
+            "dedup_mode": (stats.get("dedup") or {}).get("mode"),
+            "timings_s": stats["timings_s"],
+            "driver_peak_rss_mb": stats["driver_peak_rss_mb"],
+        },
+        "semhash": {"kept": len(theirs)},
+        "refine_vs_semhash_differs": len(ours ^ theirs),
+    }
     timings = stats["timings_s"]
     result["refine"]["read_validate_rows_per_s"] = round(rows / timings["read_validate"], 1)
     if bare is not None and timings.get("embed"):
         bare_rate = bare["texts"] / bare["bare_encode_s"]
         stage_rate = stats["embedding"]["computed"] / timings["embed"]
-        result["embed"] = {"stage_texts_per_s": round(stage_rate, 1), "bare_encode_texts_per_s": round(bare_rate, 1),
-                           "ratio": round(stage_rate / bare_rate, 3)}
+        result["embed"] = {
+            "stage_texts_per_s": round(stage_rate, 1),
+            "bare_encode_texts_per_s": round(bare_rate, 1),
+            "ratio": round(stage_rate / bare_rate, 3),
+        }
     if truth is not None:
         result["brute_force_kept"] = len(truth)
         result["refine"].update(_difference(ours, truth))
         result["semhash"].update(_difference(theirs, truth))
-    print(f"versus SemHash, {rows} rows at {threshold}: refine {refine_s:.1f} s ({result['refine']['dedup_mode']}), "
-          f"SemHash {semhash_s:.1f} s: refine at {result['speed_vs_semhash']}x SemHash's speed")
-    print(f"  kept: refine {len(ours)}, SemHash {len(theirs)}" +
-          (f", brute force {len(truth)}; differ from it: refine {result['refine']['kept_differs']}, "
-           f"SemHash {result['semhash']['kept_differs']}" if truth is not None else ""))
-    print("  refine steps (s): " + ", ".join(f"{k} {v}" for k, v in stats["timings_s"].items()) +
-          f"; read+validate {result['refine']['read_validate_rows_per_s']} rows/s; driver peak RSS "
-          f"{stats['driver_peak_rss_mb']} MB")
+    print(
+        f"versus SemHash, {rows} rows at {threshold}: refine {refine_s:.1f} s ({result['refine']['dedup_mode']}), "
+        f"SemHash {semhash_s:.1f} s: refine at {result['speed_vs_semhash']}x SemHash's speed"
+    )
+    print(
+        f"  kept: refine {len(ours)}, SemHash {len(theirs)}"
+        + (
+            f", brute force {len(truth)}; differ from it: refine {result['refine']['kept_differs']}, "
+            f"SemHash {result['semhash']['kept_differs']}"
+            if truth is not None
+            else ""
+        )
+    )
+    print(
+        "  refine steps (s): "
+        + ", ".join(f"{k} {v}" for k, v in stats["timings_s"].items())
+        + f"; read+validate {result['refine']['read_validate_rows_per_s']} rows/s; driver peak RSS "
+        f"{stats['driver_peak_rss_mb']} MB"
+    )
     if "embed" in result:
-        print(f"  embed stage {result['embed']['stage_texts_per_s']} texts/s vs the bare static encoder "
-              f"{result['embed']['bare_encode_texts_per_s']} texts/s: {result['embed']['ratio']}x")
+        print(
+            f"  embed stage {result['embed']['stage_texts_per_s']} texts/s vs the bare static encoder "
+            f"{result['embed']['bare_encode_texts_per_s']} texts/s: {result['embed']['ratio']}x"
+        )
     if json_path:
         json_path.parent.mkdir(parents=True, exist_ok=True)
         json_path.write_text(json.dumps({"versus_semhash": result}, indent=2) + "\n")

@@ -34,9 +34,17 @@ def resolve_device(device: str) -> str:
     return "cuda" if ray.cluster_resources().get("GPU", 0) >= 1 else "cpu"
 
 
-def actor_pool_map(ds: "ray.data.Dataset", fn_cls: type, ctor_kwargs: dict[str, Any], *, actors: int,
-                   max_actors: int, cpus_per_actor: float, device: str,
-                   batch_size: int | None = None) -> "ray.data.Dataset":
+def actor_pool_map(
+    ds: ray.data.Dataset,
+    fn_cls: type,
+    ctor_kwargs: dict[str, Any],
+    *,
+    actors: int,
+    max_actors: int,
+    cpus_per_actor: float,
+    device: str,
+    batch_size: int | None = None,
+) -> ray.data.Dataset:
     """``ds`` mapped by a pool of ``fn_cls`` actors (one model per actor, built from ``ctor_kwargs``),
     each holding at most two batches (one running, one queued); a GPU per actor on ``cuda``.
     ``max_actors``: the most actors with work to do (e.g. the number of batches), so a small

@@ -18,7 +18,8 @@ from __future__ import annotations
 
 import functools
 import inspect
-from typing import TYPE_CHECKING, Any, Callable, Iterator
+from collections.abc import Callable, Iterator
+from typing import TYPE_CHECKING, Any
 
 import pyarrow as pa
 
@@ -64,7 +65,7 @@ def rows_only(empty_output: pa.Schema | Callable[[], Any]):
     return wrap
 
 
-def read_columns(ds: "ray.data.Dataset", names: list[str], schema: pa.Schema) -> pa.Table:
+def read_columns(ds: ray.data.Dataset, names: list[str], schema: pa.Schema) -> pa.Table:
     """``names`` of every row of ``ds`` on the driver, in block order; ``schema``'s empty table
     (those columns) when no block has rows."""
     import ray
@@ -73,7 +74,7 @@ def read_columns(ds: "ray.data.Dataset", names: list[str], schema: pa.Schema) ->
     return pa.concat_tables(tables) if tables else schema.empty_table().select(names)
 
 
-def batches(ds: "ray.data.Dataset", batch_format: str) -> Iterator[Any]:
+def batches(ds: ray.data.Dataset, batch_format: str) -> Iterator[Any]:
     """``ds``'s blocks as batches (one a block), leaving out those without rows."""
     for batch in ds.iter_batches(batch_format=batch_format, batch_size=None):
         if has_rows(batch):

@@ -58,9 +58,15 @@ def check_input(path: str, extensions: tuple[str, ...], info: ValidationInfo) ->
 def check_model_folder(value: str, info: ValidationInfo) -> str:
     """A hub id, or a local model folder (one with config.json) that exists or is planned."""
     looks_local = value.startswith((".", "/", "~")) or os.path.exists(value)
-    if looks_local and not is_planned(value, info) and not os.path.isfile(os.path.join(os.path.expanduser(value), "config.json")):
-        raise ValueError(f"'{value}' is not a model folder (no config.json); "
-                         "build one with `platypus-ray make-tiny-model --out DIR` or name a hub id")
+    if (
+        looks_local
+        and not is_planned(value, info)
+        and not os.path.isfile(os.path.join(os.path.expanduser(value), "config.json"))
+    ):
+        raise ValueError(
+            f"'{value}' is not a model folder (no config.json); "
+            "build one with `platypus-ray make-tiny-model --out DIR` or name a hub id"
+        )
     return value
 
 
@@ -82,8 +88,9 @@ def load_raw(path: str | Path) -> dict[str, Any]:
     return loaded or {}
 
 
-def load_config(model: type[M], path: str | Path | None, overrides: list[str] | None = None,
-                planned: set[str] | None = None) -> M:
+def load_config(
+    model: type[M], path: str | Path | None, overrides: list[str] | None = None, planned: set[str] | None = None
+) -> M:
     """Read ``path`` (YAML), apply ``key.sub=value`` overrides, validate into ``model``.
 
     ``planned``: paths an earlier pipeline stage will write; inputs under them need not exist yet.

@@ -25,24 +25,35 @@ from typing import TextIO
 
 # (pattern, why it is noise). Matched against a line without Ray's "(Actor pid=N)" prefix.
 NOISE: tuple[tuple[str, str], ...] = (
-    (r"^\S+:\d+: \w*(FutureWarning|DeprecationWarning): ",
-     "a library's deprecation warning (transformers, Ray, SQLAlchemy): its authors' to-do, not the run's"),
+    (
+        r"^\S+:\d+: \w*(FutureWarning|DeprecationWarning): ",
+        "a library's deprecation warning (transformers, Ray, SQLAlchemy): its authors' to-do, not the run's",
+    ),
     (r"Reporting training result \d+: TrainingReport\(", "Ray Train's per-report dump of every metric"),
-    (r"DeepSpeed \S+ built successfully|Using \S+ as PyTorch extensions root|Emitting ninja build file|"
-     r"Building extension module|Loading extension module|^ninja: no work to do|Time to load \S+ op:",
-     "DeepSpeed's JIT op build"),
+    (
+        r"DeepSpeed \S+ built successfully|Using \S+ as PyTorch extensions root|Emitting ninja build file|"
+        r"Building extension module|Loading extension module|^ninja: no work to do|Time to load \S+ op:",
+        "DeepSpeed's JIT op build",
+    ),
     (r"Progress bars disabled\. To enable", "Ray Data turned its bars off on a non-tty, as asked"),
     (r"Token authentication is enabled for this Ray cluster", "the local instance this project started"),
     (r"has constructor arguments in the object store and max_restarts > 0", "Ray's note on restartable actors"),
-    (r"Setting accelerator to CPU\. If you have GPU", "DeepSpeed saw no GPU: one the config asks for and cannot "
-                                                     "see is its own error (devices.actor_device)"),
+    (
+        r"Setting accelerator to CPU\. If you have GPU",
+        "DeepSpeed saw no GPU: one the config asks for and cannot see is its own error (devices.actor_device)",
+    ),
     (r"^trainable params: [\d,]+ \|\| all params", "PEFT's count; the train plan prints it"),
-    (r"^\s*\d+%\|[^|]*\| \d+/\d+ \[|^Generating \w+ split: \d+ examples",
-     "tqdm bars (lm-eval, datasets) on a non-tty: on a tty their redraws pass through"),
+    (
+        r"^\s*\d+%\|[^|]*\| \d+/\d+ \[|^Generating \w+ split: \d+ examples",
+        "tqdm bars (lm-eval, datasets) on a non-tty: on a tty their redraws pass through",
+    ),
 )
 # A line that may signal a real problem is never routed away.
-PROBLEM = re.compile(r"\bnan\b|out of memory|\bOOM\b|OutOfMemory|Traceback|\w*Error\b|\bfailed\b|\bdied\b|"
-                     r"\bkilled\b|SIGKILL|SIGTERM", re.IGNORECASE)
+PROBLEM = re.compile(
+    r"\bnan\b|out of memory|\bOOM\b|OutOfMemory|Traceback|\w*Error\b|\bfailed\b|\bdied\b|"
+    r"\bkilled\b|SIGKILL|SIGTERM",
+    re.IGNORECASE,
+)
 _NOISE = re.compile("|".join(f"(?:{pattern})" for pattern, _ in NOISE))
 _RAY_PREFIX = re.compile(r"^(?:\x1b\[\d+m)?\([^)]*\)(?:\x1b\[0m)? ")  # "(RayTrainWorker pid=9045) "
 _REDRAW = re.compile(r"\r|\x1b\[\d*[A-HJK]")  # carriage return, cursor moves, line erase (not colours)
@@ -102,8 +113,12 @@ class RoutedStream(io.TextIOBase):
             text, self._partial = self._partial + text, ""
             *lines, rest = text.split("\n")
             if not self._tty:  # a log file: each redraw of a bar is a line of its own
-                lines = [part for line in lines for part in (line.split("\r") if "\r" in line else [line])
-                         if part or "\r" not in line]
+                lines = [
+                    part
+                    for line in lines
+                    for part in (line.split("\r") if "\r" in line else [line])
+                    if part or "\r" not in line
+                ]
             kept = [line for line in lines if not self._route(line)]
             if kept:
                 self.target.write("\n".join(kept) + "\n")
@@ -202,10 +217,16 @@ def log_folder(cfg: object) -> str:
             node = getattr(node, part, None)
         return node
 
-    folders = [os.path.dirname(os.path.abspath(path)) for key in _REPLACED_OUTPUT_KEYS
-               if isinstance(path := value(key), str) and path and not is_remote(path)]
-    folders += [os.path.abspath(path) for key in _STORAGE_KEYS
-                if isinstance(path := value(key), str) and path and not is_remote(path)]
+    folders = [
+        os.path.dirname(os.path.abspath(path))
+        for key in _REPLACED_OUTPUT_KEYS
+        if isinstance(path := value(key), str) and path and not is_remote(path)
+    ]
+    folders += [
+        os.path.abspath(path)
+        for key in _STORAGE_KEYS
+        if isinstance(path := value(key), str) and path and not is_remote(path)
+    ]
     if not folders:
         import tempfile
 

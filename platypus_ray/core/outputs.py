@@ -15,9 +15,9 @@ import shutil
 import sys
 import time
 import uuid
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterable, Iterator
 
 from platypus_ray.core.errors import UserError
 from platypus_ray.core.paths import is_remote
@@ -49,15 +49,20 @@ def check_output(output: str, key: str, inputs: Iterable[str] = (), source_folde
             raise UserError(f"{key}: '{output}' holds the input '{path}'; replacing it would delete the input; {fix}")
     for folder in source_folders:
         if read_back(output, folder):
-            what = (f"the source folder '{folder}'" if _literal(folder)
-                    else f"the folder of the source glob '{folder}' (its files would match)")
+            what = (
+                f"the source folder '{folder}'"
+                if _literal(folder)
+                else f"the folder of the source glob '{folder}' (its files would match)"
+            )
             raise UserError(f"{key}: '{output}' is inside {what}, so the next run would read it back as input; {fix}")
     if target.is_file():
         raise UserError(f"{key}: '{output}' is a file, not a folder; {fix}")
     _check_writable(output, target, key, fix)
     if target.is_dir() and any(target.iterdir()) and not (target / MARKER).is_file():
-        raise UserError(f"{key}: '{output}' exists, is not empty and was not written by platypus-ray (no {MARKER} "
-                        f"file in it); {fix}, or move its contents away first")
+        raise UserError(
+            f"{key}: '{output}' exists, is not empty and was not written by platypus-ray (no {MARKER} "
+            f"file in it); {fix}, or move its contents away first"
+        )
 
 
 def _check_writable(output: str, target: Path, key: str, fix: str) -> None:
@@ -153,7 +158,7 @@ def inside(path: str, folder: str) -> bool:
 
 
 def _local(path: str) -> str:
-    return os.path.expanduser(path[len("file://"):] if path.startswith("file://") else path)
+    return os.path.expanduser(path[len("file://") :] if path.startswith("file://") else path)
 
 
 def _resolved(path: str) -> Path:

@@ -14,8 +14,9 @@ import glob
 import gzip
 import lzma
 import os
+from collections.abc import Iterator
 from pathlib import Path
-from typing import BinaryIO, Iterator
+from typing import BinaryIO
 
 import pyarrow as pa
 import pyarrow.fs as pafs
@@ -65,9 +66,12 @@ def unreachable(path: str, exc: BaseException) -> InputError:
     cause = f"{type(exc).__name__}: {exc}".strip().splitlines()[0][:300]
     if scheme == "hf":
         offline = os.environ.get("HF_HUB_OFFLINE") == "1"
-        fix = ("the Hugging Face hub is off here (HF_HUB_OFFLINE=1): download the files and give their local path, "
-               "or unset HF_HUB_OFFLINE" if offline else
-               "check the dataset name and path (hf://datasets/ORG/NAME/FILE), HF_TOKEN for a gated set, and the network")
+        fix = (
+            "the Hugging Face hub is off here (HF_HUB_OFFLINE=1): download the files and give their local path, "
+            "or unset HF_HUB_OFFLINE"
+            if offline
+            else "check the dataset name and path (hf://datasets/ORG/NAME/FILE), HF_TOKEN for a gated set, and the network"
+        )
     elif scheme in ("http", "https"):
         fix = "check the address and the network, or download the file and give its local path"
     else:
@@ -114,7 +118,9 @@ def _expand_remote(path: str, extensions: tuple[str, ...]) -> list[str]:
         fs, root = filesystem(path)
         if fs.get_file_info(root).type == pafs.FileType.File:
             return [path]
-        files = [i.path for i in fs.get_file_info(pafs.FileSelector(root, recursive=True)) if i.type == pafs.FileType.File]
+        files = [
+            i.path for i in fs.get_file_info(pafs.FileSelector(root, recursive=True)) if i.type == pafs.FileType.File
+        ]
     except Exception as exc:  # every filesystem library raises its own kinds (OSError, aiohttp, hub errors)
         raise unreachable(path, exc) from None
     return sorted(f"{scheme}://{f}" for f in files if _has_extension(f, extensions))

@@ -20,8 +20,9 @@ import itertools
 import json
 import re
 import sys
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
-from typing import Any, BinaryIO, Iterable, Iterator
+from typing import Any, BinaryIO
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -107,7 +108,7 @@ def _first_lines(stream_lines: Iterator[bytes]) -> tuple[list[bytes], Iterator[b
     head: list[bytes] = []
     for line in stream_lines:
         if not head and line.startswith(_BOM):
-            line = line[len(_BOM):]
+            line = line[len(_BOM) :]
         head.append(line)
         if line.strip():
             break
@@ -130,7 +131,7 @@ def read_jsonl_range(stream: BinaryIO, start: int, stop: int, newlines_before: i
         position = begin
         while position < stop and (line := stream.readline()):
             position += len(line)
-            yield line[len(_BOM):] if position == len(line) and line.startswith(_BOM) else line
+            yield line[len(_BOM) :] if position == len(line) and line.startswith(_BOM) else line
 
     yield from _json_lines(owned(), first_line=newlines + 1)
 
@@ -144,8 +145,13 @@ def _json_lines(stream_lines: Iterable[bytes], first_line: int = 1) -> Iterator[
         try:
             text = line.decode("utf-8")
         except UnicodeDecodeError as exc:
-            yield Record(None, line.decode("utf-8", "replace"), where, "invalid_utf8",
-                         f"byte {line[exc.start]:#04x} at byte {exc.start + 1} is not UTF-8")
+            yield Record(
+                None,
+                line.decode("utf-8", "replace"),
+                where,
+                "invalid_utf8",
+                f"byte {line[exc.start]:#04x} at byte {exc.start + 1} is not UTF-8",
+            )
             continue
         try:
             value = _loads(text)
@@ -184,8 +190,10 @@ def _json_document(data: bytes, path: str, strict: bool, field: str | None) -> l
             return None
         if field is None and text.lstrip()[:1] == "{":
             return None  # JSON Lines in a .json file
-        raise InputError(f"'{path}' is not a valid JSON {'array' if field is None else 'document'} (line {exc.lineno}, "
-                         f"column {exc.colno}: {exc.msg}); for one JSON object per line use format: jsonl") from None
+        raise InputError(
+            f"'{path}' is not a valid JSON {'array' if field is None else 'document'} (line {exc.lineno}, "
+            f"column {exc.colno}: {exc.msg}); for one JSON object per line use format: jsonl"
+        ) from None
     except RecursionError:
         if not strict:
             return None
@@ -196,34 +204,47 @@ def _json_document(data: bytes, path: str, strict: bool, field: str | None) -> l
         _refuse_hidden_lists(value, path)
     if not isinstance(value, list):
         return None if not strict else [_checked(value, text, "record 1", bad_bytes)]
-    return [_checked(row, json.dumps(row, ensure_ascii=True), f"record {i}", bad_bytes) for i, row in enumerate(value, 1)]
+    return [
+        _checked(row, json.dumps(row, ensure_ascii=True), f"record {i}", bad_bytes) for i, row in enumerate(value, 1)
+    ]
 
 
 def _field_records(value: Any, path: str, field: str) -> list:
     if not isinstance(value, dict):
-        raise InputError(f"source field: '{field}' is set, but '{path}' is not a JSON object ({type(value).__name__} at "
-                         "the top); remove `field:`")
+        raise InputError(
+            f"source field: '{field}' is set, but '{path}' is not a JSON object ({type(value).__name__} at "
+            "the top); remove `field:`"
+        )
     if field not in value:
-        raise InputError(f"source field: '{path}' has no top-level key '{field}'; its keys: {', '.join(map(repr, value))}")
+        raise InputError(
+            f"source field: '{path}' has no top-level key '{field}'; its keys: {', '.join(map(repr, value))}"
+        )
     if not isinstance(value[field], list):
-        raise InputError(f"source field: '{field}' in '{path}' holds {type(value[field]).__name__}, not a list of records")
+        raise InputError(
+            f"source field: '{field}' in '{path}' holds {type(value[field]).__name__}, not a list of records"
+        )
     return value[field]
 
 
 def _refuse_hidden_lists(value: dict, path: str) -> None:
     """A JSON object whose values are lists of records (``{"train": [...]}``) is not one record: say so."""
-    lists = {key: len(v) for key, v in value.items() if isinstance(v, list) and v and all(isinstance(r, dict) for r in v)}
+    lists = {
+        key: len(v) for key, v in value.items() if isinstance(v, list) and v and all(isinstance(r, dict) for r in v)
+    }
     if lists:
         found = ", ".join(f"'{key}' ({n} records)" for key, n in lists.items())
-        raise InputError(f"'{path}' is a JSON object holding lists of records under {found}; set `field: "
-                         f"{next(iter(lists))}` on the source to read them")
+        raise InputError(
+            f"'{path}' is a JSON object holding lists of records under {found}; set `field: "
+            f"{next(iter(lists))}` on the source to read them"
+        )
 
 
 def _csv(stream: BinaryIO, path: str) -> Iterator[Record]:
     """Rows as they stream: decoded as UTF-8 (BOM dropped), a byte that is not UTF-8 kept as an
     escape that marks its row invalid, so the other rows are still read."""
-    text = io.TextIOWrapper(io.BufferedReader(_Readable(stream)), encoding="utf-8-sig", errors="surrogateescape",
-                            newline="")
+    text = io.TextIOWrapper(
+        io.BufferedReader(_Readable(stream)), encoding="utf-8-sig", errors="surrogateescape", newline=""
+    )
     reader = csv.reader(text)
     try:
         header = next(reader, None)

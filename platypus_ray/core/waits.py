@@ -35,5 +35,7 @@ def as_completed(refs: list, timeout_s: float):
 def _give_up(pending: list, total: int, timeout_s: float) -> None:
     for ref in pending:
         ray.cancel(ref, force=True)
-    raise UserError(f"{len(pending)} of {total} similarity tasks did not finish within {timeout_s:.0f} s "
-                    "(dedup.timeout_s); the cluster may lack free CPUs, or raise the bound")
+    raise UserError(
+        f"{len(pending)} of {total} similarity tasks did not finish within {timeout_s:.0f} s "
+        "(dedup.timeout_s); the cluster may lack free CPUs, or raise the bound"
+    )

@@ -46,8 +46,14 @@ class LoopbackFakeProvider(FakeMultiNodeProvider):
         import ray._private.node
         import ray._private.parameter
         from ray._private import ray_constants
-        from ray.autoscaler.tags import (NODE_KIND_WORKER, STATUS_UP_TO_DATE, TAG_RAY_NODE_KIND, TAG_RAY_NODE_NAME,
-                                         TAG_RAY_NODE_STATUS, TAG_RAY_USER_NODE_TYPE)
+        from ray.autoscaler.tags import (
+            NODE_KIND_WORKER,
+            STATUS_UP_TO_DATE,
+            TAG_RAY_NODE_KIND,
+            TAG_RAY_NODE_NAME,
+            TAG_RAY_NODE_STATUS,
+            TAG_RAY_USER_NODE_TYPE,
+        )
 
         resources = copy.deepcopy(resources)
         with self.lock:
@@ -55,23 +61,41 @@ class LoopbackFakeProvider(FakeMultiNodeProvider):
             node_id = self._next_hex_node_id()
             labels = {**labels, NODE_TYPE_LABEL: node_type}
             params = ray._private.parameter.RayParams(
-                node_ip_address="127.0.0.1", gcs_address=self._gcs_address, redis_address=self._gcs_address,
+                node_ip_address="127.0.0.1",
+                gcs_address=self._gcs_address,
+                redis_address=self._gcs_address,
                 # Its own runtime-env folder, as on a real machine: nodes share the head's session dir,
                 # and one node's agent deleting an unused working dir would delete the job's.
                 runtime_env_dir_name=f"runtime_resources_{node_id[-5:]}",
-                min_worker_port=0, max_worker_port=0, dashboard_port=None, dashboard_agent_listen_port=0,
-                num_cpus=resources.pop("CPU", 0), num_gpus=resources.pop("GPU", 0),
-                object_store_memory=resources.pop("object_store_memory", None), memory=resources.pop("memory", None),
-                resources=resources, labels=labels,
-                env_vars={"RAY_OVERRIDE_NODE_ID_FOR_TESTING": node_id, "RAY_CLOUD_INSTANCE_ID": node_id,
-                          "RAY_NODE_TYPE_NAME": node_type,
-                          ray_constants.RESOURCES_ENVIRONMENT_VARIABLE: json.dumps(resources),
-                          ray_constants.LABELS_ENVIRONMENT_VARIABLE: json.dumps(labels)},
+                min_worker_port=0,
+                max_worker_port=0,
+                dashboard_port=None,
+                dashboard_agent_listen_port=0,
+                num_cpus=resources.pop("CPU", 0),
+                num_gpus=resources.pop("GPU", 0),
+                object_store_memory=resources.pop("object_store_memory", None),
+                memory=resources.pop("memory", None),
+                resources=resources,
+                labels=labels,
+                env_vars={
+                    "RAY_OVERRIDE_NODE_ID_FOR_TESTING": node_id,
+                    "RAY_CLOUD_INSTANCE_ID": node_id,
+                    "RAY_NODE_TYPE_NAME": node_type,
+                    ray_constants.RESOURCES_ENVIRONMENT_VARIABLE: json.dumps(resources),
+                    ray_constants.LABELS_ENVIRONMENT_VARIABLE: json.dumps(labels),
+                },
             )
             node = ray._private.node.Node(params, head=False, shutdown_at_exit=False, spawn_reaper=False)
-            self._nodes[node_id] = {"node": node, "tags": {
-                TAG_RAY_NODE_KIND: NODE_KIND_WORKER, TAG_RAY_USER_NODE_TYPE: node_type, TAG_RAY_NODE_NAME: node_id,
-                TAG_RAY_NODE_STATUS: STATUS_UP_TO_DATE, **tags}}
+            self._nodes[node_id] = {
+                "node": node,
+                "tags": {
+                    TAG_RAY_NODE_KIND: NODE_KIND_WORKER,
+                    TAG_RAY_USER_NODE_TYPE: node_type,
+                    TAG_RAY_NODE_NAME: node_id,
+                    TAG_RAY_NODE_STATUS: STATUS_UP_TO_DATE,
+                    **tags,
+                },
+            }
 
 
 @dataclass
@@ -93,8 +117,9 @@ def _read_yaml(path: str | Path) -> dict:
     try:
         data = yaml.safe_load(Path(path).read_text())
     except (OSError, yaml.YAMLError) as exc:
-        raise UserError(f"{path}: cannot read the cluster file ({exc}); pass cluster.yaml, cluster-gcp.yaml "
-                        "or kuberay/rayjob.yaml") from None
+        raise UserError(
+            f"{path}: cannot read the cluster file ({exc}); pass cluster.yaml, cluster-gcp.yaml or kuberay/rayjob.yaml"
+        ) from None
     if not isinstance(data, dict):
         raise UserError(f"{path}: not a YAML mapping; pass cluster.yaml, cluster-gcp.yaml or kuberay/rayjob.yaml")
     return data
@@ -103,11 +128,23 @@ def _read_yaml(path: str | Path) -> dict:
 def _shape_from_autoscaler_config(config: dict, source: str) -> ClusterShape:
     head = config["head_node_type"]
     types = config["available_node_types"]
-    workers = {name: {"resources": dict(t.get("resources", {})), "min_workers": int(t.get("min_workers", 0)),
-                      "max_workers": int(t.get("max_workers", config.get("max_workers", 0)))}
-               for name, t in types.items() if name != head}
-    return ClusterShape(source, dict(types[head].get("resources", {})), workers, int(config.get("max_workers", 0)),
-                        float(config.get("idle_timeout_minutes", 5)), float(config.get("upscaling_speed", 1.0)))
+    workers = {
+        name: {
+            "resources": dict(t.get("resources", {})),
+            "min_workers": int(t.get("min_workers", 0)),
+            "max_workers": int(t.get("max_workers", config.get("max_workers", 0))),
+        }
+        for name, t in types.items()
+        if name != head
+    }
+    return ClusterShape(
+        source,
+        dict(types[head].get("resources", {})),
+        workers,
+        int(config.get("max_workers", 0)),
+        float(config.get("idle_timeout_minutes", 5)),
+        float(config.get("upscaling_speed", 1.0)),
+    )
 
 
 def shape_from_cluster_file(path: str | Path) -> ClusterShape:
@@ -135,24 +172,63 @@ def shape_from_rayjob(path: str | Path) -> ClusterShape:
 
 def read_shape(path: str | Path) -> ClusterShape:
     """A cluster-launcher file or a KubeRay manifest, told apart by its ``kind``."""
-    return shape_from_rayjob(path) if _read_yaml(path).get("kind") in ("RayJob", "RayCluster") else shape_from_cluster_file(path)
+    return (
+        shape_from_rayjob(path)
+        if _read_yaml(path).get("kind") in ("RayJob", "RayCluster")
+        else shape_from_cluster_file(path)
+    )
 
 
-def autoscaler_config(shape: ClusterShape, gcs_address: str, idle_timeout_minutes: float, v2: bool,
-                      object_store_memory: int = FAKE_OBJECT_STORE) -> dict:
+def autoscaler_config(
+    shape: ClusterShape,
+    gcs_address: str,
+    idle_timeout_minutes: float,
+    v2: bool,
+    object_store_memory: int = FAKE_OBJECT_STORE,
+) -> dict:
     """The monitor's config: the shape's node types on the loopback fake provider. v1 reads it raw
     (no defaults merged), so every key the launcher would fill in is given."""
     types = {HEAD_TYPE: {"resources": shape.head_resources, "node_config": {}, "max_workers": 0}}
     for name, t in shape.worker_types.items():
-        types[name] = {"resources": {**t["resources"], "object_store_memory": object_store_memory}, "node_config": {},
-                       "min_workers": t["min_workers"], "max_workers": t["max_workers"], "labels": {}}
-    provider = {"type": "external", "module": f"{__name__}.LoopbackFakeProvider", "gcs_address": gcs_address,
-                "use_node_id_as_ip": True, "disable_node_updaters": True, "disable_launch_config_check": True,
-                "launch_multiple": True, "head_node_id": FAKE_HEAD_ID}
-    empty_lists = ["initialization_commands", "setup_commands", "head_setup_commands", "worker_setup_commands",
-                   "head_start_ray_commands", "worker_start_ray_commands", "cluster_synced_files", "rsync_exclude",
-                   "rsync_filter"]
-    return {"cluster_name": "platypus-ray-rehearsal", "max_workers": shape.max_workers, "provider": provider,
-            "available_node_types": types, "head_node_type": HEAD_TYPE, "upscaling_speed": shape.upscaling_speed,
-            "idle_timeout_minutes": idle_timeout_minutes, "docker": {}, "auth": {"ssh_user": "ubuntu"},
-            "file_mounts": {}, "file_mounts_sync_continuously": False, **{k: [] for k in empty_lists}}
+        types[name] = {
+            "resources": {**t["resources"], "object_store_memory": object_store_memory},
+            "node_config": {},
+            "min_workers": t["min_workers"],
+            "max_workers": t["max_workers"],
+            "labels": {},
+        }
+    provider = {
+        "type": "external",
+        "module": f"{__name__}.LoopbackFakeProvider",
+        "gcs_address": gcs_address,
+        "use_node_id_as_ip": True,
+        "disable_node_updaters": True,
+        "disable_launch_config_check": True,
+        "launch_multiple": True,
+        "head_node_id": FAKE_HEAD_ID,
+    }
+    empty_lists = [
+        "initialization_commands",
+        "setup_commands",
+        "head_setup_commands",
+        "worker_setup_commands",
+        "head_start_ray_commands",
+        "worker_start_ray_commands",
+        "cluster_synced_files",
+        "rsync_exclude",
+        "rsync_filter",
+    ]
+    return {
+        "cluster_name": "platypus-ray-rehearsal",
+        "max_workers": shape.max_workers,
+        "provider": provider,
+        "available_node_types": types,
+        "head_node_type": HEAD_TYPE,
+        "upscaling_speed": shape.upscaling_speed,
+        "idle_timeout_minutes": idle_timeout_minutes,
+        "docker": {},
+        "auth": {"ssh_user": "ubuntu"},
+        "file_mounts": {},
+        "file_mounts_sync_continuously": False,
+        **{k: [] for k in empty_lists},
+    }

@@ -29,8 +29,8 @@ from pathlib import Path
 import psutil
 import yaml
 
-from platypus_ray.devtools.autoscaling import FAKE_HEAD_ID, LOOPBACK_ONLY, ClusterShape, autoscaler_config
 from platypus_ray.core.devices import SIMULATE_GPU_ENV
+from platypus_ray.devtools.autoscaling import FAKE_HEAD_ID, LOOPBACK_ONLY, ClusterShape, autoscaler_config
 
 LOOPBACK = "127.0.0.1"
 
@@ -77,7 +77,7 @@ class LocalCluster:
         """Environment for a process that talks to this cluster (ray.init, ray job submit)."""
         return {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": self.token, "RAY_ADDRESS": self.address}
 
-    def start(self, nodes: int = 1) -> "LocalCluster":
+    def start(self, nodes: int = 1) -> LocalCluster:
         self._start_node("head")
         for i in range(1, nodes):
             self.add_node(f"worker{i}")
@@ -95,26 +95,44 @@ class LocalCluster:
         from platypus_ray.core.runtime import interpreter_first_path
 
         # `python` in a job's entrypoint is this interpreter, as on a cluster whose image has one.
-        env = {**os.environ, **self.env, **self.client_env, "RAY_USAGE_STATS_ENABLED": "0",
-               "PATH": interpreter_first_path()}
+        env = {
+            **os.environ,
+            **self.env,
+            **self.client_env,
+            "RAY_USAGE_STATS_ENABLED": "0",
+            "PATH": interpreter_first_path(),
+        }
         env.pop("RAY_ADDRESS")
         for attempt in range(attempts):
             temp_dir.mkdir(parents=True, exist_ok=True)
             if name == "head":
                 self.gcs_port, self.dashboard_port = free_port(), free_port()
-                role = ["--head", f"--port={self.gcs_port}", "--include-dashboard=true", f"--dashboard-host={LOOPBACK}",
-                        f"--dashboard-port={self.dashboard_port}", f"--ray-client-server-port={free_port()}"]
+                role = [
+                    "--head",
+                    f"--port={self.gcs_port}",
+                    "--include-dashboard=true",
+                    f"--dashboard-host={LOOPBACK}",
+                    f"--dashboard-port={self.dashboard_port}",
+                    f"--ray-client-server-port={free_port()}",
+                ]
             else:
                 role = [f"--address={self.address}"]
-            proc = subprocess.run([_ray_cli(), "start", *role, *self._node_args(name, temp_dir)],
-                                  env=env, capture_output=True, text=True, timeout=180)
+            proc = subprocess.run(
+                [_ray_cli(), "start", *role, *self._node_args(name, temp_dir)],
+                env=env,
+                capture_output=True,
+                text=True,
+                timeout=180,
+            )
             if proc.returncode == 0:
                 self.nodes.append(node)
                 return node
             self._kill(self.processes(node))
             shutil.rmtree(temp_dir, ignore_errors=True)
         self.stop()
-        raise RuntimeError(f"`ray start` for node {name} failed {attempts} times; last output:\n{proc.stdout}\n{proc.stderr}")
+        raise RuntimeError(
+            f"`ray start` for node {name} failed {attempts} times; last output:\n{proc.stdout}\n{proc.stderr}"
+        )
 
     def _node_args(self, name: str, temp_dir: Path) -> list[str]:
         ports = [free_port() for _ in range(6)]
@@ -125,12 +143,20 @@ class LocalCluster:
         while taken & set(range(low, low + 256)):
             low = random.randrange(61000, 65000, 256)
         return [
-            f"--node-ip-address={LOOPBACK}", f"--temp-dir={temp_dir}", f"--num-cpus={self.cpus_per_node}",
-            f'--resources={{"node:{name}": 1}}', f"--node-manager-port={ports[0]}", f"--object-manager-port={ports[1]}",
-            f"--dashboard-agent-listen-port={ports[2]}", f"--dashboard-agent-grpc-port={ports[3]}",
-            f"--runtime-env-agent-port={ports[4]}", f"--metrics-export-port={ports[5]}",
-            f"--min-worker-port={low}", f"--max-worker-port={low + 255}",
-            "--disable-usage-stats", "--object-store-memory=200000000",
+            f"--node-ip-address={LOOPBACK}",
+            f"--temp-dir={temp_dir}",
+            f"--num-cpus={self.cpus_per_node}",
+            f'--resources={{"node:{name}": 1}}',
+            f"--node-manager-port={ports[0]}",
+            f"--object-manager-port={ports[1]}",
+            f"--dashboard-agent-listen-port={ports[2]}",
+            f"--dashboard-agent-grpc-port={ports[3]}",
+            f"--runtime-env-agent-port={ports[4]}",
+            f"--metrics-export-port={ports[5]}",
+            f"--min-worker-port={low}",
+            f"--max-worker-port={low + 255}",
+            "--disable-usage-stats",
+            "--object-store-memory=200000000",
         ]
 
     def processes(self, node: LocalNode | None = None) -> list[psutil.Process]:
@@ -184,7 +210,7 @@ class LocalCluster:
         self.nodes.clear()
         shutil.rmtree(self.root, ignore_errors=True)
 
-    def __enter__(self) -> "LocalCluster":
+    def __enter__(self) -> LocalCluster:
         return self if self.nodes else self.start()
 
     def __exit__(self, *exc) -> None:
@@ -207,8 +233,13 @@ class AutoscalingLocalCluster(LocalCluster):
             raise ValueError("AutoscalingLocalCluster needs a shape (read_shape(path))")
         fake = {"RAY_FAKE_CLUSTER": "1", "AUTOSCALER_UPDATE_INTERVAL_S": "1", SIMULATE_GPU_ENV: "1", **LOOPBACK_ONLY}
         if self.v2:  # as KubeRay's head: the v2 autoscaler, the head known to the provider by its fixed id
-            fake.update({"RAY_enable_autoscaler_v2": "1", "RAY_CLOUD_INSTANCE_ID": FAKE_HEAD_ID,
-                         "RAY_OVERRIDE_NODE_ID_FOR_TESTING": FAKE_HEAD_ID})
+            fake.update(
+                {
+                    "RAY_enable_autoscaler_v2": "1",
+                    "RAY_CLOUD_INSTANCE_ID": FAKE_HEAD_ID,
+                    "RAY_OVERRIDE_NODE_ID_FOR_TESTING": FAKE_HEAD_ID,
+                }
+            )
         self.env = {**fake, **self.env}
 
     @property
@@ -231,30 +262,41 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--nodes", type=int, default=2)
     parser.add_argument("--cpus-per-node", type=int, default=1)
-    parser.add_argument("--autoscaling", metavar="CLUSTER_FILE",
-                        help="a 0-CPU head whose Ray autoscaler launches this file's node types as fake nodes "
-                             "(cluster.yaml, cluster-gcp.yaml or kuberay/rayjob.yaml)")
-    parser.add_argument("--v2", action="store_true", help="autoscaler v2, as KubeRay runs it (default: v1, as `ray up`)")
+    parser.add_argument(
+        "--autoscaling",
+        metavar="CLUSTER_FILE",
+        help="a 0-CPU head whose Ray autoscaler launches this file's node types as fake nodes "
+        "(cluster.yaml, cluster-gcp.yaml or kuberay/rayjob.yaml)",
+    )
+    parser.add_argument(
+        "--v2", action="store_true", help="autoscaler v2, as KubeRay runs it (default: v1, as `ray up`)"
+    )
     parser.add_argument("--idle-timeout-minutes", type=float, default=0.5, help="idle workers are removed after this")
     args = parser.parse_args()
     if args.autoscaling:
-        from platypus_ray.devtools.autoscaling import read_shape
         from platypus_ray.core.errors import UserError
+        from platypus_ray.devtools.autoscaling import read_shape
 
         try:
             shape = read_shape(args.autoscaling)
         except UserError as exc:
             parser.exit(2, f"platypus-ray local-cluster: error: {exc}\n")
-        cluster = AutoscalingLocalCluster(shape=shape, v2=args.v2, idle_timeout_minutes=args.idle_timeout_minutes).start()
-        print(f"Ray cluster with autoscaler {'v2' if args.v2 else 'v1'} and the node types of {args.autoscaling}: "
-              f"{', '.join(shape.worker_types)} (fake nodes; GPUs simulated, {args.idle_timeout_minutes} idle minutes)")
+        cluster = AutoscalingLocalCluster(
+            shape=shape, v2=args.v2, idle_timeout_minutes=args.idle_timeout_minutes
+        ).start()
+        print(
+            f"Ray cluster with autoscaler {'v2' if args.v2 else 'v1'} and the node types of {args.autoscaling}: "
+            f"{', '.join(shape.worker_types)} (fake nodes; GPUs simulated, {args.idle_timeout_minutes} idle minutes)"
+        )
     else:
         cluster = LocalCluster(cpus_per_node=args.cpus_per_node).start(args.nodes)
         print(f"Ray cluster with {args.nodes} nodes: address {cluster.address}, dashboard {cluster.dashboard_url}")
     print(f"  export {' '.join(f'{k}={v}' for k, v in cluster.client_env.items())}")
     print("  ray status                                   # the nodes the autoscaler has launched")
-    print(f"  ray job submit --address {cluster.dashboard_url} --working-dir . "
-          "--runtime-env jobs/runtime_env.yaml -- python jobs/pipeline.py --config jobs/configs/demo.yaml")
+    print(
+        f"  ray job submit --address {cluster.dashboard_url} --working-dir . "
+        "--runtime-env jobs/runtime_env.yaml -- python jobs/pipeline.py --config jobs/configs/demo.yaml"
+    )
     print("Ctrl-C stops it.", flush=True)
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))  # `kill PID` also stops the cluster (finally below)
     try:

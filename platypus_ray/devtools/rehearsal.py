@@ -27,9 +27,13 @@ _REMOVED = re.compile(r"Removing (\d+) nodes of type ([\w.-]+) \((\w+)\)")
 
 def ray_list(cluster: LocalCluster, kind: str, timeout_s: float = 60.0) -> list[dict]:
     """``ray list <kind> --detail`` (every entry, dead nodes and finished tasks included)."""
-    proc = subprocess.run([RAY, "list", kind, "--detail", "--format", "json", "--limit", "10000", "--address",
-                           cluster.dashboard_url], env={**os.environ, **cluster.client_env}, capture_output=True,
-                          text=True, timeout=timeout_s)
+    proc = subprocess.run(
+        [RAY, "list", kind, "--detail", "--format", "json", "--limit", "10000", "--address", cluster.dashboard_url],
+        env={**os.environ, **cluster.client_env},
+        capture_output=True,
+        text=True,
+        timeout=timeout_s,
+    )
     if proc.returncode != 0:
         raise RuntimeError(f"ray list {kind} failed: {proc.stderr[-2000:]}")
     return json.loads(proc.stdout)
@@ -40,15 +44,36 @@ def node_types(cluster: LocalCluster) -> dict[str, str]:
     return {n["node_id"]: (n.get("labels") or {}).get(NODE_TYPE_LABEL, "head") for n in ray_list(cluster, "nodes")}
 
 
-def submit(cluster: LocalCluster, entrypoint: list[str], log: Path, submission_id: str, timeout_s: float,
-           cwd: Path, env: dict[str, str] | None = None) -> int:
+def submit(
+    cluster: LocalCluster,
+    entrypoint: list[str],
+    log: Path,
+    submission_id: str,
+    timeout_s: float,
+    cwd: Path,
+    env: dict[str, str] | None = None,
+) -> int:
     """``ray job submit --working-dir . --runtime-env jobs/runtime_env.yaml -- <entrypoint>`` as the
     README shows; the job's exit code (killed and 124 past ``timeout_s``)."""
-    args = [RAY, "job", "submit", "--address", cluster.dashboard_url, "--submission-id", submission_id,
-            "--working-dir", ".", "--runtime-env", "jobs/runtime_env.yaml", "--", *entrypoint]
+    args = [
+        RAY,
+        "job",
+        "submit",
+        "--address",
+        cluster.dashboard_url,
+        "--submission-id",
+        submission_id,
+        "--working-dir",
+        ".",
+        "--runtime-env",
+        "jobs/runtime_env.yaml",
+        "--",
+        *entrypoint,
+    ]
     with log.open("w") as out:
-        proc = subprocess.Popen(args, cwd=cwd, env={**os.environ, **cluster.client_env, **(env or {})}, stdout=out,
-                                stderr=subprocess.STDOUT)
+        proc = subprocess.Popen(
+            args, cwd=cwd, env={**os.environ, **cluster.client_env, **(env or {})}, stdout=out, stderr=subprocess.STDOUT
+        )
         try:
             return proc.wait(timeout=timeout_s)
         except subprocess.TimeoutExpired:
@@ -87,12 +112,27 @@ class StageRecord:
         return asdict(self)
 
 
-def record_stage(cluster: LocalCluster, stage: str, autoscaler: str, cluster_file: str, submission_id: str,
-                 exit_code: int, job_s: float, scale_down_s: float | None, since_s: float) -> StageRecord:
+def record_stage(
+    cluster: LocalCluster,
+    stage: str,
+    autoscaler: str,
+    cluster_file: str,
+    submission_id: str,
+    exit_code: int,
+    job_s: float,
+    scale_down_s: float | None,
+    since_s: float,
+) -> StageRecord:
     """The nodes started after ``since_s`` (epoch seconds), the autoscaler's events since then, and
     where the job's tasks and actors ran."""
-    record = StageRecord(stage, autoscaler, cluster_file, exit_code, round(job_s, 1),
-                         None if scale_down_s is None else round(scale_down_s, 1))
+    record = StageRecord(
+        stage,
+        autoscaler,
+        cluster_file,
+        exit_code,
+        round(job_s, 1),
+        None if scale_down_s is None else round(scale_down_s, 1),
+    )
     nodes = ray_list(cluster, "nodes")
     types = {n["node_id"]: (n.get("labels") or {}).get(NODE_TYPE_LABEL, "head") for n in nodes}
     seconds: dict[str, float] = defaultdict(float)

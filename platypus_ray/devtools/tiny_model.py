@@ -67,7 +67,9 @@ def pretrain(model, tokenizer, steps: int, seed: int, batch_size: int = 8, max_t
     model.train()
     for _ in range(steps):
         picks = torch.randint(len(texts), (batch_size,), generator=generator).tolist()
-        batch = tokenizer([texts[i] for i in picks], return_tensors="pt", padding=True, truncation=True, max_length=max_tokens)
+        batch = tokenizer(
+            [texts[i] for i in picks], return_tensors="pt", padding=True, truncation=True, max_length=max_tokens
+        )
         labels = batch["input_ids"].masked_fill(batch["attention_mask"] == 0, -100)
         loss = model(**batch, labels=labels).loss
         loss.backward()
@@ -86,7 +88,11 @@ class TinyModelConfig(StrictModel):
     heads: int = Field(4, ge=1)
     kv_heads: int = Field(2, ge=1)
     max_length: int = Field(512, ge=16)
-    pretrain_steps: int = Field(200, ge=0, description="full-parameter steps on the sample corpus, so LoRA adapts a model that already knows the format")
+    pretrain_steps: int = Field(
+        200,
+        ge=0,
+        description="full-parameter steps on the sample corpus, so LoRA adapts a model that already knows the format",
+    )
     seed: int = 0
 
 

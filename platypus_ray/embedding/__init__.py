@@ -22,13 +22,35 @@ from platypus_ray.embedding.models import LANGUAGE_SCRIPTS, MULTILINGUAL, check_
 from platypus_ray.embedding.pool import TO_EMBED_SCHEMA, Embedded, Embedder, embed_texts, open_cache
 from platypus_ray.embedding.vectors import EmbeddingBlocks
 
-__all__ = ["HASH_BYTES", "LANGUAGE_SCRIPTS", "MULTILINGUAL", "TO_EMBED_SCHEMA", "EmbeddingBackend", "EmbeddingBlocks",
-           "EmbeddingConfig", "Embedded", "Embedder", "check_model", "default_cache_location", "embed", "hash_array",
-           "model_languages", "report_html", "resolve_model"]
+__all__ = [
+    "HASH_BYTES",
+    "LANGUAGE_SCRIPTS",
+    "MULTILINGUAL",
+    "TO_EMBED_SCHEMA",
+    "Embedded",
+    "Embedder",
+    "EmbeddingBackend",
+    "EmbeddingBlocks",
+    "EmbeddingConfig",
+    "check_model",
+    "default_cache_location",
+    "embed",
+    "hash_array",
+    "model_languages",
+    "report_html",
+    "resolve_model",
+]
 
 
-def embed(ds, n: int, cfg: EmbeddingConfig, cache_location: str | None = None, thresholds: tuple[float, float] = (0.8, 0.8),
-          timeout_s: float = 3600.0, embedder: type[Embedder] = Embedder) -> Embedded:
+def embed(
+    ds,
+    n: int,
+    cfg: EmbeddingConfig,
+    cache_location: str | None = None,
+    thresholds: tuple[float, float] = (0.8, 0.8),
+    timeout_s: float = 3600.0,
+    embedder: type[Embedder] = Embedder,
+) -> Embedded:
     """Unit vectors of ``ds``'s rows (keys 0..n-1) as object-store blocks: from the cache at
     ``cache_location`` where it has them, else from one actor pool of ``cfg``'s encoder.
     ``thresholds`` (dedup, contamination) are what the ``auto`` backend's calibration compares

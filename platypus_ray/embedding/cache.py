@@ -94,11 +94,15 @@ class EmbeddingCache:
         except FileNotFoundError:
             return
         except (OSError, ValueError) as exc:
-            raise UserError(f"embedding.cache: {self.uri}/identity.json is unreadable ({exc}); "
-                            "move that folder away or set embedding.cache to another location") from None
+            raise UserError(
+                f"embedding.cache: {self.uri}/identity.json is unreadable ({exc}); "
+                "move that folder away or set embedding.cache to another location"
+            ) from None
         if recorded != self.identity:
-            raise UserError(f"embedding.cache: {self.uri} holds vectors of {recorded}, not of {self.identity}; "
-                            "move that folder away or set embedding.cache to another location")
+            raise UserError(
+                f"embedding.cache: {self.uri} holds vectors of {recorded}, not of {self.identity}; "
+                "move that folder away or set embedding.cache to another location"
+            )
 
     def shards(self) -> list[str]:
         try:
@@ -120,8 +124,10 @@ class EmbeddingCache:
             try:
                 shard_hashes = _read_hashes(self.fs, path)
             except (OSError, ValueError, pa.ArrowException) as exc:
-                warnings.append(f"embedding cache: skipped unreadable shard {path} ({exc}); its rows are embedded "
-                                "again (a write cut short leaves such a file; it is safe to delete)")
+                warnings.append(
+                    f"embedding cache: skipped unreadable shard {path} ({exc}); its rows are embedded "
+                    "again (a write cut short leaves such a file; it is safe to delete)"
+                )
                 continue
             # A shard may hold a text twice (a run that embedded it as a training row and as a benchmark
             # probe): each distinct hash is read once. Every asked position of it is served: a text asked
@@ -131,20 +137,27 @@ class EmbeddingCache:
             left, right = np.searchsorted(wanted, shard_hashes, "left"), np.searchsorted(wanted, shard_hashes, "right")
             hit = np.flatnonzero(right > left)
             lengths = (right - left)[hit]
-            positions = np.repeat(left[hit], lengths) + np.arange(lengths.sum()) - np.repeat(np.cumsum(lengths) - lengths, lengths)
+            positions = (
+                np.repeat(left[hit], lengths)
+                + np.arange(lengths.sum())
+                - np.repeat(np.cumsum(lengths) - lengths, lengths)
+            )
             shard_rows = np.repeat(first_row[hit], lengths)
             new = ~found[order[positions]]
             if not new.any():
                 continue
             served = order[positions[new]]
             found[served] = True
-            reads.append((path, served, _read_piece.options(num_returns=2).remote(self.fs, path, shard_rows[new], keys[served])))
+            reads.append(
+                (path, served, _read_piece.options(num_returns=2).remote(self.fs, path, shard_rows[new], keys[served]))
+            )
         infos = wait_all([refs[1] for _, _, refs in reads], timeout_s)
         dims = [info["dim"] for info in infos if not info["error"]]
         pieces = []
         for (path, served, refs), info in zip(reads, infos):
-            problem = info["error"] or (f"its vectors have {info['dim']} dimensions, the others {dims[0]}"
-                                        if info["dim"] != dims[0] else None)
+            problem = info["error"] or (
+                f"its vectors have {info['dim']} dimensions, the others {dims[0]}" if info["dim"] != dims[0] else None
+            )
             if problem:
                 warnings.append(f"embedding cache: skipped shard {path} ({problem}); its rows are embedded again")
                 found[served] = False
@@ -164,11 +177,15 @@ class EmbeddingCache:
                     handle.write(json.dumps(self.identity, indent=2, sort_keys=True).encode())
         except OSError as exc:
             return [f"embedding cache: cannot write {self.uri} ({exc}); this run's vectors are not cached"]
-        written = embedded.map_batches(_write_shard, fn_kwargs={"fs": self.fs, "folder": self.folder},
-                                       batch_size=SHARD_ROWS, batch_format="numpy")
+        written = embedded.map_batches(
+            _write_shard, fn_kwargs={"fs": self.fs, "folder": self.folder}, batch_size=SHARD_ROWS, batch_format="numpy"
+        )
         problems = [e for e in read_columns(written, ["error"], SHARD_WRITTEN)["error"].to_pylist() if e]
-        return [f"embedding cache: {len(problems)} shard(s) not written ({problems[0]}); those vectors are not cached"
-                ] if problems else []
+        return (
+            [f"embedding cache: {len(problems)} shard(s) not written ({problems[0]}); those vectors are not cached"]
+            if problems
+            else []
+        )
 
 
 SHARD_ROWS = 100_000
@@ -194,10 +211,12 @@ def _write_shard(batch: dict[str, np.ndarray], fs: pafs.FileSystem, folder: str)
 def _as_shard_rows(batch: dict[str, np.ndarray]) -> pa.Table:
     """``text_hash`` + ``embedding`` as a plain fixed_size_list (readable without Ray's tensor type)."""
     vectors = np.ascontiguousarray(batch["embedding"], dtype=np.float32)
-    return pa.table({
-        "text_hash": pa.array(list(batch["text_hash"]), type=pa.binary(HASH_BYTES)),
-        "embedding": pa.FixedSizeListArray.from_arrays(pa.array(vectors.ravel()), vectors.shape[1]),
-    })
+    return pa.table(
+        {
+            "text_hash": pa.array(list(batch["text_hash"]), type=pa.binary(HASH_BYTES)),
+            "embedding": pa.FixedSizeListArray.from_arrays(pa.array(vectors.ravel()), vectors.shape[1]),
+        }
+    )
 
 
 def _read_hashes(fs: pafs.FileSystem, path: str) -> np.ndarray:

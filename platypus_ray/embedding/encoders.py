@@ -18,9 +18,9 @@ token (measured on Alpaca, 2 cores: 1,024 tokens a pass ran 2.6x the rows/s of 2
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 
@@ -76,7 +76,9 @@ class TorchEncoder(Encoder):
         self.model = SentenceTransformer(resolve_model(spec.model), device=spec.device)
         if spec.precision != "float32":  # fp16 / bf16: the CUDA path (it also runs, slowly, on a CPU)
             self.model.to(getattr(torch, spec.precision))
-        self.version = f"sentence-transformers {sentence_transformers.__version__}, torch {torch.__version__}, {spec.precision}"
+        self.version = (
+            f"sentence-transformers {sentence_transformers.__version__}, torch {torch.__version__}, {spec.precision}"
+        )
 
     def encode(self, texts: list[str]) -> np.ndarray:
         features = self.model.preprocess(texts)  # whatever tokenizer the model carries; lengths only
@@ -84,8 +86,13 @@ class TorchEncoder(Encoder):
         lengths = mask.sum(dim=1).numpy() if mask is not None else np.array([len(t) for t in texts])
         out = np.empty((len(texts), self.model.get_embedding_dimension()), dtype=np.float32)
         for rows in token_batches(lengths, self.spec.batch_tokens, self.spec.batch_size):
-            out[rows] = self.model.encode([texts[i] for i in rows], batch_size=len(rows), normalize_embeddings=True,
-                                          convert_to_numpy=True, show_progress_bar=False)
+            out[rows] = self.model.encode(
+                [texts[i] for i in rows],
+                batch_size=len(rows),
+                normalize_embeddings=True,
+                convert_to_numpy=True,
+                show_progress_bar=False,
+            )
         return _unit(out)
 
 
@@ -137,8 +144,10 @@ class OnnxEncoder(GraphEncoder):
         try:
             session = ort.InferenceSession(str(self.folder / "model.onnx"), options, providers=["CPUExecutionProvider"])
         except Exception as exc:  # noqa: BLE001 - any load failure means a broken export
-            raise UserError(f"embedding.export_dir: ONNX Runtime cannot load {self.folder / 'model.onnx'} ({exc}); "
-                            f"delete {self.folder} and run again to re-export it") from None
+            raise UserError(
+                f"embedding.export_dir: ONNX Runtime cannot load {self.folder / 'model.onnx'} ({exc}); "
+                f"delete {self.folder} and run again to re-export it"
+            ) from None
         self.run = lambda feeds: session.run(None, feeds)[0]
         self.version = f"onnxruntime {ort.__version__}"
 
@@ -163,13 +172,19 @@ class OpenVinoEncoder(GraphEncoder):
         core = ov.Core()
         # f32: no silent bf16 on CPUs that have it. No pinning: OpenVINO pins its threads to cores,
         # so two actors on one node both ran on core 0 (measured 0.39x the bare rate).
-        config = {"INFERENCE_NUM_THREADS": spec.threads, "PERFORMANCE_HINT": "LATENCY",
-                  "INFERENCE_PRECISION_HINT": "f32", "ENABLE_CPU_PINNING": False}
+        config = {
+            "INFERENCE_NUM_THREADS": spec.threads,
+            "PERFORMANCE_HINT": "LATENCY",
+            "INFERENCE_PRECISION_HINT": "f32",
+            "ENABLE_CPU_PINNING": False,
+        }
         try:
             compiled = core.compile_model(core.read_model(str(self.folder / "model.onnx")), "CPU", config)
         except Exception as exc:  # noqa: BLE001
-            raise UserError(f"embedding.export_dir: OpenVINO cannot compile {self.folder / 'model.onnx'} ({exc}); "
-                            f"delete {self.folder} and run again to re-export it") from None
+            raise UserError(
+                f"embedding.export_dir: OpenVINO cannot compile {self.folder / 'model.onnx'} ({exc}); "
+                f"delete {self.folder} and run again to re-export it"
+            ) from None
         request = compiled.create_infer_request()
         self.run = lambda feeds: request.infer(feeds)[compiled.output(0)].copy()
         self.version = f"openvino {ov.__version__.split('-')[0]}"
@@ -199,8 +214,11 @@ class StaticEncoder(Encoder):
 
 
 ENCODERS: dict[str, type[Encoder]] = {
-    "torch": TorchEncoder, "onnx": OnnxEncoder, "openvino": OpenVinoEncoder,
-    "onnx-int8": OnnxInt8Encoder, "static": StaticEncoder,
+    "torch": TorchEncoder,
+    "onnx": OnnxEncoder,
+    "openvino": OpenVinoEncoder,
+    "onnx-int8": OnnxInt8Encoder,
+    "static": StaticEncoder,
 }
 
 
@@ -215,10 +233,18 @@ def prepare(spec: EncoderSpec) -> str:
         verify_export(Path(spec.static_model).expanduser())
     elif spec.backend != "torch":
         ensure_export(spec.model, EXPORT_KIND[spec.backend], export_root(spec.export_dir))
-    package = {"torch": "sentence-transformers", "onnx": "onnxruntime", "onnx-int8": "onnxruntime",
-               "openvino": "openvino", "static": "model2vec"}[spec.backend]
-    extra = {"torch": f", torch {version('torch')}, {spec.precision}", "onnx-int8": ", int8 (approximate)",
-             "static": " (different vector space)"}.get(spec.backend, "")
+    package = {
+        "torch": "sentence-transformers",
+        "onnx": "onnxruntime",
+        "onnx-int8": "onnxruntime",
+        "openvino": "openvino",
+        "static": "model2vec",
+    }[spec.backend]
+    extra = {
+        "torch": f", torch {version('torch')}, {spec.precision}",
+        "onnx-int8": ", int8 (approximate)",
+        "static": " (different vector space)",
+    }.get(spec.backend, "")
     return f"{package} {version(package)}{extra}"
 
 

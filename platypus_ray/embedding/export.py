@@ -102,23 +102,40 @@ def _export_onnx(model: str, folder: Path, quantize: bool) -> dict:
     axes = {n: {0: "batch", 1: "sequence"} for n in names} | {"sentence_embedding": {0: "batch"}}
     with torch.no_grad(), warnings.catch_warnings():
         warnings.simplefilter("ignore")  # tracer notes on shape checks that hold for every input here
-        torch.onnx.export(Pipeline().eval(), tuple(features[n] for n in names), str(target), input_names=names,
-                          output_names=["sentence_embedding"], dynamic_axes=axes, opset_version=17, dynamo=False)
+        torch.onnx.export(
+            Pipeline().eval(),
+            tuple(features[n] for n in names),
+            str(target),
+            input_names=names,
+            output_names=["sentence_embedding"],
+            dynamic_axes=axes,
+            opset_version=17,
+            dynamo=False,
+        )
     st.tokenizer.save_pretrained(str(folder))
     if quantize:
-        from onnxruntime.quantization import QuantType, quantize_dynamic
-
         # Per-channel int8 MatMul weights only (the default also quantises the embedding Gather:
         # twice the cosine error), the feed-forward output projections left in fp32 (RECIPES).
         import onnx
+        from onnxruntime.quantization import QuantType, quantize_dynamic
 
         graph = onnx.load(str(target), load_external_data=False).graph
-        ffn_out = [n.name for n in graph.node if n.op_type == "MatMul" and "/output/dense/" in n.name
-                   and "/attention/" not in n.name]
-        quantize_dynamic(str(target), str(folder / "model.onnx"), weight_type=QuantType.QInt8, per_channel=True,
-                         op_types_to_quantize=["MatMul"], nodes_to_exclude=ffn_out)
+        ffn_out = [
+            n.name
+            for n in graph.node
+            if n.op_type == "MatMul" and "/output/dense/" in n.name and "/attention/" not in n.name
+        ]
+        quantize_dynamic(
+            str(target),
+            str(folder / "model.onnx"),
+            weight_type=QuantType.QInt8,
+            per_channel=True,
+            op_types_to_quantize=["MatMul"],
+            nodes_to_exclude=ffn_out,
+        )
         target.unlink()
-    return {"inputs": names, "max_seq_length": int(st.max_seq_length),
-            "dim": int(len(st.encode(["x"], convert_to_numpy=True)[0]))}
-
-
+    return {
+        "inputs": names,
+        "max_seq_length": int(st.max_seq_length),
+        "dim": len(st.encode(["x"], convert_to_numpy=True)[0]),
+    }

@@ -38,8 +38,10 @@ def verify_export(folder: Path) -> dict:
     if not model_file.is_file():
         raise UserError(f"embedding.export_dir: {model_file} is missing from the export; {fix}")
     if sha256(model_file) != info.get("sha256"):
-        raise UserError(f"embedding.export_dir: {model_file} does not match the checksum in {MANIFEST} "
-                        f"(truncated or changed after export); {fix}")
+        raise UserError(
+            f"embedding.export_dir: {model_file} does not match the checksum in {MANIFEST} "
+            f"(truncated or changed after export); {fix}"
+        )
     return info
 
 
@@ -53,6 +55,14 @@ def write_manifest(folder: Path, kind: str, model: str, info: dict) -> None:
         except Exception:  # noqa: BLE001 - a missing optional package is simply not recorded
             pass
     file = _FILES[kind]
-    manifest = {"kind": kind, "recipe": RECIPES[kind], "model": model, "file": file, "sha256": sha256(folder / file),
-                "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "versions": versions, **info}
+    manifest = {
+        "kind": kind,
+        "recipe": RECIPES[kind],
+        "model": model,
+        "file": file,
+        "sha256": sha256(folder / file),
+        "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "versions": versions,
+        **info,
+    }
     (folder / MANIFEST).write_text(json.dumps(manifest, indent=2))

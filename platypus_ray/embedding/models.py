@@ -13,17 +13,28 @@ from platypus_ray.core.errors import UserError
 _BUNDLED_MINILM = ("all-MiniLM-L6-v2", "sentence-transformers/all-MiniLM-L6-v2")
 
 LANGUAGE_SCRIPTS: dict[str, tuple[str, ...]] = {
-    **{code: ("latin",) for code in "en fr de es it pt nl sv da no fi pl cs sk sl hr ro hu tr id ms vi tl sw "
-                                    "ca eu gl et lv lt sq af is ga cy".split()},
-    "zh": ("han",), "ja": ("han", "kana"), "ko": ("hangul", "han"),
-    **{code: ("cyrillic",) for code in "ru uk bg sr mk be kk ky mn".split()},
-    **{code: ("arabic",) for code in "ar fa ur ps".split()},
-    "he": ("hebrew",), "el": ("greek",), "hi": ("devanagari",), "mr": ("devanagari",), "ne": ("devanagari",),
-    "bn": ("bengali",), "ta": ("tamil",), "th": ("thai",), "ka": ("georgian",), "hy": ("armenian",),
+    **dict.fromkeys(["en", "fr", "de", "es", "it", "pt", "nl", "sv", "da", "no", "fi", "pl", "cs", "sk", "sl", "hr", "ro", "hu", "tr", "id", "ms", "vi", "tl", "sw", "ca", "eu", "gl", "et", "lv", "lt", "sq", "af", "is", "ga", "cy"], ("latin",)),
+    "zh": ("han",),
+    "ja": ("han", "kana"),
+    "ko": ("hangul", "han"),
+    **dict.fromkeys(["ru", "uk", "bg", "sr", "mk", "be", "kk", "ky", "mn"], ("cyrillic",)),
+    **dict.fromkeys(["ar", "fa", "ur", "ps"], ("arabic",)),
+    "he": ("hebrew",),
+    "el": ("greek",),
+    "hi": ("devanagari",),
+    "mr": ("devanagari",),
+    "ne": ("devanagari",),
+    "bn": ("bengali",),
+    "ta": ("tamil",),
+    "th": ("thai",),
+    "ka": ("georgian",),
+    "hy": ("armenian",),
 }
 MULTILINGUAL = "multilingual"  # every script
 # Declared coverage of models refine knows by name; any other model is "unknown" unless configured.
 KNOWN_MODELS = {"all-MiniLM-L6-v2": ("en",), "sentence-transformers/all-MiniLM-L6-v2": ("en",)}
+
+
 def model_languages(model: str, declared: list[str] | None) -> tuple[str, ...] | None:
     """The languages a model reads: as configured, else as known for the bundled model, else unknown (None)."""
     if declared is not None:

@@ -8,9 +8,9 @@ int8, model2vec static); which one is settled on the driver before any actor sta
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import pyarrow as pa
@@ -20,22 +20,33 @@ from platypus_ray.core.batching import actor_pool_map, resolve_device
 from platypus_ray.core.blocks import read_columns, rows_only
 from platypus_ray.core.devices import actor_device
 from platypus_ray.core.errors import UserError
-from platypus_ray.embedding.encoders import (APPROXIMATE, DIFFERENT_SPACE, EXPORT_KIND, EncoderSpec, load_encoder, prepare,
-                                          resolve_batch_tokens, resolve_precision)
-from platypus_ray.embedding.config import EmbeddingConfig
 from platypus_ray.embedding.cache import HASH_BYTES, EmbeddingCache, as_keys
+from platypus_ray.embedding.config import EmbeddingConfig
+from platypus_ray.embedding.encoders import (
+    APPROXIMATE,
+    DIFFERENT_SPACE,
+    EXPORT_KIND,
+    EncoderSpec,
+    load_encoder,
+    prepare,
+    resolve_batch_tokens,
+    resolve_precision,
+)
 from platypus_ray.embedding.vectors import DimensionMismatch, EmbeddingBlocks, assemble
 
 STATIC_ROWS_PER_CALL = 16384
 # What embed_texts takes: a dense key, the text, its hash (for the cache) and its length (for the sort).
-TO_EMBED_SCHEMA = pa.schema([("key", pa.int64()), ("text", pa.string()), ("text_hash", pa.binary(HASH_BYTES)),
-                             ("text_len", pa.int64())])
+TO_EMBED_SCHEMA = pa.schema(
+    [("key", pa.int64()), ("text", pa.string()), ("text_hash", pa.binary(HASH_BYTES)), ("text_len", pa.int64())]
+)
 
 
 class Embedder:
     """Ray Data callable class: builds its encoder once per actor; batch of text in, unit vectors out."""
 
-    def __init__(self, model: str, device: str, batch_size: int, spec: EncoderSpec | None = None, keep_hash: bool = True):
+    def __init__(
+        self, model: str, device: str, batch_size: int, spec: EncoderSpec | None = None, keep_hash: bool = True
+    ):
         self.keep_hash = keep_hash
         spec = spec or EncoderSpec(model, "torch", device=device, batch_size=batch_size)
         if actor_device(spec.device) != spec.device:  # a simulated GPU (devices.py): the CPU encoder, fp32
@@ -65,47 +76,76 @@ class BackendChoice:
         agreement = None
         if self.calibration:
             agreement = next((b for b in self.calibration["backends"] if b["name"] == self.spec.backend), None)
-        return {"backend": self.spec.backend, "requested": self.requested, "version": self.version,
-                "precision": self.spec.precision if self.spec.backend == "torch" else None,
-                "approximate": self.spec.backend in APPROXIMATE + DIFFERENT_SPACE, "notes": self.notes,
-                "agreement": agreement, "calibration": self.calibration}
+        return {
+            "backend": self.spec.backend,
+            "requested": self.requested,
+            "version": self.version,
+            "precision": self.spec.precision if self.spec.backend == "torch" else None,
+            "approximate": self.spec.backend in APPROXIMATE + DIFFERENT_SPACE,
+            "notes": self.notes,
+            "agreement": agreement,
+            "calibration": self.calibration,
+        }
 
 
-def choose_backend(cfg: EmbeddingConfig, device: str, sample: Callable[[int], list[str]], total: int,
-                   thresholds: tuple[float, float]) -> BackendChoice:
+def choose_backend(
+    cfg: EmbeddingConfig, device: str, sample: Callable[[int], list[str]], total: int, thresholds: tuple[float, float]
+) -> BackendChoice:
     """Settle ``embedding.backend`` on the driver: calibrate ``auto`` (or reuse the record), measure
     the agreement of an approximate backend, and make sure its export exists before actors start.
     ``sample(k)`` gives k of the ``total`` texts to embed, fetched only when a calibration runs."""
     from platypus_ray.embedding.calibrate import recorded_choice
     from platypus_ray.embedding.export import export_root, model_folder
 
-    spec = EncoderSpec(cfg.model, "torch" if cfg.backend == "auto" else cfg.backend, device=device,
-                       precision=resolve_precision(cfg.precision, device), batch_size=cfg.batch_size,
-                       batch_tokens=resolve_batch_tokens(cfg.batch_tokens, device),
-                       threads=max(1, int(cfg.cpus_per_actor)), export_dir=cfg.export_dir, static_model=cfg.static_model)
+    spec = EncoderSpec(
+        cfg.model,
+        "torch" if cfg.backend == "auto" else cfg.backend,
+        device=device,
+        precision=resolve_precision(cfg.precision, device),
+        batch_size=cfg.batch_size,
+        batch_tokens=resolve_batch_tokens(cfg.batch_tokens, device),
+        threads=max(1, int(cfg.cpus_per_actor)),
+        export_dir=cfg.export_dir,
+        static_model=cfg.static_model,
+    )
     choice = BackendChoice(spec, cfg.backend)
     if device == "cuda" and spec.backend != "torch":
-        raise UserError(f"embedding.backend: '{cfg.backend}' runs on CPU actors only; use torch (or auto) on GPU "
-                        "nodes, or set embedding.device=cpu")
+        raise UserError(
+            f"embedding.backend: '{cfg.backend}' runs on CPU actors only; use torch (or auto) on GPU "
+            "nodes, or set embedding.device=cpu"
+        )
     if cfg.backend == "auto" and device == "cuda":
         choice.notes.append(f"auto on CUDA: torch in {spec.precision}, no calibration (exported backends are CPU-only)")
     elif cfg.backend == "auto" or spec.backend in APPROXIMATE + DIFFERENT_SPACE:
         backends = ("torch", "onnx", "openvino") if cfg.backend == "auto" else ("torch", spec.backend)
-        record = recorded_choice(sample, total, spec, *thresholds, wanted_rows=cfg.calibration_rows, backends=backends,
-                                 record_dir=model_folder(export_root(cfg.export_dir), cfg.model),
-                                 measure_small=cfg.backend != "auto")
+        record = recorded_choice(
+            sample,
+            total,
+            spec,
+            *thresholds,
+            wanted_rows=cfg.calibration_rows,
+            backends=backends,
+            record_dir=model_folder(export_root(cfg.export_dir), cfg.model),
+            measure_small=cfg.backend != "auto",
+        )
         if record is None:
-            choice.notes.append(f"auto: {total} texts < embedding.calibration_rows ({cfg.calibration_rows}) and no "
-                                "calibration recorded on this machine yet: torch, not calibrated")
+            choice.notes.append(
+                f"auto: {total} texts < embedding.calibration_rows ({cfg.calibration_rows}) and no "
+                "calibration recorded on this machine yet: torch, not calibrated"
+            )
         else:
             choice.calibration = record
             if cfg.backend == "auto":
                 spec = choice.spec = EncoderSpec(**{**asdict(spec), "backend": record["chosen"]})
     if spec.backend in APPROXIMATE:
-        choice.notes.append("approximate: int8 weights move cosines by up to a few hundredths; see the agreement numbers")
+        choice.notes.append(
+            "approximate: int8 weights move cosines by up to a few hundredths; see the agreement numbers"
+        )
     if spec.backend in DIFFERENT_SPACE:
-        choice.notes.append("static (model2vec) is a different vector space: thresholds tuned for the transformer "
-                            "do not carry over; see the agreement numbers")
+        choice.notes.append(
+            "static (model2vec) is a different vector space: thresholds tuned for the transformer "
+            "do not carry over; see the agreement numbers"
+        )
     choice.version = prepare(spec)  # exports (once) before the actors start, and fails here if broken
     return choice
 
@@ -127,8 +167,12 @@ def open_cache(location: str, cfg: EmbeddingConfig) -> EmbeddingCache:
     from platypus_ray.embedding.export import model_folder
     from platypus_ray.embedding.manifest import RECIPES
 
-    identity = {"model_key": model_folder(Path("."), cfg.model).name, "backend": cfg.backend,
-                "precision": resolve_precision(cfg.precision, resolve_device(cfg.device)), "static_model": cfg.static_model}
+    identity = {
+        "model_key": model_folder(Path("."), cfg.model).name,
+        "backend": cfg.backend,
+        "precision": resolve_precision(cfg.precision, resolve_device(cfg.device)),
+        "static_model": cfg.static_model,
+    }
     kind = EXPORT_KIND.get(cfg.backend)
     if kind and RECIPES[kind] > 1:  # a later export recipe: other vectors (first recipes keep their old namespace)
         identity["recipe"] = RECIPES[kind]
@@ -137,9 +181,15 @@ def open_cache(location: str, cfg: EmbeddingConfig) -> EmbeddingCache:
     return cache
 
 
-def embed_texts(ds: ray.data.Dataset, n: int, cfg: EmbeddingConfig, embedder: type[Embedder] = Embedder,
-                thresholds: tuple[float, float] = (0.8, 0.8), cache: EmbeddingCache | None = None,
-                timeout_s: float = 3600.0) -> Embedded:
+def embed_texts(
+    ds: ray.data.Dataset,
+    n: int,
+    cfg: EmbeddingConfig,
+    embedder: type[Embedder] = Embedder,
+    thresholds: tuple[float, float] = (0.8, 0.8),
+    cache: EmbeddingCache | None = None,
+    timeout_s: float = 3600.0,
+) -> Embedded:
     """Embed a dataset of ``key`` (dense 0..n-1), ``text`` and ``text_len`` into unit vectors kept
     in the object store as blocks in key order. ``thresholds`` (dedup, contamination) are what
     calibration compares decisions at.
@@ -167,7 +217,9 @@ def embed_texts(ds: ray.data.Dataset, n: int, cfg: EmbeddingConfig, embedder: ty
     if todo:
         device = resolve_device(cfg.device)
         result.backend = choose_backend(cfg, device, lambda k: _spread_texts(ds, n, k), todo, thresholds)
-        embedded = _in_actor_pool(ds, todo, cfg, device, embedder, result.backend.spec, keep_hash=cache is not None).materialize()
+        embedded = _in_actor_pool(
+            ds, todo, cfg, device, embedder, result.backend.spec, keep_hash=cache is not None
+        ).materialize()
         if cache is not None:
             result.warnings += cache.store(embedded)
             embedded = embedded.select_columns(["key", "embedding"])
@@ -180,8 +232,15 @@ def embed_texts(ds: ray.data.Dataset, n: int, cfg: EmbeddingConfig, embedder: ty
     return result
 
 
-def _in_actor_pool(ds: ray.data.Dataset, n: int, cfg: EmbeddingConfig, device: str, embedder: type[Embedder],
-                   spec: EncoderSpec, keep_hash: bool = False) -> ray.data.Dataset:
+def _in_actor_pool(
+    ds: ray.data.Dataset,
+    n: int,
+    cfg: EmbeddingConfig,
+    device: str,
+    embedder: type[Embedder],
+    spec: EncoderSpec,
+    keep_hash: bool = False,
+) -> ray.data.Dataset:
     """Vectors of ``ds``'s rows, in batches of similar length, longest first (less padding):
     a distributed sort cut into blocks of at most ``batch_size`` rows, then ``batch_size``
     consecutive rows per actor call. An actor takes whole blocks, and the sort's blocks
@@ -201,12 +260,28 @@ def _in_actor_pool(ds: ray.data.Dataset, n: int, cfg: EmbeddingConfig, device: s
     if spec.backend == "static":
         rows_per_call = min(STATIC_ROWS_PER_CALL, max(cfg.batch_size, -(-n // (4 * max(cfg.actors, 1)))))
         rows = ds.repartition(target_num_rows_per_block=rows_per_call).materialize()
-        return rows.map_batches(embed_in_task, fn_kwargs={"embedder": embedder, "ctor": ctor}, batch_size=rows_per_call,
-                                num_cpus=cfg.cpus_per_actor, concurrency=max(1, min(cfg.actors, -(-n // rows_per_call))))
-    rows = (ds.sort(["text_len", "key"], descending=[True, False])
-            .repartition(target_num_rows_per_block=cfg.batch_size).materialize())
-    return actor_pool_map(rows, embedder, ctor, actors=cfg.actors, max_actors=-(-n // cfg.batch_size),
-                          cpus_per_actor=cfg.cpus_per_actor, device=device, batch_size=cfg.batch_size)
+        return rows.map_batches(
+            embed_in_task,
+            fn_kwargs={"embedder": embedder, "ctor": ctor},
+            batch_size=rows_per_call,
+            num_cpus=cfg.cpus_per_actor,
+            concurrency=max(1, min(cfg.actors, -(-n // rows_per_call))),
+        )
+    rows = (
+        ds.sort(["text_len", "key"], descending=[True, False])
+        .repartition(target_num_rows_per_block=cfg.batch_size)
+        .materialize()
+    )
+    return actor_pool_map(
+        rows,
+        embedder,
+        ctor,
+        actors=cfg.actors,
+        max_actors=-(-n // cfg.batch_size),
+        cpus_per_actor=cfg.cpus_per_actor,
+        device=device,
+        batch_size=cfg.batch_size,
+    )
 
 
 _TASK_EMBEDDERS: dict = {}  # (embedder class, its arguments) -> the embedder, once per worker process

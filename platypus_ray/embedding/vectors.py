@@ -40,16 +40,16 @@ class EmbeddingBlocks:
         return int(self.offsets[-1])
 
     @classmethod
-    def empty(cls) -> "EmbeddingBlocks":
+    def empty(cls) -> EmbeddingBlocks:
         return cls([], np.zeros(1, dtype=np.int64), 0)
 
     @classmethod
-    def of(cls, vectors: "EmbeddingBlocks | np.ndarray") -> "EmbeddingBlocks":
+    def of(cls, vectors: EmbeddingBlocks | np.ndarray) -> EmbeddingBlocks:
         """Blocks as they are, or a driver matrix (tests, benchmarks, small inputs) put into blocks."""
         return vectors if isinstance(vectors, EmbeddingBlocks) else cls.from_matrix(vectors)
 
     @classmethod
-    def from_matrix(cls, emb: np.ndarray, rows_per_block: int = ROWS_PER_BLOCK) -> "EmbeddingBlocks":
+    def from_matrix(cls, emb: np.ndarray, rows_per_block: int = ROWS_PER_BLOCK) -> EmbeddingBlocks:
         emb = np.asarray(emb, dtype=np.float32)
         starts = list(range(0, len(emb), rows_per_block))
         refs = [ray.put(np.ascontiguousarray(emb[s : s + rows_per_block])) for s in starts]
@@ -63,9 +63,11 @@ class EmbeddingBlocks:
         """(block index, rows inside it relative to the block, positions in ``rows``) for ascending ``rows``."""
         block = np.searchsorted(self.offsets, rows, side="right") - 1
         bounds = np.flatnonzero(np.r_[True, block[1:] != block[:-1], True]) if len(rows) else np.zeros(1, np.int64)
-        return [(int(block[a]), rows[a:b] - self.offsets[block[a]], slice(a, b)) for a, b in zip(bounds[:-1], bounds[1:])]
+        return [
+            (int(block[a]), rows[a:b] - self.offsets[block[a]], slice(a, b)) for a, b in zip(bounds[:-1], bounds[1:])
+        ]
 
-    def take(self, rows: np.ndarray, timeout_s: float = _TIMEOUT_S) -> "EmbeddingBlocks":
+    def take(self, rows: np.ndarray, timeout_s: float = _TIMEOUT_S) -> EmbeddingBlocks:
         """The vectors of ascending ``rows`` as new blocks (a block wholly taken is shared, not copied)."""
         rows = np.asarray(rows, dtype=np.int64)
         if len(rows) == self.n:
@@ -84,8 +86,9 @@ class EmbeddingBlocks:
         out = np.empty((len(rows), self.dim), dtype=np.float32)
         order = np.argsort(rows, kind="stable")
         parts = self._by_block(rows[order])
-        for (_, _, where), part in zip(parts, wait_all([_take.remote(self.refs[b], local) for b, local, _ in parts],
-                                                        timeout_s)):
+        for (_, _, where), part in zip(
+            parts, wait_all([_take.remote(self.refs[b], local) for b, local, _ in parts], timeout_s)
+        ):
             out[order[where]] = part
         return out
 
@@ -98,8 +101,9 @@ class EmbeddingBlocks:
     def group_sums(self, groups: np.ndarray, n_groups: int, timeout_s: float = _TIMEOUT_S) -> np.ndarray:
         """(n_groups, dim) float64 sums of the vectors of each group (``groups``: one int per row)."""
         sums = np.zeros((n_groups, self.dim))
-        for part in wait_all([_group_sums.remote(self.refs[b], groups[a:e], n_groups) for b, a, e in self.spans()],
-                             timeout_s):
+        for part in wait_all(
+            [_group_sums.remote(self.refs[b], groups[a:e], n_groups) for b, a, e in self.spans()], timeout_s
+        ):
             sums += part
         return sums
 
@@ -108,7 +112,9 @@ class EmbeddingBlocks:
         return np.concatenate(ray.get(self.refs)) if self.refs else np.zeros((0, self.dim), dtype=np.float32)
 
 
-def assemble(sources: list, n: int, timeout_s: float = _TIMEOUT_S, rows_per_block: int = ROWS_PER_BLOCK) -> EmbeddingBlocks:
+def assemble(
+    sources: list, n: int, timeout_s: float = _TIMEOUT_S, rows_per_block: int = ROWS_PER_BLOCK
+) -> EmbeddingBlocks:
     """Blocks of consecutive keys from ``sources``: object refs of ``{"key", "embedding"}`` batches in
     any order that hold every key 0..n-1 exactly once. Each batch is split by key range in a
     task and each block is filled by a task: no vector passes through the driver."""
@@ -121,15 +127,19 @@ def assemble(sources: list, n: int, timeout_s: float = _TIMEOUT_S, rows_per_bloc
         split = _split_by_key.options(num_returns=n_blocks)
         pieces = [split.remote(bounds, *[sources[s] for s in group]) for group in groups if len(group)]
         per_block = [[p[b] for p in pieces] for b in range(n_blocks)]
-    made = [_fill.options(num_returns=2).remote(int(bounds[b]), int(bounds[b + 1]), *per_block[b]) for b in range(n_blocks)]
+    made = [
+        _fill.options(num_returns=2).remote(int(bounds[b]), int(bounds[b + 1]), *per_block[b]) for b in range(n_blocks)
+    ]
     infos = wait_all([m[1] for m in made], timeout_s)
     dims = sorted({d for info in infos for d in info["dims"]})
     if len(dims) > 1:
         raise DimensionMismatch(f"vectors of {dims} dimensions")
     bad = [info for info in infos if info["missing"] or info["repeated"]]
     if bad:  # a bug, not an input problem: never hand out blocks with holes
-        raise RuntimeError(f"assembling {n} vectors: {sum(i['missing'] for i in bad)} keys missing, "
-                           f"{sum(i['repeated'] for i in bad)} repeated")
+        raise RuntimeError(
+            f"assembling {n} vectors: {sum(i['missing'] for i in bad)} keys missing, "
+            f"{sum(i['repeated'] for i in bad)} repeated"
+        )
     return EmbeddingBlocks([m[0] for m in made], bounds, dims[0] if dims else 0)
 
 

@@ -13,10 +13,10 @@ from typing import Any, Literal
 
 from pydantic import Field, ValidationInfo, field_validator, model_validator
 
-from platypus_ray.testsets import BenchmarkConfig
 from platypus_ray.core.config import ActorCount, CpusPerActor, StrictModel, check_model_folder, is_planned
 from platypus_ray.core.dtypes import DTypeName
 from platypus_ray.core.paths import is_remote
+from platypus_ray.testsets import BenchmarkConfig
 
 
 class TaskEntry(StrictModel):
@@ -41,8 +41,12 @@ class TaskEntry(StrictModel):
 BenchmarkEntry = TaskEntry | BenchmarkConfig
 
 # The Open LLM Leaderboard (v1) tasks the Platypus paper reports, with the leaderboard's shots.
-LEADERBOARD = [{"task": "arc_challenge", "num_fewshot": 25}, {"task": "hellaswag", "num_fewshot": 10},
-               {"task": "mmlu", "num_fewshot": 5}, {"task": "truthfulqa_mc2", "num_fewshot": 0}]
+LEADERBOARD = [
+    {"task": "arc_challenge", "num_fewshot": 25},
+    {"task": "hellaswag", "num_fewshot": 10},
+    {"task": "mmlu", "num_fewshot": 5},
+    {"task": "truthfulqa_mc2", "num_fewshot": 0},
+]
 PRESETS = {"open_llm_leaderboard": LEADERBOARD}
 
 
@@ -114,7 +118,9 @@ class InferenceSettings(StrictModel):
     batch_size: int = Field(8, ge=1, description="sequences per forward pass")
     device: Literal["auto", "cpu", "cuda"] = "auto"  # auto: cuda when the cluster has GPUs
     cpus_per_actor: CpusPerActor = 1.0
-    max_length: int | None = Field(None, ge=8, description="tokens per sequence (left-truncated); default: the model's context")
+    max_length: int | None = Field(
+        None, ge=8, description="tokens per sequence (left-truncated); default: the model's context"
+    )
 
 
 class EvaluateConfig(StrictModel):
@@ -126,7 +132,9 @@ class EvaluateConfig(StrictModel):
     validation: ValidationSettings | None = None
     inference: InferenceSettings = InferenceSettings()
     output: str = "out/eval"
-    limit: int | None = Field(None, ge=1, description="score only the first N documents of each task (lm-eval's --limit)")
+    limit: int | None = Field(
+        None, ge=1, description="score only the first N documents of each task (lm-eval's --limit)"
+    )
     seed: int = 1234  # lm-eval's fewshot_random_seed (its default): the draws of tasks with a random sampler
 
     _preset = field_validator("benchmarks", mode="before")(classmethod(lambda cls, value: expand_preset(value)))
@@ -141,7 +149,7 @@ class EvaluateConfig(StrictModel):
         check_output(self.output, "output", inputs=inputs)
 
     @model_validator(mode="after")
-    def _something_to_do(self) -> "EvaluateConfig":
+    def _something_to_do(self) -> EvaluateConfig:
         if not self.benchmarks and self.validation is None:
             raise ValueError("give benchmarks, a validation set, or both")
         names = [b.benchmark_name for b in self.benchmarks]

@@ -34,8 +34,10 @@ def pool_lm(score: ScoreFn, extra: pd.DataFrame | None = None):
             self.extra, self.extra_scores = extra, None
 
         def loglikelihood(self, requests, disable_tqdm: bool = False) -> list[tuple[float, bool]]:
-            rows = pd.DataFrame([{"context": r.args[0], "continuation": r.args[1]} for r in requests],
-                                columns=["context", "continuation"]).assign(add_eos=False, move_space=True)
+            rows = pd.DataFrame(
+                [{"context": r.args[0], "continuation": r.args[1]} for r in requests],
+                columns=["context", "continuation"],
+            ).assign(add_eos=False, move_space=True)
             n = len(rows)
             if self.extra is not None:
                 rows = pd.concat([rows, self.extra[rows.columns]], ignore_index=True)
@@ -84,9 +86,11 @@ def entry_metrics(results: dict, loaded: LoadedTasks) -> dict[str, dict]:
         members = [t for t, e in loaded.entry_of.items() if e == name]
         entry = results.get("results", {}).get(lm_name) or results.get("groups", {}).get(lm_name) or {}
         shots = {results.get("n-shot", {}).get(t) for t in members}
-        out[name] = {"items": sum(len(results["samples"].get(t, [])) for t in members),
-                     "num_fewshot": shots.pop() if len(shots) == 1 else sorted(s for s in shots if s is not None),
-                     **metrics_of(entry)}
+        out[name] = {
+            "items": sum(len(results["samples"].get(t, [])) for t in members),
+            "num_fewshot": shots.pop() if len(shots) == 1 else sorted(s for s in shots if s is not None),
+            **metrics_of(entry),
+        }
     return out
 
 
@@ -97,9 +101,14 @@ def item_rows(results: dict, loaded: LoadedTasks) -> pd.DataFrame:
     for task, samples in results["samples"].items():
         for sample in samples:
             logprobs = [float(r[0]) for r in sample["filtered_resps"]]
-            row = {"benchmark": loaded.entry_of.get(task, task), "task": task, "doc_id": int(sample["doc_id"]),
-                   "target": str(sample["target"]), "pred": int(np.argmax(logprobs)) if logprobs else -1,
-                   "logprobs": logprobs}
+            row = {
+                "benchmark": loaded.entry_of.get(task, task),
+                "task": task,
+                "doc_id": int(sample["doc_id"]),
+                "target": str(sample["target"]),
+                "pred": int(np.argmax(logprobs)) if logprobs else -1,
+                "logprobs": logprobs,
+            }
             row.update({m: float(sample[m]) for m in sample["metrics"] if isinstance(sample.get(m), (int, float))})
             rows.append(row)
     return pd.DataFrame(rows)

@@ -29,8 +29,10 @@ class EvaluateResult:
         for m in models:
             v = data[m].get("validation")
             if v:
-                lines.append(f"  validation {m}: loss {v['loss']:.4f} (perplexity {v['perplexity']:.2f}) "
-                             f"over {v['rows']} rows, {v['tokens']} tokens")
+                lines.append(
+                    f"  validation {m}: loss {v['loss']:.4f} (perplexity {v['perplexity']:.2f}) "
+                    f"over {v['rows']} rows, {v['tokens']} tokens"
+                )
         if self.skipped:
             lines.append("  skipped (unscorable items): " + ", ".join(f"{k} {v}" for k, v in self.skipped.items()))
         lines.append(f"  outputs: {self.output}/{{summary.json, items.parquet, validation.parquet, samples/}}")
@@ -47,7 +49,9 @@ def _metric_rows(data: dict, models: list[str]) -> list[list[str]]:
             values = [data[m]["benchmarks"][name].get(metric, math.nan) for m in models]
             for m, value in zip(models, values):
                 stderr = data[m]["benchmarks"][name].get(_stderr_key(metric))
-                row.append(f"{value:.4f}" + (f" ±{stderr:.4f}" if isinstance(stderr, float) and math.isfinite(stderr) else ""))
+                row.append(
+                    f"{value:.4f}" + (f" ±{stderr:.4f}" if isinstance(stderr, float) and math.isfinite(stderr) else "")
+                )
             if len(models) > 1:
                 row.append(f"{values[0] - values[1]:+.4f}")
             rows.append(row)

@@ -12,6 +12,13 @@ def validation_requests(rows: list[dict], add_eos: bool) -> list[dict]:
     (plus EOS) the continuation, so the loss is exactly the masked training loss."""
     from platypus_ray.train.prompts import build_prompt
 
-    return [{"item_id": str(row.get("id", i)), "context": build_prompt(row["instruction"], row.get("input") or ""),
-             "continuation": row["output"], "add_eos": add_eos, "move_space": False}
-            for i, row in enumerate(rows)]
+    return [
+        {
+            "item_id": str(row.get("id", i)),
+            "context": build_prompt(row["instruction"], row.get("input") or ""),
+            "continuation": row["output"],
+            "add_eos": add_eos,
+            "move_space": False,
+        }
+        for i, row in enumerate(rows)
+    ]

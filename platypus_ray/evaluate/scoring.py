@@ -20,8 +20,9 @@ import pyarrow as pa
 from platypus_ray.core.blocks import rows_only
 
 
-def encode_pair(tokenizer: Any, context: str, continuation: str, add_eos: bool = False,
-                move_space: bool = True) -> tuple[list[int], int]:
+def encode_pair(
+    tokenizer: Any, context: str, continuation: str, add_eos: bool = False, move_space: bool = True
+) -> tuple[list[int], int]:
     """Token ids of context + continuation, and how many trailing ids are the continuation."""
     if move_space and context == "":
         return _encode_without_context(tokenizer, continuation)
@@ -31,7 +32,7 @@ def encode_pair(tokenizer: Any, context: str, continuation: str, add_eos: bool =
             context, continuation = context[:-spaces], context[-spaces:] + continuation
     context_ids = _tok_encode(tokenizer, context)
     whole = _tok_encode(tokenizer, context + continuation)
-    continuation_ids = whole[len(context_ids):]
+    continuation_ids = whole[len(context_ids) :]
     if add_eos and (not continuation_ids or continuation_ids[-1] != tokenizer.eos_token_id):
         continuation_ids = continuation_ids + [tokenizer.eos_token_id]
     return context_ids + continuation_ids, len(continuation_ids)
@@ -55,12 +56,13 @@ def _encode_without_context(tokenizer: Any, continuation: str) -> tuple[list[int
     return [prefix] + ids, len(ids)
 
 
-def score_encoded(model: Any, encoded: list[tuple[list[int], int]], pad_id: int, max_length: int,
-                  device: str = "cpu") -> list[tuple[float, int, bool]]:
+def score_encoded(
+    model: Any, encoded: list[tuple[list[int], int]], pad_id: int, max_length: int, device: str = "cpu"
+) -> list[tuple[float, int, bool]]:
     """(summed log-prob, continuation tokens, continuation is the greedy choice) per sequence."""
     import torch
 
-    trimmed = [(ids[-(max_length + 1):], min(n, max_length)) for ids, n in encoded]
+    trimmed = [(ids[-(max_length + 1) :], min(n, max_length)) for ids, n in encoded]
     unique: dict[tuple[int, ...], int] = {}  # model input -> its row in the forward batch
     rows = [unique.setdefault(tuple(ids[:-1]), len(unique)) for ids, _ in trimmed]
     width = max(len(key) for key in unique)
@@ -102,7 +104,9 @@ def load_model(name_or_path: str, adapter: str | None, dtype: str, device: str):
     return tokenizer, model
 
 
-SCORED_SCHEMA = pa.schema([("request", pa.int64()), ("logprob", pa.float64()), ("n_tokens", pa.int64()), ("greedy", pa.bool_())])
+SCORED_SCHEMA = pa.schema(
+    [("request", pa.int64()), ("logprob", pa.float64()), ("n_tokens", pa.int64()), ("greedy", pa.bool_())]
+)
 
 
 class Scorer:
@@ -125,7 +129,8 @@ class Scorer:
         encoded = [
             encode_pair(self.tokenizer, context, continuation, bool(add_eos), bool(move_space))
             for context, continuation, add_eos, move_space in zip(
-                batch["context"], batch["continuation"], batch["add_eos"], batch["move_space"])
+                batch["context"], batch["continuation"], batch["add_eos"], batch["move_space"]
+            )
         ]
         scores = score_encoded(self.model, encoded, self.pad_id, self.max_length, self.device)
         return {

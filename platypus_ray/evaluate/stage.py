@@ -24,15 +24,15 @@ import ray
 from platypus_ray.core.batching import actor_pool_map, length_sorted_slices, resolve_device
 from platypus_ray.core.blocks import batches as nonempty_batches
 from platypus_ray.core.config import dump_config
+from platypus_ray.core.outputs import replaced_atomically
+from platypus_ray.core.paths import absolute_if_local
+from platypus_ray.core.runtime import init_ray
 from platypus_ray.evaluate.config import EvaluateConfig, InferenceSettings, ModelRef
 from platypus_ray.evaluate.harness import entry_metrics, evaluate_tasks, item_rows, pool_lm, write_samples
 from platypus_ray.evaluate.report import EvaluateResult
 from platypus_ray.evaluate.requests import validation_requests
 from platypus_ray.evaluate.scoring import Scorer
 from platypus_ray.evaluate.tasks import LoadedTasks, load_tasks
-from platypus_ray.core.outputs import replaced_atomically
-from platypus_ray.core.paths import absolute_if_local
-from platypus_ray.core.runtime import init_ray
 
 __all__ = ["EvaluateResult", "run", "score"]
 _REQUEST_COLUMNS = ["context", "continuation", "add_eos", "move_space"]
@@ -44,11 +44,22 @@ def score(rows: pd.DataFrame, model: ModelRef, inference: InferenceSettings, dev
     table = table.append_column("request", pa.array(np.arange(len(table), dtype=np.int64)))
     lengths = rows["context"].str.len().to_numpy() + rows["continuation"].str.len().to_numpy()
     batches = length_sorted_slices(table, lengths, inference.batch_size)
-    kwargs = {"name_or_path": absolute_if_local(model.name_or_path),
-              "adapter": absolute_if_local(model.adapter) if model.adapter else None,
-              "dtype": model.dtype, "device": device, "max_length": inference.max_length}
-    scored = actor_pool_map(ray.data.from_arrow(batches), Scorer, kwargs, actors=inference.actors,
-                            max_actors=len(batches), cpus_per_actor=inference.cpus_per_actor, device=device)
+    kwargs = {
+        "name_or_path": absolute_if_local(model.name_or_path),
+        "adapter": absolute_if_local(model.adapter) if model.adapter else None,
+        "dtype": model.dtype,
+        "device": device,
+        "max_length": inference.max_length,
+    }
+    scored = actor_pool_map(
+        ray.data.from_arrow(batches),
+        Scorer,
+        kwargs,
+        actors=inference.actors,
+        max_actors=len(batches),
+        cpus_per_actor=inference.cpus_per_actor,
+        device=device,
+    )
     n = len(table)
     out = {"logprob": np.full(n, np.nan), "n_tokens": np.zeros(n, dtype=np.int64), "greedy": np.zeros(n, dtype=bool)}
     seen = 0
@@ -65,8 +76,11 @@ def _validation_rows(cfg: EvaluateConfig) -> pd.DataFrame | None:
         return None
     import pyarrow.dataset as pads
 
-    rows = pads.dataset(cfg.validation.path, format="parquet").head(
-        cfg.validation.rows, columns=["instruction", "input", "output"]).to_pylist()
+    rows = (
+        pads.dataset(cfg.validation.path, format="parquet")
+        .head(cfg.validation.rows, columns=["instruction", "input", "output"])
+        .to_pylist()
+    )
     return pd.DataFrame(validation_requests(rows, cfg.validation.add_eos_token))
 
 
@@ -77,9 +91,11 @@ def _validation_summary(rows: pd.DataFrame, scores: pd.DataFrame) -> tuple[pd.Da
     return frame, {"rows": len(frame), "tokens": tokens, "loss": loss, "perplexity": math.exp(loss)}
 
 
-def _evaluate_model(model: ModelRef, cfg: EvaluateConfig, loaded: LoadedTasks | None, validation: pd.DataFrame | None,
-                    device: str) -> tuple[dict | None, pd.DataFrame | None, dict]:
+def _evaluate_model(
+    model: ModelRef, cfg: EvaluateConfig, loaded: LoadedTasks | None, validation: pd.DataFrame | None, device: str
+) -> tuple[dict | None, pd.DataFrame | None, dict]:
     """lm-eval's results (or None without benchmarks), validation scores, and this model's summary."""
+
     def score_fn(rows: pd.DataFrame) -> pd.DataFrame:
         return score(rows, model, cfg.inference, device)
 
@@ -114,7 +130,8 @@ def run(cfg: EvaluateConfig) -> EvaluateResult:
             # Fresh task objects per model: a task's random few-shot sampler is a stream, seeded once.
             tasks = loaded if index == 0 else load()
             results, validation_frame, summary["models"][model.display_name] = _evaluate_model(
-                model, cfg, tasks, validation, device)
+                model, cfg, tasks, validation, device
+            )
             if results is not None:
                 item_frames.append(item_rows(results, tasks).assign(model=model.display_name))
                 all_results[model.display_name] = results
@@ -131,5 +148,6 @@ def run(cfg: EvaluateConfig) -> EvaluateResult:
             write_samples(results, staging / "samples" / label)
         (staging / "summary.json").write_text(json.dumps(summary, indent=2, default=str))
         dump_config(cfg, staging / "config.yaml")
-    return EvaluateResult(Path(cfg.output), summary, [m.display_name for m in models],
-                          time.perf_counter() - start, skipped)
+    return EvaluateResult(
+        Path(cfg.output), summary, [m.display_name for m in models], time.perf_counter() - start, skipped
+    )

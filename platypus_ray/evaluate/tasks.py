@@ -13,14 +13,16 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from platypus_ray.testsets import BenchmarkConfig
 from platypus_ray.core.errors import InputError
 from platypus_ray.evaluate.config import BenchmarkEntry, TaskEntry
 from platypus_ray.evaluate.file_tasks import write_file_task
+from platypus_ray.testsets import BenchmarkConfig
 
-OFFLINE_FIX = ("write a task YAML with `dataset_path: json` (or csv/parquet) and `dataset_kwargs: {data_files: "
-               "{test: <local file>}}` (`include:` the built-in task's YAML to keep its prompts and metrics), and "
-               "give its folder as `include_path`")
+OFFLINE_FIX = (
+    "write a task YAML with `dataset_path: json` (or csv/parquet) and `dataset_kwargs: {data_files: "
+    "{test: <local file>}}` (`include:` the built-in task's YAML to keep its prompts and metrics), and "
+    "give its folder as `include_path`"
+)
 
 SCORED_TYPES = ("multiple_choice", "loglikelihood")  # what the pool computes: log-likelihoods of continuations
 
@@ -60,8 +62,11 @@ def load_tasks(entries: list[BenchmarkEntry], seed: int, folder: Path) -> Loaded
         else:
             lm_names.append(entry.task)
     names = [entry.benchmark_name for entry in entries]
-    include = [os.path.abspath(os.path.expanduser(e.include_path)) for e in entries
-               if isinstance(e, TaskEntry) and e.include_path] + [str(folder)]
+    include = [
+        os.path.abspath(os.path.expanduser(e.include_path))
+        for e in entries
+        if isinstance(e, TaskEntry) and e.include_path
+    ] + [str(folder)]
     manager = TaskManager(include_path=include)
     merged: dict = {"tasks": {}, "groups": {}, "group_map": {}}
     entry_of: dict[str, str] = {}
@@ -69,13 +74,17 @@ def load_tasks(entries: list[BenchmarkEntry], seed: int, folder: Path) -> Loaded
         loaded = _load_one(manager, entry, lm_name)
         for task_name, task in loaded["tasks"].items():
             if task_name in entry_of:
-                raise TaskLoadError(f"benchmarks: task '{task_name}' is in both '{entry_of[task_name]}' and '{name}'; "
-                                    "list each task once")
+                raise TaskLoadError(
+                    f"benchmarks: task '{task_name}' is in both '{entry_of[task_name]}' and '{name}'; "
+                    "list each task once"
+                )
             entry_of[task_name] = name
             output_type = task.get_config("output_type")
             if output_type not in SCORED_TYPES:
-                raise TaskLoadError(f"benchmarks: task '{task_name}' (in '{name}') is a {output_type} task; evaluate "
-                                    f"scores {' and '.join(SCORED_TYPES)} tasks (run generation tasks with lm-eval itself)")
+                raise TaskLoadError(
+                    f"benchmarks: task '{task_name}' (in '{name}') is a {output_type} task; evaluate "
+                    f"scores {' and '.join(SCORED_TYPES)} tasks (run generation tasks with lm-eval itself)"
+                )
             _set_fewshot(task, entry.num_fewshot, seed)
         for key in merged:
             merged[key].update(loaded.get(key, {}))
@@ -89,9 +98,15 @@ def _load_one(manager, entry: BenchmarkEntry, name: str) -> dict:
     except KeyError as exc:
         if "not a registered" not in str(exc):
             raise
-        hint = f" in lm-eval or {entry.include_path}" if isinstance(entry, TaskEntry) and entry.include_path else " in lm-eval"
-        raise TaskLoadError(f"{where}: no task or group of that name{hint}; check the name (`lm-eval ls tasks`) "
-                            "or set `include_path:` to the folder holding its YAML") from None
+        hint = (
+            f" in lm-eval or {entry.include_path}"
+            if isinstance(entry, TaskEntry) and entry.include_path
+            else " in lm-eval"
+        )
+        raise TaskLoadError(
+            f"{where}: no task or group of that name{hint}; check the name (`lm-eval ls tasks`) "
+            "or set `include_path:` to the folder holding its YAML"
+        ) from None
     except Exception as exc:  # datasets raises many types for one cause: the data is not reachable
         reason = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
         offline = " (HF_HUB_OFFLINE=1)" if os.environ.get("HF_HUB_OFFLINE") in {"1", "true", "yes"} else ""

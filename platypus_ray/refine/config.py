@@ -6,10 +6,10 @@ from typing import Literal
 
 from pydantic import Field, ValidationInfo, field_validator, model_validator
 
-from platypus_ray.testsets import BenchmarkConfig
 from platypus_ray.core.config import StrictModel, check_input
-from platypus_ray.embedding import EmbeddingConfig
 from platypus_ray.core.errors import UserError
+from platypus_ray.embedding import EmbeddingConfig
+from platypus_ray.testsets import BenchmarkConfig
 
 SourceFormat = Literal["json", "jsonl", "parquet", "csv"]
 SOURCE_EXTENSIONS = ("json", "jsonl", "parquet", "csv")  # each also compressed: .gz, .bz2, .xz, .zst (paths.py)
@@ -59,13 +59,22 @@ class DedupConfig(StrictModel):
     # exact and clustered hold every pair found while they number at most max_pairs (24 B each in the
     # driver); past it each row keeps its best higher-priority neighbours only (memory rows x this, however
     # dense a template cluster), and a row with more, none of them kept, gets an exact check: decisions stay exact
-    max_pairs: int = Field(16_000_000, ge=0, description="pairs held before each row keeps only its neighbours_per_row best")
-    neighbours_per_row: int = Field(32, ge=1, description="past max_pairs: best higher-priority neighbours kept per row")
+    max_pairs: int = Field(
+        16_000_000, ge=0, description="pairs held before each row keeps only its neighbours_per_row best"
+    )
+    neighbours_per_row: int = Field(
+        32, ge=1, description="past max_pairs: best higher-priority neighbours kept per row"
+    )
     # auto: the walk against the kept set while its projected GEMM time (measured rate x one node's CPUs) fits this
-    auto_exact_budget_s: float = Field(60.0, ge=0.0, description="auto: the exact walk against the kept set while its "
-                                       "projected time fits this, clustered past it")
+    auto_exact_budget_s: float = Field(
+        60.0,
+        ge=0.0,
+        description="auto: the exact walk against the kept set while its projected time fits this, clustered past it",
+    )
     rows_per_cluster: int = Field(1000, ge=16, description="clustered: k = rows / this")
-    cluster_margin: float = Field(0.08, ge=0.0, le=1.0, description="clustered: also join centroids this close to the nearest")
+    cluster_margin: float = Field(
+        0.08, ge=0.0, le=1.0, description="clustered: also join centroids this close to the nearest"
+    )
     recall_sample: int = Field(5_000, ge=0, description="clustered: rows checked against an exact search on every run")
     timeout_s: float = Field(3600.0, gt=0, description="bound on the similarity tasks of one run")
 
@@ -82,7 +91,7 @@ class ContaminationConfig(StrictModel):
     remove: list[ContaminationCategory] = ["duplicate", "gray_area", "similar_but_different"]
 
     @model_validator(mode="after")
-    def _ordered(self) -> "ContaminationConfig":
+    def _ordered(self) -> ContaminationConfig:
         if not self.threshold <= self.gray_area_threshold <= self.duplicate_threshold:
             raise ValueError(
                 "need threshold <= gray_area_threshold <= duplicate_threshold, got "
@@ -114,8 +123,10 @@ class RefineConfig(StrictModel):
 
             for kind, folder in [("output", self.output)] + [("source", s.path) for s in self.sources]:
                 if inside(cache, folder) if kind == "output" else read_back(cache, folder):
-                    raise UserError(f"embedding.cache: '{cache}' is inside the {kind} '{folder}' (the output is replaced "
-                                    "whole on every run; a source folder would read it as input); choose a folder elsewhere")
+                    raise UserError(
+                        f"embedding.cache: '{cache}' is inside the {kind} '{folder}' (the output is replaced "
+                        "whole on every run; a source folder would read it as input); choose a folder elsewhere"
+                    )
 
     @property
     def cache_location(self) -> str | None:
@@ -127,7 +138,7 @@ class RefineConfig(StrictModel):
         return default_location(self.output) if self.embedding.cache is True else self.embedding.cache
 
     @model_validator(mode="after")
-    def _unique_names(self) -> "RefineConfig":
+    def _unique_names(self) -> RefineConfig:
         for kind, names in (
             ("sources", [s.source_name for s in self.sources]),
             ("benchmarks", [b.benchmark_name for b in self.benchmarks]),

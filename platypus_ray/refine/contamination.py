@@ -24,9 +24,9 @@ from dataclasses import dataclass
 import numpy as np
 import pyarrow as pa
 
-from platypus_ray.testsets import BenchmarkItem
 from platypus_ray.core.blocks import rows_only
 from platypus_ray.refine.config import ContaminationConfig
+from platypus_ray.testsets import BenchmarkItem
 
 _WORDS = re.compile(r"\w+")
 _PRIME = np.uint64(1099511628211)  # FNV prime: mixes word hashes into an n-gram hash
@@ -88,7 +88,7 @@ class NgramIndex:
     item_gram_counts: np.ndarray
 
     @classmethod
-    def build(cls, items: list[BenchmarkItem], n: int) -> "NgramIndex":
+    def build(cls, items: list[BenchmarkItem], n: int) -> NgramIndex:
         per_item = [word_ngrams(item.question, n) for item in items]
         counts = np.array([len(g) for g in per_item], dtype=np.int64)
         grams = np.concatenate(per_item) if per_item else np.empty(0, dtype=np.uint64)

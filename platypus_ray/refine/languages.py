@@ -28,16 +28,61 @@ from platypus_ray.embedding import LANGUAGE_SCRIPTS, MULTILINGUAL, EmbeddingBloc
 # (first code point, script) where a script's letters start; a code point belongs to the
 # last start at or below it. "" marks digits, punctuation, symbols and gaps: not counted.
 _STARTS = [
-    (0x0000, ""), (0x0041, "latin"), (0x005B, ""), (0x0061, "latin"), (0x007B, ""), (0x00C0, "latin"),
-    (0x0250, ""), (0x0370, "greek"), (0x0400, "cyrillic"), (0x0530, "armenian"), (0x0590, "hebrew"),
-    (0x0600, "arabic"), (0x0780, ""), (0x08A0, "arabic"), (0x0900, "devanagari"), (0x0980, "bengali"),
-    (0x0A00, ""), (0x0B80, "tamil"), (0x0C00, ""), (0x0E00, "thai"), (0x0E80, ""), (0x10A0, "georgian"),
-    (0x1100, "hangul"), (0x1200, ""), (0x1E00, "latin"), (0x1F00, "greek"), (0x2000, ""),
-    (0x2E80, "han"), (0x3000, ""), (0x3040, "kana"), (0x3100, ""), (0x3130, "hangul"), (0x3190, ""),
-    (0x31F0, "kana"), (0x3200, ""), (0x3400, "han"), (0x4DC0, ""), (0x4E00, "han"), (0xA000, ""),
-    (0xAC00, "hangul"), (0xD7B0, ""), (0xF900, "han"), (0xFB00, ""), (0xFB50, "arabic"), (0xFE00, ""),
-    (0xFE70, "arabic"), (0xFF00, ""), (0xFF21, "latin"), (0xFF3B, ""), (0xFF41, "latin"), (0xFF5B, ""),
-    (0xFF66, "kana"), (0xFFA0, ""), (0x20000, "han"), (0x30000, ""),
+    (0x0000, ""),
+    (0x0041, "latin"),
+    (0x005B, ""),
+    (0x0061, "latin"),
+    (0x007B, ""),
+    (0x00C0, "latin"),
+    (0x0250, ""),
+    (0x0370, "greek"),
+    (0x0400, "cyrillic"),
+    (0x0530, "armenian"),
+    (0x0590, "hebrew"),
+    (0x0600, "arabic"),
+    (0x0780, ""),
+    (0x08A0, "arabic"),
+    (0x0900, "devanagari"),
+    (0x0980, "bengali"),
+    (0x0A00, ""),
+    (0x0B80, "tamil"),
+    (0x0C00, ""),
+    (0x0E00, "thai"),
+    (0x0E80, ""),
+    (0x10A0, "georgian"),
+    (0x1100, "hangul"),
+    (0x1200, ""),
+    (0x1E00, "latin"),
+    (0x1F00, "greek"),
+    (0x2000, ""),
+    (0x2E80, "han"),
+    (0x3000, ""),
+    (0x3040, "kana"),
+    (0x3100, ""),
+    (0x3130, "hangul"),
+    (0x3190, ""),
+    (0x31F0, "kana"),
+    (0x3200, ""),
+    (0x3400, "han"),
+    (0x4DC0, ""),
+    (0x4E00, "han"),
+    (0xA000, ""),
+    (0xAC00, "hangul"),
+    (0xD7B0, ""),
+    (0xF900, "han"),
+    (0xFB00, ""),
+    (0xFB50, "arabic"),
+    (0xFE00, ""),
+    (0xFE70, "arabic"),
+    (0xFF00, ""),
+    (0xFF21, "latin"),
+    (0xFF3B, ""),
+    (0xFF41, "latin"),
+    (0xFF5B, ""),
+    (0xFF66, "kana"),
+    (0xFFA0, ""),
+    (0x20000, "han"),
+    (0x30000, ""),
 ]
 _BOUNDS = np.array([start for start, _ in _STARTS], dtype=np.uint32)
 _SCRIPT_IDS = np.array([name for _, name in _STARTS], dtype=object)
@@ -86,10 +131,13 @@ class SourceLanguages:
         return self.outside / self.rows if self.rows else 0.0
 
 
-def survey(sources: np.ndarray, scripts: np.ndarray, valid: np.ndarray,
-           covered: set[str] | None) -> tuple[dict[str, SourceLanguages], np.ndarray]:
+def survey(
+    sources: np.ndarray, scripts: np.ndarray, valid: np.ndarray, covered: set[str] | None
+) -> tuple[dict[str, SourceLanguages], np.ndarray]:
     """Per-source script shares, and a mask of the valid rows outside ``covered``."""
-    outside = valid & np.array([covered is not None and s not in covered and s != NO_LETTERS for s in scripts], dtype=bool)
+    outside = valid & np.array(
+        [covered is not None and s not in covered and s != NO_LETTERS for s in scripts], dtype=bool
+    )
     result: dict[str, SourceLanguages] = {}
     for name in dict.fromkeys(sources.tolist()):
         mine = (sources == name) & valid
@@ -102,11 +150,13 @@ def survey(sources: np.ndarray, scripts: np.ndarray, valid: np.ndarray,
 
 def mismatch_message(name: str, lang: SourceLanguages, languages: tuple[str, ...], model: str) -> str:
     top = ", ".join(f"{script} {share:.0%}" for script, share in list(lang.shares.items())[:3])
-    return (f"source '{name}': {lang.outside} of {lang.rows} rows ({lang.outside_share:.0%}) are in scripts that "
-            f"embedding.model '{model}' does not read (it covers {', '.join(languages)}; this source is {top}); "
-            "its rows would look alike and be removed as near-duplicates. Use a multilingual model (e.g. "
-            "--set embedding.model=paraphrase-multilingual-MiniLM-L12-v2 --set embedding.languages=[multilingual]), "
-            "or --set embedding.allow_language_mismatch=true to proceed knowingly")
+    return (
+        f"source '{name}': {lang.outside} of {lang.rows} rows ({lang.outside_share:.0%}) are in scripts that "
+        f"embedding.model '{model}' does not read (it covers {', '.join(languages)}; this source is {top}); "
+        "its rows would look alike and be removed as near-duplicates. Use a multilingual model (e.g. "
+        "--set embedding.model=paraphrase-multilingual-MiniLM-L12-v2 --set embedding.languages=[multilingual]), "
+        "or --set embedding.allow_language_mismatch=true to proceed knowingly"
+    )
 
 
 def mean_pairwise_cosine(vectors: EmbeddingBlocks | np.ndarray, groups: np.ndarray, n_groups: int) -> np.ndarray:
@@ -122,29 +172,42 @@ def _mean_pairwise(sums: np.ndarray, counts: np.ndarray) -> np.ndarray:
         return np.where(counts >= 2, ((sums**2).sum(axis=1) - counts) / (counts * (counts - 1)), np.nan)
 
 
-def check_languages(meta: dict[str, np.ndarray], detail: np.ndarray, model: str, declared: list[str] | None,
-                    allow_mismatch: bool) -> tuple[dict, list[str]]:
+def check_languages(
+    meta: dict[str, np.ndarray], detail: np.ndarray, model: str, declared: list[str] | None, allow_mismatch: bool
+) -> tuple[dict, list[str]]:
     """Before embedding: stop on sources mostly outside the model (unless allowed), mark the
     rows outside it in ``detail`` (the ledger's), and return per-source stats and warnings."""
     languages = model_languages(model, declared)
     per_source, outside = survey(meta["source"], meta["script"], meta["valid"], covered_scripts(languages))
-    errors = [mismatch_message(name, lang, languages, model) for name, lang in per_source.items()
-              if lang.outside_share > MISMATCH_ERROR_SHARE and not allow_mismatch]
+    errors = [
+        mismatch_message(name, lang, languages, model)
+        for name, lang in per_source.items()
+        if lang.outside_share > MISMATCH_ERROR_SHARE and not allow_mismatch
+    ]
     if errors:
         raise UserError("; ".join(errors))
-    warnings = [f"source '{name}': {lang.outside} of {lang.rows} rows ({lang.outside_share:.0%}) are in scripts "
-                f"embedding.model does not read ({', '.join(languages)}); their near-duplicate decisions are unreliable "
-                "(marked in the ledger's detail)" for name, lang in per_source.items() if lang.outside]
+    warnings = [
+        f"source '{name}': {lang.outside} of {lang.rows} rows ({lang.outside_share:.0%}) are in scripts "
+        f"embedding.model does not read ({', '.join(languages)}); their near-duplicate decisions are unreliable "
+        "(marked in the ledger's detail)"
+        for name, lang in per_source.items()
+        if lang.outside
+    ]
     for uid in np.flatnonzero(outside):
-        detail[uid] = (f"script {meta['script'][uid]} is outside what embedding.model reads ({', '.join(languages)}); "
-                       "similarity scores for this row are unreliable")
-    stats = {"model_languages": list(languages) if languages else "unknown (set embedding.languages)",
-             "per_source": {name: asdict(lang) for name, lang in per_source.items()}}
+        detail[uid] = (
+            f"script {meta['script'][uid]} is outside what embedding.model reads ({', '.join(languages)}); "
+            "similarity scores for this row are unreliable"
+        )
+    stats = {
+        "model_languages": list(languages) if languages else "unknown (set embedding.languages)",
+        "per_source": {name: asdict(lang) for name, lang in per_source.items()},
+    }
     return stats, warnings
 
 
-def collapse_check(vectors: EmbeddingBlocks, row_sources: np.ndarray, near_removed: np.ndarray, nearest: np.ndarray,
-                   stats: dict) -> list[str]:
+def collapse_check(
+    vectors: EmbeddingBlocks, row_sources: np.ndarray, near_removed: np.ndarray, nearest: np.ndarray, stats: dict
+) -> list[str]:
     """After dedup: per source, how alike its vectors are, next to the corpus; a warning per collapsed source.
 
     ``row_sources``/``near_removed``/``nearest`` are per embedded row (nan nearest: not searched).
@@ -157,22 +220,38 @@ def collapse_check(vectors: EmbeddingBlocks, row_sources: np.ndarray, near_remov
     counts = np.bincount(groups, minlength=len(names))
     spread = _mean_pairwise(sums, counts)
     corpus_spread = float(_mean_pairwise(sums.sum(axis=0, keepdims=True), counts.sum(keepdims=True))[0])
-    corpus_rate, corpus_nn = float(near_removed.mean()), float(np.nanmedian(nearest)) if np.isfinite(nearest).any() else np.nan
+    corpus_rate, corpus_nn = (
+        float(near_removed.mean()),
+        float(np.nanmedian(nearest)) if np.isfinite(nearest).any() else np.nan,
+    )
     warnings = []
     for g, name in enumerate(names):
         mine = groups == g
-        rate, nn = float(near_removed[mine].mean()), float(np.nanmedian(nearest[mine])) if np.isfinite(nearest[mine]).any() else np.nan
-        collapsed = bool(spread[g] >= COLLAPSE_MEAN_COSINE) or (rate >= 0.3 and rate >= 3 * max(corpus_rate, 0.01) and len(names) > 1)
+        rate, nn = (
+            float(near_removed[mine].mean()),
+            float(np.nanmedian(nearest[mine])) if np.isfinite(nearest[mine]).any() else np.nan,
+        )
+        collapsed = bool(spread[g] >= COLLAPSE_MEAN_COSINE) or (
+            rate >= 0.3 and rate >= 3 * max(corpus_rate, 0.01) and len(names) > 1
+        )
         stats["per_source"].setdefault(name, {}).update(
-            mean_pairwise_cosine=_round(spread[g]), median_nearest_cosine=_round(nn), near_duplicate_rate=round(rate, 4),
-            collapsed=collapsed)
+            mean_pairwise_cosine=_round(spread[g]),
+            median_nearest_cosine=_round(nn),
+            near_duplicate_rate=round(rate, 4),
+            collapsed=collapsed,
+        )
         if collapsed:
-            warnings.append(f"source '{name}' looks collapsed in the embedding space: mean pairwise cosine "
-                            f"{spread[g]:.2f} (corpus {corpus_spread:.2f}), median nearest-neighbour cosine {nn:.2f} "
-                            f"(corpus {corpus_nn:.2f}), {rate:.0%} removed as near_duplicate (corpus {corpus_rate:.0%}); "
-                            "embedding.model may not read its text (see embedding.languages)")
-    stats["corpus"] = {"mean_pairwise_cosine": _round(corpus_spread), "median_nearest_cosine": _round(corpus_nn),
-                       "near_duplicate_rate": round(corpus_rate, 4)}
+            warnings.append(
+                f"source '{name}' looks collapsed in the embedding space: mean pairwise cosine "
+                f"{spread[g]:.2f} (corpus {corpus_spread:.2f}), median nearest-neighbour cosine {nn:.2f} "
+                f"(corpus {corpus_nn:.2f}), {rate:.0%} removed as near_duplicate (corpus {corpus_rate:.0%}); "
+                "embedding.model may not read its text (see embedding.languages)"
+            )
+    stats["corpus"] = {
+        "mean_pairwise_cosine": _round(corpus_spread),
+        "median_nearest_cosine": _round(corpus_nn),
+        "near_duplicate_rate": round(corpus_rate, 4),
+    }
     return warnings
 
 

@@ -15,11 +15,27 @@ from platypus_ray.core.blocks import batches, read_columns, rows_only
 from platypus_ray.core.errors import EnvironmentFailure, describe_os_error
 from platypus_ray.refine.rows import CANONICAL_COLUMNS, embed_text
 
-LEDGER_SCHEMA = pa.schema([
-    (name, pa.int64() if name.endswith("source_index") else pa.float64() if name == "score" else pa.string())
-    for name in ("source", "file", "source_index", "id", "status", "reason", "detail", "matched_id",
-                 "matched_source", "matched_source_index", "score", "benchmark", "category", "signal")
-])
+LEDGER_SCHEMA = pa.schema(
+    [
+        (name, pa.int64() if name.endswith("source_index") else pa.float64() if name == "score" else pa.string())
+        for name in (
+            "source",
+            "file",
+            "source_index",
+            "id",
+            "status",
+            "reason",
+            "detail",
+            "matched_id",
+            "matched_source",
+            "matched_source_index",
+            "score",
+            "benchmark",
+            "category",
+            "signal",
+        )
+    ]
+)
 LEDGER_COLUMNS = LEDGER_SCHEMA.names
 DECIDED_SCHEMA = pa.schema([f for f in LEDGER_SCHEMA if f.name not in ("source", "file", "id")])
 KEPT_SCHEMA = pa.schema([(name, pa.string()) for name in CANONICAL_COLUMNS])
@@ -46,14 +62,14 @@ class Decisions:
     near_pairs_total: int = 0
 
     @classmethod
-    def start(cls, meta: dict[str, np.ndarray]) -> "Decisions":
+    def start(cls, meta: dict[str, np.ndarray]) -> Decisions:
         n = len(meta["valid"])
         sources = meta["source"].astype(object)
         first_of_source: dict[str, int] = {}
         for uid, name in enumerate(sources):
             first_of_source.setdefault(name, uid)
         start = np.array([first_of_source[name] for name in sources], dtype=np.int64)
-        blank = lambda: np.full(n, "", dtype=object)  # noqa: E731
+        blank = lambda: np.full(n, "", dtype=object)
         return cls(
             ids=meta["id"].astype(object),
             sources=sources,
@@ -78,7 +94,9 @@ class Decisions:
         self.matched_id[uids] = self.ids[matched]
         self.score[uids] = score
 
-    def flag(self, uid: int, remove: bool, item_id: str, benchmark: str, category: str, signal: str, score: float) -> None:
+    def flag(
+        self, uid: int, remove: bool, item_id: str, benchmark: str, category: str, signal: str, score: float
+    ) -> None:
         """Record a contamination flag; the row is removed unless its category is kept by config."""
         if remove:
             self.status[uid] = "removed"
@@ -127,7 +145,9 @@ def _ledger_rows(batch: pa.Table, file_offset: np.ndarray, decided: pa.Table) ->
 
 def _kept_rows(batch: pa.Table, file_offset: np.ndarray, keep: np.ndarray) -> pa.Table:
     kept = batch.filter(pa.array(keep[_uids(batch, file_offset)]))
-    return pa.table([kept["id"], kept["instruction"], kept["input"], kept["output"], kept["source"]], schema=KEPT_SCHEMA)
+    return pa.table(
+        [kept["id"], kept["instruction"], kept["input"], kept["output"], kept["source"]], schema=KEPT_SCHEMA
+    )
 
 
 @rows_only(TEXT_SCHEMA)
@@ -162,20 +182,32 @@ def write_rows(staging: Path, parsed: ray.data.Dataset, file_offset: np.ndarray,
     is raised here as one :class:`EnvironmentFailure`."""
     for folder in ("kept", "ledger"):
         (staging / folder).mkdir()
-    written = parsed.map_batches(_write_block, fn_kwargs={"staging": str(staging), "file_offset": file_offset,
-                                                          "keep": decisions.status == "kept", "decided": decisions.table()},
-                                 batch_size=None, batch_format="pyarrow")
+    written = parsed.map_batches(
+        _write_block,
+        fn_kwargs={
+            "staging": str(staging),
+            "file_offset": file_offset,
+            "keep": decisions.status == "kept",
+            "decided": decisions.table(),
+        },
+        batch_size=None,
+        batch_format="pyarrow",
+    )
     problems = [e for e in read_columns(written, ["error"], WRITTEN_SCHEMA)["error"].to_pylist() if e]
     if problems:
-        raise EnvironmentFailure(f"writing the output: {problems[0]}" + (f" (and {len(problems) - 1} more parts)"
-                                                                        if len(problems) > 1 else ""))
+        raise EnvironmentFailure(
+            f"writing the output: {problems[0]}"
+            + (f" (and {len(problems) - 1} more parts)" if len(problems) > 1 else "")
+        )
     for folder, schema in (("kept", KEPT_SCHEMA), ("ledger", LEDGER_SCHEMA)):
         if not any((staging / folder).glob("*.parquet")):  # readers of an empty output still need the schema
             pq.write_table(schema.empty_table(), staging / folder / "empty.parquet")
 
 
 @rows_only(WRITTEN_SCHEMA)
-def _write_block(batch: pa.Table, staging: str, file_offset: np.ndarray, keep: np.ndarray, decided: pa.Table) -> pa.Table:
+def _write_block(
+    batch: pa.Table, staging: str, file_offset: np.ndarray, keep: np.ndarray, decided: pa.Table
+) -> pa.Table:
     name = f"part-{int(_uids(batch, file_offset).min()):012d}.parquet"
     kept = _kept_rows(batch, file_offset, keep)
     try:
@@ -183,12 +215,20 @@ def _write_block(batch: pa.Table, staging: str, file_offset: np.ndarray, keep: n
             pq.write_table(kept, f"{staging}/kept/{name}")
         pq.write_table(_ledger_rows(batch, file_offset, decided), f"{staging}/ledger/{name}")
     except OSError as exc:
-        return pa.table({"error": [describe_os_error(exc, f"{staging}/{name}") or f"{exc} ({staging})"]}, schema=WRITTEN_SCHEMA)
+        return pa.table(
+            {"error": [describe_os_error(exc, f"{staging}/{name}") or f"{exc} ({staging})"]}, schema=WRITTEN_SCHEMA
+        )
     return pa.table({"error": [""]}, schema=WRITTEN_SCHEMA)
 
 
-def summarize(decisions: Decisions, embedded_rows: int, embed_seconds: float, n_items: dict[str, int],
-              source_names: list[str], warnings: list[str]) -> dict:
+def summarize(
+    decisions: Decisions,
+    embedded_rows: int,
+    embed_seconds: float,
+    n_items: dict[str, int],
+    source_names: list[str],
+    warnings: list[str],
+) -> dict:
     """Counts per source and reason; they reconcile with the ledger by construction and by check.
 
     ``source_names``: every source the run read, so one with 0 rows (an empty, blank-only or
@@ -211,7 +251,7 @@ def summarize(decisions: Decisions, embedded_rows: int, embed_seconds: float, n_
         entry["removed"] += int(st == "removed")
         entry[category] = entry.get(category, 0) + 1
     stats = {
-        "input_rows": int(len(status)),
+        "input_rows": len(status),
         "kept": int((status == "kept").sum()),
         "invalid": int((status == "invalid").sum()),
         "removed": dict(Counter(reason[status == "removed"].tolist())),

@@ -9,19 +9,32 @@ from pathlib import Path
 
 import numpy as np
 
-from platypus_ray.testsets import BenchmarkItem
-from platypus_ray.refine.ledger import Decisions
 from platypus_ray.embedding import report_html as embedding_section
+from platypus_ray.refine.ledger import Decisions
+from platypus_ray.testsets import BenchmarkItem
 
 REVIEW_COLUMNS = [
-    "kind", "category", "score", "signal", "source", "source_index", "id", "text",
-    "matched", "matched_source", "matched_source_index", "matched_text", "removed",
+    "kind",
+    "category",
+    "score",
+    "signal",
+    "source",
+    "source_index",
+    "id",
+    "text",
+    "matched",
+    "matched_source",
+    "matched_source_index",
+    "matched_text",
+    "removed",
 ]
 BORDERLINE_MARGIN = 0.05  # near-duplicate removals this close above the threshold go to review
 MAX_BORDERLINE = 2000
 
 
-def review_rows(decisions: Decisions, items: list[BenchmarkItem], texts: dict[int, str], threshold: float) -> list[dict]:
+def review_rows(
+    decisions: Decisions, items: list[BenchmarkItem], texts: dict[int, str], threshold: float
+) -> list[dict]:
     """Every contamination flag, then the borderline near-duplicate removals (lowest score first)."""
     by_item = {item.id: item for item in items}
     rows = []
@@ -32,8 +45,16 @@ def review_rows(decisions: Decisions, items: list[BenchmarkItem], texts: dict[in
     for uid in _borderline(decisions, threshold):
         match = decisions.matched_uid[uid]
         rows.append(
-            _row(decisions, uid, "near_duplicate", texts, matched=decisions.ids[match], matched_text=texts.get(match, ""),
-                 matched_source=decisions.sources[match], matched_index=int(decisions.source_index[match]))
+            _row(
+                decisions,
+                uid,
+                "near_duplicate",
+                texts,
+                matched=decisions.ids[match],
+                matched_text=texts.get(match, ""),
+                matched_source=decisions.sources[match],
+                matched_index=int(decisions.source_index[match]),
+            )
         )
     return rows
 
@@ -53,28 +74,63 @@ def write_review(path: Path, rows: list[dict]) -> None:
         writer.writerows(rows)
 
 
-def write_report(path: Path, stats: dict, decisions: Decisions, nearest: np.ndarray, contamination_scores: np.ndarray,
-                 texts: dict[int, str], review: list[dict], cfg) -> None:
+def write_report(
+    path: Path,
+    stats: dict,
+    decisions: Decisions,
+    nearest: np.ndarray,
+    contamination_scores: np.ndarray,
+    texts: dict[int, str],
+    review: list[dict],
+    cfg,
+) -> None:
     """A single self-contained HTML file (plots inlined as SVG) that opens offline."""
     against_kept = (stats.get("dedup") or {}).get("mode") == "kept"  # the walk scores each row against kept rows only
-    title = ("Cosine of each row to the nearest kept row before it" if against_kept
-             else "Nearest-neighbour cosine among rows after decontamination")
+    title = (
+        "Cosine of each row to the nearest kept row before it"
+        if against_kept
+        else "Nearest-neighbour cosine among rows after decontamination"
+    )
     plots = [
         _histogram(nearest[nearest > -1], cfg.dedup.threshold, title, "semantic dedup threshold"),
     ]
     if len(contamination_scores):
-        plots.append(_histogram(contamination_scores, cfg.contamination.threshold,
-                                "Best benchmark-match cosine per training row", "contamination threshold"))
+        plots.append(
+            _histogram(
+                contamination_scores,
+                cfg.contamination.threshold,
+                "Best benchmark-match cosine per training row",
+                "contamination threshold",
+            )
+        )
     i, j, s = _top_pairs(decisions)
     top_pairs = [
-        (f"{s[k]:.3f}", f"{decisions.sources[i[k]]}#{decisions.source_index[i[k]]}", texts.get(i[k], ""),
-         f"{decisions.sources[j[k]]}#{decisions.source_index[j[k]]}", texts.get(j[k], ""))
+        (
+            f"{s[k]:.3f}",
+            f"{decisions.sources[i[k]]}#{decisions.source_index[i[k]]}",
+            texts.get(i[k], ""),
+            f"{decisions.sources[j[k]]}#{decisions.source_index[j[k]]}",
+            texts.get(j[k], ""),
+        )
         for k in range(len(s))
     ]
-    flags = [(r["score"], r["category"], r["signal"], f"{r['source']}#{r['source_index']}", r["text"], r["matched"], r["matched_text"])
-             for r in review if r["kind"] == "contamination"][:50]
-    counts = [(name, s_["rows"], s_["kept"], s_["invalid"], ", ".join(f"{k}: {v}" for k, v in s_["removed"].items()) or "-")
-              for name, s_ in stats["per_source"].items()]
+    flags = [
+        (
+            r["score"],
+            r["category"],
+            r["signal"],
+            f"{r['source']}#{r['source_index']}",
+            r["text"],
+            r["matched"],
+            r["matched_text"],
+        )
+        for r in review
+        if r["kind"] == "contamination"
+    ][:50]
+    counts = [
+        (name, s_["rows"], s_["kept"], s_["invalid"], ", ".join(f"{k}: {v}" for k, v in s_["removed"].items()) or "-")
+        for name, s_ in stats["per_source"].items()
+    ]
     body = [
         "<h1>platypus-ray refine report</h1>",
         f"<p>{stats['input_rows']} input rows &rarr; <b>{stats['kept']} kept</b>, {stats['invalid']} invalid, "
@@ -84,15 +140,20 @@ def write_report(path: Path, stats: dict, decisions: Decisions, nearest: np.ndar
         *_languages_section(stats.get("languages")),
         *_dedup_section(stats.get("dedup")),
         *embedding_section(stats.get("embedding")),
-        "<h2>Timings (s)</h2>", _table(list(stats["timings_s"]), [tuple(stats["timings_s"].values())]),
+        "<h2>Timings (s)</h2>",
+        _table(list(stats["timings_s"]), [tuple(stats["timings_s"].values())]),
         *plots,
         "<h2>Contamination flags</h2>",
-        _table(["score", "category", "signal", "row", "training text", "benchmark item", "item text"], flags) if flags else "<p>none</p>",
+        _table(["score", "category", "signal", "row", "training text", "benchmark item", "item text"], flags)
+        if flags
+        else "<p>none</p>",
         "<h2>Most similar near-duplicate pairs</h2>",
         _table(["cosine", "row", "text", "row", "text"], top_pairs) if top_pairs else "<p>none</p>",
     ]
     style = "body{font-family:sans-serif;max-width:1200px;margin:auto}td,th{border:1px solid #ccc;padding:4px;vertical-align:top;font-size:13px}table{border-collapse:collapse}"
-    path.write_text(f"<!doctype html><html><head><meta charset='utf-8'><title>refine report</title><style>{style}</style></head><body>{''.join(body)}</body></html>")
+    path.write_text(
+        f"<!doctype html><html><head><meta charset='utf-8'><title>refine report</title><style>{style}</style></head><body>{''.join(body)}</body></html>"
+    )
 
 
 def _dedup_section(dedup: dict | None) -> list[str]:
@@ -106,7 +167,8 @@ def _dedup_section(dedup: dict | None) -> list[str]:
             f"for {dedup['exact_sample_rows']} random rows against all rows found {dedup['exact_pairs']} pairs at or "
             f"above the threshold; the clustered search had {dedup['found_pairs']} of them: <b>pair recall "
             f"{dedup['pair_recall']:.4f}</b>. {dedup['decisions_differing']} sampled rows would be decided differently "
-            f"with their exact neighbours: <b>decision agreement {dedup['decision_agreement']:.4f}</b>.</p>")
+            f"with their exact neighbours: <b>decision agreement {dedup['decision_agreement']:.4f}</b>.</p>"
+        )
     return parts
 
 
@@ -114,20 +176,55 @@ def _languages_section(languages: dict | None) -> list[str]:
     """Per source: script shares, rows the model cannot read, and how alike its vectors are."""
     if not languages:
         return []
-    rows = [(name, s.get("rows", ""), ", ".join(f"{k} {v:.0%}" for k, v in s.get("shares", {}).items()), s.get("outside", ""),
-             s.get("mean_pairwise_cosine"), s.get("median_nearest_cosine"), s.get("near_duplicate_rate"),
-             "COLLAPSED" if s.get("collapsed") else "")
-            for name, s in languages["per_source"].items()]
+    rows = [
+        (
+            name,
+            s.get("rows", ""),
+            ", ".join(f"{k} {v:.0%}" for k, v in s.get("shares", {}).items()),
+            s.get("outside", ""),
+            s.get("mean_pairwise_cosine"),
+            s.get("median_nearest_cosine"),
+            s.get("near_duplicate_rate"),
+            "COLLAPSED" if s.get("collapsed") else "",
+        )
+        for name, s in languages["per_source"].items()
+    ]
     corpus = languages.get("corpus", {})
-    rows.append(("(corpus)", "", "", "", corpus.get("mean_pairwise_cosine"), corpus.get("median_nearest_cosine"),
-                 corpus.get("near_duplicate_rate"), ""))
-    header = ["source", "valid rows", "scripts", "outside model", "mean pairwise cosine", "median nearest cosine",
-              "near-duplicate rate", ""]
+    rows.append(
+        (
+            "(corpus)",
+            "",
+            "",
+            "",
+            corpus.get("mean_pairwise_cosine"),
+            corpus.get("median_nearest_cosine"),
+            corpus.get("near_duplicate_rate"),
+            "",
+        )
+    )
+    header = [
+        "source",
+        "valid rows",
+        "scripts",
+        "outside model",
+        "mean pairwise cosine",
+        "median nearest cosine",
+        "near-duplicate rate",
+        "",
+    ]
     return [f"<h2>Languages (model reads: {html.escape(str(languages['model_languages']))})</h2>", _table(header, rows)]
 
 
-def _row(decisions: Decisions, uid: int, kind: str, texts: dict[int, str], matched: str, matched_text: str,
-         matched_source: str = "", matched_index: int = -1) -> dict:
+def _row(
+    decisions: Decisions,
+    uid: int,
+    kind: str,
+    texts: dict[int, str],
+    matched: str,
+    matched_text: str,
+    matched_source: str = "",
+    matched_index: int = -1,
+) -> dict:
     return {
         "kind": kind,
         "category": decisions.category[uid],
@@ -171,15 +268,19 @@ def _histogram(values: np.ndarray, threshold: float, title: str, label: str, bin
     counts, edges = np.histogram(values, bins=bins, range=(low, high))
     peak = max(int(counts.max()) if len(counts) else 0, 1)
     plot_w, plot_h = width - left - right, height - top - bottom
-    x = lambda v: left + (v - low) / (high - low) * plot_w  # noqa: E731
-    y = lambda c: top + plot_h * (1 - c / peak)  # noqa: E731
-    parts = [f'<svg class="histogram" width="{width}" height="{height}" role="img">',
-             f"<title>{html.escape(title)}</title>",
-             f'<text x="{width / 2}" y="18" text-anchor="middle" font-size="14">{html.escape(title)}</text>']
+    x = lambda v: left + (v - low) / (high - low) * plot_w
+    y = lambda c: top + plot_h * (1 - c / peak)
+    parts = [
+        f'<svg class="histogram" width="{width}" height="{height}" role="img">',
+        f"<title>{html.escape(title)}</title>",
+        f'<text x="{width / 2}" y="18" text-anchor="middle" font-size="14">{html.escape(title)}</text>',
+    ]
     for count, a, b in zip(counts, edges[:-1], edges[1:]):
-        parts.append(f'<rect x="{x(a):.1f}" y="{y(count):.1f}" width="{max(x(b) - x(a) - 1, 0.5):.1f}" '
-                     f'height="{top + plot_h - y(count):.1f}" fill="#4477aa" data-rows="{int(count)}">'
-                     f"<title>{a:.3f} to {b:.3f}: {int(count)} rows</title></rect>")
+        parts.append(
+            f'<rect x="{x(a):.1f}" y="{y(count):.1f}" width="{max(x(b) - x(a) - 1, 0.5):.1f}" '
+            f'height="{top + plot_h - y(count):.1f}" fill="#4477aa" data-rows="{int(count)}">'
+            f"<title>{a:.3f} to {b:.3f}: {int(count)} rows</title></rect>"
+        )
     axis_y = top + plot_h
     parts.append(f'<line x1="{left}" y1="{axis_y}" x2="{width - right}" y2="{axis_y}" stroke="#333"/>')
     parts.append(f'<line x1="{left}" y1="{top}" x2="{left}" y2="{axis_y}" stroke="#333"/>')
@@ -187,13 +288,21 @@ def _histogram(values: np.ndarray, threshold: float, title: str, label: str, bin
         parts.append(f'<text x="{x(tick):.1f}" y="{axis_y + 16}" text-anchor="middle" font-size="11">{tick:.2f}</text>')
     for count in (0, peak // 2, peak):
         parts.append(f'<text x="{left - 6}" y="{y(count) + 4:.1f}" text-anchor="end" font-size="11">{count}</text>')
-    parts.append(f'<text x="{left + plot_w / 2}" y="{height - 6}" text-anchor="middle" font-size="12">cosine similarity</text>')
-    parts.append(f'<text x="14" y="{top + plot_h / 2}" transform="rotate(-90 14 {top + plot_h / 2})" '
-                 'text-anchor="middle" font-size="12">rows</text>')
-    parts.append(f'<line x1="{x(threshold):.1f}" y1="{top}" x2="{x(threshold):.1f}" y2="{axis_y}" stroke="#cc3311" '
-                 'stroke-dasharray="5,4" stroke-width="2"/>')
-    parts.append(f'<text x="{x(threshold) - 4:.1f}" y="{top + 12}" text-anchor="end" font-size="11" fill="#cc3311">'
-                 f"{html.escape(label)} {threshold:g}</text>")
+    parts.append(
+        f'<text x="{left + plot_w / 2}" y="{height - 6}" text-anchor="middle" font-size="12">cosine similarity</text>'
+    )
+    parts.append(
+        f'<text x="14" y="{top + plot_h / 2}" transform="rotate(-90 14 {top + plot_h / 2})" '
+        'text-anchor="middle" font-size="12">rows</text>'
+    )
+    parts.append(
+        f'<line x1="{x(threshold):.1f}" y1="{top}" x2="{x(threshold):.1f}" y2="{axis_y}" stroke="#cc3311" '
+        'stroke-dasharray="5,4" stroke-width="2"/>'
+    )
+    parts.append(
+        f'<text x="{x(threshold) - 4:.1f}" y="{top + 12}" text-anchor="end" font-size="11" fill="#cc3311">'
+        f"{html.escape(label)} {threshold:g}</text>"
+    )
     return "".join(parts) + "</svg>"
 
 

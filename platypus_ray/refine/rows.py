@@ -9,8 +9,8 @@ from typing import Any
 
 import numpy as np
 
-from platypus_ray.refine.config import ColumnMapping
 from platypus_ray.core.unicode_checks import LONE_SURROGATE_PROBLEM, has_lone_surrogate
+from platypus_ray.refine.config import ColumnMapping
 
 CANONICAL_COLUMNS = ("id", "instruction", "input", "output", "data_source")
 _SPACES = re.compile(r"\s+")

@@ -10,8 +10,9 @@ from __future__ import annotations
 import lzma
 import os
 import zlib
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, replace
-from typing import Any, Iterator
+from typing import Any
 
 import pyarrow as pa
 import ray
@@ -19,9 +20,9 @@ import ray
 from platypus_ray.core.blocks import rows_only
 from platypus_ray.core.errors import InputError
 from platypus_ray.core.paths import COMPRESSIONS, expand_files, is_remote, open_input, without_compression
+from platypus_ray.core.readers import Record, read_jsonl_range, read_records
 from platypus_ray.refine.config import SOURCE_EXTENSIONS, ColumnMapping, SourceConfig
 from platypus_ray.refine.languages import dominant_script
-from platypus_ray.core.readers import Record, read_jsonl_range, read_records
 from platypus_ray.refine.rows import content_id, dedup_key, embed_text, raw_id, validate_record
 
 UNREADABLE = "unreadable_file"
@@ -148,8 +149,15 @@ def _parse_or_report(sf: SourceFile) -> pa.Table:
         return parse_source_file(sf)
     except InputError as exc:
         row = {f.name: None for f in PARSED_SCHEMA}
-        row.update(source=sf.source, file=sf.path, file_rank=sf.file_rank, row_in_file=-1, valid=False,
-                   reason=UNREADABLE, detail=str(exc))
+        row.update(
+            source=sf.source,
+            file=sf.path,
+            file_rank=sf.file_rank,
+            row_in_file=-1,
+            valid=False,
+            reason=UNREADABLE,
+            detail=str(exc),
+        )
         return pa.Table.from_pylist([row], schema=PARSED_SCHEMA)
 
 
@@ -165,7 +173,9 @@ def parse_source_file(sf: SourceFile) -> pa.Table:
     columns = ColumnMapping(**sf.columns)
     out: dict[str, list[Any]] = {f.name: [] for f in PARSED_SCHEMA}
     for row_in_file, record in enumerate(_records(sf)):
-        fields, reason, detail = (None, record.reason, record.detail) if record.reason else validate_record(record.value, columns)
+        fields, reason, detail = (
+            (None, record.reason, record.detail) if record.reason else validate_record(record.value, columns)
+        )
         detail = f"{record.where}: {detail}" if detail else ""
         out["source"].append(sf.source)
         out["file"].append(sf.path)
@@ -193,8 +203,10 @@ def parse_source_file(sf: SourceFile) -> pa.Table:
 def _infer_format(path: str) -> str:
     ext = without_compression(path).lower().rsplit(".", 1)[-1]
     if ext not in SOURCE_EXTENSIONS:
-        raise InputError(f"cannot infer the format of '{path}'; set `format:` to one of {', '.join(SOURCE_EXTENSIONS)} "
-                         f"(compressed: {', '.join(COMPRESSIONS)} after the format's extension)")
+        raise InputError(
+            f"cannot infer the format of '{path}'; set `format:` to one of {', '.join(SOURCE_EXTENSIONS)} "
+            f"(compressed: {', '.join(COMPRESSIONS)} after the format's extension)"
+        )
     return ext
 
 

@@ -23,24 +23,41 @@ import numpy as np
 import pyarrow as pa
 import ray
 
-from platypus_ray.testsets import BenchmarkItem, load_benchmark
+from platypus_ray.core.batching import resolve_device
 from platypus_ray.core.blocks import batches, read_columns, rows_only
 from platypus_ray.core.config import dump_config
 from platypus_ray.core.outputs import replaced_atomically
+from platypus_ray.core.runtime import init_ray
+from platypus_ray.embedding import HASH_BYTES, Embedded, EmbeddingBlocks, check_model, embed, hash_array
 from platypus_ray.refine import contamination as contam
 from platypus_ray.refine.config import RefineConfig
-from platypus_ray.core.batching import resolve_device
-from platypus_ray.embedding import HASH_BYTES, Embedded, EmbeddingBlocks, check_model, embed, hash_array
+from platypus_ray.refine.dedup import best_matches, dedup_rows
 from platypus_ray.refine.languages import check_languages, collapse_check
 from platypus_ray.refine.ledger import Decisions, fetch_texts, summarize, write_rows
 from platypus_ray.refine.report import review_rows, review_uids, write_report, write_review
 from platypus_ray.refine.rows import embed_text
-from platypus_ray.refine.dedup import best_matches, dedup_rows
-from platypus_ray.refine.sources import PARSED_SCHEMA, check_readable, list_source_files, read_sources, split_large_files
-from platypus_ray.core.runtime import init_ray
+from platypus_ray.refine.sources import (
+    PARSED_SCHEMA,
+    check_readable,
+    list_source_files,
+    read_sources,
+    split_large_files,
+)
+from platypus_ray.testsets import BenchmarkItem, load_benchmark
 
-_META_COLUMNS = ["source", "file_rank", "row_in_file", "valid", "reason", "detail", "id", "dedup_key", "output_len", "text_len",
-                 "script"]
+_META_COLUMNS = [
+    "source",
+    "file_rank",
+    "row_in_file",
+    "valid",
+    "reason",
+    "detail",
+    "id",
+    "dedup_key",
+    "output_len",
+    "text_len",
+    "script",
+]
 
 
 @dataclass
@@ -65,24 +82,32 @@ class RefineResult:
 
     def summary(self) -> str:
         """A console summary: counts per source and reason, contamination, timings, outputs."""
-        lines = [f"refine: {self.input_rows} input rows -> {self.kept} kept, {self.invalid} invalid, "
-                 f"{sum(self.removed.values())} removed {self.removed or ''}".rstrip()]
+        lines = [
+            f"refine: {self.input_rows} input rows -> {self.kept} kept, {self.invalid} invalid, "
+            f"{sum(self.removed.values())} removed {self.removed or ''}".rstrip()
+        ]
         if self.input_rows == 0:
             lines.append("refine: WARNING: 0 input rows: every source is empty (the outputs are written, all empty)")
         lines += [f"refine: WARNING: {warning}" for warning in self.stats.get("warnings", [])]
         for name, s in self.stats["per_source"].items():
-            lines.append(f"  source {name}: {s['rows']} rows, {s['kept']} kept, {s['invalid']} invalid, removed {s['removed']}")
+            lines.append(
+                f"  source {name}: {s['rows']} rows, {s['kept']} kept, {s['invalid']} invalid, removed {s['removed']}"
+            )
         for bench, counts in self.stats["contamination"].items():
             lines.append(f"  benchmark {bench}: {counts}")
         dedup = self.stats.get("dedup") or {}
         if dedup.get("mode") == "clustered":
-            lines.append(f"  semantic dedup: clustered ({dedup['clusters']} clusters); against an exact search on "
-                         f"{dedup['exact_sample_rows']} sampled rows: pair recall {dedup['pair_recall']:.4f}, "
-                         f"decision agreement {dedup['decision_agreement']:.4f}")
+            lines.append(
+                f"  semantic dedup: clustered ({dedup['clusters']} clusters); against an exact search on "
+                f"{dedup['exact_sample_rows']} sampled rows: pair recall {dedup['pair_recall']:.4f}, "
+                f"decision agreement {dedup['decision_agreement']:.4f}"
+            )
         embedding = self.stats.get("embedding") or {}
         if embedding.get("cache"):
-            lines.append(f"  embedding: {embedding['from_cache']} vectors from the cache, {embedding['computed']} computed "
-                         f"(cache {embedding['cache']})")
+            lines.append(
+                f"  embedding: {embedding['from_cache']} vectors from the cache, {embedding['computed']} computed "
+                f"(cache {embedding['cache']})"
+            )
         if self.stats.get("embed_rows_per_s") and self.stats.get("embedded_rows"):
             lines.append(f"  embedded {self.stats['embedded_rows']} rows at {self.stats['embed_rows_per_s']} rows/s")
         lines.append("  timings (s): " + ", ".join(f"{k} {v}" for k, v in self.timings_s.items()))
@@ -112,8 +137,11 @@ def run(cfg: RefineConfig) -> RefineResult:
     items = [item for bench in cfg.benchmarks for item in load_benchmark(bench, allow_empty=cfg.allow_empty_benchmark)]
     for bench in cfg.benchmarks:
         if not any(item.benchmark == bench.benchmark_name for item in items):
-            print(f"refine: WARNING: benchmark '{bench.benchmark_name}' has no items; nothing is checked against it",
-                  file=sys.stderr, flush=True)
+            print(
+                f"refine: WARNING: benchmark '{bench.benchmark_name}' has no items; nothing is checked against it",
+                file=sys.stderr,
+                flush=True,
+            )
     files = list_source_files(cfg.sources)
     init_ray(dashboard=False)  # a no-op where Ray is up already (a pipeline, a submitted job)
     with _refine_data_context():
@@ -144,8 +172,9 @@ def _refine(cfg: RefineConfig, timer: _Timer, items: list[BenchmarkItem], files:
     meta = _gather_meta(parsed)
     check_readable(meta["reason"], meta["detail"])
     decisions = Decisions.start(meta)
-    languages, warnings = check_languages(meta, decisions.detail, cfg.embedding.model, cfg.embedding.languages,
-                                          cfg.embedding.allow_language_mismatch)
+    languages, warnings = check_languages(
+        meta, decisions.detail, cfg.embedding.model, cfg.embedding.languages, cfg.embedding.allow_language_mismatch
+    )
     file_offset = _file_offsets(meta, len(pieces))
     timer.lap("read_validate")
 
@@ -166,15 +195,18 @@ def _refine(cfg: RefineConfig, timer: _Timer, items: list[BenchmarkItem], files:
     flagged = np.zeros(len(survivors), dtype=bool)
     contamination_scores = np.empty(0)
     if items:
-        flagged, contamination_scores = _decontaminate(rows, emb, probe_emb, probes, items, survivors, decisions, cfg, num_gpus)
+        flagged, contamination_scores = _decontaminate(
+            rows, emb, probe_emb, probes, items, survivors, decisions, cfg, num_gpus
+        )
     timer.lap("contamination")
 
     nearest, dedup_stats = _semantic_dedup(emb, survivors, ~flagged, meta, decisions, cfg, num_gpus)
     timer.lap("semantic_dedup")
     nearest_per_row = np.full(len(survivors), np.nan)
     nearest_per_row[np.flatnonzero(~flagged)] = np.where(nearest > -1, nearest, np.nan)
-    warnings += collapse_check(emb, meta["source"][survivors], decisions.reason[survivors] == "near_duplicate",
-                               nearest_per_row, languages)
+    warnings += collapse_check(
+        emb, meta["source"][survivors], decisions.reason[survivors] == "near_duplicate", nearest_per_row, languages
+    )
 
     with replaced_atomically(cfg.output, "refine") as staging:
         write_rows(staging, parsed, file_offset, decisions)
@@ -183,11 +215,21 @@ def _refine(cfg: RefineConfig, timer: _Timer, items: list[BenchmarkItem], files:
         write_review(staging / "review.csv", review)
         timer.lap("write")
         n_items = {b.benchmark_name: sum(i.benchmark == b.benchmark_name for i in items) for b in cfg.benchmarks}
-        stats = summarize(decisions, embedded.computed, timer.timings["embed"], n_items,
-                          source_names=[f.source for f in files], warnings=warnings)
+        stats = summarize(
+            decisions,
+            embedded.computed,
+            timer.timings["embed"],
+            n_items,
+            source_names=[f.source for f in files],
+            warnings=warnings,
+        )
         stats["timings_s"] = timer.timings
-        stats["embedding"] = {"from_cache": embedded.from_cache, "computed": embedded.computed,
-                              "cache": embedded.cache, **(embedded.backend.as_stats() if embedded.backend else {})}
+        stats["embedding"] = {
+            "from_cache": embedded.from_cache,
+            "computed": embedded.computed,
+            "cache": embedded.cache,
+            **(embedded.backend.as_stats() if embedded.backend else {}),
+        }
         stats["languages"], stats["dedup"] = languages, dedup_stats
         # Linux reports kB; the object store (shared memory, other processes) is not counted.
         stats["driver_peak_rss_mb"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
@@ -205,7 +247,9 @@ def _refine(cfg: RefineConfig, timer: _Timer, items: list[BenchmarkItem], files:
     )
 
 
-def _embed(rows: ray.data.Dataset, n_rows: int, probes: contam.Probes, cfg: RefineConfig) -> tuple[EmbeddingBlocks, np.ndarray, Embedded]:
+def _embed(
+    rows: ray.data.Dataset, n_rows: int, probes: contam.Probes, cfg: RefineConfig
+) -> tuple[EmbeddingBlocks, np.ndarray, Embedded]:
     """Vectors of the rows (blocks in the object store) and of the benchmark probes (few: on the
     driver), from the cache, else one actor pool; none when there are no rows."""
     if n_rows == 0:
@@ -214,13 +258,24 @@ def _embed(rows: ray.data.Dataset, n_rows: int, probes: contam.Probes, cfg: Refi
     if probes.texts:
         keys = np.arange(n_rows, n_rows + len(probes.texts), dtype=np.int64)
         lengths = np.array([len(t) for t in probes.texts], dtype=np.int64)
-        probe_table = pa.table({"key": keys, "text": probes.texts, "text_hash": hash_array(probes.texts), "text_len": lengths})
+        probe_table = pa.table(
+            {"key": keys, "text": probes.texts, "text_hash": hash_array(probes.texts), "text_len": lengths}
+        )
         to_embed = to_embed.union(ray.data.from_arrow(probe_table))
-    embedded = embed(to_embed, n_rows + len(probes.texts), cfg.embedding, cache_location=cfg.cache_location,
-                     thresholds=(cfg.dedup.threshold, cfg.contamination.threshold), timeout_s=cfg.dedup.timeout_s)
+    embedded = embed(
+        to_embed,
+        n_rows + len(probes.texts),
+        cfg.embedding,
+        cache_location=cfg.cache_location,
+        thresholds=(cfg.dedup.threshold, cfg.contamination.threshold),
+        timeout_s=cfg.dedup.timeout_s,
+    )
     blocks = embedded.blocks
-    return (blocks.take(np.arange(n_rows), cfg.dedup.timeout_s), blocks.gather(np.arange(n_rows, blocks.n), cfg.dedup.timeout_s),
-            embedded)
+    return (
+        blocks.take(np.arange(n_rows), cfg.dedup.timeout_s),
+        blocks.gather(np.arange(n_rows, blocks.n), cfg.dedup.timeout_s),
+        embedded,
+    )
 
 
 def _gather_meta(parsed: ray.data.Dataset) -> dict[str, np.ndarray]:
@@ -237,8 +292,17 @@ def _file_offsets(meta: dict[str, np.ndarray], n_files: int) -> np.ndarray:
     return np.concatenate([[0], np.cumsum(counts)[:-1]]).astype(np.int64)
 
 
-KEYED_SCHEMA = pa.schema([("key", pa.int64()), ("text", pa.string()), ("text_hash", pa.binary(HASH_BYTES)), ("text_len", pa.int64()),
-                          ("instruction", pa.string()), ("input", pa.string()), ("output", pa.string())])
+KEYED_SCHEMA = pa.schema(
+    [
+        ("key", pa.int64()),
+        ("text", pa.string()),
+        ("text_hash", pa.binary(HASH_BYTES)),
+        ("text_len", pa.int64()),
+        ("instruction", pa.string()),
+        ("input", pa.string()),
+        ("output", pa.string()),
+    ]
+)
 
 
 @rows_only(KEYED_SCHEMA)
@@ -249,7 +313,15 @@ def _with_keys(batch: pa.Table, file_offset: np.ndarray, key_of_uid: np.ndarray)
     mask = key >= 0
     batch = batch.filter(pa.array(mask))
     texts = [embed_text(i, x) for i, x in zip(batch["instruction"].to_pylist(), batch["input"].to_pylist())]
-    columns = [key[mask], texts, hash_array(texts), batch["text_len"], batch["instruction"], batch["input"], batch["output"]]
+    columns = [
+        key[mask],
+        texts,
+        hash_array(texts),
+        batch["text_len"],
+        batch["instruction"],
+        batch["input"],
+        batch["output"],
+    ]
     return pa.table(columns, schema=KEYED_SCHEMA)
 
 
@@ -268,8 +340,17 @@ def _exact_dedup(meta: dict[str, np.ndarray], decisions: Decisions) -> np.ndarra
     return np.sort(order[first])
 
 
-def _decontaminate(rows, emb, probe_emb, probes: contam.Probes, items: list[BenchmarkItem], survivors,
-                   decisions: Decisions, cfg: RefineConfig, num_gpus):
+def _decontaminate(
+    rows,
+    emb,
+    probe_emb,
+    probes: contam.Probes,
+    items: list[BenchmarkItem],
+    survivors,
+    decisions: Decisions,
+    cfg: RefineConfig,
+    num_gpus,
+):
     """Flag survivors that match a benchmark item by embedding or verbatim n-grams."""
     ccfg = cfg.contamination
     best = best_matches(emb, probe_emb, ccfg.threshold, cfg.dedup.tile_size, num_gpus, cfg.dedup.timeout_s)
@@ -278,7 +359,9 @@ def _decontaminate(rows, emb, probe_emb, probes: contam.Probes, items: list[Benc
     index = contam.NgramIndex.build(items, ccfg.ngram)
     ngram = np.full(len(survivors), -1, dtype=np.int64)
     coverage = np.zeros(len(survivors))
-    for batch in batches(rows.map_batches(contam.ngram_matches, fn_kwargs={"index": index}, batch_format="numpy"), "numpy"):
+    for batch in batches(
+        rows.map_batches(contam.ngram_matches, fn_kwargs={"index": index}, batch_format="numpy"), "numpy"
+    ):
         ngram[batch["key"]] = batch["ngram_item"]
         coverage[batch["key"]] = batch["ngram_coverage"]
 

@@ -20,7 +20,7 @@ class SchedulerSettings(StrictModel):
     reduction_factor: float = Field(2, gt=1)
 
     @model_validator(mode="after")
-    def _ordered(self) -> "SchedulerSettings":
+    def _ordered(self) -> SchedulerSettings:
         if self.grace_period > self.max_t:
             raise ValueError(f"grace_period ({self.grace_period}) must be <= max_t ({self.max_t})")
         return self
@@ -44,7 +44,7 @@ class SweepSettings(StrictModel):
     time_budget_s: float | None = Field(None, gt=0, allow_inf_nan=False)
 
     @model_validator(mode="after")
-    def _optuna_installed(self) -> "SweepSettings":
+    def _optuna_installed(self) -> SweepSettings:
         if self.search == "optuna" and importlib.util.find_spec("optuna") is None:
             raise ValueError("search: optuna needs the optuna package (pip install optuna); or use grid | random")
         return self
@@ -57,7 +57,7 @@ class SweepConfig(TrainConfig):
     resume: bool = False  # continue an interrupted sweep with the same run.name (Tune restore)
 
     @model_validator(mode="after")
-    def _checked_space(self, info: ValidationInfo) -> "SweepConfig":
+    def _checked_space(self, info: ValidationInfo) -> SweepConfig:
         from platypus_ray.sweep.space import space_problems
 
         problems = []

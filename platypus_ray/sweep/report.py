@@ -61,18 +61,20 @@ def collect_rows(grid, cfg: SweepConfig, total_steps: int, trials_dir: str) -> l
         value = metrics.get(metric)
         adapter = f"{metrics.get('checkpoint_path', '')}/{CHECKPOINT_SUBDIR}"
         config = f"{trials_dir}/{trial_id}/config.yaml"
-        rows.append(TrialRow(
-            trial=trial_id,
-            params={k: (result.config or {}).get(k) for k in cfg.sweep.space},
-            metric=None if value is None else float(value),
-            best_metric=_best([v for _, v in history], cfg.sweep.mode),
-            rounds=int(metrics.get("training_iteration", len(history)) or 0),
-            step=metrics.get("step"),
-            status=_status(result.error, value, metrics.get("step"), total_steps, metric),
-            adapter=adapter if is_file(f"{adapter}/adapter_model.safetensors") else "",
-            config=config if is_file(config) else "",
-            history=history,
-        ))
+        rows.append(
+            TrialRow(
+                trial=trial_id,
+                params={k: (result.config or {}).get(k) for k in cfg.sweep.space},
+                metric=None if value is None else float(value),
+                best_metric=_best([v for _, v in history], cfg.sweep.mode),
+                rounds=int(metrics.get("training_iteration", len(history)) or 0),
+                step=metrics.get("step"),
+                status=_status(result.error, value, metrics.get("step"), total_steps, metric),
+                adapter=adapter if is_file(f"{adapter}/adapter_model.safetensors") else "",
+                config=config if is_file(config) else "",
+                history=history,
+            )
+        )
     sign = 1 if cfg.sweep.mode == "min" else -1
     rows.sort(key=lambda r: (r.metric is None, sign * r.metric if r.metric is not None else 0.0, r.trial))
     for rank, row in enumerate(rows, start=1):
@@ -102,16 +104,29 @@ def markdown_table(rows: list[TrialRow], keys: list[str], metric: str) -> str:
     return "\n".join(lines)
 
 
-def write_outputs(rows: list[TrialRow], cfg: SweepConfig, sweep_dir: str,
-                  total_steps: int) -> tuple[dict[str, str], str, str]:
+def write_outputs(
+    rows: list[TrialRow], cfg: SweepConfig, sweep_dir: str, total_steps: int
+) -> tuple[dict[str, str], str, str]:
     """results.csv, <metric>.png, best.yaml; returns (files, markdown table, best config path)."""
     keys = list(cfg.sweep.space)
     buffer = io.StringIO()
     writer = csv.writer(buffer)
     writer.writerow(["rank", "trial", *keys, "metric", "best_metric", "rounds", "step", "status", "adapter", "config"])
     for r in rows:
-        writer.writerow([r.rank, r.trial, *(json.dumps(r.params.get(k)) for k in keys), r.metric, r.best_metric,
-                         r.rounds, r.step, r.status, r.adapter, r.config])
+        writer.writerow(
+            [
+                r.rank,
+                r.trial,
+                *(json.dumps(r.params.get(k)) for k in keys),
+                r.metric,
+                r.best_metric,
+                r.rounds,
+                r.step,
+                r.status,
+                r.adapter,
+                r.config,
+            ]
+        )
     files = {"results": f"{sweep_dir}/results.csv", "plot": f"{sweep_dir}/{cfg.sweep.metric}.png"}
     write_text(files["results"], buffer.getvalue())
     write_bytes(files["plot"], _plot(rows, keys, cfg.sweep.metric))
@@ -125,16 +140,22 @@ def best_config_text(best: TrialRow, cfg: SweepConfig, best_path: str, total_ste
     ``max_t``, the time budget), ``training.max_steps`` is the step its metric comes from."""
     ran = yaml.safe_load(read_text(best.config) or "{}")
     ran["run"] = {**ran.get("run", {}), "name": f"{cfg.run.name}-best", "storage_path": cfg.run.storage_path}
-    header = (f"# Best trial of sweep '{cfg.run.name}' ({best.trial}: {cfg.sweep.metric} {best.metric:.4f}): the config\n"
-              f"# it ran ({best.config}), under a new run.name so it trains afresh.\n")
+    header = (
+        f"# Best trial of sweep '{cfg.run.name}' ({best.trial}: {cfg.sweep.metric} {best.metric:.4f}): the config\n"
+        f"# it ran ({best.config}), under a new run.name so it trains afresh.\n"
+    )
     if best.step is not None and 0 < int(best.step) < total_steps:
         ran["training"] = {**ran.get("training", {}), "max_steps": int(best.step)}
-        note = (f"stopped early at step {best.step} of {total_steps}: training.max_steps is {best.step} "
-                f"here (the trial ran the first {best.step} steps of a {total_steps}-step learning-rate schedule)")
+        note = (
+            f"stopped early at step {best.step} of {total_steps}: training.max_steps is {best.step} "
+            f"here (the trial ran the first {best.step} steps of a {total_steps}-step learning-rate schedule)"
+        )
         header += f"# Note: {note}.\n"
         print(f"sweep: note: best trial {best.trial} {note}", flush=True)
-    header += (f"#   local:   platypus-ray train --config {best_path}\n"
-               f"#   cluster: ray job submit --working-dir . -- python jobs/finetune.py --config {best_path}\n")
+    header += (
+        f"#   local:   platypus-ray train --config {best_path}\n"
+        f"#   cluster: ray job submit --working-dir . -- python jobs/finetune.py --config {best_path}\n"
+    )
     return header + yaml.safe_dump(ran, sort_keys=False)
 
 

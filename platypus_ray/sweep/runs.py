@@ -9,15 +9,18 @@ from platypus_ray.sweep.config import SweepConfig
 from platypus_ray.sweep.report import TrialRow
 from platypus_ray.train.tracking import JobRun, TrackingSettings, client, flatten, retry_locked, warn
 
-
 _CLOSING_STATUS = {"completed": "FINISHED", "stopped": "KILLED"}  # by the first word of TrialRow.status
 
 
 def open_parent(cfg: SweepConfig, mlflow_uri: str | None, sweep_dir: str) -> JobRun:
     """The sweep's parent run (reopened on ``--resume``); no run when MLflow is off."""
     settings = TrackingSettings(mlflow=mlflow_uri or False, experiment=cfg.tracking.experiment or cfg.run.name)
-    params = {**flatten(cfg.train_raw()), "sweep.space": json.dumps(cfg.sweep.space)[:6000],
-              "sweep.metric": cfg.sweep.metric, "sweep.search": cfg.sweep.search}
+    params = {
+        **flatten(cfg.train_raw()),
+        "sweep.space": json.dumps(cfg.sweep.space)[:6000],
+        "sweep.metric": cfg.sweep.metric,
+        "sweep.search": cfg.sweep.search,
+    }
     return JobRun.open(settings, cfg.run.storage_path, sweep_dir, cfg.run.name, params, {"platypus.kind": "sweep"})
 
 

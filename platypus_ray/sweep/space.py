@@ -68,12 +68,18 @@ def parse(space: dict[str, Any]) -> tuple[list[Dimension], list[str]]:
                 dims.append(Dimension(key, values=spec))
             continue
         if not (isinstance(spec, dict) and len(spec) == 1 and next(iter(spec)) in DISTRIBUTIONS):
-            problems.append(f"{where}: give a list of values or one of "
-                            + ", ".join(f"{{{d}: [low, high]}}" for d in DISTRIBUTIONS) + f" (got {spec!r})")
+            problems.append(
+                f"{where}: give a list of values or one of "
+                + ", ".join(f"{{{d}: [low, high]}}" for d in DISTRIBUTIONS)
+                + f" (got {spec!r})"
+            )
             continue
-        (name, bounds), = spec.items()
-        numbers = isinstance(bounds, list) and len(bounds) == 2 and all(
-            isinstance(b, (int, float)) and not isinstance(b, bool) for b in bounds)
+        ((name, bounds),) = spec.items()
+        numbers = (
+            isinstance(bounds, list)
+            and len(bounds) == 2
+            and all(isinstance(b, (int, float)) and not isinstance(b, bool) for b in bounds)
+        )
         if not numbers or not bounds[0] < bounds[1]:
             problems.append(f"{where}: {name} needs [low, high] with low < high (got {bounds!r})")
         elif name == "randint" and not all(isinstance(b, int) for b in bounds):
@@ -81,8 +87,10 @@ def parse(space: dict[str, Any]) -> tuple[list[Dimension], list[str]]:
         elif name == "loguniform" and bounds[0] <= 0:
             problems.append(f"{where}: loguniform needs low > 0 (got {bounds!r})")
         elif is_data_key(key):
-            problems.append(f"{where}: a key that changes the tokenised data takes a list of values "
-                            "(each variant is tokenised once, before the trials)")
+            problems.append(
+                f"{where}: a key that changes the tokenised data takes a list of values "
+                "(each variant is tokenised once, before the trials)"
+            )
         else:
             dims.append(Dimension(key, distribution=name, low=bounds[0], high=bounds[1]))
     return dims, problems
@@ -109,7 +117,9 @@ def key_problem(key: str) -> str | None:
             return None
         if section is None:
             is_mapping = typing.get_origin(annotation) is dict
-            return None if is_mapping and i == len(parts) - 2 else f"sweep.space.{key}: '{part}' is a value, not a section"
+            return (
+                None if is_mapping and i == len(parts) - 2 else f"sweep.space.{key}: '{part}' is a value, not a section"
+            )
         model = section
     return None
 

@@ -23,11 +23,11 @@ from platypus_ray.sweep.config import SweepConfig
 from platypus_ray.sweep.report import TrialRow, collect_rows, write_outputs
 from platypus_ray.sweep.runs import open_parent, tag_trials
 from platypus_ray.sweep.space import data_key, data_variants, param_space, trial_config
-from platypus_ray.train.tracking import check_reachable
 from platypus_ray.train.capacity import check_cluster_fits
 from platypus_ray.train.data import TokenizedData, prepare_data
 from platypus_ray.train.plan import TrainPlan
 from platypus_ray.train.stage import START_TIMEOUT_ENV, resolve_local_paths
+from platypus_ray.train.tracking import check_reachable
 
 TRIAL_DRIVER_RESOURCES = {"CPU": 0, "memory": 512 * 1024**2}
 LOCAL_PLACEMENT_RETRIES = 4  # on a fixed local instance nothing new arrives: a trial must not wait forever
@@ -46,8 +46,12 @@ class SweepResult:
 
     def summary(self) -> str:
         return "\n".join(
-            [self.table, f"best config: {self.best_config_path}", f"best adapter: {self.best_adapter or '(none completed)'}",
-             *(f"{name}: {path}" for name, path in self.files.items())]
+            [
+                self.table,
+                f"best config: {self.best_config_path}",
+                f"best adapter: {self.best_adapter or '(none completed)'}",
+                *(f"{name}: {path}" for name, path in self.files.items()),
+            ]
         )
 
 
@@ -64,7 +68,9 @@ def run(cfg: SweepConfig) -> SweepResult:
     if cfg.resume and not exists:
         raise UserError(f"resume: no sweep to continue at {sweep_dir}; drop --resume to start one")
     if exists and not cfg.resume:
-        raise UserError(f"a sweep named '{cfg.run.name}' exists at {sweep_dir}; continue it with --resume or set run.name")
+        raise UserError(
+            f"a sweep named '{cfg.run.name}' exists at {sweep_dir}; continue it with --resume or set run.name"
+        )
     os.makedirs(sweep_dir, exist_ok=True)
     mark_output(sweep_dir, "sweep")
     base = trial_base(cfg, uri)
@@ -74,25 +80,44 @@ def run(cfg: SweepConfig) -> SweepResult:
     for variant in data_variants(cfg):
         variant_cfg = trial_config(base, variant)
         data[data_key(variant_cfg)] = prepared = prepare_data(variant_cfg)
-        plan = TrainPlan(variant_cfg, None, prepared.train_rows, prepared.validation_rows, prepared.train_tokens,
-                         prepared.dropped_rows, prepared.train_sequences, prepared.truncated_rows)
+        plan = TrainPlan(
+            variant_cfg,
+            None,
+            prepared.train_rows,
+            prepared.validation_rows,
+            prepared.train_tokens,
+            prepared.dropped_rows,
+            prepared.train_sequences,
+            prepared.truncated_rows,
+        )
         plan.check()
     rounds = -(-plan.total_steps // cfg.training.eval_every)
-    print(f"sweep: {plan.total_steps} steps ({rounds} evaluation rounds) per trial, {concurrency} trial(s) at a time",
-          flush=True)
+    print(
+        f"sweep: {plan.total_steps} steps ({rounds} evaluation rounds) per trial, {concurrency} trial(s) at a time",
+        flush=True,
+    )
     if cfg.sweep.scheduler.type == "asha" and rounds > cfg.sweep.scheduler.max_t:
-        print(f"sweep: note: scheduler.max_t {cfg.sweep.scheduler.max_t} < {rounds} rounds: every trial stops by "
-              f"step {cfg.sweep.scheduler.max_t * cfg.training.eval_every}", flush=True)
+        print(
+            f"sweep: note: scheduler.max_t {cfg.sweep.scheduler.max_t} < {rounds} rounds: every trial stops by "
+            f"step {cfg.sweep.scheduler.max_t * cfg.training.eval_every}",
+            flush=True,
+        )
     parent = open_parent(cfg, uri, sweep_dir)
     trainable = tune.with_resources(
-        tune.with_parameters(_trial, base=base, trials_dir=f"{sweep_dir}/trials", data=data, parent_run_id=parent.target.run_id),
+        tune.with_parameters(
+            _trial, base=base, trials_dir=f"{sweep_dir}/trials", data=data, parent_run_id=parent.target.run_id
+        ),
         TRIAL_DRIVER_RESOURCES,
     )
     if cfg.resume:
         tuner = tune.Tuner.restore(sweep_dir, trainable=trainable, resume_unfinished=True, resume_errored=True)
     else:
-        tuner = tune.Tuner(trainable, param_space=param_space(cfg), tune_config=_tune_config(cfg, concurrency),
-                           run_config=tune.RunConfig(name=cfg.run.name, storage_path=cfg.run.storage_path))
+        tuner = tune.Tuner(
+            trainable,
+            param_space=param_space(cfg),
+            tune_config=_tune_config(cfg, concurrency),
+            run_config=tune.RunConfig(name=cfg.run.name, storage_path=cfg.run.storage_path),
+        )
     try:
         grid = tuner.fit()
     except BaseException:
@@ -111,8 +136,11 @@ def trial_base(cfg: SweepConfig, mlflow_uri: str | None) -> dict[str, Any]:
     """The train config every trial starts from: the sweep's, with tracking pointed at the sweep's
     store and experiment, and worker-group placement bounded on a fixed local instance."""
     base = cfg.train_raw()
-    base["tracking"] = {"mlflow": mlflow_uri or False, "experiment": cfg.tracking.experiment or cfg.run.name,
-                        "tensorboard": cfg.tracking.tensorboard}
+    base["tracking"] = {
+        "mlflow": mlflow_uri or False,
+        "experiment": cfg.tracking.experiment or cfg.run.name,
+        "tensorboard": cfg.tracking.tensorboard,
+    }
     if cfg.run.placement_retries == -1 and not os.environ.get("RAY_ADDRESS"):
         base["run"]["placement_retries"] = LOCAL_PLACEMENT_RETRIES
     if cfg.run.placement_timeout_s is None and os.environ.get(START_TIMEOUT_ENV):
@@ -126,8 +154,13 @@ def max_concurrent_trials(cfg: SweepConfig) -> int:
     return fits if cfg.sweep.max_concurrent_trials == "auto" else cfg.sweep.max_concurrent_trials
 
 
-def _trial(params: dict[str, Any], base: dict[str, Any], trials_dir: str, data: dict[str, TokenizedData],
-           parent_run_id: str | None) -> None:
+def _trial(
+    params: dict[str, Any],
+    base: dict[str, Any],
+    trials_dir: str,
+    data: dict[str, TokenizedData],
+    parent_run_id: str | None,
+) -> None:
     """One Tune trial: the train stage's prepare + fit with the trial's values."""
     from ray.tune.integration.ray_train import TuneReportCallback
 
@@ -146,13 +179,23 @@ def _tune_config(cfg: SweepConfig, concurrency: int) -> tune.TuneConfig:
     if s.scheduler.type == "fifo":
         scheduler = tune.schedulers.FIFOScheduler()
     else:
-        scheduler = tune.schedulers.ASHAScheduler(time_attr="training_iteration", max_t=s.scheduler.max_t,
-                                                  grace_period=s.scheduler.grace_period,
-                                                  reduction_factor=s.scheduler.reduction_factor)
+        scheduler = tune.schedulers.ASHAScheduler(
+            time_attr="training_iteration",
+            max_t=s.scheduler.max_t,
+            grace_period=s.scheduler.grace_period,
+            reduction_factor=s.scheduler.reduction_factor,
+        )
     search = None
     if s.search == "optuna":
         from ray.tune.search.optuna import OptunaSearch
 
         search = OptunaSearch()
-    return tune.TuneConfig(metric=s.metric, mode=s.mode, scheduler=scheduler, search_alg=search,
-                           num_samples=s.num_samples, max_concurrent_trials=concurrency, time_budget_s=s.time_budget_s)
+    return tune.TuneConfig(
+        metric=s.metric,
+        mode=s.mode,
+        scheduler=scheduler,
+        search_alg=search,
+        num_samples=s.num_samples,
+        max_concurrent_trials=concurrency,
+        time_budget_s=s.time_budget_s,
+    )

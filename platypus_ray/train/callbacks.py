@@ -115,15 +115,20 @@ class TrackingCallback(TrainerCallback):
                 warn(f"opening TensorBoard event files in {target.tensorboard_dir}", exc)
 
     def on_log(self, args, state, control, logs=None, **kwargs):
-        values = {k: float(v) for k, v in (logs or {}).items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+        values = {
+            k: float(v) for k, v in (logs or {}).items() if isinstance(v, (int, float)) and not isinstance(v, bool)
+        }
         if self.mlflow is not None:
             from mlflow.entities import Metric
 
             try:
                 stamp = now_ms()
                 with http_bounds():
-                    retry_locked(self.mlflow.log_batch, self.target.run_id,
-                                 metrics=[Metric(k, v, stamp, state.global_step) for k, v in values.items()])
+                    retry_locked(
+                        self.mlflow.log_batch,
+                        self.target.run_id,
+                        metrics=[Metric(k, v, stamp, state.global_step) for k, v in values.items()],
+                    )
             except Exception as exc:  # noqa: BLE001
                 warn("logging to MLflow", exc)
                 self.mlflow = None
@@ -143,4 +148,3 @@ class TrackingCallback(TrainerCallback):
             except Exception as exc:  # noqa: BLE001
                 warn("closing the TensorBoard event files", exc)
             self.writer = None
-

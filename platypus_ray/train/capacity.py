@@ -16,8 +16,11 @@ def groups_that_fit(cluster: ClusterSettings) -> tuple[int, str]:
     demand = {name: amount * cluster.workers for name, amount in cluster.resources_per_worker.items() if amount}
     capacity = ray.cluster_resources()
     fits = min((int(capacity.get(name, 0) // need) for name, need in demand.items()), default=1)
-    short = ", ".join(f"{name}: needs {need:g}, has {capacity.get(name, 0):g}"
-                      for name, need in demand.items() if need > capacity.get(name, 0))
+    short = ", ".join(
+        f"{name}: needs {need:g}, has {capacity.get(name, 0):g}"
+        for name, need in demand.items()
+        if need > capacity.get(name, 0)
+    )
     return fits, short
 
 

@@ -12,6 +12,7 @@ from platypus_ray.core.dtypes import DTypeName
 from platypus_ray.core.paths import is_remote
 from platypus_ray.train.tracking import TrackingSettings, remote_storage_problems
 
+
 def _on_worker(info: ValidationInfo) -> bool:
     """Workers re-validate the driver's config; its paths were checked (and resolved) there."""
     return bool(info.context and info.context.get("on_worker"))
@@ -129,15 +130,20 @@ class ClusterSettings(StrictModel):
     @field_validator("resources_per_worker")
     @classmethod
     def _ray_amounts(cls, value: dict[str, float]) -> dict[str, float]:
-        bad = [f"{name}={amount:g}" for name, amount in value.items()
-               if not (amount == 0 or RAY_RESOURCE_STEP <= amount <= RAY_RESOURCE_MAX)]
+        bad = [
+            f"{name}={amount:g}"
+            for name, amount in value.items()
+            if not (amount == 0 or RAY_RESOURCE_STEP <= amount <= RAY_RESOURCE_MAX)
+        ]
         if bad:
-            raise ValueError(f"{', '.join(bad)}: each amount must be 0 or between {RAY_RESOURCE_STEP:g} "
-                             f"(Ray's smallest step) and {RAY_RESOURCE_MAX:g}")
+            raise ValueError(
+                f"{', '.join(bad)}: each amount must be 0 or between {RAY_RESOURCE_STEP:g} "
+                f"(Ray's smallest step) and {RAY_RESOURCE_MAX:g}"
+            )
         return value
 
     @model_validator(mode="after")
-    def _gpu_consistent(self) -> "ClusterSettings":
+    def _gpu_consistent(self) -> ClusterSettings:
         gpus = self.resources_per_worker.get("GPU", 0)
         if self.use_gpu and gpus <= 0:
             raise ValueError("use_gpu is true but resources_per_worker has no GPU; set GPU: 1 or use_gpu: false")
@@ -154,11 +160,18 @@ class RunSettings(StrictModel):
     max_failures: int = Field(2, ge=-1, description="worker-group restarts from the last checkpoint; -1: forever")
     keep_checkpoints: int = Field(2, ge=1)
     placement_retries: int = Field(
-        -1, ge=-1, description="after a lost node, how many times Ray Train retries placing the worker group "
-        "(each try waits run.placement_timeout_s); -1: forever (an autoscaler may be adding nodes)")
+        -1,
+        ge=-1,
+        description="after a lost node, how many times Ray Train retries placing the worker group "
+        "(each try waits run.placement_timeout_s); -1: forever (an autoscaler may be adding nodes)",
+    )
     placement_timeout_s: float | None = Field(
-        None, gt=0, allow_inf_nan=False, description="how long one try to place the worker group waits for its "
-        "resources; null: RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S from the environment, else Ray's 60 s")
+        None,
+        gt=0,
+        allow_inf_nan=False,
+        description="how long one try to place the worker group waits for its "
+        "resources; null: RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S from the environment, else Ray's 60 s",
+    )
 
     @property
     def run_dir(self) -> str:
@@ -183,7 +196,7 @@ class TrainConfig(StrictModel):
     tracking: TrackingSettings = TrackingSettings()
 
     @model_validator(mode="after")
-    def _batch_divides(self) -> "TrainConfig":
+    def _batch_divides(self) -> TrainConfig:
         per_step = self.training.micro_batch_size * self.cluster.workers
         if self.training.global_batch_size % per_step:
             raise ValueError(

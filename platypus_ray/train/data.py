@@ -14,9 +14,9 @@ from platypus_ray.train.config import TrainConfig
 from platypus_ray.train.packing import pack_batch
 from platypus_ray.train.prompts import IGNORE_INDEX, tokenize_example
 
-
-TOKENIZED_SCHEMA = pa.schema([("input_ids", pa.list_(pa.int32())), ("labels", pa.list_(pa.int32())),
-                              ("num_tokens", pa.int64())])
+TOKENIZED_SCHEMA = pa.schema(
+    [("input_ids", pa.list_(pa.int32())), ("labels", pa.list_(pa.int32())), ("num_tokens", pa.int64())]
+)
 TOKEN_COUNTS_SCHEMA = pa.schema([("rows", pa.int64()), ("tokens", pa.int64()), ("truncated", pa.int64())])
 PACK_ROWS = 4096  # rows bin-packed together: larger packs fuller, smaller spreads the work wider
 
@@ -46,8 +46,9 @@ def load_tokenizer(name_or_path: str):
 
 
 @rows_only(TOKENIZED_SCHEMA)
-def tokenize_batch(batch: dict[str, np.ndarray], tokenizer_path: str, cutoff_len: int, train_on_inputs: bool,
-                   add_eos_token: bool) -> pa.Table:
+def tokenize_batch(
+    batch: dict[str, np.ndarray], tokenizer_path: str, cutoff_len: int, train_on_inputs: bool, add_eos_token: bool
+) -> pa.Table:
     """Ray Data batch function: canonical rows in, token ids and labels out (rows without a
     single label token are dropped here and counted by the caller)."""
     tokenizer = load_tokenizer(tokenizer_path)
@@ -71,8 +72,11 @@ def tokenize_batch(batch: dict[str, np.ndarray], tokenizer_path: str, cutoff_len
 def _token_counts(batch: dict[str, np.ndarray], cutoff_len: int) -> dict[str, np.ndarray]:
     """One block's row count, token count and rows cut at ``cutoff_len``."""
     n = batch["num_tokens"]
-    return {"rows": np.array([len(n)]), "tokens": np.array([int(n.sum())]),
-            "truncated": np.array([int((n >= cutoff_len).sum())])}
+    return {
+        "rows": np.array([len(n)]),
+        "tokens": np.array([int(n.sum())]),
+        "truncated": np.array([int((n >= cutoff_len).sum())]),
+    }
 
 
 def prepare_data(cfg: TrainConfig) -> TokenizedData:
@@ -92,12 +96,17 @@ def prepare_data(cfg: TrainConfig) -> TokenizedData:
     }
     train = train.map_batches(tokenize_batch, fn_kwargs=kwargs, batch_format="numpy").materialize()
     # One pass over the materialised blocks (a per-block map, no shuffle): rows, tokens, truncated rows.
-    blocks = train.map_batches(_token_counts, fn_kwargs={"cutoff_len": cfg.data.cutoff_len}, batch_size=None,
-                               batch_format="numpy").take_all()
+    blocks = train.map_batches(
+        _token_counts, fn_kwargs={"cutoff_len": cfg.data.cutoff_len}, batch_size=None, batch_format="numpy"
+    ).take_all()
     train_rows, train_tokens, truncated = (int(sum(b[k] for b in blocks)) for k in ("rows", "tokens", "truncated"))
     if cfg.data.packing == "packed" and train_rows:
-        train = train.map_batches(pack_batch, fn_kwargs={"cutoff_len": cfg.data.cutoff_len, "seed": cfg.training.seed},
-                                  batch_size=PACK_ROWS, batch_format="numpy").materialize()
+        train = train.map_batches(
+            pack_batch,
+            fn_kwargs={"cutoff_len": cfg.data.cutoff_len, "seed": cfg.training.seed},
+            batch_size=PACK_ROWS,
+            batch_format="numpy",
+        ).materialize()
     if validation is not None:
         validation = validation.map_batches(tokenize_batch, fn_kwargs=kwargs, batch_format="numpy").materialize()
     validation_rows = validation.count() if validation is not None else 0

@@ -22,13 +22,15 @@ import pyarrow as pa
 from platypus_ray.core.blocks import rows_only
 from platypus_ray.train.prompts import IGNORE_INDEX
 
-PACKED_SCHEMA = pa.schema([
-    ("input_ids", pa.list_(pa.int32())),
-    ("labels", pa.list_(pa.int32())),
-    ("position_ids", pa.list_(pa.int32())),
-    ("num_tokens", pa.int64()),
-    ("num_rows", pa.int64()),
-])
+PACKED_SCHEMA = pa.schema(
+    [
+        ("input_ids", pa.list_(pa.int32())),
+        ("labels", pa.list_(pa.int32())),
+        ("position_ids", pa.list_(pa.int32())),
+        ("num_tokens", pa.int64()),
+        ("num_rows", pa.int64()),
+    ]
+)
 
 
 def best_fit_decreasing(lengths: list[int], capacity: int) -> list[list[int]]:

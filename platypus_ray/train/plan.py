@@ -14,8 +14,8 @@ from typing import Any
 
 from platypus_ray.core.dtypes import BYTES, resolve_dtype
 from platypus_ray.core.errors import UserError
-from platypus_ray.train.tracking import TrackingTarget
 from platypus_ray.train.config import TrainConfig
+from platypus_ray.train.tracking import TrackingTarget
 
 GIB = 1024**3
 
@@ -52,7 +52,9 @@ def model_size(cfg: TrainConfig) -> ModelSize | None:
         if isinstance(module, torch.nn.Linear) and name.rsplit(".", 1)[-1] in cfg.lora.modules
     )
     takes_positions = "position_ids" in inspect.signature(model.forward).parameters
-    return ModelSize(total, largest, lora, config.hidden_size, config.num_hidden_layers, config.vocab_size, takes_positions)
+    return ModelSize(
+        total, largest, lora, config.hidden_size, config.num_hidden_layers, config.vocab_size, takes_positions
+    )
 
 
 @dataclass
@@ -146,7 +148,11 @@ class TrainPlan:
             f"  batch        global {t.global_batch_size} = micro {t.micro_batch_size} x {c.cluster.workers} workers"
             f" x {c.gradient_accumulation_steps} accumulation",
             f"  data         {self.train_rows} train rows ({self.train_tokens:,} tokens), {self.validation_rows} validation"
-            + (f", {self.dropped_rows} dropped (prompt fills cutoff_len {c.data.cutoff_len})" if self.dropped_rows else "")
+            + (
+                f", {self.dropped_rows} dropped (prompt fills cutoff_len {c.data.cutoff_len})"
+                if self.dropped_rows
+                else ""
+            )
             + (f", {self.truncated_rows} truncated at cutoff_len" if self.truncated_rows else ""),
             f"  packing      {c.data.packing}: {self.sequences} sequences of <= {c.data.cutoff_len} tokens, "
             f"efficiency {self.packing_efficiency:.2f} (real tokens / capacity)",
@@ -165,11 +171,17 @@ class TrainPlan:
     def params(self) -> dict[str, str]:
         """The plan's numbers as tracking params."""
         memory = self.memory_per_worker()
-        numbers = {"train_rows": self.train_rows, "validation_rows": self.validation_rows,
-                   "train_tokens": self.train_tokens, "dropped_rows": self.dropped_rows,
-                   "total_steps": self.total_steps, "steps_per_epoch": self.steps_per_epoch,
-                   "train_sequences": self.sequences, "packing_efficiency": f"{self.packing_efficiency:.4f}",
-                   "memory_per_worker_gib": "unknown" if memory is None else f"{memory / GIB:.3f}"}
+        numbers = {
+            "train_rows": self.train_rows,
+            "validation_rows": self.validation_rows,
+            "train_tokens": self.train_tokens,
+            "dropped_rows": self.dropped_rows,
+            "total_steps": self.total_steps,
+            "steps_per_epoch": self.steps_per_epoch,
+            "train_sequences": self.sequences,
+            "packing_efficiency": f"{self.packing_efficiency:.4f}",
+            "memory_per_worker_gib": "unknown" if memory is None else f"{memory / GIB:.3f}",
+        }
         return {f"plan.{k}": str(v) for k, v in numbers.items()}
 
     def check(self) -> None:
@@ -196,11 +208,15 @@ class TrainPlan:
         if self.cfg.data.packing != "packed":
             return
         if self.size is not None and not self.size.position_ids:
-            raise UserError(f"data.packing: packed needs a model whose forward takes position_ids; "
-                            f"{self.cfg.model.name_or_path} does not: set data.packing: none")
+            raise UserError(
+                f"data.packing: packed needs a model whose forward takes position_ids; "
+                f"{self.cfg.model.name_or_path} does not: set data.packing: none"
+            )
         if self.cfg.cluster.use_gpu and importlib.util.find_spec("flash_attn") is None:
-            raise UserError("data.packing: packed on GPU uses flash-attention 2 (varlen), which is not installed: "
-                            "pip install flash-attn (see README), or set data.packing: none")
+            raise UserError(
+                "data.packing: packed on GPU uses flash-attention 2 (varlen), which is not installed: "
+                "pip install flash-attn (see README), or set data.packing: none"
+            )
 
     def _params(self) -> str:
         if self.size is None:
@@ -219,7 +235,11 @@ class TrainPlan:
         nodes = -(-workers // per_node)
         with contextlib.redirect_stdout(io.StringIO()):
             _, device_bytes, _ = estimate_zero3_model_states_mem_needs(
-                self.size.total, self.size.largest_layer, num_gpus_per_node=per_node, num_nodes=nodes,
-                cpu_offload=self.cfg.deepspeed.offload_optimizer, cpu_offload_params=self.cfg.deepspeed.offload_params,
+                self.size.total,
+                self.size.largest_layer,
+                num_gpus_per_node=per_node,
+                num_nodes=nodes,
+                cpu_offload=self.cfg.deepspeed.offload_optimizer,
+                cpu_offload_params=self.cfg.deepspeed.offload_params,
             )
         return f"{device_bytes / GIB:.1f} GiB per device"

@@ -49,6 +49,8 @@ def tokenize_example(
         ids = ids + [eos]
     labels = list(ids)
     if not train_on_inputs:
-        prompt_len = len(tokenizer(prompt, truncation=True, max_length=cutoff_len, add_special_tokens=True)["input_ids"])
+        prompt_len = len(
+            tokenizer(prompt, truncation=True, max_length=cutoff_len, add_special_tokens=True)["input_ids"]
+        )
         labels[:prompt_len] = [IGNORE_INDEX] * min(prompt_len, len(labels))
     return {"input_ids": ids, "attention_mask": [1] * len(ids), "labels": labels}

@@ -29,7 +29,6 @@ from platypus_ray.core.devices import train_backend
 from platypus_ray.core.errors import UserError
 from platypus_ray.core.paths import absolute_if_local, is_remote, write_text
 from platypus_ray.core.runtime import init_ray
-from platypus_ray.train.tracking import JobRun, check_reachable, flatten
 from platypus_ray.train.adapter import check_adapter, export_adapter
 from platypus_ray.train.capacity import check_cluster_fits
 from platypus_ray.train.config import TrainConfig
@@ -38,6 +37,7 @@ from platypus_ray.train.deepspeed_config import deepspeed_config
 from platypus_ray.train.layout import CHECKPOINT_SUBDIR, INJECT_FAULT_ENV
 from platypus_ray.train.plan import TrainPlan, WorkerPlan, model_size
 from platypus_ray.train.resume import check_run_folder, record_config
+from platypus_ray.train.tracking import JobRun, check_reachable, flatten
 
 TrainConfigT = TypeVar("TrainConfigT", bound=TrainConfig)
 START_TIMEOUT_ENV = "RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S"  # Ray Train passes it on to its controller
@@ -72,8 +72,10 @@ class TrainResult:
     def summary(self) -> str:
         losses = [h["loss"] for h in self.history if "loss" in h]
         evals = [h["eval_loss"] for h in self.history if "eval_loss" in h]
-        lines = [f"train: {self.metrics.get('step')} steps in {self.wall_s:.0f} s on "
-                 f"{self.metrics.get('world_size', '?')} workers across {self.metrics.get('nodes', '?')} node(s)"]
+        lines = [
+            f"train: {self.metrics.get('step')} steps in {self.wall_s:.0f} s on "
+            f"{self.metrics.get('world_size', '?')} workers across {self.metrics.get('nodes', '?')} node(s)"
+        ]
         if losses:
             lines.append(f"  loss {losses[0]:.4f} -> {losses[-1]:.4f}")
         if evals:
@@ -81,8 +83,11 @@ class TrainResult:
         speeds = [h["tokens_per_s"] for h in self.history if "tokens_per_s" in h]
         if speeds:
             lines.append(f"  tokens/s (all workers) median {sorted(speeds)[len(speeds) // 2]:.0f}")
-        lines += [f"  adapter     {self.adapter_path}", f"  checkpoint  {self.checkpoint_path}",
-                  f"  metrics     {self.run_dir}/metrics.jsonl"]
+        lines += [
+            f"  adapter     {self.adapter_path}",
+            f"  checkpoint  {self.checkpoint_path}",
+            f"  metrics     {self.run_dir}/metrics.jsonl",
+        ]
         if self.mlflow_run_id:
             lines.append(f"  mlflow run  {self.mlflow_run_id}")
         return "\n".join(lines)
@@ -93,8 +98,12 @@ def run(cfg: TrainConfig) -> TrainResult:
     return fit(prepare(cfg))
 
 
-def prepare(cfg: TrainConfig, data: TokenizedData | None = None, tracking_parent: str | None = None,
-            tracking_tags: dict[str, str] | None = None) -> TrainJob:
+def prepare(
+    cfg: TrainConfig,
+    data: TokenizedData | None = None,
+    tracking_parent: str | None = None,
+    tracking_tags: dict[str, str] | None = None,
+) -> TrainJob:
     """Check and plan a job; no training. ``data``: tokenised rows a sweep driver prepared once
     for all of its trials; ``tracking_parent``/``tracking_tags``: the sweep's MLflow run and the
     trial's overrides."""
@@ -106,8 +115,16 @@ def prepare(cfg: TrainConfig, data: TokenizedData | None = None, tracking_parent
     init_ray()
     check_cluster_fits(cfg.cluster)
     data = data or prepare_data(cfg)
-    plan = TrainPlan(cfg, size, data.train_rows, data.validation_rows, data.train_tokens, data.dropped_rows,
-                     data.train_sequences, data.truncated_rows)
+    plan = TrainPlan(
+        cfg,
+        size,
+        data.train_rows,
+        data.validation_rows,
+        data.train_tokens,
+        data.dropped_rows,
+        data.train_sequences,
+        data.truncated_rows,
+    )
     print(plan.render(), flush=True)
     plan.check()
     record_config(cfg)
@@ -135,17 +152,26 @@ def _finished(cfg: TrainConfig, total_steps: int) -> ray.train.Result | None:
         return None
     if result.checkpoint is None or int(result.metrics.get("step") or 0) < total_steps:
         return None
-    print(f"train: {cfg.run.name} already finished at step {result.metrics['step']}; nothing to train "
-          "(a new run.name trains again)", flush=True)
+    print(
+        f"train: {cfg.run.name} already finished at step {result.metrics['step']}; nothing to train "
+        "(a new run.name trains again)",
+        flush=True,
+    )
     return result
 
 
 def fit(job: TrainJob, callbacks: list | None = None) -> TrainResult:
     """Train a prepared job. ``callbacks`` go to ``RunConfig`` (Ray Tune passes its reporter)."""
     cfg, data = job.cfg, job.data
-    tracker = JobRun.open(cfg.tracking, cfg.run.storage_path, cfg.run.run_dir, cfg.run.name,
-                          {**flatten(cfg.model_dump(mode="json")), **job.plan.params()}, job.tracking_tags,
-                          job.tracking_parent)
+    tracker = JobRun.open(
+        cfg.tracking,
+        cfg.run.storage_path,
+        cfg.run.run_dir,
+        cfg.run.name,
+        {**flatten(cfg.model_dump(mode="json")), **job.plan.params()},
+        job.tracking_tags,
+        job.tracking_parent,
+    )
     job.worker.tracking = tracker.target
     if cfg.run.placement_timeout_s is not None:
         os.environ[START_TIMEOUT_ENV] = str(cfg.run.placement_timeout_s)
@@ -162,8 +188,9 @@ def fit(job: TrainJob, callbacks: list | None = None) -> TrainResult:
             name=cfg.run.name,
             storage_path=cfg.run.storage_path,
             checkpoint_config=ray.train.CheckpointConfig(num_to_keep=cfg.run.keep_checkpoints),
-            failure_config=ray.train.FailureConfig(max_failures=cfg.run.max_failures,
-                                                   controller_failure_limit=cfg.run.placement_retries),
+            failure_config=ray.train.FailureConfig(
+                max_failures=cfg.run.max_failures, controller_failure_limit=cfg.run.placement_retries
+            ),
             callbacks=callbacks,
             logging_config=ray.train.LoggingConfig(log_level="WARNING"),  # progress comes from the [train] lines
         ),
@@ -222,14 +249,18 @@ def resolve_local_paths(cfg: TrainConfigT) -> TrainConfigT:
     """Workers start in their own folder: hand them absolute paths for local inputs and storage.
     Copied with ``update`` (no re-validation): in a pipeline the data path is refine's output,
     which does not exist yet when the run folder is checked."""
+
     def local(path: str) -> str:
         return path if is_remote(path) else os.path.abspath(path)
 
-    return cfg.model_copy(deep=True, update={
-        "model": cfg.model.model_copy(update={"name_or_path": absolute_if_local(cfg.model.name_or_path)}),
-        "data": cfg.data.model_copy(update={"path": local(cfg.data.path)}),
-        "run": cfg.run.model_copy(update={"storage_path": local(cfg.run.storage_path)}),
-    })
+    return cfg.model_copy(
+        deep=True,
+        update={
+            "model": cfg.model.model_copy(update={"name_or_path": absolute_if_local(cfg.model.name_or_path)}),
+            "data": cfg.data.model_copy(update={"path": local(cfg.data.path)}),
+            "run": cfg.run.model_copy(update={"storage_path": local(cfg.run.storage_path)}),
+        },
+    )
 
 
 def train_loop_per_worker(plan: WorkerPlan) -> None:

@@ -39,8 +39,11 @@ T = TypeVar("T")
 class TrackingSettings(StrictModel):
     """Where training metrics go besides ``metrics.jsonl``; off by default."""
 
-    mlflow: bool | str = Field(False, description="true: a SQLite store at run.storage_path/mlflow.db; or a "
-                                                  "tracking URI (http://host:5000, sqlite:///path.db, file:/path)")
+    mlflow: bool | str = Field(
+        False,
+        description="true: a SQLite store at run.storage_path/mlflow.db; or a "
+        "tracking URI (http://host:5000, sqlite:///path.db, file:/path)",
+    )
     experiment: str | None = None  # default: run.name
     tensorboard: bool = False  # event files under <run folder>/tensorboard/
 
@@ -61,11 +64,15 @@ def remote_storage_problems(settings: TrackingSettings, storage_path: str) -> li
         return []
     problems = []
     if settings.mlflow is True:
-        problems.append(f"tracking.mlflow: true keeps its store under run.storage_path, which is remote "
-                        f"({storage_path}); give a tracking server URI (tracking.mlflow: http://host:5000)")
+        problems.append(
+            f"tracking.mlflow: true keeps its store under run.storage_path, which is remote "
+            f"({storage_path}); give a tracking server URI (tracking.mlflow: http://host:5000)"
+        )
     if settings.tensorboard:
-        problems.append(f"tracking.tensorboard writes event files under run.storage_path, which is remote "
-                        f"({storage_path}); use a shared-filesystem path or turn it off")
+        problems.append(
+            f"tracking.tensorboard writes event files under run.storage_path, which is remote "
+            f"({storage_path}); use a shared-filesystem path or turn it off"
+        )
     return problems
 
 
@@ -110,12 +117,15 @@ def check_reachable(uri: str | None, timeout_s: float = 30) -> None:
     worker.start()
     worker.join(timeout_s)
     if worker.is_alive():
-        raise UserError(f"tracking.mlflow: the store {uri} did not answer in {timeout_s:g} s; "
-                        f"{_fix_for(uri, None)}") from None
+        raise UserError(
+            f"tracking.mlflow: the store {uri} did not answer in {timeout_s:g} s; {_fix_for(uri, None)}"
+        ) from None
     if failure:
         problem = "does not answer" if _is_server(uri) else "cannot be used"
-        raise UserError(f"tracking.mlflow: {'the tracking server' if _is_server(uri) else 'the store'} {uri} "
-                        f"{problem} ({_reason(failure[0])}); {_fix_for(uri, failure[0])}") from None
+        raise UserError(
+            f"tracking.mlflow: {'the tracking server' if _is_server(uri) else 'the store'} {uri} "
+            f"{problem} ({_reason(failure[0])}); {_fix_for(uri, failure[0])}"
+        ) from None
 
 
 def _is_server(uri: str) -> bool:
@@ -130,8 +140,10 @@ def _fix_for(uri: str, exc: BaseException | None) -> str:
     if _is_server(uri):
         return "start it, fix the URI, or set tracking.mlflow: true for a local SQLite store"
     if isinstance(exc, ImportError) or "Unsupported" in type(exc).__name__:
-        return ("install the store's driver (SQLite needs sqlalchemy and alembic, which platypus-ray requires; "
-                "PostgreSQL psycopg2, MySQL pymysql) or use tracking.mlflow: true")
+        return (
+            "install the store's driver (SQLite needs sqlalchemy and alembic, which platypus-ray requires; "
+            "PostgreSQL psycopg2, MySQL pymysql) or use tracking.mlflow: true"
+        )
     return "check the path exists and is writable, fix the URI, or set tracking.mlflow: true"
 
 
@@ -155,7 +167,7 @@ def retry_locked(call: Callable[..., T], *args: Any, tries: int = 6, **kwargs: A
     for attempt in range(tries):
         try:
             return call(*args, **kwargs)
-        except Exception as exc:  # noqa: BLE001 - re-raised unless it is the lock
+        except Exception as exc:
             if attempt == tries - 1 or "database is locked" not in str(exc):
                 raise
             time.sleep(0.2 * 2**attempt + random.random() * 0.2)
@@ -182,8 +194,11 @@ def http_bounds(retries: int = 1, timeout_s: int = 10, keep_user_values: bool = 
 
 
 def warn(what: str, exc: BaseException) -> None:
-    print(f"tracking: warning: {what} failed ({type(exc).__name__}: {str(exc)[:200]}); training continues",
-          file=sys.stderr, flush=True)
+    print(
+        f"tracking: warning: {what} failed ({type(exc).__name__}: {str(exc)[:200]}); training continues",
+        file=sys.stderr,
+        flush=True,
+    )
 
 
 def flatten(mapping: dict[str, Any], prefix: str = "") -> dict[str, str]:
@@ -205,8 +220,16 @@ class JobRun:
     target: TrackingTarget = field(default_factory=TrackingTarget)
 
     @classmethod
-    def open(cls, settings: TrackingSettings, storage_path: str, run_dir: str, experiment: str,
-             params: dict[str, str], tags: dict[str, str] | None = None, parent_run_id: str | None = None) -> "JobRun":
+    def open(
+        cls,
+        settings: TrackingSettings,
+        storage_path: str,
+        run_dir: str,
+        experiment: str,
+        params: dict[str, str],
+        tags: dict[str, str] | None = None,
+        parent_run_id: str | None = None,
+    ) -> JobRun:
         """Start the job's run, or reopen the one an earlier attempt of this job started."""
         target = TrackingTarget(tensorboard_dir=os.path.join(run_dir, "tensorboard") if settings.tensorboard else None)
         uri = settings.mlflow_uri(storage_path)
@@ -214,7 +237,9 @@ class JobRun:
             return cls(target)
         target.mlflow_uri = uri
         try:
-            target.run_id = _start_run(uri, settings.experiment or experiment, run_dir, params, tags or {}, parent_run_id)
+            target.run_id = _start_run(
+                uri, settings.experiment or experiment, run_dir, params, tags or {}, parent_run_id
+            )
         except Exception as exc:  # noqa: BLE001
             warn(f"opening an MLflow run at {uri}", exc)
         return cls(target)
@@ -232,8 +257,9 @@ class JobRun:
             warn("closing the MLflow run", exc)
 
 
-def _start_run(uri: str, experiment: str, run_dir: str, params: dict[str, str], tags: dict[str, str],
-               parent_run_id: str | None) -> str:
+def _start_run(
+    uri: str, experiment: str, run_dir: str, params: dict[str, str], tags: dict[str, str], parent_run_id: str | None
+) -> str:
     mlflow = client(uri)
     experiment_id = _experiment_id(mlflow, uri, experiment)
     state_file = f"{run_dir}/tracking.json"
@@ -246,7 +272,9 @@ def _start_run(uri: str, experiment: str, run_dir: str, params: dict[str, str], 
     else:
         if parent_run_id:
             tags = {**tags, "mlflow.parentRunId": parent_run_id}
-        run_id = retry_locked(mlflow.create_run, experiment_id, run_name=os.path.basename(run_dir), tags=tags).info.run_id
+        run_id = retry_locked(
+            mlflow.create_run, experiment_id, run_name=os.path.basename(run_dir), tags=tags
+        ).info.run_id
         write_text(state_file, json.dumps({"mlflow_uri": uri, "run_id": run_id, "experiment": experiment}) + "\n")
     log_params(mlflow, run_id, params)
     return run_id
@@ -263,7 +291,7 @@ def _experiment_id(mlflow, uri: str, name: str) -> str:
         location = "file:" + os.path.join(os.path.dirname(uri.removeprefix("sqlite:///")), "mlartifacts")
     try:
         return retry_locked(mlflow.create_experiment, name, artifact_location=location)
-    except Exception:  # noqa: BLE001 - another process created it first
+    except Exception:
         found = mlflow.get_experiment_by_name(name)
         if found is None:
             raise
@@ -275,7 +303,7 @@ def log_params(mlflow, run_id: str, params: dict[str, str]) -> None:
 
     items = [Param(k, v) for k, v in params.items()]
     for start in range(0, len(items), 100):  # MLflow takes at most 100 params per batch
-        retry_locked(mlflow.log_batch, run_id, params=items[start:start + 100])
+        retry_locked(mlflow.log_batch, run_id, params=items[start : start + 100])
 
 
 def now_ms() -> int:

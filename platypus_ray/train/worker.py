@@ -18,11 +18,11 @@ import torch
 from ray.data.collate_fn import NumpyBatchCollateFn
 from transformers import PrinterCallback, Trainer, TrainingArguments
 
+from platypus_ray.core.devices import actor_device
 from platypus_ray.core.dtypes import torch_dtype
 from platypus_ray.train.callbacks import InjectedFault, ReportToRay, TrackingCallback
 from platypus_ray.train.config import TrainConfig
 from platypus_ray.train.layout import CHECKPOINT_SUBDIR
-from platypus_ray.core.devices import actor_device
 from platypus_ray.train.plan import WorkerPlan
 from platypus_ray.train.prompts import IGNORE_INDEX
 
@@ -48,8 +48,9 @@ def train_loop_per_worker(plan: WorkerPlan) -> None:
     args = _training_arguments(cfg, plan, on_gpu)  # registers the ZeRO-3 config for from_pretrained
     packed = cfg.data.packing == "packed"
     attention = {"attn_implementation": "flash_attention_2"} if packed and on_gpu else {}  # varlen via position ids
-    model = AutoModelForCausalLM.from_pretrained(cfg.model.name_or_path, dtype=torch_dtype(cfg.model.dtype, on_gpu),
-                                                 **attention)
+    model = AutoModelForCausalLM.from_pretrained(
+        cfg.model.name_or_path, dtype=torch_dtype(cfg.model.dtype, on_gpu), **attention
+    )
     model.config.use_cache = False  # training; a KV cache would also turn off the packed-sequence mask
     partition = zero3_partition_report(model, world)
     partition.update(worker_placement())
@@ -58,8 +59,14 @@ def train_loop_per_worker(plan: WorkerPlan) -> None:
     set_seed(cfg.training.seed)  # every rank must start from the same LoRA initialisation
     model = get_peft_model(
         model,
-        LoraConfig(r=cfg.lora.r, lora_alpha=cfg.lora.alpha, lora_dropout=cfg.lora.dropout,
-                   target_modules=cfg.lora.modules, bias="none", task_type="CAUSAL_LM"),
+        LoraConfig(
+            r=cfg.lora.r,
+            lora_alpha=cfg.lora.alpha,
+            lora_dropout=cfg.lora.dropout,
+            target_modules=cfg.lora.modules,
+            bias="none",
+            task_type="CAUSAL_LM",
+        ),
     )
     if rank == 0:
         model.print_trainable_parameters()
@@ -208,7 +215,9 @@ class _ShardStream(torch.utils.data.IterableDataset):
         while True:
             # drop_last keeps the number of forward passes equal on every rank (ZeRO-3 needs it).
             yield from self.shard.iter_torch_batches(  # "auto" is cuda:0 for a simulated GPU too (devices.py)
-                batch_size=self.batch_size, collate_fn=self.collate, drop_last=self.endless,
+                batch_size=self.batch_size,
+                collate_fn=self.collate,
+                drop_last=self.endless,
                 device="auto" if torch.cuda.is_available() else "cpu",
             )
             if not self.endless:
@@ -220,7 +229,9 @@ class ShardTrainer(Trainer):
 
     def __init__(self, *, train_shard, eval_shard, train_collate, eval_collate, micro_batch_size, **kwargs):
         self._train = _ShardStream(train_shard, micro_batch_size, train_collate, endless=True)
-        self._eval = None if eval_shard is None else _ShardStream(eval_shard, micro_batch_size, eval_collate, endless=False)
+        self._eval = (
+            None if eval_shard is None else _ShardStream(eval_shard, micro_batch_size, eval_collate, endless=False)
+        )
         super().__init__(train_dataset=self._train, eval_dataset=self._eval, **kwargs)
         self.tokens_seen = 0
 

@@ -14,10 +14,10 @@ import ray
 
 from platypus_ray.core.config import validate_config
 from platypus_ray.core.errors import UserError
-from platypus_ray.refine import RefineConfig
 from platypus_ray.embedding import EmbeddingConfig
-from platypus_ray.embedding.pool import open_cache
 from platypus_ray.embedding.cache import EmbeddingCache, as_keys, hash_array, text_hash
+from platypus_ray.embedding.pool import open_cache
+from platypus_ray.refine import RefineConfig
 from platypus_ray.refine.rows import embed_text
 from tests.helpers import build_static_embedder
 
@@ -32,8 +32,12 @@ def unit_vectors(n: int, dim: int = 8, seed: int = 0) -> np.ndarray:
 def write_shard(cache: EmbeddingCache, name: str, texts: list[str], vectors: np.ndarray) -> Path:
     folder = Path(cache.folder)
     folder.mkdir(parents=True, exist_ok=True)
-    table = pa.table({"text_hash": hash_array(texts),
-                      "embedding": pa.FixedSizeListArray.from_arrays(pa.array(vectors.ravel()), vectors.shape[1])})
+    table = pa.table(
+        {
+            "text_hash": hash_array(texts),
+            "embedding": pa.FixedSizeListArray.from_arrays(pa.array(vectors.ravel()), vectors.shape[1]),
+        }
+    )
     pq.write_table(table, folder / name)
     return folder / name
 
@@ -78,7 +82,9 @@ def test_unusable_shards_are_skipped_with_their_name_and_their_rows_recomputed(t
     texts = [f"row {i}" for i in range(6)]
     good = write_shard(cache, "good.parquet", texts[:2], unit_vectors(2))
     (Path(cache.folder) / "torn.parquet").write_bytes(good.read_bytes()[:-40])  # a write cut short
-    pq.write_table(pa.table({"text_hash": hash_array(texts[2:3]), "vector": [[1.0]]}), Path(cache.folder) / "foreign.parquet")
+    pq.write_table(
+        pa.table({"text_hash": hash_array(texts[2:3]), "vector": [[1.0]]}), Path(cache.folder) / "foreign.parquet"
+    )
     write_shard(cache, "not-unit.parquet", texts[3:4], 2 * unit_vectors(1))
     write_shard(cache, "nan.parquet", texts[4:5], np.full((1, 8), np.nan, dtype=np.float32))
     write_shard(cache, "other-dim.parquet", texts[5:6], unit_vectors(1, dim=4))

@@ -14,8 +14,8 @@ import numpy as np
 import pytest
 
 from platypus_ray.core.errors import UserError
-from platypus_ray.embedding.encoders import EncoderSpec, load_encoder, token_batches
 from platypus_ray.embedding.calibrate import Agreement, calibrate, choose, compare, recorded_choice, spread
+from platypus_ray.embedding.encoders import EncoderSpec, load_encoder, token_batches
 from platypus_ray.embedding.export import ensure_export, model_folder
 from platypus_ray.embedding.manifest import MANIFEST, verify_export
 from tests.refine.test_refine_e2e import corpus, make_config  # noqa: F401 - the planted corpus, as a fixture here
@@ -23,10 +23,14 @@ from tests.refine.test_refine_e2e import test_every_planted_row_lands_where_expe
 
 # Two planted paraphrase pairs (cosine ~0.9+ under MiniLM) among unrelated texts.
 TEXTS = [
-    "What is the capital city of Australia?", "Which city is the capital of Australia?",
-    "Write a haiku about autumn leaves.", "How do I bake sourdough bread at home?",
-    "Give me a recipe for baking sourdough bread at home.", "Explain photosynthesis to a child.",
-    "List three prime numbers greater than ten.", "Translate 'good morning' into French.",
+    "What is the capital city of Australia?",
+    "Which city is the capital of Australia?",
+    "Write a haiku about autumn leaves.",
+    "How do I bake sourdough bread at home?",
+    "Give me a recipe for baking sourdough bread at home.",
+    "Explain photosynthesis to a child.",
+    "List three prime numbers greater than ten.",
+    "Translate 'good morning' into French.",
 ]
 PLANTED = [(0, 1), (3, 4)]
 WORDS = sorted({w.strip("?.,'").lower() for t in TEXTS for w in t.split()} | {"capital", "bread"})
@@ -47,8 +51,15 @@ def export_dir(tmp_path_factory):
 
 
 def _spec(export_dir, backend, **kw) -> EncoderSpec:
-    return EncoderSpec("all-MiniLM-L6-v2", backend, batch_size=3, threads=1, export_dir=str(export_dir),
-                       static_model=str(export_dir / "static-tiny"), **kw)
+    return EncoderSpec(
+        "all-MiniLM-L6-v2",
+        backend,
+        batch_size=3,
+        threads=1,
+        export_dir=str(export_dir),
+        static_model=str(export_dir / "static-tiny"),
+        **kw,
+    )
 
 
 @pytest.fixture(scope="module")
@@ -56,7 +67,9 @@ def torch_vectors(export_dir):
     return load_encoder(_spec(export_dir, "torch")).encode(TEXTS)
 
 
-@pytest.mark.parametrize("backend, max_diff", [("onnx", 1e-5), ("openvino", 1e-5), ("onnx-int8", 0.1), ("static", None)])
+@pytest.mark.parametrize(
+    "backend, max_diff", [("onnx", 1e-5), ("openvino", 1e-5), ("onnx-int8", 0.1), ("static", None)]
+)
 def test_backend_gives_unit_vectors_and_finds_the_planted_duplicates(export_dir, torch_vectors, backend, max_diff):
     encoder = load_encoder(_spec(export_dir, backend))
     vectors = encoder.encode(TEXTS)
@@ -107,20 +120,38 @@ def test_calibration_picks_an_identical_backend_and_is_recorded(export_dir, tmp_
     assert results[1].identical and results[1].max_abs_cos_diff < 1e-5
     assert choose(results).name in {"torch", "onnx"} or choose(results).identical
 
-    record = recorded_choice(spread(TEXTS), len(TEXTS), base, 0.8, 0.8, wanted_rows=4, backends=("torch", "onnx"), record_dir=tmp_path)
+    record = recorded_choice(
+        spread(TEXTS), len(TEXTS), base, 0.8, 0.8, wanted_rows=4, backends=("torch", "onnx"), record_dir=tmp_path
+    )
     assert record["reused"] is False and record["rows"] == 4 and record["chosen"] in {"torch", "onnx"}
-    again = recorded_choice(spread(TEXTS), len(TEXTS), base, 0.8, 0.8, wanted_rows=4, backends=("torch", "onnx"), record_dir=tmp_path)
+    again = recorded_choice(
+        spread(TEXTS), len(TEXTS), base, 0.8, 0.8, wanted_rows=4, backends=("torch", "onnx"), record_dir=tmp_path
+    )
     assert again["reused"] is True and again["measured"] == record["measured"]
     # a small run never pays for a calibration: no record, no measurement
-    assert recorded_choice(spread(TEXTS), len(TEXTS), base, 0.8, 0.8, wanted_rows=100, backends=("torch", "openvino"),
-                           record_dir=tmp_path, measure_small=False) is None
+    assert (
+        recorded_choice(
+            spread(TEXTS),
+            len(TEXTS),
+            base,
+            0.8,
+            0.8,
+            wanted_rows=100,
+            backends=("torch", "openvino"),
+            record_dir=tmp_path,
+            measure_small=False,
+        )
+        is None
+    )
 
 
 def test_choose_prefers_the_fastest_identical_backend_never_an_approximate_one():
     row = dict(version="v", rows=8, max_abs_cos_diff=0.0, flags_differ=0)
-    results = [Agreement("torch", rows_per_s=100, ratio_vs_torch=1.0, kept_differs=0, **row),
-               Agreement("onnx", rows_per_s=140, ratio_vs_torch=1.4, kept_differs=0, **row),
-               Agreement("openvino", rows_per_s=300, ratio_vs_torch=3.0, kept_differs=1, **row)]
+    results = [
+        Agreement("torch", rows_per_s=100, ratio_vs_torch=1.0, kept_differs=0, **row),
+        Agreement("onnx", rows_per_s=140, ratio_vs_torch=1.4, kept_differs=0, **row),
+        Agreement("openvino", rows_per_s=300, ratio_vs_torch=3.0, kept_differs=1, **row),
+    ]
     assert choose(results).name == "onnx"
 
 
@@ -170,8 +201,13 @@ def test_refine_with_auto_backend_calibrates_records_and_decides_as_torch(ray_se
     from platypus_ray.refine import run
 
     cfg = make_config(corpus, tmp_path / "out")
-    cfg = cfg.model_copy(update={"embedding": cfg.embedding.model_copy(
-        update={"backend": "auto", "calibration_rows": 16, "export_dir": str(export_dir)})})
+    cfg = cfg.model_copy(
+        update={
+            "embedding": cfg.embedding.model_copy(
+                update={"backend": "auto", "calibration_rows": 16, "export_dir": str(export_dir)}
+            )
+        }
+    )
     run(cfg)
     check_planted_rows((None, tmp_path / "out"))
     embedding = json.loads((tmp_path / "out" / "stats.json").read_text())["embedding"]
@@ -183,11 +219,10 @@ def test_refine_with_auto_backend_calibrates_records_and_decides_as_torch(ray_se
     assert "Embedding backend" in html and "dedup threshold 0.8" in html and "kept differs" in html
 
 
-
 def test_cuda_settings_resolve_without_a_gpu():
     """What runs on CUDA actors, decided on the driver: fp16 by default, exported backends refused."""
-    from platypus_ray.embedding.encoders import resolve_precision
     from platypus_ray.embedding import EmbeddingConfig
+    from platypus_ray.embedding.encoders import resolve_precision
     from platypus_ray.embedding.pool import choose_backend
 
     assert resolve_precision("auto", "cuda") == "float16" and resolve_precision("auto", "cpu") == "float32"

@@ -27,8 +27,14 @@ def test_embedder_batch_gives_unit_vectors_that_rank_paraphrases_first():
     embedder = Embedder("all-MiniLM-L6-v2", device="cpu", batch_size=8)
     batch = {
         "key": np.array([7, 8, 9]),
-        "text": np.array(["What is the capital city of Australia?", "Which city is the capital of Australia?",
-                          "Write a haiku about autumn leaves."], dtype=object),
+        "text": np.array(
+            [
+                "What is the capital city of Australia?",
+                "Which city is the capital of Australia?",
+                "Write a haiku about autumn leaves.",
+            ],
+            dtype=object,
+        ),
     }
     out = embedder(batch)
     assert out["key"].tolist() == [7, 8, 9]
@@ -55,8 +61,9 @@ def test_one_input_block_is_cut_into_batches_that_every_actor_shares(ray_session
 
     texts = [f"row {i} " + "word " * (i % 23) for i in range(96)]
     model = build_static_embedder(tmp_path / "model", texts)
-    ds = ray.data.from_items([{"key": k, "text": t, "text_len": len(t)} for k, t in enumerate(texts)],
-                             override_num_blocks=1)
+    ds = ray.data.from_items(
+        [{"key": k, "text": t, "text_len": len(t)} for k, t in enumerate(texts)], override_num_blocks=1
+    )
     log, arrived = tmp_path / "calls.txt", tmp_path / "arrived"
     arrived.mkdir()
 

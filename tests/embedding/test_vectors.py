@@ -24,13 +24,15 @@ def test_blocks_assembled_from_shuffled_batches_read_back_exactly(ray_session):
     picks = rng.permutation(len(x))[:50]
     np.testing.assert_array_equal(blocks.gather(picks), x[picks])
     groups = rng.integers(0, 4, len(x))
-    np.testing.assert_allclose(blocks.group_sums(groups, 4), [x[groups == g].astype(np.float64).sum(0) for g in range(4)])
+    np.testing.assert_allclose(
+        blocks.group_sums(groups, 4), [x[groups == g].astype(np.float64).sum(0) for g in range(4)]
+    )
     np.testing.assert_allclose(blocks.dots(rows, x[3]), x[rows].astype(np.float64) @ x[3].astype(np.float64))
     assert EmbeddingBlocks.of(blocks) is blocks and EmbeddingBlocks.of(x).n == 1000
 
 
 def test_a_hole_a_repeat_or_two_widths_are_refused(ray_session):
-    one = lambda k, dim=3: ray.put({"key": np.array([k]), "embedding": np.ones((1, dim), np.float32)})  # noqa: E731
+    one = lambda k, dim=3: ray.put({"key": np.array([k]), "embedding": np.ones((1, dim), np.float32)})
     with pytest.raises(RuntimeError, match="1 keys missing"):
         assemble([one(0)], 2)
     with pytest.raises(RuntimeError, match="1 repeated"):

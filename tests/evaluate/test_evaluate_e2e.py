@@ -27,16 +27,25 @@ def write_quiz(path, n: int = 12, seed: int = 0) -> list[dict]:
     rows = []
     for i in range(n):
         choices = rng.sample(WORDS, 4)
-        rows.append({"id": f"q{i}", "question": f"Which word is the password of vault {i}?", "choices": choices,
-                     "answer": rng.randrange(4)})
+        rows.append(
+            {
+                "id": f"q{i}",
+                "question": f"Which word is the password of vault {i}?",
+                "choices": choices,
+                "answer": rng.randrange(4),
+            }
+        )
     path.write_text("".join(json.dumps(r) + "\n" for r in rows))
     return rows
 
 
 def eval_config(tmp_path, model_path: str, quiz, shots: int = 1, **extra) -> EvaluateConfig:
-    raw = {"model": {"name_or_path": model_path}, "output": str(tmp_path / "eval"),
-           "benchmarks": [{"path": str(quiz), "format": "questions", "name": "vault", "num_fewshot": shots}],
-           "inference": {"actors": 1, "batch_size": 5, "device": "cpu"}}
+    raw = {
+        "model": {"name_or_path": model_path},
+        "output": str(tmp_path / "eval"),
+        "benchmarks": [{"path": str(quiz), "format": "questions", "name": "vault", "num_fewshot": shots}],
+        "inference": {"actors": 1, "batch_size": 5, "device": "cpu"},
+    }
     return validate_config(EvaluateConfig, {**raw, **extra})
 
 
@@ -44,9 +53,9 @@ def reference_logprob(model, tokenizer, context: str, continuation: str) -> floa
     """Plain PyTorch, one sequence, no padding: sum of log p(continuation tokens | prefix)."""
     import torch
 
-    context, continuation = context.rstrip(" "), context[len(context.rstrip(" ")):] + continuation
+    context, continuation = context.rstrip(" "), context[len(context.rstrip(" ")) :] + continuation
     context_ids = tokenizer(context)["input_ids"]
-    ids = context_ids + tokenizer(context + continuation)["input_ids"][len(context_ids):]
+    ids = context_ids + tokenizer(context + continuation)["input_ids"][len(context_ids) :]
     n = len(ids) - len(context_ids)
     with torch.no_grad():
         logits = model(torch.tensor([ids[:-1]])).logits[0].float()
@@ -64,7 +73,10 @@ def test_scores_equal_a_one_item_at_a_time_pytorch_loop(ray_session, tiny_model,
     items = pd.read_parquet(tmp_path / "eval/items.parquet").set_index("doc_id")
     validation = pd.read_parquet(tmp_path / "eval/validation.parquet")
     label = cfg.model.display_name
-    samples = [json.loads(line) for line in (tmp_path / f"eval/samples/{label}/samples_file_vault.jsonl").read_text().splitlines()]
+    samples = [
+        json.loads(line)
+        for line in (tmp_path / f"eval/samples/{label}/samples_file_vault.jsonl").read_text().splitlines()
+    ]
 
     tokenizer = AutoTokenizer.from_pretrained(tiny_model)
     model = AutoModelForCausalLM.from_pretrained(tiny_model).eval()
@@ -73,13 +85,18 @@ def test_scores_equal_a_one_item_at_a_time_pytorch_loop(ray_session, tiny_model,
         row = rows[sample["doc_id"]]
         assert [c for _, c in sample["arguments"]] == [f" {c}" for c in row["choices"]]
         assert sample["arguments"][0][0].endswith(f"Question: {row['question']}\nAnswer:")
-        expected = [reference_logprob(model, tokenizer, context, continuation) for context, continuation in sample["arguments"]]
+        expected = [
+            reference_logprob(model, tokenizer, context, continuation) for context, continuation in sample["arguments"]
+        ]
         np.testing.assert_allclose(items.loc[sample["doc_id"], "logprobs"], expected, rtol=0, atol=1e-4)
         correct.append(int(np.argmax(expected)) == row["answer"])
         # lm-eval's acc_norm: log-likelihood per character of the choice, the space before it not counted
         lengths = np.array([len(c) for c in row["choices"]])
         correct_norm.append(int(np.argmax(np.array(expected) / lengths)) == row["answer"])
-        assert items.loc[sample["doc_id"], "acc"] == correct[-1] and items.loc[sample["doc_id"], "acc_norm"] == correct_norm[-1]
+        assert (
+            items.loc[sample["doc_id"], "acc"] == correct[-1]
+            and items.loc[sample["doc_id"], "acc_norm"] == correct_norm[-1]
+        )
     summary = result.summary_data["models"][label]
     assert summary["benchmarks"]["vault"]["items"] == 12 == len(samples)
     assert summary["benchmarks"]["vault"]["acc"] == pytest.approx(np.mean(correct))
@@ -133,8 +150,14 @@ def test_a_model_tuned_on_the_answers_beats_its_base(ray_session, tiny_model, tm
     rows = write_quiz(quiz, n=12, seed=1)
     tuned = fine_tune_on_answers(tiny_model, rows, tmp_path / "tuned")
     # 0-shot: the prompt it was tuned on (lm-eval's few-shot examples are other items' answers, a distraction)
-    cfg = eval_config(tmp_path, tuned, quiz, shots=0, compare_with={"name_or_path": tiny_model, "label": "base"},
-                      model={"name_or_path": tuned, "label": "tuned"})
+    cfg = eval_config(
+        tmp_path,
+        tuned,
+        quiz,
+        shots=0,
+        compare_with={"name_or_path": tiny_model, "label": "base"},
+        model={"name_or_path": tuned, "label": "tuned"},
+    )
     result = run(cfg)
     scores = {m: s["benchmarks"]["vault"]["acc"] for m, s in result.summary_data["models"].items()}
     assert scores["tuned"] >= 0.9, scores
@@ -149,11 +172,23 @@ def test_malformed_benchmark_row_fails_before_ray_naming_file_and_line(tiny_mode
     with quiz.open("a") as f:
         f.write('{"question": "Broken?", "choices": ["a", "b"]\n')
     config = tmp_path / "eval.yaml"
-    config.write_text(json.dumps({"model": {"name_or_path": tiny_model}, "output": str(tmp_path / "eval"),
-                                  "benchmarks": [{"path": str(quiz), "format": "questions"}]}))
+    config.write_text(
+        json.dumps(
+            {
+                "model": {"name_or_path": tiny_model},
+                "output": str(tmp_path / "eval"),
+                "benchmarks": [{"path": str(quiz), "format": "questions"}],
+            }
+        )
+    )
     env = {**os.environ, "RAY_ADDRESS": "127.0.0.1:9"}  # nothing listens there: Ray must not be reached
-    proc = subprocess.run([sys.executable, "-m", "platypus_ray", "evaluate", "--config", str(config)],
-                          capture_output=True, text=True, env=env, timeout=120)
+    proc = subprocess.run(
+        [sys.executable, "-m", "platypus_ray", "evaluate", "--config", str(config)],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
+    )
     assert proc.returncode == 2, proc.stderr[-2000:]
     assert f"{quiz}, line 4: malformed JSON" in proc.stderr
     assert "Traceback" not in proc.stderr

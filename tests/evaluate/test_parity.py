@@ -38,11 +38,20 @@ def reference(tiny_model, task_folder):
     results = {}
     for shots in (0, FEWSHOT):
         names = [name for name, n in tasks.items() if (n > 0) == (shots > 0)]
-        out = lm_eval.simple_evaluate(model=lm, tasks=names, task_manager=TaskManager(include_path=str(folder)),
-                                      num_fewshot=shots, log_samples=True)
-        results.update({"results": {**results.get("results", {}), **out["results"]},
-                        "samples": {**results.get("samples", {}), **out["samples"]},
-                        "n-shot": {**results.get("n-shot", {}), **out["n-shot"]}})
+        out = lm_eval.simple_evaluate(
+            model=lm,
+            tasks=names,
+            task_manager=TaskManager(include_path=str(folder)),
+            num_fewshot=shots,
+            log_samples=True,
+        )
+        results.update(
+            {
+                "results": {**results.get("results", {}), **out["results"]},
+                "samples": {**results.get("samples", {}), **out["samples"]},
+                "n-shot": {**results.get("n-shot", {}), **out["n-shot"]},
+            }
+        )
     return results
 
 
@@ -50,20 +59,40 @@ def reference(tiny_model, task_folder):
 def ours(ray_session, tiny_model, task_folder, tmp_path_factory):
     folder, tasks = task_folder
     out = tmp_path_factory.mktemp("eval") / "eval"
-    cfg = validate_config(EvaluateConfig, {
-        "model": {"name_or_path": tiny_model}, "output": str(out),
-        "benchmarks": [{"task": name, "num_fewshot": shots, "include_path": str(folder)} for name, shots in tasks.items()],
-        "inference": {"actors": 1, "batch_size": 8, "device": "cpu"}})
+    cfg = validate_config(
+        EvaluateConfig,
+        {
+            "model": {"name_or_path": tiny_model},
+            "output": str(out),
+            "benchmarks": [
+                {"task": name, "num_fewshot": shots, "include_path": str(folder)} for name, shots in tasks.items()
+            ],
+            "inference": {"actors": 1, "batch_size": 8, "device": "cpu"},
+        },
+    )
     result = run(cfg)
     label = cfg.model.display_name
-    samples = {path.stem.removeprefix("samples_"): [json.loads(line) for line in path.read_text().splitlines()]
-               for path in (out / "samples" / label).glob("samples_*.jsonl")}
-    return {"summary": result.summary_data["models"][label]["benchmarks"], "samples": samples,
-            "items": pd.read_parquet(out / "items.parquet"), "table": result.summary()}
+    samples = {
+        path.stem.removeprefix("samples_"): [json.loads(line) for line in path.read_text().splitlines()]
+        for path in (out / "samples" / label).glob("samples_*.jsonl")
+    }
+    return {
+        "summary": result.summary_data["models"][label]["benchmarks"],
+        "samples": samples,
+        "items": pd.read_parquet(out / "items.parquet"),
+        "table": result.summary(),
+    }
 
 
-TASKS = ["local_mmlu_0", "local_mmlu_fs", "local_arc_0", "local_arc_fs", "local_hellaswag_0", "local_hellaswag_fs",
-         "local_truthfulqa_0"]
+TASKS = [
+    "local_mmlu_0",
+    "local_mmlu_fs",
+    "local_arc_0",
+    "local_arc_fs",
+    "local_hellaswag_0",
+    "local_hellaswag_fs",
+    "local_truthfulqa_0",
+]
 
 
 @pytest.mark.parametrize("task", TASKS)
@@ -72,7 +101,9 @@ def test_per_item_requests_loglikelihoods_and_metrics_equal_lm_eval(task, refere
     mine = sorted(ours["samples"][task], key=lambda s: s["doc_id"])
     assert [s["doc_id"] for s in mine] == [s["doc_id"] for s in theirs] and len(mine) >= 6
     for a, b in zip(mine, theirs):
-        assert [list(x) for x in a["arguments"]] == [list(x) for x in b["arguments"]], f"doc {a['doc_id']}: prompts differ"
+        assert [list(x) for x in a["arguments"]] == [list(x) for x in b["arguments"]], (
+            f"doc {a['doc_id']}: prompts differ"
+        )
         assert a["target"] == b["target"]
         their_ll = [float(r[0]) for r in b["filtered_resps"]]
         assert [float(r[0]) for r in a["filtered_resps"]] == pytest.approx(their_ll, abs=1e-4)
@@ -85,8 +116,11 @@ def test_per_item_requests_loglikelihoods_and_metrics_equal_lm_eval(task, refere
 
 @pytest.mark.parametrize("task", TASKS)
 def test_aggregates_equal_lm_eval_to_4_decimals(task, reference, ours):
-    theirs = {k.split(",")[0]: float(v) for k, v in reference["results"][task].items()
-              if "," in k and isinstance(v, (int, float)) and "stderr" not in k}
+    theirs = {
+        k.split(",")[0]: float(v)
+        for k, v in reference["results"][task].items()
+        if "," in k and isinstance(v, (int, float)) and "stderr" not in k
+    }
     mine = ours["summary"][task]
     assert theirs and {k: round(mine[k], 4) for k in theirs} == {k: round(v, 4) for k, v in theirs.items()}
     assert mine["num_fewshot"] == reference["n-shot"][task]
@@ -95,6 +129,10 @@ def test_aggregates_equal_lm_eval_to_4_decimals(task, reference, ours):
 
 def test_metrics_are_lm_eval_s_names_per_task(ours):
     summary = ours["summary"]
-    assert {"acc", "acc_norm"} <= set(summary["local_arc_fs"]) and {"acc", "acc_norm"} <= set(summary["local_hellaswag_0"])
-    assert "acc_norm" not in summary["local_mmlu_0"] and "acc" in summary["local_truthfulqa_0"]  # mc2 is truthfulqa_mc2's acc
+    assert {"acc", "acc_norm"} <= set(summary["local_arc_fs"]) and {"acc", "acc_norm"} <= set(
+        summary["local_hellaswag_0"]
+    )
+    assert (
+        "acc_norm" not in summary["local_mmlu_0"] and "acc" in summary["local_truthfulqa_0"]
+    )  # mc2 is truthfulqa_mc2's acc
     assert re.search(r"local_arc_fs +acc_norm +16 +3 ", ours["table"]), ours["table"]

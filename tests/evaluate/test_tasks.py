@@ -19,16 +19,20 @@ from platypus_ray.evaluate.tasks import TaskLoadError, load_tasks
 
 
 def write_questions(path, n: int, with_unscorable: bool = False) -> None:
-    rows = [{"id": f"q{i}", "question": f"Question {i}?", "choices": [f"a{i}", f"bb{i}", f"ccc{i}"], "answer": i % 3}
-            for i in range(n)]
+    rows = [
+        {"id": f"q{i}", "question": f"Question {i}?", "choices": [f"a{i}", f"bb{i}", f"ccc{i}"], "answer": i % 3}
+        for i in range(n)
+    ]
     if with_unscorable:
         rows.append({"id": "no-answer", "question": "Open question?", "choices": ["x", "y"]})
     path.write_text("".join(json.dumps(r) + "\n" for r in rows))
 
 
 def config(tmp_path, model: str, benchmarks, **extra) -> EvaluateConfig:
-    return validate_config(EvaluateConfig, {"model": {"name_or_path": model}, "output": str(tmp_path / "out"),
-                                            "benchmarks": benchmarks, **extra})
+    return validate_config(
+        EvaluateConfig,
+        {"model": {"name_or_path": model}, "output": str(tmp_path / "out"), "benchmarks": benchmarks, **extra},
+    )
 
 
 def requests_of(loaded, task: str) -> list[tuple[str, str]]:
@@ -42,7 +46,9 @@ def test_a_questions_file_becomes_an_lm_eval_task_with_its_prompts_and_fewshot(t
     write_questions(quiz, 6, with_unscorable=True)
     cfg = config(tmp_path, tiny_model, [{"path": str(quiz), "format": "questions", "name": "quiz", "num_fewshot": 2}])
     loaded = load_tasks(cfg.benchmarks, cfg.seed, tmp_path / "tasks")
-    assert loaded.names == ["quiz"] and loaded.lm_names == ["file_quiz"] and loaded.skipped == {"quiz": ["quiz/no-answer"]}
+    assert (
+        loaded.names == ["quiz"] and loaded.lm_names == ["file_quiz"] and loaded.skipped == {"quiz": ["quiz/no-answer"]}
+    )
     requests = requests_of(loaded, "file_quiz")
     assert len(requests) == 6 * 3  # the unscorable item never reaches lm-eval
     contexts = {context for context, _ in requests}
@@ -60,15 +66,20 @@ def test_mmlu_csv_file_uses_lm_eval_s_mmlu_template_and_first_n_dev_examples(tin
     test, dev = tmp_path / "mmlu/anatomy_test.csv", tmp_path / "anatomy_dev.csv"
     test.write_text("What is bone?,tissue,gas,liquid,plasma,A\n")
     dev.write_text("".join(f"Dev {i}?,w{i},x{i},y{i},z{i},{'ABCD'[i % 4]}\n" for i in range(4)))
-    cfg = config(tmp_path, tiny_model, [{"path": str(test), "format": "mmlu_csv", "name": "mmlu",
-                                         "num_fewshot": 2, "fewshot_path": str(dev)}])
+    cfg = config(
+        tmp_path,
+        tiny_model,
+        [{"path": str(test), "format": "mmlu_csv", "name": "mmlu", "num_fewshot": 2, "fewshot_path": str(dev)}],
+    )
     loaded = load_tasks(cfg.benchmarks, cfg.seed, tmp_path / "tasks")
     requests = requests_of(loaded, "file_mmlu")
     assert [c for _, c in requests] == [" A", " B", " C", " D"]
-    assert requests[0][0] == ("The following are multiple choice questions (with answers) about anatomy.\n\n"
-                              "Dev 0?\nA. w0\nB. x0\nC. y0\nD. z0\nAnswer: A\n\n"
-                              "Dev 1?\nA. w1\nB. x1\nC. y1\nD. z1\nAnswer: B\n\n"
-                              "What is bone?\nA. tissue\nB. gas\nC. liquid\nD. plasma\nAnswer:")
+    assert requests[0][0] == (
+        "The following are multiple choice questions (with answers) about anatomy.\n\n"
+        "Dev 0?\nA. w0\nB. x0\nC. y0\nD. z0\nAnswer: A\n\n"
+        "Dev 1?\nA. w1\nB. x1\nC. y1\nD. z1\nAnswer: B\n\n"
+        "What is bone?\nA. tissue\nB. gas\nC. liquid\nD. plasma\nAnswer:"
+    )
 
 
 def test_fewshot_count_follows_simple_evaluate_rules(tiny_model, tmp_path):
@@ -85,18 +96,31 @@ def test_unknown_task_and_offline_builtin_fail_naming_the_task_and_the_fix(tiny_
         load_tasks(cfg.benchmarks, cfg.seed, tmp_path / "tasks")
     assert os.environ.get("HF_HUB_OFFLINE") == "1"
     cfg = config(tmp_path, tiny_model, [{"task": "arc_challenge", "num_fewshot": 25}])
-    with pytest.raises(TaskLoadError, match=r"task 'arc_challenge': its data cannot be loaded \(HF_HUB_OFFLINE=1\).*"
-                                            r"data_files.*include_path"):
+    with pytest.raises(
+        TaskLoadError,
+        match=r"task 'arc_challenge': its data cannot be loaded \(HF_HUB_OFFLINE=1\).*"
+        r"data_files.*include_path",
+    ):
         load_tasks(cfg.benchmarks, cfg.seed, tmp_path / "tasks")
 
 
 def test_a_generation_task_is_refused_before_ray(tiny_model, tmp_path):
     (tmp_path / "gen").mkdir()
     (tmp_path / "gen/docs.jsonl").write_text('{"q": "Say hi.", "a": "hi"}\n')
-    (tmp_path / "gen/say.yaml").write_text(json.dumps({
-        "task": "say_hi", "dataset_path": "json", "dataset_kwargs": {"data_files": {"test": str(tmp_path / "gen/docs.jsonl")}},
-        "test_split": "test", "output_type": "generate_until", "doc_to_text": "{{q}}", "doc_to_target": "{{a}}",
-        "metric_list": [{"metric": "exact_match"}]}))
+    (tmp_path / "gen/say.yaml").write_text(
+        json.dumps(
+            {
+                "task": "say_hi",
+                "dataset_path": "json",
+                "dataset_kwargs": {"data_files": {"test": str(tmp_path / "gen/docs.jsonl")}},
+                "test_split": "test",
+                "output_type": "generate_until",
+                "doc_to_text": "{{q}}",
+                "doc_to_target": "{{a}}",
+                "metric_list": [{"metric": "exact_match"}],
+            }
+        )
+    )
     cfg = config(tmp_path, tiny_model, [{"task": "say_hi", "include_path": str(tmp_path / "gen")}])
     with pytest.raises(TaskLoadError, match="task 'say_hi' .* is a generate_until task"):
         load_tasks(cfg.benchmarks, cfg.seed, tmp_path / "tasks")
@@ -104,11 +128,27 @@ def test_a_generation_task_is_refused_before_ray(tiny_model, tmp_path):
 
 def test_cli_offline_task_is_one_error_line_before_ray(tiny_model, tmp_path):
     path = tmp_path / "eval.yaml"
-    path.write_text(json.dumps({"model": {"name_or_path": tiny_model}, "output": str(tmp_path / "out"),
-                                "benchmarks": "open_llm_leaderboard"}))
-    env = {**os.environ, "RAY_ADDRESS": "127.0.0.1:9", "HF_HUB_OFFLINE": "1"}  # nothing listens there: Ray must not be reached
-    proc = subprocess.run([sys.executable, "-m", "platypus_ray", "evaluate", "--config", str(path)],
-                          capture_output=True, text=True, env=env, timeout=300)
+    path.write_text(
+        json.dumps(
+            {
+                "model": {"name_or_path": tiny_model},
+                "output": str(tmp_path / "out"),
+                "benchmarks": "open_llm_leaderboard",
+            }
+        )
+    )
+    env = {
+        **os.environ,
+        "RAY_ADDRESS": "127.0.0.1:9",
+        "HF_HUB_OFFLINE": "1",
+    }  # nothing listens there: Ray must not be reached
+    proc = subprocess.run(
+        [sys.executable, "-m", "platypus_ray", "evaluate", "--config", str(path)],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+    )
     assert proc.returncode == 2, proc.stderr[-2000:]
     errors = [line for line in proc.stderr.splitlines() if "error:" in line]
     assert len(errors) == 1 and errors[0].startswith("platypus-ray evaluate: error: benchmarks: task 'arc_challenge'")
@@ -146,12 +186,18 @@ def test_encoding_is_lm_eval_s(tiny_model):
 def test_scorer_on_a_batch_without_ray_shares_identical_inputs(tiny_model):
     scorer = Scorer(tiny_model, None, "auto", "cpu", None)
     context = "Question: which?\nAnswer:"
-    batch = {"request": np.arange(4), "context": np.array([context, context, context, "Other:"]),
-             "continuation": np.array([" A", " B", " a longer answer", " A"]),
-             "add_eos": np.zeros(4, bool), "move_space": np.ones(4, bool)}
+    batch = {
+        "request": np.arange(4),
+        "context": np.array([context, context, context, "Other:"]),
+        "continuation": np.array([" A", " B", " a longer answer", " A"]),
+        "add_eos": np.zeros(4, bool),
+        "move_space": np.ones(4, bool),
+    }
     together = scorer(batch)
-    alone = [score_encoded(scorer.model, [encode_pair(scorer.tokenizer, c, k)], scorer.pad_id, scorer.max_length)[0]
-             for c, k in zip(batch["context"], batch["continuation"])]
+    alone = [
+        score_encoded(scorer.model, [encode_pair(scorer.tokenizer, c, k)], scorer.pad_id, scorer.max_length)[0]
+        for c, k in zip(batch["context"], batch["continuation"])
+    ]
     np.testing.assert_allclose(together["logprob"], [a[0] for a in alone], rtol=0, atol=1e-5)
     assert together["n_tokens"].tolist() == [a[1] for a in alone] and together["request"].tolist() == [0, 1, 2, 3]
     assert scorer.max_length == 512  # lm-eval's resolve_max_length: the config's max_position_embeddings

@@ -24,8 +24,14 @@ from platypus_ray.refine import RefineConfig
 from platypus_ray.refine.ledger import LEDGER_COLUMNS
 
 REPO = Path(__file__).resolve().parents[2]
-GOOD = [{"instruction": text, "output": "Answer."} for text in (
-    "Write a haiku about the sea.", "How do vaccines train the immune system?", "Convert 5 miles to kilometres.")]
+GOOD = [
+    {"instruction": text, "output": "Answer."}
+    for text in (
+        "Write a haiku about the sea.",
+        "How do vaccines train the immune system?",
+        "Convert 5 miles to kilometres.",
+    )
+]
 
 
 def jsonl(rows) -> str:
@@ -33,8 +39,12 @@ def jsonl(rows) -> str:
 
 
 def refine_cfg(tmp_path, sources, output="out", **extra) -> RefineConfig:
-    raw = {"sources": sources, "output": str(tmp_path / output) if output else output,
-           "embedding": {"batch_size": 8, "actors": 1}, **extra}
+    raw = {
+        "sources": sources,
+        "output": str(tmp_path / output) if output else output,
+        "embedding": {"batch_size": 8, "actors": 1},
+        **extra,
+    }
     return validate_config(RefineConfig, raw)
 
 
@@ -77,7 +87,11 @@ def test_refuse_dot_output_from_the_cli_before_ray_starts(tmp_path):
     env = {**os.environ, "PYTHONPATH": str(REPO), "HF_HUB_OFFLINE": "1"}
     proc = subprocess.run(
         [sys.executable, "-m", "platypus_ray", "refine", "--set", "sources=[{path: a.jsonl}]", "--set", "output=."],
-        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120,
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert proc.returncode == 2, proc.stderr
     assert proc.stderr.strip().splitlines() == [
@@ -106,13 +120,19 @@ def test_literal_path_with_glob_characters_and_finite_numbers(tmp_path):
     assert expand_files(str(literal), ("jsonl",)) == [str(literal)]
     cfg = refine_cfg(tmp_path, [{"path": str(literal)}])
     assert cfg.sources[0].source_name == "data[1]"
-    for key, value, message in (("cpus_per_actor", float("inf"), "a finite"), ("cpus_per_actor", float("nan"), "a finite"),
-                                ("cpus_per_actor", 1e-5, "greater than or equal to 0.0001"),  # Ray's smallest step
-                                ("cpus_per_actor", 1e300, "less than or equal to 1024"),
-                                ("actors", 10**6, "less than or equal to 4096")):
+    for key, value, message in (
+        ("cpus_per_actor", float("inf"), "a finite"),
+        ("cpus_per_actor", float("nan"), "a finite"),
+        ("cpus_per_actor", 1e-5, "greater than or equal to 0.0001"),  # Ray's smallest step
+        ("cpus_per_actor", 1e300, "less than or equal to 1024"),
+        ("actors", 10**6, "less than or equal to 4096"),
+    ):
         with pytest.raises(ConfigError, match=f"embedding.{key}: Input should be {message}"):
             refine_cfg(tmp_path, [{"path": str(literal)}], embedding={key: value})
-    assert refine_cfg(tmp_path, [{"path": str(literal)}], embedding={"cpus_per_actor": 1e-4}).embedding.cpus_per_actor == 1e-4
+    assert (
+        refine_cfg(tmp_path, [{"path": str(literal)}], embedding={"cpus_per_actor": 1e-4}).embedding.cpus_per_actor
+        == 1e-4
+    )
 
 
 def test_benchmark_file_errors_name_the_file_and_line(tmp_path):
@@ -128,9 +148,14 @@ def test_benchmark_file_errors_name_the_file_and_line(tmp_path):
         cfg = BenchmarkConfig(path=str(tmp_path / name), format=fmt)
         with pytest.raises(BenchmarkFormatError, match=message):
             load_benchmark(cfg)
-    assert load_benchmark(BenchmarkConfig(path=str(tmp_path / "header_only.csv"), format="questions"), allow_empty=True) == []
+    assert (
+        load_benchmark(BenchmarkConfig(path=str(tmp_path / "header_only.csv"), format="questions"), allow_empty=True)
+        == []
+    )
     (tmp_path / "bom.csv").write_bytes(b"\xef\xbb\xbfWhat is 1+1?,1,2,3,4,B\n")
-    assert load_benchmark(BenchmarkConfig(path=str(tmp_path / "bom.csv"), format="mmlu_csv"))[0].question == "What is 1+1?"
+    assert (
+        load_benchmark(BenchmarkConfig(path=str(tmp_path / "bom.csv"), format="mmlu_csv"))[0].question == "What is 1+1?"
+    )
 
 
 # ---- end to end on real Ray -------------------------------------------------------------
@@ -142,9 +167,10 @@ AWKWARD = {  # file name -> bytes; every source at once in one run
     "empty.jsonl": b"",
     "blank_only.jsonl": b"\n  \n\t\n",
     "header_only.csv": b"instruction,input,output\n",
-    "mixed.jsonl": b"\xef\xbb\xbf" + jsonl([{"instruction": "Say\u2028hi", "output": "hi"}]).encode()
-                   + b'{"instruction": "caf\xe9", "output": "x"}\n{"instruction": "\\udc00", "output": "x"}\n'
-                   + b'{"instruction": "a", "instruction": "b", "output": "x"}\n',
+    "mixed.jsonl": b"\xef\xbb\xbf"
+    + jsonl([{"instruction": "Say\u2028hi", "output": "hi"}]).encode()
+    + b'{"instruction": "caf\xe9", "output": "x"}\n{"instruction": "\\udc00", "output": "x"}\n'
+    + b'{"instruction": "a", "instruction": "b", "output": "x"}\n',
 }
 
 
@@ -154,13 +180,16 @@ def awkward_run(ray_session, tmp_path_factory):
     for name, data in AWKWARD.items():
         (root / name).write_bytes(data)
     (root / "bench.jsonl").write_text(json.dumps({"question": "Which planet is known as the red planet?"}) + "\n")
-    cfg = validate_config(RefineConfig, {
-        "sources": [{"path": str(root / name), "name": name.split(".")[0]} for name in AWKWARD],
-        "benchmarks": [{"path": str(root / "bench.jsonl"), "format": "questions", "name": "bench"}],
-        "embedding": {"batch_size": 8, "actors": 1},
-        "dedup": {"mode": "clustered"},  # the clustered path end to end, on rows this small one cluster
-        "output": str(root / "out"),
-    })
+    cfg = validate_config(
+        RefineConfig,
+        {
+            "sources": [{"path": str(root / name), "name": name.split(".")[0]} for name in AWKWARD],
+            "benchmarks": [{"path": str(root / "bench.jsonl"), "format": "questions", "name": "bench"}],
+            "embedding": {"batch_size": 8, "actors": 1},
+            "dedup": {"mode": "clustered"},  # the clustered path end to end, on rows this small one cluster
+            "output": str(root / "out"),
+        },
+    )
     from platypus_ray.refine import run
 
     return run(cfg), root / "out"
@@ -172,8 +201,15 @@ def test_every_awkward_source_is_accounted_for(awkward_run):
     ledger = pd.read_parquet(output / "ledger")
     stats = json.loads((output / "stats.json").read_text())
     per_source = {name: int((ledger.source == name).sum()) for name in stats["per_source"]}
-    assert per_source == {"good": 3, "same_again": 3, "all_invalid": 3, "empty": 0, "blank_only": 0, "header_only": 0,
-                          "mixed": 4}
+    assert per_source == {
+        "good": 3,
+        "same_again": 3,
+        "all_invalid": 3,
+        "empty": 0,
+        "blank_only": 0,
+        "header_only": 0,
+        "mixed": 4,
+    }
     assert list(stats["per_source"]) == [name.split(".")[0] for name in AWKWARD]  # config order, empty ones included
     assert stats["per_source"]["empty"] == {"rows": 0, "kept": 0, "invalid": 0, "removed": {}}
     empty = [f"source '{name}': 0 rows" for name in ("empty", "blank_only", "header_only")]
@@ -195,22 +231,50 @@ def test_every_awkward_source_is_accounted_for(awkward_run):
 def test_zero_input_rows_still_write_a_complete_ledger(ray_session, tmp_path, capsys):
     (tmp_path / "empty.jsonl").write_bytes(b"")
     (tmp_path / "bench.jsonl").write_text(json.dumps({"question": "Which planet is red?"}) + "\n")
-    code = main(["refine", "--set", f"sources=[{{path: {tmp_path / 'empty.jsonl'}}}]",
-                 "--set", f"benchmarks=[{{path: {tmp_path / 'bench.jsonl'}, format: questions}}]",
-                 "--set", f"output={tmp_path / 'out'}"])
+    code = main(
+        [
+            "refine",
+            "--set",
+            f"sources=[{{path: {tmp_path / 'empty.jsonl'}}}]",
+            "--set",
+            f"benchmarks=[{{path: {tmp_path / 'bench.jsonl'}, format: questions}}]",
+            "--set",
+            f"output={tmp_path / 'out'}",
+        ]
+    )
     out = capsys.readouterr().out
     assert code == 0 and "WARNING: 0 input rows" in out
     assert len(pd.read_parquet(tmp_path / "out" / "ledger")) == 0
-    assert list(pd.read_parquet(tmp_path / "out" / "kept").columns) == ["id", "instruction", "input", "output", "data_source"]
+    assert list(pd.read_parquet(tmp_path / "out" / "kept").columns) == [
+        "id",
+        "instruction",
+        "input",
+        "output",
+        "data_source",
+    ]
     assert json.loads((tmp_path / "out" / "stats.json").read_text())["input_rows"] == 0
 
     # the same source without benchmarks: the other path to 0 rows named in issue 11
-    code = main(["refine", "--set", f"sources=[{{path: {tmp_path / 'empty.jsonl'}, name: empty}}]",
-                 "--set", f"output={tmp_path / 'plain'}"])
+    code = main(
+        [
+            "refine",
+            "--set",
+            f"sources=[{{path: {tmp_path / 'empty.jsonl'}, name: empty}}]",
+            "--set",
+            f"output={tmp_path / 'plain'}",
+        ]
+    )
     out = capsys.readouterr().out
     assert code == 0 and "refine: WARNING: 0 input rows" in out and "refine: WARNING: source 'empty': 0 rows" in out
     plain = tmp_path / "plain"
-    assert {p.name for p in plain.iterdir()} >= {"kept", "ledger", "stats.json", "review.csv", "report.html", "config.yaml"}
+    assert {p.name for p in plain.iterdir()} >= {
+        "kept",
+        "ledger",
+        "stats.json",
+        "review.csv",
+        "report.html",
+        "config.yaml",
+    }
     ledger = pd.read_parquet(plain / "ledger")
     assert len(ledger) == 0 and list(ledger.columns) == LEDGER_COLUMNS
     assert len(pd.read_parquet(plain / "kept")) == 0

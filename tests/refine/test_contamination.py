@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from platypus_ray.testsets import BenchmarkItem
 from platypus_ray.refine.config import ContaminationConfig
 from platypus_ray.refine.contamination import NgramIndex, categorize, make_probes, word_ngrams
+from platypus_ray.testsets import BenchmarkItem
 
 LONG = " ".join(f"w{k}" for k in range(100)) + "\nWhich of these is right?"
 
@@ -49,5 +49,10 @@ def test_categories_follow_the_documented_rule():
     score = np.array([0.5, 0.82, 0.92, 0.97, 0.5, 0.5])
     coverage = np.array([0.0, 0.0, 0.0, 0.0, 0.2, 0.6])
     assert categorize(score, coverage, cfg).tolist() == [
-        "", "similar_but_different", "gray_area", "duplicate", "gray_area", "duplicate",
+        "",
+        "similar_but_different",
+        "gray_area",
+        "duplicate",
+        "gray_area",
+        "duplicate",
     ]

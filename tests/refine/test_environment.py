@@ -42,18 +42,33 @@ def mount(tmp_path):
 
 
 def _snapshot(folder: Path) -> dict[str, str]:
-    return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest() for p in folder.rglob("*") if p.is_file()}
+    return {
+        str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest() for p in folder.rglob("*") if p.is_file()
+    }
 
 
 def _corpus(path: Path, copies: int = 1) -> Path:
     rows = sample_rows()
-    path.write_text("".join(json.dumps({**r, "output": r["output"] + f" ({c})"}) + "\n" for c in range(copies) for r in rows))
+    path.write_text(
+        "".join(json.dumps({**r, "output": r["output"] + f" ({c})"}) + "\n" for c in range(copies) for r in rows)
+    )
     return path
 
 
 def _refine(corpus: Path, output: Path, cache: Path) -> list[str]:
-    return ["refine", "--set", f"sources=[{{path: {corpus}}}]", "--set", f"output={output}", "--set", "benchmarks=[]",
-            "--set", f"embedding.cache={cache}", "--set", "embedding.actors=1"]
+    return [
+        "refine",
+        "--set",
+        f"sources=[{{path: {corpus}}}]",
+        "--set",
+        f"output={output}",
+        "--set",
+        "benchmarks=[]",
+        "--set",
+        f"embedding.cache={cache}",
+        "--set",
+        "embedding.actors=1",
+    ]
 
 
 def _one_error_line(capsys, stage: str) -> str:
@@ -134,10 +149,26 @@ def test_the_write_task_reports_a_full_disk_as_a_value(tmp_path, monkeypatch):
         raise OSError(errno.ENOSPC, "No space left on device", str(args[1]))
 
     monkeypatch.setattr(ledger.pq, "write_table", full)
-    batch = pa.table({"source": ["s"], "file": ["f"], "file_rank": [0], "row_in_file": [0], "id": ["i"],
-                      "instruction": ["a"], "input": [""], "output": ["b"]})
-    decisions = ledger.Decisions.start({"source": np.array(["s"], dtype=object), "valid": np.array([True]),
-                                        "reason": np.array([""], dtype=object), "detail": np.array([""], dtype=object),
-                                        "id": np.array(["i"], dtype=object)})
+    batch = pa.table(
+        {
+            "source": ["s"],
+            "file": ["f"],
+            "file_rank": [0],
+            "row_in_file": [0],
+            "id": ["i"],
+            "instruction": ["a"],
+            "input": [""],
+            "output": ["b"],
+        }
+    )
+    decisions = ledger.Decisions.start(
+        {
+            "source": np.array(["s"], dtype=object),
+            "valid": np.array([True]),
+            "reason": np.array([""], dtype=object),
+            "detail": np.array([""], dtype=object),
+            "id": np.array(["i"], dtype=object),
+        }
+    )
     out = ledger._write_block(batch, str(tmp_path), np.array([0]), np.array([True]), decisions.table())
     assert "No space left on device" in out["error"][0].as_py() and "another disk" in out["error"][0].as_py()

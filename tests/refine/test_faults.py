@@ -28,18 +28,26 @@ def write_corpus(path, n: int = 800) -> None:
     verbs = ["Explain", "Describe", "Summarize", "Give three facts about", "Write a haiku about", "List uses of"]
     rows = []
     for i in range(n):
-        instruction = f"{rng.choice(verbs)} {rng.choice(topics)} for reader number {i % 400} in {rng.randrange(10**6)} words."
-        rows.append({"instruction": instruction, "input": "", "output": f"Answer {i}: " + " ".join(rng.sample(topics, 4))})
+        instruction = (
+            f"{rng.choice(verbs)} {rng.choice(topics)} for reader number {i % 400} in {rng.randrange(10**6)} words."
+        )
+        rows.append(
+            {"instruction": instruction, "input": "", "output": f"Answer {i}: " + " ".join(rng.sample(topics, 4))}
+        )
     path.write_text("".join(json.dumps(r) + "\n" for r in rows))
 
 
 def config(corpus, output) -> RefineConfig:
     # Each run its own embedding cache: a shared one would serve the second run without any actor.
-    return validate_config(RefineConfig, {
-        "sources": [{"path": str(corpus), "name": "gen"}], "output": str(output),
-        "embedding": {"actors": 2, "batch_size": 16, "cache": str(output) + "-cache"},
-        "dedup": {"threshold": 0.9, "keep": "first"},
-    })
+    return validate_config(
+        RefineConfig,
+        {
+            "sources": [{"path": str(corpus), "name": "gen"}],
+            "output": str(output),
+            "embedding": {"actors": 2, "batch_size": 16, "cache": str(output) + "-cache"},
+            "dedup": {"threshold": 0.9, "keep": "first"},
+        },
+    )
 
 
 def embed_actors() -> list[psutil.Process]:
@@ -90,13 +98,17 @@ def test_an_output_replaced_by_a_failed_run_stays_whole(tmp_path):
         (staging / "kept").mkdir()
         (staging / "kept" / "part-0.parquet").write_text("old")
         (staging / "stats.json").write_text("{}")
-    with pytest.raises(OSError, match="disk full"):
-        with replaced_atomically(str(output), "test") as staging:
-            (staging / "kept").mkdir()
-            (staging / "kept" / "part-0.parquet").write_text("new")
-            raise OSError("disk full")  # e.g. while writing report.html
+    with pytest.raises(OSError, match="disk full"), replaced_atomically(str(output), "test") as staging:
+        (staging / "kept").mkdir()
+        (staging / "kept" / "part-0.parquet").write_text("new")
+        raise OSError("disk full")  # e.g. while writing report.html
     from platypus_ray.core.outputs import MARKER
 
-    assert sorted(str(p.relative_to(output)) for p in output.rglob("*")) == [MARKER, "kept", "kept/part-0.parquet", "stats.json"]
+    assert sorted(str(p.relative_to(output)) for p in output.rglob("*")) == [
+        MARKER,
+        "kept",
+        "kept/part-0.parquet",
+        "stats.json",
+    ]
     assert (output / "kept" / "part-0.parquet").read_text() == "old"
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no staging left behind

@@ -11,9 +11,18 @@ from hypothesis import strategies as st
 
 from platypus_ray.refine.sources import SourceFile, parse_source_file, split_large_files
 
-LINES = [json.dumps({"instruction": "say hi", "output": "hi"}), json.dumps({"instruction": "é ü 中", "output": "x" * 40}),
-         "", "   ", "{broken", json.dumps({"instruction": "", "output": "empty"}), json.dumps([1, 2]),
-         '{"instruction": "a", "instruction": "b", "output": "dup key"}', "\r", json.dumps({"output": "no instruction"})]
+LINES = [
+    json.dumps({"instruction": "say hi", "output": "hi"}),
+    json.dumps({"instruction": "é ü 中", "output": "x" * 40}),
+    "",
+    "   ",
+    "{broken",
+    json.dumps({"instruction": "", "output": "empty"}),
+    json.dumps([1, 2]),
+    '{"instruction": "a", "instruction": "b", "output": "dup key"}',
+    "\r",
+    json.dumps({"output": "no instruction"}),
+]
 
 
 def whole_and_pieces(tmp_path, body: bytes, piece_bytes: int) -> tuple[pa.Table, pa.Table, int]:
@@ -28,11 +37,21 @@ def whole_and_pieces(tmp_path, body: bytes, piece_bytes: int) -> tuple[pa.Table,
 
 
 @settings(max_examples=60, deadline=None)
-@given(seed=st.integers(0, 10**6), rows=st.integers(1, 120), piece_bytes=st.integers(1, 400), bom=st.booleans(),
-       crlf=st.booleans(), final_newline=st.booleans())
-def test_pieces_read_every_row_once_with_its_line_number(tmp_path_factory, seed, rows, piece_bytes, bom, crlf, final_newline):
+@given(
+    seed=st.integers(0, 10**6),
+    rows=st.integers(1, 120),
+    piece_bytes=st.integers(1, 400),
+    bom=st.booleans(),
+    crlf=st.booleans(),
+    final_newline=st.booleans(),
+)
+def test_pieces_read_every_row_once_with_its_line_number(
+    tmp_path_factory, seed, rows, piece_bytes, bom, crlf, final_newline
+):
     rng = random.Random(seed)
-    lines = [json.dumps({"instruction": f"row {i}", "output": "o"}) if i == 0 else rng.choice(LINES) for i in range(rows)]
+    lines = [
+        json.dumps({"instruction": f"row {i}", "output": "o"}) if i == 0 else rng.choice(LINES) for i in range(rows)
+    ]
     end = "\r\n" if crlf else "\n"
     body = ("\ufeff" if bom else "") + end.join(lines) + (end if final_newline else "")
     whole, parts, n_pieces = whole_and_pieces(tmp_path_factory.mktemp("p"), body.encode(), piece_bytes)
@@ -53,8 +72,11 @@ def test_a_file_gone_before_the_split_is_left_whole_for_its_read_task_to_report(
 
 
 @settings(max_examples=80, deadline=None)
-@given(body=st.binary(max_size=200).map(lambda b: b.replace(b"x", b"\n")), chunk=st.integers(1, 50),
-       cuts=st.lists(st.integers(0, 220), max_size=6))
+@given(
+    body=st.binary(max_size=200).map(lambda b: b.replace(b"x", b"\n")),
+    chunk=st.integers(1, 50),
+    cuts=st.lists(st.integers(0, 220), max_size=6),
+)
 def test_newlines_before_each_offset_match_a_count(tmp_path_factory, body, chunk, cuts):
     from platypus_ray.refine.sources import _newlines_before
 

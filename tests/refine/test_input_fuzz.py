@@ -43,7 +43,9 @@ JSONL_KINDS = {
     "empty": lambda w: (json.dumps({"instruction": " ", "output": w}).encode(), "empty"),
     "not_string": lambda w: (json.dumps({"instruction": 1, "output": w}).encode(), "not_a_string"),
 }
-RANDOM_LINE = st.binary(min_size=1, max_size=30).filter(lambda b: b"\n" not in b and b.strip() and b.strip()[:1] != b"[")
+RANDOM_LINE = st.binary(min_size=1, max_size=30).filter(
+    lambda b: b"\n" not in b and b.strip() and b.strip()[:1] != b"["
+)
 
 
 @st.composite
@@ -74,7 +76,12 @@ def csv_file(draw):
     writer.writerow(["instruction", "input", "output"])
     for kind in rows:
         w = draw(WORDS)
-        row = {"valid": [f"Task {w}", "", "x"], "empty": [f"Task {w}", "", " "], "ragged": [w], "bad_utf8": ["\udcff", "", "x"]}[kind]
+        row = {
+            "valid": [f"Task {w}", "", "x"],
+            "empty": [f"Task {w}", "", " "],
+            "ragged": [w],
+            "bad_utf8": ["\udcff", "", "x"],
+        }[kind]
         writer.writerow(row)
         reasons.append({"valid": "", "empty": "empty", "ragged": "ragged_row", "bad_utf8": "invalid_utf8"}[kind])
     return text.getvalue().encode("utf-8", "surrogateescape"), reasons
@@ -83,18 +90,35 @@ def csv_file(draw):
 @st.composite
 def json_array_file(draw):
     kinds = draw(st.lists(st.sampled_from(["valid", "not_object", "surrogate", "duplicate_key"]), max_size=8))
-    texts = {"valid": lambda w: json.dumps(_valid(w)), "not_object": lambda w: json.dumps(w),
-             "surrogate": lambda w: '{"instruction": "\\udfff", "output": "x"}',
-             "duplicate_key": lambda w: '{"instruction": "a", "instruction": "b", "output": "x"}'}
-    reasons = {"valid": "", "not_object": "not_an_object", "surrogate": "lone_surrogate", "duplicate_key": "duplicate_key"}
+    texts = {
+        "valid": lambda w: json.dumps(_valid(w)),
+        "not_object": lambda w: json.dumps(w),
+        "surrogate": lambda w: '{"instruction": "\\udfff", "output": "x"}',
+        "duplicate_key": lambda w: '{"instruction": "a", "instruction": "b", "output": "x"}',
+    }
+    reasons = {
+        "valid": "",
+        "not_object": "not_an_object",
+        "surrogate": "lone_surrogate",
+        "duplicate_key": "duplicate_key",
+    }
     return ("[" + ",\n ".join(texts[k](draw(WORDS)) for k in kinds) + "]").encode(), [reasons[k] for k in kinds]
 
 
-ANY_FILE = st.one_of(jsonl_file().map(lambda f: ("jsonl", *f)), csv_file().map(lambda f: ("csv", *f)),
-                     json_array_file().map(lambda f: ("json", *f)))
+ANY_FILE = st.one_of(
+    jsonl_file().map(lambda f: ("jsonl", *f)),
+    csv_file().map(lambda f: ("csv", *f)),
+    json_array_file().map(lambda f: ("json", *f)),
+)
 
 
-@settings(max_examples=120, deadline=None, derandomize=True, database=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(
+    max_examples=120,
+    deadline=None,
+    derandomize=True,
+    database=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture],
+)
 @given(generated=ANY_FILE)
 def test_every_generated_row_comes_out_once_with_its_reason(tmp_path, generated):
     fmt, data, expected = generated
@@ -111,12 +135,21 @@ def test_every_generated_row_comes_out_once_with_its_reason(tmp_path, generated)
 
 
 def _snapshot(root: Path, *skip: Path) -> dict[str, str]:
-    return {str(p): hashlib.sha256(p.read_bytes()).hexdigest() for p in root.rglob("*")
-            if p.is_file() and not any(folder in p.parents for folder in skip)}
+    return {
+        str(p): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in root.rglob("*")
+        if p.is_file() and not any(folder in p.parents for folder in skip)
+    }
 
 
 @pytest.mark.slow
-@settings(max_examples=2, deadline=None, derandomize=True, database=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(
+    max_examples=2,
+    deadline=None,
+    derandomize=True,
+    database=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture],
+)
 @given(files=st.lists(ANY_FILE, min_size=1, max_size=3), broken=st.booleans())
 def test_refine_on_random_files_accounts_for_every_row(ray_session, tmp_path_factory, files, broken):
     root = tmp_path_factory.mktemp("fuzz")
@@ -130,8 +163,17 @@ def test_refine_on_random_files_accounts_for_every_row(ray_session, tmp_path_fac
     output = root / "out"
     cache = root / "embedding-cache"  # beside the output: the one other folder refine writes (only adds files)
     before = _snapshot(root, output, cache)
-    code = main(["refine", "--set", f"sources=[{', '.join(sources)}]", "--set", f"output={output}",
-                 "--set", "embedding.actors=1"])
+    code = main(
+        [
+            "refine",
+            "--set",
+            f"sources=[{', '.join(sources)}]",
+            "--set",
+            f"output={output}",
+            "--set",
+            "embedding.actors=1",
+        ]
+    )
     assert code == (2 if broken else 0)
     assert _snapshot(root, output, cache) == before  # nothing outside the output and the cache changed
     if broken:

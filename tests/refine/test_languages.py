@@ -25,11 +25,20 @@ ZH = """请写一首关于秋天落叶的诗。|如何在家里烤制酸面包�
 |列出五种常见的水果及其营养价值。|说明地球四季变化的原因。|写一个计算斐波那契数列的函数。|为什么天空是蓝色的？
 |给一位即将毕业的大学生写一段祝福语。|介绍一下长城的历史。|如何制作一杯手冲咖啡？|解释一下区块链技术的基本原理。"""
 ZH_ROWS = [t.strip() for t in ZH.replace("\n", "").split("|")]
-EN_ROWS = ["Write a haiku about the sea.", "How do vaccines train the immune system?", "Convert 5 miles to kilometres.",
-           "Summarise the plot of Hamlet in two sentences.", "What causes the northern lights?",
-           "Give three tips for a job interview.", "Explain recursion to a ten-year-old.", "Name the largest desert on Earth.",
-           "Draft a tweet announcing a bake sale.", "Why do cats purr?", "List the noble gases.",
-           "What is the difference between weather and climate?"]
+EN_ROWS = [
+    "Write a haiku about the sea.",
+    "How do vaccines train the immune system?",
+    "Convert 5 miles to kilometres.",
+    "Summarise the plot of Hamlet in two sentences.",
+    "What causes the northern lights?",
+    "Give three tips for a job interview.",
+    "Explain recursion to a ten-year-old.",
+    "Name the largest desert on Earth.",
+    "Draft a tweet announcing a bake sale.",
+    "Why do cats purr?",
+    "List the noble gases.",
+    "What is the difference between weather and climate?",
+]
 
 
 def jsonl(texts) -> str:
@@ -37,8 +46,9 @@ def jsonl(texts) -> str:
 
 
 def test_dominant_script_and_mean_pairwise_cosine(ray_session):  # the sums run as Ray tasks over vector blocks
-    assert [dominant_script(t) for t in ("Hello world", "你好，世界 ok", "Привет", "مرحبا", "123 !?", "こんにちは")] == [
-        "latin", "han", "cyrillic", "arabic", "none", "kana"]
+    assert [
+        dominant_script(t) for t in ("Hello world", "你好，世界 ok", "Привет", "مرحبا", "123 !?", "こんにちは")
+    ] == ["latin", "han", "cyrillic", "arabic", "none", "kana"]
     vectors = np.array([[1.0, 0.0], [1.0, 0.0], [0.0, 1.0], [-1.0, 0.0]])
     spread = mean_pairwise_cosine(vectors, np.array([0, 0, 1, 1]), 2)
     assert spread[0] == pytest.approx(1.0) and spread[1] == pytest.approx(0.0)
@@ -53,10 +63,14 @@ def test_the_ascii_fast_path_names_the_script_the_table_names(text):
 def test_unknown_language_code_is_a_config_error(tmp_path):
     (tmp_path / "a.jsonl").write_text(jsonl(EN_ROWS))
     with pytest.raises(ConfigError, match=r"embedding.languages: .*unknown language code\(s\) \['english'\]"):
-        validate_config(RefineConfig, {"sources": [{"path": str(tmp_path / "a.jsonl")}], "embedding": {"languages": ["english"]}})
+        validate_config(
+            RefineConfig, {"sources": [{"path": str(tmp_path / "a.jsonl")}], "embedding": {"languages": ["english"]}}
+        )
     # [] would declare a model that reads nothing, and every source would stop the run
     with pytest.raises(ConfigError, match=r"embedding.languages: an empty list .*omit the key .*\[multilingual\]"):
-        validate_config(RefineConfig, {"sources": [{"path": str(tmp_path / "a.jsonl")}], "embedding": {"languages": []}})
+        validate_config(
+            RefineConfig, {"sources": [{"path": str(tmp_path / "a.jsonl")}], "embedding": {"languages": []}}
+        )
 
 
 @pytest.fixture(scope="module")
@@ -70,7 +84,16 @@ def corpus(tmp_path_factory):
 
 def _args(corpus, output, *sources, extra=()):
     listing = ", ".join(f"{{path: {corpus / s}}}" for s in sources)
-    return ["refine", "--set", f"sources=[{listing}]", "--set", f"output={output}", "--set", "embedding.actors=1", *extra]
+    return [
+        "refine",
+        "--set",
+        f"sources=[{listing}]",
+        "--set",
+        f"output={output}",
+        "--set",
+        "embedding.actors=1",
+        *extra,
+    ]
 
 
 @pytest.mark.slow
@@ -83,15 +106,26 @@ def test_chinese_source_with_english_model_stops_before_embedding(ray_session, c
     monkeypatch.setattr(stage, "embed", no_embedding)
     assert main(_args(corpus, tmp_path / "out", "zh.jsonl", "en.jsonl")) == 2
     err = capsys.readouterr().err
-    assert "error: source 'zh': 30 of 30 rows (100%) are in scripts that embedding.model 'all-MiniLM-L6-v2' does not read" in err
+    assert (
+        "error: source 'zh': 30 of 30 rows (100%) are in scripts that embedding.model 'all-MiniLM-L6-v2' does not read"
+        in err
+    )
     assert "han 100%" in err and "embedding.allow_language_mismatch=true" in err
     assert not (tmp_path / "out").exists() and not (tmp_path / "embedding-cache").exists()
 
 
 @pytest.mark.slow
 def test_override_runs_and_names_the_collapsed_source_and_the_mixed_rows(ray_session, corpus, tmp_path, capsys):
-    code = main(_args(corpus, tmp_path / "out", "zh.jsonl", "en.jsonl", "mixed.jsonl",
-                      extra=["--set", "embedding.allow_language_mismatch=true"]))
+    code = main(
+        _args(
+            corpus,
+            tmp_path / "out",
+            "zh.jsonl",
+            "en.jsonl",
+            "mixed.jsonl",
+            extra=["--set", "embedding.allow_language_mismatch=true"],
+        )
+    )
     out = capsys.readouterr().out
     assert code == 0
     assert "WARNING: source 'zh' looks collapsed in the embedding space" in out
@@ -119,13 +153,21 @@ def test_a_declared_multilingual_model_serves_dedup_and_contamination(ray_sessio
     translation = "Describe how volcanoes are formed."
     model = build_static_embedder(tmp_path / "embedder", ZH_ROWS + EN_ROWS, translations={ZH_ROWS[5]: translation})
     (tmp_path / "bench.jsonl").write_text(json.dumps({"question": translation}) + "\n")
-    extra = ["--set", f"embedding.model={model}", "--set", "embedding.languages=[multilingual]",
-             "--set", f"benchmarks=[{{path: {tmp_path / 'bench.jsonl'}, format: questions, name: enbench}}]"]
+    extra = [
+        "--set",
+        f"embedding.model={model}",
+        "--set",
+        "embedding.languages=[multilingual]",
+        "--set",
+        f"benchmarks=[{{path: {tmp_path / 'bench.jsonl'}, format: questions, name: enbench}}]",
+    ]
     assert main(_args(corpus, tmp_path / "out", "zh.jsonl", "en.jsonl", extra=extra)) == 0
     out = capsys.readouterr().out
     assert "WARNING" not in out
     ledger = pd.read_parquet(tmp_path / "out" / "ledger")
     flagged = ledger[ledger.reason == "contaminated"]
     # only the Chinese row: not the other 29 Chinese rows, nor "How do vaccines ...", which shares "how" with the item
-    assert flagged[["source", "source_index", "benchmark", "signal"]].values.tolist() == [["zh", 5, "enbench", "embedding"]]
+    assert flagged[["source", "source_index", "benchmark", "signal"]].values.tolist() == [
+        ["zh", 5, "enbench", "embedding"]
+    ]
     assert (ledger[ledger.source == "zh"].status == "kept").sum() == 29

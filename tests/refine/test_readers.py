@@ -32,7 +32,10 @@ def test_jsonl_keeps_unicode_line_separators_inside_strings(tmp_path, separator)
 
 
 def test_bom_is_dropped_in_jsonl_json_and_csv(tmp_path):
-    assert [r["valid"] for r in parse_bytes(tmp_path, BOM + (line("a") + "\n" + line("b")).encode(), "jsonl")] == [True, True]
+    assert [r["valid"] for r in parse_bytes(tmp_path, BOM + (line("a") + "\n" + line("b")).encode(), "jsonl")] == [
+        True,
+        True,
+    ]
     array = BOM + json.dumps([{"instruction": "a", "output": "b"}, {"instruction": "c", "output": "d"}]).encode()
     assert [r["valid"] for r in parse_bytes(tmp_path, array, "json")] == [True, True]
     csv_rows = parse_bytes(tmp_path, BOM + b"instruction,output\na,b\nc,d\n", "csv")
@@ -55,15 +58,17 @@ def test_bad_utf8_in_csv_and_json_array_quarantines_only_those_rows(tmp_path):
 
 
 def test_lone_surrogate_and_duplicate_keys_are_quarantined(tmp_path):
-    data = "\n".join([
-        '{"instruction": "bad \\ud800 half", "output": "x"}',
-        '{"instruction": "first", "instruction": "second", "output": "x"}',
-        '{"instruction": "pair \\ud83d\\ude00 ok", "output": "x"}',
-    ])
+    data = "\n".join(
+        [
+            '{"instruction": "bad \\ud800 half", "output": "x"}',
+            '{"instruction": "first", "instruction": "second", "output": "x"}',
+            '{"instruction": "pair \\ud83d\\ude00 ok", "output": "x"}',
+        ]
+    )
     rows = parse_bytes(tmp_path, data.encode(), "jsonl")
     assert [r["reason"] for r in rows] == ["lone_surrogate", "duplicate_key", ""]
-    assert "line 2: key 'instruction' appears more than once" == rows[1]["detail"]
-    assert rows[2]["instruction"] == "pair \U0001F600 ok"
+    assert rows[1]["detail"] == "line 2: key 'instruction' appears more than once"
+    assert rows[2]["instruction"] == "pair \U0001f600 ok"
     header = parse_bytes(tmp_path, b"instruction,output,output\na,b,c\n", "csv")
     assert header[0]["reason"] == "duplicate_key"
 
@@ -78,7 +83,7 @@ def test_json_array_in_a_jsonl_file_is_read_as_an_array(tmp_path):
 
 
 def test_ragged_csv_rows_crlf_and_deep_nesting(tmp_path):
-    rows = parse_bytes(tmp_path, b"instruction,output\r\na,b\r\nonly\r\n\"multi\r\nline\",ok\r\n", "csv")
+    rows = parse_bytes(tmp_path, b'instruction,output\r\na,b\r\nonly\r\n"multi\r\nline",ok\r\n', "csv")
     assert [r["reason"] for r in rows] == ["", "ragged_row", ""]
     assert rows[2]["instruction"] == "multi\r\nline"
     deep = ("[" * 100_000 + "]" * 100_000 + "\n" + line("fine")).encode()

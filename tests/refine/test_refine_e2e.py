@@ -35,36 +35,47 @@ def row(instruction, output, input_text=""):
 
 
 CHAT = [
-    row("What is the capital city of Australia?", "Canberra."),                                   # 0 exact dup of 4
-    row("Write a haiku about autumn leaves falling.", "Red leaves drift and fall"),               # 1
-    row("Write an SQL query that returns the ten most recent orders.", "SELECT 1"),               # 2 paraphrase of 7
-    row("How do I bake sourdough bread at home?", "Feed the starter, mix, proof, bake."),         # 3
-    row("what is the capital  city of AUSTRALIA?", "The capital of Australia is Canberra."),      # 4
-    row("Draft a polite email declining a meeting invitation.", "Dear team, ..."),                # 5
-    '{"instruction": "Name three primary colors", "output": ',                                    # 6 malformed
+    row("What is the capital city of Australia?", "Canberra."),  # 0 exact dup of 4
+    row("Write a haiku about autumn leaves falling.", "Red leaves drift and fall"),  # 1
+    row("Write an SQL query that returns the ten most recent orders.", "SELECT 1"),  # 2 paraphrase of 7
+    row("How do I bake sourdough bread at home?", "Feed the starter, mix, proof, bake."),  # 3
+    row("what is the capital  city of AUSTRALIA?", "The capital of Australia is Canberra."),  # 4
+    row("Draft a polite email declining a meeting invitation.", "Dear team, ..."),  # 5
+    '{"instruction": "Name three primary colors", "output": ',  # 6 malformed
     row("Write a SQL query to get the 10 latest orders.", "SELECT * FROM orders ORDER BY ts DESC LIMIT 10"),  # 7
-    row("Why does the ocean have tides?", "The moon's gravity pulls on the oceans."),             # 8
-    row(f"Solve: {CAR}", "50 km/h"),                                                              # 9 verbatim leak
-    row("What enzyme found in saliva starts breaking down starch in the mouth?", "Amylase."),     # 10 paraphrased leak
-    json.dumps({"instruction": "Summarize this.", "input": "Some text."}),                        # 11 no output
-    row("Summarize the following passage.", "Town rules.", EXCERPT),                              # 12 passage leak
+    row("Why does the ocean have tides?", "The moon's gravity pulls on the oceans."),  # 8
+    row(f"Solve: {CAR}", "50 km/h"),  # 9 verbatim leak
+    row("What enzyme found in saliva starts breaking down starch in the mouth?", "Amylase."),  # 10 paraphrased leak
+    json.dumps({"instruction": "Summarize this.", "input": "Some text."}),  # 11 no output
+    row("Summarize the following passage.", "Town rules.", EXCERPT),  # 12 passage leak
     row("Explain how merge sort works and give its time complexity.", "Split, sort halves, merge: O(n log n)."),  # 13
-    row("Compose a limerick about a cat who loves to swim.", "There once was a cat..."),          # 14
-    row("Give me five tips for saving money on groceries.", "Plan meals, buy in bulk, ..."),      # 15
-    row("List the planets of the solar system in order from the sun.", "Mercury, Venus, ..."),    # 16
-    row("Translate 'good morning' into German.", "Guten Morgen."),                                # 17
-    row("Find three words that rhyme with 'light'.", "night, kite, bright"),                      # 18
-    row("Describe how volcanoes form.", "Magma rises through the crust."),                        # 19
-    json.dumps({"instruction": 12, "output": "x"}),                                               # 20 not a string
-    row("Which city is the capital of Australia?", "Canberra is the capital."),                   # 21 paraphrase of 4
+    row("Compose a limerick about a cat who loves to swim.", "There once was a cat..."),  # 14
+    row("Give me five tips for saving money on groceries.", "Plan meals, buy in bulk, ..."),  # 15
+    row("List the planets of the solar system in order from the sun.", "Mercury, Venus, ..."),  # 16
+    row("Translate 'good morning' into German.", "Guten Morgen."),  # 17
+    row("Find three words that rhyme with 'light'.", "night, kite, bright"),  # 18
+    row("Describe how volcanoes form.", "Magma rises through the crust."),  # 19
+    json.dumps({"instruction": 12, "output": "x"}),  # 20 not a string
+    row("Which city is the capital of Australia?", "Canberra is the capital."),  # 21 paraphrase of 4
 ]
 FORUM = [  # CSV with its own column names
-    {"prompt": "Explain how merge sort works and give its time complexity.", "context": "", "response": "Divide and merge."},
+    {
+        "prompt": "Explain how merge sort works and give its time complexity.",
+        "context": "",
+        "response": "Divide and merge.",
+    },
     {"prompt": "Describe the life cycle of a butterfly.", "context": "", "response": "Egg, larva, pupa, adult."},
     {"prompt": "Tell me a joke.", "context": "", "response": "   "},
 ]
 MMLU = [
-    ["Which enzyme in human saliva begins the digestion of starch in the mouth?", "Amylase", "Pepsin", "Lipase", "Trypsin", "A"],
+    [
+        "Which enzyme in human saliva begins the digestion of starch in the mouth?",
+        "Amylase",
+        "Pepsin",
+        "Lipase",
+        "Trypsin",
+        "A",
+    ],
     [CAR, "45", "50", "55", "60", "B"],
     [PASSAGE, "Direct democracy", "Communal self-government", "Monarchy", "Feudal obligation", "B"],
     ["Which of the following numbers is prime?", "21", "27", "29", "33", "C"],
@@ -106,8 +117,11 @@ def make_config(corpus: Path, output: Path, extra_sources: tuple[dict, ...] = ()
         {
             "sources": [
                 {"path": str(corpus / "chat.jsonl"), "name": "chat"},
-                {"path": str(corpus / "forum.csv"), "name": "forum",
-                 "columns": {"instruction": "prompt", "input": "context", "output": "response"}},
+                {
+                    "path": str(corpus / "forum.csv"),
+                    "name": "forum",
+                    "columns": {"instruction": "prompt", "input": "context", "output": "response"},
+                },
                 *extra_sources,
             ],
             "benchmarks": [{"path": str(corpus / "mmlu"), "format": "mmlu_csv", "name": "mmlu"}],
@@ -137,7 +151,9 @@ def test_every_planted_row_lands_where_expected(refined):
         elif isinstance(matched, str):
             assert (entry.matched_id, entry.benchmark) == (matched, "mmlu"), key
     unplanted = [k for k in by_key if k not in EXPECTED]
-    assert all(by_key[k].status == "kept" for k in unplanted), [by_key[k] for k in unplanted if by_key[k].status != "kept"]
+    assert all(by_key[k].status == "kept" for k in unplanted), [
+        by_key[k] for k in unplanted if by_key[k].status != "kept"
+    ]
     # Contamination details: the verbatim leak is a duplicate seen by both signals; the
     # passage excerpt is caught by a window probe of the long item, not only by n-grams.
     assert (by_key[("chat", 9)].category, by_key[("chat", 9)].signal) == ("duplicate", "embedding+ngram")
@@ -163,7 +179,14 @@ def test_ledger_accounts_for_every_input_row_once_and_reconciles_with_stats(refi
         assert counts["rows"] == len(mine) and counts["kept"] == (mine.status == "kept").sum()
     assert stats["contamination"]["mmlu"]["removed"] == 3
     assert 0 < stats["driver_peak_rss_mb"] < 4096 and "driver peak RSS" in result.summary()
-    assert set(stats["timings_s"]) >= {"read_validate", "exact_dedup", "embed", "contamination", "semantic_dedup", "write"}
+    assert set(stats["timings_s"]) >= {
+        "read_validate",
+        "exact_dedup",
+        "embed",
+        "contamination",
+        "semantic_dedup",
+        "write",
+    }
 
 
 def test_kept_parquet_has_the_canonical_schema_in_input_order(refined):
@@ -174,7 +197,9 @@ def test_kept_parquet_has_the_canonical_schema_in_input_order(refined):
     assert kept.id.tolist() == ledger[ledger.status == "kept"].id.tolist()
     assert set(kept.data_source) == {"chat", "forum"}
     assert "Summarize the following passage." not in set(kept.instruction)
-    assert kept[kept.instruction.str.startswith("what is the capital")].output.tolist() == ["The capital of Australia is Canberra."]
+    assert kept[kept.instruction.str.startswith("what is the capital")].output.tolist() == [
+        "The capital of Australia is Canberra."
+    ]
 
 
 def test_review_csv_and_offline_report(refined):
@@ -189,7 +214,9 @@ def test_review_csv_and_offline_report(refined):
     counts = [sum(map(int, re.findall(r'data-rows="(\d+)"', svg))) for svg in html.split('<svg class="histogram"')[1:]]
     # the dedup one: every row with a higher-priority row to compare with; the contamination one: every survivor
     assert 0 < counts[0] <= stats["kept"] + stats["removed"].get("near_duplicate", 0)
-    assert counts[1] == stats["kept"] + stats["removed"].get("near_duplicate", 0) + stats["removed"].get("contaminated", 0)
+    assert counts[1] == stats["kept"] + stats["removed"].get("near_duplicate", 0) + stats["removed"].get(
+        "contaminated", 0
+    )
     assert "http://" not in html and "https://" not in html  # opens offline
     assert (output / "config.yaml").is_file()
 
@@ -199,12 +226,22 @@ def test_a_new_source_embeds_only_its_rows_and_the_cached_rows_decide_as_the_fre
     only ones embedded, and every old row's decision equals the fresh run's."""
     first, output = refined
     extra = tmp_path / "extra.jsonl"
-    extra.write_text("".join(json.dumps({"instruction": q, "output": "x"}) + "\n"
-                             for q in ("Name two noble gases.", "What does a barometer measure?")))
+    extra.write_text(
+        "".join(
+            json.dumps({"instruction": q, "output": "x"}) + "\n"
+            for q in ("Name two noble gases.", "What does a barometer measure?")
+        )
+    )
     config = make_config(corpus, output.parent / "grown", extra_sources=({"path": str(extra), "name": "extra"},))
     grown = run(config)
-    assert first.stats["embedding"]["from_cache"] == 0 and first.stats["embedding"]["cache"] == grown.stats["embedding"]["cache"]
-    assert (grown.stats["embedding"]["from_cache"], grown.stats["embedding"]["computed"]) == (first.stats["embedding"]["computed"], 2)
+    assert (
+        first.stats["embedding"]["from_cache"] == 0
+        and first.stats["embedding"]["cache"] == grown.stats["embedding"]["cache"]
+    )
+    assert (grown.stats["embedding"]["from_cache"], grown.stats["embedding"]["computed"]) == (
+        first.stats["embedding"]["computed"],
+        2,
+    )
     columns = ["source", "source_index", "status", "reason", "matched_id", "category"]
     fresh = pd.read_parquet(output / "ledger", columns=columns)
     cached = pd.read_parquet(output.parent / "grown" / "ledger", columns=columns)
@@ -220,7 +257,10 @@ def test_keep_first_rerun_replaces_output_whole(refined, corpus):
     # Another keep policy embeds nothing: every vector comes from the cache beside the output.
     embedded = first.stats["embedding"]["computed"]
     assert (result.stats["embedding"]["from_cache"], result.stats["embedding"]["computed"]) == (embedded, 0)
-    assert "backend" not in result.stats["embedding"] and f"{embedded} vectors from the cache, 0 computed" in result.summary()
+    assert (
+        "backend" not in result.stats["embedding"]
+        and f"{embedded} vectors from the cache, 0 computed" in result.summary()
+    )
     ledger = pd.read_parquet(output / "ledger")
     by_key = {(r.source, r.source_index): r for r in ledger.itertuples()}
     # Input order now decides: the earlier SQL row stays and the later paraphrase goes.
@@ -229,4 +269,3 @@ def test_keep_first_rerun_replaces_output_whole(refined, corpus):
     assert not marker.exists()  # no mix of old and new files
     assert not [p for p in output.parent.iterdir() if p.name.startswith(".")]  # no staging left behind
     assert result.kept == 14
-

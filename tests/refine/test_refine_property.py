@@ -32,7 +32,10 @@ from platypus_ray.refine import sources as refine_sources
 pytestmark = pytest.mark.slow
 
 TOPICS = ["rivers", "volcanoes", "bread", "chess", "satellites", "orchids", "tax law", "violins", "glaciers", "bees"]
-POOL = [f"{verb} {topic}." for verb, topic in itertools.product(["Explain", "Describe the history of", "List three uses of"], TOPICS)]
+POOL = [
+    f"{verb} {topic}."
+    for verb, topic in itertools.product(["Explain", "Describe the history of", "List three uses of"], TOPICS)
+]
 QUESTIONS = [f"Which statement about {topic} is true according to the textbook chapter?" for topic in TOPICS]
 FRESH = itertools.count()  # texts never seen before, unique in the test session
 
@@ -41,9 +44,16 @@ def _row(text: str, output: str = "An answer.") -> dict:
     return {"instruction": text, "input": "", "output": output}
 
 
-INVALID = [b'{"instruction": ', b'{"instruction": "\xff\xfe", "output": "x"}', b'{"instruction": "\\ud800", "output": "x"}',
-           b'{"output": "a", "output": "b", "instruction": "c"}', b'[1, 2]', b'{"instruction": " ", "output": "x"}',
-           b'{"instruction": 1, "output": "x"}', b'{"instruction": "only"}']
+INVALID = [
+    b'{"instruction": ',
+    b'{"instruction": "\xff\xfe", "output": "x"}',
+    b'{"instruction": "\\ud800", "output": "x"}',
+    b'{"output": "a", "output": "b", "instruction": "c"}',
+    b"[1, 2]",
+    b'{"instruction": " ", "output": "x"}',
+    b'{"instruction": 1, "output": "x"}',
+    b'{"instruction": "only"}',
+]
 
 
 @st.composite
@@ -81,15 +91,20 @@ def scenario(draw):
     awkward_files = [("jsonl", *AWKWARD[kind](draw(st.sampled_from(POOL)))) for kind in awkward]
     everything = draw(st.permutations(files + awkward_files))
     n_benchmarks = draw(st.integers(0, 3))
-    benchmarks = [draw(st.lists(st.sampled_from(QUESTIONS), min_size=1, max_size=4, unique=True)) for _ in range(n_benchmarks)]
+    benchmarks = [
+        draw(st.lists(st.sampled_from(QUESTIONS), min_size=1, max_size=4, unique=True)) for _ in range(n_benchmarks)
+    ]
     leaked = draw(st.booleans()) and n_benchmarks > 0  # a benchmark question that is also a training row
     fresh = draw(st.integers(0, 4)) == 0
     return everything, benchmarks, leaked, fresh
 
 
 def _snapshot(root: Path, *skip: Path) -> dict[str, str]:
-    return {str(p): hashlib.sha256(p.read_bytes()).hexdigest() for p in root.rglob("*")
-            if p.is_file() and not any(folder in p.parents for folder in skip)}
+    return {
+        str(p): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in root.rglob("*")
+        if p.is_file() and not any(folder in p.parents for folder in skip)
+    }
 
 
 @pytest.fixture(scope="module")
@@ -97,19 +112,47 @@ def shared_cache(ray_session, tmp_path_factory):
     """An embedding cache holding every pool text and question (one warm-up run embeds them)."""
     root = tmp_path_factory.mktemp("property-warm")
     (root / "pool.jsonl").write_text("".join(json.dumps(_row(t)) + "\n" for t in POOL + QUESTIONS))
-    (root / "bench.jsonl").write_text("".join(json.dumps({"question": q, "choices": ["a", "b"], "answer": 0}) + "\n"
-                                              for q in QUESTIONS))
+    (root / "bench.jsonl").write_text(
+        "".join(json.dumps({"question": q, "choices": ["a", "b"], "answer": 0}) + "\n" for q in QUESTIONS)
+    )
     cache = root / "cache"
-    assert main(["refine", "--set", f"sources=[{{path: {root / 'pool.jsonl'}}}]", "--set", f"output={root / 'out'}",
-                 "--set", f"benchmarks=[{{path: {root / 'bench.jsonl'}, format: questions}}]",
-                 "--set", f"embedding.cache={cache}", "--set", "embedding.actors=1"]) == 0
+    assert (
+        main(
+            [
+                "refine",
+                "--set",
+                f"sources=[{{path: {root / 'pool.jsonl'}}}]",
+                "--set",
+                f"output={root / 'out'}",
+                "--set",
+                f"benchmarks=[{{path: {root / 'bench.jsonl'}, format: questions}}]",
+                "--set",
+                f"embedding.cache={cache}",
+                "--set",
+                "embedding.actors=1",
+            ]
+        )
+        == 0
+    )
     return cache
 
 
 # The case issue 21 found: one ordinary file, one empty file, a benchmark (a 0-row block met the cache lookup).
-@example(scenario=([("jsonl", json.dumps(_row(POOL[0])).encode() + b"\n", 1), ("jsonl", b"", 0)], [[QUESTIONS[0]]], False, False))
-@settings(max_examples=25, deadline=None, derandomize=True, database=None,
-          suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow, HealthCheck.data_too_large])
+@example(
+    scenario=(
+        [("jsonl", json.dumps(_row(POOL[0])).encode() + b"\n", 1), ("jsonl", b"", 0)],
+        [[QUESTIONS[0]]],
+        False,
+        False,
+    )
+)
+@settings(
+    max_examples=25,
+    deadline=None,
+    derandomize=True,
+    database=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow, HealthCheck.data_too_large],
+)
 @given(scenario=scenario())
 def test_refine_on_random_sources_and_benchmarks_accounts_for_every_row(shared_cache, tmp_path_factory, scenario):
     files, benchmarks, leaked, fresh = scenario
@@ -128,16 +171,29 @@ def test_refine_on_random_sources_and_benchmarks_accounts_for_every_row(shared_c
         expected["extra"] = len(extra)
     bench_entries = []
     for b, questions in enumerate(benchmarks):
-        (root / f"bench{b}.jsonl").write_text("".join(json.dumps({"question": q, "choices": ["a", "b"], "answer": 0}) + "\n"
-                                                      for q in questions))
+        (root / f"bench{b}.jsonl").write_text(
+            "".join(json.dumps({"question": q, "choices": ["a", "b"], "answer": 0}) + "\n" for q in questions)
+        )
         bench_entries.append(f"{{path: {root / f'bench{b}.jsonl'}, format: questions, name: bench{b}}}")
     output = root / "out"
     before = _snapshot(root, output)
     with pytest.MonkeyPatch.context() as patch:  # JSONL files past 200 bytes are read in byte-range pieces
         patch.setattr(refine_sources, "PIECE_BYTES", 200)
-        code = main(["refine", "--set", f"sources=[{', '.join(sources)}]", "--set", f"output={output}",
-                     "--set", f"benchmarks=[{', '.join(bench_entries)}]", "--set", f"embedding.cache={shared_cache}",
-                     "--set", "embedding.actors=1"])
+        code = main(
+            [
+                "refine",
+                "--set",
+                f"sources=[{', '.join(sources)}]",
+                "--set",
+                f"output={output}",
+                "--set",
+                f"benchmarks=[{', '.join(bench_entries)}]",
+                "--set",
+                f"embedding.cache={shared_cache}",
+                "--set",
+                "embedding.actors=1",
+            ]
+        )
     assert code == 0
     assert _snapshot(root, output) == before  # nothing outside the output (the cache lives elsewhere) changed
     ledger = pd.read_parquet(output / "ledger")

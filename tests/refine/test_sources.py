@@ -37,7 +37,15 @@ def test_jsonl_quarantines_bad_lines_and_skips_blank_ones(tmp_path):
     )
     rows = parse(path, "jsonl")
     assert [r["row_in_file"] for r in rows] == list(range(7))  # the blank line is not a row
-    assert [r["reason"] for r in rows] == ["", "malformed_json", "missing_field", "not_a_string", "empty", "not_an_object", ""]
+    assert [r["reason"] for r in rows] == [
+        "",
+        "malformed_json",
+        "missing_field",
+        "not_a_string",
+        "empty",
+        "not_an_object",
+        "",
+    ]
     assert rows[1]["detail"].startswith("line 3: malformed JSON")
     assert rows[2]["detail"] == "line 4: no 'output' (source column 'output')"
     assert [r["valid"] for r in rows] == [True, False, False, False, False, False, True]
@@ -47,7 +55,10 @@ def test_jsonl_quarantines_bad_lines_and_skips_blank_ones(tmp_path):
 
 
 def test_json_array_csv_parquet_and_column_mapping(tmp_path):
-    records = [{"prompt": "Name a fruit", "ctx": "", "answer": "apple"}, {"prompt": "Name a color", "ctx": "", "answer": ""}]
+    records = [
+        {"prompt": "Name a fruit", "ctx": "", "answer": "apple"},
+        {"prompt": "Name a color", "ctx": "", "answer": ""},
+    ]
     mapping = ColumnMapping(instruction="prompt", input="ctx", output="answer")
     (tmp_path / "a.json").write_text(json.dumps(records))
     (tmp_path / "a.csv").write_text("prompt,ctx,answer\nName a fruit,,apple\nName a color,,\n")
@@ -61,7 +72,9 @@ def test_json_array_csv_parquet_and_column_mapping(tmp_path):
 
 def test_json_file_with_one_object_per_line_is_read_as_jsonl(tmp_path):
     path = tmp_path / "lines.json"
-    path.write_text(json.dumps({"instruction": "a", "output": "b"}) + "\n" + json.dumps({"instruction": "c", "output": "d"}))
+    path.write_text(
+        json.dumps({"instruction": "a", "output": "b"}) + "\n" + json.dumps({"instruction": "c", "output": "d"})
+    )
     assert [r["instruction"] for r in parse(path, "json")] == ["a", "c"]
 
 

@@ -21,8 +21,13 @@ from platypus_ray.core.paths import expand_files, open_input
 from platypus_ray.refine.config import SOURCE_EXTENSIONS, ColumnMapping
 from platypus_ray.refine.sources import SourceFile, _infer_format, parse_source_file
 
-LINES = [json.dumps({"instruction": "Name a river.", "output": "The Nile."}), "{broken",
-         "", json.dumps({"instruction": "Name a bird.", "output": "A wren."}), json.dumps({"instruction": 3, "output": "x"})]
+LINES = [
+    json.dumps({"instruction": "Name a river.", "output": "The Nile."}),
+    "{broken",
+    "",
+    json.dumps({"instruction": "Name a bird.", "output": "A wren."}),
+    json.dumps({"instruction": 3, "output": "x"}),
+]
 JSONL = ("\n".join(LINES) + "\n").encode()
 CSV = b"instruction,input,output\nName a river.,,The Nile.\nragged\nName a bird.,,A wren.\n"
 
@@ -43,8 +48,14 @@ def _parse(path, fmt=None, field=None):
 
 
 @pytest.mark.parametrize("suffix", sorted(COMPRESS))
-@pytest.mark.parametrize("name,data", [("rows.jsonl", JSONL), ("rows.csv", CSV),
-                                       ("rows.json", json.dumps([json.loads(LINES[0]), json.loads(LINES[3])]).encode())])
+@pytest.mark.parametrize(
+    "name,data",
+    [
+        ("rows.jsonl", JSONL),
+        ("rows.csv", CSV),
+        ("rows.json", json.dumps([json.loads(LINES[0]), json.loads(LINES[3])]).encode()),
+    ],
+)
 def test_a_compressed_file_reads_as_its_plain_twin_with_the_same_line_numbers(tmp_path, suffix, name, data):
     plain, packed = tmp_path / name, tmp_path / (name + suffix)
     plain.write_bytes(data)
@@ -110,8 +121,17 @@ def test_refine_reads_jsonl_over_http(ray_session, http_folder, tmp_path_factory
     folder, url = http_folder
     (folder / "rows.jsonl.gz").write_bytes(gzip.compress(JSONL))
     output = tmp_path_factory.mktemp("http") / "out"
-    code = main(["refine", "--set", f"sources=[{{path: '{url}/rows.jsonl.gz', name: web}}]", "--set", f"output={output}",
-                 "--set", "embedding.actors=1"])
+    code = main(
+        [
+            "refine",
+            "--set",
+            f"sources=[{{path: '{url}/rows.jsonl.gz', name: web}}]",
+            "--set",
+            f"output={output}",
+            "--set",
+            "embedding.actors=1",
+        ]
+    )
     assert code == 0
     ledger = pd.read_parquet(output / "ledger")
     assert len(ledger) == 4 and ledger.file.iloc[0] == f"{url}/rows.jsonl.gz"
@@ -119,10 +139,13 @@ def test_refine_reads_jsonl_over_http(ray_session, http_folder, tmp_path_factory
     assert set(ledger.detail[ledger.status == "invalid"].str.split(":").str[0]) == {"line 2", "line 5"}
 
 
-@pytest.mark.parametrize("uri,expected", [
-    ("hf://datasets/tatsu-lab/alpaca/data/train.parquet", "the Hugging Face hub is off here (HF_HUB_OFFLINE=1)"),
-    ("http://127.0.0.1:9/rows.jsonl", "check the address and the network"),
-])
+@pytest.mark.parametrize(
+    "uri,expected",
+    [
+        ("hf://datasets/tatsu-lab/alpaca/data/train.parquet", "the Hugging Face hub is off here (HF_HUB_OFFLINE=1)"),
+        ("http://127.0.0.1:9/rows.jsonl", "check the address and the network"),
+    ],
+)
 @pytest.mark.parametrize("where", ["source", "benchmark"])
 def test_an_unreachable_uri_is_one_error_line_before_ray_starts(tmp_path, capsys, monkeypatch, uri, expected, where):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
@@ -130,8 +153,12 @@ def test_an_unreachable_uri_is_one_error_line_before_ray_starts(tmp_path, capsys
     local = tmp_path / "rows.jsonl"
     local.write_bytes(JSONL)
     source = uri if where == "source" else str(local)
-    bench = f"--set=benchmarks=[{{path: '{uri}', format: questions}}]" if where == "benchmark" else "--set=benchmarks=[]"
+    bench = (
+        f"--set=benchmarks=[{{path: '{uri}', format: questions}}]" if where == "benchmark" else "--set=benchmarks=[]"
+    )
     code = main(["refine", "--set", f"sources=[{{path: '{source}'}}]", "--set", f"output={tmp_path / 'out'}", bench])
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and len(err) == 1, err
-    assert err[0].startswith("platypus-ray refine: error: ") and f"cannot reach '{uri}'" in err[0] and expected in err[0]
+    assert (
+        err[0].startswith("platypus-ray refine: error: ") and f"cannot reach '{uri}'" in err[0] and expected in err[0]
+    )

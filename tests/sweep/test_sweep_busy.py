@@ -20,8 +20,7 @@ pytestmark = pytest.mark.slow
 
 
 def _busy_config(tiny_model, kept_folder, tmp_path, name, retries):
-    cfg = sweep_config(tiny_model, kept_folder, str(tmp_path), name, space={"lora.r": [4]},
-                       scheduler={"type": "fifo"})
+    cfg = sweep_config(tiny_model, kept_folder, str(tmp_path), name, space={"lora.r": [4]}, scheduler={"type": "fifo"})
     cfg.run.placement_timeout_s = 3
     cfg.run.placement_retries = retries
     cfg.training.max_steps, cfg.training.eval_every = 4, 2
@@ -29,14 +28,17 @@ def _busy_config(tiny_model, kept_folder, tmp_path, name, retries):
 
 
 @pytest.mark.timeout(300)
-def test_a_trial_that_cannot_place_its_workers_fails_clearly_and_releases_them(ray_session, tiny_model, kept_folder,
-                                                                               tmp_path):
+def test_a_trial_that_cannot_place_its_workers_fails_clearly_and_releases_them(
+    ray_session, tiny_model, kept_folder, tmp_path
+):
     from ray.util.placement_group import remove_placement_group
 
     hog = hold_one_cpu(ray_session)
     try:
         start = time.perf_counter()
-        with pytest.raises(UserError, match=r"could not place its worker group \(2 x \{'CPU': 1.0\}\) in 2 tries of 3 s"):
+        with pytest.raises(
+            UserError, match=r"could not place its worker group \(2 x \{'CPU': 1.0\}\) in 2 tries of 3 s"
+        ):
             run(_busy_config(tiny_model, kept_folder, tmp_path, "busy", retries=1))
         assert time.perf_counter() - start < 150
         # Nothing of the trial is left holding CPUs: only the competing reservation remains.

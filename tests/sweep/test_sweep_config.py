@@ -18,8 +18,10 @@ def sweep_raw(tiny_model, kept_folder, tmp_path, **sweep):
 
 def test_a_trial_is_the_train_config_with_its_values_set(tiny_model, kept_folder, tmp_path):
     cfg = validate_config(SweepConfig, sweep_raw(tiny_model, kept_folder, tmp_path, space={"lora.alpha": [8, 32]}))
-    trial = trial_config(cfg.train_raw(), {"lora.r": 4, "lora.target_modules": ["q_proj", "v_proj"],
-                                           "training.learning_rate": 1e-3, "run.name": "t1"})
+    trial = trial_config(
+        cfg.train_raw(),
+        {"lora.r": 4, "lora.target_modules": ["q_proj", "v_proj"], "training.learning_rate": 1e-3, "run.name": "t1"},
+    )
     assert (trial.lora.r, trial.lora.modules, trial.training.learning_rate) == (4, ["q_proj", "v_proj"], 1e-3)
     assert (trial.run.name, trial.cluster.workers, trial.lora.alpha) == ("t1", 2, 16)
     assert type(trial).__name__ == "TrainConfig"
@@ -27,14 +29,14 @@ def test_a_trial_is_the_train_config_with_its_values_set(tiny_model, kept_folder
 
 def test_every_bad_space_entry_is_reported_once_before_ray(tiny_model, kept_folder, tmp_path):
     space = {
-        "lora.alhpa": [4],                                  # unknown key
-        "lora.r": [4, 0],                                   # a bad value
+        "lora.alhpa": [4],  # unknown key
+        "lora.r": [4, 0],  # a bad value
         "training.learning_rate": {"loguniform": [0, 1e-3]},  # log of 0
-        "lora.dropout": {"uniform": [0.0, 1.5]},            # upper bound out of range
-        "data.cutoff_len": {"randint": [64, 128]},           # data keys need lists
-        "run.name": ["a"],                                   # owned by the trial
-        "lora": [{"r": 4}],                                  # a whole section
-        "training.warmup_steps": "5",                        # neither list nor distribution
+        "lora.dropout": {"uniform": [0.0, 1.5]},  # upper bound out of range
+        "data.cutoff_len": {"randint": [64, 128]},  # data keys need lists
+        "run.name": ["a"],  # owned by the trial
+        "lora": [{"r": 4}],  # a whole section
+        "training.warmup_steps": "5",  # neither list nor distribution
     }
     with pytest.raises(ConfigError) as err:
         validate_config(SweepConfig, sweep_raw(tiny_model, kept_folder, tmp_path, space=space))
@@ -51,7 +53,9 @@ def test_every_bad_space_entry_is_reported_once_before_ray(tiny_model, kept_fold
 
 def test_combinations_are_checked_and_old_keys_are_gone(tiny_model, kept_folder, tmp_path):
     # Each value is fine alone (micro 1 x 2 workers is the base); 4 workers x micro 4 does not divide global batch 8.
-    raw = sweep_raw(tiny_model, kept_folder, tmp_path, space={"cluster.workers": [1, 4], "training.micro_batch_size": [1, 4]})
+    raw = sweep_raw(
+        tiny_model, kept_folder, tmp_path, space={"cluster.workers": [1, 4], "training.micro_batch_size": [1, 4]}
+    )
     raw["training"]["micro_batch_size"] = 1
     with pytest.raises(ConfigError, match=r"sweep.space point .*cluster.workers.: 4.*: 4\}: .*must be a multiple of"):
         validate_config(SweepConfig, raw)
@@ -62,21 +66,45 @@ def test_combinations_are_checked_and_old_keys_are_gone(tiny_model, kept_folder,
     with pytest.raises(ConfigError, match="eval_loss needs held-out rows: set data.val_size > 0"):
         validate_config(SweepConfig, raw)
     with pytest.raises(ConfigError, match=r"grace_period \(5\) must be <= max_t \(3\)"):
-        validate_config(SweepConfig, sweep_raw(tiny_model, kept_folder, tmp_path, scheduler={"grace_period": 5, "max_t": 3}))
+        validate_config(
+            SweepConfig, sweep_raw(tiny_model, kept_folder, tmp_path, scheduler={"grace_period": 5, "max_t": 3})
+        )
 
 
 def test_search_space_grid_random_and_data_variants(tiny_model, kept_folder, tmp_path):
     from ray import tune
 
-    grid = validate_config(SweepConfig, sweep_raw(tiny_model, kept_folder, tmp_path, space={
-        "lora.r": [4, 8], "lora.target_modules": ["mlp", ["q_proj"]], "training.learning_rate": {"loguniform": [1e-4, 1e-2]},
-        "data.cutoff_len": [64, 128]}))
+    grid = validate_config(
+        SweepConfig,
+        sweep_raw(
+            tiny_model,
+            kept_folder,
+            tmp_path,
+            space={
+                "lora.r": [4, 8],
+                "lora.target_modules": ["mlp", ["q_proj"]],
+                "training.learning_rate": {"loguniform": [1e-4, 1e-2]},
+                "data.cutoff_len": [64, 128],
+            },
+        ),
+    )
     space = param_space(grid)
-    assert space["lora.r"] == {"grid_search": [4, 8]} and space["lora.target_modules"] == {"grid_search": ["mlp", ["q_proj"]]}
+    assert space["lora.r"] == {"grid_search": [4, 8]} and space["lora.target_modules"] == {
+        "grid_search": ["mlp", ["q_proj"]]
+    }
     assert isinstance(space["training.learning_rate"], tune.search.sample.Float)
     assert data_variants(grid) == [{"data.cutoff_len": 64}, {"data.cutoff_len": 128}]
-    random = validate_config(SweepConfig, sweep_raw(tiny_model, kept_folder, tmp_path, search="random", num_samples=5,
-                                                     space={"training.learning_rate": [1e-4, 3e-4]}))
+    random = validate_config(
+        SweepConfig,
+        sweep_raw(
+            tiny_model,
+            kept_folder,
+            tmp_path,
+            search="random",
+            num_samples=5,
+            space={"training.learning_rate": [1e-4, 3e-4]},
+        ),
+    )
     assert param_space(random)["training.learning_rate"].categories == [1e-4, 3e-4]
     assert data_variants(random) == [{}]
 
@@ -89,5 +117,7 @@ def test_auto_concurrency_is_capacity_over_demand(ray_session, tiny_model, kept_
     assert max_concurrent_trials(validate_config(SweepConfig, raw)) == 2
     raw["cluster"]["resources_per_worker"] = {"CPU": 2}
     raw["cluster"]["workers"] = 2
-    with pytest.raises(UserError, match=r"2 workers x \{'CPU': 2.0\} do not fit this Ray instance \(CPU: needs 4, has 2\)"):
+    with pytest.raises(
+        UserError, match=r"2 workers x \{'CPU': 2.0\} do not fit this Ray instance \(CPU: needs 4, has 2\)"
+    ):
         max_concurrent_trials(validate_config(SweepConfig, raw))

@@ -20,8 +20,15 @@ pytestmark = pytest.mark.slow
 
 
 def sweep_config(tiny_model, kept_folder, storage, name, workers=2, tracking=None, max_steps=10, eval_every=5, **sweep):
-    raw = train_raw(tiny_model, kept_folder, storage, name, training={"max_steps": max_steps, "eval_every": eval_every},
-                    cluster={"workers": workers}, tracking=tracking or {})
+    raw = train_raw(
+        tiny_model,
+        kept_folder,
+        storage,
+        name,
+        training={"max_steps": max_steps, "eval_every": eval_every},
+        cluster={"workers": workers},
+        tracking=tracking or {},
+    )
     raw["sweep"] = {"max_concurrent_trials": "auto", **sweep}
     return validate_config(SweepConfig, raw)
 
@@ -48,8 +55,11 @@ def release_after_a_retry(hog, stop: threading.Event, retried: threading.Event, 
     deadline = time.time() + timeout_s
     while not stop.is_set() and time.time() < deadline:
         table = placement_group_table()
-        pending |= {pg for pg, info in table.items()
-                    if pg != hog.id.hex() and info["state"] == "PENDING" and asks_for_cpus(info)}
+        pending |= {
+            pg
+            for pg, info in table.items()
+            if pg != hog.id.hex() and info["state"] == "PENDING" and asks_for_cpus(info)
+        }
         if len(pending) >= 2:
             retried.set()
             break
@@ -60,15 +70,27 @@ def release_after_a_retry(hog, stop: threading.Event, retried: threading.Event, 
 def test_four_trial_grid_every_trial_has_a_real_eval_loss(ray_session, tiny_model, kept_folder, tmp_path):
     # One worker of half a CPU per trial: `auto` runs all four trials side by side on the 2 CPUs
     # (one round of trial start-up, not two). Two evaluation rounds of 2 steps each.
-    cfg = sweep_config(tiny_model, kept_folder, str(tmp_path), "grid", workers=1, tracking={"mlflow": True},
-                       max_steps=4, eval_every=2,
-                       space={"lora.r": [4, 8], "lora.target_modules": ["attention", "mlp"]},
-                       scheduler={"type": "asha", "grace_period": 2, "max_t": 2})
+    cfg = sweep_config(
+        tiny_model,
+        kept_folder,
+        str(tmp_path),
+        "grid",
+        workers=1,
+        tracking={"mlflow": True},
+        max_steps=4,
+        eval_every=2,
+        space={"lora.r": [4, 8], "lora.target_modules": ["attention", "mlp"]},
+        scheduler={"type": "asha", "grace_period": 2, "max_t": 2},
+    )
     cfg.cluster.resources_per_worker = {"CPU": 0.5}
     result = run(cfg)
     assert len(result.rows) == 4
     assert {(r.params["lora.r"], r.params["lora.target_modules"]) for r in result.rows} == {
-        (4, "attention"), (8, "attention"), (4, "mlp"), (8, "mlp")}
+        (4, "attention"),
+        (8, "attention"),
+        (4, "mlp"),
+        (8, "mlp"),
+    }
     for row in result.rows:  # Tune can call a trial TERMINATED that never reported: not here
         assert row.metric is not None and math.isfinite(row.metric) and row.rounds == 2, row
         assert row.status == "completed" and Path(row.adapter, "adapter_model.safetensors").is_file()
@@ -86,7 +108,10 @@ def test_four_trial_grid_every_trial_has_a_real_eval_loss(ray_session, tiny_mode
     best = validate_config(TrainConfig, yaml.safe_load(Path(result.best_config_path).read_text()))
     ran = validate_config(TrainConfig, yaml.safe_load(Path(result.rows[0].config).read_text()))
     assert best.run.name == "grid-best" and best.model_dump(exclude={"run"}) == ran.model_dump(exclude={"run"})
-    assert (best.lora.r, best.lora.target_modules) == (result.rows[0].params["lora.r"], result.rows[0].params["lora.target_modules"])
+    assert (best.lora.r, best.lora.target_modules) == (
+        result.rows[0].params["lora.r"],
+        result.rows[0].params["lora.target_modules"],
+    )
 
 
 def _check_mlflow(result, uri):
@@ -115,8 +140,14 @@ def _check_mlflow(result, uri):
 def test_asha_stops_the_diverging_trial_before_max_t(ray_session, tiny_model, kept_folder, tmp_path):
     # `auto` with 2 workers per trial on 2 CPUs: trials run one at a time in grid order: the good trial sets the rung, the one with a
     # learning rate 100x too high is far worse at its first evaluation and gets stopped there.
-    cfg = sweep_config(tiny_model, kept_folder, str(tmp_path), "asha", space={"training.learning_rate": [5e-3, 0.5]},
-                       scheduler={"type": "asha", "grace_period": 1, "max_t": 2})
+    cfg = sweep_config(
+        tiny_model,
+        kept_folder,
+        str(tmp_path),
+        "asha",
+        space={"training.learning_rate": [5e-3, 0.5]},
+        scheduler={"type": "asha", "grace_period": 1, "max_t": 2},
+    )
     from ray.util.placement_group import remove_placement_group
 
     # A busy box first: other work holds one of the 2 CPUs. The first trial's worker group cannot

@@ -30,8 +30,11 @@ def rows(tiny_model):
 
 def _token_losses(model, ids, labels, position_ids=None):
     with torch.no_grad():
-        logits = model(input_ids=torch.tensor([ids]), position_ids=None if position_ids is None else
-                       torch.tensor([position_ids]), use_cache=False).logits[0]
+        logits = model(
+            input_ids=torch.tensor([ids]),
+            position_ids=None if position_ids is None else torch.tensor([position_ids]),
+            use_cache=False,
+        ).logits[0]
     target = torch.tensor(labels[1:])
     losses = torch.nn.functional.cross_entropy(logits[:-1].double(), target.clamp(min=0), reduction="none")
     return logits, torch.where(target == IGNORE_INDEX, torch.zeros_like(losses), losses)
@@ -53,11 +56,11 @@ def test_packed_per_row_loss_equals_unpacked_and_rows_do_not_attend_to_each_othe
         k = rows["input_ids"].index(ids)  # the same row, unpacked
         _, alone = _token_losses(model, rows["input_ids"][k], rows["labels"][k])
         # Row sum over its own targets (labels[start] is -100 in the packed copy: no cross-row target).
-        assert float(losses[start:end - 1].sum()) == pytest.approx(float(alone.sum()), abs=1e-4)
+        assert float(losses[start : end - 1].sum()) == pytest.approx(float(alone.sum()), abs=1e-4)
 
     # Change every token of the first row: no other row's logits move.
     changed = list(seq["input_ids"])
-    changed[bounds[0]:bounds[1]] = [(t + 7) % model.config.vocab_size for t in changed[bounds[0]:bounds[1]]]
+    changed[bounds[0] : bounds[1]] = [(t + 7) % model.config.vocab_size for t in changed[bounds[0] : bounds[1]]]
     after, _ = _token_losses(model, changed, seq["labels"], seq["position_ids"])
-    assert (after[bounds[0]:bounds[1]] - logits[bounds[0]:bounds[1]]).abs().max() > 1e-3
-    assert torch.allclose(after[bounds[1]:], logits[bounds[1]:], atol=1e-5)
+    assert (after[bounds[0] : bounds[1]] - logits[bounds[0] : bounds[1]]).abs().max() > 1e-3
+    assert torch.allclose(after[bounds[1] :], logits[bounds[1] :], atol=1e-5)

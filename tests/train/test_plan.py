@@ -15,19 +15,29 @@ def llama70b(tmp_path_factory):
     from transformers import LlamaConfig
 
     folder = tmp_path_factory.mktemp("llama-2-70b")
-    LlamaConfig(hidden_size=8192, intermediate_size=28672, num_hidden_layers=80, num_attention_heads=64,
-                num_key_value_heads=8, vocab_size=32000, tie_word_embeddings=False).save_pretrained(folder)
+    LlamaConfig(
+        hidden_size=8192,
+        intermediate_size=28672,
+        num_hidden_layers=80,
+        num_attention_heads=64,
+        num_key_value_heads=8,
+        vocab_size=32000,
+        tie_word_embeddings=False,
+    ).save_pretrained(folder)
     return folder
 
 
 def plan_for(folder, tmp_path, workers, checkpointing):
     (tmp_path / "kept").mkdir(exist_ok=True)
-    cfg = validate_config(TrainConfig, {
-        "model": {"name_or_path": str(folder)},
-        "data": {"path": str(tmp_path / "kept"), "cutoff_len": 4096},
-        "training": {"global_batch_size": 16, "micro_batch_size": 1, "gradient_checkpointing": checkpointing},
-        "cluster": {"workers": workers, "use_gpu": True, "resources_per_worker": {"GPU": 1, "CPU": 8}},
-    })
+    cfg = validate_config(
+        TrainConfig,
+        {
+            "model": {"name_or_path": str(folder)},
+            "data": {"path": str(tmp_path / "kept"), "cutoff_len": 4096},
+            "training": {"global_batch_size": 16, "micro_batch_size": 1, "gradient_checkpointing": checkpointing},
+            "cluster": {"workers": workers, "use_gpu": True, "resources_per_worker": {"GPU": 1, "CPU": 8}},
+        },
+    )
     return TrainPlan(cfg, model_size(cfg), train_rows=24_000, validation_rows=500, train_tokens=10**7, dropped_rows=0)
 
 

@@ -33,13 +33,15 @@ def test_prompt_tokens_are_masked_and_response_plus_eos_is_learned(tokenizer):
     ids, labels = example["input_ids"], example["labels"]
     assert ids[0] == tokenizer.bos_token_id and ids[-1] == tokenizer.eos_token_id
     assert labels[: len(prompt_ids)] == [IGNORE_INDEX] * len(prompt_ids)
-    assert labels[len(prompt_ids):] == ids[len(prompt_ids):]  # response and EOS are learned
-    assert tokenizer.decode(ids[len(prompt_ids):], skip_special_tokens=True) == "The sum is 5."
+    assert labels[len(prompt_ids) :] == ids[len(prompt_ids) :]  # response and EOS are learned
+    assert tokenizer.decode(ids[len(prompt_ids) :], skip_special_tokens=True) == "The sum is 5."
     assert example["attention_mask"] == [1] * len(ids)
 
 
 def test_train_on_inputs_and_no_eos(tokenizer):
-    example = tokenize_example(tokenizer, "Say hi.", "", "hi", cutoff_len=512, train_on_inputs=True, add_eos_token=False)
+    example = tokenize_example(
+        tokenizer, "Say hi.", "", "hi", cutoff_len=512, train_on_inputs=True, add_eos_token=False
+    )
     assert example["labels"] == example["input_ids"]
     assert example["input_ids"][-1] != tokenizer.eos_token_id
 

@@ -22,8 +22,9 @@ def base(tmp_path):
 
 
 def test_named_target_sets_and_accumulation(base):
-    cfg = validate_config(TrainConfig, {**base, "cluster": {"workers": 2, "use_gpu": False,
-                                                           "resources_per_worker": {"CPU": 1}}})
+    cfg = validate_config(
+        TrainConfig, {**base, "cluster": {"workers": 2, "use_gpu": False, "resources_per_worker": {"CPU": 1}}}
+    )
     assert cfg.lora.modules == ["gate_proj", "up_proj", "down_proj"]
     assert cfg.gradient_accumulation_steps == 8  # 16 / (1 x 2)
     cfg = validate_config(TrainConfig, {**base, "lora": {"target_modules": ["q_proj"]}})
@@ -33,7 +34,9 @@ def test_named_target_sets_and_accumulation(base):
 def test_batch_must_divide_and_gpu_settings_must_agree(base):
     with pytest.raises(ConfigError) as err:
         validate_config(TrainConfig, {**base, "training": {"global_batch_size": 10}, "cluster": {"workers": 4}})
-    assert "global_batch_size (10) must be a multiple of training.micro_batch_size x cluster.workers (1 x 4)" in str(err.value)
+    assert "global_batch_size (10) must be a multiple of training.micro_batch_size x cluster.workers (1 x 4)" in str(
+        err.value
+    )
     with pytest.raises(ConfigError, match="use_gpu is true but resources_per_worker has no GPU"):
         validate_config(TrainConfig, {**base, "cluster": {"resources_per_worker": {"CPU": 2}}})
 
@@ -44,9 +47,18 @@ def test_ray_resource_amounts_are_checked_before_ray_starts(base, tmp_path):
     def cluster(resources):
         return validate_config(TrainConfig, {**base, "cluster": {"use_gpu": False, "resources_per_worker": resources}})
 
-    for resources, named in (({"CPU": -1}, "CPU=-1"), ({"CPU": 1e300}, "CPU=1e+300"), ({"CPU": 1, "custom": 1e-5}, "custom=1e-05")):
-        with pytest.raises(ConfigError, match=re.escape(f"cluster.resources_per_worker: {named}: each amount must be 0 or "
-                                                        "between 0.0001 (Ray's smallest step) and 1e+14")):
+    for resources, named in (
+        ({"CPU": -1}, "CPU=-1"),
+        ({"CPU": 1e300}, "CPU=1e+300"),
+        ({"CPU": 1, "custom": 1e-5}, "custom=1e-05"),
+    ):
+        with pytest.raises(
+            ConfigError,
+            match=re.escape(
+                f"cluster.resources_per_worker: {named}: each amount must be 0 or "
+                "between 0.0001 (Ray's smallest step) and 1e+14"
+            ),
+        ):
             cluster(resources)
     with pytest.raises(ConfigError, match="cluster.resources_per_worker.CPU: Input should be a finite number"):
         cluster({"CPU": float("inf")})
@@ -58,7 +70,9 @@ def test_ray_resource_amounts_are_checked_before_ray_starts(base, tmp_path):
 
 def test_missing_model_and_data_paths_name_the_fix(tmp_path):
     with pytest.raises(ConfigError) as err:
-        validate_config(TrainConfig, {"model": {"name_or_path": str(tmp_path / "nope")}, "data": {"path": str(tmp_path / "kept")}})
+        validate_config(
+            TrainConfig, {"model": {"name_or_path": str(tmp_path / "nope")}, "data": {"path": str(tmp_path / "kept")}}
+        )
     message = str(err.value)
     assert "model.name_or_path" in message and "make-tiny-model" in message
     assert "data.path" in message and "platypus-ray refine" in message

@@ -10,8 +10,8 @@ import torch
 
 from platypus_ray.core.errors import UserError
 from platypus_ray.train import run
-from platypus_ray.train.stage import fit, prepare
 from platypus_ray.train.adapter import check_adapter
+from platypus_ray.train.stage import fit, prepare
 from tests.helpers import train_raw
 
 pytestmark = pytest.mark.slow
@@ -20,6 +20,8 @@ pytestmark = pytest.mark.slow
 # Warmup then constant: the schedule does not depend on max_steps, so a run stopped at step 6
 # and resumed to 12 must land exactly where an uninterrupted 12-step run does.
 SCHEDULE = {"scheduler": "constant_with_warmup", "warmup_steps": 2}
+
+
 # These runs train on packed sequences (the sweep tests cover unpacked rows): ZeRO-3 on 2 workers,
 # resume after a fault and the adapter checks all hold with several rows per sequence.
 def packed_config(model, data, storage, name, **sections):
@@ -116,7 +118,8 @@ def test_adapter_has_real_weights_reloads_and_changes_logits(trained, tiny_model
 def test_merge_folds_the_adapter_in(trained, tiny_model, tmp_path):
     from transformers import AutoModelForCausalLM
 
-    from platypus_ray.merge import MergeConfig, run as merge
+    from platypus_ray.merge import MergeConfig
+    from platypus_ray.merge import run as merge
 
     result, _, _ = trained
     merged = merge(MergeConfig(base=tiny_model, adapter=result.adapter_path, out=str(tmp_path / "merged")))
@@ -132,14 +135,20 @@ def test_restarted_run_resumes_model_optimizer_and_data_exactly(trained, tiny_mo
     straight, storage, data = trained
     # The first 6 steps train on the straight run's tokenised rows; the extension below tokenises
     # afresh, as a rerun does: equal losses then also show the data preparation is deterministic.
-    first = fit(prepare(packed_config(tiny_model, kept_folder, storage, "resumed", training={**SCHEDULE, "max_steps": 6}),
-                        data=data))
+    first = fit(
+        prepare(
+            packed_config(tiny_model, kept_folder, storage, "resumed", training={**SCHEDULE, "max_steps": 6}), data=data
+        )
+    )
     assert first.metrics["step"] == 6
     # Extended to 12 steps under the same name, and a worker crashes at step 9: FailureConfig
     # restarts the group from the step-6 checkpoint (not from step 1) and the run finishes.
     monkeypatch.setenv("PLATYPUS_RAY_INJECT_FAULT_AT_STEP", "9")
-    resumed = run(packed_config(tiny_model, kept_folder, storage, "resumed", training={**SCHEDULE, "max_steps": 12},
-                               run={"max_failures": 1}))
+    resumed = run(
+        packed_config(
+            tiny_model, kept_folder, storage, "resumed", training={**SCHEDULE, "max_steps": 12}, run={"max_failures": 1}
+        )
+    )
     assert (Path(storage) / "resumed" / ".injected-fault").read_text() == "9\n"  # the fault did fire
     assert resumed.metrics["step"] == 12
     steps = [h["step"] for h in resumed.history if "loss" in h]

@@ -24,12 +24,13 @@ from typing import TYPE_CHECKING
 import numpy as np
 import ray
 
-from platypus_ray.refine.dedup.similarity import _EPS, HeldPairs, PairBudget, Pairs, _exact_scores
-from platypus_ray.embedding import EmbeddingBlocks
 from platypus_ray.core.waits import as_completed, wait_all
+from platypus_ray.embedding import EmbeddingBlocks
+from platypus_ray.refine.dedup.similarity import _EPS, HeldPairs, PairBudget, Pairs, _exact_scores
 
 if TYPE_CHECKING:  # torch loads in the tasks that use it, not in the driver (1 s of every refine start)
     import torch
+
 
 @dataclass(frozen=True)
 class ClusterSettings:
@@ -54,8 +55,13 @@ class ClusteredPairs:
     largest_cluster: int
 
 
-def clustered_pairs_above(blocks: EmbeddingBlocks, threshold: float, settings: ClusterSettings,
-                          timeout_s: float, rank: np.ndarray | None = None) -> ClusteredPairs:
+def clustered_pairs_above(
+    blocks: EmbeddingBlocks,
+    threshold: float,
+    settings: ClusterSettings,
+    timeout_s: float,
+    rank: np.ndarray | None = None,
+) -> ClusteredPairs:
     """Every pair >= threshold whose rows share a cluster; nearest-neighbour cosine within clusters.
 
     With ``rank`` and ``settings.per_row``, each row keeps only its ``per_row`` best neighbours of
@@ -71,12 +77,17 @@ def clustered_pairs_above(blocks: EmbeddingBlocks, threshold: float, settings: C
     groups = max(1, min(k, max(4 * int(ray.cluster_resources().get("CPU", 1)), int(sizes.sum() // 50000) + 1)))
     group_of_cluster = _balance(sizes, groups)
     split = _split.options(num_returns=groups)
-    pieces = [split.remote(ref, a, group_of_cluster, groups, int(start))
-              for ref, a, start in zip(blocks.refs, assigned, blocks.offsets[:-1])]
+    pieces = [
+        split.remote(ref, a, group_of_cluster, groups, int(start))
+        for ref, a, start in zip(blocks.refs, assigned, blocks.offsets[:-1])
+    ]
     pieces = [p if isinstance(p, list) else [p] for p in pieces]
     budget = PairBudget(settings.per_row, settings.max_pairs) if settings.per_row and rank is not None else None
     rank_ref = ray.put(rank if budget else None)
-    refs = [_pairs_in_group.remote(threshold, settings.tile, rank_ref, budget, *[p[g] for p in pieces]) for g in range(groups)]
+    refs = [
+        _pairs_in_group.remote(threshold, settings.tile, rank_ref, budget, *[p[g] for p in pieces])
+        for g in range(groups)
+    ]
     held = HeldPairs(n, budget, distinct=True)
     nearest = np.full(n, -1.0, dtype=np.float32)
     for i, j, score, near_ids, near, counted_rows, counted, task_bounded in as_completed(refs, timeout_s):
@@ -184,10 +195,18 @@ def _pairs_in_group(threshold: float, tile: int, rank: np.ndarray | None, budget
             held.add(gi, gj, score)  # bounded while the cluster is walked: a template stays linear
         near_ids.append(ids[a:b])
         near.append(best.numpy())
-    cat = lambda parts, dtype: np.concatenate(parts) if parts else np.empty(0, dtype)  # noqa: E731
+    cat = lambda parts, dtype: np.concatenate(parts) if parts else np.empty(0, dtype)
     i, j, score = held.pairs()
-    return (i, j, score, cat(near_ids, np.int64), cat(near, np.float32), cat([c[0] for c in counted], np.int64),
-            cat([c[1] for c in counted], np.int64), held.bounding)
+    return (
+        i,
+        j,
+        score,
+        cat(near_ids, np.int64),
+        cat(near, np.float32),
+        cat([c[0] for c in counted], np.int64),
+        cat([c[1] for c in counted], np.int64),
+        held.bounding,
+    )
 
 
 def _rescored(x: np.ndarray, i: np.ndarray, j: np.ndarray, score: np.ndarray, threshold: float) -> np.ndarray:

@@ -8,13 +8,13 @@ graph instead of N comparisons against a growing kept set.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import numpy as np
 
-from platypus_ray.refine.dedup.similarity import Pairs
 from platypus_ray.embedding import EmbeddingBlocks
+from platypus_ray.refine.dedup.similarity import Pairs
 
 
 @dataclass
@@ -119,7 +119,9 @@ def _best_in_segments(key: np.ndarray, score: np.ndarray) -> tuple[np.ndarray, n
     return keys, order[first]
 
 
-def exact_check_against(vectors: EmbeddingBlocks | np.ndarray, threshold: float, timeout_s: float = 3600.0) -> ExactCheck:
+def exact_check_against(
+    vectors: EmbeddingBlocks | np.ndarray, threshold: float, timeout_s: float = 3600.0
+) -> ExactCheck:
     """An :data:`ExactCheck` over the float64 cosines of ``vectors``. Up to ``_LOCAL_CHECK_BYTES``
     of vectors are copied to the driver on the first check (a dense template may need thousands);
     larger inputs are checked by tasks over their blocks, so the driver's memory stays bounded."""

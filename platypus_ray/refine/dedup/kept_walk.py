@@ -21,10 +21,10 @@ from __future__ import annotations
 import numpy as np
 import ray
 
+from platypus_ray.core.waits import wait_all
 from platypus_ray.embedding import EmbeddingBlocks
 from platypus_ray.refine.dedup.greedy import DedupDecision
 from platypus_ray.refine.dedup.similarity import _EPS, Pairs
-from platypus_ray.core.waits import wait_all
 
 CHUNK_ROWS = 2048  # rows settled per step; their own greedy walk is chunk x chunk
 KEPT_TILE = 16384  # kept rows per GEMM: a chunk x tile float32 product is 128 MiB
@@ -49,8 +49,9 @@ class _Numpy:
 
     def best_kept(self, chunk: np.ndarray, n_kept: int, kept_tile: int) -> tuple[np.ndarray, np.ndarray]:
         """Each chunk row's best float32 cosine to the kept rows and its position among them."""
-        return _best_over_tiles(chunk, ((first, self.kept[first : min(first + kept_tile, n_kept)])
-                                        for first in range(0, n_kept, kept_tile)))
+        return _best_over_tiles(
+            chunk, ((first, self.kept[first : min(first + kept_tile, n_kept)]) for first in range(0, n_kept, kept_tile))
+        )
 
     def among(self, chunk: np.ndarray, rows: np.ndarray) -> np.ndarray:
         picked = chunk[rows]
@@ -91,9 +92,15 @@ class _Torch(_Numpy):
         self.kept[at : at + len(rows)] = chunk[self.torch.from_numpy(rows).to(self.device)]
 
 
-def walk_against_kept(emb: np.ndarray, order: np.ndarray, threshold: float, chunk_rows: int = CHUNK_ROWS,
-                      kept_tile: int = KEPT_TILE, device: str = "cpu",
-                      max_products: float | None = None) -> tuple[DedupDecision, np.ndarray, int]:
+def walk_against_kept(
+    emb: np.ndarray,
+    order: np.ndarray,
+    threshold: float,
+    chunk_rows: int = CHUNK_ROWS,
+    kept_tile: int = KEPT_TILE,
+    device: str = "cpu",
+    max_products: float | None = None,
+) -> tuple[DedupDecision, np.ndarray, int]:
     """The greedy rule over ``emb`` (n x dim unit vectors) with rows visited in ``order``.
 
     Returns the decision (matched: the best-scoring earlier kept row of each removed row), each
@@ -137,10 +144,17 @@ def walk_against_kept(emb: np.ndarray, order: np.ndarray, threshold: float, chun
     return DedupDecision(keep, matched, score), nearest, products
 
 
-def _best_kept64(emb: np.ndarray, kept_rows: np.ndarray, queries64: np.ndarray, kept_tile: int) -> tuple[np.ndarray, np.ndarray]:
+def _best_kept64(
+    emb: np.ndarray, kept_rows: np.ndarray, queries64: np.ndarray, kept_tile: int
+) -> tuple[np.ndarray, np.ndarray]:
     """The best kept row in float64 for a few rows, a tile of kept rows at a time (bounded memory)."""
-    return _best_over_tiles(queries64, ((first, emb[kept_rows[first : first + kept_tile]].astype(np.float64))
-                                        for first in range(0, len(kept_rows), kept_tile)))
+    return _best_over_tiles(
+        queries64,
+        (
+            (first, emb[kept_rows[first : first + kept_tile]].astype(np.float64))
+            for first in range(0, len(kept_rows), kept_tile)
+        ),
+    )
 
 
 def _best_over_tiles(queries: np.ndarray, tiles) -> tuple[np.ndarray, np.ndarray]:
@@ -157,8 +171,17 @@ def _best_over_tiles(queries: np.ndarray, tiles) -> tuple[np.ndarray, np.ndarray
     return best, arg
 
 
-def _settle_among(chunk64: np.ndarray, among: np.ndarray | None, open_rows: np.ndarray, threshold: float, rows: np.ndarray,
-                  keep: np.ndarray, matched: np.ndarray, score: np.ndarray, nearest: np.ndarray) -> np.ndarray:
+def _settle_among(
+    chunk64: np.ndarray,
+    among: np.ndarray | None,
+    open_rows: np.ndarray,
+    threshold: float,
+    rows: np.ndarray,
+    keep: np.ndarray,
+    matched: np.ndarray,
+    score: np.ndarray,
+    nearest: np.ndarray,
+) -> np.ndarray:
     """The greedy walk over a chunk's rows that no earlier kept row removed (``open_rows``, in
     priority order; ``among``: their float32 cosines to each other): a row goes iff an earlier
     one of them that stayed is similar. Returns the chunk positions kept."""
@@ -185,7 +208,9 @@ def _settle_among(chunk64: np.ndarray, among: np.ndarray | None, open_rows: np.n
 
 
 @ray.remote
-def _walk_task(refs: list, order: np.ndarray, threshold: float, use_gpu: bool, threads: int, max_products: float | None):
+def _walk_task(
+    refs: list, order: np.ndarray, threshold: float, use_gpu: bool, threads: int, max_products: float | None
+):
     from threadpoolctl import threadpool_limits
 
     from platypus_ray.core.devices import actor_device
@@ -199,8 +224,15 @@ def _walk_task(refs: list, order: np.ndarray, threshold: float, use_gpu: bool, t
         return over
 
 
-def kept_walk_pairs(blocks: EmbeddingBlocks, order: np.ndarray, threshold: float, num_gpus: float, cpus: int,
-                    timeout_s: float, max_products: float | None = None) -> tuple[DedupDecision, Pairs, int] | OverBudget:
+def kept_walk_pairs(
+    blocks: EmbeddingBlocks,
+    order: np.ndarray,
+    threshold: float,
+    num_gpus: float,
+    cpus: int,
+    timeout_s: float,
+    max_products: float | None = None,
+) -> tuple[DedupDecision, Pairs, int] | OverBudget:
     """:func:`walk_against_kept` over object-store blocks in one Ray task on ``cpus`` cores of one
     node (its BLAS threads) or one GPU. The pairs are each removed row with its kept match."""
     task = _walk_task.options(num_cpus=cpus if not num_gpus else 1, num_gpus=1 if num_gpus else 0)

@@ -7,14 +7,14 @@ from dataclasses import dataclass, field, replace
 
 import numpy as np
 
+from platypus_ray.embedding import EmbeddingBlocks
+from platypus_ray.refine.config import DedupConfig
 from platypus_ray.refine.dedup.clustered import ClusterSettings, clustered_pairs_above
 from platypus_ray.refine.dedup.cost import exact_seconds, gemm_gflops_per_cpu
-from platypus_ray.refine.config import DedupConfig
-from platypus_ray.refine.dedup.recall import measure_recall
-from platypus_ray.refine.dedup.kept_walk import OverBudget, kept_walk_pairs
 from platypus_ray.refine.dedup.greedy import DedupDecision, exact_check_against, priority_order, resolve_greedy
+from platypus_ray.refine.dedup.kept_walk import OverBudget, kept_walk_pairs
+from platypus_ray.refine.dedup.recall import measure_recall
 from platypus_ray.refine.dedup.similarity import Pairs, all_pairs_above, pair_keys
-from platypus_ray.embedding import EmbeddingBlocks
 
 
 @dataclass
@@ -24,8 +24,14 @@ class DedupOutcome:
     stats: dict = field(default_factory=dict)  # mode, why, and for clustered: clusters, recall
 
 
-def choose_mode(rows: int, dim: int, cfg: DedupConfig, cpus: float, gflops_per_cpu: float | None = None,
-                node_memory: float | None = None) -> tuple[str, str, dict]:
+def choose_mode(
+    rows: int,
+    dim: int,
+    cfg: DedupConfig,
+    cpus: float,
+    gflops_per_cpu: float | None = None,
+    node_memory: float | None = None,
+) -> tuple[str, str, dict]:
     """(mode, why, the estimate): ``auto`` walks against the kept set (exact) with a budget of
     ``dedup.auto_exact_budget_s`` at the measured GEMM rate on one node's ``cpus`` (:mod:`.cost`),
     as dot products (``max_products``: the walk gives up and clustered mode runs past it); it
@@ -34,18 +40,36 @@ def choose_mode(rows: int, dim: int, cfg: DedupConfig, cpus: float, gflops_per_c
         return cfg.mode, f"dedup.mode: {cfg.mode}", {}
     vector_bytes = rows * dim * 4
     if node_memory is not None and 3 * vector_bytes > node_memory:
-        return "clustered", (f"{rows} rows x {dim} dims ({vector_bytes / 2**30:.1f} GiB of vectors) do not fit a third of "
-                             f"one node's memory ({node_memory / 2**30:.1f} GiB) for the walk against the kept set"), {}
+        return (
+            "clustered",
+            (
+                f"{rows} rows x {dim} dims ({vector_bytes / 2**30:.1f} GiB of vectors) do not fit a third of "
+                f"one node's memory ({node_memory / 2**30:.1f} GiB) for the walk against the kept set"
+            ),
+            {},
+        )
     rate = gflops_per_cpu if gflops_per_cpu is not None else gemm_gflops_per_cpu(dim)
     max_products = cfg.auto_exact_budget_s * rate * 1e9 * max(cpus, 1.0) / (2.0 * max(dim, 1))
-    record = {"gemm_gflops_per_cpu": round(rate, 2), "cpus": cpus, "max_products": float(max_products),
-              "all_pairs_estimate_s": round(exact_seconds(rows, dim, cpus, rate), 2)}
-    return "kept", (f"the walk against the kept set is exact; it runs while its projected work fits "
-                    f"dedup.auto_exact_budget_s ({cfg.auto_exact_budget_s:g} s at {rate:.1f} GFLOP/s measured per CPU x "
-                    f"{cpus:g} CPUs), clustered past it"), record
+    record = {
+        "gemm_gflops_per_cpu": round(rate, 2),
+        "cpus": cpus,
+        "max_products": float(max_products),
+        "all_pairs_estimate_s": round(exact_seconds(rows, dim, cpus, rate), 2),
+    }
+    return (
+        "kept",
+        (
+            f"the walk against the kept set is exact; it runs while its projected work fits "
+            f"dedup.auto_exact_budget_s ({cfg.auto_exact_budget_s:g} s at {rate:.1f} GFLOP/s measured per CPU x "
+            f"{cpus:g} CPUs), clustered past it"
+        ),
+        record,
+    )
 
 
-def dedup_rows(vectors: EmbeddingBlocks | np.ndarray, output_len: np.ndarray, cfg: DedupConfig, num_gpus: float) -> DedupOutcome:
+def dedup_rows(
+    vectors: EmbeddingBlocks | np.ndarray, output_len: np.ndarray, cfg: DedupConfig, num_gpus: float
+) -> DedupOutcome:
     """Find the near-duplicate pairs among the rows of ``vectors`` and apply the greedy rule in priority order."""
     blocks = EmbeddingBlocks.of(vectors)
     n = blocks.n
@@ -56,37 +80,75 @@ def dedup_rows(vectors: EmbeddingBlocks | np.ndarray, output_len: np.ndarray, cf
     rank[order] = np.arange(n)
     if mode == "kept" and n >= 2:
         print(f"refine: semantic dedup of {n} rows: against the kept set ({why})", flush=True)
-        walked = kept_walk_pairs(blocks, order, cfg.threshold, num_gpus, int(cpus), cfg.timeout_s, estimate.pop("max_products", None))
+        walked = kept_walk_pairs(
+            blocks, order, cfg.threshold, num_gpus, int(cpus), cfg.timeout_s, estimate.pop("max_products", None)
+        )
         if not isinstance(walked, OverBudget):
             decision, pairs, products = walked
-            return DedupOutcome(pairs, decision, {"mode": "kept", "why": why, **estimate, "dot_products": int(products),
-                                                  "pairs_found": pairs.count, "pairs": "each removed row with its kept match"})
-        mode, why = "clustered", (f"the walk against the kept set had {walked.kept} rows kept after {walked.rows_done} of {n}; "
-                                  f"its projected work ({walked.projected_products:.3g} dot products) passed "
-                                  f"dedup.auto_exact_budget_s ({cfg.auto_exact_budget_s:g} s)")
+            return DedupOutcome(
+                pairs,
+                decision,
+                {
+                    "mode": "kept",
+                    "why": why,
+                    **estimate,
+                    "dot_products": int(products),
+                    "pairs_found": pairs.count,
+                    "pairs": "each removed row with its kept match",
+                },
+            )
+        mode, why = (
+            "clustered",
+            (
+                f"the walk against the kept set had {walked.kept} rows kept after {walked.rows_done} of {n}; "
+                f"its projected work ({walked.projected_products:.3g} dot products) passed "
+                f"dedup.auto_exact_budget_s ({cfg.auto_exact_budget_s:g} s)"
+            ),
+        )
     print(f"refine: semantic dedup of {n} rows: {mode} ({why})", flush=True)
     estimate.pop("max_products", None)
     if mode == "exact" or n < 2:  # (kept with fewer than 2 rows: nothing to compare)
-        pairs = all_pairs_above(blocks, cfg.threshold, cfg.tile_size, num_gpus, cfg.timeout_s, rank, cfg.neighbours_per_row,
-                                cfg.max_pairs)
+        pairs = all_pairs_above(
+            blocks, cfg.threshold, cfg.tile_size, num_gpus, cfg.timeout_s, rank, cfg.neighbours_per_row, cfg.max_pairs
+        )
         decision = resolve_greedy(n, pairs, order, exact_check_against(blocks, cfg.threshold, cfg.timeout_s))
         return DedupOutcome(pairs, decision, {"mode": mode, "why": why, **estimate, **_bound_stats(pairs)})
-    settings = ClusterSettings(rows_per_cluster=cfg.rows_per_cluster, margin=cfg.cluster_margin, tile=cfg.tile_size,
-                               per_row=cfg.neighbours_per_row, max_pairs=cfg.max_pairs)
+    settings = ClusterSettings(
+        rows_per_cluster=cfg.rows_per_cluster,
+        margin=cfg.cluster_margin,
+        tile=cfg.tile_size,
+        per_row=cfg.neighbours_per_row,
+        max_pairs=cfg.max_pairs,
+    )
     found = clustered_pairs_above(blocks, cfg.threshold, settings, cfg.timeout_s, rank)
     check = exact_check_against(blocks, cfg.threshold, cfg.timeout_s)
     pairs, decision, closure = close_over_kept(blocks, found.pairs, order, rank, check, cfg, num_gpus)
-    recall = measure_recall(blocks, found.pairs, decision.keep, rank, cfg.threshold, cfg.recall_sample, 0, cfg.timeout_s)
-    print(f"refine: clustered dedup: {found.clusters} clusters, {found.assignments_per_row:.2f} per row; on "
-          f"{recall.exact_sample_rows} sampled rows pair recall {recall.pair_recall:.4f}, decision agreement "
-          f"{recall.decision_agreement:.4f} against an exact search", flush=True)
-    stats = {"mode": mode, "why": why, **estimate, "clusters": found.clusters, "assignments_per_row": round(found.assignments_per_row, 3),
-             "largest_cluster": found.largest_cluster, **_bound_stats(found.pairs), **recall.as_dict(), **closure}
+    recall = measure_recall(
+        blocks, found.pairs, decision.keep, rank, cfg.threshold, cfg.recall_sample, 0, cfg.timeout_s
+    )
+    print(
+        f"refine: clustered dedup: {found.clusters} clusters, {found.assignments_per_row:.2f} per row; on "
+        f"{recall.exact_sample_rows} sampled rows pair recall {recall.pair_recall:.4f}, decision agreement "
+        f"{recall.decision_agreement:.4f} against an exact search",
+        flush=True,
+    )
+    stats = {
+        "mode": mode,
+        "why": why,
+        **estimate,
+        "clusters": found.clusters,
+        "assignments_per_row": round(found.assignments_per_row, 3),
+        "largest_cluster": found.largest_cluster,
+        **_bound_stats(found.pairs),
+        **recall.as_dict(),
+        **closure,
+    }
     return DedupOutcome(pairs, decision, stats)
 
 
-def close_over_kept(blocks: EmbeddingBlocks, pairs: Pairs, order: np.ndarray, rank: np.ndarray, check, cfg: DedupConfig,
-                    num_gpus: float) -> tuple[Pairs, DedupDecision, dict]:
+def close_over_kept(
+    blocks: EmbeddingBlocks, pairs: Pairs, order: np.ndarray, rank: np.ndarray, check, cfg: DedupConfig, num_gpus: float
+) -> tuple[Pairs, DedupDecision, dict]:
     """Make the kept set of a search that may miss pairs (clustered) equal the exact greedy result.
 
     The exact result is the one set K that (a) holds no pair >= threshold and (b) has, for every
@@ -144,7 +206,9 @@ def _union(pairs: Pairs, i: np.ndarray, j: np.ndarray, score: np.ndarray) -> Pai
     np.maximum.at(nearest, i, score)
     np.maximum.at(nearest, j, score)
     total = None if pairs.total is None else pairs.total + len(i)
-    return Pairs(all_i[first], all_j[first], np.concatenate([pairs.score, score])[first], nearest, pairs.incomplete, total)
+    return Pairs(
+        all_i[first], all_j[first], np.concatenate([pairs.score, score])[first], nearest, pairs.incomplete, total
+    )
 
 
 def _node_capacity() -> tuple[float, float | None]:
@@ -165,5 +229,9 @@ def _node_capacity() -> tuple[float, float | None]:
 def _bound_stats(pairs: Pairs) -> dict:
     """How many pairs the search saw (clustered: once per cluster a pair shares), whether it held
     them all (within ``dedup.max_pairs``), and how many rows had more than ``neighbours_per_row``."""
-    return {"pairs_found": pairs.count, "pairs_held": len(pairs.i), "every_pair_held": not pairs.incomplete.any(),
-            "rows_over_neighbour_bound": int(pairs.incomplete.sum())}
+    return {
+        "pairs_found": pairs.count,
+        "pairs_held": len(pairs.i),
+        "every_pair_held": not pairs.incomplete.any(),
+        "rows_over_neighbour_bound": int(pairs.incomplete.sum()),
+    }

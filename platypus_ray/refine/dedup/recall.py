@@ -20,9 +20,9 @@ from dataclasses import asdict, dataclass
 import numpy as np
 import ray
 
-from platypus_ray.refine.dedup.similarity import _EPS, Pairs, _exact_scores_between, pair_keys
-from platypus_ray.embedding import EmbeddingBlocks
 from platypus_ray.core.waits import wait_all
+from platypus_ray.embedding import EmbeddingBlocks
+from platypus_ray.refine.dedup.similarity import _EPS, Pairs, _exact_scores_between, pair_keys
 
 
 @dataclass
@@ -39,8 +39,17 @@ class RecallReport:
         return asdict(self)
 
 
-def measure_recall(blocks: EmbeddingBlocks, pairs: Pairs, keep: np.ndarray, rank: np.ndarray, threshold: float,
-                   sample: int, seed: int, timeout_s: float, tile: int = 2048) -> RecallReport:
+def measure_recall(
+    blocks: EmbeddingBlocks,
+    pairs: Pairs,
+    keep: np.ndarray,
+    rank: np.ndarray,
+    threshold: float,
+    sample: int,
+    seed: int,
+    timeout_s: float,
+    tile: int = 2048,
+) -> RecallReport:
     """Compare ``pairs`` (and the decisions ``keep`` made from them) with an exact search for a row sample.
 
     ``rank``: each row's position in priority order (0 = first)."""
@@ -49,8 +58,13 @@ def measure_recall(blocks: EmbeddingBlocks, pairs: Pairs, keep: np.ndarray, rank
     if len(rows) == 0:
         return RecallReport(0, 0, 0, 1.0, 1.0, 1.0, 0)
     queries = ray.put(blocks.gather(rows, timeout_s))
-    found = wait_all([_exact_block.remote(queries, ref, int(start), threshold, tile)
-                      for ref, start in zip(blocks.refs, blocks.offsets[:-1])], timeout_s)
+    found = wait_all(
+        [
+            _exact_block.remote(queries, ref, int(start), threshold, tile)
+            for ref, start in zip(blocks.refs, blocks.offsets[:-1])
+        ],
+        timeout_s,
+    )
     q = np.concatenate([f[0] for f in found])
     j = np.concatenate([f[1] for f in found])
     s_row = rows[q]
@@ -70,9 +84,16 @@ def measure_recall(blocks: EmbeddingBlocks, pairs: Pairs, keep: np.ndarray, rank
     removed_exact = np.zeros(n, dtype=bool)
     removed_exact[s_row[higher_kept]] = True
     differing = int((removed_exact[rows] == keep[rows]).sum())
-    share = lambda part, whole: part / len(whole) if len(whole) else 1.0  # noqa: E731
-    return RecallReport(len(rows), len(exact), hits, share(hits, exact), share(hits_within, within),
-                        1.0 - differing / len(rows), differing)
+    share = lambda part, whole: part / len(whole) if len(whole) else 1.0
+    return RecallReport(
+        len(rows),
+        len(exact),
+        hits,
+        share(hits, exact),
+        share(hits_within, within),
+        1.0 - differing / len(rows),
+        differing,
+    )
 
 
 @ray.remote

@@ -19,8 +19,8 @@ import numpy as np
 import ray
 
 from platypus_ray.core.devices import actor_device
-from platypus_ray.embedding import EmbeddingBlocks
 from platypus_ray.core.waits import as_completed
+from platypus_ray.embedding import EmbeddingBlocks
 
 if TYPE_CHECKING:  # torch loads in the tasks that use it, not in the driver (1 s of every refine start)
     import torch
@@ -58,9 +58,16 @@ class BestMatch:
     score: np.ndarray
 
 
-def all_pairs_above(vectors: EmbeddingBlocks | np.ndarray, threshold: float, tile: int, num_gpus: float = 0.0,
-                    timeout_s: float = 3600.0, rank: np.ndarray | None = None, per_row: int | None = None,
-                    max_pairs: int = 0) -> Pairs:
+def all_pairs_above(
+    vectors: EmbeddingBlocks | np.ndarray,
+    threshold: float,
+    tile: int,
+    num_gpus: float = 0.0,
+    timeout_s: float = 3600.0,
+    rank: np.ndarray | None = None,
+    per_row: int | None = None,
+    max_pairs: int = 0,
+) -> Pairs:
     """Every pair of rows with cosine >= threshold (exact), plus nearest-neighbour scores.
 
     With ``rank`` (priority: lower is kept first) and ``per_row``, memory has a bound: once more
@@ -73,12 +80,17 @@ def all_pairs_above(vectors: EmbeddingBlocks | np.ndarray, threshold: float, til
     bounded = per_row is not None and rank is not None
     if n < 2:
         empty = np.empty(0, dtype=np.int64)
-        return Pairs(empty, empty, np.empty(0), nearest, np.zeros(n, dtype=bool) if bounded else None, 0 if bounded else None)
+        return Pairs(
+            empty, empty, np.empty(0), nearest, np.zeros(n, dtype=bool) if bounded else None, 0 if bounded else None
+        )
     rank_ref = ray.put(rank if bounded else None)
     task = _pairs_in_row_block.options(num_gpus=num_gpus)
     budget = PairBudget(per_row, max_pairs) if bounded else None
-    refs = [task.remote(blocks.refs, blocks.offsets, b, start, min(start + tile, end), tile, threshold, rank_ref, budget)
-            for b, first, end in blocks.spans() for start in range(first, end, tile)]
+    refs = [
+        task.remote(blocks.refs, blocks.offsets, b, start, min(start + tile, end), tile, threshold, rank_ref, budget)
+        for b, first, end in blocks.spans()
+        for start in range(first, end, tile)
+    ]
     held = HeldPairs(n, budget)
     for start, i, j, score, row_max, col_max, block_counts, task_bounded in as_completed(refs, timeout_s):
         held.add(i, j, score, task_bounded)  # bounded: j is the lower-priority row
@@ -125,7 +137,9 @@ class HeldPairs:
         if not self.bounding and self.budget.over(self.held):
             if not self.distinct:
                 self.bounding = True
-            elif self.held > self._recount_at:  # repeats cost no budget: count distinct pairs (again past a quarter more)
+            elif (
+                self.held > self._recount_at
+            ):  # repeats cost no budget: count distinct pairs (again past a quarter more)
                 self.parts = [self.pairs()]
                 self.held = len(self.parts[0][0])
                 self._recount_at = self.held + self.budget.max_pairs // 4
@@ -173,8 +187,14 @@ def _top_per_row(hi: np.ndarray, lo: np.ndarray, score: np.ndarray, k: int):
     return hi[keep], lo[keep], score[keep]
 
 
-def best_matches(queries: EmbeddingBlocks | np.ndarray, references: np.ndarray, threshold: float, tile: int,
-                 num_gpus: float = 0.0, timeout_s: float = 3600.0) -> BestMatch:
+def best_matches(
+    queries: EmbeddingBlocks | np.ndarray,
+    references: np.ndarray,
+    threshold: float,
+    tile: int,
+    num_gpus: float = 0.0,
+    timeout_s: float = 3600.0,
+) -> BestMatch:
     """For each query row, its most similar reference row; exact (float64) around ``threshold``.
     The references (benchmark probes) are few and go to every task; the queries stay in blocks."""
     blocks = EmbeddingBlocks.of(queries)
@@ -185,8 +205,11 @@ def best_matches(queries: EmbeddingBlocks | np.ndarray, references: np.ndarray, 
     task = _best_in_row_block.options(num_gpus=num_gpus)
     index = np.empty(n, dtype=np.int64)
     score = np.empty(n, dtype=np.float64)
-    refs = [task.remote(blocks.refs[b], first, start - first, min(start + tile, end) - first, r_ref, tile, threshold)
-            for b, first, end in blocks.spans() for start in range(first, end, tile)]
+    refs = [
+        task.remote(blocks.refs[b], first, start - first, min(start + tile, end) - first, r_ref, tile, threshold)
+        for b, first, end in blocks.spans()
+        for start in range(first, end, tile)
+    ]
     for start, best_idx, best_score in as_completed(refs, timeout_s):
         index[start : start + len(best_idx)] = best_idx
         score[start : start + len(best_idx)] = best_score
@@ -200,8 +223,17 @@ def _device(num_gpus_assigned: bool) -> torch.device:
 
 
 @ray.remote
-def _pairs_in_row_block(refs: list, offsets: np.ndarray, b: int, start: int, stop: int, tile: int, threshold: float,
-                        rank: np.ndarray | None, budget: PairBudget | None):
+def _pairs_in_row_block(
+    refs: list,
+    offsets: np.ndarray,
+    b: int,
+    start: int,
+    stop: int,
+    tile: int,
+    threshold: float,
+    rank: np.ndarray | None,
+    budget: PairBudget | None,
+):
     """Pairs (i in rows start..stop-1 of block ``b``, j > i) with cosine >= threshold, scored in
     float64 (candidates come from float32 tiles at threshold - _EPS). With a ``budget``: returned
     as (higher-priority row, lower-priority row) with each row's candidate count, and bounded to
@@ -228,8 +260,9 @@ def _pairs_in_row_block(refs: list, offsets: np.ndarray, b: int, start: int, sto
             if col == start:  # diagonal tile: only j > i counts
                 sims = torch.triu(sims, diagonal=1) + torch.tril(torch.full_like(sims, -2.0))
             row_max = torch.maximum(row_max, sims.max(dim=1).values)
-            col_max[col - start : col_stop - start] = torch.maximum(col_max[col - start : col_stop - start],
-                                                                    sims.max(dim=0).values)
+            col_max[col - start : col_stop - start] = torch.maximum(
+                col_max[col - start : col_stop - start], sims.max(dim=0).values
+            )
             hit_i, hit_j = (h.cpu().numpy() for h in torch.nonzero(sims >= threshold - _EPS, as_tuple=True))
             score = np.einsum("ij,ij->i", rows64[hit_i], cols[hit_j].astype(np.float64))
             i, j = hit_i + start, hit_j + col
@@ -245,8 +278,9 @@ def _pairs_in_row_block(refs: list, offsets: np.ndarray, b: int, start: int, sto
 
 
 @ray.remote
-def _best_in_row_block(block: np.ndarray, first: int, lo: int, hi: int, references: np.ndarray, tile: int,
-                       threshold: float):
+def _best_in_row_block(
+    block: np.ndarray, first: int, lo: int, hi: int, references: np.ndarray, tile: int, threshold: float
+):
     """Best reference for each query row lo..hi-1 of a block whose first row is ``first``: float32
     products on a GPU (torch) when the task has one, else numpy's BLAS (the worker loads no torch,
     2 s of every start)."""

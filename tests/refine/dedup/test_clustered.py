@@ -7,13 +7,13 @@ import pytest
 import ray
 
 from platypus_ray.bench.scale import synthetic_blocks
-from platypus_ray.refine.dedup.clustered import ClusterSettings, clustered_pairs_above
+from platypus_ray.embedding import EmbeddingBlocks
 from platypus_ray.refine.config import DedupConfig
+from platypus_ray.refine.dedup.clustered import ClusterSettings, clustered_pairs_above
+from platypus_ray.refine.dedup.greedy import resolve_greedy
 from platypus_ray.refine.dedup.pair_search import choose_mode, dedup_rows
 from platypus_ray.refine.dedup.recall import measure_recall
-from platypus_ray.refine.dedup.greedy import resolve_greedy
 from platypus_ray.refine.dedup.similarity import all_pairs_above
-from platypus_ray.embedding import EmbeddingBlocks
 from tests.helpers import dense_family_vectors
 
 pytestmark = pytest.mark.slow
@@ -38,11 +38,19 @@ def test_clustered_finds_the_planted_pairs_and_reports_true_recall(planted):
     assert keys(found.pairs, n) <= keys(exact, n)  # never a pair below the threshold
     true_recall = len(keys(found.pairs, n)) / len(keys(exact, n))
     assert len(exact.i) > 300 and true_recall >= 0.99
-    np.testing.assert_allclose(np.sort(found.pairs.score), np.sort(exact.score[np.isin(
-        exact.i * n + exact.j, list(keys(found.pairs, n)))]), atol=1e-6)
+    np.testing.assert_allclose(
+        np.sort(found.pairs.score),
+        np.sort(exact.score[np.isin(exact.i * n + exact.j, list(keys(found.pairs, n)))]),
+        atol=1e-6,
+    )
     # a budget of exactly the distinct pairs holds them all, though rows in two clusters repeat pairs
-    budgeted = clustered_pairs_above(blocks, 0.8, ClusterSettings(rows_per_cluster=500, per_row=1, max_pairs=len(found.pairs.i)),
-                                     timeout_s=300, rank=np.arange(n))
+    budgeted = clustered_pairs_above(
+        blocks,
+        0.8,
+        ClusterSettings(rows_per_cluster=500, per_row=1, max_pairs=len(found.pairs.i)),
+        timeout_s=300,
+        rank=np.arange(n),
+    )
     assert budgeted.pairs.total > len(found.pairs.i) and not budgeted.pairs.incomplete.any()
     assert keys(budgeted.pairs, n) == keys(found.pairs, n)
     order = np.arange(n)
@@ -61,8 +69,9 @@ def test_auto_mode_and_clustered_decisions_match_exact_on_planted_rows(planted):
     # auto: the walk against the kept set, with a budget of dot products (60 s x 10 GFLOP/s x 8 CPUs / (2 x 384))
     mode, why, estimate = choose_mode(100_000, 384, DedupConfig(), cpus=8, gflops_per_cpu=10.0, node_memory=2**34)
     assert mode == "kept" and estimate["max_products"] == pytest.approx(6.25e9) and "auto_exact_budget_s (60 s" in why
-    assert choose_mode(100_000, 384, DedupConfig(auto_exact_budget_s=6), cpus=8, gflops_per_cpu=10.0)[2]["max_products"] == (
-        pytest.approx(6.25e8))
+    assert choose_mode(100_000, 384, DedupConfig(auto_exact_budget_s=6), cpus=8, gflops_per_cpu=10.0)[2][
+        "max_products"
+    ] == (pytest.approx(6.25e8))
     # vectors that would not fit one node for the walk: clustered from the start
     mode, why, _ = choose_mode(10_000_000, 384, DedupConfig(), cpus=8, gflops_per_cpu=10.0, node_memory=2**34)
     assert mode == "clustered" and "do not fit a third of one node's memory (16.0 GiB)" in why
@@ -83,11 +92,16 @@ def test_a_template_in_clustered_mode_stays_within_the_row_bound_and_decides_as_
     emb = np.concatenate([rng.normal(size=64) + 0.05 * rng.normal(size=(2000, 64)), rng.normal(size=(2000, 64))])
     emb = (emb / np.linalg.norm(emb, axis=1, keepdims=True)).astype(np.float32)
     lengths = rng.integers(1, 500, len(emb))
-    cfg = DedupConfig(mode="clustered", rows_per_cluster=500, neighbours_per_row=8, recall_sample=400, max_pairs=max_pairs)
+    cfg = DedupConfig(
+        mode="clustered", rows_per_cluster=500, neighbours_per_row=8, recall_sample=400, max_pairs=max_pairs
+    )
     clustered = dedup_rows(emb, lengths, cfg, 0)
     assert clustered.pairs.count >= 2000 * 1999 // 2 and len(clustered.pairs.i) <= len(emb) * 8
     assert clustered.stats["rows_over_neighbour_bound"] > 1000 and clustered.stats["decision_agreement"] == 1.0
-    assert not clustered.stats["every_pair_held"] and clustered.stats["pair_recall"] < 0.05 <= 0.99 <= clustered.stats["pair_recall_within_bound"]
+    assert (
+        not clustered.stats["every_pair_held"]
+        and clustered.stats["pair_recall"] < 0.05 <= 0.99 <= clustered.stats["pair_recall_within_bound"]
+    )
     reference = dedup_rows(emb, lengths, DedupConfig(mode="exact"), 0)
     np.testing.assert_array_equal(clustered.decision.keep, reference.decision.keep)
     assert clustered.decision.keep[:2000].sum() == 1
@@ -141,7 +155,9 @@ def test_clustered_keeps_exactly_the_brute_force_set_on_a_dense_family(dense_fam
     assert outcome.decision.keep[matched].all()
     assert np.all(np.einsum("ij,ij->i", emb[removed].astype(np.float64), emb[matched].astype(np.float64)) >= 0.8 - 1e-6)
     rank = np.argsort(order)
-    found = clustered_pairs_above(EmbeddingBlocks.of(emb), 0.8, ClusterSettings(rows_per_cluster=rows_per_cluster), 60, rank)
+    found = clustered_pairs_above(
+        EmbeddingBlocks.of(emb), 0.8, ClusterSettings(rows_per_cluster=rows_per_cluster), 60, rank
+    )
     raw = resolve_greedy(len(emb), found.pairs, order, exact_check_against(emb, 0.8))
     assert outcome.stats["kept_check_rounds"] >= 1
     if (raw.keep != exact).any():  # the case this guards: the clustered pairs alone were wrong here

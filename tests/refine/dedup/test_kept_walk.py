@@ -25,9 +25,16 @@ def families(seed: int, n_families: int, copies: int, spread: float, dim: int = 
 
 
 @settings(max_examples=40, deadline=None)
-@given(seed=st.integers(0, 10**6), n_families=st.integers(1, 30), copies=st.integers(1, 40),
-       spread=st.sampled_from([0.05, 0.2, 0.35, 0.6]), chunk=st.sampled_from([1, 3, 16, 97, 2048]),
-       tile=st.sampled_from([1, 5, 64, 16384]), threshold=st.sampled_from([0.7, 0.8, 0.9]), shuffled=st.booleans())
+@given(
+    seed=st.integers(0, 10**6),
+    n_families=st.integers(1, 30),
+    copies=st.integers(1, 40),
+    spread=st.sampled_from([0.05, 0.2, 0.35, 0.6]),
+    chunk=st.sampled_from([1, 3, 16, 97, 2048]),
+    tile=st.sampled_from([1, 5, 64, 16384]),
+    threshold=st.sampled_from([0.7, 0.8, 0.9]),
+    shuffled=st.booleans(),
+)
 def test_the_walk_keeps_exactly_the_brute_force_set(seed, n_families, copies, spread, chunk, tile, threshold, shuffled):
     """Any chunking of the rows and tiling of the kept set: the brute-force kept set, and each
     removed row names an earlier kept row at or above the threshold with its float64 cosine."""
@@ -55,7 +62,9 @@ def test_pairs_at_the_threshold_are_decided_in_float64_as_the_reference_decides_
     noise -= (noise * a).sum(axis=1, keepdims=True) * a
     noise /= np.linalg.norm(noise, axis=1, keepdims=True)
     emb = np.concatenate([a, 0.8 * a + 0.6 * noise]).astype(np.float32)
-    order = np.ravel(np.column_stack([np.arange(200), np.arange(200, 400)]))  # a_0, b_0, a_1, b_1, ...: each a_i is kept first
+    order = np.ravel(
+        np.column_stack([np.arange(200), np.arange(200, 400)])
+    )  # a_0, b_0, a_1, b_1, ...: each a_i is kept first
     float32 = np.einsum("ij,ij->i", emb[:200], emb[200:])
     float64 = np.einsum("ij,ij->i", emb[:200].astype(np.float64), emb[200:].astype(np.float64))
     assert ((float32 >= 0.8) != (float64 >= 0.8)).any()  # the case exists in these vectors
@@ -76,12 +85,16 @@ def perturbed_family(ray_session):
     return dense_family_vectors(5, 120, seed=1, backend="static")
 
 
-@pytest.mark.parametrize("cfg", [
-    DedupConfig(mode="auto", threshold=0.8, keep="longest_output"),
-    DedupConfig(mode="kept", threshold=0.9, keep="first"),
-    # a budget the walk cannot meet: auto falls back to clustered, whose kept set is made exact too
-    DedupConfig(mode="auto", threshold=0.8, keep="first", auto_exact_budget_s=0.0, rows_per_cluster=20),
-], ids=["auto", "kept", "auto-over-budget"])
+@pytest.mark.parametrize(
+    "cfg",
+    [
+        DedupConfig(mode="auto", threshold=0.8, keep="longest_output"),
+        DedupConfig(mode="kept", threshold=0.9, keep="first"),
+        # a budget the walk cannot meet: auto falls back to clustered, whose kept set is made exact too
+        DedupConfig(mode="auto", threshold=0.8, keep="first", auto_exact_budget_s=0.0, rows_per_cluster=20),
+    ],
+    ids=["auto", "kept", "auto-over-budget"],
+)
 def test_refine_dedup_on_a_dense_family_of_real_text_keeps_the_brute_force_set(perturbed_family, cfg):
     emb = perturbed_family
     output_len = np.random.default_rng(3).integers(1, 60, len(emb))
