@@ -1,6 +1,7 @@
-"""``platypus-ray <command> --config FILE [--set key.sub=value ...]``: parse, validate, call ``run``.
+"""``platypus-ray <command> --config FILE [--set key.sub=value ...]``: parse, validate, run the stage.
 
-Nothing stage-specific lives here: each command is a config model plus ``run(cfg)``.
+Nothing stage-specific lives here: each command is a config class plus a
+:class:`~platypus_ray.core.stage.Stage`, whose ``run`` is its preflight, then its work.
 Some commands accept a few ``--key VALUE`` flags as shorthand for ``--set key=VALUE``.
 """
 
@@ -15,52 +16,70 @@ from dataclasses import dataclass
 from platypus_ray.core import console
 from platypus_ray.core.config import load_config
 from platypus_ray.core.errors import environment_failure, find_user_error
+from platypus_ray.core.stage import Stage
 
 
 @dataclass(frozen=True)
 class Command:
     help: str
-    module: str  # exposes ``run(cfg)``
-    config: str  # name of the config class in ``module``
+    config: str  # "module:ConfigClass": imported first, so a config error shows before Ray loads
+    stage: str  # "module:STAGE": the Stage whose run (preflight, then the work) the command calls
     flags: tuple[str, ...] = ()  # --flag VALUE shorthands for top-level keys
     switches: tuple[str, ...] = ()  # --some-switch shorthands for top-level booleans (some_switch=true)
+
+    def config_class(self) -> type:
+        module, name = self.config.split(":")
+        return getattr(importlib.import_module(module), name)
+
+    def load_stage(self) -> Stage:
+        module, name = self.stage.split(":")
+        return getattr(importlib.import_module(module), name)
 
 
 COMMANDS: dict[str, Command] = {
     "refine": Command(
         "curate instruction data: validate, dedup, decontaminate (Ray Data)",
-        "platypus_ray.refine",
-        "RefineConfig",
+        "platypus_ray.refine.config:RefineConfig",
+        "platypus_ray.refine.stage:STAGE",
         switches=("allow_empty_benchmark",),
     ),
-    "train": Command("LoRA fine-tune with DeepSpeed ZeRO-3 on Ray Train", "platypus_ray.train", "TrainConfig"),
+    "train": Command(
+        "LoRA fine-tune with DeepSpeed ZeRO-3 on Ray Train",
+        "platypus_ray.train.config:TrainConfig",
+        "platypus_ray.train.stage:STAGE",
+    ),
     "sweep": Command(
         "Ray Tune over LoRA rank / target modules / learning rate (ASHA)",
-        "platypus_ray.sweep",
-        "SweepConfig",
+        "platypus_ray.sweep.config:SweepConfig",
+        "platypus_ray.sweep.stage:STAGE",
         switches=("resume",),
     ),
     "merge": Command(
-        "fold a LoRA adapter into a base model", "platypus_ray.merge", "MergeConfig", flags=("base", "adapter", "out")
+        "fold a LoRA adapter into a base model",
+        "platypus_ray.merge:MergeConfig",
+        "platypus_ray.merge:STAGE",
+        flags=("base", "adapter", "out"),
     ),
     "evaluate": Command(
         "benchmark accuracy (acc, acc_norm) and held-out loss, as Ray Data batch inference",
-        "platypus_ray.evaluate",
-        "EvaluateConfig",
+        "platypus_ray.evaluate.config:EvaluateConfig",
+        "platypus_ray.evaluate.stage:STAGE",
     ),
     "pipeline": Command(
-        "refine -> train -> merge in one run, each stage feeding the next", "platypus_ray.pipeline", "PipelineConfig"
+        "refine -> train -> merge -> evaluate in one run, each stage feeding the next",
+        "platypus_ray.pipeline:PipelineConfig",
+        "platypus_ray.pipeline:STAGE",
     ),
     "make-tiny-model": Command(
         "build a tiny LLaMA + locally trained tokenizer (tests, demo)",
-        "platypus_ray.devtools.tiny_model",
-        "TinyModelConfig",
+        "platypus_ray.devtools.tiny_model:TinyModelConfig",
+        "platypus_ray.devtools.tiny_model:STAGE",
         flags=("out",),
     ),
     "distill-embedder": Command(
         "distil a model2vec static embedder from a local sentence-transformers model (offline)",
-        "platypus_ray.embedding.distill",
-        "DistillConfig",
+        "platypus_ray.embedding.distill:DistillConfig",
+        "platypus_ray.embedding.distill:STAGE",
         flags=("model", "out"),
     ),
 }
@@ -118,11 +137,10 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
     if not args.verbose:
         console.install()  # before the stage's imports: Ray and DeepSpeed may log as they load
-    module = importlib.import_module(command.module)
     try:
-        cfg = load_config(getattr(module, command.config), args.config, overrides)
+        cfg = load_config(command.config_class(), args.config, overrides)
         console.use_log_dir(console.log_folder(cfg), args.command)
-        result = module.run(cfg)
+        result = command.load_stage().run(cfg)
     except Exception as exc:  # user mistakes get one clear line, anything else a traceback
         user_error = find_user_error(exc) or environment_failure(exc)
         if user_error is None:

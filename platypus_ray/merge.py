@@ -12,9 +12,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-from pydantic import ValidationInfo, field_validator
-
-from platypus_ray.core.config import StrictModel, is_planned
+from platypus_ray.core.config import StrictModel
+from platypus_ray.core.stage import Input, Output, Stage
 
 
 class MergeConfig(StrictModel):
@@ -24,19 +23,6 @@ class MergeConfig(StrictModel):
     adapter: str
     out: str = "out/merged"
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"  # auto: the base's saved dtype
-
-    def check_output(self) -> None:
-        """Refuse an ``out`` whose replacement would delete the base, the adapter or foreign files."""
-        from platypus_ray.core.outputs import check_output
-
-        check_output(self.out, "out", inputs=[self.base, self.adapter])
-
-    @field_validator("adapter")
-    @classmethod
-    def _adapter_exists(cls, value: str, info: ValidationInfo) -> str:
-        if not is_planned(value, info) and not os.path.isfile(os.path.join(value, "adapter_config.json")):
-            raise ValueError(f"'{value}' is not a LoRA adapter folder (no adapter_config.json)")
-        return value
 
 
 @dataclass
@@ -71,8 +57,27 @@ def memory_needed(cfg: MergeConfig) -> int:
     return int(params * dtype.itemsize * 1.5) + 2**30
 
 
-def run(cfg: MergeConfig) -> MergeResult:
-    cfg.check_output()  # first: a refused output costs no torch import
+class MergeStage(Stage[MergeConfig, None, MergeResult]):
+    """A base model and a LoRA adapter in; a standalone model folder (``out``) out."""
+
+    name = "merge"
+    config = MergeConfig
+
+    def inputs(self, cfg: MergeConfig) -> list[Input]:
+        return [Input("base", cfg.base, "model"), Input("adapter", cfg.adapter, "adapter")]
+
+    def outputs(self, cfg: MergeConfig) -> list[Output]:
+        return [Output("out", cfg.out)]
+
+    def execute(self, cfg: MergeConfig, checked: None) -> MergeResult:
+        return _merge(cfg)
+
+
+STAGE = MergeStage()
+run = STAGE.run
+
+
+def _merge(cfg: MergeConfig) -> MergeResult:
     import torch
     from peft import PeftModel
     from transformers import AutoModelForCausalLM, AutoTokenizer

@@ -1,10 +1,11 @@
 """``platypus-ray pipeline`` (``jobs/pipeline.py``): refine → train → merge → evaluate in one job.
 
-Each stage's output feeds the next: train reads refine's ``kept/`` rows, merge folds the
-trained adapter into train's base model, evaluate scores the merged model (or base plus
-adapter when there is no merge) against the base. Every section is validated before anything runs
-(inputs an earlier stage will write count as present), and the train run folder, tracking server
-and cluster shape are checked before refine starts, so a bad train section never costs a refine run.
+Each stage's output feeds the next, handed over as typed results: train reads refine's
+``kept_path``, merge folds train's ``adapter_path`` into the base model, evaluate scores the
+merged model (or base plus adapter when there is no merge) against the base. The pipeline's
+preflight is the union of its sections' preflights, run before any work: every section's inputs,
+outputs and checks before Ray starts (a path an earlier section writes counts as present), then
+every cluster check, so a bad train or evaluate section never costs a refine run.
 A section may be inline or name a stage's YAML file: ``train: tiny-cpu.yaml``.
 """
 
@@ -15,25 +16,23 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from pydantic import Field, ValidationInfo, field_validator, model_validator
+from pydantic import Field, field_validator, model_validator
 
 from platypus_ray.core.config import StrictModel
 from platypus_ray.core.dtypes import DTypeName
-from platypus_ray.core.outputs import check_output
+from platypus_ray.core.errors import UserError
 from platypus_ray.core.paths import absolute_if_local
-from platypus_ray.devtools.tiny_model import TinyModelConfig
+from platypus_ray.core.stage import Stage, is_model_folder
 from platypus_ray.evaluate.config import (
     BenchmarkEntry,
     EvaluateConfig,
     InferenceSettings,
     ValidationSettings,
-    benchmark_inputs,
     expand_preset,
 )
 from platypus_ray.merge import MergeConfig
 from platypus_ray.refine.config import RefineConfig
 from platypus_ray.train.config import TrainConfig
-from platypus_ray.train.tracking import check_reachable
 
 
 class MergeStep(StrictModel):
@@ -42,6 +41,7 @@ class MergeStep(StrictModel):
     out: str = "out/merged"
     base: str | None = None  # default: train.model.name_or_path (or another fine-tune of the same base)
     dtype: DTypeName = "auto"
+    timeout_s: float = Field(7200.0, gt=0, description="bound on the merge task (it loads and saves the whole model)")
 
 
 class EvaluateStep(StrictModel):
@@ -79,22 +79,20 @@ class PipelineConfig(StrictModel):
 
     @model_validator(mode="before")
     @classmethod
-    def _link_stages(cls, raw: Any, info: ValidationInfo) -> Any:
-        """Point train at refine's output and mark what earlier stages will write as planned."""
-        if not isinstance(raw, dict):
+    def _link_stages(cls, raw: Any) -> Any:
+        """Point train at the rows refine keeps (``RefineConfig.kept_path``)."""
+        if (
+            not isinstance(raw, dict)
+            or not isinstance(raw.get("refine"), dict)
+            or not isinstance(raw.get("train"), dict)
+        ):
             return raw
-        planned = info.context.setdefault("planned", set()) if info.context is not None else set()
-        train = raw.get("train")
-        if isinstance(raw.get("refine"), dict) and isinstance(train, dict):
-            output = raw["refine"].get("output", RefineConfig.model_fields["output"].default)
-            train = raw["train"] = {
-                **train,
-                "data": {**(train.get("data") or {}), "path": f"{output.rstrip('/')}/kept"},
-            }
-            planned.add(os.path.normpath(os.path.expanduser(output)))
-        model = ((train or {}).get("model") or {}).get("name_or_path") if isinstance(train, dict) else None
-        if raw.get("build_tiny_model") is True and isinstance(model, str):
-            planned.add(os.path.normpath(os.path.expanduser(model)))
+        refine = (
+            RefineConfig.model_fields["output"].default if "output" not in raw["refine"] else raw["refine"]["output"]
+        )
+        train = raw["train"]
+        if isinstance(refine, str):
+            raw["train"] = {**train, "data": {**(train.get("data") or {}), "path": f"{refine.rstrip('/')}/kept"}}
         return raw
 
     @model_validator(mode="after")
@@ -113,6 +111,26 @@ class PipelineConfig(StrictModel):
             raise ValueError("give at least one stage: refine, train (and merge)")
         return self
 
+    def merge_config(self, adapter: str | None = None) -> MergeConfig:
+        """The merge stage's config: ``adapter`` (train's result), else where train will write it."""
+        if self.train is None or self.merge is None:
+            raise ValueError("merge_config: the pipeline has no train and merge sections")
+        return MergeConfig(
+            base=absolute_if_local(self.merge.base or self.train.model.name_or_path),
+            adapter=absolute_if_local(adapter or self.train.run.adapter_path),
+            out=os.path.abspath(self.merge.out),
+            dtype=self.merge.dtype,
+        )
+
+    def evaluate_config(self, adapter: str | None = None) -> EvaluateConfig:
+        """The evaluate stage's config: the merged model, or the base plus ``adapter`` (train's result)."""
+        if self.train is None or self.evaluate is None:
+            raise ValueError("evaluate_config: the pipeline has no train and evaluate sections")
+        base = self.train.model.name_or_path
+        adapter = adapter or self.train.run.adapter_path
+        model = {"name_or_path": self.merge.out} if self.merge else {"name_or_path": base, "adapter": adapter}
+        return self.evaluate.evaluate_config(model, base)
+
 
 @dataclass
 class PipelineResult:
@@ -127,8 +145,60 @@ class PipelineResult:
         return "\n".join(lines)
 
 
-def run(cfg: PipelineConfig) -> PipelineResult:
-    from platypus_ray.core.runtime import init_ray
+class PipelineStage(Stage[PipelineConfig, dict[str, Any], PipelineResult]):
+    """Every section's stage, in order; its preflight is theirs together."""
+
+    name = "pipeline"
+    config = PipelineConfig
+
+    def sections(self, cfg: PipelineConfig) -> list[tuple[str, Stage, Any]]:
+        """(section, its stage, its stage config), in run order. Imported here: the stages pull in Ray."""
+        from platypus_ray import merge
+        from platypus_ray.evaluate.stage import STAGE as EVALUATE
+        from platypus_ray.refine.stage import STAGE as REFINE
+        from platypus_ray.train.stage import STAGE as TRAIN
+
+        found: list[tuple[str, Stage, Any]] = []
+        if cfg.refine is not None:
+            found.append(("refine", REFINE, cfg.refine))
+        if cfg.train is not None:
+            found.append(("train", TRAIN, cfg.train))
+        if cfg.merge is not None:
+            found.append(("merge", merge.STAGE, cfg.merge_config()))
+        if cfg.evaluate is not None:
+            found.append(("evaluate", EVALUATE, cfg.evaluate_config()))
+        return found
+
+    def preflight(self, cfg: PipelineConfig, planned: Any = ()) -> dict[str, Any]:
+        """Each section's checks before Ray starts, told what the sections before it write (and the
+        tiny model build_tiny_model makes), then each section's cluster checks."""
+        planned = set(planned)
+        if cfg.build_tiny_model and cfg.train is not None:
+            planned.add(cfg.train.model.name_or_path)
+        checked = {}
+        sections = self.sections(cfg)
+        for name, stage, section in sections:
+            checked[name] = stage.check_before_ray(section, planned, prefix=f"{name}.")
+            planned.update(out.path for out in stage.outputs(section))
+        from platypus_ray.core.runtime import init_ray
+
+        init_ray()
+        for _, stage, section in sections:
+            stage.check_cluster(section)
+        return checked
+
+    def execute(self, cfg: PipelineConfig, checked: dict[str, Any]) -> PipelineResult:
+        return _pipeline(cfg, checked)
+
+
+STAGE = PipelineStage()
+run = STAGE.run
+
+
+def _pipeline(cfg: PipelineConfig, checked: dict[str, Any]) -> PipelineResult:
+    from platypus_ray.evaluate.stage import STAGE as EVALUATE
+    from platypus_ray.refine.stage import STAGE as REFINE
+    from platypus_ray.train.stage import STAGE as TRAIN
 
     result = PipelineResult()
 
@@ -142,67 +212,29 @@ def run(cfg: PipelineConfig) -> PipelineResult:
         print(out.summary(), "\n", flush=True)
         return out
 
-    # Outputs are checked before Ray starts, train's run folder too (prepare checks it again: cheap).
-    if cfg.refine is not None:
-        cfg.refine.check_output("refine.output")
-    if cfg.evaluate is not None:
-        from platypus_ray.evaluate.tasks import check_loadable
-
-        check_output(cfg.evaluate.output, "evaluate.output", inputs=benchmark_inputs(cfg.evaluate.benchmarks))
-        check_loadable(cfg.evaluate.benchmarks, cfg.evaluate.seed)  # an offline-unloadable task fails before refine
-    if cfg.merge is not None:
-        check_output(cfg.merge.out, "merge.out", inputs=[cfg.merge.base or cfg.train.model.name_or_path])
-    if cfg.train is not None:  # an unreachable tracking server fails before Ray starts and refine runs
-        from platypus_ray.train.resume import check_run_folder
-        from platypus_ray.train.stage import resolve_local_paths
-
-        check_run_folder(resolve_local_paths(cfg.train))
-        check_reachable(cfg.train.tracking.mlflow_uri(cfg.train.run.storage_path))
-    init_ray()
-    if cfg.train is not None:
-        from platypus_ray.train.capacity import check_cluster_fits
-
-        check_cluster_fits(cfg.train.cluster)  # before refine runs: a train shape that cannot fit fails now
-    if cfg.build_tiny_model and not os.path.isfile(os.path.join(cfg.train.model.name_or_path, "config.json")):
+    if cfg.build_tiny_model and cfg.train is not None and not is_model_folder(cfg.train.model.name_or_path):
         from platypus_ray.devtools import tiny_model
 
-        step(
-            "make-tiny-model",
-            cfg.train.model.name_or_path,
-            tiny_model.run,
-            TinyModelConfig(out=cfg.train.model.name_or_path),
-        )
+        model = cfg.train.model.name_or_path
+        step("make-tiny-model", model, tiny_model.run, tiny_model.TinyModelConfig(out=model))
+    train_cfg = cfg.train
     if cfg.refine is not None:
-        from platypus_ray import refine
-
-        step("refine", cfg.refine.output, refine.run, cfg.refine)
-    if cfg.train is not None:
-        from platypus_ray import train
-
-        trained = step("train", cfg.train.run.adapter_path, train.run, cfg.train)
+        refined = step("refine", cfg.refine.output, REFINE.execute, cfg.refine, checked["refine"])
+        if train_cfg is not None:
+            data = train_cfg.data.model_copy(update={"path": str(refined.kept_path)})
+            train_cfg = train_cfg.model_copy(update={"data": data})
+    if train_cfg is not None:
+        trained = step("train", train_cfg.run.adapter_path, TRAIN.execute, train_cfg, checked["train"])
         if cfg.merge is not None:
-            base = cfg.merge.base or cfg.train.model.name_or_path
-            merge_cfg = MergeConfig(
-                base=absolute_if_local(base),
-                adapter=absolute_if_local(trained.adapter_path),
-                out=os.path.abspath(cfg.merge.out),
-                dtype=cfg.merge.dtype,
-            )
-            step("merge", merge_cfg.out, merge_on_cluster, merge_cfg)
+            merge_cfg = cfg.merge_config(trained.adapter_path)
+            step("merge", merge_cfg.out, merge_on_cluster, merge_cfg, cfg.merge.timeout_s)
         if cfg.evaluate is not None:
-            from platypus_ray import evaluate
-
-            base = cfg.train.model.name_or_path
-            model = (
-                {"name_or_path": cfg.merge.out}
-                if cfg.merge
-                else {"name_or_path": base, "adapter": trained.adapter_path}
-            )
-            step("evaluate", cfg.evaluate.output, evaluate.run, cfg.evaluate.evaluate_config(model, base))
+            evaluate_cfg = cfg.evaluate_config(trained.adapter_path)
+            step("evaluate", cfg.evaluate.output, EVALUATE.execute, evaluate_cfg, checked["evaluate"])
     return result
 
 
-def merge_on_cluster(cfg: MergeConfig):
+def merge_on_cluster(cfg: MergeConfig, timeout_s: float):
     """Merge in a Ray task that reserves the memory it needs, so on a cluster it lands on a
     node that can hold the whole model (the head node is small and runs no work). Paths are
     absolute: the task's working folder is not the driver's."""
@@ -211,4 +243,12 @@ def merge_on_cluster(cfg: MergeConfig):
     from platypus_ray import merge
 
     task = ray.remote(merge.run).options(num_cpus=1, memory=merge.memory_needed(cfg))
-    return ray.get(task.remote(cfg))
+    ref = task.remote(cfg)
+    try:
+        return ray.get(ref, timeout=timeout_s)
+    except ray.exceptions.GetTimeoutError:
+        ray.cancel(ref, force=True)
+        raise UserError(
+            f"merge: the merge task did not finish within {timeout_s:g} s (merge.timeout_s); the cluster may lack "
+            "a node with the memory it reserves, or raise the bound"
+        ) from None

@@ -16,11 +16,12 @@ from typing import Any, Literal
 
 import pyarrow as pa
 import pyarrow.parquet as pq
-from pydantic import Field, field_validator
+from pydantic import Field
 
-from platypus_ray.core.config import StrictModel, check_input
+from platypus_ray.core.config import StrictModel
 from platypus_ray.core.errors import InputError
 from platypus_ray.core.paths import default_name, expand_files, open_input
+from platypus_ray.core.stage import Input
 from platypus_ray.core.unicode_checks import LONE_SURROGATE_PROBLEM, has_lone_surrogate
 
 BenchmarkFormat = Literal["mmlu_csv", "arc_jsonl", "hellaswag_jsonl", "truthfulqa_csv", "questions"]
@@ -44,11 +45,10 @@ class BenchmarkConfig(StrictModel):
     fewshot_path: str | None = None  # evaluate only: a dev split in the same format to draw examples from
     limit: int | None = Field(None, ge=1, description="score only the first N items (evaluate only)")
 
-    @field_validator("path", "fewshot_path")
-    @classmethod
-    def _path_exists(cls, path: str | None, info) -> str | None:
-        extensions = _EXTENSIONS.get(info.data.get("format"), ("jsonl", "json", "parquet", "csv"))
-        return None if path is None else check_input(path, extensions, info)
+    def inputs(self, key: str) -> list[Input]:
+        """The files this entry reads (``key``: where it sits in the config, ``benchmarks[0]``)."""
+        paths = {"path": self.path, "fewshot_path": self.fewshot_path}
+        return [Input(f"{key}.{name}", path, "data", _EXTENSIONS[self.format]) for name, path in paths.items() if path]
 
     @property
     def benchmark_name(self) -> str:

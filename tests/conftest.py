@@ -73,3 +73,21 @@ def kept_folder(tmp_path_factory):
     folder.mkdir()
     pq.write_table(pa.Table.from_pylist(rows), folder / "part-0.parquet")
     return str(folder)
+
+
+@pytest.fixture
+def stage_inputs(tmp_path, monkeypatch):
+    """A fake model, adapter, data and benchmark (nothing past a preflight may read them), an
+    unrelated non-empty folder, and the working directory at ``tmp_path``."""
+    import json
+
+    monkeypatch.chdir(tmp_path)
+    model, adapter, kept, foreign = (tmp_path / name for name in ("model", "adapter", "kept", "foreign"))
+    for folder in (model, adapter, kept, foreign):
+        folder.mkdir()
+    (model / "config.json").write_text("{}")
+    (adapter / "adapter_config.json").write_text("{}")
+    (foreign / "thesis.tex").write_text("years of work")
+    (tmp_path / "bench.jsonl").write_text(json.dumps({"question": "Which planet is red?"}) + "\n")
+    (tmp_path / "data.jsonl").write_text(json.dumps({"instruction": "Name a colour.", "output": "Red."}) + "\n")
+    return tmp_path

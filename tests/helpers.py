@@ -33,13 +33,13 @@ def train_config(model: str, data: str, storage: str, name: str, **sections):
     return validate_config(TrainConfig, train_raw(model, data, storage, name, **sections))
 
 
-def shipped_presets(planned: set[str]) -> dict[str, object]:
-    """Every YAML under jobs/configs, validated (no Ray) by the command its header's job runs.
+def shipped_presets() -> dict[str, object]:
+    """Every YAML under jobs/configs, validated (no Ray, no disk: schemas are pure) by the command
+    its header's job runs.
 
     Each preset's header shows ``python jobs/<job>.py --config ...``; the job script names its
     command (``main(["train", ...])``), and the command its config class.
     """
-    import importlib
     import re
     from pathlib import Path
 
@@ -52,8 +52,7 @@ def shipped_presets(planned: set[str]) -> dict[str, object]:
         job = re.search(r"python (jobs/\w+\.py) --config", path.read_text())
         assert job, f"{path.name}: the header must show the `ray job submit ... python jobs/<job>.py` line"
         command = COMMANDS[re.search(r'main\(\["([\w-]+)"', (root / job.group(1)).read_text()).group(1)]
-        model = getattr(importlib.import_module(command.module), command.config)
-        presets[path.name] = load_config(model, path, planned=planned)
+        presets[path.name] = load_config(command.config_class(), path)
     return presets
 
 

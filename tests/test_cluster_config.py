@@ -62,7 +62,7 @@ def test_the_schema_check_does_reject_a_bad_config():
 def cluster_presets() -> dict[str, object]:
     """The presets under jobs/configs meant for a GPU cluster."""
     presets = {}
-    for name, cfg in shipped_presets(planned={"out", SHARED}).items():
+    for name, cfg in shipped_presets().items():
         if any(_on_gpu(s) for s in _sections(cfg)):
             presets[name] = cfg
     return presets

@@ -29,18 +29,8 @@ def _ray_must_not_start(*args, **kwargs):
 
 
 @pytest.fixture
-def inputs(tmp_path, monkeypatch):
-    """A fake model, adapter, data and benchmark (nothing past the checks may read them), an
-    unrelated non-empty folder, and the working directory at ``tmp_path``."""
-    monkeypatch.chdir(tmp_path)
-    model, adapter, kept, foreign = (tmp_path / name for name in ("model", "adapter", "kept", "foreign"))
-    for folder in (model, adapter, kept, foreign):
-        folder.mkdir()
-    (model / "config.json").write_text("{}")
-    (adapter / "adapter_config.json").write_text("{}")
-    (foreign / "thesis.tex").write_text("years of work")
-    (tmp_path / "bench.jsonl").write_text(json.dumps({"question": "Which planet is red?"}) + "\n")
-    return tmp_path
+def inputs(stage_inputs):
+    return stage_inputs
 
 
 def _target(root: Path, case: str, input_folder: str) -> str:
@@ -169,7 +159,9 @@ def test_a_glob_source_in_the_working_directory_runs_with_the_default_output_and
 
     monkeypatch.chdir(tmp_path)
     (tmp_path / "a.jsonl").write_text(json.dumps({"instruction": "q", "output": "a"}) + "\n")
-    validate_config(RefineConfig, {"sources": [{"path": "*.jsonl"}]}).check_output()  # out/refine, out/embedding-cache
+    from platypus_ray.refine.stage import STAGE
+
+    STAGE.check_before_ray(validate_config(RefineConfig, {"sources": [{"path": "*.jsonl"}]}))  # out/refine, cache
 
 
 def test_the_pipeline_checks_a_run_folder_whose_data_refine_has_not_written_yet(inputs, monkeypatch):

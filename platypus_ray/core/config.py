@@ -8,13 +8,12 @@ and list the valid ones; all problems are collected and reported in one
 from __future__ import annotations
 
 import difflib
-import os
 import typing
 from pathlib import Path
-from typing import Annotated, Any, TypeVar
+from typing import Annotated, Any, ClassVar, TypeVar
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from platypus_ray.core.errors import UserError
 
@@ -23,9 +22,30 @@ M = TypeVar("M", bound=BaseModel)
 
 class StrictModel(BaseModel):
     """Base for config sections: unknown keys are errors, values are re-validated on assignment,
-    and no float may be inf or nan (Ray would fail on them only after it has started)."""
+    and no float may be inf or nan (Ray would fail on them only after it has started).
+
+    Schemas are pure: types, ranges and rules across keys. Whether a path exists, a model loads or
+    a server answers is the stage's preflight (:mod:`platypus_ray.core.stage`), so a config
+    validates the same on a laptop, a Ray worker and a cluster head.
+
+    A section whose ``shorthand`` names one obvious key takes a plain string for it:
+    ``model: out/merged`` is ``model: {name_or_path: out/merged}``, as lm-eval and axolotl write it.
+    """
 
     model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
+    shorthand: ClassVar[str | None] = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _section_from_string(cls, value: Any) -> Any:
+        if not isinstance(value, str):
+            return value
+        if cls.shorthand is not None:
+            return {cls.shorthand: value}
+        raise ValueError(
+            f"expects a section (a mapping of {', '.join(list(cls.model_fields)[:4])}, ...), got the string {value!r}; "
+            "write the section inline, or name a .yaml/.yml file that holds it"
+        )
 
 
 # Ray counts resources in steps of 1e-4 (as int64: amounts above ~9e14 overflow) and rejects a
@@ -34,40 +54,6 @@ RAY_RESOURCE_STEP = 1e-4
 RAY_RESOURCE_MAX = 1e14  # generous: Ray's `memory` resource is counted in bytes
 ActorCount = Annotated[int, Field(ge=1, le=4096)]  # actor-pool size: one model replica per actor
 CpusPerActor = Annotated[float, Field(ge=RAY_RESOURCE_STEP, le=1024)]
-
-
-def _normal(path: str) -> str:
-    return os.path.normpath(os.path.expanduser(path))
-
-
-def is_planned(path: str, info: ValidationInfo) -> bool:
-    """Whether ``path`` will exist when its stage runs though it does not now: an earlier
-    pipeline stage writes it (or the folder holding it)."""
-    planned = (info.context or {}).get("planned", ())
-    path = _normal(path)
-    return any(path == p or path.startswith(p + os.sep) for p in planned)
-
-
-def check_input(path: str, extensions: tuple[str, ...], info: ValidationInfo) -> str:
-    """An input file, folder or glob that exists now, or that an earlier stage will write."""
-    from platypus_ray.core.paths import check_input_path
-
-    return path if is_planned(path, info) else check_input_path(path, extensions)
-
-
-def check_model_folder(value: str, info: ValidationInfo) -> str:
-    """A hub id, or a local model folder (one with config.json) that exists or is planned."""
-    looks_local = value.startswith((".", "/", "~")) or os.path.exists(value)
-    if (
-        looks_local
-        and not is_planned(value, info)
-        and not os.path.isfile(os.path.join(os.path.expanduser(value), "config.json"))
-    ):
-        raise ValueError(
-            f"'{value}' is not a model folder (no config.json); "
-            "build one with `platypus-ray make-tiny-model --out DIR` or name a hub id"
-        )
-    return value
 
 
 class ConfigError(UserError, ValueError):
@@ -88,35 +74,36 @@ def load_raw(path: str | Path) -> dict[str, Any]:
     return loaded or {}
 
 
-def load_config(
-    model: type[M], path: str | Path | None, overrides: list[str] | None = None, planned: set[str] | None = None
-) -> M:
-    """Read ``path`` (YAML), apply ``key.sub=value`` overrides, validate into ``model``.
-
-    ``planned``: paths an earlier pipeline stage will write; inputs under them need not exist yet.
-    """
+def load_config(model: type[M], path: str | Path | None, overrides: list[str] | None = None) -> M:
+    """Read ``path`` (YAML), apply ``key.sub=value`` overrides, validate into ``model``."""
     raw: dict[str, Any] = {}
+    config_dir = Path(path).parent if path is not None else Path(".")
     if path is not None:
-        raw = _inline_section_files(model, load_raw(path), Path(path).parent)
+        raw = _inline_section_files(model, load_raw(path), config_dir)
     for override in overrides or []:
         apply_override(raw, override)
-    return validate_config(model, raw, origin=str(path) if path else "overrides", planned=planned)
+    raw = _inline_section_files(model, raw, config_dir)  # --set train=other.yaml names a file too
+    return validate_config(model, raw, origin=str(path) if path else "overrides")
+
+
+YAML_SUFFIXES = (".yaml", ".yml")
 
 
 def _inline_section_files(model: type[BaseModel], raw: dict[str, Any], config_dir: Path) -> dict[str, Any]:
-    """A top-level section may name a YAML file holding it (``train: jobs/configs/tiny-cpu.yaml``).
-
-    The file is read in place, so ``--set train.lora.r=8`` overrides reach into it. Its path is
-    taken as given, else relative to the including config's folder.
-    """
+    """A top-level section given as a string naming a .yaml/.yml file is that file's mapping
+    (``train: tiny-cpu.yaml``, as given or relative to the including config's folder), read in
+    place so ``--set train.lora.r=8`` reaches into it. Any other string is left to the section's
+    schema: a shorthand (``model: out/merged``) or an error showing both forms."""
     for key, value in raw.items():
         field = model.model_fields.get(key)
         if not isinstance(value, str) or field is None or not _section_model(field.annotation):
             continue
-        path = Path(value) if Path(value).is_file() else config_dir / value
-        if not path.is_file():
-            raise ConfigError(f"{key}: config file '{value}' does not exist")
-        raw[key] = load_raw(path)
+        candidates = [Path(value).expanduser(), config_dir / value]
+        found = next((c for c in candidates if c.suffix.lower() in YAML_SUFFIXES and c.is_file()), None)
+        if found is not None:
+            raw[key] = load_raw(found)
+        elif Path(value).suffix.lower() in YAML_SUFFIXES:
+            raise ConfigError(f"{key}: config file '{value}' does not exist (looked in . and {config_dir})")
     return raw
 
 
@@ -125,10 +112,10 @@ def _section_model(annotation: Any) -> bool:
     return any(isinstance(c, type) and issubclass(c, BaseModel) for c in candidates)
 
 
-def validate_config(model: type[M], raw: dict[str, Any], origin: str = "config", planned: set[str] | None = None) -> M:
+def validate_config(model: type[M], raw: dict[str, Any], origin: str = "config") -> M:
     """Validate a raw mapping; on failure raise one ConfigError listing every problem."""
     try:
-        return model.model_validate(raw, context={"planned": {_normal(p) for p in planned or ()}})
+        return model.model_validate(raw)
     except ValidationError as exc:
         lines = [_describe_error(model, err) for err in exc.errors()]
         raise ConfigError(f"invalid config ({origin}):\n" + "\n".join(f"  - {line}" for line in lines)) from None

@@ -87,9 +87,10 @@ def absolute_if_local(path: str) -> str:
 
 
 def default_name(path: str) -> str:
-    """A readable name for a source or benchmark: the file stem or folder name."""
+    """A readable name for a source or benchmark: the file stem or folder name, cut at a glob's
+    ``*`` or ``?``. Pure text (configs call it): ``[`` stays, as a file may be named data[1].jsonl."""
     stem = path.rstrip("/").split("/")[-1]
-    for ch in "*?[" if not os.path.exists(path) else "":  # an existing file may be named data[1].jsonl
+    for ch in "*?":
         stem = stem.split(ch)[0]
     return Path(stem).stem or "data"
 
@@ -162,26 +163,25 @@ def lines(stream: BinaryIO) -> Iterator[bytes]:
         yield rest
 
 
-def check_input_path(path: str, extensions: tuple[str, ...]) -> str:
-    """Fail (as a config error) when a local path names no readable file; say what is there."""
-    if is_remote(path):
-        return path  # checked when read: no network calls during config validation
-    if expand_files(path, extensions):
-        return path
+def input_path_problem(path: str, extensions: tuple[str, ...]) -> str | None:
+    """Why a local path names no readable file, saying what is there instead; None when it names
+    one (a URI is checked when read: no network calls before a stage starts)."""
+    if is_remote(path) or expand_files(path, extensions):
+        return None
     probe = Path(path.split("*")[0].split("?")[0] or ".")
     folder = probe if probe.is_dir() else probe.parent
-    if folder.is_dir():
-        entries = sorted(p.name + ("/" if p.is_dir() else "") for p in folder.iterdir())[:12]
-        listing = ", ".join(entries) if entries else "nothing"
-        kinds = "/".join(extensions)
-        if Path(path).is_dir():
-            what = f"holds no .{kinds} file"
-        elif _GLOB_CHARS & set(path):
-            what = f"matches no .{kinds} file"
-        else:
-            what = "does not exist"
-        raise ValueError(f"'{path}' {what}; '{folder}' holds: {listing}")
-    raise ValueError(f"'{path}' does not exist (no folder '{folder}' either)")
+    if not folder.is_dir():
+        return f"'{path}' does not exist (no folder '{folder}' either)"
+    entries = sorted(p.name + ("/" if p.is_dir() else "") for p in folder.iterdir())[:12]
+    listing = ", ".join(entries) if entries else "nothing"
+    kinds = "/".join(extensions)
+    if Path(path).is_dir():
+        what = f"holds no .{kinds} file"
+    elif _GLOB_CHARS & set(path):
+        what = f"matches no .{kinds} file"
+    else:
+        what = "does not exist"
+    return f"'{path}' {what}; '{folder}' holds: {listing}"
 
 
 def _has_extension(name: str, extensions: tuple[str, ...]) -> bool:

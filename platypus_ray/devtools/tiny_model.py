@@ -14,6 +14,8 @@ from pathlib import Path
 from pydantic import Field
 
 from platypus_ray.core.config import StrictModel
+from platypus_ray.core.outputs import replaced_atomically
+from platypus_ray.core.stage import Output, Stage
 from platypus_ray.samples import sample_rows
 from platypus_ray.train.prompts import build_prompt
 
@@ -105,7 +107,24 @@ class TinyModelResult:
         return f"make-tiny-model: saved a {self.parameters:,}-parameter LLaMA and its tokenizer to {self.out}"
 
 
-def run(cfg: TinyModelConfig) -> TinyModelResult:
+class TinyModelStage(Stage[TinyModelConfig, None, TinyModelResult]):
+    """Nothing in; a model folder (``out``: weights, config, tokenizer) out."""
+
+    name = "make-tiny-model"
+    config = TinyModelConfig
+
+    def outputs(self, cfg: TinyModelConfig) -> list[Output]:
+        return [Output("out", cfg.out)]
+
+    def execute(self, cfg: TinyModelConfig, checked: None) -> TinyModelResult:
+        return _build(cfg)
+
+
+STAGE = TinyModelStage()
+run = STAGE.run
+
+
+def _build(cfg: TinyModelConfig) -> TinyModelResult:
     """Build, save and return the folder of a randomly initialised tiny LLaMA + tokenizer."""
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
@@ -128,6 +147,7 @@ def run(cfg: TinyModelConfig) -> TinyModelResult:
     torch.manual_seed(cfg.seed)
     model = LlamaForCausalLM(config)
     pretrain(model, tokenizer, cfg.pretrain_steps, cfg.seed)
-    model.save_pretrained(out)
-    tokenizer.save_pretrained(out)
+    with replaced_atomically(cfg.out, "make-tiny-model") as staging:
+        model.save_pretrained(staging)
+        tokenizer.save_pretrained(staging)
     return TinyModelResult(out, sum(p.numel() for p in model.parameters()))

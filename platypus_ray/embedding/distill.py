@@ -18,6 +18,8 @@ from pathlib import Path
 from pydantic import Field
 
 from platypus_ray.core.config import StrictModel
+from platypus_ray.core.errors import UserError
+from platypus_ray.core.stage import Stage
 
 UNUSED_TOKENS = r"\[unused\d+\]"
 
@@ -59,22 +61,43 @@ def distill_static(model: str, out: Path, pca_dims: int | None = 256, token_remo
     return static
 
 
-def run(cfg: DistillConfig) -> DistillResult:
+class DistillStage(Stage[DistillConfig, None, DistillResult]):
+    """A local sentence-transformers model in; a checksummed static model folder (``out``) out."""
+
+    name = "distill-embedder"
+    config = DistillConfig
+
+    def check(self, cfg: DistillConfig, planned: frozenset[str]) -> None:
+        """The model resolves offline; ``out`` is new, empty, or an earlier static model."""
+        from platypus_ray.embedding.manifest import MANIFEST
+        from platypus_ray.embedding.models import check_model
+
+        try:
+            check_model(cfg.model)
+        except UserError as exc:  # same check as refine's, under this command's key name
+            raise UserError(str(exc).replace("embedding.model:", "model:", 1)) from None
+        out = Path(cfg.out).expanduser()
+        if out.exists() and any(out.iterdir()) and not (out / MANIFEST).is_file():
+            raise UserError(
+                f"out: {out} is a non-empty folder that holds no static model; choose an empty or new folder"
+            )
+
+    def execute(self, cfg: DistillConfig, checked: None) -> DistillResult:
+        return _distill(cfg)
+
+
+STAGE = DistillStage()
+run = STAGE.run
+
+
+def _distill(cfg: DistillConfig) -> DistillResult:
     """Distil ``cfg.model`` into ``cfg.out`` as a complete, checksummed export."""
     import shutil
     import time
 
-    from platypus_ray.core.errors import UserError
-    from platypus_ray.embedding.manifest import MANIFEST, write_manifest
-    from platypus_ray.embedding.models import check_model
+    from platypus_ray.embedding.manifest import write_manifest
 
-    try:
-        check_model(cfg.model)
-    except UserError as exc:  # same check as refine's, under this command's key name
-        raise UserError(str(exc).replace("embedding.model:", "model:", 1)) from None
     out = Path(cfg.out).expanduser()
-    if out.exists() and any(out.iterdir()) and not (out / MANIFEST).is_file():
-        raise UserError(f"out: {out} is a non-empty folder that holds no static model; choose an empty or new folder")
     start = time.perf_counter()
     staging = out.parent / f".{out.name}.partial"
     shutil.rmtree(staging, ignore_errors=True)

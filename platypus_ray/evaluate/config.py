@@ -8,14 +8,13 @@ into a thin lm-eval task YAML. ``benchmarks: open_llm_leaderboard`` is the leade
 
 from __future__ import annotations
 
-import os
 from typing import Any, Literal
 
-from pydantic import Field, ValidationInfo, field_validator, model_validator
+from pydantic import Field, field_validator, model_validator
 
-from platypus_ray.core.config import ActorCount, CpusPerActor, StrictModel, check_model_folder, is_planned
+from platypus_ray.core.config import ActorCount, CpusPerActor, StrictModel
 from platypus_ray.core.dtypes import DTypeName
-from platypus_ray.core.paths import is_remote
+from platypus_ray.core.stage import Input
 from platypus_ray.testsets import BenchmarkConfig
 
 
@@ -26,12 +25,11 @@ class TaskEntry(StrictModel):
     num_fewshot: int | None = Field(None, ge=0, description="default: the task's own (0 when it sets none)")
     include_path: str | None = None  # a folder of task YAMLs (your own tasks, or local data_files copies)
 
-    @field_validator("include_path")
-    @classmethod
-    def _folder_exists(cls, value: str | None, info: ValidationInfo) -> str | None:
-        if value is not None and not is_planned(value, info) and not os.path.isdir(os.path.expanduser(value)):
-            raise ValueError(f"'{value}' is not a folder of task YAMLs")
-        return value
+    def inputs(self, key: str) -> list[Input]:
+        """The folder this entry reads (``key``: where it sits in the config, ``benchmarks[0]``)."""
+        if self.include_path is None:
+            return []
+        return [Input(f"{key}.include_path", self.include_path, "folder", hint="give a folder of task YAMLs")]
 
     @property
     def benchmark_name(self) -> str:
@@ -59,34 +57,20 @@ def expand_preset(value: Any) -> Any:
     return value
 
 
-def benchmark_inputs(entries: list[BenchmarkEntry]) -> list[str]:
-    """The files and folders the entries read (an output must never replace them)."""
-    paths = [e.path for e in entries if isinstance(e, BenchmarkConfig)]
-    paths += [e.fewshot_path for e in entries if isinstance(e, BenchmarkConfig) and e.fewshot_path]
-    return paths + [e.include_path for e in entries if isinstance(e, TaskEntry) and e.include_path]
-
-
 class ModelRef(StrictModel):
     """A causal LM: a hub id or a local folder (e.g. ``out/merged``), optionally plus a LoRA adapter."""
+
+    shorthand = "name_or_path"  # `model: out/merged`, as lm-eval's and axolotl's configs write it
 
     name_or_path: str
     adapter: str | None = None  # a LoRA adapter folder; merged into the model in each actor
     dtype: DTypeName = "auto"  # auto: bf16 on GPU, fp32 on CPU
     label: str | None = None  # column name in the tables; default: the folder or hub name
 
-    @field_validator("name_or_path")
-    @classmethod
-    def _model_exists_if_local(cls, value: str, info: ValidationInfo) -> str:
-        return check_model_folder(value, info)
-
-    @field_validator("adapter")
-    @classmethod
-    def _adapter_exists(cls, value: str | None, info: ValidationInfo) -> str | None:
-        if value is None or is_planned(value, info) or is_remote(value):
-            return value
-        if not os.path.isfile(os.path.join(os.path.expanduser(value), "adapter_config.json")):
-            raise ValueError(f"'{value}' is not a LoRA adapter folder (no adapter_config.json)")
-        return value
+    def inputs(self, key: str) -> list[Input]:
+        """The model (and adapter) this entry reads, under ``key`` (``model``, ``compare_with``)."""
+        found = [Input(f"{key}.name_or_path", self.name_or_path, "model")]
+        return found + ([Input(f"{key}.adapter", self.adapter, "adapter")] if self.adapter else [])
 
     @property
     def display_name(self) -> str:
@@ -102,13 +86,6 @@ class ValidationSettings(StrictModel):
     path: str
     rows: int = Field(500, ge=1, description="the first N rows are scored")
     add_eos_token: bool = True
-
-    @field_validator("path")
-    @classmethod
-    def _exists(cls, value: str, info: ValidationInfo) -> str:
-        if not is_remote(value) and not is_planned(value, info) and not os.path.exists(value):
-            raise ValueError(f"'{value}' does not exist")
-        return value
 
 
 class InferenceSettings(StrictModel):
@@ -139,14 +116,13 @@ class EvaluateConfig(StrictModel):
 
     _preset = field_validator("benchmarks", mode="before")(classmethod(lambda cls, value: expand_preset(value)))
 
-    def check_output(self) -> None:
-        """Refuse an output whose replacement would delete an input or a folder this project did not write."""
-        from platypus_ray.core.outputs import check_output
-
-        models = [m for m in (self.model, self.compare_with) if m is not None]
-        inputs = [m.name_or_path for m in models] + [m.adapter for m in models if m.adapter]
-        inputs += benchmark_inputs(self.benchmarks) + ([self.validation.path] if self.validation else [])
-        check_output(self.output, "output", inputs=inputs)
+    def inputs(self) -> list[Input]:
+        """Every path an evaluation reads: models, adapters, benchmark files and task folders, held-out rows."""
+        found = self.model.inputs("model") + (self.compare_with.inputs("compare_with") if self.compare_with else [])
+        found += [item for i, entry in enumerate(self.benchmarks) for item in entry.inputs(f"benchmarks[{i}]")]
+        if self.validation is not None:
+            found.append(Input("validation.path", self.validation.path, "path"))
+        return found
 
     @model_validator(mode="after")
     def _something_to_do(self) -> EvaluateConfig:

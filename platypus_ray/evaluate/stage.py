@@ -27,6 +27,7 @@ from platypus_ray.core.config import dump_config
 from platypus_ray.core.outputs import replaced_atomically
 from platypus_ray.core.paths import absolute_if_local
 from platypus_ray.core.runtime import init_ray
+from platypus_ray.core.stage import Input, Output, Stage
 from platypus_ray.evaluate.config import EvaluateConfig, InferenceSettings, ModelRef
 from platypus_ray.evaluate.harness import entry_metrics, evaluate_tasks, item_rows, pool_lm, write_samples
 from platypus_ray.evaluate.report import EvaluateResult
@@ -34,7 +35,7 @@ from platypus_ray.evaluate.requests import validation_requests
 from platypus_ray.evaluate.scoring import Scorer
 from platypus_ray.evaluate.tasks import LoadedTasks, load_tasks
 
-__all__ = ["EvaluateResult", "run", "score"]
+__all__ = ["STAGE", "EvaluateResult", "run", "score"]
 _REQUEST_COLUMNS = ["context", "continuation", "add_eos", "move_space"]
 
 
@@ -113,30 +114,72 @@ def _evaluate_model(
     return results, frame, summary
 
 
-def run(cfg: EvaluateConfig) -> EvaluateResult:
+class LoadedEntries:
+    """The benchmark entries as lm-eval task objects, built in preflight (an unknown task or data
+    that cannot be loaded offline fails before Ray starts), in a folder that lives until the
+    evaluation ends. Each model after the first gets fresh task objects: a task's random
+    few-shot sampler is a stream, seeded once."""
+
+    def __init__(self, cfg: EvaluateConfig) -> None:
+        self._cfg = cfg
+        self._folder = tempfile.TemporaryDirectory(prefix="platypus-eval-tasks-")
+        self.first = self.load()
+
+    def load(self) -> LoadedTasks | None:
+        if not self._cfg.benchmarks:
+            return None
+        return load_tasks(self._cfg.benchmarks, self._cfg.seed, Path(self._folder.name))
+
+    def close(self) -> None:
+        self._folder.cleanup()
+
+
+class EvaluateStage(Stage[EvaluateConfig, LoadedEntries, EvaluateResult]):
+    """Models, benchmark files or lm-eval tasks, held-out rows in; ``output`` (summary, items, samples) out."""
+
+    name = "evaluate"
+    config = EvaluateConfig
+
+    def inputs(self, cfg: EvaluateConfig) -> list[Input]:
+        return cfg.inputs()
+
+    def outputs(self, cfg: EvaluateConfig) -> list[Output]:
+        return [Output("output", cfg.output)]
+
+    def check(self, cfg: EvaluateConfig, planned: frozenset[str]) -> LoadedEntries:
+        return LoadedEntries(cfg)
+
+    def execute(self, cfg: EvaluateConfig, checked: LoadedEntries) -> EvaluateResult:
+        try:
+            return _evaluate(cfg, checked)
+        finally:
+            checked.close()
+
+
+STAGE = EvaluateStage()
+run = STAGE.run
+
+
+def _evaluate(cfg: EvaluateConfig, entries: LoadedEntries) -> EvaluateResult:
     start = time.perf_counter()
-    cfg.check_output()
-    with tempfile.TemporaryDirectory(prefix="platypus-eval-tasks-") as task_folder:
-        load = (lambda: load_tasks(cfg.benchmarks, cfg.seed, Path(task_folder))) if cfg.benchmarks else (lambda: None)
-        loaded = load()  # before Ray: an unknown task or unloadable data fails now
-        validation = _validation_rows(cfg)
-        init_ray()
-        device = resolve_device(cfg.inference.device)
-        models = [cfg.model] + ([cfg.compare_with] if cfg.compare_with is not None else [])
-        summary: dict = {"models": {}, "device": device, "limit": cfg.limit, "seed": cfg.seed}
-        item_frames, validation_frames, all_results = [], [], {}
-        for index, model in enumerate(models):
-            print(f"evaluate: scoring with {model.display_name} on {cfg.inference.actors} actor(s)", flush=True)
-            # Fresh task objects per model: a task's random few-shot sampler is a stream, seeded once.
-            tasks = loaded if index == 0 else load()
-            results, validation_frame, summary["models"][model.display_name] = _evaluate_model(
-                model, cfg, tasks, validation, device
-            )
-            if results is not None:
-                item_frames.append(item_rows(results, tasks).assign(model=model.display_name))
-                all_results[model.display_name] = results
-            if validation_frame is not None:
-                validation_frames.append(validation_frame.assign(model=model.display_name))
+    loaded = entries.first
+    validation = _validation_rows(cfg)
+    init_ray()
+    device = resolve_device(cfg.inference.device)
+    models = [cfg.model] + ([cfg.compare_with] if cfg.compare_with is not None else [])
+    summary: dict = {"models": {}, "device": device, "limit": cfg.limit, "seed": cfg.seed}
+    item_frames, validation_frames, all_results = [], [], {}
+    for index, model in enumerate(models):
+        print(f"evaluate: scoring with {model.display_name} on {cfg.inference.actors} actor(s)", flush=True)
+        tasks = loaded if index == 0 else entries.load()
+        results, validation_frame, summary["models"][model.display_name] = _evaluate_model(
+            model, cfg, tasks, validation, device
+        )
+        if results is not None:
+            item_frames.append(item_rows(results, tasks).assign(model=model.display_name))
+            all_results[model.display_name] = results
+        if validation_frame is not None:
+            validation_frames.append(validation_frame.assign(model=model.display_name))
     skipped = {name: len(ids) for name, ids in (loaded.skipped if loaded else {}).items()}
     summary["skipped"] = skipped
     with replaced_atomically(cfg.output, "evaluate") as staging:

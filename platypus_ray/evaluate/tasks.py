@@ -120,12 +120,3 @@ def _set_fewshot(task, num_fewshot: int | None, seed: int) -> None:
     elif task.get_config("num_fewshot") is None:
         task.set_config(key="num_fewshot", value=0)
     task.set_fewshot_seed(seed=seed)
-
-
-def check_loadable(entries: list[BenchmarkEntry], seed: int) -> None:
-    """Load every entry's tasks once and drop them (the pipeline's check before Ray and refine start)."""
-    import tempfile
-
-    if entries:
-        with tempfile.TemporaryDirectory(prefix="platypus-eval-tasks-") as folder:
-            load_tasks(entries, seed, Path(folder))

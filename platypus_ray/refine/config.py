@@ -4,10 +4,9 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import Field, ValidationInfo, field_validator, model_validator
+from pydantic import Field, model_validator
 
-from platypus_ray.core.config import StrictModel, check_input
-from platypus_ray.core.errors import UserError
+from platypus_ray.core.config import StrictModel
 from platypus_ray.embedding import EmbeddingConfig
 from platypus_ray.testsets import BenchmarkConfig
 
@@ -33,11 +32,6 @@ class SourceConfig(StrictModel):
     columns: ColumnMapping = ColumnMapping()
     # JSON: read the list under this top-level key ({"train": [...]}), as the `datasets` JSON loader's `field`
     field: str | None = None
-
-    @field_validator("path")
-    @classmethod
-    def _path_exists(cls, path: str, info: ValidationInfo) -> str:
-        return check_input(path, SOURCE_EXTENSIONS, info)
 
     @property
     def source_name(self) -> str:
@@ -111,22 +105,10 @@ class RefineConfig(StrictModel):
     output: str = "out/refine"
     allow_empty_benchmark: bool = False  # a benchmark with no items is an error unless this is set
 
-    def check_output(self, key: str = "output") -> None:
-        """Refuse an output whose replacement would delete an input or a folder this project did not write."""
-        from platypus_ray.core.outputs import check_output
-
-        inputs = [s.path for s in self.sources] + [b.path for b in self.benchmarks]
-        check_output(self.output, key, inputs=inputs, source_folders=[s.path for s in self.sources])
-        cache = self.cache_location
-        if cache:
-            from platypus_ray.core.outputs import inside, read_back
-
-            for kind, folder in [("output", self.output)] + [("source", s.path) for s in self.sources]:
-                if inside(cache, folder) if kind == "output" else read_back(cache, folder):
-                    raise UserError(
-                        f"embedding.cache: '{cache}' is inside the {kind} '{folder}' (the output is replaced "
-                        "whole on every run; a source folder would read it as input); choose a folder elsewhere"
-                    )
+    @property
+    def kept_path(self) -> str:
+        """Where the kept rows are written: what train reads (``RefineResult.kept_path`` once run)."""
+        return f"{self.output.rstrip('/')}/kept"
 
     @property
     def cache_location(self) -> str | None:

@@ -26,11 +26,13 @@ import ray
 from platypus_ray.core.batching import resolve_device
 from platypus_ray.core.blocks import batches, read_columns, rows_only
 from platypus_ray.core.config import dump_config
-from platypus_ray.core.outputs import replaced_atomically
+from platypus_ray.core.errors import UserError
+from platypus_ray.core.outputs import inside, read_back, replaced_atomically
 from platypus_ray.core.runtime import init_ray
+from platypus_ray.core.stage import Input, Output, Stage
 from platypus_ray.embedding import HASH_BYTES, Embedded, EmbeddingBlocks, check_model, embed, hash_array
 from platypus_ray.refine import contamination as contam
-from platypus_ray.refine.config import RefineConfig
+from platypus_ray.refine.config import SOURCE_EXTENSIONS, RefineConfig
 from platypus_ray.refine.dedup import best_matches, dedup_rows
 from platypus_ray.refine.languages import check_languages, collapse_check
 from platypus_ray.refine.ledger import Decisions, fetch_texts, summarize, write_rows
@@ -128,25 +130,60 @@ class _Timer:
         self._last = now
 
 
-def run(cfg: RefineConfig) -> RefineResult:
-    """Run the refine stage end to end and write its outputs under ``cfg.output``."""
-    timer = _Timer()
-    # Everything a user can get wrong is checked before Ray starts.
-    cfg.check_output()
-    check_model(cfg.embedding.model)
-    items = [item for bench in cfg.benchmarks for item in load_benchmark(bench, allow_empty=cfg.allow_empty_benchmark)]
-    for bench in cfg.benchmarks:
-        if not any(item.benchmark == bench.benchmark_name for item in items):
-            print(
-                f"refine: WARNING: benchmark '{bench.benchmark_name}' has no items; nothing is checked against it",
-                file=sys.stderr,
-                flush=True,
+class RefineStage(Stage[RefineConfig, "list[BenchmarkItem]", RefineResult]):
+    """Sources and benchmark files in; ``output`` (kept/, ledger/, review.csv, stats.json, report.html) out."""
+
+    name = "refine"
+    config = RefineConfig
+
+    def inputs(self, cfg: RefineConfig) -> list[Input]:
+        found = [Input(f"sources[{i}].path", s.path, "data", SOURCE_EXTENSIONS) for i, s in enumerate(cfg.sources)]
+        return found + [item for i, bench in enumerate(cfg.benchmarks) for item in bench.inputs(f"benchmarks[{i}]")]
+
+    def outputs(self, cfg: RefineConfig) -> list[Output]:
+        return [Output("output", cfg.output, source_folders=tuple(s.path for s in cfg.sources))]
+
+    def check(self, cfg: RefineConfig, planned: frozenset[str]) -> list[BenchmarkItem]:
+        """The embedding cache's place and model, and every benchmark item (what execute checks against)."""
+        check_cache_location(cfg)
+        check_model(cfg.embedding.model)
+        items = [i for bench in cfg.benchmarks for i in load_benchmark(bench, allow_empty=cfg.allow_empty_benchmark)]
+        for bench in cfg.benchmarks:
+            if not any(item.benchmark == bench.benchmark_name for item in items):
+                print(
+                    f"refine: WARNING: benchmark '{bench.benchmark_name}' has no items; nothing is checked against it",
+                    file=sys.stderr,
+                    flush=True,
+                )
+        return items
+
+    def execute(self, cfg: RefineConfig, checked: list[BenchmarkItem]) -> RefineResult:
+        """Run the refine stage end to end and write its outputs under ``cfg.output``."""
+        timer = _Timer()
+        files = list_source_files(cfg.sources)
+        init_ray(dashboard=False)  # a no-op where Ray is up already (a pipeline, a submitted job)
+        with _refine_data_context():
+            timer.lap("setup")
+            return _refine(cfg, timer, checked, files)
+
+
+STAGE = RefineStage()
+run = STAGE.run
+preflight = STAGE.preflight
+
+
+def check_cache_location(cfg: RefineConfig) -> None:
+    """The embedding cache may not sit in the output (replaced whole on every run) nor where a
+    source would read it back as input."""
+    cache = cfg.cache_location
+    if not cache:
+        return
+    for kind, folder in [("output", cfg.output)] + [("source", s.path) for s in cfg.sources]:
+        if inside(cache, folder) if kind == "output" else read_back(cache, folder):
+            raise UserError(
+                f"embedding.cache: '{cache}' is inside the {kind} '{folder}' (the output is replaced "
+                "whole on every run; a source folder would read it as input); choose a folder elsewhere"
             )
-    files = list_source_files(cfg.sources)
-    init_ray(dashboard=False)  # a no-op where Ray is up already (a pipeline, a submitted job)
-    with _refine_data_context():
-        timer.lap("setup")
-        return _refine(cfg, timer, items, files)
 
 
 @contextlib.contextmanager

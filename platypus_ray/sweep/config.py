@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-import importlib.util
 from typing import Any, Literal
 
-from pydantic import Field, ValidationInfo, model_validator
+from pydantic import Field, model_validator
 
 from platypus_ray.core.config import StrictModel
 from platypus_ray.train.config import TrainConfig
@@ -43,12 +42,6 @@ class SweepSettings(StrictModel):
     max_concurrent_trials: int | Literal["auto"] = "auto"  # auto: cluster capacity / per-trial demand
     time_budget_s: float | None = Field(None, gt=0, allow_inf_nan=False)
 
-    @model_validator(mode="after")
-    def _optuna_installed(self) -> SweepSettings:
-        if self.search == "optuna" and importlib.util.find_spec("optuna") is None:
-            raise ValueError("search: optuna needs the optuna package (pip install optuna); or use grid | random")
-        return self
-
 
 class SweepConfig(TrainConfig):
     """Root config of ``platypus-ray sweep``: every train key (what each trial starts from), plus ``sweep``."""
@@ -57,13 +50,13 @@ class SweepConfig(TrainConfig):
     resume: bool = False  # continue an interrupted sweep with the same run.name (Tune restore)
 
     @model_validator(mode="after")
-    def _checked_space(self, info: ValidationInfo) -> SweepConfig:
+    def _checked_space(self) -> SweepConfig:
         from platypus_ray.sweep.space import space_problems
 
         problems = []
         if self.sweep.metric.startswith("eval_") and self.data.val_size == 0:
             problems.append(f"sweep.metric {self.sweep.metric} needs held-out rows: set data.val_size > 0")
-        problems += space_problems(self, info.context)
+        problems += space_problems(self)
         if problems:
             raise ValueError("\n    ".join(problems))
         return self

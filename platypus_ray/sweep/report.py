@@ -30,6 +30,7 @@ class TrialRow:
     best_metric: float | None
     rounds: int
     step: int | None
+    total_steps: int | None
     status: str
     adapter: str = ""
     config: str = ""  # the trial's resolved train config (what ran)
@@ -43,11 +44,12 @@ class TrialRow:
         return ",".join(map(str, value)) if isinstance(value, list) else str(value)
 
 
-def collect_rows(grid, cfg: SweepConfig, total_steps: int, trials_dir: str) -> list[TrialRow]:
+def collect_rows(grid, cfg: SweepConfig, trials_dir: str) -> list[TrialRow]:
     """Rows from Tune's ResultGrid, ranked by the last reported metric (trials without one last).
 
     A trial's adapter is the one in its last checkpoint: Tune stops a trial as soon as it
-    reports round ``max_t`` (or loses an ASHA rung), so the trial never gets past ``fit``."""
+    reports round ``max_t`` (or loses an ASHA rung), so the trial never gets past ``fit``. Each
+    trial's step count is its own (its data variant and searched keys set it), as its workers reported it."""
     rows = []
     metric = cfg.sweep.metric
     for result in grid:
@@ -69,7 +71,8 @@ def collect_rows(grid, cfg: SweepConfig, total_steps: int, trials_dir: str) -> l
                 best_metric=_best([v for _, v in history], cfg.sweep.mode),
                 rounds=int(metrics.get("training_iteration", len(history)) or 0),
                 step=metrics.get("step"),
-                status=_status(result.error, value, metrics.get("step"), total_steps, metric),
+                total_steps=metrics.get("total_steps"),
+                status=_status(result.error, value, metrics.get("step"), metrics.get("total_steps"), metric),
                 adapter=adapter if is_file(f"{adapter}/adapter_model.safetensors") else "",
                 config=config if is_file(config) else "",
                 history=history,
@@ -82,7 +85,7 @@ def collect_rows(grid, cfg: SweepConfig, total_steps: int, trials_dir: str) -> l
     return rows
 
 
-def _status(error: BaseException | None, value: Any, step: int | None, total_steps: int, metric: str) -> str:
+def _status(error: BaseException | None, value: Any, step: int | None, total_steps: int | None, metric: str) -> str:
     if error is not None:
         from platypus_ray.core.errors import find_user_error
 
@@ -90,7 +93,7 @@ def _status(error: BaseException | None, value: Any, step: int | None, total_ste
         return f"error: {str(reason).splitlines()[0][:300]}"
     if value is None:
         return f"no {metric} reported"
-    return "completed" if (step or 0) >= total_steps else f"stopped early at step {step}"
+    return "completed" if total_steps is not None and (step or 0) >= total_steps else f"stopped early at step {step}"
 
 
 def markdown_table(rows: list[TrialRow], keys: list[str], metric: str) -> str:
@@ -104,9 +107,7 @@ def markdown_table(rows: list[TrialRow], keys: list[str], metric: str) -> str:
     return "\n".join(lines)
 
 
-def write_outputs(
-    rows: list[TrialRow], cfg: SweepConfig, sweep_dir: str, total_steps: int
-) -> tuple[dict[str, str], str, str]:
+def write_outputs(rows: list[TrialRow], cfg: SweepConfig, sweep_dir: str) -> tuple[dict[str, str], str, str]:
     """results.csv, <metric>.png, best.yaml; returns (files, markdown table, best config path)."""
     keys = list(cfg.sweep.space)
     buffer = io.StringIO()
@@ -131,11 +132,11 @@ def write_outputs(
     write_text(files["results"], buffer.getvalue())
     write_bytes(files["plot"], _plot(rows, keys, cfg.sweep.metric))
     best_path = f"{sweep_dir}/best.yaml"
-    write_text(best_path, best_config_text(rows[0], cfg, best_path, total_steps))
+    write_text(best_path, best_config_text(rows[0], cfg, best_path))
     return files, markdown_table(rows, keys, cfg.sweep.metric), best_path
 
 
-def best_config_text(best: TrialRow, cfg: SweepConfig, best_path: str, total_steps: int) -> str:
+def best_config_text(best: TrialRow, cfg: SweepConfig, best_path: str) -> str:
     """The config the best trial ran, under a new run.name; when it stopped early (an ASHA rung,
     ``max_t``, the time budget), ``training.max_steps`` is the step its metric comes from."""
     ran = yaml.safe_load(read_text(best.config) or "{}")
@@ -144,7 +145,8 @@ def best_config_text(best: TrialRow, cfg: SweepConfig, best_path: str, total_ste
         f"# Best trial of sweep '{cfg.run.name}' ({best.trial}: {cfg.sweep.metric} {best.metric:.4f}): the config\n"
         f"# it ran ({best.config}), under a new run.name so it trains afresh.\n"
     )
-    if best.step is not None and 0 < int(best.step) < total_steps:
+    total_steps = best.total_steps
+    if best.step is not None and total_steps is not None and 0 < int(best.step) < total_steps:
         ran["training"] = {**ran.get("training", {}), "max_steps": int(best.step)}
         note = (
             f"stopped early at step {best.step} of {total_steps}: training.max_steps is {best.step} "

@@ -124,9 +124,9 @@ def key_problem(key: str) -> str | None:
     return None
 
 
-def trial_config(base: dict[str, Any], point: dict[str, Any], context: dict | None = None) -> TrainConfig:
+def trial_config(base: dict[str, Any], point: dict[str, Any]) -> TrainConfig:
     """The train config of one trial: ``base`` (a train config as JSON) with ``point``'s values set."""
-    return TrainConfig.model_validate(with_values(base, point), context=context or {"on_worker": True})
+    return TrainConfig.model_validate(with_values(base, point))
 
 
 def with_values(base: dict[str, Any], point: dict[str, Any]) -> dict[str, Any]:
@@ -142,7 +142,7 @@ def with_values(base: dict[str, Any], point: dict[str, Any]) -> dict[str, Any]:
     return raw
 
 
-def space_problems(cfg, context: dict | None) -> list[str]:
+def space_problems(cfg) -> list[str]:
     """Every bad key, entry and value of ``cfg.sweep.space``, each named, in one list."""
     dims, problems = parse(cfg.sweep.space)
     key_problems = {key: key_problem(key) for key in cfg.sweep.space}
@@ -151,7 +151,7 @@ def space_problems(cfg, context: dict | None) -> list[str]:
     base = cfg.train_raw()
     for dim in dims:
         for value in dim.probes:
-            problem = _point_problem(base, {dim.key: value}, context)
+            problem = _point_problem(base, {dim.key: value})
             if problem:
                 problems.append(f"sweep.space.{dim.key} = {json.dumps(value)}: {problem}")
     combos = 1
@@ -160,15 +160,15 @@ def space_problems(cfg, context: dict | None) -> list[str]:
     if not problems and len(dims) > 1 and combos <= _MAX_COMBINATIONS:
         for values in itertools.product(*(d.probes for d in dims)):
             point = {d.key: v for d, v in zip(dims, values)}
-            problem = _point_problem(base, point, context)
+            problem = _point_problem(base, point)
             if problem:
                 problems.append(f"sweep.space point {json.dumps(point)}: {problem}")
     return problems
 
 
-def _point_problem(base: dict[str, Any], point: dict[str, Any], context: dict | None) -> str | None:
+def _point_problem(base: dict[str, Any], point: dict[str, Any]) -> str | None:
     try:
-        TrainConfig.model_validate(with_values(base, point), context=context)
+        TrainConfig.model_validate(with_values(base, point))
     except ValidationError as exc:
         return "; ".join(_describe_error(TrainConfig, err) for err in exc.errors())
     return None

@@ -9,24 +9,26 @@ holding a CPU would deadlock a small box.
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from ray import tune
 
 from platypus_ray.core.errors import UserError
-from platypus_ray.core.outputs import check_output, mark_output
+from platypus_ray.core.outputs import mark_output
 from platypus_ray.core.runtime import init_ray
+from platypus_ray.core.stage import Input, Output, Stage
 from platypus_ray.sweep.config import SweepConfig
 from platypus_ray.sweep.report import TrialRow, collect_rows, write_outputs
 from platypus_ray.sweep.runs import open_parent, tag_trials
 from platypus_ray.sweep.space import data_key, data_variants, param_space, trial_config
 from platypus_ray.train.capacity import check_cluster_fits
 from platypus_ray.train.data import TokenizedData, prepare_data
-from platypus_ray.train.plan import TrainPlan
-from platypus_ray.train.stage import START_TIMEOUT_ENV, resolve_local_paths
+from platypus_ray.train.plan import TrainPlan, model_size
+from platypus_ray.train.stage import START_TIMEOUT_ENV, resolve_local_paths, train_inputs
 from platypus_ray.train.tracking import check_reachable
 
 TRIAL_DRIVER_RESOURCES = {"CPU": 0, "memory": 512 * 1024**2}
@@ -55,53 +57,61 @@ class SweepResult:
         )
 
 
-def run(cfg: SweepConfig) -> SweepResult:
-    """Run (or with ``resume: true`` continue) a sweep and write its ranked results."""
-    cfg = resolve_local_paths(cfg)
+class SweepStage(Stage[SweepConfig, None, SweepResult]):
+    """The train inputs (every data variant's) in; a sweep folder (trials, ranked results, best.yaml) out."""
+
+    name = "sweep"
+    config = SweepConfig
+
+    def inputs(self, cfg: SweepConfig) -> list[Input]:
+        found = {item.path: item for item in train_inputs(cfg)}
+        base = cfg.train_raw()
+        for variant in data_variants(cfg):  # a searched model or data path is read by its trials
+            for item in train_inputs(trial_config(base, variant)):
+                key = next((k for k in variant if item.key == k), None)
+                if key is not None:
+                    found.setdefault(item.path, replace(item, key=f"sweep.space.{key} = {item.path!r}"))
+        return list(found.values())
+
+    def outputs(self, cfg: SweepConfig) -> list[Output]:
+        return [Output("run.storage_path", cfg.run.run_dir)]
+
+    def check(self, cfg: SweepConfig, planned: frozenset[str]) -> None:
+        """The search library is installed, the tracking store answers, and a sweep of this name
+        is continued only with ``resume`` (and only then)."""
+        if cfg.sweep.search == "optuna" and importlib.util.find_spec("optuna") is None:
+            raise UserError("sweep.search: optuna needs the optuna package (pip install optuna); or use grid | random")
+        check_reachable(cfg.tracking.mlflow_uri(cfg.run.storage_path))
+        sweep_dir = resolve_local_paths(cfg).run.run_dir
+        exists = tune.Tuner.can_restore(sweep_dir)
+        if cfg.resume and not exists:
+            raise UserError(f"resume: no sweep to continue at {sweep_dir}; drop --resume to start one")
+        if exists and not cfg.resume:
+            raise UserError(
+                f"a sweep named '{cfg.run.name}' exists at {sweep_dir}; continue it with --resume or set run.name"
+            )
+
+    def check_cluster(self, cfg: SweepConfig) -> None:
+        init_ray()
+        check_cluster_fits(cfg.cluster, what="sweep")
+
+    def execute(self, cfg: SweepConfig, checked: None) -> SweepResult:
+        """Run (or with ``resume: true`` continue) a sweep and write its ranked results."""
+        return _sweep(resolve_local_paths(cfg))
+
+
+STAGE = SweepStage()
+run = STAGE.run
+
+
+def _sweep(cfg: SweepConfig) -> SweepResult:
     sweep_dir = cfg.run.run_dir
-    check_output(sweep_dir, "run.storage_path", inputs=[cfg.data.path, cfg.model.name_or_path])
     uri = cfg.tracking.mlflow_uri(cfg.run.storage_path)
-    check_reachable(uri)
-    init_ray()
     concurrency = max_concurrent_trials(cfg)
-    exists = tune.Tuner.can_restore(sweep_dir)
-    if cfg.resume and not exists:
-        raise UserError(f"resume: no sweep to continue at {sweep_dir}; drop --resume to start one")
-    if exists and not cfg.resume:
-        raise UserError(
-            f"a sweep named '{cfg.run.name}' exists at {sweep_dir}; continue it with --resume or set run.name"
-        )
     os.makedirs(sweep_dir, exist_ok=True)
     mark_output(sweep_dir, "sweep")
     base = trial_base(cfg, uri)
-    # Tokenise here, once per data variant: trials read the same rows, and Ray Data work inside
-    # a trial would be confined to the trial driver's CPU-less placement group.
-    data: dict[str, TokenizedData] = {}
-    for variant in data_variants(cfg):
-        variant_cfg = trial_config(base, variant)
-        data[data_key(variant_cfg)] = prepared = prepare_data(variant_cfg)
-        plan = TrainPlan(
-            variant_cfg,
-            None,
-            prepared.train_rows,
-            prepared.validation_rows,
-            prepared.train_tokens,
-            prepared.dropped_rows,
-            prepared.train_sequences,
-            prepared.truncated_rows,
-        )
-        plan.check()
-    rounds = -(-plan.total_steps // cfg.training.eval_every)
-    print(
-        f"sweep: {plan.total_steps} steps ({rounds} evaluation rounds) per trial, {concurrency} trial(s) at a time",
-        flush=True,
-    )
-    if cfg.sweep.scheduler.type == "asha" and rounds > cfg.sweep.scheduler.max_t:
-        print(
-            f"sweep: note: scheduler.max_t {cfg.sweep.scheduler.max_t} < {rounds} rounds: every trial stops by "
-            f"step {cfg.sweep.scheduler.max_t * cfg.training.eval_every}",
-            flush=True,
-        )
+    data = _prepare_variants(cfg, base)
     parent = open_parent(cfg, uri, sweep_dir)
     trainable = tune.with_resources(
         tune.with_parameters(
@@ -118,18 +128,43 @@ def run(cfg: SweepConfig) -> SweepResult:
             tune_config=_tune_config(cfg, concurrency),
             run_config=tune.RunConfig(name=cfg.run.name, storage_path=cfg.run.storage_path),
         )
+    print(f"sweep: {concurrency} trial(s) at a time", flush=True)
     try:
         grid = tuner.fit()
     except BaseException:
         parent.finish({}, status="FAILED")  # else the parent run stays RUNNING: tag_trials never runs
         raise
-    rows = collect_rows(grid, cfg, plan.total_steps, f"{sweep_dir}/trials")
+    rows = collect_rows(grid, cfg, f"{sweep_dir}/trials")
     tag_trials(parent, rows, cfg.sweep.metric)
     if not any(row.metric is not None for row in rows):
         errors = "; ".join(f"{row.trial}: {row.status}" for row in rows)
         raise UserError(f"sweep: no trial reported {cfg.sweep.metric} ({errors})")
-    files, table, best_config = write_outputs(rows, cfg, sweep_dir, plan.total_steps)
+    files, table, best_config = write_outputs(rows, cfg, sweep_dir)
     return SweepResult(sweep_dir, rows, table, best_config, rows[0].adapter or None, files)
+
+
+def _prepare_variants(cfg: SweepConfig, base: dict[str, Any]) -> dict[str, TokenizedData]:
+    """Tokenise once per data variant (trials read the same rows, and Ray Data work inside a trial
+    would be confined to the trial driver's CPU-less placement group); check and print each
+    variant's plan at the sweep's own values of the other keys, with the model's size."""
+    data: dict[str, TokenizedData] = {}
+    variants = data_variants(cfg)
+    for variant in variants:
+        variant_cfg = trial_config(base, variant)
+        data[data_key(variant_cfg)] = prepared = prepare_data(variant_cfg)
+        plan = TrainPlan.for_data(variant_cfg, model_size(variant_cfg), prepared)
+        plan.check()
+        rounds = -(-plan.total_steps // variant_cfg.training.eval_every)
+        shown = f" ({', '.join(f'{k}={v}' for k, v in variant.items())})" if len(variants) > 1 else ""
+        print(f"sweep: {plan.total_steps} steps ({rounds} evaluation rounds) per trial{shown}", flush=True)
+        scheduler = cfg.sweep.scheduler
+        if scheduler.type == "asha" and rounds > scheduler.max_t:
+            print(
+                f"sweep: note: scheduler.max_t {scheduler.max_t} < {rounds} rounds{shown}: every trial stops by "
+                f"step {scheduler.max_t * variant_cfg.training.eval_every}",
+                flush=True,
+            )
+    return data
 
 
 def trial_base(cfg: SweepConfig, mlflow_uri: str | None) -> dict[str, Any]:

@@ -2,20 +2,13 @@
 
 from __future__ import annotations
 
-import os
 from typing import Literal
 
-from pydantic import Field, ValidationInfo, field_validator, model_validator
+from pydantic import Field, field_validator, model_validator
 
-from platypus_ray.core.config import RAY_RESOURCE_MAX, RAY_RESOURCE_STEP, StrictModel, check_model_folder, is_planned
+from platypus_ray.core.config import RAY_RESOURCE_MAX, RAY_RESOURCE_STEP, StrictModel
 from platypus_ray.core.dtypes import DTypeName
-from platypus_ray.core.paths import is_remote
 from platypus_ray.train.tracking import TrackingSettings, remote_storage_problems
-
-
-def _on_worker(info: ValidationInfo) -> bool:
-    """Workers re-validate the driver's config; its paths were checked (and resolved) there."""
-    return bool(info.context and info.context.get("on_worker"))
 
 
 # Named LoRA target sets (LLaMA module names).
@@ -29,19 +22,16 @@ TARGET_SETS: dict[str, list[str]] = {
 class ModelSettings(StrictModel):
     """Base model: a hub id (e.g. meta-llama/Llama-2-70b-hf) or a local folder."""
 
+    shorthand = "name_or_path"  # `model: meta-llama/Llama-2-13b-hf`
+
     name_or_path: str
     dtype: DTypeName = "auto"  # auto: bf16 on GPU, fp32 on CPU
-
-    @field_validator("name_or_path")
-    @classmethod
-    def _exists_if_local(cls, value: str, info: ValidationInfo) -> str:
-        return value if _on_worker(info) else check_model_folder(value, info)
 
 
 class DataSettings(StrictModel):
     """Training data: the refine stage's ``kept/`` Parquet, formatted with the Alpaca template."""
 
-    path: str = Field("out/refine/kept", validate_default=True)
+    path: str = "out/refine/kept"
     val_size: float = Field(0.02, ge=0, description="held-out rows: a fraction (< 1) or a row count (>= 1)")
     cutoff_len: int = Field(4096, ge=8, description="tokens per example after truncation")
     train_on_inputs: bool = False  # false: prompt tokens are masked out of the loss (-100)
@@ -50,15 +40,6 @@ class DataSettings(StrictModel):
     # packed: rows share cutoff_len-token sequences with per-row attention (position ids restart per
     # row; flash-attention 2 varlen on GPU): fewer, fuller steps. none: one row per sequence, padded.
     packing: Literal["none", "packed"] = "none"
-
-    @field_validator("path")
-    @classmethod
-    def _exists_if_local(cls, value: str, info: ValidationInfo) -> str:
-        if _on_worker(info) or is_planned(value, info):
-            return value
-        if not is_remote(value) and not os.path.exists(value):
-            raise ValueError(f"'{value}' does not exist; run `platypus-ray refine` first or point to a Parquet folder")
-        return value
 
 
 class LoraSettings(StrictModel):
@@ -106,13 +87,6 @@ class DeepSpeedSettings(StrictModel):
     offload_optimizer: bool = False  # optimizer state to CPU RAM: less GPU memory, slower steps
     offload_params: bool = False
     config_file: str | None = None  # a full DeepSpeed JSON; replaces the generated config
-
-    @field_validator("config_file")
-    @classmethod
-    def _file_exists(cls, value: str | None, info: ValidationInfo) -> str | None:
-        if value is not None and not _on_worker(info) and not os.path.isfile(value):
-            raise ValueError(f"'{value}' does not exist")
-        return value
 
 
 class ClusterSettings(StrictModel):
@@ -187,7 +161,7 @@ class TrainConfig(StrictModel):
     """Root config of ``platypus-ray train``."""
 
     model: ModelSettings
-    data: DataSettings = Field(default_factory=dict, validate_default=True)  # type: ignore[arg-type]
+    data: DataSettings = DataSettings()
     lora: LoraSettings = LoraSettings()
     training: TrainingSettings = TrainingSettings()
     deepspeed: DeepSpeedSettings = DeepSpeedSettings()

@@ -10,12 +10,15 @@ from __future__ import annotations
 import importlib.util
 import inspect
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from platypus_ray.core.dtypes import BYTES, resolve_dtype
 from platypus_ray.core.errors import UserError
 from platypus_ray.train.config import TrainConfig
 from platypus_ray.train.tracking import TrackingTarget
+
+if TYPE_CHECKING:
+    from platypus_ray.train.data import TokenizedData
 
 GIB = 1024**3
 
@@ -83,6 +86,20 @@ class TrainPlan:
     dropped_rows: int
     train_sequences: int = 0  # packed sequences (data.packing: packed); 0: one row per sequence
     truncated_rows: int = 0
+
+    @classmethod
+    def for_data(cls, cfg: TrainConfig, size: ModelSize | None, data: TokenizedData) -> TrainPlan:
+        """The plan of ``cfg`` over tokenised ``data``."""
+        return cls(
+            cfg,
+            size,
+            data.train_rows,
+            data.validation_rows,
+            data.train_tokens,
+            data.dropped_rows,
+            data.train_sequences,
+            data.truncated_rows,
+        )
 
     @property
     def sequences(self) -> int:

@@ -7,34 +7,20 @@ from typing import Any
 import yaml
 
 from platypus_ray.core.errors import UserError
-from platypus_ray.core.outputs import check_output, mark_output
+from platypus_ray.core.outputs import mark_output
 from platypus_ray.core.paths import is_remote, read_text, write_text
 from platypus_ray.train.config import TrainConfig
-
-
-def check_run_folder(cfg: TrainConfig) -> None:
-    """Everything about the run folder that can fail, before Ray starts (train's prepare and the
-    pipeline, on paths already made absolute): it may be written, and a rerun in it is the same problem."""
-    claim_run_folder(cfg)
-    check_resumable(cfg)
-
-
-def claim_run_folder(cfg: TrainConfig) -> None:
-    """Guard the run folder before Ray starts: a folder this project wrote is resumed, a fresh
-    one is created and marked, anything else (a folder holding the inputs or the working
-    directory, an unrelated non-empty folder) is refused with the key to change."""
-    check_output(cfg.run.run_dir, "run.storage_path", inputs=[cfg.data.path, cfg.model.name_or_path])
 
 
 def check_resumable(cfg: TrainConfig) -> None:
     """Same model, data formatting, LoRA shape, optimisation and worker count (ZeRO-3 shards
     are saved per rank) as the run already in the folder; max_steps/epochs may change: that
-    extends or shortens the run. Reads only the folder's config.yaml: runs before Ray starts."""
+    extends or shortens the run. Reads only the folder's config.yaml (train's preflight, before Ray starts)."""
     run_dir = cfg.run.run_dir
     previous_text = read_text(f"{run_dir}/config.yaml")
     current = _fingerprint(cfg)
     if previous_text is not None:
-        previous = _fingerprint(TrainConfig.model_validate(yaml.safe_load(previous_text), context={"on_worker": True}))
+        previous = _fingerprint(TrainConfig.model_validate(yaml.safe_load(previous_text)))
         changed = sorted(k for k in current if previous.get(k) != current[k])
         if changed:
             details = "; ".join(f"{k}: {previous.get(k)!r} -> {current[k]!r}" for k in changed)

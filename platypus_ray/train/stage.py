@@ -29,6 +29,7 @@ from platypus_ray.core.devices import train_backend
 from platypus_ray.core.errors import UserError
 from platypus_ray.core.paths import absolute_if_local, is_remote, write_text
 from platypus_ray.core.runtime import init_ray
+from platypus_ray.core.stage import Input, Output, Stage
 from platypus_ray.train.adapter import check_adapter, export_adapter
 from platypus_ray.train.capacity import check_cluster_fits
 from platypus_ray.train.config import TrainConfig
@@ -36,7 +37,7 @@ from platypus_ray.train.data import TokenizedData, prepare_data
 from platypus_ray.train.deepspeed_config import deepspeed_config
 from platypus_ray.train.layout import CHECKPOINT_SUBDIR, INJECT_FAULT_ENV
 from platypus_ray.train.plan import TrainPlan, WorkerPlan, model_size
-from platypus_ray.train.resume import check_run_folder, record_config
+from platypus_ray.train.resume import check_resumable, record_config
 from platypus_ray.train.tracking import JobRun, check_reachable, flatten
 
 TrainConfigT = TypeVar("TrainConfigT", bound=TrainConfig)
@@ -93,9 +94,45 @@ class TrainResult:
         return "\n".join(lines)
 
 
-def run(cfg: TrainConfig) -> TrainResult:
-    """Train a LoRA adapter: ``fit(prepare(cfg))``."""
-    return fit(prepare(cfg))
+class TrainStage(Stage[TrainConfig, None, TrainResult]):
+    """The base model and refined rows in; a run folder (checkpoints, adapter, metrics) out."""
+
+    name = "train"
+    config = TrainConfig
+
+    def inputs(self, cfg: TrainConfig) -> list[Input]:
+        return train_inputs(cfg)
+
+    def outputs(self, cfg: TrainConfig) -> list[Output]:
+        return [Output("run.storage_path", cfg.run.run_dir)]
+
+    def check(self, cfg: TrainConfig, planned: frozenset[str]) -> None:
+        """A rerun in the run folder is the same training problem; the tracking store answers."""
+        check_resumable(resolve_local_paths(cfg))
+        check_reachable(cfg.tracking.mlflow_uri(cfg.run.storage_path))
+
+    def check_cluster(self, cfg: TrainConfig) -> None:
+        init_ray()
+        check_cluster_fits(cfg.cluster)
+
+    def execute(self, cfg: TrainConfig, checked: None) -> TrainResult:
+        """Train a LoRA adapter: ``fit(plan_job(cfg))``."""
+        return fit(plan_job(cfg))
+
+
+def train_inputs(cfg: TrainConfig) -> list[Input]:
+    """What a train run reads: the base model, the refined rows, a DeepSpeed config file (sweep too)."""
+    found = [
+        Input("model.name_or_path", cfg.model.name_or_path, "model"),
+        Input("data.path", cfg.data.path, "path", hint="run `platypus-ray refine` first or point to a Parquet folder"),
+    ]
+    if cfg.deepspeed.config_file:
+        found.append(Input("deepspeed.config_file", cfg.deepspeed.config_file, "file"))
+    return found
+
+
+STAGE = TrainStage()
+run = STAGE.run
 
 
 def prepare(
@@ -104,27 +141,25 @@ def prepare(
     tracking_parent: str | None = None,
     tracking_tags: dict[str, str] | None = None,
 ) -> TrainJob:
-    """Check and plan a job; no training. ``data``: tokenised rows a sweep driver prepared once
-    for all of its trials; ``tracking_parent``/``tracking_tags``: the sweep's MLflow run and the
-    trial's overrides."""
+    """Preflight and plan a job; no training (each sweep trial calls this, then :func:`fit`)."""
+    STAGE.preflight(cfg)
+    return plan_job(cfg, data, tracking_parent, tracking_tags)
+
+
+def plan_job(
+    cfg: TrainConfig,
+    data: TokenizedData | None = None,
+    tracking_parent: str | None = None,
+    tracking_tags: dict[str, str] | None = None,
+) -> TrainJob:
+    """Plan a job that passed preflight: tokenise in Ray Data and print the plan. ``data``:
+    tokenised rows a sweep driver prepared once for all of its trials; ``tracking_parent`` /
+    ``tracking_tags``: the sweep's MLflow run and the trial's overrides."""
     started = time.perf_counter()
     cfg = resolve_local_paths(cfg)
-    check_run_folder(cfg)  # before Ray starts, like every config check; a rerun with another problem is refused
-    check_reachable(cfg.tracking.mlflow_uri(cfg.run.storage_path))
-    size = model_size(cfg)  # meta device: cheap even for 70B; checked again once the data is counted
-    init_ray()
-    check_cluster_fits(cfg.cluster)
+    size = model_size(cfg)  # meta device: cheap even for 70B
     data = data or prepare_data(cfg)
-    plan = TrainPlan(
-        cfg,
-        size,
-        data.train_rows,
-        data.validation_rows,
-        data.train_tokens,
-        data.dropped_rows,
-        data.train_sequences,
-        data.truncated_rows,
-    )
+    plan = TrainPlan.for_data(cfg, size, data)
     print(plan.render(), flush=True)
     plan.check()
     record_config(cfg)
@@ -246,9 +281,7 @@ def placement_error(error: BaseException, cfg: TrainConfig) -> UserError | None:
 
 
 def resolve_local_paths(cfg: TrainConfigT) -> TrainConfigT:
-    """Workers start in their own folder: hand them absolute paths for local inputs and storage.
-    Copied with ``update`` (no re-validation): in a pipeline the data path is refine's output,
-    which does not exist yet when the run folder is checked."""
+    """Workers start in their own folder: hand them absolute paths for local inputs and storage."""
 
     def local(path: str) -> str:
         return path if is_remote(path) else os.path.abspath(path)

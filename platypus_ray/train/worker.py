@@ -34,7 +34,7 @@ def train_loop_per_worker(plan: WorkerPlan) -> None:
 
     # DeepSpeed calls torch.distributed APIs torch has renamed; one warning per call floods the log.
     warnings.filterwarnings("ignore", message=r"`torch\.distributed\.\w+` is deprecated", category=FutureWarning)
-    cfg = TrainConfig.model_validate(plan.config, context={"on_worker": True})
+    cfg = TrainConfig.model_validate(plan.config)
     context = ray.train.get_context()
     rank, world = context.get_world_rank(), context.get_world_size()
     on_gpu = cfg.cluster.use_gpu and actor_device("cuda") == "cuda"  # a simulated GPU: the CPU path (devices.py)
@@ -86,7 +86,8 @@ def train_loop_per_worker(plan: WorkerPlan) -> None:
         micro_batch_size=cfg.training.micro_batch_size,
     )
     trainer.remove_callback(PrinterCallback)  # ReportToRay prints one line per log on rank 0
-    trainer.add_callback(ReportToRay(trainer, rank, plan.steps_per_epoch, {"train_rows": plan.train_rows, **partition}))
+    static = {"train_rows": plan.train_rows, "total_steps": plan.total_steps, **partition}  # a sweep ranks by them
+    trainer.add_callback(ReportToRay(trainer, rank, plan.steps_per_epoch, static))
     if rank == 0 and plan.tracking.active:  # after ReportToRay: it adds tokens/s to each log
         trainer.add_callback(TrackingCallback(plan.tracking))
     if plan.inject_fault_at_step and rank == world - 1:

@@ -125,13 +125,15 @@ def test_a_folder_whose_identity_names_another_model_is_refused(tmp_path):
 
 
 def test_cache_inside_the_output_or_a_source_folder_is_a_config_error(tmp_path):
+    from platypus_ray.refine.stage import check_cache_location
+
     (tmp_path / "data").mkdir()
     (tmp_path / "data" / "a.jsonl").write_text('{"instruction": "a", "output": "b"}\n')
     base = {"sources": [{"path": str(tmp_path / "data")}], "output": str(tmp_path / "out")}
     for cache, where in ((tmp_path / "out" / "cache", "output"), (tmp_path / "data" / "cache", "source")):
         cfg = validate_config(RefineConfig, {**base, "embedding": {"cache": str(cache)}})
         with pytest.raises(UserError, match=f"embedding.cache: .* is inside the {where}"):
-            cfg.check_output()
+            check_cache_location(cfg)
     cfg = validate_config(RefineConfig, base)
     assert cfg.cache_location == str(tmp_path / "embedding-cache")  # beside the output by default
     assert validate_config(RefineConfig, {**base, "embedding": {"cache": False}}).cache_location is None

@@ -203,5 +203,10 @@ def test_config_needs_work_and_distinct_labels(tiny_model, tmp_path):
     write_quiz(quiz, n=2)
     with pytest.raises(ConfigError, match="same label"):
         eval_config(tmp_path, tiny_model, quiz, compare_with={"name_or_path": tiny_model})
-    with pytest.raises(ConfigError, match="adapter.*not a LoRA adapter folder"):
-        eval_config(tmp_path, tiny_model, quiz, model={"name_or_path": tiny_model, "adapter": str(tmp_path)})
+    from platypus_ray.evaluate.stage import STAGE
+
+    not_an_adapter = eval_config(
+        tmp_path, tiny_model, quiz, model={"name_or_path": tiny_model, "adapter": str(tmp_path)}
+    )
+    with pytest.raises(ConfigError, match=r"model\.adapter: .* is not a LoRA adapter folder"):
+        STAGE.check_before_ray(not_an_adapter)

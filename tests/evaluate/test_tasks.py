@@ -161,8 +161,13 @@ def test_config_entries_preset_and_limits(tiny_model, tmp_path):
     assert all(isinstance(b, TaskEntry) for b in cfg.benchmarks) and cfg.limit == 10
     with pytest.raises(ConfigError, match="unknown benchmarks preset 'leaderboard'"):
         config(tmp_path, tiny_model, "leaderboard")
-    with pytest.raises(ConfigError, match="not a folder of task YAMLs"):
-        config(tmp_path, tiny_model, [{"task": "mine", "include_path": str(tmp_path / "missing")}])
+    from platypus_ray.evaluate.stage import STAGE
+
+    missing_folder = config(tmp_path, tiny_model, [{"task": "mine", "include_path": str(tmp_path / "missing")}])
+    with pytest.raises(
+        ConfigError, match=r"benchmarks\[0\]\.include_path: .* is not a folder; give a folder of task YAMLs"
+    ):
+        STAGE.check_before_ray(missing_folder)
     with pytest.raises(ConfigError, match="limit"):
         config(tmp_path, tiny_model, [{"task": "mine"}], limit=0)
 
