@@ -1,26 +1,25 @@
 """Benchmark test sets (MMLU, ARC, HellaSwag, TruthfulQA, generic questions) as uniform items.
 
 The refine stage embeds them to find contaminated training rows; the evaluate stage scores
-models on the same items. A malformed row is an error naming the file and line: benchmark
-files are references, and silently skipping a test item would hide contamination.
+models on the same items. Files are read by the one reader (``core/readers.py``), as training
+sources are: JSON, JSON Lines, CSV and Parquet, compressed or remote. A malformed row is an
+error naming the file and line: benchmark files are references, and silently skipping a test
+item would hide contamination.
 """
 
 from __future__ import annotations
 
-import csv
-import io
 import json
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-import pyarrow as pa
-import pyarrow.parquet as pq
 from pydantic import Field
 
 from platypus_ray.core.config import StrictModel
 from platypus_ray.core.errors import InputError
-from platypus_ray.core.paths import default_name, expand_files, open_input
+from platypus_ray.core.paths import default_name, expand_files
+from platypus_ray.core.readers import format_of, read_file
 from platypus_ray.core.stage import Input
 from platypus_ray.core.unicode_checks import LONE_SURROGATE_PROBLEM, has_lone_surrogate
 
@@ -106,61 +105,22 @@ def _reason(exc: Exception) -> str:
 
 
 def _records(path: str, fmt: str) -> Iterator[tuple[str, Any]]:
-    """(where, raw record) pairs: ``line N`` in a text file, ``record N`` in a JSON array or Parquet
-    file; JSON errors, bad bytes and ragged CSV rows name the line."""
-    with open_input(path) as stream:
-        data = stream.read()
-    if path.lower().endswith(".parquet"):
-        try:
-            rows = pq.read_table(io.BytesIO(data)).to_pylist()
-        except (pa.ArrowException, OSError, UnicodeDecodeError) as exc:
-            raise BenchmarkFormatError(f"{path}: not a readable Parquet file ({exc})") from None
-        for i, row in enumerate(rows):
-            yield f"record {i + 1}", row
-        return
-    text = _utf8(data, path)
-    if path.lower().endswith(".csv"):
-        reader = csv.reader(io.StringIO(text, newline=""))
-        header = None if fmt == "mmlu_csv" else next(reader, None)
-        start = reader.line_num + 1
-        for row in reader:
-            if not any(cell.strip() for cell in row):
-                start = reader.line_num + 1
-                continue
-            yield f"line {start}", (row if header is None else _csv_record(header, row, path, start))
-            start = reader.line_num + 1
-        return
-    if path.lower().endswith(".json") and text.lstrip().startswith("["):
-        try:
-            rows = json.loads(text)
-        except json.JSONDecodeError as exc:
-            raise BenchmarkFormatError(f"{path}, line {exc.lineno}: not a valid JSON array ({exc.msg})") from None
-        for i, row in enumerate(rows):
-            yield f"record {i + 1}", row
-        return
-    for number, line in enumerate(text.split("\n"), start=1):  # not splitlines: U+2028 may sit inside a string
-        if line.strip():
-            try:
-                yield f"line {number}", json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise BenchmarkFormatError(f"{path}, line {number}: malformed JSON ({exc.msg})") from None
-
-
-def _utf8(data: bytes, path: str) -> str:
-    """The text of a benchmark file (a byte-order mark dropped); bad bytes are an error naming the line."""
+    """(where, record) pairs as the one reader reads the file (``core/readers.py``: the same
+    formats, compression, schemes and rules as a training source); a row it marks bad, or a file
+    it cannot read, is an error naming the file and the row, in the words a source's ledger uses."""
     try:
-        return data.decode("utf-8-sig")
-    except UnicodeDecodeError as exc:
-        line = data[: exc.start].count(b"\n") + 1
-        raise BenchmarkFormatError(
-            f"{path}, line {line}: byte {data[exc.start]:#04x} is not UTF-8; re-save the file as UTF-8"
-        ) from None
-
-
-def _csv_record(header: list[str], row: list[str], path: str, line: int) -> dict[str, str]:
-    if len(row) != len(header):
-        raise BenchmarkFormatError(f"{path}, line {line}: {len(row)} fields, the header has {len(header)}")
-    return dict(zip(header, row))
+        # an existing file named without a known extension: read as its benchmark format's first kind
+        for record in read_file(path, format_of(path) or _EXTENSIONS[fmt][0], header=fmt != "mmlu_csv"):
+            if record.reason:
+                raise BenchmarkFormatError(
+                    f"{path}, {record.where}: {record.detail} ({record.reason}); fix the file: a benchmark "
+                    "row is a reference and is never skipped"
+                )
+            yield record.where, record.value
+    except BenchmarkFormatError:
+        raise
+    except InputError as exc:
+        raise BenchmarkFormatError(str(exc)) from None
 
 
 Parsed = tuple[str, list[str], "int | None", "str | None"]

@@ -1,8 +1,10 @@
-"""The records of one source file, whatever its bytes: one :class:`Record` per input row.
+"""The records of one input file, whatever its bytes: one :class:`Record` per row. The one reader
+of the project: training sources (refine) and benchmark test sets (``testsets.py``) both read here.
 
-A row that cannot become a record (bad UTF-8, malformed JSON, a duplicated key) is still
-yielded, with a reason, so the ledger accounts for it. Only a file that cannot be read as
-its format at all (a broken JSON array, a broken Parquet file) raises :class:`InputError`.
+A row that cannot become a record (bad UTF-8, malformed JSON, a duplicated key, a ragged CSV
+row) is still yielded, with a reason: refine's ledger accounts for it, a benchmark refuses it.
+Only a file that cannot be read as its format at all (a broken JSON array, a broken Parquet
+file, a stream that breaks) raises :class:`InputError`.
 
 Rules that differ from the obvious one-liners, and why:
 * JSONL is split on ``\\n`` only (``str.splitlines`` also splits on U+2028, U+2029, U+0085,
@@ -18,8 +20,10 @@ import csv
 import io
 import itertools
 import json
+import lzma
 import re
 import sys
+import zlib
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any, BinaryIO
@@ -28,7 +32,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from platypus_ray.core.errors import InputError
-from platypus_ray.core.paths import lines
+from platypus_ray.core.paths import lines, open_input, without_compression
 
 _BOM = b"\xef\xbb\xbf"
 _ESCAPED_BYTE = re.compile("[\udc80-\udcff]")  # how errors="surrogateescape" spells an undecodable byte
@@ -41,7 +45,7 @@ class Record:
 
     value: Any
     raw: str  # the row's text as read, for the id of an invalid row
-    where: str  # "line 12" or "record 3": where a person finds the row in the file
+    where: str  # "line 12" (JSONL, CSV) or "record 3" (JSON array, Parquet): where a person finds the row
     reason: str = ""
     detail: str = ""
 
@@ -75,21 +79,63 @@ def _checked(value: Any, raw: str, where: str, bad_bytes: bool = False) -> Recor
     """``bad_bytes``: the file did not decode as UTF-8, so escaped bytes may hide in ``value``."""
     if isinstance(value, _DuplicatedKeys):
         return Record(None, raw, where, "duplicate_key", f"key {value.duplicate!r} appears more than once")
-    if bad_bytes and _ESCAPED_BYTE.search(json.dumps(value, ensure_ascii=False)):
-        return Record(None, raw, where, "invalid_utf8", "holds bytes that are not UTF-8")
+    escaped = _ESCAPED_BYTE.search(json.dumps(value, ensure_ascii=False)) if bad_bytes else None
+    if escaped:
+        byte = ord(escaped.group()) - 0xDC00  # surrogateescape maps byte b to U+DC00 + b
+        return Record(None, raw, where, "invalid_utf8", f"byte {byte:#04x} is not UTF-8")
     return Record(value, raw, where)
 
 
-def read_records(stream: BinaryIO, fmt: str, path: str, field: str | None = None) -> Iterator[Record]:
+FORMATS = ("json", "jsonl", "parquet", "csv")  # each also compressed: .gz, .bz2, .xz, .zst (paths.py)
+
+# What a stream that breaks mid-read raises: the file vanished or a disk failed (OSError), a truncated
+# or corrupt compressed file (EOFError, zlib.error, lzma.LZMAError, gzip's BadGzipFile is an OSError).
+_READ_FAILURES = (OSError, EOFError, zlib.error, lzma.LZMAError)
+
+
+def format_of(path: str) -> str | None:
+    """The format a file's extension names, after any compression suffix (``a.jsonl.gz``: ``jsonl``);
+    None for an extension that is not one of :data:`FORMATS`."""
+    ext = without_compression(path).lower().rsplit(".", 1)[-1]
+    return ext if ext in FORMATS else None
+
+
+def read_file(
+    path: str,
+    fmt: str,
+    field: str | None = None,
+    header: bool = True,
+    byte_range: tuple[int, int, int] | None = None,
+) -> Iterator[Record]:
+    """Every row of the file at ``path`` (local or a URI, plain or compressed; see
+    :func:`~platypus_ray.core.paths.open_input`), as :func:`read_records` reads them; with a
+    ``byte_range`` (start, stop, newlines before start - 1) of a local JSONL file, the rows of that
+    piece (:func:`read_jsonl_range`). A stream that breaks mid-read (a truncated ``.gz``, a
+    vanished file) is an :class:`InputError` naming the file."""
+    try:
+        if byte_range is not None:
+            with open(path, "rb") as stream:
+                yield from read_jsonl_range(stream, *byte_range)
+            return
+        with open_input(path) as stream:
+            yield from read_records(stream, fmt, path, field, header)
+    except _READ_FAILURES as exc:
+        raise InputError(f"cannot read '{path}': {exc}") from None
+
+
+def read_records(
+    stream: BinaryIO, fmt: str, path: str, field: str | None = None, header: bool = True
+) -> Iterator[Record]:
     """Every row of one file's (decompressed) byte stream in ``fmt`` (``json``, ``jsonl``, ``csv``,
     ``parquet``), in order. JSONL and CSV are read as they stream; a JSON document (an array, or
     an object with ``field``) is read whole. ``field``: the top-level key of a JSON object whose
-    list holds the records, as the ``datasets`` JSON loader's ``field``."""
+    list holds the records, as the ``datasets`` JSON loader's ``field``. ``header=False``: a CSV
+    file without a header row (MMLU's), each record the list of its fields."""
     if fmt == "parquet":
         yield from _parquet(stream.read(), path)
         return
     if fmt == "csv":
-        yield from _csv(stream, path)
+        yield from _csv(stream, path, header)
         return
     head, rest = _first_lines(lines(stream))
     start = b"".join(head).lstrip()[:1]
@@ -192,7 +238,8 @@ def _json_document(data: bytes, path: str, strict: bool, field: str | None) -> l
             return None  # JSON Lines in a .json file
         raise InputError(
             f"'{path}' is not a valid JSON {'array' if field is None else 'document'} (line {exc.lineno}, "
-            f"column {exc.colno}: {exc.msg}); for one JSON object per line use format: jsonl"
+            f"column {exc.colno}: {exc.msg}); a file of one JSON object per line is JSON Lines: name it .jsonl "
+            "(or set format: jsonl on a source)"
         ) from None
     except RecursionError:
         if not strict:
@@ -235,22 +282,23 @@ def _refuse_hidden_lists(value: dict, path: str) -> None:
         found = ", ".join(f"'{key}' ({n} records)" for key, n in lists.items())
         raise InputError(
             f"'{path}' is a JSON object holding lists of records under {found}; set `field: "
-            f"{next(iter(lists))}` on the source to read them"
+            f"{next(iter(lists))}` on the source to read them (a benchmark file holds the list itself)"
         )
 
 
-def _csv(stream: BinaryIO, path: str) -> Iterator[Record]:
+def _csv(stream: BinaryIO, path: str, has_header: bool) -> Iterator[Record]:
     """Rows as they stream: decoded as UTF-8 (BOM dropped), a byte that is not UTF-8 kept as an
-    escape that marks its row invalid, so the other rows are still read."""
+    escape that marks its row invalid, so the other rows are still read. Without a header, each
+    record is the list of the row's fields."""
     text = io.TextIOWrapper(
         io.BufferedReader(_Readable(stream)), encoding="utf-8-sig", errors="surrogateescape", newline=""
     )
     reader = csv.reader(text)
     try:
-        header = next(reader, None)
-        if header is None:
+        header = next(reader, None) if has_header else None
+        if has_header and header is None:
             return
-        repeated = next((name for i, name in enumerate(header) if name in header[:i]), None)
+        repeated = next((name for i, name in enumerate(header) if name in header[:i]), None) if header else None
         start = reader.line_num + 1
         for row in reader:
             where = f"line {start}"
@@ -258,6 +306,9 @@ def _csv(stream: BinaryIO, path: str) -> Iterator[Record]:
             if not any(cell.strip() for cell in row):
                 continue  # a blank line is not a row
             raw = ",".join(row)
+            if header is None:
+                yield _checked(row, raw, where, bad_bytes=bool(_ESCAPED_BYTE.search(raw)))
+                continue
             if repeated is not None:
                 yield Record(None, raw, where, "duplicate_key", f"column {repeated!r} appears twice in the header")
                 continue
@@ -290,4 +341,4 @@ def _parquet(data: bytes, path: str) -> Iterator[Record]:
     except (pa.ArrowException, OSError, UnicodeDecodeError) as exc:
         raise InputError(f"'{path}' is not a readable Parquet file: {exc}") from None
     for i, row in enumerate(rows, 1):
-        yield Record(row, repr(row), f"row {i}")
+        yield Record(row, repr(row), f"record {i}")

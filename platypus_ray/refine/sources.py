@@ -7,9 +7,7 @@ cannot be read as its format at all is an :class:`InputError` naming the file.
 
 from __future__ import annotations
 
-import lzma
 import os
-import zlib
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, replace
 from typing import Any
@@ -19,8 +17,8 @@ import ray
 
 from platypus_ray.core.blocks import rows_only
 from platypus_ray.core.errors import InputError
-from platypus_ray.core.paths import COMPRESSIONS, expand_files, is_remote, open_input, without_compression
-from platypus_ray.core.readers import Record, read_jsonl_range, read_records
+from platypus_ray.core.paths import COMPRESSIONS, expand_files, is_remote, without_compression
+from platypus_ray.core.readers import Record, format_of, read_file
 from platypus_ray.refine.config import SOURCE_EXTENSIONS, ColumnMapping, SourceConfig
 from platypus_ray.refine.languages import dominant_script
 from platypus_ray.refine.rows import content_id, dedup_key, embed_text, raw_id, validate_record
@@ -201,27 +199,14 @@ def parse_source_file(sf: SourceFile) -> pa.Table:
 
 
 def _infer_format(path: str) -> str:
-    ext = without_compression(path).lower().rsplit(".", 1)[-1]
-    if ext not in SOURCE_EXTENSIONS:
+    fmt = format_of(path)
+    if fmt is None:
         raise InputError(
             f"cannot infer the format of '{path}'; set `format:` to one of {', '.join(SOURCE_EXTENSIONS)} "
             f"(compressed: {', '.join(COMPRESSIONS)} after the format's extension)"
         )
-    return ext
-
-
-# What a stream that breaks mid-read raises: the file vanished or a disk failed (OSError), a truncated
-# or corrupt compressed file (EOFError, zlib.error, lzma.LZMAError, gzip's BadGzipFile is an OSError).
-_READ_FAILURES = (OSError, EOFError, zlib.error, lzma.LZMAError)
+    return fmt
 
 
 def _records(sf: SourceFile) -> Iterator[Record]:
-    try:
-        if sf.byte_range is not None:
-            with open(sf.path, "rb") as stream:
-                yield from read_jsonl_range(stream, *sf.byte_range)
-            return
-        with open_input(sf.path) as stream:
-            yield from read_records(stream, sf.format, sf.path, sf.field)
-    except _READ_FAILURES as exc:
-        raise InputError(f"cannot read '{sf.path}': {exc}") from None
+    return read_file(sf.path, sf.format, sf.field, byte_range=sf.byte_range)

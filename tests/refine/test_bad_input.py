@@ -140,7 +140,7 @@ def test_benchmark_file_errors_name_the_file_and_line(tmp_path):
 
     cases = {
         "bad_bytes.csv": (b"What is 1+1?,1,2,3,4,B\nWhat is caf\xe9?,a,b,c,d,A\n", "mmlu_csv", r"line 2: byte 0xe9"),
-        "broken.json": (b'[{"question": "q"},\n {oops}]', "questions", r"line 2: not a valid JSON array"),
+        "broken.json": (b'[{"question": "q"},\n {oops}]', "questions", r"is not a valid JSON array \(line 2, column 3"),
         "header_only.csv": (b"question,choices,answer\n", "questions", r"holds no questions items"),
     }
     for name, (data, fmt, message) in cases.items():
