@@ -7,7 +7,6 @@ The merge is checked: the saved model's logits must equal the base-plus-adapter 
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -35,11 +34,6 @@ class MergeResult:
             f"merge: saved {self.out} (model + tokenizer); max |logits(merged) - logits(base+adapter)| "
             f"= {self.max_logit_difference:.2e}"
         )
-
-
-def tokenizer_source(base: str, adapter: str | None) -> str:
-    """The adapter's folder when training saved a tokenizer beside it, else the base's."""
-    return adapter if adapter and os.path.isfile(os.path.join(adapter, "tokenizer_config.json")) else base
 
 
 def memory_needed(cfg: MergeConfig) -> int:
@@ -79,16 +73,12 @@ run = STAGE.run
 
 def _merge(cfg: MergeConfig) -> MergeResult:
     import torch
-    from peft import PeftModel
-    from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    from platypus_ray.core.models import load_model
     from platypus_ray.core.outputs import replaced_atomically
 
-    dtype = "auto" if cfg.dtype == "auto" else getattr(torch, cfg.dtype)
-    base = AutoModelForCausalLM.from_pretrained(cfg.base, dtype=dtype)
-    tokenizer = AutoTokenizer.from_pretrained(tokenizer_source(cfg.base, cfg.adapter))
-    model = PeftModel.from_pretrained(base, cfg.adapter)
-    model.eval()
+    dtype = "auto" if cfg.dtype == "auto" else getattr(torch, cfg.dtype)  # auto: the base's saved dtype
+    tokenizer, model = load_model(cfg.base, cfg.adapter, dtype, merge=False)  # merged below, after the probe
     probe = tokenizer("### Instruction:\nSay hello.\n\n### Response:\n", return_tensors="pt")
     with torch.no_grad():
         expected = model(**probe).logits

@@ -21,8 +21,9 @@ from pydantic import Field, field_validator, model_validator
 from platypus_ray.core.config import StrictModel
 from platypus_ray.core.dtypes import DTypeName
 from platypus_ray.core.errors import UserError
+from platypus_ray.core.models import is_model_folder
 from platypus_ray.core.paths import absolute_if_local
-from platypus_ray.core.stage import Stage, is_model_folder
+from platypus_ray.core.stage import Stage
 from platypus_ray.evaluate.config import (
     BenchmarkEntry,
     EvaluateConfig,

@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from typing import ClassVar, Generic, Literal, TypeVar
 
 from platypus_ray.core.config import ConfigError
+from platypus_ray.core.models import adapter_problem, model_problem
 from platypus_ray.core.outputs import check_output
 from platypus_ray.core.paths import input_path_problem, is_remote
 
@@ -62,14 +63,6 @@ class Output:
     source_folders: tuple[str, ...] = ()
 
 
-def is_model_folder(path: str) -> bool:
-    return os.path.isfile(os.path.join(os.path.expanduser(path), "config.json"))
-
-
-def is_adapter_folder(path: str) -> bool:
-    return os.path.isfile(os.path.join(os.path.expanduser(path), "adapter_config.json"))
-
-
 def input_problem(item: Input) -> str | None:
     """Why ``item`` cannot be read now, or None."""
     path = item.path
@@ -79,15 +72,9 @@ def input_problem(item: Input) -> str | None:
     if item.kind == "data":
         problem = input_path_problem(path, item.extensions)
     elif item.kind == "model":
-        looks_local = path.startswith((".", "/", "~")) or os.path.exists(expanded)
-        problem = (
-            f"'{path}' is not a model folder (no config.json); build one with "
-            "`platypus-ray make-tiny-model --out DIR` or name a hub id"
-            if looks_local and not is_model_folder(path)
-            else None
-        )
+        problem = model_problem(path)
     elif item.kind == "adapter":
-        problem = None if is_adapter_folder(path) else f"'{path}' is not a LoRA adapter folder (no adapter_config.json)"
+        problem = adapter_problem(path)
     elif item.kind == "folder":
         problem = None if os.path.isdir(expanded) else f"'{path}' is not a folder"
     elif item.kind == "file":

@@ -87,23 +87,6 @@ def score_encoded(
     return results
 
 
-def load_model(name_or_path: str, adapter: str | None, dtype: str, device: str):
-    """Tokenizer and eval-mode model; an adapter is merged in (inference needs no LoRA branch)."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    from platypus_ray.core.dtypes import torch_dtype
-    from platypus_ray.merge import tokenizer_source
-
-    tokenizer = AutoTokenizer.from_pretrained(tokenizer_source(name_or_path, adapter))
-    model = AutoModelForCausalLM.from_pretrained(name_or_path, dtype=torch_dtype(dtype, device == "cuda")).to(device)
-    if adapter:
-        from peft import PeftModel
-
-        model = PeftModel.from_pretrained(model, adapter).merge_and_unload()
-    model.eval()
-    return tokenizer, model
-
-
 SCORED_SCHEMA = pa.schema(
     [("request", pa.int64()), ("logprob", pa.float64()), ("n_tokens", pa.int64()), ("greedy", pa.bool_())]
 )
@@ -116,9 +99,11 @@ class Scorer:
         from lm_eval.models.utils import resolve_max_length
 
         from platypus_ray.core.devices import actor_device
+        from platypus_ray.core.dtypes import torch_dtype
+        from platypus_ray.core.models import load_model
 
         device = actor_device(device)  # what this process sees: a simulated GPU computes on CPU
-        self.tokenizer, self.model = load_model(name_or_path, adapter, dtype, device)
+        self.tokenizer, self.model = load_model(name_or_path, adapter, torch_dtype(dtype, device == "cuda"), device)
         self.device = device
         self.max_length = max_length or resolve_max_length(self.model.config, self.tokenizer)
         pad = self.tokenizer.pad_token_id

@@ -10,7 +10,6 @@ from platypus_ray.core.config import RAY_RESOURCE_MAX, RAY_RESOURCE_STEP, Strict
 from platypus_ray.core.dtypes import DTypeName
 from platypus_ray.train.tracking import TrackingSettings, remote_storage_problems
 
-
 # Named LoRA target sets (LLaMA module names).
 TARGET_SETS: dict[str, list[str]] = {
     "attention": ["q_proj", "k_proj", "v_proj", "o_proj"],
