@@ -18,6 +18,7 @@ import numpy as np
 import pyarrow as pa
 
 from platypus_ray.core.blocks import rows_only
+from platypus_ray.core.collate import attention_mask, padded_width, right_pad
 
 
 def encode_pair(
@@ -65,12 +66,10 @@ def score_encoded(
     trimmed = [(ids[-(max_length + 1) :], min(n, max_length)) for ids, n in encoded]
     unique: dict[tuple[int, ...], int] = {}  # model input -> its row in the forward batch
     rows = [unique.setdefault(tuple(ids[:-1]), len(unique)) for ids, _ in trimmed]
-    width = max(len(key) for key in unique)
-    input_ids = torch.full((len(unique), width), pad_id, dtype=torch.long)
-    attention = torch.zeros((len(unique), width), dtype=torch.long)
-    for key, row in unique.items():
-        input_ids[row, : len(key)] = torch.tensor(key)
-        attention[row, : len(key)] = 1
+    inputs = list(unique)  # in row order: each key was added with the next row number
+    width = padded_width([len(key) for key in inputs])
+    input_ids = right_pad(inputs, pad_id, width)
+    attention = attention_mask([len(key) for key in inputs], width)
     with torch.no_grad():
         logits = model(input_ids=input_ids.to(device), attention_mask=attention.to(device)).logits.float()
     logprobs = torch.log_softmax(logits, dim=-1)

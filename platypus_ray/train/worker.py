@@ -18,6 +18,7 @@ import torch
 from ray.data.collate_fn import NumpyBatchCollateFn
 from transformers import PrinterCallback, Trainer, TrainingArguments
 
+from platypus_ray.core.collate import attention_mask, padded_width, right_pad
 from platypus_ray.core.devices import actor_device
 from platypus_ray.core.dtypes import torch_dtype
 from platypus_ray.train.callbacks import InjectedFault, ReportToRay, TrackingCallback
@@ -174,16 +175,14 @@ class PadCollate(NumpyBatchCollateFn):
         self.pad_token_id = pad_token_id
 
     def __call__(self, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
-        rows = [(list(ids), list(labels)) for ids, labels in zip(batch["input_ids"], batch["labels"])]
-        width = -(-max(len(ids) for ids, _ in rows) // 8) * 8
-        input_ids = torch.full((len(rows), width), self.pad_token_id, dtype=torch.long)
-        labels = torch.full((len(rows), width), IGNORE_INDEX, dtype=torch.long)
-        attention = torch.zeros((len(rows), width), dtype=torch.long)
-        for k, (ids, lab) in enumerate(rows):
-            input_ids[k, : len(ids)] = torch.tensor(ids)
-            labels[k, : len(lab)] = torch.tensor(lab)
-            attention[k, : len(ids)] = 1
-        return {"input_ids": input_ids, "labels": labels, "attention_mask": attention}
+        ids, labels = list(batch["input_ids"]), list(batch["labels"])
+        lengths = [len(row) for row in ids]
+        width = padded_width(lengths, 8)
+        return {
+            "input_ids": right_pad(ids, self.pad_token_id, width),
+            "labels": right_pad(labels, IGNORE_INDEX, width),
+            "attention_mask": attention_mask(lengths, width),
+        }
 
 
 class PackedCollate(PadCollate):
@@ -192,17 +191,16 @@ class PackedCollate(PadCollate):
     confines attention to each row (block-diagonal causal mask; flash-attention 2 varlen on GPU)."""
 
     def __call__(self, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
-        seqs = list(zip(batch["input_ids"], batch["labels"], batch["position_ids"]))
-        width = -(-max(len(ids) for ids, _, _ in seqs) // 8) * 8
-        input_ids = torch.full((len(seqs), width), self.pad_token_id, dtype=torch.long)
-        labels = torch.full((len(seqs), width), IGNORE_INDEX, dtype=torch.long)
-        positions = torch.zeros((len(seqs), width), dtype=torch.long)
-        for k, (ids, lab, pos) in enumerate(seqs):
-            n = len(ids)
-            input_ids[k, :n], labels[k, :n], positions[k, :n] = torch.tensor(ids), torch.tensor(lab), torch.tensor(pos)
-            positions[k, n:] = torch.arange(width - n)
-        real = torch.tensor(sum(len(ids) for ids, _, _ in seqs))
-        return {"input_ids": input_ids, "labels": labels, "position_ids": positions, "real_tokens": real}
+        ids, labels = list(batch["input_ids"]), list(batch["labels"])
+        lengths = [len(row) for row in ids]
+        width = padded_width(lengths, 8)
+        positions = [[*pos, *range(width - n)] for pos, n in zip(batch["position_ids"], lengths)]
+        return {
+            "input_ids": right_pad(ids, self.pad_token_id, width),
+            "labels": right_pad(labels, IGNORE_INDEX, width),
+            "position_ids": right_pad(positions, 0, width),
+            "real_tokens": torch.tensor(sum(lengths)),
+        }
 
 
 class _ShardStream(torch.utils.data.IterableDataset):
