@@ -1,12 +1,34 @@
-"""Bounded waits on Ray tasks: past the bound, cancel what is left (releasing its CPUs) and say so."""
+"""Bounded waits on Ray tasks: past the bound, cancel what is left (releasing its CPUs) and say so.
+
+The stage that passes a bound down names its config key with :func:`bounded_by` around the step,
+so a timeout deep in a shared helper (an embedding block gather, a similarity tile) reports the
+key the user can raise, not the key of whichever step first called the helper.
+"""
 
 from __future__ import annotations
 
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
 
 import ray
 
 from platypus_ray.core.errors import UserError
+
+
+_BOUND: ContextVar[tuple[str, str]] = ContextVar("bound", default=("Ray tasks", "the step's timeout_s"))
+
+
+@contextmanager
+def bounded_by(key: str, what: str) -> Iterator[None]:
+    """Within this block, a wait that runs out names ``what`` (\"embedding tasks\") and ``key``
+    (the config key its bound came from, \"embedding.timeout_s\")."""
+    token = _BOUND.set((what, key))
+    try:
+        yield
+    finally:
+        _BOUND.reset(token)
 
 
 def wait_all(refs: list, timeout_s: float) -> list:
@@ -35,7 +57,8 @@ def as_completed(refs: list, timeout_s: float):
 def _give_up(pending: list, total: int, timeout_s: float) -> None:
     for ref in pending:
         ray.cancel(ref, force=True)
+    what, key = _BOUND.get()
     raise UserError(
-        f"{len(pending)} of {total} similarity tasks did not finish within {timeout_s:.0f} s "
-        "(dedup.timeout_s); the cluster may lack free CPUs, or raise the bound"
+        f"{len(pending)} of {total} {what} did not finish within {timeout_s:.0f} s ({key}); "
+        "the cluster may lack free CPUs, or raise the bound"
     )

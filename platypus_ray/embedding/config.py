@@ -37,6 +37,9 @@ class EmbeddingConfig(StrictModel):
     )
     # true: <output's parent>/embedding-cache, shared by runs; a path or URI (s3://...) to choose; false: off
     cache: bool | str = True
+    timeout_s: float = Field(
+        3600.0, gt=0, description="bound on the embedding step's Ray tasks: cache reads, calibration, block assembly"
+    )
     calibration_rows: int = Field(
         512, ge=16, description="texts `auto` times the backends on and compares decisions over"
     )

@@ -70,7 +70,9 @@ class DedupConfig(StrictModel):
         0.08, ge=0.0, le=1.0, description="clustered: also join centroids this close to the nearest"
     )
     recall_sample: int = Field(5_000, ge=0, description="clustered: rows checked against an exact search on every run")
-    timeout_s: float = Field(3600.0, gt=0, description="bound on the similarity tasks of one run")
+    timeout_s: float = Field(
+        3600.0, gt=0, description="bound on the similarity tasks of one run: dedup and the contamination search"
+    )
 
 
 class ContaminationConfig(StrictModel):

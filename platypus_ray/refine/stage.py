@@ -30,6 +30,7 @@ from platypus_ray.core.errors import UserError
 from platypus_ray.core.outputs import inside, read_back, replaced_atomically
 from platypus_ray.core.runtime import init_ray
 from platypus_ray.core.stage import Input, Output, Stage
+from platypus_ray.core.waits import bounded_by
 from platypus_ray.embedding import HASH_BYTES, Embedded, EmbeddingBlocks, check_model, embed, hash_array
 from platypus_ray.refine import contamination as contam
 from platypus_ray.refine.config import SOURCE_EXTENSIONS, RefineConfig
@@ -299,20 +300,21 @@ def _embed(
             {"key": keys, "text": probes.texts, "text_hash": hash_array(probes.texts), "text_len": lengths}
         )
         to_embed = to_embed.union(ray.data.from_arrow(probe_table))
-    embedded = embed(
-        to_embed,
-        n_rows + len(probes.texts),
-        cfg.embedding,
-        cache_location=cfg.cache_location,
-        thresholds=(cfg.dedup.threshold, cfg.contamination.threshold),
-        timeout_s=cfg.dedup.timeout_s,
-    )
-    blocks = embedded.blocks
-    return (
-        blocks.take(np.arange(n_rows), cfg.dedup.timeout_s),
-        blocks.gather(np.arange(n_rows, blocks.n), cfg.dedup.timeout_s),
-        embedded,
-    )
+    with bounded_by("embedding.timeout_s", "embedding tasks"):
+        embedded = embed(
+            to_embed,
+            n_rows + len(probes.texts),
+            cfg.embedding,
+            cache_location=cfg.cache_location,
+            thresholds=(cfg.dedup.threshold, cfg.contamination.threshold),
+            timeout_s=cfg.embedding.timeout_s,
+        )
+        blocks = embedded.blocks
+        return (
+            blocks.take(np.arange(n_rows), cfg.embedding.timeout_s),
+            blocks.gather(np.arange(n_rows, blocks.n), cfg.embedding.timeout_s),
+            embedded,
+        )
 
 
 def _gather_meta(parsed: ray.data.Dataset) -> dict[str, np.ndarray]:
@@ -390,7 +392,8 @@ def _decontaminate(
 ):
     """Flag survivors that match a benchmark item by embedding or verbatim n-grams."""
     ccfg = cfg.contamination
-    best = best_matches(emb, probe_emb, ccfg.threshold, cfg.dedup.tile_size, num_gpus, cfg.dedup.timeout_s)
+    with bounded_by("dedup.timeout_s", "contamination search tasks"):
+        best = best_matches(emb, probe_emb, ccfg.threshold, cfg.dedup.tile_size, num_gpus, cfg.dedup.timeout_s)
     emb_item = np.where(best.index >= 0, probes.item[np.maximum(best.index, 0)], -1)
 
     index = contam.NgramIndex.build(items, ccfg.ngram)
@@ -427,7 +430,8 @@ def _semantic_dedup(emb, survivors, remaining, meta, decisions: Decisions, cfg: 
     """Pair search on the remaining rows (exact or clustered), then the greedy walk in priority order."""
     keys = np.flatnonzero(remaining)
     uids = survivors[keys]
-    outcome = dedup_rows(emb.take(keys, cfg.dedup.timeout_s), meta["output_len"][uids], cfg.dedup, num_gpus)
+    with bounded_by("dedup.timeout_s", "similarity tasks"):
+        outcome = dedup_rows(emb.take(keys, cfg.dedup.timeout_s), meta["output_len"][uids], cfg.dedup, num_gpus)
     decision, pairs = outcome.decision, outcome.pairs
     gone = np.flatnonzero(~decision.keep)
     decisions.remove(uids[gone], "near_duplicate", matched=uids[decision.matched[gone]], score=decision.score[gone])

@@ -107,6 +107,23 @@ def test_a_template_in_clustered_mode_stays_within_the_row_bound_and_decides_as_
     assert clustered.decision.keep[:2000].sum() == 1
 
 
+def test_a_wait_past_its_bound_names_the_key_of_the_step_that_set_it(ray_session):
+    """Embedding helpers are shared with dedup: the key named is the step's, not the helper's."""
+    import time
+
+    from platypus_ray.core.errors import UserError
+    from platypus_ray.core.waits import bounded_by, wait_all
+
+    stuck = ray.remote(lambda: time.sleep(120)).options(num_cpus=0)
+    with (
+        pytest.raises(UserError, match=r"1 of 1 embedding tasks did not finish within 0 s \(embedding.timeout_s\)"),
+        bounded_by("embedding.timeout_s", "embedding tasks"),
+    ):
+        wait_all([stuck.remote()], 0.01)
+    with pytest.raises(UserError, match=r"1 of 1 Ray tasks did not finish"):
+        wait_all([stuck.remote()], 0.01)
+
+
 def test_a_similarity_search_past_its_bound_is_cancelled_and_frees_its_cpus(planted):
     """dedup.timeout_s: the search fails with a message instead of waiting, and its cancelled
     tasks give their CPUs back for the next job."""
@@ -116,7 +133,12 @@ def test_a_similarity_search_past_its_bound_is_cancelled_and_frees_its_cpus(plan
 
     free_before = ray.available_resources().get("CPU", 0)
     _, emb, _ = planted
-    with pytest.raises(UserError, match=r"similarity tasks did not finish within 0 s \(dedup.timeout_s\)"):
+    from platypus_ray.core.waits import bounded_by
+
+    with (
+        pytest.raises(UserError, match=r"similarity tasks did not finish within 0 s \(dedup.timeout_s\)"),
+        bounded_by("dedup.timeout_s", "similarity tasks"),
+    ):
         all_pairs_above(emb, 0.8, 512, timeout_s=0.01)
     deadline = time.time() + 60
     while ray.available_resources().get("CPU", 0) < free_before and time.time() < deadline:
