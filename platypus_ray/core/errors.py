@@ -13,6 +13,17 @@ class InputError(UserError, ValueError):
     """An input file that cannot be read as its format at all (row-level problems are quarantined)."""
 
 
+class InvariantError(RuntimeError):
+    """An internal invariant failed (a bug, not the user's input): the run stops before it writes
+    output. Raised by :func:`require`, which, unlike ``assert``, ``python -O`` keeps."""
+
+
+def require(condition: object, message: str) -> None:
+    """Raise :class:`InvariantError` with ``message`` unless ``condition`` holds."""
+    if not condition:
+        raise InvariantError(message)
+
+
 class EnvironmentFailure(UserError):
     """The machine, not the input: a full disk, a folder that cannot be written (an unreachable URI is an
     InputError, paths.unreachable: refine's read tasks report those per file)."""

@@ -21,9 +21,11 @@ import pandas as pd
 import pyarrow as pa
 import ray
 
-from platypus_ray.core.batching import actor_pool_map, length_sorted_slices, resolve_device
+from platypus_ray.core.batching import actor_pool_map, length_sorted_slices
 from platypus_ray.core.blocks import batches as nonempty_batches
 from platypus_ray.core.config import dump_config
+from platypus_ray.core.devices import resolve_device
+from platypus_ray.core.errors import require
 from platypus_ray.core.outputs import replaced_atomically
 from platypus_ray.core.paths import absolute_if_local
 from platypus_ray.core.runtime import init_ray
@@ -68,7 +70,7 @@ def score(rows: pd.DataFrame, model: ModelRef, inference: InferenceSettings, dev
         for column in out:
             out[column][batch["request"]] = batch[column]
         seen += len(batch["request"])
-    assert seen == n, f"scored {seen} of {n} requests"
+    require(seen == n, f"scored {seen} of {n} requests: Ray Data lost or repeated a batch")
     return pd.DataFrame(out)
 
 

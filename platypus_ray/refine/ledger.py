@@ -12,7 +12,7 @@ import pyarrow.parquet as pq
 import ray
 
 from platypus_ray.core.blocks import batches, read_columns, rows_only
-from platypus_ray.core.errors import EnvironmentFailure, describe_os_error
+from platypus_ray.core.errors import EnvironmentFailure, describe_os_error, require
 from platypus_ray.refine.rows import CANONICAL_COLUMNS, embed_text
 
 LEDGER_SCHEMA = pa.schema(
@@ -87,7 +87,7 @@ class Decisions:
 
     def remove(self, uids: np.ndarray, reason: str, matched: np.ndarray, score) -> None:
         """Mark rows removed as duplicates of the rows ``matched`` (uids)."""
-        assert (self.status[uids] == "kept").all(), "a row is removed at most once"
+        require((self.status[uids] == "kept").all(), "a row is removed at most once")
         self.status[uids] = "removed"
         self.reason[uids] = reason
         self.matched_uid[uids] = matched
@@ -265,5 +265,8 @@ def summarize(
         "embed_rows_per_s": round(embedded_rows / embed_seconds, 1) if embed_seconds > 0 else None,
     }
     accounted = stats["kept"] + stats["invalid"] + sum(stats["removed"].values())
-    assert accounted == stats["input_rows"], f"ledger does not reconcile: {accounted} != {stats['input_rows']}"
+    require(
+        accounted == stats["input_rows"],
+        f"ledger does not reconcile: kept + invalid + removed = {accounted}, input rows = {stats['input_rows']}",
+    )
     return stats
