@@ -25,15 +25,6 @@ def length_sorted_slices(table: pa.Table, lengths: np.ndarray, batch_size: int) 
     return [table.slice(start, batch_size) for start in range(0, len(table), batch_size)]
 
 
-def resolve_device(device: str) -> str:
-    """``auto`` means cuda when the Ray cluster has GPUs, else cpu."""
-    import ray
-
-    if device != "auto":
-        return device
-    return "cuda" if ray.cluster_resources().get("GPU", 0) >= 1 else "cpu"
-
-
 def actor_pool_map(
     ds: ray.data.Dataset,
     fn_cls: type,

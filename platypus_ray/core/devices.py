@@ -54,6 +54,32 @@ def actor_device(requested: str) -> str:
     )
 
 
+def resolve_device(device: str) -> str:
+    """A stage's ``device`` setting on the driver: ``auto`` means cuda when the Ray cluster has GPUs,
+    else cpu; ``cuda`` and ``cpu`` stay (each actor then checks with :func:`actor_device`)."""
+    import ray
+
+    if device != "auto":
+        return device
+    return "cuda" if ray.cluster_resources().get("GPU", 0) >= 1 else "cpu"
+
+
+def gpu_here(use_gpu: bool) -> bool:
+    """Whether this worker computes on a GPU for a stage with ``use_gpu``: false for a simulated GPU."""
+    return use_gpu and actor_device("cuda") == "cuda"
+
+
+def process_group_backend(on_gpu: bool) -> str:
+    """torch.distributed's backend for processes that compute on GPUs (NCCL) or CPUs (gloo)."""
+    return "nccl" if on_gpu else "gloo"
+
+
+def choose_deepspeed_accelerator(on_gpu: bool) -> None:
+    """The one place ``DS_ACCELERATOR`` is set, before a process imports DeepSpeed: it then neither
+    probes for CUDA nor warns when it falls back to the CPU. A value already in the environment wins."""
+    os.environ.setdefault("DS_ACCELERATOR", "cuda" if on_gpu else "cpu")
+
+
 def train_backend(use_gpu: bool) -> str:
     """Ray Train's process-group backend: NCCL for GPU workers, gloo otherwise and for simulated
     GPUs when this torch has no NCCL (the driver may run on a CPU head, so CUDA itself is not
@@ -62,4 +88,4 @@ def train_backend(use_gpu: bool) -> str:
         return "gloo"
     import torch.distributed
 
-    return "gloo" if simulating_gpu() and not torch.distributed.is_nccl_available() else "nccl"
+    return process_group_backend(not (simulating_gpu() and not torch.distributed.is_nccl_available()))

@@ -5,7 +5,6 @@ from __future__ import annotations
 import logging
 import os
 import sys
-from pathlib import Path
 
 import ray
 import ray.data
@@ -69,16 +68,8 @@ def stop_local_ray() -> None:
     _started_here = False
 
 
-def _has_nvidia_driver() -> bool:
-    """An NVIDIA driver is loaded (what torch.cuda needs), found without importing torch: the
-    import costs every refine start a second."""
-    return os.path.exists("/proc/driver/nvidia/version") or any(Path("/dev").glob("nvidia[0-9]*"))
-
-
 def _start_or_join(dashboard: bool) -> None:
     env = dict(WORKER_ENV)
-    if not os.environ.get("RAY_ADDRESS") and "DS_ACCELERATOR" not in os.environ and not _has_nvidia_driver():
-        env["DS_ACCELERATOR"] = "cpu"  # DeepSpeed would otherwise probe for CUDA in every worker
     env.update({k: os.environ[k] for k in _PASSED_THROUGH if k in os.environ})
     if os.environ.get("RAY_ADDRESS"):
         # A submitted job already carries its runtime env (jobs/runtime_env.yaml); don't override it.

@@ -16,7 +16,6 @@ import ray
 
 from platypus_ray.core.errors import UserError
 
-
 _BOUND: ContextVar[tuple[str, str]] = ContextVar("bound", default=("Ray tasks", "the step's timeout_s"))
 
 

@@ -16,9 +16,9 @@ import numpy as np
 import pyarrow as pa
 import ray
 
-from platypus_ray.core.batching import actor_pool_map, resolve_device
+from platypus_ray.core.batching import actor_pool_map
 from platypus_ray.core.blocks import read_columns, rows_only
-from platypus_ray.core.devices import actor_device
+from platypus_ray.core.devices import actor_device, resolve_device
 from platypus_ray.core.errors import UserError
 from platypus_ray.embedding.cache import HASH_BYTES, EmbeddingCache, as_keys
 from platypus_ray.embedding.config import EmbeddingConfig

@@ -23,9 +23,9 @@ import numpy as np
 import pyarrow as pa
 import ray
 
-from platypus_ray.core.batching import resolve_device
 from platypus_ray.core.blocks import batches, read_columns, rows_only
 from platypus_ray.core.config import dump_config
+from platypus_ray.core.devices import resolve_device
 from platypus_ray.core.errors import UserError
 from platypus_ray.core.outputs import inside, read_back, replaced_atomically
 from platypus_ray.core.runtime import init_ray

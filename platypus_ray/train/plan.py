@@ -245,6 +245,11 @@ class TrainPlan:
         import contextlib
         import io
 
+        import torch
+
+        from platypus_ray.core.devices import choose_deepspeed_accelerator
+
+        choose_deepspeed_accelerator(torch.cuda.is_available())  # the driver: a CPU head of a GPU cluster too
         from deepspeed.runtime.zero.stage3 import estimate_zero3_model_states_mem_needs
 
         workers = self.cfg.cluster.workers

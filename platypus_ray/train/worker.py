@@ -19,7 +19,7 @@ from ray.data.collate_fn import NumpyBatchCollateFn
 from transformers import PrinterCallback, Trainer, TrainingArguments
 
 from platypus_ray.core.collate import attention_mask, padded_width, right_pad
-from platypus_ray.core.devices import actor_device
+from platypus_ray.core.devices import choose_deepspeed_accelerator, gpu_here, process_group_backend
 from platypus_ray.core.dtypes import torch_dtype
 from platypus_ray.train.callbacks import InjectedFault, ReportToRay, TrackingCallback
 from platypus_ray.train.config import TrainConfig
@@ -38,14 +38,14 @@ def train_loop_per_worker(plan: WorkerPlan) -> None:
     cfg = TrainConfig.model_validate(plan.config)
     context = ray.train.get_context()
     rank, world = context.get_world_rank(), context.get_world_size()
-    on_gpu = cfg.cluster.use_gpu and actor_device("cuda") == "cuda"  # a simulated GPU: the CPU path (devices.py)
-    os.environ.setdefault("DS_ACCELERATOR", "cuda" if on_gpu else "cpu")  # no probing, no fallback warning
+    on_gpu = gpu_here(cfg.cluster.use_gpu)  # a simulated GPU: the CPU path (devices.py)
+    choose_deepspeed_accelerator(on_gpu)
     if not on_gpu:  # Ray Train points Accelerate at cuda:0 whenever it assigned a GPU, simulated ones too
         os.environ["ACCELERATE_TORCH_DEVICE"] = "cpu"
 
     import deepspeed
 
-    deepspeed.init_distributed(dist_backend="nccl" if on_gpu else "gloo")  # wraps Ray's process group
+    deepspeed.init_distributed(dist_backend=process_group_backend(on_gpu))  # wraps Ray's process group
     args = _training_arguments(cfg, plan, on_gpu)  # registers the ZeRO-3 config for from_pretrained
     packed = cfg.data.packing == "packed"
     attention = {"attn_implementation": "flash_attention_2"} if packed and on_gpu else {}  # varlen via position ids
@@ -144,7 +144,7 @@ def _training_arguments(cfg: TrainConfig, plan: WorkerPlan, on_gpu: bool) -> Tra
         gradient_checkpointing=t.gradient_checkpointing,
         bf16=str(torch_dtype(cfg.model.dtype, on_gpu)) == "torch.bfloat16",
         use_cpu=not on_gpu,
-        ddp_backend="nccl" if on_gpu else "gloo",
+        ddp_backend=process_group_backend(on_gpu),
         seed=t.seed,
         report_to=[],
         disable_tqdm=True,
