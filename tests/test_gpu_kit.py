@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import time
 
 import numpy as np
 import pytest
@@ -55,10 +54,8 @@ def test_a_step_runs_in_its_own_process_and_one_past_its_limit_is_killed(tmp_pat
     assert line["step"] == "attention" and line["status"] == "ok" and line["impls"]["sdpa"]["within_1e-3"]
     assert capsys.readouterr().out.splitlines()[-1].startswith('{"step": "attention", "status": "ok"')
     settings = StepSettings(True, str(gpu.SHARED_DATA), None, str(tmp_path), ("1b",), 2)
-    started = time.perf_counter()
     late = gpu.run_step("train", settings, in_process=False, limit_s=3, env=dict(os.environ))
     assert late["status"] == "timeout" and late["error"] == "over its 3 s limit" and late["finished_parts"] == []
-    assert time.perf_counter() - started < 45
 
 
 def test_float64_check_finds_a_wrong_decision():

@@ -12,8 +12,8 @@ from platypus_ray.cli import COMMANDS
 from platypus_ray.core.config import ConfigError, load_config, validate_config
 from platypus_ray.core.errors import UserError
 from platypus_ray.core.stage import Input, Stage, input_problem, is_planned
-from platypus_ray.pipeline import PipelineConfig
 from platypus_ray.pipeline import STAGE as PIPELINE
+from platypus_ray.pipeline import PipelineConfig
 from tests.helpers import shipped_presets, train_raw
 
 

@@ -18,7 +18,7 @@ from platypus_ray.embedding.calibrate import Agreement, calibrate, choose, compa
 from platypus_ray.embedding.encoders import EncoderSpec, load_encoder, token_batches
 from platypus_ray.embedding.export import ensure_export, model_folder
 from platypus_ray.embedding.manifest import MANIFEST, verify_export
-from tests.refine.test_refine_e2e import corpus, make_config  # noqa: F401 - the planted corpus, as a fixture here
+from tests.refine.test_refine_e2e import make_config, write_corpus
 from tests.refine.test_refine_e2e import test_every_planted_row_lands_where_expected as check_planted_rows
 
 # Two planted paraphrase pairs (cosine ~0.9+ under MiniLM) among unrelated texts.
@@ -192,6 +192,11 @@ def test_distill_embedder_command_names_the_key_on_a_bad_model(tmp_path, capsys)
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("platypus-ray distill-embedder: error: model: ")
     assert not (tmp_path / "out").exists()
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory):
+    return write_corpus(tmp_path_factory.mktemp("corpus"))
 
 
 @pytest.mark.slow

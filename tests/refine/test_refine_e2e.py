@@ -99,7 +99,11 @@ EXPECTED = {
 
 @pytest.fixture(scope="module")
 def corpus(tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp("corpus")
+    return write_corpus(tmp_path_factory.mktemp("corpus"))
+
+
+def write_corpus(root: Path) -> Path:
+    """The planted corpus (chat JSONL, forum CSV, an MMLU subject) under ``root``."""
     (root / "chat.jsonl").write_text("\n".join(CHAT) + "\n")
     with open(root / "forum.csv", "w", newline="") as handle:
         writer = csv.DictWriter(handle, fieldnames=["prompt", "context", "response"])

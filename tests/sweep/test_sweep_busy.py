@@ -35,12 +35,10 @@ def test_a_trial_that_cannot_place_its_workers_fails_clearly_and_releases_them(
 
     hog = hold_one_cpu(ray_session)
     try:
-        start = time.perf_counter()
         with pytest.raises(
             UserError, match=r"could not place its worker group \(2 x \{'CPU': 1.0\}\) in 2 tries of 3 s"
         ):
             run(_busy_config(tiny_model, kept_folder, tmp_path, "busy", retries=1))
-        assert time.perf_counter() - start < 150
         # Nothing of the trial is left holding CPUs: only the competing reservation remains.
         deadline = time.time() + 30
         while ray_session.available_resources().get("CPU", 0) < 1 and time.time() < deadline:
