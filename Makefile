@@ -7,7 +7,7 @@ TORCH_SPEC ?= torch==2.13.0
 export TORCH_EXTENSIONS_DIR ?= $(CURDIR)/.venv/torch_extensions
 export HF_HUB_OFFLINE ?= 1
 
-.PHONY: setup demo test bench clean local-cluster gpu-bundle
+.PHONY: setup demo test test-fast lint bench clean local-cluster gpu-bundle
 
 setup: $(VENV)/.installed
 
@@ -29,8 +29,18 @@ demo: setup
 local-cluster: setup   # CLUSTER=cluster.yaml (or kuberay/rayjob.yaml): rehearse that file's autoscaling
 	$(PY) -m platypus_ray.devtools.local_cluster $(if $(CLUSTER),--autoscaling $(CLUSTER),--nodes 2 --cpus-per-node 1)
 
+# The whole suite (CI runs it after lint); test-fast leaves out the end-to-end tests marked slow.
 test: setup
 	$(PY) -m pytest -q
+
+test-fast: setup
+	$(PY) -m pytest -q -m "not slow"
+
+# ruff (lint + format check) and mypy on the package: what CI runs before the tests.
+lint: setup
+	$(PY) -m ruff check platypus_ray tests jobs
+	$(PY) -m ruff format --check platypus_ray tests jobs
+	$(PY) -m mypy platypus_ray
 
 bench: setup
 	$(PY) -m platypus_ray.bench.refine

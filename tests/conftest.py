@@ -4,8 +4,22 @@ and a kept/ Parquet folder built once per session."""
 from __future__ import annotations
 
 import os
+import shutil
+import subprocess
+import tempfile
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+from hypothesis import settings
+from hypothesis.configuration import set_hypothesis_home_dir
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+# Exported embedders and calibration records (else ~/.cache/platypus-ray) live in a folder of this
+# session: no test writes outside its temporary folders (the guard below checks the checkout).
+_SESSION_CACHE = tempfile.mkdtemp(prefix="platypus-ray-test-cache-")
+os.environ["PLATYPUS_RAY_CACHE"] = _SESSION_CACHE
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 # Inherited by every Ray instance the tests start (the session's, LocalCluster nodes, CLI subprocesses):
 # one ninja for DeepSpeed's op build (see runtime.interpreter_first_path); no node-drain watcher
@@ -24,9 +38,12 @@ os.environ.update(
     }
 )
 
-import pyarrow as pa
-import pyarrow.parquet as pq
-import pytest
+set_hypothesis_home_dir(os.path.join(_SESSION_CACHE, "hypothesis"))  # not .hypothesis/ in the checkout
+settings.register_profile("tests", database=None)
+settings.load_profile("tests")
+ROOT = Path(__file__).parents[1]
+# Folders tools keep in a checkout (the venv, caches): not written by the tests' code under test.
+_TOOL_FOLDERS = (".venv/", ".pytest_cache/", ".mypy_cache/", ".ruff_cache/", ".gpu/", "__pycache__/", ".egg-info/")
 
 from platypus_ray.samples import sample_rows
 
@@ -34,8 +51,37 @@ from platypus_ray.samples import sample_rows
 def pytest_collection_modifyitems(items):
     """The tests that start their own Ray cluster run first, before the session's instance
     exists: it would otherwise sit beside them on the same 2 cores."""
-    own_cluster = ("test_jobs.py", "test_multinode.py")
+    own_cluster = ("test_multinode.py",)
     items.sort(key=lambda item: item.path.name not in own_cluster)
+
+
+def _files_in_checkout() -> set[str] | None:
+    """Untracked and ignored files of the checkout, tool folders aside (None outside a git checkout)."""
+    try:
+        listed = subprocess.run(
+            ["git", "status", "--porcelain", "--ignored", "--untracked-files=all"],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=True,
+        ).stdout
+    except (OSError, subprocess.SubprocessError):
+        return None
+    paths = {line[3:] for line in listed.splitlines() if line[:2] in ("??", "!!")}
+    return {p for p in paths if not any(folder in p or p.startswith(folder) for folder in _TOOL_FOLDERS)}
+
+
+@pytest.fixture(scope="session", autouse=True)
+def nothing_written_outside_tmp():
+    """Every test writes under its temporary folders: the checkout holds no new file afterwards."""
+    before = _files_in_checkout()
+    yield
+    after = _files_in_checkout()
+    shutil.rmtree(_SESSION_CACHE, ignore_errors=True)
+    if before is not None and after is not None:
+        new = sorted(after - before)
+        assert not new, f"tests wrote into the checkout: {new[:20]}"
 
 
 @pytest.fixture(scope="session")
