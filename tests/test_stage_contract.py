@@ -120,10 +120,7 @@ def test_an_input_a_section_before_writes_is_planned_not_missing(stage_inputs):
     """train reads refine's output/kept, merge reads train's adapter, evaluate the merged model: none
     exist before the run, and none is an error."""
     cfg = validate_config(PipelineConfig, pipeline_raw())
-    checked_before_ray = []
-    for name, stage, section in PIPELINE.sections(cfg):
-        checked_before_ray.append(name)
-    assert checked_before_ray == ["refine", "train", "merge", "evaluate"]
+    assert [name for name, _, _ in PIPELINE.sections(cfg)] == ["refine", "train", "merge", "evaluate"]
     planned: set[str] = set()
     for name, stage, section in PIPELINE.sections(cfg):
         if name == "evaluate":

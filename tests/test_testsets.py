@@ -61,7 +61,8 @@ def test_hellaswag_truthfulqa_and_questions(tmp_path):
     hs.write_text(json.dumps({"ind": 7, "ctx": "A man is", "endings": ["a", "b", "c", "d"], "label": "2"}) + "\n")
     tq = tmp_path / "TruthfulQA.csv"
     tq.write_text(
-        "Type,Category,Question,Best Answer,Correct Answers,Incorrect Answers,Source\nA,B,Is the earth flat?,No,No; it is round,Yes; It is flat,src\n"
+        "Type,Category,Question,Best Answer,Correct Answers,Incorrect Answers,Source\n"
+        "A,B,Is the earth flat?,No,No; it is round,Yes; It is flat,src\n"
     )
     qs = tmp_path / "q.jsonl"
     qs.write_text(json.dumps({"question": "Pick B", "choices": ["x", "y"], "answer": "B"}) + "\n")

@@ -200,7 +200,8 @@ def run_backends(
         "pipeline": pipeline,
     }
     print(
-        f"  {'backend':10s} {'rows/s':>8s} {'x bare':>7s} {'max|dcos|':>10s} {'kept_differs':>13s} {'flags_differ':>13s}"
+        f"  {'backend':10s} {'rows/s':>8s} {'x bare':>7s} {'max|dcos|':>10s} "
+        f"{'kept_differs':>13s} {'flags_differ':>13s}"
     )
     for r in table:
         print(
@@ -209,7 +210,8 @@ def run_backends(
         )
     for layout in pipeline["layouts"]:
         print(
-            f"  pipeline embed stage with {best['name']}, {layout['actors']} actor(s) x {layout['cpus_per_actor']} CPU: "
+            f"  pipeline embed stage with {best['name']}, "
+            f"{layout['actors']} actor(s) x {layout['cpus_per_actor']} CPU: "
             f"{layout['pipeline_rows_per_s']} rows/s steady vs {pipeline['bare_rows_per_s']} bare: "
             f"{layout['ratio_steady']}x (target >= 0.95x)"
         )

@@ -7,8 +7,8 @@ stage: the shipped sample quiz, the real-data case, plus ``--items`` generated q
 choices of 1 to 8 words) on the same tiny LLaMA (``--hidden`` wide, untrained: speed only), on
 2 CPUs: ``lm_eval.simple_evaluate`` with its ``hf`` model (batch size auto, torch on 2 threads,
 the model loaded before the clock starts; its batch-size probe runs inside the clock, as in
-every lm-eval run with auto; ``--lm-eval-batch-size 16`` times it without the probe) and the evaluate stage with 2 actors of 1 CPU on a
-2-CPU local Ray (its clock includes starting the actors and loading one model in each). The
+every lm-eval run with auto; ``--lm-eval-batch-size 16`` times it without the probe) and the evaluate stage
+with 2 actors of 1 CPU on a 2-CPU local Ray (its clock includes starting the actors and loading one model in each). The
 outside oracle: the per-item log-likelihoods of the two sides must agree (max difference printed)
 and so must acc and acc_norm. Prints documents/s of each and the ratio, with the CPU model.
 """
@@ -191,17 +191,20 @@ def main(argv: list[str] | None = None) -> int:
         f"2 CPUs of {numbers['cpu']}"
     )
     print(
-        f"  lm-eval hf loop (batch {args.lm_eval_batch_size}, 2 threads): {numbers['lm_eval_hf']['docs_per_s']:8.2f} docs/s "
+        f"  lm-eval hf loop (batch {args.lm_eval_batch_size}, 2 threads): "
+        f"{numbers['lm_eval_hf']['docs_per_s']:8.2f} docs/s "
         f"({lm_eval_s:.1f} s)"
     )
     print(
-        f"  Ray Data pool (2 actors x 1 CPU)       : {numbers['ray_data_pool']['docs_per_s']:8.2f} docs/s ({pool_s:.1f} s, "
+        f"  Ray Data pool (2 actors x 1 CPU)       : {numbers['ray_data_pool']['docs_per_s']:8.2f} docs/s "
+        f"({pool_s:.1f} s, "
         "actor start and model loads included)"
     )
     print(f"  ratio pool / lm-eval: {numbers['ratio_pool_vs_lm_eval']:.2f}x")
     for task, check in checks.items():
         print(
-            f"  {task}: max |loglik diff| {check['max_abs_loglik_diff']:.2e}; (lm-eval, pool) {check['lm_eval_vs_pool']}"
+            f"  {task}: max |loglik diff| {check['max_abs_loglik_diff']:.2e}; "
+            f"(lm-eval, pool) {check['lm_eval_vs_pool']}"
         )
     if args.json:
         Path(args.json).write_text(json.dumps(numbers, indent=2))

@@ -201,10 +201,12 @@ def main(argv: list[str] | None = None) -> int:
         print(f"embed  {n} rows, {cores} cores, batch {args.batch_size}")
         print("  steady state (first batch starts -> last batch ends):")
         print(
-            f"    bare sentence-transformers encode ({cores} threads) : {n / bare_encode_s:7.1f} rows/s ({bare_encode_s:.1f} s)"
+            f"    bare sentence-transformers encode ({cores} threads) : {n / bare_encode_s:7.1f} rows/s "
+            f"({bare_encode_s:.1f} s)"
         )
         print(
-            f"    platypus-ray actor pool ({args.actors} actors x 1 thread) : {n / ray_steady_s:7.1f} rows/s ({ray_steady_s:.1f} s)"
+            f"    platypus-ray actor pool ({args.actors} actors x 1 thread) : {n / ray_steady_s:7.1f} rows/s "
+            f"({ray_steady_s:.1f} s)"
         )
         print(
             f"    ratio pipeline / bare                       : {bare_encode_s / ray_steady_s:7.2f}x  (target >= 0.95x)"
@@ -219,8 +221,10 @@ def main(argv: list[str] | None = None) -> int:
         reference = greedy_reference(bare_vec, np.arange(len(texts)), args.threshold)
         same = np.array_equal(keep, reference)
         print(
-            f"dedup  {len(texts)} rows at {args.threshold}: {dedup_s:.2f} s (first use: task workers start), kept {keep.sum()}, "
-            f"identical to brute force on bare-encode vectors: {'yes' if same else f'NO ({int((keep != reference).sum())} rows differ)'}"
+            f"dedup  {len(texts)} rows at {args.threshold}: {dedup_s:.2f} s (first use: task workers start), "
+            f"kept {keep.sum()}, "
+            "identical to brute force on bare-encode vectors: "
+            f"{'yes' if same else f'NO ({int((keep != reference).sum())} rows differ)'}"
         )
     else:
         print(f"embed  skipped: {args.source} not found (pass --source)")
@@ -242,7 +246,8 @@ def main(argv: list[str] | None = None) -> int:
         notebook = platypus_notebook_loop(emb, args.threshold)
         notebook_s = time.perf_counter() - start
         print(
-            f"  Platypus notebook loop (sklearn)      : {notebook_s:8.2f} s  -> {notebook_s / ours_s:6.1f}x  (target >= 50x)"
+            f"  Platypus notebook loop (sklearn)      : {notebook_s:8.2f} s  -> {notebook_s / ours_s:6.1f}x  "
+            "(target >= 50x)"
         )
         assert np.array_equal(keep, notebook), "decisions differ from the notebook loop"
     print("  decisions identical to brute force: yes")

@@ -67,7 +67,8 @@ def run_rerun(source: Path, threshold: float, rerun_threshold: float, json_path:
         "kept_identical_to_fresh": rerun_kept == fresh_kept,
     }
     print(
-        f"rerun  {result['rows']} rows + {len(benchmarks)} benchmark files, threshold {threshold} -> {rerun_threshold}, "
+        f"rerun  {result['rows']} rows + {len(benchmarks)} benchmark files, "
+        f"threshold {threshold} -> {rerun_threshold}, "
         "wall time of each `platypus-ray refine` process:"
     )
     print(f"  first run (empty cache)    : {first_s:7.1f} s  embedded {first['embedding']['computed']}")

@@ -56,10 +56,11 @@ def run_scale(
     threshold: float = 0.8,
     recall_sample: int = 20_000,
     timeout_s: float = 3600,
-    settings: ClusterSettings = ClusterSettings(per_row=DedupConfig().neighbours_per_row),
+    settings: ClusterSettings | None = None,
 ) -> dict:
     """Clustered dedup of ``n`` generated rows in input order (keep: first), with its recall,
     bounded per row and settled by the exact check as refine's dedup step does."""
+    settings = settings or ClusterSettings(per_row=DedupConfig().neighbours_per_row)
     blocks = synthetic_blocks(n)
     ray.wait(blocks.refs, num_returns=len(blocks.refs), timeout=timeout_s)
     start = time.perf_counter()

@@ -70,7 +70,8 @@ def unreachable(path: str, exc: BaseException) -> InputError:
             "the Hugging Face hub is off here (HF_HUB_OFFLINE=1): download the files and give their local path, "
             "or unset HF_HUB_OFFLINE"
             if offline
-            else "check the dataset name and path (hf://datasets/ORG/NAME/FILE), HF_TOKEN for a gated set, and the network"
+            else "check the dataset name and path (hf://datasets/ORG/NAME/FILE), HF_TOKEN for a gated set, "
+            "and the network"
         )
     elif scheme in ("http", "https"):
         fix = "check the address and the network, or download the file and give its local path"
@@ -122,7 +123,7 @@ def _expand_remote(path: str, extensions: tuple[str, ...]) -> list[str]:
         files = [
             i.path for i in fs.get_file_info(pafs.FileSelector(root, recursive=True)) if i.type == pafs.FileType.File
         ]
-    except Exception as exc:  # every filesystem library raises its own kinds (OSError, aiohttp, hub errors)
+    except Exception as exc:  # noqa: BLE001 - each filesystem library raises its own kinds (OSError, aiohttp, hub)
         raise unreachable(path, exc) from None
     return sorted(f"{scheme}://{f}" for f in files if _has_extension(f, extensions))
 
@@ -134,10 +135,10 @@ def open_input(path: str) -> BinaryIO:
         try:
             fs, inner = filesystem(path)
             raw = fs.open_input_stream(inner, compression=None)  # decompressed below, for every scheme alike
-        except Exception as exc:  # see _expand_remote
+        except Exception as exc:  # noqa: BLE001 - as in _expand_remote
             raise unreachable(path, exc) from None
     else:
-        raw = open(path, "rb")
+        raw = open(path, "rb")  # noqa: SIM115 - returned open: the caller's `with` closes it
     suffix = next((ext for ext in COMPRESSIONS if path.lower().endswith(ext)), None)
     if suffix == ".gz":
         return gzip.GzipFile(fileobj=raw)
@@ -172,8 +173,8 @@ def input_path_problem(path: str, extensions: tuple[str, ...]) -> str | None:
     folder = probe if probe.is_dir() else probe.parent
     if not folder.is_dir():
         return f"'{path}' does not exist (no folder '{folder}' either)"
-    entries = sorted(p.name + ("/" if p.is_dir() else "") for p in folder.iterdir())[:12]
-    listing = ", ".join(entries) if entries else "nothing"
+    visible = sorted(p.name + ("/" if p.is_dir() else "") for p in folder.iterdir() if not p.name.startswith("."))
+    listing = ", ".join(visible[:12]) + (", ..." if len(visible) > 12 else "") if visible else "nothing visible"
     kinds = "/".join(extensions)
     if Path(path).is_dir():
         what = f"holds no .{kinds} file"

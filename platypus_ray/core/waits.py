@@ -35,7 +35,7 @@ def wait_all(refs: list, timeout_s: float) -> list:
     rest and raise, rather than wait forever on a stuck or starved task."""
     if not refs:
         return []
-    ready, pending = ray.wait(list(refs), num_returns=len(refs), timeout=timeout_s, fetch_local=False)
+    _ready, pending = ray.wait(list(refs), num_returns=len(refs), timeout=timeout_s, fetch_local=False)
     if pending:
         _give_up(pending, len(refs), timeout_s)
     return ray.get(list(refs))

@@ -1,7 +1,8 @@
-"""Ray's own autoscaler on one machine: the node types of a cluster file, launched and removed as fake nodes on 127.0.0.1.
+"""Ray's own autoscaler on one machine: the node types of a cluster file, launched and removed as fake nodes
+on 127.0.0.1.
 
-The head is :class:`~platypus_ray.devtools.local_cluster.AutoscalingLocalCluster`, a ``LocalCluster`` head (own temp dir, ports, token
-auth, exact-process teardown) with 0 CPUs and ``--autoscaling-config``. Its monitor runs the real
+The head is :class:`~platypus_ray.devtools.local_cluster.AutoscalingLocalCluster`, a ``LocalCluster`` head (own temp
+dir, ports, token auth, exact-process teardown) with 0 CPUs and ``--autoscaling-config``. Its monitor runs the real
 autoscaler, v1 (what ``ray up`` runs) or v2 (``RAY_enable_autoscaler_v2=1``, what KubeRay runs),
 with :class:`LoopbackFakeProvider`: each "node" is a raylet and its agents started by the monitor,
 advertising the node type's logical resources (``GPU`` included) on loopback. Bin-packing, launch
@@ -100,7 +101,8 @@ class LoopbackFakeProvider(FakeMultiNodeProvider):
 
 @dataclass
 class ClusterShape:
-    """The autoscaling part of a cluster file: worker types (name -> resources, min/max_workers), the head's resources."""
+    """The autoscaling part of a cluster file: worker types (name -> resources, min/max_workers), the head's
+    resources."""
 
     source: str
     head_resources: dict
@@ -157,7 +159,8 @@ def shape_from_cluster_file(path: str | Path) -> ClusterShape:
 
 
 def shape_from_rayjob(path: str | Path) -> ClusterShape:
-    """Node types of a KubeRay ``RayJob`` (or ``RayCluster``), through the translator KubeRay's in-tree autoscaler runs."""
+    """Node types of a KubeRay ``RayJob`` (or ``RayCluster``), through the translator KubeRay's in-tree
+    autoscaler runs."""
     from ray.autoscaler._private.kuberay.autoscaling_config import _derive_autoscaling_config_from_ray_cr
 
     manifest = _read_yaml(path)

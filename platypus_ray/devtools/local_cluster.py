@@ -8,11 +8,12 @@ exactly the processes of this cluster (found by its temp dirs), never other Ray 
 
     python -m platypus_ray.devtools.local_cluster --nodes 2    # prints the address; Ctrl-C stops it
     python -m platypus_ray.devtools.local_cluster --autoscaling cluster.yaml [--v2]   # rehearse a cluster file
-                                                      # (platypus_ray/devtools/autoscaling.py; `ray status` shows the nodes)
+        # (platypus_ray/devtools/autoscaling.py; `ray status` shows the nodes)
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import random
 import secrets
@@ -103,7 +104,7 @@ class LocalCluster:
             "PATH": interpreter_first_path(),
         }
         env.pop("RAY_ADDRESS")
-        for attempt in range(attempts):
+        for _attempt in range(attempts):
             temp_dir.mkdir(parents=True, exist_ok=True)
             if name == "head":
                 self.gcs_port, self.dashboard_port = free_port(), free_port()
@@ -179,10 +180,8 @@ class LocalCluster:
     @staticmethod
     def _kill(procs: list[psutil.Process]) -> None:
         for proc in procs:
-            try:
+            with contextlib.suppress(psutil.NoSuchProcess):
                 proc.send_signal(signal.SIGKILL)
-            except psutil.NoSuchProcess:
-                pass
         psutil.wait_procs(procs, timeout=10)
 
     def stop(self) -> None:
@@ -190,22 +189,16 @@ class LocalCluster:
         procs = self.processes()
         # Workers and drivers started by this cluster's raylets are their children.
         for proc in list(procs):
-            try:
+            with contextlib.suppress(psutil.NoSuchProcess):
                 procs += proc.children(recursive=True)
-            except psutil.NoSuchProcess:
-                pass
         procs = list({p.pid: p for p in procs}.values())
         for proc in procs:
-            try:
+            with contextlib.suppress(psutil.NoSuchProcess):
                 proc.terminate()
-            except psutil.NoSuchProcess:
-                pass
         _, alive = psutil.wait_procs(procs, timeout=5)
         for proc in alive:
-            try:
+            with contextlib.suppress(psutil.NoSuchProcess):
                 proc.kill()
-            except psutil.NoSuchProcess:
-                pass
         psutil.wait_procs(alive, timeout=10)
         self.nodes.clear()
         shutil.rmtree(self.root, ignore_errors=True)

@@ -16,6 +16,7 @@ a warning naming it, and its rows are embedded again: never silently wrong vecto
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -199,10 +200,8 @@ def _write_shard(batch: dict[str, np.ndarray], fs: pafs.FileSystem, folder: str)
     try:
         pq.write_table(_as_shard_rows(batch), path, filesystem=fs)
     except OSError as exc:
-        try:
+        with contextlib.suppress(OSError):
             fs.delete_file(path)
-        except OSError:
-            pass
         return pa.table({"error": [str(exc)]}, schema=SHARD_WRITTEN)
     return pa.table({"error": [""]}, schema=SHARD_WRITTEN)
 

@@ -206,13 +206,13 @@ def _machine() -> dict:
 
 
 def _machine_key(base: EncoderSpec) -> str:
-    from importlib.metadata import version
+    from importlib.metadata import PackageNotFoundError, version
 
     versions = []
     for package in ("torch", "onnxruntime", "openvino", "sentence-transformers"):
         try:
             versions.append(version(package))
-        except Exception:  # noqa: BLE001
+        except PackageNotFoundError:
             versions.append("-")
     from platypus_ray.embedding.manifest import RECIPES
 

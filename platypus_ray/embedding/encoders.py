@@ -180,7 +180,7 @@ class OpenVinoEncoder(GraphEncoder):
         }
         try:
             compiled = core.compile_model(core.read_model(str(self.folder / "model.onnx")), "CPU", config)
-        except Exception as exc:  # noqa: BLE001
+        except Exception as exc:  # noqa: BLE001 - OpenVINO raises its own RuntimeError kinds; any of them means a bad export
             raise UserError(
                 f"embedding.export_dir: OpenVINO cannot compile {self.folder / 'model.onnx'} ({exc}); "
                 f"delete {self.folder} and run again to re-export it"

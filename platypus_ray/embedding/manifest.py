@@ -7,6 +7,7 @@ distilled static models (``distill.py``) both write it.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import time
 from pathlib import Path
@@ -46,14 +47,12 @@ def verify_export(folder: Path) -> dict:
 
 
 def write_manifest(folder: Path, kind: str, model: str, info: dict) -> None:
-    from importlib.metadata import version
+    from importlib.metadata import PackageNotFoundError, version
 
     versions = {}
     for package in ("torch", "sentence-transformers", "onnx", "onnxruntime", "model2vec"):
-        try:
+        with contextlib.suppress(PackageNotFoundError):  # a missing optional package is not recorded
             versions[package] = version(package)
-        except Exception:  # noqa: BLE001 - a missing optional package is simply not recorded
-            pass
     file = _FILES[kind]
     manifest = {
         "kind": kind,

@@ -152,7 +152,8 @@ def choose_backend(
 
 @dataclass
 class Embedded:
-    """Vectors for keys 0..n-1, in the object store: how many came from the cache, how many were computed and by what."""
+    """Vectors for keys 0..n-1, in the object store: how many came from the cache, how many were computed and
+    by what."""
 
     blocks: EmbeddingBlocks
     backend: BackendChoice | None = None

@@ -107,7 +107,7 @@ def _load_one(manager, entry: BenchmarkEntry, name: str) -> dict:
             f"{where}: no task or group of that name{hint}; check the name (`lm-eval ls tasks`) "
             "or set `include_path:` to the folder holding its YAML"
         ) from None
-    except Exception as exc:  # datasets raises many types for one cause: the data is not reachable
+    except Exception as exc:  # noqa: BLE001 - datasets raises many types for one cause: the data is not reachable
         reason = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
         offline = " (HF_HUB_OFFLINE=1)" if os.environ.get("HF_HUB_OFFLINE") in {"1", "true", "yes"} else ""
         raise TaskLoadError(f"{where}: its data cannot be loaded{offline} ({reason}); {OFFLINE_FIX}") from None

@@ -150,9 +150,14 @@ def write_report(
         "<h2>Most similar near-duplicate pairs</h2>",
         _table(["cosine", "row", "text", "row", "text"], top_pairs) if top_pairs else "<p>none</p>",
     ]
-    style = "body{font-family:sans-serif;max-width:1200px;margin:auto}td,th{border:1px solid #ccc;padding:4px;vertical-align:top;font-size:13px}table{border-collapse:collapse}"
+    style = (
+        "body{font-family:sans-serif;max-width:1200px;margin:auto}"
+        "td,th{border:1px solid #ccc;padding:4px;vertical-align:top;font-size:13px}"
+        "table{border-collapse:collapse}"
+    )
     path.write_text(
-        f"<!doctype html><html><head><meta charset='utf-8'><title>refine report</title><style>{style}</style></head><body>{''.join(body)}</body></html>"
+        "<!doctype html><html><head><meta charset='utf-8'><title>refine report</title>"
+        f"<style>{style}</style></head><body>{''.join(body)}</body></html>"
     )
 
 
@@ -163,7 +168,8 @@ def _dedup_section(dedup: dict | None) -> list[str]:
     parts = [f"<h2>Semantic dedup: {html.escape(dedup['mode'])}</h2><p>{html.escape(dedup['why'])}</p>"]
     if dedup["mode"] == "clustered":
         parts.append(
-            f"<p>{dedup['clusters']} k-means clusters, {dedup['assignments_per_row']} clusters per row. An exact search "
+            f"<p>{dedup['clusters']} k-means clusters, {dedup['assignments_per_row']} clusters per row. "
+            "An exact search "
             f"for {dedup['exact_sample_rows']} random rows against all rows found {dedup['exact_pairs']} pairs at or "
             f"above the threshold; the clustered search had {dedup['found_pairs']} of them: <b>pair recall "
             f"{dedup['pair_recall']:.4f}</b>. {dedup['decisions_differing']} sampled rows would be decided differently "

@@ -141,7 +141,9 @@ def corpus_rows(seed: int = 0) -> list[str]:
             {
                 "instruction": f"Write a short travel tip for a first-time visitor to {capital}.",
                 "input": "",
-                "output": f"Visit {capital} early in the morning, carry some local {currency} in cash, and walk the old town.",
+                "output": (
+                    f"Visit {capital} early in the morning, carry some local {currency} in cash, and walk the old town."
+                ),
             }
         )
     for word, synonym, antonym in _WORDS:

@@ -56,5 +56,5 @@ def tag_trials(parent: JobRun, rows: list[TrialRow], metric: str) -> None:
             parent.finish({"best_trial": ranked[0].trial, f"best_{metric}": f"{ranked[0].metric:.6g}"})
         else:
             parent.finish({}, status="FAILED")
-    except Exception as exc:  # noqa: BLE001
+    except Exception as exc:  # noqa: BLE001 - tracking is best-effort: any MLflow failure is a warning, the sweep result stands
         warn("tagging the sweep's MLflow runs", exc)

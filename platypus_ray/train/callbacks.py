@@ -104,14 +104,14 @@ class TrackingCallback(TrainerCallback):
         if target.run_id:
             try:
                 self.mlflow = client(target.mlflow_uri)
-            except Exception as exc:  # noqa: BLE001
+            except Exception as exc:  # noqa: BLE001 - tracking is best-effort: a failing store is one warning, training continues
                 warn(f"connecting to MLflow at {target.mlflow_uri}", exc)
         if target.tensorboard_dir:
             try:
                 from torch.utils.tensorboard import SummaryWriter
 
                 self.writer = SummaryWriter(log_dir=target.tensorboard_dir)
-            except Exception as exc:  # noqa: BLE001
+            except Exception as exc:  # noqa: BLE001 - tracking is best-effort: a failing store is one warning, training continues
                 warn(f"opening TensorBoard event files in {target.tensorboard_dir}", exc)
 
     def on_log(self, args, state, control, logs=None, **kwargs):
@@ -129,7 +129,7 @@ class TrackingCallback(TrainerCallback):
                         self.target.run_id,
                         metrics=[Metric(k, v, stamp, state.global_step) for k, v in values.items()],
                     )
-            except Exception as exc:  # noqa: BLE001
+            except Exception as exc:  # noqa: BLE001 - tracking is best-effort: a failing store is one warning, training continues
                 warn("logging to MLflow", exc)
                 self.mlflow = None
         if self.writer is not None:
@@ -137,7 +137,7 @@ class TrackingCallback(TrainerCallback):
                 for key, value in values.items():
                     self.writer.add_scalar(key, value, state.global_step)
                 self.writer.flush()
-            except Exception as exc:  # noqa: BLE001
+            except Exception as exc:  # noqa: BLE001 - tracking is best-effort: a failing store is one warning, training continues
                 warn("writing TensorBoard events", exc)
                 self.writer = None
 
@@ -145,6 +145,6 @@ class TrackingCallback(TrainerCallback):
         if self.writer is not None:
             try:
                 self.writer.close()
-            except Exception as exc:  # noqa: BLE001
+            except Exception as exc:  # noqa: BLE001 - tracking is best-effort: a failing store is one warning, training continues
                 warn("closing the TensorBoard event files", exc)
             self.writer = None

@@ -174,7 +174,8 @@ class TrainConfig(StrictModel):
         if self.training.global_batch_size % per_step:
             raise ValueError(
                 f"training.global_batch_size ({self.training.global_batch_size}) must be a multiple of "
-                f"training.micro_batch_size x cluster.workers ({self.training.micro_batch_size} x {self.cluster.workers})"
+                "training.micro_batch_size x cluster.workers "
+                f"({self.training.micro_batch_size} x {self.cluster.workers})"
             )
         problems = remote_storage_problems(self.tracking, self.run.storage_path)
         if problems:

@@ -164,7 +164,8 @@ class TrainPlan:
             + (" + param offload" if c.deepspeed.offload_params else ""),
             f"  batch        global {t.global_batch_size} = micro {t.micro_batch_size} x {c.cluster.workers} workers"
             f" x {c.gradient_accumulation_steps} accumulation",
-            f"  data         {self.train_rows} train rows ({self.train_tokens:,} tokens), {self.validation_rows} validation"
+            f"  data         {self.train_rows} train rows ({self.train_tokens:,} tokens), "
+            f"{self.validation_rows} validation"
             + (
                 f", {self.dropped_rows} dropped (prompt fills cutoff_len {c.data.cutoff_len})"
                 if self.dropped_rows
@@ -173,7 +174,8 @@ class TrainPlan:
             + (f", {self.truncated_rows} truncated at cutoff_len" if self.truncated_rows else ""),
             f"  packing      {c.data.packing}: {self.sequences} sequences of <= {c.data.cutoff_len} tokens, "
             f"efficiency {self.packing_efficiency:.2f} (real tokens / capacity)",
-            f"  steps        {self.total_steps} optimizer steps ({self.steps_per_epoch}/epoch), warmup {t.warmup_steps},"
+            f"  steps        {self.total_steps} optimizer steps ({self.steps_per_epoch}/epoch), "
+            f"warmup {t.warmup_steps},"
             f" eval + checkpoint every {t.eval_every}",
         ]
         memory = self.memory_per_worker()
@@ -206,7 +208,8 @@ class TrainPlan:
         c = self.cfg
         if self.total_steps < 1:
             raise UserError(
-                f"{self.train_rows} training rows ({self.sequences} sequences) give no optimizer step with training.global_batch_size "
+                f"{self.train_rows} training rows ({self.sequences} sequences) give no optimizer step "
+                "with training.global_batch_size "
                 f"{c.training.global_batch_size}; lower it or add data"
             )
         self._check_packing()

@@ -240,7 +240,7 @@ class JobRun:
             target.run_id = _start_run(
                 uri, settings.experiment or experiment, run_dir, params, tags or {}, parent_run_id
             )
-        except Exception as exc:  # noqa: BLE001
+        except Exception as exc:  # noqa: BLE001 - tracking is best-effort: a failing store is one warning, the run continues
             warn(f"opening an MLflow run at {uri}", exc)
         return cls(target)
 
@@ -253,7 +253,7 @@ class JobRun:
                 for key, value in tags.items():
                     retry_locked(mlflow.set_tag, self.target.run_id, key, value)
                 retry_locked(mlflow.set_terminated, self.target.run_id, status=status)
-        except Exception as exc:  # noqa: BLE001
+        except Exception as exc:  # noqa: BLE001 - tracking is best-effort: a failing store is one warning, the run continues
             warn("closing the MLflow run", exc)
 
 

@@ -146,7 +146,7 @@ def test_calibration_picks_an_identical_backend_and_is_recorded(export_dir, tmp_
 
 
 def test_choose_prefers_the_fastest_identical_backend_never_an_approximate_one():
-    row = dict(version="v", rows=8, max_abs_cos_diff=0.0, flags_differ=0)
+    row = {"version": "v", "rows": 8, "max_abs_cos_diff": 0.0, "flags_differ": 0}
     results = [
         Agreement("torch", rows_per_s=100, ratio_vs_torch=1.0, kept_differs=0, **row),
         Agreement("onnx", rows_per_s=140, ratio_vs_torch=1.4, kept_differs=0, **row),

@@ -20,9 +20,10 @@ PASSAGE = (
     "This question refers to the following information.\n"
     "In the spring of 1852 the settlers of Millbrook gathered in the meeting house to draft a charter for their town. "
     "They agreed that every household would contribute two days of labor each season to repair the mill road, "
-    "that the common pasture would be shared by rotation among the families, and that disputes over water from the creek "
-    "would be settled by a council of three elders chosen by lot. The charter also promised a free school for every child "
-    "under twelve, paid for by a small tax on timber sold outside the valley. Within a decade the town had doubled in size, "
+    "that the common pasture would be shared by rotation among the families, and that disputes over water from the "
+    "creek would be settled by a council of three elders chosen by lot. The charter also promised a free school for "
+    "every child under twelve, paid for by a small tax on timber sold outside the valley. Within a decade the town "
+    "had doubled in size, "
     "and travelers remarked on the order of its fields and the good condition of its roads.\n"
     "The provisions of the Millbrook charter most directly reflect which of the following?"
 )

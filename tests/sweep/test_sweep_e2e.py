@@ -138,8 +138,8 @@ def _check_mlflow(result, uri):
 
 @pytest.mark.timeout(600)  # auto concurrency on 2 CPUs with 2 workers per trial must not hang
 def test_asha_stops_the_diverging_trial_before_max_t(ray_session, tiny_model, kept_folder, tmp_path):
-    # `auto` with 2 workers per trial on 2 CPUs: trials run one at a time in grid order: the good trial sets the rung, the one with a
-    # learning rate 100x too high is far worse at its first evaluation and gets stopped there.
+    # `auto` with 2 workers per trial on 2 CPUs: trials run one at a time in grid order: the good trial sets the rung,
+    # the one with a learning rate 100x too high is far worse at its first evaluation and gets stopped there.
     cfg = sweep_config(
         tiny_model,
         kept_folder,

@@ -65,7 +65,7 @@ def test_clustered_finds_the_planted_pairs_and_reports_true_recall(planted):
 
 
 def test_auto_mode_and_clustered_decisions_match_exact_on_planted_rows(planted):
-    _, emb, exact = planted
+    _, emb, _exact = planted
     # auto: the walk against the kept set, with a budget of dot products (60 s x 10 GFLOP/s x 8 CPUs / (2 x 384))
     mode, why, estimate = choose_mode(100_000, 384, DedupConfig(), cpus=8, gflops_per_cpu=10.0, node_memory=2**34)
     assert mode == "kept" and estimate["max_products"] == pytest.approx(6.25e9) and "auto_exact_budget_s (60 s" in why
