@@ -68,7 +68,11 @@ class MergeStage(Stage[MergeConfig, None, MergeResult]):
 
 
 STAGE = MergeStage()
-run = STAGE.run
+
+
+def run(cfg: MergeConfig) -> MergeResult:
+    """Preflight and merge: a plain function, so the pipeline can run it as a Ray task."""
+    return STAGE.run(cfg)
 
 
 def _merge(cfg: MergeConfig) -> MergeResult:

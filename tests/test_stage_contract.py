@@ -55,7 +55,19 @@ def test_validating_a_config_never_touches_the_disk(monkeypatch, stage_inputs):
     assert touched == []
 
 
-def test_missing_inputs_are_listed_together_with_their_keys_before_ray(stage_inputs):
+@pytest.fixture
+def ray_starts(monkeypatch) -> list[str]:
+    """Every call that would start or join Ray (each stage module's init_ray), recorded instead."""
+    import importlib
+
+    starts: list[str] = []
+    for name in ("core.runtime", "refine.stage", "train.stage", "evaluate.stage", "sweep.stage"):
+        module = importlib.import_module(f"platypus_ray.{name}")
+        monkeypatch.setattr(module, "init_ray", lambda *a, _name=name, **k: starts.append(_name))
+    return starts
+
+
+def test_missing_inputs_are_listed_together_with_their_keys_before_ray(stage_inputs, ray_starts):
     cfg = validate_config(
         PipelineConfig,
         {
@@ -71,9 +83,7 @@ def test_missing_inputs_are_listed_together_with_their_keys_before_ray(stage_inp
     message = str(raised.value)
     assert "refine: inputs not found" in message
     assert "refine.sources[0].path" in message and "refine.benchmarks[0].path" in message, message
-    import ray
-
-    assert not ray.is_initialized(), "Ray started before the checks that need no cluster"
+    assert ray_starts == [], "Ray started before the checks that need no cluster"
 
 
 def pipeline_raw(**override) -> dict:
@@ -100,7 +110,7 @@ def pipeline_raw(**override) -> dict:
         ({"evaluate": {"benchmarks": [{"path": "gone.jsonl", "format": "questions"}]}}, "evaluate.benchmarks[0].path"),
     ],
 )
-def test_every_section_is_checked_before_any_work(stage_inputs, monkeypatch, override, key):
+def test_every_section_is_checked_before_any_work(stage_inputs, monkeypatch, ray_starts, override, key):
     """A bad key in any section stops the pipeline before refine runs a single task or Ray starts."""
     from platypus_ray import pipeline
 
@@ -110,10 +120,7 @@ def test_every_section_is_checked_before_any_work(stage_inputs, monkeypatch, ove
     with pytest.raises(UserError) as raised:
         PIPELINE.run(cfg)
     assert key in str(raised.value), str(raised.value)
-    assert not ran
-    import ray
-
-    assert not ray.is_initialized()
+    assert not ran and ray_starts == []
 
 
 def test_an_input_a_section_before_writes_is_planned_not_missing(stage_inputs):
@@ -171,3 +178,15 @@ def test_a_section_may_be_a_model_name_a_yaml_file_or_inline(tmp_path):
     config.write_text("model: out/tiny\ndata: {path: d.jsonl}\nlora: absent.yaml\n")
     with pytest.raises(ConfigError, match=r"absent\.yaml.*does not exist"):
         load_config(TrainConfig, config)
+
+
+def test_merge_run_is_a_plain_function_ray_can_run_as_a_task():
+    """The pipeline merges in a Ray task (pipeline.merge_on_cluster): @ray.remote refuses a bound method."""
+    import inspect
+
+    import ray
+
+    from platypus_ray import merge
+
+    assert inspect.isfunction(merge.run)
+    ray.remote(merge.run)  # raises TypeError for anything but a function or a class
