@@ -28,7 +28,10 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+from platypus_ray.core import log
 from platypus_ray.samples import sample_rows
+
+log.setup()  # library lines reach the captured stdout/stderr as in the CLI (each call of a stage is checked there)
 
 
 def pytest_collection_modifyitems(items):
