@@ -105,7 +105,8 @@ class PipelineConfig(StrictModel):
             raise ValueError("merge: needs a train section (the adapter to merge comes from it)")
         if self.evaluate is not None and self.train is None:
             raise ValueError(
-                "evaluate: needs a train section (it scores the fine-tune); use `platypus-ray evaluate` for a model you have"
+                "evaluate: needs a train section (it scores the fine-tune); "
+                "use `platypus-ray evaluate` for a model you have"
             )
         if self.evaluate is not None and not (self.evaluate.benchmarks or self.evaluate.validation):
             raise ValueError("evaluate: give benchmarks, a validation set, or both")
