@@ -8,15 +8,19 @@ Some commands accept a few ``--key VALUE`` flags as shorthand for ``--set key=VA
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
+import logging
 import os
 import sys
 from dataclasses import dataclass
 
-from platypus_ray.core import console
+from platypus_ray.core import console, log
 from platypus_ray.core.config import load_config
 from platypus_ray.core.errors import environment_failure, find_user_error
 from platypus_ray.core.stage import Stage
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -26,6 +30,7 @@ class Command:
     stage: str  # "module:STAGE": the Stage whose run (preflight, then the work) the command calls
     flags: tuple[str, ...] = ()  # --flag VALUE shorthands for top-level keys
     switches: tuple[str, ...] = ()  # --some-switch shorthands for top-level booleans (some_switch=true)
+    interrupted: str = "the old output is intact"  # what Ctrl-C leaves behind (outputs are replaced whole)
 
     def config_class(self) -> type:
         module, name = self.config.split(":")
@@ -47,12 +52,14 @@ COMMANDS: dict[str, Command] = {
         "LoRA fine-tune with DeepSpeed ZeRO-3 on Ray Train",
         "platypus_ray.train.config:TrainConfig",
         "platypus_ray.train.stage:STAGE",
+        interrupted="a rerun with the same run.name resumes from its last checkpoint",
     ),
     "sweep": Command(
         "Ray Tune over LoRA rank / target modules / learning rate (ASHA)",
         "platypus_ray.sweep.config:SweepConfig",
         "platypus_ray.sweep.stage:STAGE",
         switches=("resume",),
+        interrupted="--resume continues the sweep",
     ),
     "merge": Command(
         "fold a LoRA adapter into a base model",
@@ -69,6 +76,7 @@ COMMANDS: dict[str, Command] = {
         "refine -> train -> merge -> evaluate in one run, each stage feeding the next",
         "platypus_ray.pipeline:PipelineConfig",
         "platypus_ray.pipeline:STAGE",
+        interrupted="the stages that finished kept their outputs; the interrupted one's old output is intact",
     ),
     "make-tiny-model": Command(
         "build a tiny LLaMA + locally trained tokenizer (tests, demo)",
@@ -135,6 +143,7 @@ def main(argv: list[str] | None = None) -> int:
             overrides.append(f"{flag}={value}")
     overrides += [f"{switch}=true" for switch in command.switches if getattr(args, f"switch_{switch}")]
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    log.setup()
     if not args.verbose:
         console.install()  # before the stage's imports: Ray and DeepSpeed may log as they load
     try:
@@ -145,12 +154,16 @@ def main(argv: list[str] | None = None) -> int:
         user_error = find_user_error(exc) or environment_failure(exc)
         if user_error is None:
             raise
-        print(f"platypus-ray {args.command}: error: {user_error}", file=sys.stderr)
+        logger.error("platypus-ray %s: error: %s", args.command, user_error)
         return 2
+    except KeyboardInterrupt:  # Ctrl-C: one line, no traceback, the shell's code for SIGINT
+        logger.error("platypus-ray %s: interrupted; %s", args.command, command.interrupted)
+        return 130
     finally:
-        _stop_local_ray()
-    print(result.summary())
+        with contextlib.suppress(KeyboardInterrupt):  # a second Ctrl-C: Ray's exit hook stops it instead
+            _stop_local_ray()
+    logger.info("%s", result.summary())
     note = console.routed_note()
     if note:
-        print(note, flush=True)
+        logger.info("%s", note)
     return 0

@@ -11,6 +11,7 @@ A section may be inline or name a stage's YAML file: ``train: tiny-cpu.yaml``.
 
 from __future__ import annotations
 
+import logging
 import os
 import time
 from dataclasses import dataclass, field
@@ -34,6 +35,8 @@ from platypus_ray.evaluate.config import (
 from platypus_ray.merge import MergeConfig
 from platypus_ray.refine.config import RefineConfig
 from platypus_ray.train.config import TrainConfig
+
+logger = logging.getLogger(__name__)
 
 
 class MergeStep(StrictModel):
@@ -206,12 +209,12 @@ def _pipeline(cfg: PipelineConfig, checked: dict[str, Any]) -> PipelineResult:
 
     def step(name: str, output: str, fn, *args) -> Any:
         start = time.perf_counter()
-        print(f"pipeline: {name} ...", flush=True)
+        logger.info("pipeline: %s ...", name)
         out = fn(*args)
         result.timings_s[name] = round(time.perf_counter() - start, 1)
         result.stages.append((name, out))
         result.outputs[name] = output
-        print(out.summary(), "\n", flush=True)
+        logger.info("%s\n", out.summary())
         return out
 
     if cfg.build_tiny_model and cfg.train is not None and not is_model_folder(cfg.train.model.name_or_path):

@@ -45,7 +45,10 @@ ROOT = Path(__file__).parents[1]
 # Folders tools keep in a checkout (the venv, caches): not written by the tests' code under test.
 _TOOL_FOLDERS = (".venv/", ".pytest_cache/", ".mypy_cache/", ".ruff_cache/", ".gpu/", "__pycache__/", ".egg-info/")
 
+from platypus_ray.core import log
 from platypus_ray.samples import sample_rows
+
+log.setup()  # library lines reach the captured stdout/stderr as in the CLI (each call of a stage is checked there)
 
 
 def pytest_collection_modifyitems(items):

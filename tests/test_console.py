@@ -13,7 +13,8 @@ import pytest
 from platypus_ray.core import console
 from platypus_ray.core.console import NoiseLog, RoutedStream
 
-# Lines from a `make demo` run before this filter existed (driver and forwarded worker output).
+# Lines from a `make demo` run before this filter existed (driver and forwarded worker output),
+# less PEFT's "trainable params" line: the worker no longer prints it (the train plan has the count).
 EXCERPT = Path(__file__).with_name("demo_console_excerpt.txt").read_text()
 
 
@@ -49,7 +50,6 @@ def test_the_demo_excerpt_keeps_exactly_the_projects_lines():
         "Progress bars disabled",
         "Token authentication is enabled",
         "constructor arguments",
-        "trainable params",
         "Setting accelerator to CPU",
         "exclude_resources",
     ):
@@ -171,3 +171,26 @@ def test_verbose_routes_nothing_and_a_config_error_is_still_one_line(monkeypatch
     assert main(["make-tiny-model", "--verbose", "--set", "no_such_key=1"]) == 2
     err = capsys.readouterr().err
     assert err.startswith("platypus-ray make-tiny-model: error: ") and "no_such_key" in err
+
+
+def test_ctrl_c_is_one_line_and_exit_130(monkeypatch, capsys, tmp_path):
+    from platypus_ray import cli
+
+    class Interrupted:
+        def run(self, cfg):
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(cli.Command, "load_stage", lambda self: Interrupted())
+    assert cli.main(["make-tiny-model", "--verbose", "--out", str(tmp_path / "model")]) == 130
+    out, err = capsys.readouterr()
+    assert err == "platypus-ray make-tiny-model: interrupted; the old output is intact\n" and out == ""
+
+
+def test_the_raylets_worker_count_note_goes_to_the_log():
+    note = (
+        "\x1b[33m(raylet)\x1b[0m WARNING: 16 PYTHON worker processes have been started on node: abc with address: "
+        "127.0.0.1, which is 8x the maximum expected startup concurrency (2). This could be a result of using a large "
+        "number of actors, tasks blocked in ray.get() calls, or tasks with fractional CPU requests.\n"
+    )
+    shown, routed, _ = route(note)
+    assert shown == "" and routed == [note.rstrip("\n")]

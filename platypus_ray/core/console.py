@@ -37,12 +37,19 @@ NOISE: tuple[tuple[str, str], ...] = (
     ),
     (r"Progress bars disabled\. To enable", "Ray Data turned its bars off on a non-tty, as asked"),
     (r"Token authentication is enabled for this Ray cluster", "the local instance this project started"),
-    (r"has constructor arguments in the object store and max_restarts > 0", "Ray's note on restartable actors"),
+    (
+        r"has constructor arguments in the object store and max_restarts > 0",
+        "Ray's note on Ray Train's drain-watcher actor, on a cluster (runtime.init_ray turns the watcher off locally)",
+    ),
+    (
+        r"PYTHON worker processes have been started on node: .* the maximum expected startup concurrency",
+        "the raylet counts every actor (Train workers, Ray Data's) against 4x the CPU count; its only switch, "
+        "worker_maximum_startup_concurrency, would change how many workers start at once, not just the note",
+    ),
     (
         r"Setting accelerator to CPU\. If you have GPU",
         "DeepSpeed saw no GPU: one the config asks for and cannot see is its own error (devices.actor_device)",
     ),
-    (r"^trainable params: [\d,]+ \|\| all params", "PEFT's count; the train plan prints it"),
     (
         r"^\s*\d+%\|[^|]*\| \d+/\d+ \[|^Generating \w+ split: \d+ examples",
         "tqdm bars (lm-eval, datasets) on a non-tty: on a tty their redraws pass through",

@@ -10,9 +10,9 @@ from __future__ import annotations
 
 import fnmatch
 import json
+import logging
 import os
 import shutil
-import sys
 import time
 import uuid
 from collections.abc import Iterable, Iterator
@@ -21,6 +21,8 @@ from pathlib import Path
 
 from platypus_ray.core.errors import UserError
 from platypus_ray.core.paths import is_remote
+
+logger = logging.getLogger(__name__)
 
 MARKER = ".platypus-ray-output"
 _LEFTOVER_KINDS = ("staging", "old")
@@ -122,7 +124,7 @@ def remove_leftovers(target: Path) -> None:
     for kind in _LEFTOVER_KINDS:
         for leftover in target.parent.glob(f".{target.name}.{kind}-*"):
             if leftover.is_dir() and (leftover / MARKER).is_file():
-                print(f"removing {leftover} (left by an interrupted run)", file=sys.stderr, flush=True)
+                logger.warning("removing %s (left by an interrupted run)", leftover)
                 shutil.rmtree(leftover, ignore_errors=True)
 
 

@@ -76,6 +76,9 @@ def _start_or_join(dashboard: bool) -> None:
         ray.init(logging_level=logging.WARNING)
     else:
         env["PATH"] = interpreter_first_path()
+        # No node of a local instance is ever drained, so Ray Train's drain watcher has nothing to
+        # watch; its actor also made the core worker log an error line about its restart arguments.
+        env.setdefault("RAY_TRAIN_ENABLE_PREEMPTION_WATCHER", "0")
         # A local instance's processes inherit the driver's environment, so the variables are set
         # here rather than as a runtime env: workers with a runtime env cannot be the ones Ray
         # starts ahead, and every task and actor then waited for a fresh process (~1 s each).

@@ -12,6 +12,8 @@ Use the folder with ``embedding.backend: static`` and ``embedding.static_model: 
 
 from __future__ import annotations
 
+import functools
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -20,6 +22,8 @@ from pydantic import Field
 from platypus_ray.core.config import StrictModel
 from platypus_ray.core.errors import UserError
 from platypus_ray.core.stage import Stage
+
+logger = logging.getLogger(__name__)
 
 UNUSED_TOKENS = r"\[unused\d+\]"
 
@@ -49,14 +53,21 @@ class DistillResult:
 
 def distill_static(model: str, out: Path, pca_dims: int | None = 256, token_remove_pattern: str = UNUSED_TOKENS):
     """Distil ``model`` (resolved offline) into a model2vec StaticModel saved under ``out``."""
+    from unittest import mock
+
     from model2vec.distill import distill
+    from tqdm import tqdm
 
     from platypus_ray.embedding.models import check_model, resolve_model
 
     check_model(model)
-    static = distill(
-        model_name=resolve_model(model), device="cpu", pca_dims=pca_dims, token_remove_pattern=token_remove_pattern
-    )
+    logger.info("embedding: distilling a static model from %s (once; the export is kept for later runs)", model)
+    # model2vec draws an "Encoding tokens" tqdm bar with no switch to turn it off; TQDM_DISABLE is
+    # read when tqdm is imported, so the bar is turned off where model2vec makes it.
+    with mock.patch("model2vec.distill.inference.tqdm", functools.partial(tqdm, disable=True)):
+        static = distill(
+            model_name=resolve_model(model), device="cpu", pca_dims=pca_dims, token_remove_pattern=token_remove_pattern
+        )
     static.save_pretrained(str(out))
     return static
 

@@ -11,6 +11,7 @@ replica per actor, and the per-item results and aggregates are the tasks' own
 from __future__ import annotations
 
 import json
+import logging
 import math
 import tempfile
 import time
@@ -36,6 +37,8 @@ from platypus_ray.evaluate.report import EvaluateResult
 from platypus_ray.evaluate.requests import validation_requests
 from platypus_ray.evaluate.scoring import Scorer
 from platypus_ray.evaluate.tasks import LoadedTasks, load_tasks
+
+logger = logging.getLogger(__name__)
 
 __all__ = ["STAGE", "EvaluateResult", "run", "score"]
 _REQUEST_COLUMNS = ["context", "continuation", "add_eos", "move_space"]
@@ -172,7 +175,7 @@ def _evaluate(cfg: EvaluateConfig, entries: LoadedEntries) -> EvaluateResult:
     summary: dict = {"models": {}, "device": device, "limit": cfg.limit, "seed": cfg.seed}
     item_frames, validation_frames, all_results = [], [], {}
     for index, model in enumerate(models):
-        print(f"evaluate: scoring with {model.display_name} on {cfg.inference.actors} actor(s)", flush=True)
+        logger.info("evaluate: scoring with %s on %d actor(s)", model.display_name, cfg.inference.actors)
         tasks = loaded if index == 0 else entries.load()
         results, validation_frame, summary["models"][model.display_name] = _evaluate_model(
             model, cfg, tasks, validation, device

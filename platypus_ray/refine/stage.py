@@ -13,8 +13,8 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import resource
-import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -47,6 +47,8 @@ from platypus_ray.refine.sources import (
     split_large_files,
 )
 from platypus_ray.testsets import BenchmarkItem, load_benchmark
+
+logger = logging.getLogger(__name__)
 
 _META_COLUMNS = [
     "source",
@@ -151,10 +153,8 @@ class RefineStage(Stage[RefineConfig, "list[BenchmarkItem]", RefineResult]):
         items = [i for bench in cfg.benchmarks for i in load_benchmark(bench, allow_empty=cfg.allow_empty_benchmark)]
         for bench in cfg.benchmarks:
             if not any(item.benchmark == bench.benchmark_name for item in items):
-                print(
-                    f"refine: WARNING: benchmark '{bench.benchmark_name}' has no items; nothing is checked against it",
-                    file=sys.stderr,
-                    flush=True,
+                logger.warning(
+                    "refine: WARNING: benchmark '%s' has no items; nothing is checked against it", bench.benchmark_name
                 )
         return items
 

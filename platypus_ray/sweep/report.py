@@ -8,6 +8,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import logging
 import math
 import os
 from dataclasses import dataclass, field
@@ -18,6 +19,8 @@ import yaml
 from platypus_ray.core.paths import is_file, read_text, write_bytes, write_text
 from platypus_ray.sweep.config import SweepConfig
 from platypus_ray.train.layout import CHECKPOINT_SUBDIR
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass
@@ -153,7 +156,7 @@ def best_config_text(best: TrialRow, cfg: SweepConfig, best_path: str) -> str:
             f"here (the trial ran the first {best.step} steps of a {total_steps}-step learning-rate schedule)"
         )
         header += f"# Note: {note}.\n"
-        print(f"sweep: note: best trial {best.trial} {note}", flush=True)
+        logger.info("sweep: note: best trial %s %s", best.trial, note)
     header += (
         f"#   local:   platypus-ray train --config {best_path}\n"
         f"#   cluster: ray job submit --working-dir . -- python jobs/finetune.py --config {best_path}\n"

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import logging
 import os
 from dataclasses import dataclass, field, replace
 from typing import Any
@@ -30,6 +31,8 @@ from platypus_ray.train.data import TokenizedData, prepare_data
 from platypus_ray.train.plan import TrainPlan, model_size
 from platypus_ray.train.stage import START_TIMEOUT_ENV, resolve_local_paths, train_inputs
 from platypus_ray.train.tracking import check_reachable
+
+logger = logging.getLogger(__name__)
 
 TRIAL_DRIVER_RESOURCES = {"CPU": 0, "memory": 512 * 1024**2}
 LOCAL_PLACEMENT_RETRIES = 4  # on a fixed local instance nothing new arrives: a trial must not wait forever
@@ -128,7 +131,7 @@ def _sweep(cfg: SweepConfig) -> SweepResult:
             tune_config=_tune_config(cfg, concurrency),
             run_config=tune.RunConfig(name=cfg.run.name, storage_path=cfg.run.storage_path),
         )
-    print(f"sweep: {concurrency} trial(s) at a time", flush=True)
+    logger.info("sweep: %d trial(s) at a time", concurrency)
     try:
         grid = tuner.fit()
     except BaseException:
@@ -156,13 +159,15 @@ def _prepare_variants(cfg: SweepConfig, base: dict[str, Any]) -> dict[str, Token
         plan.check()
         rounds = -(-plan.total_steps // variant_cfg.training.eval_every)
         shown = f" ({', '.join(f'{k}={v}' for k, v in variant.items())})" if len(variants) > 1 else ""
-        print(f"sweep: {plan.total_steps} steps ({rounds} evaluation rounds) per trial{shown}", flush=True)
+        logger.info("sweep: %d steps (%d evaluation rounds) per trial%s", plan.total_steps, rounds, shown)
         scheduler = cfg.sweep.scheduler
         if scheduler.type == "asha" and rounds > scheduler.max_t:
-            print(
-                f"sweep: note: scheduler.max_t {scheduler.max_t} < {rounds} rounds{shown}: every trial stops by "
-                f"step {scheduler.max_t * variant_cfg.training.eval_every}",
-                flush=True,
+            logger.info(
+                "sweep: note: scheduler.max_t %d < %d rounds%s: every trial stops by step %d",
+                scheduler.max_t,
+                rounds,
+                shown,
+                scheduler.max_t * variant_cfg.training.eval_every,
             )
     return data
 
@@ -199,8 +204,10 @@ def _trial(
     """One Tune trial: the train stage's prepare + fit with the trial's values."""
     from ray.tune.integration.ray_train import TuneReportCallback
 
+    from platypus_ray.core import log
     from platypus_ray.train.stage import fit, prepare
 
+    log.setup()  # a trial runs in its own process: its plan lines reach the driver's console
     name = tune.get_context().get_trial_id()  # the trial's Train run folder: trials/<trial id>/
     point = dict(params)  # the trial's values, keyed by dotted train-config keys
     cfg = trial_config(base, {**point, "run.name": name, "run.storage_path": trials_dir})

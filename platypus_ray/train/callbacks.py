@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import shutil
 import tempfile
@@ -12,8 +13,11 @@ import ray.train
 import torch
 from transformers import TrainerCallback
 
+from platypus_ray.core.log import progress_due
 from platypus_ray.train.layout import CHECKPOINT_SUBDIR, INJECT_FAULT_ENV
 from platypus_ray.train.tracking import TrackingTarget, client, http_bounds, now_ms, retry_locked, warn
+
+logger = logging.getLogger(__name__)
 
 
 class InjectedFault(TrainerCallback):
@@ -32,12 +36,17 @@ class InjectedFault(TrainerCallback):
 
 class ReportToRay(TrainerCallback):
     """Metrics (loss, eval_loss, learning rate, tokens/s over all ranks) to the console and to
-    Ray; every saved checkpoint (and one at the last step) becomes a Ray Train checkpoint."""
+    Ray; every saved checkpoint (and one at the last step) becomes a Ray Train checkpoint.
+
+    Rank 0 logs a training line about every tenth of the run (:func:`~platypus_ray.core.log.progress_due`)
+    and every evaluation; the rest at DEBUG. Every log is in the run's ``metrics.jsonl``.
+    Ray Train V2's driver sees nothing of a run until ``fit`` returns, so the worker decides."""
 
     def __init__(self, trainer, rank: int, steps_per_epoch: int, static: dict[str, Any]):
         self.trainer, self.rank, self.steps_per_epoch, self.static = trainer, rank, steps_per_epoch, static
         self.metrics: dict[str, float] = {}
         self._last_tokens, self._last_time = 0, None
+        self._last_shown: int | None = None  # the step of the last training line shown
 
     def on_train_begin(self, args, state, control, **kwargs):
         self._last_time = time.perf_counter()
@@ -65,7 +74,12 @@ class ReportToRay(TrainerCallback):
         self.metrics["step"] = state.global_step
         if self.rank == 0:
             shown = " ".join(f"{k} {v:.4g}" for k, v in logs.items() if isinstance(v, float))
-            print(f"[train] step {state.global_step}/{state.max_steps} {shown}", flush=True)
+            level = logging.DEBUG
+            if "loss" not in logs or progress_due(state.global_step, state.max_steps, self._last_shown):
+                level = logging.INFO
+                if "loss" in logs:
+                    self._last_shown = state.global_step
+            logger.log(level, "[train] step %d/%d %s", state.global_step, state.max_steps, shown)
 
     def on_save(self, args, state, control, **kwargs):
         torch.distributed.barrier()  # every rank has written its shard of the checkpoint

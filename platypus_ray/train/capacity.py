@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import logging
 import os
 
 import ray
 
 from platypus_ray.core.errors import UserError
 from platypus_ray.train.config import ClusterSettings
+
+logger = logging.getLogger(__name__)
 
 
 def groups_that_fit(cluster: ClusterSettings) -> tuple[int, str]:
@@ -32,7 +35,7 @@ def check_cluster_fits(cluster: ClusterSettings, what: str = "train") -> int:
     if fits >= 1:
         return fits
     if os.environ.get("RAY_ADDRESS"):
-        print(f"{what}: waiting for the autoscaler; the cluster is short of {short}", flush=True)
+        logger.info("%s: waiting for the autoscaler; the cluster is short of %s", what, short)
         return 1
     raise UserError(
         f"cluster: {cluster.workers} workers x {cluster.resources_per_worker} do not fit this Ray instance "

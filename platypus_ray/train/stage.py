@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import functools
 import json
+import logging
 import os
 import tempfile
 import time
@@ -39,6 +40,8 @@ from platypus_ray.train.layout import CHECKPOINT_SUBDIR, INJECT_FAULT_ENV
 from platypus_ray.train.plan import TrainPlan, WorkerPlan, model_size
 from platypus_ray.train.resume import check_resumable, record_config
 from platypus_ray.train.tracking import JobRun, check_reachable, flatten
+
+logger = logging.getLogger(__name__)
 
 TrainConfigT = TypeVar("TrainConfigT", bound=TrainConfig)
 START_TIMEOUT_ENV = "RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S"  # Ray Train passes it on to its controller
@@ -160,7 +163,7 @@ def plan_job(
     size = model_size(cfg)  # meta device: cheap even for 70B
     data = data or prepare_data(cfg)
     plan = TrainPlan.for_data(cfg, size, data)
-    print(plan.render(), flush=True)
+    logger.info("%s", plan.render())
     plan.check()
     record_config(cfg)
     run_dir = cfg.run.run_dir
@@ -187,10 +190,10 @@ def _finished(cfg: TrainConfig, total_steps: int) -> ray.train.Result | None:
         return None
     if result.checkpoint is None or int(result.metrics.get("step") or 0) < total_steps:
         return None
-    print(
-        f"train: {cfg.run.name} already finished at step {result.metrics['step']}; nothing to train "
-        "(a new run.name trains again)",
-        flush=True,
+    logger.info(
+        "train: %s already finished at step %s; nothing to train (a new run.name trains again)",
+        cfg.run.name,
+        result.metrics["step"],
     )
     return result
 

@@ -18,7 +18,6 @@ import json
 import logging
 import os
 import random
-import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -31,6 +30,8 @@ from pydantic import Field
 from platypus_ray.core.config import StrictModel
 from platypus_ray.core.errors import UserError
 from platypus_ray.core.paths import is_remote, read_text, write_text
+
+logger = logging.getLogger(__name__)
 
 _PARAM_MAX = 6000  # MLflow's limit on a param value
 T = TypeVar("T")
@@ -194,10 +195,8 @@ def http_bounds(retries: int = 1, timeout_s: int = 10, keep_user_values: bool = 
 
 
 def warn(what: str, exc: BaseException) -> None:
-    print(
-        f"tracking: warning: {what} failed ({type(exc).__name__}: {str(exc)[:200]}); training continues",
-        file=sys.stderr,
-        flush=True,
+    logger.warning(
+        "tracking: warning: %s failed (%s: %s); training continues", what, type(exc).__name__, str(exc)[:200]
     )
 
 

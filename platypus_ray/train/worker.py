@@ -18,6 +18,7 @@ import torch
 from ray.data.collate_fn import NumpyBatchCollateFn
 from transformers import PrinterCallback, Trainer, TrainingArguments
 
+from platypus_ray.core import log
 from platypus_ray.core.collate import attention_mask, padded_width, right_pad
 from platypus_ray.core.devices import choose_deepspeed_accelerator, gpu_here, process_group_backend
 from platypus_ray.core.dtypes import torch_dtype
@@ -35,6 +36,7 @@ def train_loop_per_worker(plan: WorkerPlan) -> None:
 
     # DeepSpeed calls torch.distributed APIs torch has renamed; one warning per call floods the log.
     warnings.filterwarnings("ignore", message=r"`torch\.distributed\.\w+` is deprecated", category=FutureWarning)
+    log.setup()  # this process's progress lines reach the driver's console
     cfg = TrainConfig.model_validate(plan.config)
     context = ray.train.get_context()
     rank, world = context.get_world_rank(), context.get_world_size()
@@ -69,8 +71,6 @@ def train_loop_per_worker(plan: WorkerPlan) -> None:
             task_type="CAUSAL_LM",
         ),
     )
-    if rank == 0:
-        model.print_trainable_parameters()
 
     from platypus_ray.train.data import load_tokenizer
 
@@ -86,7 +86,7 @@ def train_loop_per_worker(plan: WorkerPlan) -> None:
         eval_collate=collate,
         micro_batch_size=cfg.training.micro_batch_size,
     )
-    trainer.remove_callback(PrinterCallback)  # ReportToRay prints one line per log on rank 0
+    trainer.remove_callback(PrinterCallback)  # ReportToRay logs the progress lines on rank 0
     static = {"train_rows": plan.train_rows, "total_steps": plan.total_steps, **partition}  # a sweep ranks by them
     trainer.add_callback(ReportToRay(trainer, rank, plan.steps_per_epoch, static))
     if rank == 0 and plan.tracking.active:  # after ReportToRay: it adds tokens/s to each log

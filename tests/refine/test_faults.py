@@ -112,3 +112,37 @@ def test_an_output_replaced_by_a_failed_run_stays_whole(tmp_path):
     ]
     assert (output / "kept" / "part-0.parquet").read_text() == "old"
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no staging left behind
+
+
+def test_ctrl_c_mid_run_is_one_line_exit_130_and_the_old_output_stays(tmp_path):
+    import contextlib
+    import subprocess
+    import sys
+
+    import yaml
+
+    from platypus_ray.core.outputs import replaced_atomically
+
+    corpus, output = tmp_path / "corpus.jsonl", tmp_path / "out"
+    write_corpus(corpus)
+    with replaced_atomically(str(output), "refine") as staging:  # an earlier run's output
+        (staging / "stats.json").write_text("old")
+    raw = config(corpus, output).model_dump(mode="json", exclude_unset=True)
+    (tmp_path / "refine.yaml").write_text(yaml.safe_dump(raw))
+    command = [sys.executable, "-m", "platypus_ray", "refine", "--config", str(tmp_path / "refine.yaml")]
+    proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=tmp_path)
+    deadline, started = time.time() + 240, False
+    while not started and time.time() < deadline and proc.poll() is None:
+        for child in psutil.Process(proc.pid).children(recursive=True):
+            with contextlib.suppress(psutil.NoSuchProcess):
+                started = started or any(part.startswith(EMBED_ACTOR) for part in child.cmdline()[:1])
+        time.sleep(0.2)
+    assert started, "no embedding actor started (the run ended first?)"
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=180)
+    assert proc.returncode == 130, err[-2000:]
+    assert "Traceback" not in err and "Traceback" not in out
+    assert [line for line in err.splitlines() if "interrupted" in line] == [
+        "platypus-ray refine: interrupted; the old output is intact"
+    ]
+    assert (output / "stats.json").read_text() == "old"

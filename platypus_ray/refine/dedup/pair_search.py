@@ -3,6 +3,7 @@ greedy decision over what it found."""
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass, field, replace
 
 import numpy as np
@@ -15,6 +16,8 @@ from platypus_ray.refine.dedup.greedy import DedupDecision, exact_check_against,
 from platypus_ray.refine.dedup.kept_walk import OverBudget, kept_walk_pairs
 from platypus_ray.refine.dedup.recall import measure_recall
 from platypus_ray.refine.dedup.similarity import Pairs, all_pairs_above, pair_keys
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass
@@ -79,7 +82,7 @@ def dedup_rows(
     rank = np.empty(n, dtype=np.int64)
     rank[order] = np.arange(n)
     if mode == "kept" and n >= 2:
-        print(f"refine: semantic dedup of {n} rows: against the kept set ({why})", flush=True)
+        logger.info("refine: semantic dedup of %d rows: against the kept set (%s)", n, why)
         walked = kept_walk_pairs(
             blocks, order, cfg.threshold, num_gpus, int(cpus), cfg.timeout_s, estimate.pop("max_products", None)
         )
@@ -105,7 +108,7 @@ def dedup_rows(
                 f"dedup.auto_exact_budget_s ({cfg.auto_exact_budget_s:g} s)"
             ),
         )
-    print(f"refine: semantic dedup of {n} rows: {mode} ({why})", flush=True)
+    logger.info("refine: semantic dedup of %d rows: %s (%s)", n, mode, why)
     estimate.pop("max_products", None)
     if mode == "exact" or n < 2:  # (kept with fewer than 2 rows: nothing to compare)
         pairs = all_pairs_above(
@@ -126,11 +129,14 @@ def dedup_rows(
     recall = measure_recall(
         blocks, found.pairs, decision.keep, rank, cfg.threshold, cfg.recall_sample, 0, cfg.timeout_s
     )
-    print(
-        f"refine: clustered dedup: {found.clusters} clusters, {found.assignments_per_row:.2f} per row; on "
-        f"{recall.exact_sample_rows} sampled rows pair recall {recall.pair_recall:.4f}, decision agreement "
-        f"{recall.decision_agreement:.4f} against an exact search",
-        flush=True,
+    logger.info(
+        "refine: clustered dedup: %d clusters, %.2f per row; on %d sampled rows pair recall %.4f, "
+        "decision agreement %.4f against an exact search",
+        found.clusters,
+        found.assignments_per_row,
+        recall.exact_sample_rows,
+        recall.pair_recall,
+        recall.decision_agreement,
     )
     stats = {
         "mode": mode,
