@@ -230,11 +230,10 @@ def test_zero3_job_across_two_nodes_survives_losing_one(two_nodes, tiny_model, k
     assert submit.returncode == 0, output[-4000:]
     assert "Error in training function" in output or "marked dead" in output  # the failure is reported
     # Resumed once, from a checkpoint (the step after a multiple of eval_every), not from scratch.
+    # Rank 0 logs its first step, then about one step per tenth of the run (core/log.progress_due).
     # Ray's log monitor may print a surviving worker's lines a second time after a node dies: the
-    # same pid, the same line. A real restart runs in new worker processes, so replays are dropped.
-    # The restart is told by the logging process: the resumed group's rank 0 is a new process (its
-    # first step may follow the last one logged before the kill directly, when the kill came right
-    # after a checkpoint: 1-8, then 9-48 in a new pid).
+    # same pid, the same line. A real restart runs in new worker processes, so replays are dropped,
+    # and the resumed run is told by its new rank-0 pid; its first line is the step it resumed at.
     lines = dict.fromkeys(re.findall(rf"pid=(\d+)\)\S* \[train\] step (\d+)/{STEPS} loss .*", output))
     runs: dict[str, list[int]] = {}
     for pid, step in lines:
@@ -243,8 +242,8 @@ def test_zero3_job_across_two_nodes_survives_losing_one(two_nodes, tiny_model, k
     first, resumed_steps = runs.values()
     assert first[0] == 1 and first == sorted(first), runs
     resumed = resumed_steps[0]
-    assert resumed > 4 and (resumed - 1) % 4 == 0 and resumed <= first[-1] + 1, runs  # from a checkpoint, not scratch
-    assert resumed_steps == list(range(resumed, STEPS + 1)), runs
+    assert resumed > 4 and (resumed - 1) % 4 == 0, runs  # from a checkpoint, not scratch
+    assert resumed_steps == sorted(resumed_steps) and resumed_steps[-1] == STEPS, runs
     run_dir = storage
     result = json.loads((run_dir / "result.json").read_text())
     assert result["step"] == STEPS and result["world_size"] == 2 and result["nodes"] == 2

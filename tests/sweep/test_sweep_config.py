@@ -121,3 +121,42 @@ def test_auto_concurrency_is_capacity_over_demand(ray_session, tiny_model, kept_
         UserError, match=r"2 workers x \{'CPU': 2.0\} do not fit this Ray instance \(CPU: needs 4, has 2\)"
     ):
         max_concurrent_trials(validate_config(SweepConfig, raw))
+
+
+def test_each_data_variant_gets_its_own_steps_asha_check_and_a_sized_plan(
+    ray_session, tiny_model, kept_folder, tmp_path, monkeypatch, caplog
+):
+    """Packed rows in 32- or 128-token sequences give different step counts: each variant's count is
+    reported (not the last one's for all), ASHA's max_t is checked per variant, and every plan knows
+    the model's size, so its memory check runs."""
+    import logging
+
+    from platypus_ray.sweep import stage
+    from platypus_ray.train.plan import TrainPlan
+
+    raw = sweep_raw(
+        tiny_model,
+        kept_folder,
+        tmp_path,
+        space={"data.cutoff_len": [32, 128]},
+        scheduler={"type": "asha", "max_t": 1, "grace_period": 1},
+    )
+    raw["data"]["packing"] = "packed"
+    raw["training"].update({"max_steps": None, "epochs": 1, "eval_every": 1})
+    cfg = validate_config(SweepConfig, raw)
+    sizes = []
+    monkeypatch.setattr(TrainPlan, "check", lambda plan: sizes.append(plan.size))
+    with caplog.at_level(logging.INFO, logger="platypus_ray.sweep"):
+        data = stage._prepare_variants(cfg, cfg.train_raw())
+    assert len(data) == 2 and len(sizes) == 2 and all(size is not None for size in sizes)
+    steps = [r.getMessage() for r in caplog.records if "per trial" in r.getMessage()]
+    assert len(steps) == 2 and "data.cutoff_len=32" in steps[0] and "data.cutoff_len=128" in steps[1], steps
+    assert steps[0].split()[1] != steps[1].split()[1], steps  # the counts differ
+    import re
+
+    rounds = {
+        re.search(r"\((data\S+)\)", m).group(1): int(re.search(r"\((\d+) evaluation rounds", m).group(1)) for m in steps
+    }
+    notes = [r.getMessage() for r in caplog.records if "scheduler.max_t" in r.getMessage()]
+    noted = {re.search(r"\((data\S+)\)", m).group(1): int(re.search(r"< (\d+) rounds", m).group(1)) for m in notes}
+    assert noted == {variant: n for variant, n in rounds.items() if n > 1}, (steps, notes)  # max_t is 1
