@@ -21,7 +21,6 @@ from pydantic import Field, field_validator, model_validator
 
 from platypus_ray.core.config import StrictModel
 from platypus_ray.core.dtypes import DTypeName
-from platypus_ray.core.errors import UserError
 from platypus_ray.core.models import is_model_folder
 from platypus_ray.core.paths import absolute_if_local
 from platypus_ray.core.stage import Stage
@@ -246,14 +245,10 @@ def merge_on_cluster(cfg: MergeConfig, timeout_s: float):
     import ray
 
     from platypus_ray import merge
+    from platypus_ray.core.waits import bounded_by, wait_all
 
     task = ray.remote(merge.run).options(num_cpus=1, memory=merge.memory_needed(cfg))
-    ref = task.remote(cfg)
-    try:
-        return ray.get(ref, timeout=timeout_s)
-    except ray.exceptions.GetTimeoutError:
-        ray.cancel(ref, force=True)
-        raise UserError(
-            f"merge: the merge task did not finish within {timeout_s:g} s (merge.timeout_s); the cluster may lack "
-            "a node with the memory it reserves, or raise the bound"
-        ) from None
+    fix = "the cluster may lack a node with the memory it reserves, or raise the bound"
+    with bounded_by("merge.timeout_s", "merge task", fix):
+        (merged,) = wait_all([task.remote(cfg)], timeout_s)
+    return merged

@@ -38,25 +38,9 @@ def two_nodes():
 def submit_pipeline(cluster: LocalCluster, *job_args: str, timeout: float) -> tuple[str, subprocess.CompletedProcess]:
     """Submit the pipeline job and wait for it (the CLI tails its logs; exit 1 when it FAILED)."""
     submission_id = f"test-{uuid.uuid4().hex[:8]}"
-    command = [
-        RAY,
-        "job",
-        "submit",
-        "--address",
-        cluster.dashboard_url,
-        "--submission-id",
-        submission_id,
-        "--working-dir",
-        ".",
-        "--runtime-env",
-        "jobs/runtime_env.yaml",
-        "--",
-        "python",
-        "jobs/pipeline.py",
-        "--config",
-        "jobs/configs/demo.yaml",
-        *job_args,
-    ]
+    command = cluster.job_submit(
+        ["python", "jobs/pipeline.py", "--config", "jobs/configs/demo.yaml", *job_args], submission_id
+    )
     env = {**os.environ, **cluster.client_env}
     done = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)
     return submission_id, done
@@ -184,22 +168,7 @@ def test_zero3_job_across_two_nodes_survives_losing_one(two_nodes, tiny_model, k
     log_path = tmp_path / "job.log"
     with log_path.open("w") as log:
         submit = subprocess.Popen(
-            [
-                RAY,
-                "job",
-                "submit",
-                "--address",
-                two_nodes.dashboard_url,
-                "--working-dir",
-                ".",
-                "--runtime-env",
-                "jobs/runtime_env.yaml",
-                "--",
-                "python",
-                "jobs/finetune.py",
-                "--config",
-                str(config),
-            ],
+            two_nodes.job_submit(["python", "jobs/finetune.py", "--config", str(config)]),
             cwd=ROOT,
             env={**os.environ, **two_nodes.client_env},
             stdout=log,

@@ -16,14 +16,17 @@ import ray
 
 from platypus_ray.core.errors import UserError
 
-_BOUND: ContextVar[tuple[str, str]] = ContextVar("bound", default=("Ray tasks", "the step's timeout_s"))
+_FREE_CPUS = "the cluster may lack free CPUs, or raise the bound"
+_BOUND: ContextVar[tuple[str, str, str]] = ContextVar(
+    "bound", default=("Ray tasks", "the step's timeout_s", _FREE_CPUS)
+)
 
 
 @contextmanager
-def bounded_by(key: str, what: str) -> Iterator[None]:
-    """Within this block, a wait that runs out names ``what`` (\"embedding tasks\") and ``key``
-    (the config key its bound came from, \"embedding.timeout_s\")."""
-    token = _BOUND.set((what, key))
+def bounded_by(key: str, what: str, fix: str = _FREE_CPUS) -> Iterator[None]:
+    """Within this block, a wait that runs out names ``what`` ("embedding tasks"), ``key`` (the
+    config key its bound came from, "embedding.timeout_s") and ``fix`` (what the user can do)."""
+    token = _BOUND.set((what, key, fix))
     try:
         yield
     finally:
@@ -56,8 +59,5 @@ def as_completed(refs: list, timeout_s: float):
 def _give_up(pending: list, total: int, timeout_s: float) -> None:
     for ref in pending:
         ray.cancel(ref, force=True)
-    what, key = _BOUND.get()
-    raise UserError(
-        f"{len(pending)} of {total} {what} did not finish within {timeout_s:.0f} s ({key}); "
-        "the cluster may lack free CPUs, or raise the bound"
-    )
+    what, key, fix = _BOUND.get()
+    raise UserError(f"{len(pending)} of {total} {what} did not finish within {timeout_s:.0f} s ({key}); {fix}")

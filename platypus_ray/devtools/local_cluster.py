@@ -78,6 +78,25 @@ class LocalCluster:
         """Environment for a process that talks to this cluster (ray.init, ray job submit)."""
         return {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": self.token, "RAY_ADDRESS": self.address}
 
+    def job_submit(self, entrypoint: list[str], submission_id: str | None = None) -> list[str]:
+        """``ray job submit`` of ``entrypoint`` to this cluster as the README shows: the working folder
+        and the project's runtime env (run it from the repo root, with :attr:`client_env`)."""
+        named = ["--submission-id", submission_id] if submission_id else []
+        address = ["--address", self.dashboard_url]
+        return [
+            _ray_cli(),
+            "job",
+            "submit",
+            *address,
+            *named,
+            "--working-dir",
+            ".",
+            "--runtime-env",
+            "jobs/runtime_env.yaml",
+            "--",
+            *entrypoint,
+        ]
+
     def start(self, nodes: int = 1) -> LocalCluster:
         self._start_node("head")
         for i in range(1, nodes):

@@ -55,21 +55,7 @@ def submit(
 ) -> int:
     """``ray job submit --working-dir . --runtime-env jobs/runtime_env.yaml -- <entrypoint>`` as the
     README shows; the job's exit code (killed and 124 past ``timeout_s``)."""
-    args = [
-        RAY,
-        "job",
-        "submit",
-        "--address",
-        cluster.dashboard_url,
-        "--submission-id",
-        submission_id,
-        "--working-dir",
-        ".",
-        "--runtime-env",
-        "jobs/runtime_env.yaml",
-        "--",
-        *entrypoint,
-    ]
+    args = cluster.job_submit(entrypoint, submission_id)
     with log.open("w") as out:
         proc = subprocess.Popen(
             args, cwd=cwd, env={**os.environ, **cluster.client_env, **(env or {})}, stdout=out, stderr=subprocess.STDOUT

@@ -31,7 +31,6 @@ from pathlib import Path
 
 import numpy as np
 
-from platypus_ray.core.errors import UserError
 from platypus_ray.devtools.dedup_reference import greedy_reference
 from platypus_ray.embedding.encoders import EXACT, EncoderSpec, load_encoder
 
@@ -132,15 +131,13 @@ def _calibrate_off_driver(
 
     if not ray.is_initialized():
         return calibrate(texts, base, dedup_t, flag_t, backends)
+    from platypus_ray.core.waits import bounded_by, wait_all
+
     ref = ray.remote(num_cpus=max(1, base.threads))(calibrate).remote(texts, base, dedup_t, flag_t, backends)
-    try:
-        return ray.get(ref, timeout=timeout_s)
-    except ray.exceptions.GetTimeoutError:
-        ray.cancel(ref, force=True)
-        raise UserError(
-            f"embedding calibration did not finish within {timeout_s:.0f} s; the cluster may lack a free "
-            "CPU, or set embedding.backend to a named backend to skip it"
-        ) from None
+    fix = "the cluster may lack a free CPU, or set embedding.backend to a named backend to skip it"
+    with bounded_by("embedding.timeout_s", "embedding calibration task", fix):
+        (agreements,) = wait_all([ref], timeout_s)
+    return agreements
 
 
 def choose(results: list[Agreement]) -> Agreement:
