@@ -12,11 +12,15 @@ import importlib
 import os
 import sys
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from platypus_ray.core import console
 from platypus_ray.core.config import load_config
 from platypus_ray.core.errors import environment_failure, find_user_error
 from platypus_ray.core.stage import Stage
+
+if TYPE_CHECKING:
+    from pydantic import BaseModel
 
 
 @dataclass(frozen=True)
@@ -27,7 +31,7 @@ class Command:
     flags: tuple[str, ...] = ()  # --flag VALUE shorthands for top-level keys
     switches: tuple[str, ...] = ()  # --some-switch shorthands for top-level booleans (some_switch=true)
 
-    def config_class(self) -> type:
+    def config_class(self) -> type[BaseModel]:
         module, name = self.config.split(":")
         return getattr(importlib.import_module(module), name)
 
