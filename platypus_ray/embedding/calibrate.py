@@ -81,6 +81,8 @@ def compare(
     """(max |cosine difference| over all row pairs and row-probe pairs, kept_differs, flags_differ)."""
     diff = float(np.abs(ref @ ref.T - vec @ vec.T).max()) if len(ref) else 0.0
     if ref_probes is not None and len(ref_probes):
+        if vec_probes is None:
+            raise ValueError("compare: probes for the reference vectors but none for the compared ones")
         diff = max(diff, float(np.abs(ref @ ref_probes.T - vec @ vec_probes.T).max()))
     keep_a, flag_a = decisions(ref, ref_probes, dedup_t, flag_t)
     keep_b, flag_b = decisions(vec, vec_probes, dedup_t, flag_t)
@@ -107,7 +109,7 @@ def calibrate(
     for name in ("torch", *[b for b in backends if b != "torch"]):
         spec = replace(base, backend=name, precision="float32")
         seconds, vectors, version = timed_encode(spec, texts)
-        if ref is None:
+        if ref is None or ref_s is None:  # the first backend (torch fp32) is the reference; both set together
             ref_s, ref = seconds, vectors
         diff, kept, flags = compare(ref, vectors, dedup_t, flag_t)
         results.append(
@@ -132,7 +134,8 @@ def _calibrate_off_driver(
 
     if not ray.is_initialized():
         return calibrate(texts, base, dedup_t, flag_t, backends)
-    ref = ray.remote(num_cpus=max(1, base.threads))(calibrate).remote(texts, base, dedup_t, flag_t, backends)
+    task = ray.remote(num_cpus=max(1, base.threads))(calibrate)
+    ref = task.remote(texts, base, dedup_t, flag_t, backends)  # type: ignore[call-arg]  # Ray stubs drop defaulted args
     try:
         return ray.get(ref, timeout=timeout_s)
     except ray.exceptions.GetTimeoutError:
