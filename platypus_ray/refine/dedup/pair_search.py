@@ -229,9 +229,10 @@ def _node_capacity() -> tuple[float, float | None]:
 def _bound_stats(pairs: Pairs) -> dict:
     """How many pairs the search saw (clustered: once per cluster a pair shares), whether it held
     them all (within ``dedup.max_pairs``), and how many rows had more than ``neighbours_per_row``."""
+    over = 0 if pairs.incomplete is None else int(pairs.incomplete.sum())  # None: an unbounded search, all held
     return {
         "pairs_found": pairs.count,
         "pairs_held": len(pairs.i),
-        "every_pair_held": not pairs.incomplete.any(),
-        "rows_over_neighbour_bound": int(pairs.incomplete.sum()),
+        "every_pair_held": over == 0,
+        "rows_over_neighbour_bound": over,
     }
