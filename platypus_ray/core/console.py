@@ -165,7 +165,7 @@ class RoutedStream(io.TextIOBase):
         return self.target.fileno()
 
     @property
-    def encoding(self) -> str:  # type: ignore[override]
+    def encoding(self) -> str:  # type: ignore[override]  # typeshed: a writeable attribute; CPython's is read-only
         return getattr(self.target, "encoding", "utf-8")
 
     @property

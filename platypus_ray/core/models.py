@@ -47,7 +47,7 @@ def load_model(
 
     tokenizer = AutoTokenizer.from_pretrained(tokenizer_source(name_or_path, adapter))
     loaded = AutoModelForCausalLM.from_pretrained(name_or_path, dtype=dtype)
-    model = loaded.to(device)  # type: ignore[arg-type]  # .to is functools.wraps'd: typeshed's _Wrapped binds no self
+    model = loaded.to(device)  # type: ignore[arg-type]  # typeshed: a wraps()'d .to binds no self
     if adapter:
         from peft import PeftModel
 

@@ -11,7 +11,13 @@ from platypus_ray.embedding import EmbeddingBlocks
 from platypus_ray.refine.config import DedupConfig
 from platypus_ray.refine.dedup.clustered import ClusterSettings, clustered_pairs_above
 from platypus_ray.refine.dedup.cost import exact_seconds, gemm_gflops_per_cpu
-from platypus_ray.refine.dedup.greedy import DedupDecision, exact_check_against, priority_order, resolve_greedy
+from platypus_ray.refine.dedup.greedy import (
+    DedupDecision,
+    ExactCheck,
+    exact_check_against,
+    priority_order,
+    resolve_greedy,
+)
 from platypus_ray.refine.dedup.kept_walk import OverBudget, kept_walk_pairs
 from platypus_ray.refine.dedup.recall import measure_recall
 from platypus_ray.refine.dedup.similarity import Pairs, all_pairs_above, pair_keys
@@ -177,7 +183,7 @@ def close_over_kept(
     raise RuntimeError(f"semantic dedup: the kept set still held pairs >= threshold after {rounds} exact checks")
 
 
-def _remembered(check):
+def _remembered(check: ExactCheck) -> ExactCheck:
     """``check`` answered once per row across the closure's walks: a row removed by a kept match stays
     removed while that match is kept; a row the check kept stays kept (were that wrong, the search
     among kept rows finds the pair and the next walk removes it). Each exact check of a large input
