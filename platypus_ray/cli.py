@@ -14,6 +14,7 @@ import logging
 import os
 import sys
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from platypus_ray.core import console, log
 from platypus_ray.core.config import load_config
@@ -21,6 +22,9 @@ from platypus_ray.core.errors import environment_failure, find_user_error
 from platypus_ray.core.stage import Stage
 
 logger = logging.getLogger(__name__)
+
+if TYPE_CHECKING:
+    from pydantic import BaseModel
 
 
 @dataclass(frozen=True)
@@ -32,7 +36,7 @@ class Command:
     switches: tuple[str, ...] = ()  # --some-switch shorthands for top-level booleans (some_switch=true)
     interrupted: str = "the old output is intact"  # what Ctrl-C leaves behind (outputs are replaced whole)
 
-    def config_class(self) -> type:
+    def config_class(self) -> type[BaseModel]:
         module, name = self.config.split(":")
         return getattr(importlib.import_module(module), name)
 

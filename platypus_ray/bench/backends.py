@@ -23,6 +23,7 @@ import os
 import time
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
+from typing import Any
 
 BACKENDS = ("torch", "onnx", "openvino", "onnx-int8", "static")
 BARE = "bare"  # sentence-transformers encode with its defaults: the speed baseline
@@ -146,7 +147,7 @@ def pipeline_vs_bare(
     from platypus_ray.bench.embed_stage import bench_pipeline_embed
 
     cores = os.cpu_count() or 1
-    out = {"backend": backend, "bare_rows_per_s": bare_rows_per_s, "layouts": []}
+    out: dict[str, Any] = {"backend": backend, "bare_rows_per_s": bare_rows_per_s, "layouts": []}
     for layout_actors, cpus in dict.fromkeys([(actors, 1), (1, cores)]):
         profile, _ = bench_pipeline_embed(
             texts, batch_size, layout_actors, backend=backend, export_dir=export_dir, cpus_per_actor=cpus

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import os
 import random
 import sys
@@ -86,7 +87,7 @@ def run_pool(cfg, temp_dir: Path) -> tuple[float, object]:
         address="local",
         num_cpus=2,
         include_dashboard=False,
-        logging_level="ERROR",
+        logging_level=logging.ERROR,
         _temp_dir=str(temp_dir),
         runtime_env={"env_vars": {"HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}},
     )

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import shutil
 import subprocess
@@ -50,7 +51,7 @@ def local_ray(gpus: int):
         include_dashboard=False,
         num_gpus=gpus,
         runtime_env={"env_vars": env},
-        logging_level="WARNING",
+        logging_level=logging.WARNING,
     )
     ray.data.DataContext.get_current().enable_progress_bars = False
     try:

@@ -24,6 +24,7 @@ from __future__ import annotations
 import importlib.util
 import statistics
 from pathlib import Path
+from typing import Any, TypedDict
 
 from platypus_ray.bench.gpu_env import (
     PeakGpuMemory,
@@ -34,7 +35,19 @@ from platypus_ray.bench.gpu_env import (
     shared_tokenizer,
 )
 
-SIZES = {  # LlamaConfig fields: TinyLlama-1.1B's and Llama-3-8B's shapes; "tiny" for the dry run
+
+class LlamaShape(TypedDict):
+    """The LlamaConfig fields a benchmark size sets."""
+
+    hidden_size: int
+    intermediate_size: int
+    num_hidden_layers: int
+    num_attention_heads: int
+    num_key_value_heads: int
+    vocab_size: int
+
+
+SIZES: dict[str, LlamaShape] = {  # LlamaConfig fields: TinyLlama-1.1B's and Llama-3-8B's shapes; "tiny" for the dry run
     "1b": {
         "hidden_size": 2048,
         "intermediate_size": 5632,
@@ -78,7 +91,7 @@ def build_model(folder: Path, size: str, device: str, tokenizer_path: str) -> in
     )
     dtype = torch.float32 if device == "cpu" else torch.bfloat16
     with torch.device(device):  # initialised on the GPU: an 8B init on the CPU takes minutes
-        model = LlamaForCausalLM(config).to(dtype)
+        model = LlamaForCausalLM(config).to(dtype)  # type: ignore[arg-type]  # typeshed: a wraps()'d .to binds no self
     params = sum(p.numel() for p in model.parameters())
     model.save_pretrained(folder)
     tokenizer.save_pretrained(folder)
@@ -133,7 +146,8 @@ def _reloads(model: Path, adapter: str, device: str) -> bool:
     from transformers import AutoModelForCausalLM
 
     base = AutoModelForCausalLM.from_pretrained(model, dtype=torch.bfloat16 if device == "cuda" else torch.float32)
-    loaded = PeftModel.from_pretrained(base.to(device), adapter)
+    placed = base.to(device)  # type: ignore[arg-type]  # typeshed: a wraps()'d .to binds no self
+    loaded = PeftModel.from_pretrained(placed, adapter)
     lora_b = [p for name, p in loaded.named_parameters() if "lora_B" in name]
     return bool(lora_b) and any(bool(p.abs().sum() > 0) for p in lora_b)
 
@@ -227,10 +241,10 @@ def attention_step(s: StepSettings) -> dict:
     tokens = tokenize_batch({k: [r[k] for r in rows] for k in rows[0]}, folder, cutoff, True, True).to_pydict()
     packed = pack_batch(tokens, cutoff, seed=0).to_pylist()[:4]
     dtype = torch.float32 if s.dry_run else torch.bfloat16
-    shape = {**SIZES["tiny" if s.dry_run else "1b"], "num_hidden_layers": 2 if s.dry_run else 4}
+    shape: LlamaShape = {**SIZES["tiny" if s.dry_run else "1b"], "num_hidden_layers": 2 if s.dry_run else 4}
     has_flash = importlib.util.find_spec("flash_attn") is not None
     impls = ["eager", "sdpa"] if s.dry_run else ["flash_attention_2", "sdpa"] if has_flash else ["sdpa"]
-    out = {
+    out: dict[str, Any] = {
         "dtype": str(dtype).removeprefix("torch."),
         "sequences": len(packed),
         "cutoff": cutoff,
@@ -240,7 +254,8 @@ def attention_step(s: StepSettings) -> dict:
     }
     torch.manual_seed(0)
     with torch.device(s.device):
-        model = LlamaForCausalLM(LlamaConfig(**shape, max_position_embeddings=4096)).to(dtype).eval()
+        built = LlamaForCausalLM(LlamaConfig(**shape, max_position_embeddings=4096))
+        model = built.to(dtype).eval()  # type: ignore[arg-type]  # typeshed: a wraps()'d .to binds no self
     for impl in impls:
         model.set_attn_implementation(impl)
         together = _row_losses(model, packed, s.device)

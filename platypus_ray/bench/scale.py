@@ -80,7 +80,7 @@ def run_scale(
         "assignments_per_row": round(found.assignments_per_row, 3),
         "largest_cluster": found.largest_cluster,
         "pairs": len(found.pairs.i),
-        "rows_over_neighbour_bound": int(found.pairs.incomplete.sum()),
+        "rows_over_neighbour_bound": 0 if found.pairs.incomplete is None else int(found.pairs.incomplete.sum()),
         "removed": int((~decision.keep).sum()),
         **report.as_dict(),
         "driver_peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),

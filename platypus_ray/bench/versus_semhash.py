@@ -21,6 +21,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pyarrow.parquet as pq
@@ -47,9 +48,9 @@ with open(out, "w") as handle:
 
 
 def _static_model_folder() -> str:
-    from platypus_ray.embedding.encoders import EncoderSpec, load_encoder
+    from platypus_ray.embedding.encoders import EncoderSpec, StaticEncoder
 
-    return load_encoder(EncoderSpec("all-MiniLM-L6-v2", "static", device="cpu")).folder
+    return StaticEncoder(EncoderSpec("all-MiniLM-L6-v2", "static", device="cpu")).folder  # as load_encoder builds it
 
 
 def semhash_process(corpus: Path, model_dir: str, threshold: float, out: Path, timeout_s: float) -> float:
@@ -129,7 +130,7 @@ def run_versus(source: Path, rows: int, threshold: float, json_path: Path | None
         truth, bare = _reference_kept(corpus, model_dir, threshold) if reference else (None, None)
     import platform
 
-    result = {
+    result: dict[str, Any] = {
         "rows": rows,
         "threshold": threshold,
         "cpu": cpu_model(),

@@ -14,6 +14,7 @@ from typing import Annotated, Any, ClassVar, TypeVar
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic_core import ErrorDetails
 
 from platypus_ray.core.errors import UserError
 
@@ -158,7 +159,7 @@ def dump_config(cfg: BaseModel, path: str | Path) -> None:
     Path(path).write_text(yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False))
 
 
-def _describe_error(model: type[BaseModel], err: dict[str, Any]) -> str:
+def _describe_error(model: type[BaseModel], err: ErrorDetails) -> str:
     loc = [p for p in err["loc"] if not (isinstance(p, str) and p.startswith("function-"))]
     key = _format_loc(loc)
     if err["type"] == "extra_forbidden":

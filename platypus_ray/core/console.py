@@ -82,7 +82,7 @@ class NoiseLog:
             self.path = path
             held, self._held = self._held, []
             if held:
-                self._append(held)
+                self._append(path, held)
 
     def write(self, lines: list[str]) -> None:
         with self._lock:
@@ -90,11 +90,11 @@ class NoiseLog:
             if self.path is None:
                 self._held.extend(lines)
             else:
-                self._append(lines)
+                self._append(self.path, lines)
 
-    def _append(self, lines: list[str]) -> None:
-        os.makedirs(os.path.dirname(self.path), exist_ok=True)
-        with open(self.path, "a", encoding="utf-8") as handle:
+    def _append(self, path: str, lines: list[str]) -> None:
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        with open(path, "a", encoding="utf-8") as handle:
             handle.writelines(line if line.endswith("\n") else line + "\n" for line in lines)
 
 
@@ -172,7 +172,7 @@ class RoutedStream(io.TextIOBase):
         return self.target.fileno()
 
     @property
-    def encoding(self) -> str:  # type: ignore[override]
+    def encoding(self) -> str:  # type: ignore[override]  # typeshed: a writeable attribute; CPython's is read-only
         return getattr(self.target, "encoding", "utf-8")
 
     @property

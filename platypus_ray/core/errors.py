@@ -41,6 +41,8 @@ _ENVIRONMENT_ERRNOS = {
 
 def describe_os_error(exc: OSError, path: str | None = None) -> str | None:
     """One line for an OSError caused by the environment (see _ENVIRONMENT_ERRNOS), else None."""
+    if exc.errno is None:
+        return None
     fix = _ENVIRONMENT_ERRNOS.get(exc.errno)
     if fix is None:
         return None

@@ -46,7 +46,8 @@ def load_model(
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(tokenizer_source(name_or_path, adapter))
-    model = AutoModelForCausalLM.from_pretrained(name_or_path, dtype=dtype).to(device)
+    loaded = AutoModelForCausalLM.from_pretrained(name_or_path, dtype=dtype)
+    model = loaded.to(device)  # type: ignore[arg-type]  # typeshed: a wraps()'d .to binds no self
     if adapter:
         from peft import PeftModel
 

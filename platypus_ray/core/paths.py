@@ -16,7 +16,7 @@ import lzma
 import os
 from collections.abc import Iterator
 from pathlib import Path
-from typing import BinaryIO
+from typing import BinaryIO, cast
 
 import pyarrow as pa
 import pyarrow.fs as pafs
@@ -140,12 +140,14 @@ def open_input(path: str) -> BinaryIO:
     else:
         raw = open(path, "rb")  # noqa: SIM115 - returned open: the caller's `with` closes it
     suffix = next((ext for ext in COMPRESSIONS if path.lower().endswith(ext)), None)
+    # typeshed declares these decompressors io.BufferedIOBase, not typing.BinaryIO (nominal): they are
+    # the binary streams (read, close, `with`) the callers use
     if suffix == ".gz":
-        return gzip.GzipFile(fileobj=raw)
+        return cast(BinaryIO, gzip.GzipFile(fileobj=raw))
     if suffix == ".bz2":
-        return bz2.BZ2File(raw)
+        return cast(BinaryIO, bz2.BZ2File(raw))
     if suffix == ".xz":
-        return lzma.LZMAFile(raw)
+        return cast(BinaryIO, lzma.LZMAFile(raw))
     if suffix == ".zst":
         stream = raw if isinstance(raw, pa.NativeFile) else pa.PythonFile(raw, mode="r")
         return pa.CompressedInputStream(stream, "zstd")

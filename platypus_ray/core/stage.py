@@ -113,7 +113,7 @@ class Stage(Generic[C, P, R]):
     def check(self, cfg: C, planned: frozenset[str]) -> P:
         """The stage's own checks that need the disk or the network, after its inputs and outputs
         passed and before Ray starts; returns what it loaded for :meth:`execute` (or None)."""
-        return None  # type: ignore[return-value]
+        return None  # type: ignore[return-value]  # the default for stages that load nothing (P is None there)
 
     def check_cluster(self, cfg: C) -> None:
         """Checks that need the Ray cluster (a stage that has some starts Ray here)."""

@@ -20,6 +20,7 @@ import copy
 import json
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import yaml
 
@@ -33,10 +34,13 @@ NODE_TYPE_LABEL = "ray.io/node-group"  # the label Ray gives a node of a KubeRay
 LOOPBACK_ONLY = {"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"}
 FAKE_OBJECT_STORE = 100_000_000  # bytes per fake node (Ray's default is 30% of RAM for each one)
 
-try:  # the provider runs inside the head's monitor process; this module is importable without Ray's autoscaler
+if TYPE_CHECKING:
     from ray.autoscaler._private.fake_multi_node.node_provider import FakeMultiNodeProvider
-except ImportError:  # pragma: no cover
-    FakeMultiNodeProvider = object
+else:
+    try:  # the provider runs inside the head's monitor process; this module is importable without Ray's autoscaler
+        from ray.autoscaler._private.fake_multi_node.node_provider import FakeMultiNodeProvider
+    except ImportError:  # pragma: no cover
+        FakeMultiNodeProvider = object
 
 
 class LoopbackFakeProvider(FakeMultiNodeProvider):

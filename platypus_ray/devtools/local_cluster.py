@@ -262,6 +262,8 @@ class AutoscalingLocalCluster(LocalCluster):
         args = super()._node_args(name, temp_dir)
         if name != "head":
             return args
+        if self.shape is None:  # __post_init__ checked it; the field stays assignable
+            raise ValueError("AutoscalingLocalCluster needs a shape (read_shape(path))")
         path = self.root / "autoscaling.yaml"  # the GCS port is chosen by now: the provider joins it
         path.write_text(yaml.safe_dump(autoscaler_config(self.shape, self.address, self.idle_timeout_minutes, self.v2)))
         # No GPUs on the head, as on the cluster (a GPU machine would otherwise take the GPU work itself).

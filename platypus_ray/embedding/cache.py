@@ -22,6 +22,7 @@ import json
 import os
 import uuid
 from dataclasses import dataclass, field
+from typing import cast
 
 import numpy as np
 import pyarrow as pa
@@ -120,7 +121,7 @@ class EmbeddingCache:
         warnings: list[str] = []
         order = np.argsort(hashes, kind="stable")
         wanted = hashes[order]
-        reads = []  # (path, asked positions it serves, task refs)
+        reads: list[tuple[str, np.ndarray, list[ray.ObjectRef]]] = []  # (path, asked positions it serves, task refs)
         for path in self.shards() if len(hashes) else []:
             try:
                 shard_hashes = _read_hashes(self.fs, path)
@@ -149,9 +150,9 @@ class EmbeddingCache:
                 continue
             served = order[positions[new]]
             found[served] = True
-            reads.append(
-                (path, served, _read_piece.options(num_returns=2).remote(self.fs, path, shard_rows[new], keys[served]))
-            )
+            # num_returns=2: a list of two refs (Ray's stubs type .remote() as returning one ObjectRef)
+            piece_refs = _read_piece.options(num_returns=2).remote(self.fs, path, shard_rows[new], keys[served])
+            reads.append((path, served, cast("list[ray.ObjectRef]", piece_refs)))
         infos = wait_all([refs[1] for _, _, refs in reads], timeout_s)
         dims = [info["dim"] for info in infos if not info["error"]]
         pieces = []

@@ -80,6 +80,8 @@ def compare(
     """(max |cosine difference| over all row pairs and row-probe pairs, kept_differs, flags_differ)."""
     diff = float(np.abs(ref @ ref.T - vec @ vec.T).max()) if len(ref) else 0.0
     if ref_probes is not None and len(ref_probes):
+        if vec_probes is None:
+            raise ValueError("compare: probes for the reference vectors but none for the compared ones")
         diff = max(diff, float(np.abs(ref @ ref_probes.T - vec @ vec_probes.T).max()))
     keep_a, flag_a = decisions(ref, ref_probes, dedup_t, flag_t)
     keep_b, flag_b = decisions(vec, vec_probes, dedup_t, flag_t)
@@ -106,7 +108,7 @@ def calibrate(
     for name in ("torch", *[b for b in backends if b != "torch"]):
         spec = replace(base, backend=name, precision="float32")
         seconds, vectors, version = timed_encode(spec, texts)
-        if ref is None:
+        if ref is None or ref_s is None:  # the first backend (torch fp32) is the reference; both set together
             ref_s, ref = seconds, vectors
         diff, kept, flags = compare(ref, vectors, dedup_t, flag_t)
         results.append(
@@ -133,7 +135,8 @@ def _calibrate_off_driver(
         return calibrate(texts, base, dedup_t, flag_t, backends)
     from platypus_ray.core.waits import bounded_by, wait_all
 
-    ref = ray.remote(num_cpus=max(1, base.threads))(calibrate).remote(texts, base, dedup_t, flag_t, backends)
+    task = ray.remote(num_cpus=max(1, base.threads))(calibrate)
+    ref = task.remote(texts, base, dedup_t, flag_t, backends)  # type: ignore[call-arg]  # Ray stubs drop defaulted args
     fix = "the cluster may lack a free CPU, or set embedding.backend to a named backend to skip it"
     with bounded_by("embedding.timeout_s", "embedding calibration task", fix):
         (agreements,) = wait_all([ref], timeout_s)

@@ -84,7 +84,10 @@ class TorchEncoder(Encoder):
         features = self.model.preprocess(texts)  # whatever tokenizer the model carries; lengths only
         mask = features.get("attention_mask")
         lengths = mask.sum(dim=1).numpy() if mask is not None else np.array([len(t) for t in texts])
-        out = np.empty((len(texts), self.model.get_embedding_dimension()), dtype=np.float32)
+        dim = self.model.get_embedding_dimension()
+        if dim is None:
+            raise ValueError(f"{self.spec.model}: sentence-transformers reports no embedding dimension for it")
+        out = np.empty((len(texts), dim), dtype=np.float32)
         for rows in token_batches(lengths, self.spec.batch_tokens, self.spec.batch_size):
             out[rows] = self.model.encode(
                 [texts[i] for i in rows],

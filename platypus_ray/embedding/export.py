@@ -134,6 +134,8 @@ def _export_onnx(model: str, folder: Path, quantize: bool) -> dict:
             nodes_to_exclude=ffn_out,
         )
         target.unlink()
+    if st.max_seq_length is None:  # a model whose first module sets no length: its tokenizer would not truncate
+        raise ValueError(f"{model}: sentence-transformers reports no max_seq_length for it; cannot export it")
     return {
         "inputs": names,
         "max_seq_length": int(st.max_seq_length),

@@ -168,7 +168,7 @@ def open_cache(location: str, cfg: EmbeddingConfig) -> EmbeddingCache:
     from platypus_ray.embedding.export import model_folder
     from platypus_ray.embedding.manifest import RECIPES
 
-    identity = {
+    identity: dict[str, str | int | None] = {
         "model_key": model_folder(Path("."), cfg.model).name,
         "backend": cfg.backend,
         "precision": resolve_precision(cfg.precision, resolve_device(cfg.device)),

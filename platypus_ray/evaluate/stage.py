@@ -16,6 +16,7 @@ import math
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -105,6 +106,7 @@ def _evaluate_model(
     def score_fn(rows: pd.DataFrame) -> pd.DataFrame:
         return score(rows, model, cfg.inference, device)
 
+    summary: dict[str, Any]
     results, summary, validation_scores = None, {"benchmarks": {}}, None
     if loaded is not None:
         lm = pool_lm(score_fn, extra=validation)
@@ -180,7 +182,7 @@ def _evaluate(cfg: EvaluateConfig, entries: LoadedEntries) -> EvaluateResult:
         results, validation_frame, summary["models"][model.display_name] = _evaluate_model(
             model, cfg, tasks, validation, device
         )
-        if results is not None:
+        if results is not None and tasks is not None:  # results come only from loaded tasks
             item_frames.append(item_rows(results, tasks).assign(model=model.display_name))
             all_results[model.display_name] = results
         if validation_frame is not None:

@@ -18,7 +18,9 @@ No row is ever removed for its language.
 from __future__ import annotations
 
 import re
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass
+from typing import Any
 
 import numpy as np
 
@@ -142,6 +144,8 @@ def survey(
     for name in dict.fromkeys(sources.tolist()):
         mine = (sources == name) & valid
         n = int(mine.sum())
+        names: Iterable[Any]
+        counts: Iterable[Any]
         names, counts = np.unique(scripts[mine].astype(str), return_counts=True) if n else ([], [])
         shares = {str(s): round(int(c) / n, 4) for s, c in sorted(zip(names, counts), key=lambda sc: -sc[1])}
         result[name] = SourceLanguages(n, shares, int((outside & (sources == name)).sum()))
@@ -179,8 +183,9 @@ def check_languages(
     rows outside it in ``detail`` (the ledger's), and return per-source stats and warnings."""
     languages = model_languages(model, declared)
     per_source, outside = survey(meta["source"], meta["script"], meta["valid"], covered_scripts(languages))
+    listed = languages or ()  # unknown languages (None) put no row outside: no message below names them
     errors = [
-        mismatch_message(name, lang, languages, model)
+        mismatch_message(name, lang, listed, model)
         for name, lang in per_source.items()
         if lang.outside_share > MISMATCH_ERROR_SHARE and not allow_mismatch
     ]
@@ -188,14 +193,14 @@ def check_languages(
         raise UserError("; ".join(errors))
     warnings = [
         f"source '{name}': {lang.outside} of {lang.rows} rows ({lang.outside_share:.0%}) are in scripts "
-        f"embedding.model does not read ({', '.join(languages)}); their near-duplicate decisions are unreliable "
+        f"embedding.model does not read ({', '.join(listed)}); their near-duplicate decisions are unreliable "
         "(marked in the ledger's detail)"
         for name, lang in per_source.items()
         if lang.outside
     ]
     for uid in np.flatnonzero(outside):
         detail[uid] = (
-            f"script {meta['script'][uid]} is outside what embedding.model reads ({', '.join(languages)}); "
+            f"script {meta['script'][uid]} is outside what embedding.model reads ({', '.join(listed)}); "
             "similarity scores for this row are unreliable"
         )
     stats = {

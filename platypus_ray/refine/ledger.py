@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
@@ -58,7 +59,7 @@ class Decisions:
     benchmark: np.ndarray
     category: np.ndarray
     signal: np.ndarray
-    near_pairs: tuple[np.ndarray, np.ndarray, np.ndarray] = field(default=None)  # type: ignore[assignment]
+    near_pairs: tuple[np.ndarray, np.ndarray, np.ndarray] | None = field(default=None)
     near_pairs_total: int = 0
 
     @classmethod
@@ -250,7 +251,7 @@ def summarize(
         entry["flagged"] += 1
         entry["removed"] += int(st == "removed")
         entry[category] = entry.get(category, 0) + 1
-    stats = {
+    stats: dict[str, Any] = {
         "input_rows": len(status),
         "kept": int((status == "kept").sum()),
         "invalid": int((status == "invalid").sum()),

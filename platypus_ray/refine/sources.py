@@ -146,7 +146,7 @@ def _parse_or_report(sf: SourceFile) -> pa.Table:
     try:
         return parse_source_file(sf)
     except InputError as exc:
-        row = {f.name: None for f in PARSED_SCHEMA}
+        row: dict[str, Any] = {f.name: None for f in PARSED_SCHEMA}
         row.update(
             source=sf.source,
             file=sf.path,

@@ -257,7 +257,7 @@ def benchmark_rows() -> list[str]:
 
 def sample_rows() -> list[dict[str, str]]:
     """The valid rows of the shipped corpus in the refine stage's kept/ schema (for tiny runs)."""
-    rows = []
+    rows: list[dict[str, str]] = []
     for line in CORPUS.read_text().splitlines():
         try:
             record = json.loads(line)

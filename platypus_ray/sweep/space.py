@@ -183,6 +183,8 @@ def param_space(cfg) -> dict[str, Any]:
     for dim in dims:
         if dim.values is not None:
             space[dim.key] = tune.grid_search(dim.values) if cfg.sweep.search == "grid" else tune.choice(dim.values)
+        elif dim.distribution is None:  # parse() gives every dimension values or a distribution
+            raise ValueError(f"sweep.space.{dim.key}: neither values nor a distribution")
         else:
             space[dim.key] = getattr(tune, dim.distribution)(dim.low, dim.high)
     return space
@@ -190,8 +192,8 @@ def param_space(cfg) -> dict[str, Any]:
 
 def data_variants(cfg) -> list[dict[str, Any]]:
     """Every combination of the data-changing keys' values (one tokenisation each); [{}] if none."""
-    dims = [d for d in parse(cfg.sweep.space)[0] if is_data_key(d.key) and d.values is not None]
-    return [{d.key: v for d, v in zip(dims, values)} for values in itertools.product(*(d.values for d in dims))]
+    keyed = [(d.key, d.values) for d in parse(cfg.sweep.space)[0] if is_data_key(d.key) and d.values is not None]
+    return [{key: v for (key, _), v in zip(keyed, values)} for values in itertools.product(*(vs for _, vs in keyed))]
 
 
 def data_key(cfg: TrainConfig) -> str:

@@ -34,7 +34,7 @@ from platypus_ray.train.tracking import check_reachable
 
 logger = logging.getLogger(__name__)
 
-TRIAL_DRIVER_RESOURCES = {"CPU": 0, "memory": 512 * 1024**2}
+TRIAL_DRIVER_RESOURCES: dict[str, float] = {"CPU": 0, "memory": 512 * 1024**2}
 LOCAL_PLACEMENT_RETRIES = 4  # on a fixed local instance nothing new arrives: a trial must not wait forever
 
 

@@ -84,6 +84,8 @@ def prepare_data(cfg: TrainConfig) -> TokenizedData:
     ds = ray.data.read_parquet(cfg.data.path).select_columns(["instruction", "input", "output"])
     n_rows = ds.count()
     val_size = cfg.data.val_size if cfg.data.val_size < 1 else int(cfg.data.val_size)
+    train: ray.data.Dataset
+    validation: ray.data.Dataset | None
     if val_size and n_rows > 1:
         train, validation = ds.train_test_split(test_size=val_size, shuffle=cfg.data.shuffle, seed=cfg.training.seed)
     else:

@@ -58,9 +58,11 @@ def pack_batch(batch: dict[str, Any], cutoff_len: int, seed: int) -> pa.Table:
     ids, labels = list(batch["input_ids"]), list(batch["labels"])
     bins = best_fit_decreasing([len(x) for x in ids], cutoff_len)
     rng = np.random.default_rng([seed, len(ids), sum(len(x) for x in ids)])
-    rows = {name: [] for name in PACKED_SCHEMA.names}
+    rows: dict[str, list[Any]] = {name: [] for name in PACKED_SCHEMA.names}
     for b in (bins[k] for k in rng.permutation(len(bins))):
-        seq_ids, seq_labels, positions = [], [], []
+        seq_ids: list[int] = []
+        seq_labels: list[int] = []
+        positions: list[int] = []
         for i in b:
             row_labels = [int(x) for x in labels[i]]
             row_labels[0] = IGNORE_INDEX

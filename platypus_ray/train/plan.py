@@ -255,6 +255,8 @@ class TrainPlan:
         choose_deepspeed_accelerator(torch.cuda.is_available())  # the driver: a CPU head of a GPU cluster too
         from deepspeed.runtime.zero.stage3 import estimate_zero3_model_states_mem_needs
 
+        if self.size is None:  # only called once memory_per_worker() has an estimate, which needs the size
+            raise ValueError("the DeepSpeed estimate needs the model size")
         workers = self.cfg.cluster.workers
         per_node = min(self.cfg.cluster.gpus_per_node, workers) if self.cfg.cluster.use_gpu else workers
         nodes = -(-workers // per_node)

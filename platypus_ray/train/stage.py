@@ -188,12 +188,13 @@ def _finished(cfg: TrainConfig, total_steps: int) -> ray.train.Result | None:
         result = ray.train.Result.from_path(cfg.run.run_dir)
     except RuntimeError:  # no run folder yet, or no checkpoint registered in it
         return None
-    if result.checkpoint is None or int(result.metrics.get("step") or 0) < total_steps:
+    metrics = result.metrics or {}  # Ray types them Optional: a run folder without reported metrics is unfinished
+    if result.checkpoint is None or int(metrics.get("step") or 0) < total_steps:
         return None
     logger.info(
         "train: %s already finished at step %s; nothing to train (a new run.name trains again)",
         cfg.run.name,
-        result.metrics["step"],
+        metrics["step"],
     )
     return result
 
@@ -222,11 +223,11 @@ def fit(job: TrainJob, callbacks: list | None = None) -> TrainResult:
             resources_per_worker=cfg.cluster.resources_per_worker,
             placement_strategy=cfg.cluster.placement_strategy,
         ),
-        run_config=ray.train.RunConfig(
+        run_config=ray.train.RunConfig(  # type: ignore[call-arg]  # V2's (Ray's default); mypy sees V1's class
             name=cfg.run.name,
             storage_path=cfg.run.storage_path,
             checkpoint_config=ray.train.CheckpointConfig(num_to_keep=cfg.run.keep_checkpoints),
-            failure_config=ray.train.FailureConfig(
+            failure_config=ray.train.FailureConfig(  # type: ignore[call-arg]  # V2's, as RunConfig
                 max_failures=cfg.run.max_failures, controller_failure_limit=cfg.run.placement_retries
             ),
             callbacks=callbacks,
@@ -244,6 +245,8 @@ def fit(job: TrainJob, callbacks: list | None = None) -> TrainResult:
             raise clear from exc
         if result.checkpoint is None:
             raise RuntimeError("training finished without a checkpoint")
+        if result.metrics is None:
+            raise RuntimeError("training finished without metrics")
         history = _history(result.checkpoint)
         adapter_path = export_adapter(result.checkpoint, cfg.run.adapter_path)
         check_adapter(adapter_path)

@@ -90,8 +90,10 @@ class TrackingTarget:
         return bool(self.run_id or self.tensorboard_dir)
 
 
-def client(uri: str):
+def client(uri: str | None):
     """An MLflow client; the file store (our ``mlflow: true``) is opted into explicitly."""
+    if uri is None:  # a target with a run_id always has its store's URI
+        raise ValueError("no MLflow tracking URI to open a client for")
     if uri.startswith("file:"):
         os.environ.setdefault("MLFLOW_ALLOW_FILE_STORE", "true")
     from mlflow import MlflowClient

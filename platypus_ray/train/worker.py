@@ -11,7 +11,7 @@ import json
 import os
 import shutil
 import warnings
-from typing import Any
+from typing import Any, cast
 
 import ray.train
 import torch
@@ -51,17 +51,17 @@ def train_loop_per_worker(plan: WorkerPlan) -> None:
     args = _training_arguments(cfg, plan, on_gpu)  # registers the ZeRO-3 config for from_pretrained
     packed = cfg.data.packing == "packed"
     attention = {"attn_implementation": "flash_attention_2"} if packed and on_gpu else {}  # varlen via position ids
-    model = AutoModelForCausalLM.from_pretrained(
+    base = AutoModelForCausalLM.from_pretrained(
         cfg.model.name_or_path, dtype=torch_dtype(cfg.model.dtype, on_gpu), **attention
     )
-    model.config.use_cache = False  # training; a KV cache would also turn off the packed-sequence mask
-    partition = zero3_partition_report(model, world)
+    base.config.use_cache = False  # training; a KV cache would also turn off the packed-sequence mask
+    partition = zero3_partition_report(base, world)
     partition.update(worker_placement())
     if cfg.training.gradient_checkpointing:
-        model.enable_input_require_grads()
+        base.enable_input_require_grads()
     set_seed(cfg.training.seed)  # every rank must start from the same LoRA initialisation
     model = get_peft_model(
-        model,
+        base,
         LoraConfig(
             r=cfg.lora.r,
             lora_alpha=cfg.lora.alpha,
@@ -104,7 +104,7 @@ def train_loop_per_worker(plan: WorkerPlan) -> None:
             if _global_step(resume) < plan.total_steps:
                 trainer.train(resume_from_checkpoint=resume)
     torch.distributed.barrier()  # ranks sharing a node also share the scratch folder
-    if context.get_local_rank() == 0:
+    if context.get_local_rank() == 0 and args.output_dir is not None:  # always set, by _training_arguments
         shutil.rmtree(args.output_dir, ignore_errors=True)
 
 
@@ -112,7 +112,8 @@ def worker_placement() -> dict[str, Any]:
     """Which Ray node each rank runs on (rank order), and how many nodes the group spans."""
     nodes: list[str | None] = [None] * torch.distributed.get_world_size()
     torch.distributed.all_gather_object(nodes, ray.get_runtime_context().get_node_id())
-    return {"worker_nodes": ",".join(nodes), "nodes": len(set(nodes))}
+    gathered = cast("list[str]", nodes)  # all_gather_object filled every rank's slot with its node id
+    return {"worker_nodes": ",".join(gathered), "nodes": len(set(gathered))}
 
 
 def _global_step(hf_checkpoint: str) -> int:
@@ -174,7 +175,9 @@ class PadCollate(NumpyBatchCollateFn):
     def __init__(self, pad_token_id: int):
         self.pad_token_id = pad_token_id
 
-    def __call__(self, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
+    def __call__(  # type: ignore[override]  # Ray's CollateFn returns CollatedData, an unbound TypeVar
+        self, batch: dict[str, Any]
+    ) -> dict[str, torch.Tensor]:
         ids, labels = list(batch["input_ids"]), list(batch["labels"])
         lengths = [len(row) for row in ids]
         width = padded_width(lengths, 8)
@@ -190,7 +193,9 @@ class PackedCollate(PadCollate):
     pad tail is one more segment, all -100) and there is no attention mask: transformers then
     confines attention to each row (block-diagonal causal mask; flash-attention 2 varlen on GPU)."""
 
-    def __call__(self, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
+    def __call__(  # type: ignore[override]  # as PadCollate.__call__: Ray's return type is an unbound TypeVar
+        self, batch: dict[str, Any]
+    ) -> dict[str, torch.Tensor]:
         ids, labels = list(batch["input_ids"]), list(batch["labels"])
         lengths = [len(row) for row in ids]
         width = padded_width(lengths, 8)

@@ -19,7 +19,7 @@ The driver holds block references, the centroids, a few ints per row and the pai
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import ray
@@ -77,11 +77,12 @@ def clustered_pairs_above(
     groups = max(1, min(k, max(4 * int(ray.cluster_resources().get("CPU", 1)), int(sizes.sum() // 50000) + 1)))
     group_of_cluster = _balance(sizes, groups)
     split = _split.options(num_returns=groups)
-    pieces = [
+    # num_returns=groups: a list of refs, one ref when groups == 1 (Ray's stubs say always one ObjectRef)
+    split_refs: list[Any] = [
         split.remote(ref, a, group_of_cluster, groups, int(start))
         for ref, a, start in zip(blocks.refs, assigned, blocks.offsets[:-1])
     ]
-    pieces = [p if isinstance(p, list) else [p] for p in pieces]
+    pieces = [p if isinstance(p, list) else [p] for p in split_refs]
     budget = PairBudget(settings.per_row, settings.max_pairs) if settings.per_row and rank is not None else None
     rank_ref = ray.put(rank if budget else None)
     refs = [
@@ -183,12 +184,14 @@ def _pairs_in_group(threshold: float, tile: int, rank: np.ndarray | None, budget
             local = torch.arange(s, s + len(sims))
             sims[local - s, local] = -2.0  # a row is not its own neighbour
             best[s : s + len(sims)] = sims.max(dim=1).values
-            li, lj = torch.nonzero(torch.triu(sims >= threshold - _EPS, diagonal=s + 1), as_tuple=True)
-            li, lj = (li + s).numpy(), lj.numpy()
+            ti, tj = torch.nonzero(torch.triu(sims >= threshold - _EPS, diagonal=s + 1), as_tuple=True)
+            li, lj = (ti + s).numpy(), tj.numpy()
             score = _rescored(vectors[a:b], li, lj, sims[li - s, lj].numpy().astype(np.float64), threshold)
             exact = score >= threshold
             gi, gj, score = ids[a:b][li[exact]], ids[a:b][lj[exact]], score[exact]
             if budget is not None:
+                if rank is None:  # the caller ships the rows' rank with every budget
+                    raise ValueError("a pair budget needs the rows' rank")
                 i_first = rank[gi] < rank[gj]
                 gi, gj = np.where(i_first, gi, gj), np.where(i_first, gj, gi)
                 counted.append(np.unique(gj, return_counts=True))

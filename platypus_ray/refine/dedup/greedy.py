@@ -75,7 +75,7 @@ def resolve_greedy(n: int, pairs: Pairs, order: np.ndarray, exact_check: ExactCh
         lo_slice = slice(bounds[row], bounds[row + 1])
         if keep[hi[lo_slice]].any():
             keep[row] = False
-        elif incomplete[row]:
+        elif incomplete[row] and exact_check is not None:  # never None here: checked before the walk
             match, cosine = exact_check(int(row), keep, rank)
             if match >= 0:
                 keep[row], matched[row], best[row] = False, match, cosine

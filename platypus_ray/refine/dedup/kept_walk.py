@@ -61,8 +61,8 @@ class _Numpy:
         self.kept[at : at + len(rows)] = chunk[rows]
 
 
-class _Torch(_Numpy):
-    """The same on a GPU."""
+class _Torch:
+    """The same as :class:`_Numpy` on a GPU (the kept vectors a torch tensor there)."""
 
     def __init__(self, n: int, dim: int, device: str):
         import torch
@@ -115,7 +115,7 @@ def walk_against_kept(
     score = np.full(n, np.nan)
     nearest = np.full(n, -1.0)
     kept_rows = np.empty(n, dtype=np.int64)
-    products_of = _Numpy(n, dim) if device == "cpu" else _Torch(n, dim, device)
+    products_of: _Numpy | _Torch = _Numpy(n, dim) if device == "cpu" else _Torch(n, dim, device)
     n_kept, products = 0, 0
     for start in range(0, n, chunk_rows):
         rows = order[start : start + chunk_rows]
@@ -187,6 +187,8 @@ def _settle_among(
     one of them that stayed is similar. Returns the chunk positions kept."""
     if len(open_rows) == 0:
         return open_rows
+    if among is None:  # the caller computes it for every non-empty open_rows
+        raise ValueError("open rows need their cosines among each other")
     among[np.triu_indices(len(open_rows))] = -2.0  # only earlier rows count
     stays = np.ones(len(open_rows), dtype=bool)
     for a in np.flatnonzero((among >= threshold - _EPS).any(axis=1)):

@@ -12,7 +12,13 @@ from platypus_ray.embedding import EmbeddingBlocks
 from platypus_ray.refine.config import DedupConfig
 from platypus_ray.refine.dedup.clustered import ClusterSettings, clustered_pairs_above
 from platypus_ray.refine.dedup.cost import exact_seconds, gemm_gflops_per_cpu
-from platypus_ray.refine.dedup.greedy import DedupDecision, exact_check_against, priority_order, resolve_greedy
+from platypus_ray.refine.dedup.greedy import (
+    DedupDecision,
+    ExactCheck,
+    exact_check_against,
+    priority_order,
+    resolve_greedy,
+)
 from platypus_ray.refine.dedup.kept_walk import OverBudget, kept_walk_pairs
 from platypus_ray.refine.dedup.recall import measure_recall
 from platypus_ray.refine.dedup.similarity import Pairs, all_pairs_above, pair_keys
@@ -183,7 +189,7 @@ def close_over_kept(
     raise RuntimeError(f"semantic dedup: the kept set still held pairs >= threshold after {rounds} exact checks")
 
 
-def _remembered(check):
+def _remembered(check: ExactCheck) -> ExactCheck:
     """``check`` answered once per row across the closure's walks: a row removed by a kept match stays
     removed while that match is kept; a row the check kept stays kept (were that wrong, the search
     among kept rows finds the pair and the next walk removes it). Each exact check of a large input
@@ -235,9 +241,10 @@ def _node_capacity() -> tuple[float, float | None]:
 def _bound_stats(pairs: Pairs) -> dict:
     """How many pairs the search saw (clustered: once per cluster a pair shares), whether it held
     them all (within ``dedup.max_pairs``), and how many rows had more than ``neighbours_per_row``."""
+    over = 0 if pairs.incomplete is None else int(pairs.incomplete.sum())  # None: an unbounded search, all held
     return {
         "pairs_found": pairs.count,
         "pairs_held": len(pairs.i),
-        "every_pair_held": not pairs.incomplete.any(),
-        "rows_over_neighbour_bound": int(pairs.incomplete.sum()),
+        "every_pair_held": over == 0,
+        "rows_over_neighbour_bound": over,
     }

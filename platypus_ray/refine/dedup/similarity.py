@@ -85,7 +85,7 @@ def all_pairs_above(
         )
     rank_ref = ray.put(rank if bounded else None)
     task = _pairs_in_row_block.options(num_gpus=num_gpus)
-    budget = PairBudget(per_row, max_pairs) if bounded else None
+    budget = PairBudget(per_row, max_pairs) if per_row is not None and bounded else None
     refs = [
         task.remote(blocks.refs, blocks.offsets, b, start, min(start + tile, end), tile, threshold, rank_ref, budget)
         for b, first, end in blocks.spans()
@@ -151,7 +151,10 @@ class HeldPairs:
 
     def pairs(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """(hi, lo, score) of every pair held now."""
-        joined = tuple(map(np.concatenate, zip(*self.parts))) if self.parts else _NO_PAIRS
+        joined: tuple[np.ndarray, np.ndarray, np.ndarray] = _NO_PAIRS
+        if self.parts:
+            his, los, scores = zip(*self.parts)
+            joined = (np.concatenate(his), np.concatenate(los), np.concatenate(scores))
         return _distinct_pairs(*joined) if self.distinct and len(self.parts) > 1 else joined
 
     def bound_fields(self) -> tuple[np.ndarray | None, int | None]:
@@ -170,14 +173,16 @@ def pair_keys(i: np.ndarray, j: np.ndarray, n: int) -> np.ndarray:
     return np.minimum(i, j) * np.int64(n) + np.maximum(i, j)
 
 
-def _distinct_pairs(i: np.ndarray, j: np.ndarray, score: np.ndarray):
+def _distinct_pairs(i: np.ndarray, j: np.ndarray, score: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Each pair once (the same pair found twice has the same score)."""
     n = int(max(i.max(initial=0), j.max(initial=0))) + 1
     _, first = np.unique(pair_keys(i, j, n), return_index=True)
     return i[first], j[first], score[first]
 
 
-def _top_per_row(hi: np.ndarray, lo: np.ndarray, score: np.ndarray, k: int):
+def _top_per_row(
+    hi: np.ndarray, lo: np.ndarray, score: np.ndarray, k: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """The ``k`` highest-scoring (hi, lo) pairs of every ``lo``."""
     order = np.lexsort((-score, lo))
     hi, lo, score = hi[order], lo[order], score[order]
@@ -267,6 +272,8 @@ def _pairs_in_row_block(
             score = np.einsum("ij,ij->i", rows64[hit_i], cols[hit_j].astype(np.float64))
             i, j = hit_i + start, hit_j + col
             if budget is not None:
+                if rank is None:  # the caller ships the rows' rank with every budget
+                    raise ValueError("a pair budget needs the rows' rank")
                 i_first = rank[i] < rank[j]
                 i, j = np.where(i_first, i, j), np.where(i_first, j, i)  # (higher, lower priority)
                 held.counts += np.bincount(j - start, minlength=n - start)
