@@ -56,7 +56,7 @@ def check_adapter(path: str) -> dict[str, tuple[int, ...]]:
     shapes: dict[str, tuple[int, ...]] = {}
     any_nonzero_b = False
     with safe_open(os.path.join(path, "adapter_model.safetensors"), framework="pt") as tensors:
-        for name in tensors:
+        for name in tensors.keys():  # noqa: SIM118 (a safe_open handle is not iterable, only its keys())
             tensor = tensors.get_tensor(name)
             shapes[name] = tuple(tensor.shape)
             if tensor.numel() == 0:
