@@ -112,3 +112,35 @@ def dense_family_vectors(rows: int, copies: int, seed: int, backend: str):
     texts = list(dict.fromkeys(texts))
     encoder = load_encoder(EncoderSpec("all-MiniLM-L6-v2", backend, device="cpu", batch_size=64))
     return encoder.encode(texts).astype(np.float32)
+
+
+def sample_conversations(n: int = 40, max_pairs: int = 3) -> list[list[dict[str, str]]]:
+    """OpenAI-style conversations made of the shipped sample rows: 1 to ``max_pairs`` user/assistant
+    pairs each (consecutive rows), every third with a system prompt."""
+    from platypus_ray.samples import sample_rows
+
+    rows, out, at = sample_rows(), [], 0
+    for k in range(n):
+        pairs = 1 + k % max_pairs
+        messages = [{"role": "system", "content": "You answer briefly."}] if k % 3 == 0 else []
+        for r in (rows[(at + j) % len(rows)] for j in range(pairs)):
+            user = f"{r['instruction']} {r['input']}" if r["input"] else r["instruction"]
+            messages += [{"role": "user", "content": user}, {"role": "assistant", "content": r["output"]}]
+        at += pairs
+        out.append(messages)
+    return out
+
+
+def write_chat_kept(folder, conversations: list[list[dict[str, str]]]) -> str:
+    """A kept/ folder holding ``conversations`` in the ``messages`` column (list of role/content structs)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from platypus_ray.core.conversation import MESSAGES, MESSAGES_TYPE
+
+    folder.mkdir(parents=True, exist_ok=True)
+    table = pa.table(
+        {"id": [str(i) for i in range(len(conversations))], MESSAGES: pa.array(conversations, type=MESSAGES_TYPE)}
+    )
+    pq.write_table(table, folder / "part-0.parquet")
+    return str(folder)

@@ -203,7 +203,7 @@ def _cases(tmp_path: Path, tiny_model_path: str) -> dict:
             train_data._token_counts,
             tokenized,
             "numpy",
-            {"cutoff_len": 16},
+            {},
             lambda t: {k: sum(t[k].to_pylist()) for k in ("rows", "tokens", "truncated")},
         ),
         "embed.embed_in_task": (

@@ -3,7 +3,11 @@
 Tests and ``make demo`` train this instead of LLaMA-2: the same architecture (RMSNorm,
 rotary attention with grouped KV heads, gate/up/down MLP), a few layers wide, saved with
 ``save_pretrained`` so every code path that loads a hub model loads it the same way.
-The byte-level BPE tokenizer is trained on the shipped sample corpus in Alpaca format.
+The byte-level BPE tokenizer is trained on the shipped sample corpus in Alpaca format and
+carries a small chat template of its own (:data:`CHAT_TEMPLATE`), saved with it as a hub
+model's is, so ``data.template: chat`` runs on the tokenizer's template as it would on a real
+model's. The template's role markers are plain text (no new tokens) and its stop token is
+``</s>``: the vocabulary, and so every Alpaca token id, is what it was without a template.
 """
 
 from __future__ import annotations
@@ -20,6 +24,18 @@ from platypus_ray.samples import sample_rows
 from platypus_ray.train.prompts import build_prompt
 
 SPECIAL_TOKENS = ["<unk>", "<s>", "</s>", "<pad>"]
+# Each assistant answer and its stop token in a generation block: return_assistant_tokens_mask's oracle.
+CHAT_TEMPLATE = (
+    "{{ bos_token }}"
+    "{% for message in messages %}"
+    "{% if message['role'] == 'assistant' %}"
+    "{{ '<|assistant|>\\n' }}{% generation %}{{ message['content'] + eos_token }}{% endgeneration %}{{ '\\n' }}"
+    "{% else %}"
+    "{{ '<|' + message['role'] + '|>\\n' + message['content'] + '\\n' }}"
+    "{% endif %}"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|assistant|>\\n' }}{% endif %}"
+)
 
 
 def training_texts() -> list[str]:
@@ -29,7 +45,8 @@ def training_texts() -> list[str]:
 
 def train_tokenizer(vocab_size: int = 1024, max_length: int = 512):
     """Byte-level BPE (any text encodes, no unknowns) with LLaMA's special tokens; BOS is
-    prepended on encode, EOS is left to the SFT formatting, padding is a separate token."""
+    prepended on encode, EOS is left to the SFT formatting, padding is a separate token; the
+    chat template is :data:`CHAT_TEMPLATE`."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
     from transformers import PreTrainedTokenizerFast
 
@@ -56,6 +73,7 @@ def train_tokenizer(vocab_size: int = 1024, max_length: int = 512):
         unk_token="<unk>",
         padding_side="right",
         model_max_length=max_length,
+        chat_template=CHAT_TEMPLATE,
     )
 
 

@@ -16,7 +16,13 @@ from platypus_ray.core.paths import is_remote
 from platypus_ray.train.layout import CHECKPOINT_SUBDIR
 
 ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors")
-TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "tokenizer.model")
+TOKENIZER_FILES = (
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+    "tokenizer.model",
+    "chat_template.jinja",  # transformers 5 saves the chat template beside tokenizer_config.json
+)
 
 
 def export_adapter(checkpoint: ray.train.Checkpoint, destination: str) -> str:

@@ -28,17 +28,43 @@ class ModelSettings(StrictModel):
 
 
 class DataSettings(StrictModel):
-    """Training data: the refine stage's ``kept/`` Parquet, formatted with the Alpaca template."""
+    """Training data: the refine stage's ``kept/`` Parquet (a ``messages`` column of conversations
+    when present, else the Alpaca columns), formatted with the Alpaca or the model's chat template."""
 
     path: str = "out/refine/kept"
     val_size: float = Field(0.02, ge=0, description="held-out rows: a fraction (< 1) or a row count (>= 1)")
     cutoff_len: int = Field(4096, ge=8, description="tokens per example after truncation")
+    template: Literal["alpaca", "chat", "auto"] = Field(
+        "auto",
+        description="prompt format: alpaca (Platypus's template; Alpaca columns only), chat (the tokenizer's "
+        "apply_chat_template, every assistant turn and its stop token trained), auto: chat when the data has a "
+        "messages column, else alpaca",
+    )
+    chat_template: str | None = Field(
+        None,
+        description="a Jinja chat template, or the path of a .jinja file holding one, used instead of the "
+        "tokenizer's (for tokenizers without one); {% generation %} blocks mark the trained text",
+    )
     train_on_inputs: bool = False  # false: prompt tokens are masked out of the loss (-100)
-    add_eos_token: bool = True
+    add_eos_token: bool = Field(True, description="append EOS after the response (alpaca; chat: the template's own)")
     shuffle: bool = True
     # packed: rows share cutoff_len-token sequences with per-row attention (position ids restart per
     # row; flash-attention 2 varlen on GPU): fewer, fuller steps. none: one row per sequence, padded.
     packing: Literal["none", "packed"] = "none"
+
+    @property
+    def chat_template_file(self) -> str | None:
+        """``chat_template`` when it names a file rather than holding Jinja text."""
+        text = self.chat_template
+        return text if text is not None and "{{" not in text and "{%" not in text else None
+
+    @model_validator(mode="after")
+    def _template_fits(self) -> DataSettings:
+        if self.chat_template is not None and self.template == "alpaca":
+            raise ValueError("data.chat_template is set but data.template is alpaca; set data.template: chat or auto")
+        if self.chat_template is not None and not self.chat_template.strip():
+            raise ValueError("data.chat_template is empty; give Jinja text, a .jinja file, or leave it unset")
+        return self
 
 
 class LoraSettings(StrictModel):

@@ -73,6 +73,7 @@ class WorkerPlan:
     scratch_dir: str  # per-worker Hugging Face output folder (removed at the end)
     fault_marker: str
     inject_fault_at_step: int | None = None  # fault drills: the last rank raises once at this step
+    chat_template: str | None = None  # the Jinja text the rows were rendered with: saved with the tokenizer
     tracking: TrackingTarget = field(default_factory=TrackingTarget)
 
 
@@ -86,6 +87,7 @@ class TrainPlan:
     dropped_rows: int
     train_sequences: int = 0  # packed sequences (data.packing: packed); 0: one row per sequence
     truncated_rows: int = 0
+    template: str = "alpaca"  # the prompt format the rows were tokenised with: alpaca or chat
 
     @classmethod
     def for_data(cls, cfg: TrainConfig, size: ModelSize | None, data: TokenizedData) -> TrainPlan:
@@ -99,6 +101,7 @@ class TrainPlan:
             data.dropped_rows,
             data.train_sequences,
             data.truncated_rows,
+            "alpaca" if data.chat_template is None else "chat",
         )
 
     @property
@@ -167,11 +170,12 @@ class TrainPlan:
             f"  data         {self.train_rows} train rows ({self.train_tokens:,} tokens), "
             f"{self.validation_rows} validation"
             + (
-                f", {self.dropped_rows} dropped (prompt fills cutoff_len {c.data.cutoff_len})"
+                f", {self.dropped_rows} dropped (no response token within cutoff_len {c.data.cutoff_len})"
                 if self.dropped_rows
                 else ""
             )
-            + (f", {self.truncated_rows} truncated at cutoff_len" if self.truncated_rows else ""),
+            + (f", {self.truncated_rows} truncated at cutoff_len" if self.truncated_rows else "")
+            + ("" if self.template == "alpaca" else f"; {self.template} template"),
             f"  packing      {c.data.packing}: {self.sequences} sequences of <= {c.data.cutoff_len} tokens, "
             f"efficiency {self.packing_efficiency:.2f} (real tokens / capacity)",
             f"  steps        {self.total_steps} optimizer steps ({self.steps_per_epoch}/epoch), "
@@ -195,6 +199,8 @@ class TrainPlan:
             "validation_rows": self.validation_rows,
             "train_tokens": self.train_tokens,
             "dropped_rows": self.dropped_rows,
+            "truncated_rows": self.truncated_rows,
+            "template": self.template,
             "total_steps": self.total_steps,
             "steps_per_epoch": self.steps_per_epoch,
             "train_sequences": self.sequences,

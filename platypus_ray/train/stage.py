@@ -124,13 +124,18 @@ class TrainStage(Stage[TrainConfig, None, TrainResult]):
 
 
 def train_inputs(cfg: TrainConfig) -> list[Input]:
-    """What a train run reads: the base model, the refined rows, a DeepSpeed config file (sweep too)."""
+    """What a train run reads: the base model, the refined rows, a DeepSpeed config file and a chat
+    template file (sweep too)."""
     found = [
         Input("model.name_or_path", cfg.model.name_or_path, "model"),
         Input("data.path", cfg.data.path, "path", hint="run `platypus-ray refine` first or point to a Parquet folder"),
     ]
     if cfg.deepspeed.config_file:
         found.append(Input("deepspeed.config_file", cfg.deepspeed.config_file, "file"))
+    if cfg.data.chat_template_file:
+        found.append(
+            Input("data.chat_template", cfg.data.chat_template_file, "file", hint="Jinja text or a .jinja file")
+        )
     return found
 
 
@@ -174,6 +179,7 @@ def plan_job(
         steps_per_epoch=plan.steps_per_epoch,
         train_rows=data.train_rows,
         has_validation=data.validation is not None,
+        chat_template=data.chat_template,
         scratch_dir=os.path.join(tempfile.gettempdir(), "platypus-ray", f"{cfg.run.name}-{uuid.uuid4().hex[:8]}"),
         fault_marker=os.path.join(run_dir, ".injected-fault"),
         inject_fault_at_step=int(os.environ.get(INJECT_FAULT_ENV, 0)) or None,
@@ -296,7 +302,12 @@ def resolve_local_paths(cfg: TrainConfigT) -> TrainConfigT:
         deep=True,
         update={
             "model": cfg.model.model_copy(update={"name_or_path": absolute_if_local(cfg.model.name_or_path)}),
-            "data": cfg.data.model_copy(update={"path": local(cfg.data.path)}),
+            "data": cfg.data.model_copy(
+                update={
+                    "path": local(cfg.data.path),
+                    **({"chat_template": local(cfg.data.chat_template_file)} if cfg.data.chat_template_file else {}),
+                }
+            ),
             "run": cfg.run.model_copy(update={"storage_path": local(cfg.run.storage_path)}),
         },
     )

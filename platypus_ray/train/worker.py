@@ -75,6 +75,8 @@ def train_loop_per_worker(plan: WorkerPlan) -> None:
     from platypus_ray.train.data import load_tokenizer
 
     tokenizer = load_tokenizer(cfg.model.name_or_path)
+    if plan.chat_template is not None:  # checkpoints and the adapter carry the template the rows were rendered with
+        tokenizer.chat_template = plan.chat_template
     collate = PadCollate(tokenizer.pad_token_id)  # validation rows stay unpacked: eval_loss is comparable
     trainer = ShardTrainer(
         model=model,

@@ -1,4 +1,5 @@
-"""Sample packing without Ray: bin packing, per-row loss equal to unpacked, no attention across rows."""
+"""Sample packing without Ray: bin packing, per-row loss equal to unpacked, no attention across rows
+(Alpaca rows and multi-turn conversations alike)."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import torch
 from platypus_ray.samples import sample_rows
 from platypus_ray.train.packing import best_fit_decreasing, efficiency, pack_batch
 from platypus_ray.train.prompts import IGNORE_INDEX
+from tests.helpers import sample_conversations
 
 
 def test_best_fit_decreasing_fills_bins_without_splitting_rows():
@@ -19,13 +21,19 @@ def test_best_fit_decreasing_fills_bins_without_splitting_rows():
     assert bins == best_fit_decreasing(lengths, 1024)  # deterministic
 
 
-@pytest.fixture(scope="module")
-def rows(tiny_model):
-    from platypus_ray.train.data import tokenize_batch
+@pytest.fixture(scope="module", params=["alpaca", "chat"])
+def rows(request, tiny_model):
+    """Six tokenised rows: Alpaca rows with every label counted (train_on_inputs), or conversations of
+    1-2 exchanges with only their answers and stop tokens counted (the tiny model's chat template)."""
+    from platypus_ray.train.data import load_tokenizer, tokenize_batch
 
-    data = sample_rows()[:6]
-    batch = {k: [r[k] for r in data] for k in ("instruction", "input", "output")}
-    return tokenize_batch(batch, tiny_model, 128, True, True).to_pydict()  # train_on_inputs: every label counts
+    if request.param == "alpaca":
+        data = sample_rows()[:6]
+        batch = {k: [r[k] for r in data] for k in ("instruction", "input", "output")}
+        return tokenize_batch(batch, tiny_model, 128, True, True).to_pydict()
+    batch = {"messages": sample_conversations(6, max_pairs=2)}
+    template = load_tokenizer(tiny_model).chat_template
+    return tokenize_batch(batch, tiny_model, 512, False, True, chat_template=template).to_pydict()
 
 
 def _token_losses(model, ids, labels, position_ids=None):

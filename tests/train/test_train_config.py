@@ -94,3 +94,21 @@ def test_deepspeed_config_is_zero3_with_gathered_saves(base):
     assert ds["zero_optimization"]["offload_optimizer"]["device"] == "cpu"
     assert ds["zero_optimization"]["offload_param"]["device"] == "cpu"
     assert ds["optimizer"]["type"] == "AdamW"  # offloaded state needs DeepSpeed's CPU Adam
+
+
+def test_template_keys_and_a_missing_chat_template_file(base, tmp_path):
+    from platypus_ray.train.stage import STAGE
+
+    assert validate_config(TrainConfig, base).data.template == "auto"
+    inline = validate_config(TrainConfig, {**base, "data": {**base["data"], "chat_template": "{{ bos_token }}"}})
+    assert inline.data.chat_template_file is None
+    with pytest.raises(ConfigError, match="data.chat_template is set but data.template is alpaca"):
+        validate_config(TrainConfig, {**base, "data": {**base["data"], "template": "alpaca", "chat_template": "x"}})
+    with pytest.raises(ConfigError, match="alpaca, chat or auto|'alpaca', 'chat' or 'auto'"):
+        validate_config(TrainConfig, {**base, "data": {**base["data"], "template": "sharegpt"}})
+    missing = str(tmp_path / "chat.jinja")
+    cfg = validate_config(TrainConfig, {**base, "data": {**base["data"], "template": "chat", "chat_template": missing}})
+    assert cfg.data.chat_template_file == missing
+    with pytest.raises(ConfigError) as err:
+        STAGE.check_before_ray(cfg)
+    assert f"data.chat_template: '{missing}' does not exist" in str(err.value)
