@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import functools
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
@@ -73,6 +74,7 @@ def tokenize_batch(
     single label token are dropped here and counted by the caller). ``chat_template``: the Jinja
     text to render conversations with; None: the Alpaca template (Alpaca columns only)."""
     tokenizer = load_tokenizer(tokenizer_path)
+    rows: list[dict[str, Any]]
     if chat_template is None:
         rows = [
             tokenize_example(tokenizer, ins, inp, out, cutoff_len, train_on_inputs, add_eos_token)
