@@ -87,6 +87,24 @@ def nothing_written_outside_tmp():
         assert not new, f"tests wrote into the checkout: {new[:20]}"
 
 
+@pytest.fixture(autouse=True)
+def no_reservation_left_behind(request):
+    """After a test on the session's Ray, remove any placement group it left (a failed sweep or
+    train test can leave a reservation pending): one failure must not starve every later test."""
+    yield
+    if "ray_session" not in request.fixturenames:
+        return
+    import ray
+    from ray.util import placement_group_table
+    from ray.util.placement_group import PlacementGroup, remove_placement_group
+
+    if not ray.is_initialized():
+        return
+    for pg_id, info in placement_group_table().items():
+        if info["state"] in ("PENDING", "CREATED", "RESCHEDULING"):
+            remove_placement_group(PlacementGroup(ray.PlacementGroupID(bytes.fromhex(pg_id))))
+
+
 @pytest.fixture(scope="session")
 def ray_session(tmp_path_factory):
     """A 2-CPU local Ray instance shared by every test that needs Ray. The dashboard runs, as
