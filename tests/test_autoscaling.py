@@ -2,7 +2,9 @@
 `ray up` runs it) and of kuberay/rayjob.yaml through KubeRay's translator (v2, as KubeRay runs it):
 jobs submitted with `ray job submit` as the README shows, node launches and removals read back
 from Ray. GPUs are fake (PLATYPUS_RAY_SIMULATE_GPU=1 on the nodes). Each stage's record (node
-types launched, node-seconds, where each task ran) goes to out/autoscaling-rehearsal.json."""
+types launched, node-seconds, where each task ran) goes to autoscaling-rehearsal.json in pytest's
+temporary folder (its path is printed: `pytest -s tests/test_autoscaling.py`); tests write nothing
+into the checkout."""
 
 from __future__ import annotations
 
@@ -43,11 +45,11 @@ def kuberay_v2():
 
 
 @pytest.fixture(scope="module", autouse=True)
-def rehearsal_json():
+def rehearsal_json(tmp_path_factory):
     yield
     if RECORDS:  # the numbers behind the README's "On a cluster" table
-        out = ROOT / "out/autoscaling-rehearsal.json"
-        out.parent.mkdir(exist_ok=True)
+        out = tmp_path_factory.getbasetemp() / "autoscaling-rehearsal.json"
+        print(f"autoscaling records: {out}")
         out.write_text(json.dumps([r.as_json() for r in RECORDS], indent=1))
         for r in RECORDS:
             print(f"{r.stage} ({r.autoscaler}, {r.cluster_file}): launched {r.launched}, node-seconds {r.node_seconds}")
