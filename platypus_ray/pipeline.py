@@ -32,7 +32,7 @@ from platypus_ray.evaluate.config import (
     expand_preset,
 )
 from platypus_ray.merge import MergeConfig
-from platypus_ray.refine.config import RefineConfig
+from platypus_ray.refine.config import RefineConfig, kept_folder
 from platypus_ray.train.config import TrainConfig
 
 logger = logging.getLogger(__name__)
@@ -95,7 +95,7 @@ class PipelineConfig(StrictModel):
         )
         train = raw["train"]
         if isinstance(refine, str):
-            raw["train"] = {**train, "data": {**(train.get("data") or {}), "path": f"{refine.rstrip('/')}/kept"}}
+            raw["train"] = {**train, "data": {**(train.get("data") or {}), "path": kept_folder(refine)}}
         return raw
 
     @model_validator(mode="after")

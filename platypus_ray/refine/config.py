@@ -15,6 +15,11 @@ SOURCE_EXTENSIONS = ("json", "jsonl", "parquet", "csv")  # each also compressed:
 ContaminationCategory = Literal["duplicate", "gray_area", "similar_but_different"]
 
 
+def kept_folder(output: str) -> str:
+    """The folder under a refine ``output`` that holds the kept rows (what train reads)."""
+    return f"{output.rstrip('/')}/kept"
+
+
 class ColumnMapping(StrictModel):
     """Which source column feeds each canonical field."""
 
@@ -110,7 +115,7 @@ class RefineConfig(StrictModel):
     @property
     def kept_path(self) -> str:
         """Where the kept rows are written: what train reads (``RefineResult.kept_path`` once run)."""
-        return f"{self.output.rstrip('/')}/kept"
+        return kept_folder(self.output)
 
     @property
     def cache_location(self) -> str | None:

@@ -33,7 +33,7 @@ from platypus_ray.core.stage import Input, Output, Stage
 from platypus_ray.core.waits import bounded_by
 from platypus_ray.embedding import HASH_BYTES, Embedded, EmbeddingBlocks, check_model, embed, hash_array
 from platypus_ray.refine import contamination as contam
-from platypus_ray.refine.config import SOURCE_EXTENSIONS, RefineConfig
+from platypus_ray.refine.config import SOURCE_EXTENSIONS, RefineConfig, kept_folder
 from platypus_ray.refine.dedup import best_matches, dedup_rows
 from platypus_ray.refine.languages import check_languages, collapse_check
 from platypus_ray.refine.ledger import Decisions, fetch_texts, summarize, write_rows
@@ -79,7 +79,7 @@ class RefineResult:
 
     @property
     def kept_path(self) -> Path:
-        return self.output / "kept"
+        return Path(kept_folder(str(self.output)))
 
     @property
     def ledger_path(self) -> Path:
