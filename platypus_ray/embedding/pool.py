@@ -256,9 +256,14 @@ def _in_actor_pool(
     27). It skips the sort, takes blocks of up to ``STATIC_ROWS_PER_CALL`` rows, and runs as
     Ray Data tasks, not actors: its model loads in a fraction of a second and stays loaded in
     each worker process (:func:`embed_in_task`), while an actor pool's start and release
-    cost 3 s of a 65k-row run's 8 (fresh processes, then CPUs held until they exit)."""
+    cost 3 s of a 65k-row run's 8 (fresh processes, then CPUs held until they exit).
+
+    A CPU run with at most one batch to embed (an incremental rerun over a warm cache) takes
+    the task path too, whatever the backend: one call has nothing to balance, and a worker
+    process that embedded before in this Ray session still holds the model, where a new actor
+    pool loads it again."""
     ctor = {"model": cfg.model, "device": device, "batch_size": cfg.batch_size, "spec": spec, "keep_hash": keep_hash}
-    if spec.backend == "static":
+    if spec.backend == "static" or (device == "cpu" and n <= cfg.batch_size):
         rows_per_call = min(STATIC_ROWS_PER_CALL, max(cfg.batch_size, -(-n // (4 * max(cfg.actors, 1)))))
         rows = ds.repartition(target_num_rows_per_block=rows_per_call).materialize()
         return rows.map_batches(
