@@ -2,7 +2,8 @@
 anything else that embeds. It never imports a stage (``platypus_ray.refine`` and the others).
 
 Inside: ``models`` (which model: offline resolution, the languages it reads), ``config``
-(``EmbeddingConfig``), ``encoders`` (torch, ONNX Runtime, OpenVINO, int8, model2vec static),
+(``EmbeddingConfig``), ``encoders`` (torch, ONNX Runtime, OpenVINO, int8, model2vec static, and
+the numpy Universal Sentence Encoder of ``use-multilingual``),
 ``export`` / ``manifest`` / ``distill`` (exported and distilled models, checksummed),
 ``calibrate`` (the measured ``auto`` choice), ``cache`` (content-keyed Parquet vectors),
 ``pool`` (the Ray Data actor-pool stage) and ``vectors`` (object-store blocks of vectors).
@@ -18,7 +19,16 @@ from platypus_ray.embedding.cache import HASH_BYTES, hash_array
 from platypus_ray.embedding.cache import default_location as default_cache_location
 from platypus_ray.embedding.calibrate import report_html
 from platypus_ray.embedding.config import EmbeddingBackend, EmbeddingConfig
-from platypus_ray.embedding.models import LANGUAGE_SCRIPTS, MULTILINGUAL, check_model, model_languages, resolve_model
+from platypus_ray.embedding.models import (
+    LANGUAGE_SCRIPTS,
+    MULTILINGUAL,
+    USE_LANGUAGES,
+    USE_MULTILINGUAL,
+    check_model,
+    is_use,
+    model_languages,
+    resolve_model,
+)
 from platypus_ray.embedding.pool import TO_EMBED_SCHEMA, Embedded, Embedder, embed_texts, open_cache
 from platypus_ray.embedding.vectors import EmbeddingBlocks
 
@@ -27,6 +37,8 @@ __all__ = [
     "LANGUAGE_SCRIPTS",
     "MULTILINGUAL",
     "TO_EMBED_SCHEMA",
+    "USE_LANGUAGES",
+    "USE_MULTILINGUAL",
     "Embedded",
     "Embedder",
     "EmbeddingBackend",
@@ -36,6 +48,7 @@ __all__ = [
     "default_cache_location",
     "embed",
     "hash_array",
+    "is_use",
     "model_languages",
     "report_html",
     "resolve_model",

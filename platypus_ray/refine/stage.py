@@ -210,9 +210,9 @@ def _refine(cfg: RefineConfig, timer: _Timer, items: list[BenchmarkItem], files:
     meta = _gather_meta(parsed)
     check_readable(meta["reason"], meta["detail"])
     decisions = Decisions.start(meta)
-    languages, warnings = check_languages(
-        meta, decisions.detail, cfg.embedding.model, cfg.embedding.languages, cfg.embedding.allow_language_mismatch
-    )
+    languages, warnings, model = check_languages(meta, decisions.detail, cfg.embedding)
+    if model != cfg.embedding.model:  # routed to the multilingual encoder: its own runtime, no calibration
+        cfg = cfg.model_copy(update={"embedding": cfg.embedding.model_copy(update={"model": model, "backend": "auto"})})
     file_offset = _file_offsets(meta, len(pieces))
     timer.lap("read_validate")
 

