@@ -26,6 +26,7 @@ import pyarrow as pa
 
 from platypus_ray.core.blocks import rows_only
 from platypus_ray.refine.config import ContaminationConfig
+from platypus_ray.refine.rows import full_text
 from platypus_ray.testsets import BenchmarkItem
 
 _WORDS = re.compile(r"\w+")
@@ -118,10 +119,11 @@ NGRAM_SCHEMA = pa.schema([("key", pa.int64()), ("ngram_item", pa.int64()), ("ngr
 
 @rows_only(NGRAM_SCHEMA)
 def ngram_matches(batch: dict[str, np.ndarray], index: NgramIndex) -> dict[str, np.ndarray]:
-    """Ray Data batch function: n-gram best item and coverage for each row's full text."""
+    """Ray Data batch function: n-gram best item and coverage for each row's full text (every turn)."""
+    messages = batch["messages"] if "messages" in batch else [None] * len(batch["key"])
     results = [
-        index.best_item(f"{ins}\n{inp}\n{out}")
-        for ins, inp, out in zip(batch["instruction"], batch["input"], batch["output"])
+        index.best_item(full_text(ins, inp, out, None if m is None else list(m)))
+        for ins, inp, out, m in zip(batch["instruction"], batch["input"], batch["output"], messages)
     ]
     return {
         "key": batch["key"],

@@ -25,6 +25,7 @@ import ray
 
 from platypus_ray.core.blocks import batches, read_columns, rows_only
 from platypus_ray.core.config import dump_config
+from platypus_ray.core.conversation import MESSAGES_TYPE
 from platypus_ray.core.devices import resolve_device
 from platypus_ray.core.errors import UserError
 from platypus_ray.core.outputs import inside, read_back, replaced_atomically
@@ -38,7 +39,7 @@ from platypus_ray.refine.dedup import best_matches, dedup_rows
 from platypus_ray.refine.languages import check_languages, collapse_check
 from platypus_ray.refine.ledger import Decisions, fetch_texts, summarize, write_rows
 from platypus_ray.refine.report import review_rows, review_uids, write_report, write_review
-from platypus_ray.refine.rows import embed_text
+from platypus_ray.refine.rows import row_text
 from platypus_ray.refine.sources import (
     PARSED_SCHEMA,
     check_readable,
@@ -62,6 +63,7 @@ _META_COLUMNS = [
     "output_len",
     "text_len",
     "script",
+    "conversation",
 ]
 
 
@@ -161,7 +163,7 @@ class RefineStage(Stage[RefineConfig, "list[BenchmarkItem]", RefineResult]):
     def execute(self, cfg: RefineConfig, checked: list[BenchmarkItem]) -> RefineResult:
         """Run the refine stage end to end and write its outputs under ``cfg.output``."""
         timer = _Timer()
-        files = list_source_files(cfg.sources)
+        files = list_source_files(cfg.sources, cfg.embed_turns)
         init_ray(dashboard=False)  # a no-op where Ray is up already (a pipeline, a submitted job)
         with _refine_data_context():
             timer.lap("setup")
@@ -220,7 +222,9 @@ def _refine(cfg: RefineConfig, timer: _Timer, items: list[BenchmarkItem], files:
     key_of_uid = np.full(len(meta["valid"]), -1, dtype=np.int64)
     key_of_uid[survivors] = np.arange(len(survivors))
     rows = parsed.map_batches(
-        _with_keys, fn_kwargs={"file_offset": file_offset, "key_of_uid": key_of_uid}, batch_format="pyarrow"
+        _with_keys,
+        fn_kwargs={"file_offset": file_offset, "key_of_uid": key_of_uid, "embed_turns": cfg.embed_turns},
+        batch_format="pyarrow",
     ).materialize()
     timer.lap("exact_dedup")
 
@@ -247,8 +251,8 @@ def _refine(cfg: RefineConfig, timer: _Timer, items: list[BenchmarkItem], files:
     )
 
     with replaced_atomically(cfg.output, "refine") as staging:
-        write_rows(staging, parsed, file_offset, decisions)
-        texts = fetch_texts(parsed, file_offset, review_uids(decisions, cfg.dedup.threshold))
+        write_rows(staging, parsed, file_offset, decisions, conversations=bool(meta["conversation"].any()))
+        texts = fetch_texts(parsed, file_offset, review_uids(decisions, cfg.dedup.threshold), cfg.embed_turns)
         review = review_rows(decisions, items, texts, cfg.dedup.threshold)
         write_review(staging / "review.csv", review)
         timer.lap("write")
@@ -340,18 +344,22 @@ KEYED_SCHEMA = pa.schema(
         ("instruction", pa.string()),
         ("input", pa.string()),
         ("output", pa.string()),
+        ("messages", MESSAGES_TYPE),
     ]
 )
 
 
 @rows_only(KEYED_SCHEMA)
-def _with_keys(batch: pa.Table, file_offset: np.ndarray, key_of_uid: np.ndarray) -> pa.Table:
+def _with_keys(batch: pa.Table, file_offset: np.ndarray, key_of_uid: np.ndarray, embed_turns: str = "all") -> pa.Table:
     """Rows that survived exact dedup, with their dense key and embedded text."""
     uid = file_offset[batch["file_rank"].to_numpy()] + batch["row_in_file"].to_numpy()
     key = key_of_uid[uid]
     mask = key >= 0
     batch = batch.filter(pa.array(mask))
-    texts = [embed_text(i, x) for i, x in zip(batch["instruction"].to_pylist(), batch["input"].to_pylist())]
+    texts = [
+        row_text(i, x, m, embed_turns)
+        for i, x, m in zip(batch["instruction"].to_pylist(), batch["input"].to_pylist(), batch["messages"].to_pylist())
+    ]
     columns = [
         key[mask],
         texts,
@@ -360,6 +368,7 @@ def _with_keys(batch: pa.Table, file_offset: np.ndarray, key_of_uid: np.ndarray)
         batch["instruction"],
         batch["input"],
         batch["output"],
+        batch["messages"],
     ]
     return pa.table(columns, schema=KEYED_SCHEMA)
 
