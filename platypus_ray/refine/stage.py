@@ -229,7 +229,11 @@ def _refine(cfg: RefineConfig, timer: _Timer, items: list[BenchmarkItem], files:
     timer.lap("exact_dedup")
 
     probes = contam.make_probes(items, cfg.contamination.window_words)
-    emb, probe_emb, embedded = _embed(rows, len(survivors), probes, cfg)
+    turns = contam.TurnProbes(None, np.empty(0, dtype=np.int64))
+    if items:
+        first_key = len(survivors) + len(probes.texts)
+        turns = contam.TurnProbes.of(rows, len(survivors), first_key, cfg.contamination.window_words)
+    emb, probe_emb, turn_emb, embedded = _embed(rows, len(survivors), probes, turns, cfg)
     warnings += embedded.warnings
     timer.lap("embed")
     num_gpus = 1 if resolve_device(cfg.embedding.device) == "cuda" else 0
@@ -238,7 +242,7 @@ def _refine(cfg: RefineConfig, timer: _Timer, items: list[BenchmarkItem], files:
     contamination_scores = np.empty(0)
     if items:
         flagged, contamination_scores = _decontaminate(
-            rows, emb, probe_emb, probes, items, survivors, decisions, cfg, num_gpus
+            rows, emb, probe_emb, probes, items, survivors, decisions, cfg, num_gpus, (turn_emb, turns.owner)
         )
     timer.lap("contamination")
 
@@ -290,12 +294,13 @@ def _refine(cfg: RefineConfig, timer: _Timer, items: list[BenchmarkItem], files:
 
 
 def _embed(
-    rows: ray.data.Dataset, n_rows: int, probes: contam.Probes, cfg: RefineConfig
-) -> tuple[EmbeddingBlocks, np.ndarray, Embedded]:
-    """Vectors of the rows (blocks in the object store) and of the benchmark probes (few: on the
-    driver), from the cache, else one actor pool; none when there are no rows."""
+    rows: ray.data.Dataset, n_rows: int, probes: contam.Probes, turns: contam.TurnProbes, cfg: RefineConfig
+) -> tuple[EmbeddingBlocks, np.ndarray, EmbeddingBlocks, Embedded]:
+    """Vectors of the rows and of the turn probes (blocks in the object store) and of the benchmark
+    probes (few: on the driver), from the cache, else one actor pool; none when there are no rows."""
     if n_rows == 0:
-        return EmbeddingBlocks.empty(), np.zeros((0, 0), dtype=np.float32), Embedded(EmbeddingBlocks.empty())
+        empty = EmbeddingBlocks.empty()
+        return empty, np.zeros((0, 0), dtype=np.float32), empty, Embedded(empty)
     to_embed = rows.select_columns(["key", "text", "text_hash", "text_len"])
     if probes.texts:
         keys = np.arange(n_rows, n_rows + len(probes.texts), dtype=np.int64)
@@ -304,19 +309,23 @@ def _embed(
             {"key": keys, "text": probes.texts, "text_hash": hash_array(probes.texts), "text_len": lengths}
         )
         to_embed = to_embed.union(ray.data.from_arrow(probe_table))
+    if turns.rows is not None:
+        to_embed = to_embed.union(turns.rows)
+    n_probes, timeout_s = len(probes.texts), cfg.embedding.timeout_s
     with bounded_by("embedding.timeout_s", "embedding tasks"):
         embedded = embed(
             to_embed,
-            n_rows + len(probes.texts),
+            n_rows + n_probes + len(turns.owner),
             cfg.embedding,
             cache_location=cfg.cache_location,
             thresholds=(cfg.dedup.threshold, cfg.contamination.threshold),
-            timeout_s=cfg.embedding.timeout_s,
+            timeout_s=timeout_s,
         )
         blocks = embedded.blocks
         return (
-            blocks.take(np.arange(n_rows), cfg.embedding.timeout_s),
-            blocks.gather(np.arange(n_rows, blocks.n), cfg.embedding.timeout_s),
+            blocks.take(np.arange(n_rows), timeout_s),
+            blocks.gather(np.arange(n_rows, n_rows + n_probes), timeout_s),
+            blocks.take(np.arange(n_rows + n_probes, blocks.n), timeout_s),
             embedded,
         )
 
@@ -398,11 +407,19 @@ def _decontaminate(
     decisions: Decisions,
     cfg: RefineConfig,
     num_gpus,
+    turns: tuple[EmbeddingBlocks, np.ndarray],
 ):
-    """Flag survivors that match a benchmark item by embedding or verbatim n-grams."""
+    """Flag survivors that match a benchmark item by embedding (the row's text or any of its turn
+    probes) or verbatim n-grams."""
     ccfg = cfg.contamination
     with bounded_by("dedup.timeout_s", "contamination search tasks"):
         best = best_matches(emb, probe_emb, ccfg.threshold, cfg.dedup.tile_size, num_gpus, cfg.dedup.timeout_s)
+        turn_emb, owner = turns
+        if len(owner):
+            by_turn = best_matches(
+                turn_emb, probe_emb, ccfg.threshold, cfg.dedup.tile_size, num_gpus, cfg.dedup.timeout_s
+            )
+            contam.fold_turns(best.score, best.index, by_turn.score, by_turn.index, owner)
     emb_item = np.where(best.index >= 0, probes.item[np.maximum(best.index, 0)], -1)
 
     index = contam.NgramIndex.build(items, ccfg.ngram)

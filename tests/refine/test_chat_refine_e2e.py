@@ -31,10 +31,16 @@ FRUIT = [
 CONVERSATIONS = [
     FRUIT,  # 0 kept, multi-turn with a system prompt
     [{"role": "user", "content": "What is the capital of France?"}, {"role": "assistant", "content": "Paris."}],
+    [  # 2: the benchmark question, paraphrased, in the third turn
+        {"role": "user", "content": PARTY},
+        {"role": "assistant", "content": "Try a treasure hunt and a sack race."},
+        {"role": "user", "content": "What enzyme found in saliva starts breaking down starch in the mouth?"},
+        {"role": "assistant", "content": "Amylase."},
+    ],
 ]
 BAD = [
-    {"messages": FRUIT[1:4]},  # 2: ends with the user
-    {"messages": [FRUIT[1], {"role": "tool", "content": "{}"}]},  # 3: tool turn
+    {"messages": FRUIT[1:4]},  # 3: ends with the user
+    {"messages": [FRUIT[1], {"role": "tool", "content": "{}"}]},  # 4: tool turn
 ]
 ALPACA = [
     {"instruction": "Name a color.", "input": "", "output": "Red."},
@@ -78,17 +84,21 @@ def test_every_row_lands_where_expected(refined):
     assert got == {
         ("messages", 0): ("kept", "", ""),
         ("messages", 1): ("removed", "exact_duplicate", "alpaca"),  # the longer answer wins, across shapes
-        ("messages", 2): ("invalid", "ends_with_user", ""),
-        ("messages", 3): ("invalid", "tool_turn", ""),
+        ("messages", 2): ("removed", "contaminated", ""),
+        ("messages", 3): ("invalid", "ends_with_user", ""),
+        ("messages", 4): ("invalid", "tool_turn", ""),
         ("sharegpt", 0): ("removed", "exact_duplicate", "messages"),  # the same conversations: the same ids
         ("sharegpt", 1): ("removed", "exact_duplicate", "alpaca"),
+        ("sharegpt", 2): ("removed", "exact_duplicate", "messages"),
         ("alpaca", 0): ("kept", "", ""),
         ("alpaca", 1): ("kept", "", ""),
     }
     by_key = {(r["source"], r["source_index"]): r for r in ledger}
-    assert [by_key[("sharegpt", k)]["id"] for k in range(2)] == [by_key[("messages", k)]["id"] for k in range(2)]
+    assert [by_key[("sharegpt", k)]["id"] for k in range(3)] == [by_key[("messages", k)]["id"] for k in range(3)]
+    assert by_key[("messages", 2)]["matched_id"] == "mmlu/bio_test:0"
+    assert by_key[("messages", 2)]["signal"] == "embedding"  # a paraphrase: no shared 13-gram
     assert (
-        by_key[("messages", 2)]["detail"] == "line 3: turn 3 (user): the conversation ends without an assistant answer"
+        by_key[("messages", 3)]["detail"] == "line 4: turn 3 (user): the conversation ends without an assistant answer"
     )
 
 
