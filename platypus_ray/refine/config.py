@@ -123,6 +123,7 @@ class RefineConfig(StrictModel):
     output: str = "out/refine"
     # a conversation's embedded text (what semantic dedup compares): all user turns, one per line, or the
     # first only. An Alpaca row has one user turn either way. Contamination checks every user turn regardless.
+    # all: `first` calls different conversations that share an opener duplicates (bench/embed_turns.py)
     embed_turns: Literal["all", "first"] = "all"
     allow_empty_benchmark: bool = False  # a benchmark with no items is an error unless this is set
 
