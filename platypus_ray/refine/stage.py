@@ -230,7 +230,7 @@ def _refine(cfg: RefineConfig, timer: _Timer, items: list[BenchmarkItem], files:
 
     probes = contam.make_probes(items, cfg.contamination.window_words)
     turns = contam.TurnProbes(None, np.empty(0, dtype=np.int64))
-    if items:
+    if items and meta["conversation"].any():  # only conversations have turn probes: Alpaca runs skip the pass
         first_key = len(survivors) + len(probes.texts)
         turns = contam.TurnProbes.of(rows, len(survivors), first_key, cfg.contamination.window_words)
     emb, probe_emb, turn_emb, embedded = _embed(rows, len(survivors), probes, turns, cfg)
