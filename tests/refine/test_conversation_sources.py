@@ -124,3 +124,19 @@ def test_invalid_rows_in_a_conversation_file_keep_their_line(tmp_path):
     assert [r["reason"] for r in rows] == ["", "malformed_json", "no_assistant_turn"]
     assert rows[2]["detail"] == "line 3: turn 1: no assistant turn in the conversation"
     assert rows[2]["messages"] is None and rows[2]["conversation"] is False
+
+
+def test_the_shipped_chat_sample_is_its_generator_output_and_parses(tmp_path):
+    from platypus_ray.samples import CHAT, chat_rows
+
+    assert CHAT.read_text() == "\n".join(chat_rows()) + "\n"  # regenerate: python -m platypus_ray.samples
+    rows = parse(CHAT, "jsonl")
+    assert sorted(r["reason"] for r in rows if not r["valid"]) == ["no_assistant_turn", "tool_turn"]
+    assert {len(r["messages"]) for r in rows if r["valid"]} == {
+        2,
+        3,
+        4,
+        5,
+        6,
+        7,
+    }  # 1-3 exchanges, some with a system prompt
