@@ -110,6 +110,20 @@ def _keyed(parsed: pa.Table) -> pa.Table:
     return stage._with_keys(parsed, file_offset=np.array([0]), key_of_uid=key_of_uid)
 
 
+def _chat_keyed(tmp_path: Path) -> pa.Table:
+    """Keyed conversation rows of one or two exchanges, some user turns long enough for windows."""
+    turns = lambda i: [
+        {"role": "user", "content": " ".join(f"q{i}w{w}" for w in range(i % 9 + 1))},
+        {"role": "assistant", "content": "A."},
+        {"role": "user", "content": f"And {i}?"},
+        {"role": "assistant", "content": "B."},
+    ][: 2 + 2 * (i % 2)]
+    path = tmp_path / "chat.jsonl"
+    path.write_text("".join(json.dumps({"messages": turns(i)}) + "\n" for i in range(17)))
+    parsed = parse_source_file(SourceFile("c", str(path), 0, "jsonl", ColumnMapping().model_dump()))
+    return stage._with_keys(parsed, file_offset=np.array([0]), key_of_uid=np.arange(parsed.num_rows))
+
+
 def _cases(tmp_path: Path, tiny_model_path: str) -> dict:
     """name -> (function, whole input table, batch format, kwargs, comparable form of the output)."""
     parsed = _parsed(tmp_path)
@@ -140,6 +154,7 @@ def _cases(tmp_path: Path, tiny_model_path: str) -> dict:
         BlockAccessor.for_block(keyed).to_batch_format("numpy"), tiny_model_path, 64, False, True
     )
     rows = lambda t: sorted(map(repr, t.to_pylist()))
+    chat_keyed = _chat_keyed(tmp_path)
     shard_dir, staging = tmp_path / "shards", tmp_path / "staging"
     for folder in (shard_dir, staging / "kept", staging / "ledger"):
         folder.mkdir(parents=True)
@@ -164,6 +179,14 @@ def _cases(tmp_path: Path, tiny_model_path: str) -> dict:
             keyed,
             "numpy",
             {"index": contamination.NgramIndex.build(items, 3)},
+            rows,
+        ),
+        "contamination.turn_counts": (contamination.turn_counts, chat_keyed, "pyarrow", {"window_words": 4}, rows),
+        "contamination.turn_rows": (
+            contamination.turn_rows,
+            chat_keyed,
+            "pyarrow",
+            {"starts": np.arange(chat_keyed.num_rows) * 100, "window_words": 4},
             rows,
         ),
         "ledger._text_rows": (
@@ -285,6 +308,8 @@ CASE_NAMES = [
     "embed._rows_of_keys",
     "embed.embed_in_task",
     "contamination.ngram_matches",
+    "contamination.turn_counts",
+    "contamination.turn_rows",
     "ledger._text_rows",
     "embedding_cache._write_shard",
     "ledger._write_block",

@@ -11,6 +11,8 @@ from platypus_ray.embedding import EmbeddingConfig
 from platypus_ray.testsets import BenchmarkConfig
 
 SourceFormat = Literal["json", "jsonl", "parquet", "csv"]
+SourceShape = Literal["auto", "alpaca", "messages", "sharegpt"]
+Role = Literal["user", "assistant", "system"]
 SOURCE_EXTENSIONS = ("json", "jsonl", "parquet", "csv")  # each also compressed: .gz, .bz2, .xz, .zst (paths.py)
 ContaminationCategory = Literal["duplicate", "gray_area", "similar_but_different"]
 
@@ -21,11 +23,17 @@ def kept_folder(output: str) -> str:
 
 
 class ColumnMapping(StrictModel):
-    """Which source column feeds each canonical field."""
+    """Which source column feeds each canonical field, and for conversations which turn keys and role names."""
 
     instruction: str = "instruction"
     input: str = "input"  # optional in the data: a row without it gets input ""
     output: str = "output"
+    messages: str = "messages"  # OpenAI shape: a list of {role, content}
+    conversations: str = "conversations"  # ShareGPT shape: a list of {from, value}
+    role: str | None = Field(None, description="a turn's role key; default: role (messages), from (sharegpt)")
+    content: str | None = Field(None, description="a turn's text key; default: content (messages), value (sharegpt)")
+    # source role name -> canonical role, on top of the built-in names (ShareGPT's human/gpt among them)
+    roles: dict[str, Role] = {}
 
 
 class SourceConfig(StrictModel):
@@ -34,6 +42,9 @@ class SourceConfig(StrictModel):
     path: str
     name: str | None = Field(None, description="becomes data_source; defaults to the file or folder name")
     format: SourceFormat | None = Field(None, description="inferred from the file extension when omitted")
+    # the row shape; format stays the file format. auto: a file whose records have the `messages`
+    # column is messages, `conversations` sharegpt, else alpaca (columns: names the columns)
+    shape: SourceShape = "auto"
     columns: ColumnMapping = ColumnMapping()
     # JSON: read the list under this top-level key ({"train": [...]}), as the `datasets` JSON loader's `field`
     field: str | None = None
@@ -110,6 +121,10 @@ class RefineConfig(StrictModel):
     dedup: DedupConfig = DedupConfig()
     contamination: ContaminationConfig = ContaminationConfig()
     output: str = "out/refine"
+    # a conversation's embedded text (what semantic dedup compares): all user turns, one per line, or the
+    # first only. An Alpaca row has one user turn either way. Contamination checks every user turn regardless.
+    # all: `first` calls different conversations that share an opener duplicates (bench/embed_turns.py)
+    embed_turns: Literal["all", "first"] = "all"
     allow_empty_benchmark: bool = False  # a benchmark with no items is an error unless this is set
 
     @property

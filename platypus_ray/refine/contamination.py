@@ -23,9 +23,13 @@ from dataclasses import dataclass
 
 import numpy as np
 import pyarrow as pa
+import ray
 
-from platypus_ray.core.blocks import rows_only
+from platypus_ray.core.blocks import read_columns, rows_only
+from platypus_ray.embedding import TO_EMBED_SCHEMA, hash_array
 from platypus_ray.refine.config import ContaminationConfig
+from platypus_ray.refine.conversations import user_turns
+from platypus_ray.refine.rows import full_text
 from platypus_ray.testsets import BenchmarkItem
 
 _WORDS = re.compile(r"\w+")
@@ -46,12 +50,8 @@ def make_probes(items: list[BenchmarkItem], window_words: int) -> Probes:
     texts: list[str] = []
     owners: list[int] = []
     for index, item in enumerate(items):
-        pieces = [item.question]
-        words = item.question.split()
-        if len(words) > window_words:
-            stride = max(1, window_words // 2)
-            for start in range(0, len(words) - stride, stride):
-                pieces.append(" ".join(words[start : start + window_words]))
+        pieces = [item.question, *windows(item.question, window_words)]
+        if len(item.question.split()) > window_words:
             paragraphs = [p.strip() for p in item.question.split("\n") if p.strip()]
             if len(paragraphs) > 1:
                 pieces.append(paragraphs[-1])
@@ -59,6 +59,89 @@ def make_probes(items: list[BenchmarkItem], window_words: int) -> Probes:
             texts.append(piece)
             owners.append(index)
     return Probes(texts, np.asarray(owners, dtype=np.int64))
+
+
+def windows(text: str, window_words: int) -> list[str]:
+    """Overlapping windows (half a window apart) of a text longer than ``window_words`` words, else none."""
+    words = text.split()
+    if len(words) <= window_words:
+        return []
+    stride = max(1, window_words // 2)
+    return [" ".join(words[start : start + window_words]) for start in range(0, len(words) - stride, stride)]
+
+
+# Every user turn is checked. The embedded text covers a conversation of one user turn (the Alpaca
+# row, whose decisions stay today's); one of several user turns also gets each turn alone and the
+# windows of long ones embedded, so a test question in the third turn is not diluted by the rest.
+
+
+def turn_probes(messages: list[dict[str, str]] | None, embedded: str, window_words: int) -> list[str]:
+    """The texts of a row checked against the benchmarks besides its embedded text."""
+    users = [] if messages is None else user_turns(list(messages))
+    if len(users) < 2:
+        return []
+    pieces = [piece for user in users for piece in (user, *windows(user, window_words))]
+    return [piece for piece in dict.fromkeys(pieces) if piece != embedded]
+
+
+TURN_COUNT_SCHEMA = pa.schema([("key", pa.int64()), ("count", pa.int64())])
+
+
+@rows_only(TURN_COUNT_SCHEMA)
+def turn_counts(batch: pa.Table, window_words: int) -> pa.Table:
+    """Ray Data batch function: how many turn probes each keyed row has."""
+    counts = [
+        len(turn_probes(m, t, window_words)) for m, t in zip(batch["messages"].to_pylist(), batch["text"].to_pylist())
+    ]
+    return pa.table([batch["key"], pa.array(counts, pa.int64())], schema=TURN_COUNT_SCHEMA)
+
+
+@rows_only(TO_EMBED_SCHEMA)
+def turn_rows(batch: pa.Table, starts: np.ndarray, window_words: int) -> pa.Table:
+    """Ray Data batch function: the turn probes of each keyed row, keyed ``starts[row key]`` on."""
+    keys: list[int] = []
+    texts: list[str] = []
+    for key, m, text in zip(batch["key"].to_pylist(), batch["messages"].to_pylist(), batch["text"].to_pylist()):
+        found = turn_probes(m, text, window_words)
+        keys += range(int(starts[key]), int(starts[key]) + len(found))
+        texts += found
+    lengths = [len(t) for t in texts]
+    return pa.table([keys, texts, hash_array(texts), lengths], schema=TO_EMBED_SCHEMA)
+
+
+@dataclass
+class TurnProbes:
+    """The turn probes to embed (keys ``first_key`` on) and the row key each belongs to."""
+
+    rows: ray.data.Dataset | None
+    owner: np.ndarray
+
+    @classmethod
+    def of(cls, keyed: ray.data.Dataset, n_rows: int, first_key: int, window_words: int) -> TurnProbes:
+        counts = np.zeros(n_rows, dtype=np.int64)
+        found = keyed.map_batches(turn_counts, fn_kwargs={"window_words": window_words}, batch_format="pyarrow")
+        table = read_columns(found, ["key", "count"], TURN_COUNT_SCHEMA)
+        counts[table["key"].to_numpy()] = table["count"].to_numpy()
+        owner = np.repeat(np.arange(n_rows, dtype=np.int64), counts)
+        if not len(owner):
+            return cls(None, owner)
+        starts = first_key + np.concatenate([[0], np.cumsum(counts)[:-1]])
+        kwargs = {"starts": starts, "window_words": window_words}
+        return cls(keyed.map_batches(turn_rows, fn_kwargs=kwargs, batch_format="pyarrow"), owner)
+
+
+def fold_turns(score: np.ndarray, index: np.ndarray, turn_score: np.ndarray, turn_index: np.ndarray, owner) -> None:
+    """Raise each row's best benchmark match (``score``, ``index``, in place) to its best turn probe's."""
+    if not len(owner):
+        return
+    order = np.lexsort((-turn_score, owner))  # per row, its best probe first
+    first = np.ones(len(order), dtype=bool)
+    first[1:] = owner[order][1:] != owner[order][:-1]
+    top = order[first]
+    rows = owner[top]
+    better = turn_score[top] > score[rows]
+    score[rows[better]] = turn_score[top][better]
+    index[rows[better]] = turn_index[top][better]
 
 
 def word_ngrams(text: str, n: int) -> np.ndarray:
@@ -118,10 +201,11 @@ NGRAM_SCHEMA = pa.schema([("key", pa.int64()), ("ngram_item", pa.int64()), ("ngr
 
 @rows_only(NGRAM_SCHEMA)
 def ngram_matches(batch: dict[str, np.ndarray], index: NgramIndex) -> dict[str, np.ndarray]:
-    """Ray Data batch function: n-gram best item and coverage for each row's full text."""
+    """Ray Data batch function: n-gram best item and coverage for each row's full text (every turn)."""
+    messages = batch["messages"] if "messages" in batch else [None] * len(batch["key"])
     results = [
-        index.best_item(f"{ins}\n{inp}\n{out}")
-        for ins, inp, out in zip(batch["instruction"], batch["input"], batch["output"])
+        index.best_item(full_text(ins, inp, out, None if m is None else list(m)))
+        for ins, inp, out, m in zip(batch["instruction"], batch["input"], batch["output"], messages)
     ]
     return {
         "key": batch["key"],

@@ -13,8 +13,9 @@ import pyarrow.parquet as pq
 import ray
 
 from platypus_ray.core.blocks import batches, read_columns, rows_only
+from platypus_ray.core.conversation import MESSAGES, MESSAGES_TYPE
 from platypus_ray.core.errors import EnvironmentFailure, describe_os_error, require
-from platypus_ray.refine.rows import CANONICAL_COLUMNS, embed_text
+from platypus_ray.refine.rows import CANONICAL_COLUMNS, row_text
 
 LEDGER_SCHEMA = pa.schema(
     [
@@ -40,6 +41,8 @@ LEDGER_SCHEMA = pa.schema(
 LEDGER_COLUMNS = LEDGER_SCHEMA.names
 DECIDED_SCHEMA = pa.schema([f for f in LEDGER_SCHEMA if f.name not in ("source", "file", "id")])
 KEPT_SCHEMA = pa.schema([(name, pa.string()) for name in CANONICAL_COLUMNS])
+# a run with conversation rows adds their messages (core/conversation.py); Alpaca rows hold null there
+KEPT_CHAT_SCHEMA = KEPT_SCHEMA.append(pa.field(MESSAGES, MESSAGES_TYPE))
 TEXT_SCHEMA = pa.schema([("uid", pa.int64()), ("text", pa.string())])
 
 
@@ -144,28 +147,34 @@ def _ledger_rows(batch: pa.Table, file_offset: np.ndarray, decided: pa.Table) ->
     return pa.table([columns[name] for name in LEDGER_COLUMNS], schema=LEDGER_SCHEMA)
 
 
-def _kept_rows(batch: pa.Table, file_offset: np.ndarray, keep: np.ndarray) -> pa.Table:
+def _kept_rows(batch: pa.Table, file_offset: np.ndarray, keep: np.ndarray, schema: pa.Schema) -> pa.Table:
     kept = batch.filter(pa.array(keep[_uids(batch, file_offset)]))
-    return pa.table(
-        [kept["id"], kept["instruction"], kept["input"], kept["output"], kept["source"]], schema=KEPT_SCHEMA
-    )
+    columns = [kept["id"], kept["instruction"], kept["input"], kept["output"], kept["source"]]
+    return pa.table(columns + [kept[MESSAGES]] if MESSAGES in schema.names else columns, schema=schema)
 
 
 @rows_only(TEXT_SCHEMA)
-def _text_rows(batch: pa.Table, file_offset: np.ndarray, wanted: np.ndarray) -> pa.Table:
+def _text_rows(batch: pa.Table, file_offset: np.ndarray, wanted: np.ndarray, embed_turns: str = "all") -> pa.Table:
     uid = _uids(batch, file_offset)
     mask = np.isin(uid, wanted)
     rows = batch.filter(pa.array(mask))
-    texts = [embed_text(i, x) for i, x in zip(rows["instruction"].to_pylist(), rows["input"].to_pylist())]
+    texts = [
+        row_text(i, x, m, embed_turns)
+        for i, x, m in zip(rows["instruction"].to_pylist(), rows["input"].to_pylist(), rows[MESSAGES].to_pylist())
+    ]
     return pa.table([uid[mask], texts], schema=TEXT_SCHEMA)
 
 
-def fetch_texts(parsed: ray.data.Dataset, file_offset: np.ndarray, uids: np.ndarray) -> dict[int, str]:
-    """Embedded text (instruction [+ input]) of a few rows, for review files and the report."""
+def fetch_texts(
+    parsed: ray.data.Dataset, file_offset: np.ndarray, uids: np.ndarray, embed_turns: str = "all"
+) -> dict[int, str]:
+    """Embedded text (instruction [+ input]; a conversation's user turns) of a few rows, for review and the report."""
     if len(uids) == 0:
         return {}
     found = parsed.map_batches(
-        _text_rows, fn_kwargs={"file_offset": file_offset, "wanted": np.unique(uids)}, batch_format="pyarrow"
+        _text_rows,
+        fn_kwargs={"file_offset": file_offset, "wanted": np.unique(uids), "embed_turns": embed_turns},
+        batch_format="pyarrow",
     )
     out: dict[int, str] = {}
     for batch in batches(found, "pyarrow"):
@@ -176,8 +185,11 @@ def fetch_texts(parsed: ray.data.Dataset, file_offset: np.ndarray, uids: np.ndar
 WRITTEN_SCHEMA = pa.schema([("error", pa.string())])
 
 
-def write_rows(staging: Path, parsed: ray.data.Dataset, file_offset: np.ndarray, decisions: Decisions) -> None:
-    """Write ``kept/`` (canonical schema, input order) and ``ledger/`` (every input row) as Parquet,
+def write_rows(
+    staging: Path, parsed: ray.data.Dataset, file_offset: np.ndarray, decisions: Decisions, conversations: bool = False
+) -> None:
+    """Write ``kept/`` (canonical schema, input order; plus ``messages`` when
+    ``conversations``: some valid row is one) and ``ledger/`` (every input row) as Parquet,
     one part of each per block of ``parsed``, named by the block's first row so that file order is
     input order. A write that fails (a full disk) comes back as a value, not a task traceback, and
     is raised here as one :class:`EnvironmentFailure`."""
@@ -190,6 +202,7 @@ def write_rows(staging: Path, parsed: ray.data.Dataset, file_offset: np.ndarray,
             "file_offset": file_offset,
             "keep": decisions.status == "kept",
             "decided": decisions.table(),
+            "kept_schema": KEPT_CHAT_SCHEMA if conversations else KEPT_SCHEMA,
         },
         batch_size=None,
         batch_format="pyarrow",
@@ -200,17 +213,22 @@ def write_rows(staging: Path, parsed: ray.data.Dataset, file_offset: np.ndarray,
             f"writing the output: {problems[0]}"
             + (f" (and {len(problems) - 1} more parts)" if len(problems) > 1 else "")
         )
-    for folder, schema in (("kept", KEPT_SCHEMA), ("ledger", LEDGER_SCHEMA)):
+    for folder, schema in (("kept", KEPT_CHAT_SCHEMA if conversations else KEPT_SCHEMA), ("ledger", LEDGER_SCHEMA)):
         if not any((staging / folder).glob("*.parquet")):  # readers of an empty output still need the schema
             pq.write_table(schema.empty_table(), staging / folder / "empty.parquet")
 
 
 @rows_only(WRITTEN_SCHEMA)
 def _write_block(
-    batch: pa.Table, staging: str, file_offset: np.ndarray, keep: np.ndarray, decided: pa.Table
+    batch: pa.Table,
+    staging: str,
+    file_offset: np.ndarray,
+    keep: np.ndarray,
+    decided: pa.Table,
+    kept_schema: pa.Schema = KEPT_SCHEMA,
 ) -> pa.Table:
     name = f"part-{int(_uids(batch, file_offset).min()):012d}.parquet"
-    kept = _kept_rows(batch, file_offset, keep)
+    kept = _kept_rows(batch, file_offset, keep, kept_schema)
     try:
         if kept.num_rows:
             pq.write_table(kept, f"{staging}/kept/{name}")

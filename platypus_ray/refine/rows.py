@@ -11,6 +11,7 @@ import numpy as np
 
 from platypus_ray.core.unicode_checks import LONE_SURROGATE_PROBLEM, has_lone_surrogate
 from platypus_ray.refine.config import ColumnMapping
+from platypus_ray.refine.conversations import single_turn, user_turns
 
 CANONICAL_COLUMNS = ("id", "instruction", "input", "output", "data_source")
 _SPACES = re.compile(r"\s+")
@@ -62,10 +63,52 @@ def normalize(text: str) -> str:
 
 def dedup_key(instruction: str, input_text: str) -> int:
     """64-bit key of normalised instruction+input; equal keys are exact duplicates."""
-    digest = hashlib.blake2b(f"{normalize(instruction)}\x1f{normalize(input_text)}".encode(), digest_size=8)
+    return _key(f"{normalize(instruction)}\x1f{normalize(input_text)}")
+
+
+def _key(text: str) -> int:
+    digest = hashlib.blake2b(text.encode(), digest_size=8)
     return int(np.frombuffer(digest.digest(), dtype=np.int64)[0])
 
 
 def embed_text(instruction: str, input_text: str) -> str:
     """What gets embedded: the instruction, plus the input when there is one (as Platypus did)."""
     return f"{instruction} {input_text}" if input_text.strip() else instruction
+
+
+# Conversations. A one-exchange conversation (no system prompt) is the Alpaca row (user, "", assistant):
+# same id, same exact-dedup key, same embedded text, so it meets an equal Alpaca row as its duplicate.
+# normalize() folds the separators below (they are whitespace), so joined keys cannot collide.
+
+
+def conversation_id(messages: list[dict[str, str]]) -> str:
+    """Stable content id of a conversation (its roles and texts)."""
+    one = single_turn(messages)
+    if one is not None:
+        return content_id(one[0], "", one[1])
+    joined = "\x1e".join(f"{m['role']}\x1f{m['content']}" for m in messages)
+    return hashlib.sha256(joined.encode("utf-8")).hexdigest()[:16]
+
+
+def conversation_dedup_key(users: list[str]) -> int:
+    """64-bit key of the normalised user turns: conversations asking the same things are exact duplicates."""
+    return _key("\x1e".join(normalize(u) for u in users) + "\x1f")
+
+
+def conversation_text(users: list[str], embed_turns: str) -> str:
+    """What gets embedded of a conversation: its first user turn, or all of them one per line."""
+    return users[0] if embed_turns == "first" else "\n".join(users)
+
+
+def row_text(instruction: str, input_text: str, messages: list[dict[str, str]] | None, embed_turns: str) -> str:
+    """The embedded text of a parsed row, Alpaca (``messages`` None) or conversation."""
+    if messages is None:
+        return embed_text(instruction, input_text)
+    return conversation_text(user_turns(messages), embed_turns)
+
+
+def full_text(instruction: str, input_text: str, output: str, messages: list[dict[str, str]] | None) -> str:
+    """Every text of a row, one part per line (the verbatim n-gram check reads it)."""
+    if messages is None:
+        return f"{instruction}\n{input_text}\n{output}"
+    return "\n".join(m["content"] for m in messages)

@@ -7,6 +7,7 @@ cannot be read as its format at all is an :class:`InputError` naming the file.
 
 from __future__ import annotations
 
+import itertools
 import os
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, replace
@@ -16,12 +17,23 @@ import pyarrow as pa
 import ray
 
 from platypus_ray.core.blocks import rows_only
+from platypus_ray.core.conversation import MESSAGES_TYPE
 from platypus_ray.core.errors import InputError
 from platypus_ray.core.paths import COMPRESSIONS, expand_files, is_remote, without_compression
 from platypus_ray.core.readers import Record, format_of, read_file
 from platypus_ray.refine.config import SOURCE_EXTENSIONS, ColumnMapping, SourceConfig
+from platypus_ray.refine.conversations import detect_shape, single_turn, user_turns, validate_conversation
 from platypus_ray.refine.languages import dominant_script
-from platypus_ray.refine.rows import content_id, dedup_key, embed_text, raw_id, validate_record
+from platypus_ray.refine.rows import (
+    content_id,
+    conversation_dedup_key,
+    conversation_id,
+    conversation_text,
+    dedup_key,
+    embed_text,
+    raw_id,
+    validate_record,
+)
 
 UNREADABLE = "unreadable_file"
 
@@ -38,6 +50,8 @@ PARSED_SCHEMA = pa.schema(
         ("instruction", pa.string()),
         ("input", pa.string()),
         ("output", pa.string()),
+        ("messages", MESSAGES_TYPE),  # a conversation row's turns (a system prompt first); null: an Alpaca row
+        ("conversation", pa.bool_()),  # messages is set: the driver's cue that kept/ needs the messages column
         ("dedup_key", pa.int64()),
         ("text_len", pa.int64()),
         ("output_len", pa.int64()),
@@ -56,9 +70,11 @@ class SourceFile:
     field: str | None = None  # JSON: the top-level key whose list holds the records
     # a piece of a large local JSONL file: (start, stop, newlines before start - 1); see split_large_files
     byte_range: tuple[int, int, int] | None = None
+    shape: str = "auto"  # alpaca, messages, sharegpt; auto: from the file's first record (conversations.py)
+    embed_turns: str = "all"  # a conversation's embedded text (rows.conversation_text)
 
 
-def list_source_files(sources: list[SourceConfig]) -> list[SourceFile]:
+def list_source_files(sources: list[SourceConfig], embed_turns: str = "all") -> list[SourceFile]:
     """All input files in input order: sources as configured, files sorted within each."""
     files: list[SourceFile] = []
     for src in sources:
@@ -67,7 +83,18 @@ def list_source_files(sources: list[SourceConfig]) -> list[SourceFile]:
             raise InputError(f"source '{src.source_name}': '{src.path}' names no {'/'.join(SOURCE_EXTENSIONS)} file")
         for path in paths:
             fmt = src.format or _infer_format(path)
-            files.append(SourceFile(src.source_name, path, len(files), fmt, src.columns.model_dump(), src.field))
+            files.append(
+                SourceFile(
+                    src.source_name,
+                    path,
+                    len(files),
+                    fmt,
+                    src.columns.model_dump(),
+                    src.field,
+                    shape=src.shape,
+                    embed_turns=embed_turns,
+                )
+            )
     return files
 
 
@@ -170,32 +197,63 @@ def parse_source_file(sf: SourceFile) -> pa.Table:
     """Parse one file into PARSED_SCHEMA rows, one per input record, in file order."""
     columns = ColumnMapping(**sf.columns)
     out: dict[str, list[Any]] = {f.name: [] for f in PARSED_SCHEMA}
-    for row_in_file, record in enumerate(_records(sf)):
-        fields, reason, detail = (
-            (None, record.reason, record.detail) if record.reason else validate_record(record.value, columns)
-        )
-        detail = f"{record.where}: {detail}" if detail else ""
+    records = _records(sf)
+    shape = sf.shape
+    if shape == "auto":
+        head, records = _first_object(records)
+        shape = detect_shape(head, columns)
+    for row_in_file, record in enumerate(records):
+        row = _parse_record(record, shape, columns, sf.embed_turns)
         out["source"].append(sf.source)
         out["file"].append(sf.path)
         out["file_rank"].append(sf.file_rank)
         out["row_in_file"].append(row_in_file)
-        out["valid"].append(fields is not None)
-        out["reason"].append(reason)
-        out["detail"].append(detail)
+        for name, value in row.items():
+            out[name].append(value)
+        out["detail"][-1] = f"{record.where}: {row['detail']}" if row["detail"] else ""
+    return pa.table(out, schema=PARSED_SCHEMA)
+
+
+def _parse_record(record: Record, shape: str, columns: ColumnMapping, embed_turns: str) -> dict[str, Any]:
+    """The parsed columns of one record (all but the file's), valid or not."""
+    messages = fields = None
+    if record.reason:
+        reason, detail = record.reason, record.detail
+    elif shape == "alpaca":
+        fields, reason, detail = validate_record(record.value, columns)
+    else:
+        messages, reason, detail = validate_conversation(record.value, shape, columns)
+    row: dict[str, Any] = {"valid": fields is not None or messages is not None, "reason": reason, "detail": detail}
+    if messages is not None:
+        one = single_turn(messages)  # kept/ keeps the Alpaca columns of a one-exchange conversation
+        instruction, input_text, output = (one[0], "", one[1]) if one else (None, None, None)
+        row.update(id=conversation_id(messages), dedup_key=conversation_dedup_key(user_turns(messages)))
+        text = conversation_text(user_turns(messages), embed_turns)
+        output_len = sum(len(m["content"]) for m in messages if m["role"] == "assistant")
+    else:
         if fields is None:
             fields = {"instruction": "", "input": "", "output": ""}
-            out["id"].append(raw_id(record.raw))
-            out["dedup_key"].append(0)
+            row.update(id=raw_id(record.raw), dedup_key=0)
         else:
-            out["id"].append(content_id(fields["instruction"], fields["input"], fields["output"]))
-            out["dedup_key"].append(dedup_key(fields["instruction"], fields["input"]))
-        for name in ("instruction", "input", "output"):
-            out[name].append(fields[name])
-        text = embed_text(fields["instruction"], fields["input"])
-        out["text_len"].append(len(text))
-        out["output_len"].append(len(fields["output"]))
-        out["script"].append(dominant_script(text) if out["valid"][-1] else "")
-    return pa.table(out, schema=PARSED_SCHEMA)
+            row.update(id=content_id(fields["instruction"], fields["input"], fields["output"]))
+            row.update(dedup_key=dedup_key(fields["instruction"], fields["input"]))
+        instruction, input_text, output = fields["instruction"], fields["input"], fields["output"]
+        text = embed_text(instruction, input_text)
+        output_len = len(output)
+    row.update(instruction=instruction, input=input_text, output=output, messages=messages)
+    row.update(conversation=messages is not None)
+    row.update(text_len=len(text), output_len=output_len, script=dominant_script(text) if row["valid"] else "")
+    return row
+
+
+def _first_object(records: Iterator[Record]) -> tuple[Any, Iterator[Record]]:
+    """The first record that is an object (what the shape is detected from), and all the records still in order."""
+    seen: list[Record] = []
+    for record in records:
+        seen.append(record)
+        if isinstance(record.value, dict):
+            return record.value, itertools.chain(seen, records)
+    return None, iter(seen)
 
 
 def _infer_format(path: str) -> str:

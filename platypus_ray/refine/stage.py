@@ -25,6 +25,7 @@ import ray
 
 from platypus_ray.core.blocks import batches, read_columns, rows_only
 from platypus_ray.core.config import dump_config
+from platypus_ray.core.conversation import MESSAGES_TYPE
 from platypus_ray.core.devices import resolve_device
 from platypus_ray.core.errors import UserError
 from platypus_ray.core.outputs import inside, read_back, replaced_atomically
@@ -38,7 +39,7 @@ from platypus_ray.refine.dedup import best_matches, dedup_rows
 from platypus_ray.refine.languages import check_languages, collapse_check
 from platypus_ray.refine.ledger import Decisions, fetch_texts, summarize, write_rows
 from platypus_ray.refine.report import review_rows, review_uids, write_report, write_review
-from platypus_ray.refine.rows import embed_text
+from platypus_ray.refine.rows import row_text
 from platypus_ray.refine.sources import (
     PARSED_SCHEMA,
     check_readable,
@@ -62,6 +63,7 @@ _META_COLUMNS = [
     "output_len",
     "text_len",
     "script",
+    "conversation",
 ]
 
 
@@ -161,7 +163,7 @@ class RefineStage(Stage[RefineConfig, "list[BenchmarkItem]", RefineResult]):
     def execute(self, cfg: RefineConfig, checked: list[BenchmarkItem]) -> RefineResult:
         """Run the refine stage end to end and write its outputs under ``cfg.output``."""
         timer = _Timer()
-        files = list_source_files(cfg.sources)
+        files = list_source_files(cfg.sources, cfg.embed_turns)
         init_ray(dashboard=False)  # a no-op where Ray is up already (a pipeline, a submitted job)
         with _refine_data_context():
             timer.lap("setup")
@@ -220,12 +222,18 @@ def _refine(cfg: RefineConfig, timer: _Timer, items: list[BenchmarkItem], files:
     key_of_uid = np.full(len(meta["valid"]), -1, dtype=np.int64)
     key_of_uid[survivors] = np.arange(len(survivors))
     rows = parsed.map_batches(
-        _with_keys, fn_kwargs={"file_offset": file_offset, "key_of_uid": key_of_uid}, batch_format="pyarrow"
+        _with_keys,
+        fn_kwargs={"file_offset": file_offset, "key_of_uid": key_of_uid, "embed_turns": cfg.embed_turns},
+        batch_format="pyarrow",
     ).materialize()
     timer.lap("exact_dedup")
 
     probes = contam.make_probes(items, cfg.contamination.window_words)
-    emb, probe_emb, embedded = _embed(rows, len(survivors), probes, cfg)
+    turns = contam.TurnProbes(None, np.empty(0, dtype=np.int64))
+    if items and meta["conversation"].any():  # only conversations have turn probes: Alpaca runs skip the pass
+        first_key = len(survivors) + len(probes.texts)
+        turns = contam.TurnProbes.of(rows, len(survivors), first_key, cfg.contamination.window_words)
+    emb, probe_emb, turn_emb, embedded = _embed(rows, len(survivors), probes, turns, cfg)
     warnings += embedded.warnings
     timer.lap("embed")
     num_gpus = 1 if resolve_device(cfg.embedding.device) == "cuda" else 0
@@ -234,7 +242,7 @@ def _refine(cfg: RefineConfig, timer: _Timer, items: list[BenchmarkItem], files:
     contamination_scores = np.empty(0)
     if items:
         flagged, contamination_scores = _decontaminate(
-            rows, emb, probe_emb, probes, items, survivors, decisions, cfg, num_gpus
+            rows, emb, probe_emb, probes, items, survivors, decisions, cfg, num_gpus, (turn_emb, turns.owner)
         )
     timer.lap("contamination")
 
@@ -247,8 +255,8 @@ def _refine(cfg: RefineConfig, timer: _Timer, items: list[BenchmarkItem], files:
     )
 
     with replaced_atomically(cfg.output, "refine") as staging:
-        write_rows(staging, parsed, file_offset, decisions)
-        texts = fetch_texts(parsed, file_offset, review_uids(decisions, cfg.dedup.threshold))
+        write_rows(staging, parsed, file_offset, decisions, conversations=bool(meta["conversation"].any()))
+        texts = fetch_texts(parsed, file_offset, review_uids(decisions, cfg.dedup.threshold), cfg.embed_turns)
         review = review_rows(decisions, items, texts, cfg.dedup.threshold)
         write_review(staging / "review.csv", review)
         timer.lap("write")
@@ -286,12 +294,13 @@ def _refine(cfg: RefineConfig, timer: _Timer, items: list[BenchmarkItem], files:
 
 
 def _embed(
-    rows: ray.data.Dataset, n_rows: int, probes: contam.Probes, cfg: RefineConfig
-) -> tuple[EmbeddingBlocks, np.ndarray, Embedded]:
-    """Vectors of the rows (blocks in the object store) and of the benchmark probes (few: on the
-    driver), from the cache, else one actor pool; none when there are no rows."""
+    rows: ray.data.Dataset, n_rows: int, probes: contam.Probes, turns: contam.TurnProbes, cfg: RefineConfig
+) -> tuple[EmbeddingBlocks, np.ndarray, EmbeddingBlocks, Embedded]:
+    """Vectors of the rows and of the turn probes (blocks in the object store) and of the benchmark
+    probes (few: on the driver), from the cache, else one actor pool; none when there are no rows."""
     if n_rows == 0:
-        return EmbeddingBlocks.empty(), np.zeros((0, 0), dtype=np.float32), Embedded(EmbeddingBlocks.empty())
+        empty = EmbeddingBlocks.empty()
+        return empty, np.zeros((0, 0), dtype=np.float32), empty, Embedded(empty)
     to_embed = rows.select_columns(["key", "text", "text_hash", "text_len"])
     if probes.texts:
         keys = np.arange(n_rows, n_rows + len(probes.texts), dtype=np.int64)
@@ -300,19 +309,23 @@ def _embed(
             {"key": keys, "text": probes.texts, "text_hash": hash_array(probes.texts), "text_len": lengths}
         )
         to_embed = to_embed.union(ray.data.from_arrow(probe_table))
+    if turns.rows is not None:
+        to_embed = to_embed.union(turns.rows)
+    n_probes, timeout_s = len(probes.texts), cfg.embedding.timeout_s
     with bounded_by("embedding.timeout_s", "embedding tasks"):
         embedded = embed(
             to_embed,
-            n_rows + len(probes.texts),
+            n_rows + n_probes + len(turns.owner),
             cfg.embedding,
             cache_location=cfg.cache_location,
             thresholds=(cfg.dedup.threshold, cfg.contamination.threshold),
-            timeout_s=cfg.embedding.timeout_s,
+            timeout_s=timeout_s,
         )
         blocks = embedded.blocks
         return (
-            blocks.take(np.arange(n_rows), cfg.embedding.timeout_s),
-            blocks.gather(np.arange(n_rows, blocks.n), cfg.embedding.timeout_s),
+            blocks.take(np.arange(n_rows), timeout_s),
+            blocks.gather(np.arange(n_rows, n_rows + n_probes), timeout_s),
+            blocks.take(np.arange(n_rows + n_probes, blocks.n), timeout_s),
             embedded,
         )
 
@@ -340,18 +353,22 @@ KEYED_SCHEMA = pa.schema(
         ("instruction", pa.string()),
         ("input", pa.string()),
         ("output", pa.string()),
+        ("messages", MESSAGES_TYPE),
     ]
 )
 
 
 @rows_only(KEYED_SCHEMA)
-def _with_keys(batch: pa.Table, file_offset: np.ndarray, key_of_uid: np.ndarray) -> pa.Table:
+def _with_keys(batch: pa.Table, file_offset: np.ndarray, key_of_uid: np.ndarray, embed_turns: str = "all") -> pa.Table:
     """Rows that survived exact dedup, with their dense key and embedded text."""
     uid = file_offset[batch["file_rank"].to_numpy()] + batch["row_in_file"].to_numpy()
     key = key_of_uid[uid]
     mask = key >= 0
     batch = batch.filter(pa.array(mask))
-    texts = [embed_text(i, x) for i, x in zip(batch["instruction"].to_pylist(), batch["input"].to_pylist())]
+    texts = [
+        row_text(i, x, m, embed_turns)
+        for i, x, m in zip(batch["instruction"].to_pylist(), batch["input"].to_pylist(), batch["messages"].to_pylist())
+    ]
     columns = [
         key[mask],
         texts,
@@ -360,6 +377,7 @@ def _with_keys(batch: pa.Table, file_offset: np.ndarray, key_of_uid: np.ndarray)
         batch["instruction"],
         batch["input"],
         batch["output"],
+        batch["messages"],
     ]
     return pa.table(columns, schema=KEYED_SCHEMA)
 
@@ -389,11 +407,19 @@ def _decontaminate(
     decisions: Decisions,
     cfg: RefineConfig,
     num_gpus,
+    turns: tuple[EmbeddingBlocks, np.ndarray],
 ):
-    """Flag survivors that match a benchmark item by embedding or verbatim n-grams."""
+    """Flag survivors that match a benchmark item by embedding (the row's text or any of its turn
+    probes) or verbatim n-grams."""
     ccfg = cfg.contamination
     with bounded_by("dedup.timeout_s", "contamination search tasks"):
         best = best_matches(emb, probe_emb, ccfg.threshold, cfg.dedup.tile_size, num_gpus, cfg.dedup.timeout_s)
+        turn_emb, owner = turns
+        if len(owner):
+            by_turn = best_matches(
+                turn_emb, probe_emb, ccfg.threshold, cfg.dedup.tile_size, num_gpus, cfg.dedup.timeout_s
+            )
+            contam.fold_turns(best.score, best.index, by_turn.score, by_turn.index, owner)
     emb_item = np.where(best.index >= 0, probes.item[np.maximum(best.index, 0)], -1)
 
     index = contam.NgramIndex.build(items, ccfg.ngram)

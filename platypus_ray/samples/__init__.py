@@ -1,9 +1,10 @@
 """The sample corpus and benchmark that ship with the project (for ``make demo``).
 
-``python -m platypus_ray.samples`` regenerates ``corpus.jsonl`` and ``benchmark.jsonl`` here,
-deterministically. The corpus is written by this module (no third-party data): varied
-instruction families, plus planted exact duplicates, paraphrases, benchmark leaks and
-malformed rows so every refine decision shows up in the demo.
+``python -m platypus_ray.samples`` regenerates ``corpus.jsonl``, ``benchmark.jsonl`` and
+``chat.jsonl`` (the corpus's rows as conversations) here, deterministically. The corpus is
+written by this module (no third-party data): varied instruction families, plus planted exact
+duplicates, paraphrases, benchmark leaks and malformed rows so every refine decision shows up
+in the demo.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from pathlib import Path
 SAMPLES_DIR = Path(__file__).parent
 CORPUS = SAMPLES_DIR / "corpus.jsonl"
 BENCHMARK = SAMPLES_DIR / "benchmark.jsonl"
+CHAT = SAMPLES_DIR / "chat.jsonl"
 
 _COUNTRIES = [
     ("France", "Paris", "euro"),
@@ -277,6 +279,34 @@ def sample_rows() -> list[dict[str, str]]:
     return rows
 
 
+def chat_rows() -> list[str]:
+    """JSONL lines of conversations (OpenAI messages) built from the corpus's rows: consecutive rows
+    become one, two or three exchanges (so the corpus's planted duplicates and benchmark leaks sit
+    in first and later turns), every fourth with a system prompt; plus two malformed ones."""
+    rows = []
+    for line in corpus_rows():
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if isinstance(record.get("instruction"), str) and record["instruction"].strip() and "output" in record:
+            rows.append(record)
+    talks: list[dict] = []
+    at = 0
+    while at < len(rows):
+        size = 1 + len(talks) % 3
+        messages = [{"role": "system", "content": "You are a concise assistant."}] if len(talks) % 4 == 3 else []
+        for row in rows[at : at + size]:
+            user = f"{row['instruction']} {row['input']}" if row["input"] else row["instruction"]
+            messages += [{"role": "user", "content": user}, {"role": "assistant", "content": row["output"]}]
+        talks.append({"messages": messages})
+        at += size
+    talks.insert(10, {"messages": [{"role": "user", "content": "And then?"}]})  # no assistant turn
+    talks.insert(20, {"messages": [{"role": "user", "content": "Time?"}, {"role": "tool", "content": "12:00"}]})
+    return [json.dumps(t) for t in talks]
+
+
 def write_samples(directory: Path = SAMPLES_DIR) -> None:
     (directory / "corpus.jsonl").write_text("\n".join(corpus_rows()) + "\n")
+    (directory / "chat.jsonl").write_text("\n".join(chat_rows()) + "\n")
     (directory / "benchmark.jsonl").write_text("\n".join(benchmark_rows()) + "\n")

@@ -1,4 +1,4 @@
-from platypus_ray.samples import BENCHMARK, CORPUS, write_samples
+from platypus_ray.samples import BENCHMARK, CHAT, CORPUS, write_samples
 
 write_samples()
-print(f"wrote {CORPUS} and {BENCHMARK}")
+print(f"wrote {CORPUS}, {BENCHMARK} and {CHAT}")

@@ -5,7 +5,14 @@ from __future__ import annotations
 import numpy as np
 
 from platypus_ray.refine.config import ContaminationConfig
-from platypus_ray.refine.contamination import NgramIndex, categorize, make_probes, word_ngrams
+from platypus_ray.refine.contamination import (
+    NgramIndex,
+    categorize,
+    fold_turns,
+    make_probes,
+    turn_probes,
+    word_ngrams,
+)
 from platypus_ray.testsets import BenchmarkItem
 
 LONG = " ".join(f"w{k}" for k in range(100)) + "\nWhich of these is right?"
@@ -56,3 +63,24 @@ def test_categories_follow_the_documented_rule():
         "gray_area",
         "duplicate",
     ]
+
+
+def test_turn_probes_check_each_user_turn_of_a_longer_conversation():
+    one = [{"role": "user", "content": "Q?"}, {"role": "assistant", "content": "A."}]
+    assert turn_probes(one, "Q?", 8) == []  # one user turn: the embedded text covers it (the Alpaca row)
+    assert turn_probes(None, "Q?", 8) == []
+    long = " ".join(f"w{k}" for k in range(12))
+    talk = [*one, {"role": "user", "content": long}, {"role": "assistant", "content": "B."}]
+    assert turn_probes(talk, f"Q?\n{long}", 8) == [
+        "Q?",
+        long,
+        " ".join(f"w{k}" for k in range(8)),
+        "w4 w5 w6 w7 w8 w9 w10 w11",
+    ]
+    assert turn_probes(talk, "Q?", 8)[0] == long  # embed_turns first: the first turn is embedded already
+
+
+def test_fold_turns_raises_a_row_to_its_best_turn_probe():
+    score, index = np.array([0.5, 0.9, 0.1]), np.array([3, 4, -1])
+    fold_turns(score, index, np.array([0.7, 0.95, 0.2, 0.6]), np.array([7, 8, 9, 5]), np.array([0, 0, 1, 2]))
+    assert score.tolist() == [0.95, 0.9, 0.6] and index.tolist() == [8, 4, 5]
