@@ -10,6 +10,7 @@ import numpy as np
 
 from platypus_ray.embedding import EmbeddingBlocks
 from platypus_ray.refine.config import DedupConfig
+from platypus_ray.refine.dedup.certificate import certify
 from platypus_ray.refine.dedup.clustered import ClusterSettings, clustered_pairs_above
 from platypus_ray.refine.dedup.cost import exact_seconds, gemm_gflops_per_cpu
 from platypus_ray.refine.dedup.greedy import (
@@ -79,14 +80,38 @@ def choose_mode(
 def dedup_rows(
     vectors: EmbeddingBlocks | np.ndarray, output_len: np.ndarray, cfg: DedupConfig, num_gpus: float
 ) -> DedupOutcome:
-    """Find the near-duplicate pairs among the rows of ``vectors`` and apply the greedy rule in priority order."""
+    """Find the near-duplicate pairs among the rows of ``vectors``, apply the greedy rule in priority
+    order, and check the result's certificate (:mod:`.certificate`: an error when it fails)."""
     blocks = EmbeddingBlocks.of(vectors)
+    order = priority_order(output_len, cfg.keep)
+    rank = np.empty(blocks.n, dtype=np.int64)
+    rank[order] = np.arange(blocks.n)
+    outcome = _search_and_resolve(blocks, order, rank, cfg, num_gpus)
+    certificate = certify(
+        blocks, outcome.decision, rank, cfg.threshold, _tiled_pair_count(cfg, num_gpus), cfg.timeout_s
+    )
+    logger.info("refine: %s", certificate.line())
+    outcome.stats["certificate"] = certificate.as_dict()
+    return outcome
+
+
+def _tiled_pair_count(cfg: DedupConfig, num_gpus: float):
+    """The certificate's search among kept rows: the exact tiled all-pairs search (pairs found, tasks)."""
+
+    def count(kept: EmbeddingBlocks) -> tuple[int, int]:
+        pairs = all_pairs_above(kept, cfg.threshold, cfg.tile_size, num_gpus, cfg.timeout_s)
+        tasks = sum(-(-(end - first) // cfg.tile_size) for _, first, end in kept.spans())
+        return len(pairs.i), tasks
+
+    return count
+
+
+def _search_and_resolve(
+    blocks: EmbeddingBlocks, order: np.ndarray, rank: np.ndarray, cfg: DedupConfig, num_gpus: float
+) -> DedupOutcome:
     n = blocks.n
     cpus, memory = _node_capacity()
     mode, why, estimate = choose_mode(n, blocks.dim, cfg, cpus, node_memory=memory)
-    order = priority_order(output_len, cfg.keep)
-    rank = np.empty(n, dtype=np.int64)
-    rank[order] = np.arange(n)
     if mode == "kept" and n >= 2:
         logger.info("refine: semantic dedup of %d rows: against the kept set (%s)", n, why)
         walked = kept_walk_pairs(
