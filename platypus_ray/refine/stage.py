@@ -107,6 +107,13 @@ class RefineResult:
                 f"{dedup['exact_sample_rows']} sampled rows: pair recall {dedup['pair_recall']:.4f}, "
                 f"decision agreement {dedup['decision_agreement']:.4f}"
             )
+        if dedup.get("resolution"):
+            r = dedup["resolution"]
+            lines.append(
+                f"  semantic dedup decided in {r['rounds']} rounds of {r['parts']} Ray tasks (rows per round "
+                f"{r['decided_per_round']}), {r['tail_rows']} rows in the tail ({r['tail']}); "
+                f"tasks per node {r['tasks_per_node']}"
+            )
         if dedup.get("certificate"):
             lines.append("  " + certificate_line(dedup["certificate"]))
         embedding = self.stats.get("embedding") or {}

@@ -2,7 +2,8 @@
 
 Inside: ``similarity`` (exact tiled all-pairs search, float64 re-scoring near the threshold,
 best matches against benchmark probes), ``clustered`` (k-means partitions, exact inside),
-``pair_search`` (the mode choice and the per-row neighbour bound with its exact check),
+``pair_search`` (the mode choice and the per-row neighbour bound with its exact check), ``rounds``
+(the greedy rule decided in parallel rounds of Ray tasks),
 ``greedy`` (the greedy walk in priority order), ``certificate`` (the check of every result) and
 ``recall`` (clustered against exact on a sample). The brute-force oracle the tests compare with
 is :mod:`platypus_ray.devtools.dedup_reference`.

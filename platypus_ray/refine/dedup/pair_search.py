@@ -17,10 +17,10 @@ from platypus_ray.refine.dedup.greedy import (
     DedupDecision,
     exact_check_against,
     priority_order,
-    resolve_greedy,
 )
 from platypus_ray.refine.dedup.kept_walk import OverBudget, kept_walk_pairs
 from platypus_ray.refine.dedup.recall import measure_recall
+from platypus_ray.refine.dedup.rounds import resolve_in_rounds
 from platypus_ray.refine.dedup.similarity import Pairs, all_pairs_above
 
 logger = logging.getLogger(__name__)
@@ -144,8 +144,10 @@ def _search_and_resolve(
         pairs = all_pairs_above(
             blocks, cfg.threshold, cfg.tile_size, num_gpus, cfg.timeout_s, rank, cfg.neighbours_per_row, cfg.max_pairs
         )
-        decision = resolve_greedy(n, pairs, order, exact_check_against(blocks, cfg.threshold, cfg.timeout_s))
-        return DedupOutcome(pairs, decision, {"mode": mode, "why": why, **estimate, **_bound_stats(pairs)})
+        check = exact_check_against(blocks, cfg.threshold, cfg.timeout_s)
+        decision, rounds = resolve_in_rounds(n, pairs, order, cfg.timeout_s, check)
+        stats = {"mode": mode, "why": why, **estimate, **_bound_stats(pairs), "resolution": rounds}
+        return DedupOutcome(pairs, decision, stats)
     settings = ClusterSettings(
         rows_per_cluster=cfg.rows_per_cluster,
         tile=cfg.tile_size,
@@ -153,7 +155,8 @@ def _search_and_resolve(
         max_pairs=cfg.max_pairs,
     )
     found = clustered_pairs_above(blocks, cfg.threshold, settings, cfg.timeout_s, rank)
-    decision = resolve_greedy(n, found.pairs, order, exact_check_against(blocks, cfg.threshold, cfg.timeout_s))
+    check = exact_check_against(blocks, cfg.threshold, cfg.timeout_s)
+    decision, rounds = resolve_in_rounds(n, found.pairs, order, cfg.timeout_s, check)
     recall = measure_recall(
         blocks, found.pairs, decision.keep, rank, cfg.threshold, cfg.recall_sample, 0, cfg.timeout_s
     )
@@ -182,6 +185,7 @@ def _search_and_resolve(
         "search": found.search,
         **_bound_stats(found.pairs),
         **recall.as_dict(),
+        "resolution": rounds,
     }
     return DedupOutcome(found.pairs, decision, stats)
 
