@@ -66,7 +66,7 @@ def resolve_in_rounds(
         start, still_open = time.perf_counter(), int((state == UNDECIDED).sum())
         state_ref = ray.put(state)
         decided = 0
-        for kept, removed, node in wait_all([_round.remote(p, state_ref) for p in part_refs], timeout_s):
+        for kept, removed, node in wait_all([_ROUND.remote(p, state_ref) for p in part_refs], timeout_s):
             state[kept], state[removed] = KEPT, REMOVED
             decided += len(kept) + len(removed)
             nodes[node] += 1
@@ -95,7 +95,7 @@ def resolve_in_rounds(
         log["tail_s"] = round(time.perf_counter() - start, 3)
     keep = state == KEPT
     state_ref = ray.put(state)
-    for rows, match, cosine, node in wait_all([_matches.remote(p, state_ref) for p in part_refs], timeout_s):
+    for rows, match, cosine, node in wait_all([_MATCHES.remote(p, state_ref) for p in part_refs], timeout_s):
         matched[rows], best[rows] = match, cosine
         nodes[node] += 1
     log["tasks"] = sum(nodes.values())
@@ -178,3 +178,9 @@ def _matches(part: tuple, state: np.ndarray):
     listed = (state[lo] == REMOVED) & (state[hi] == KEPT)
     rows, first = _best_in_segments(lo[listed], score[listed])
     return rows, hi[listed][first], score[listed][first], _node()
+
+
+# Parts go to every node (SPREAD): a round's tasks are short and read little, so the default's
+# preference for the driver's node would leave the other nodes idle.
+_ROUND = _round.options(scheduling_strategy="SPREAD")
+_MATCHES = _matches.options(scheduling_strategy="SPREAD")
