@@ -172,13 +172,13 @@ def _place(block: np.ndarray, centroids: np.ndarray, threshold: float, chunk: in
     (home rows, members): the counts the driver plans with."""
     k = len(centroids)
     eps = np.sqrt(max(2.0 - 2.0 * (threshold - _EPS), 0.0))
-    between = np.sqrt(np.maximum(2.0 - 2.0 * (centroids @ centroids.T), 0.0))  # ||c_j - c_h||, unit centroids
     rows, clusters, is_home = [], [], []
     for s in range(0, len(block), chunk):
         sims = block[s : s + chunk] @ centroids.T
         home = sims.argmax(axis=1)
         gap = sims[np.arange(len(sims)), home][:, None] - sims  # (||x-c_j||^2 - ||x-c_h||^2) / 2
-        r, c = np.nonzero(gap <= eps * between[home] + _BISECTOR_SLACK)
+        between = np.sqrt(np.maximum(2.0 - 2.0 * (centroids[home] @ centroids.T), 0.0))  # ||c_j - c_h||: unit
+        r, c = np.nonzero(gap <= eps * between + _BISECTOR_SLACK)
         rows.append(r + s)
         clusters.append(c)
         is_home.append(c == home[r])

@@ -53,7 +53,8 @@ def resolve_in_rounds(
     incomplete = pairs.incomplete if pairs.incomplete is not None else np.zeros(n, dtype=bool)
     if incomplete.any() and exact_check is None:
         raise ValueError("a per-row-bounded pair search needs an exact_check")
-    cuts = _row_cuts(n, lo, parts or max(2, -(-len(lo) // EDGES_PER_PART)))
+    cpus = int(ray.cluster_resources().get("CPU", 1))  # a part per CPU at least: every node gets work
+    cuts = _row_cuts(n, lo, parts or max(2, cpus, -(-len(lo) // EDGES_PER_PART)))
     edges = np.searchsorted(lo, cuts)
     part_refs = [
         ray.put((int(a), int(b), hi[ea:eb], lo[ea:eb], score[ea:eb], incomplete[a:b]))
