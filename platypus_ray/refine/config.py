@@ -63,8 +63,9 @@ class DedupConfig(StrictModel):
     keep: Literal["longest_output", "first"] = "longest_output"  # first = input order (Platypus notebook)
     tile_size: int = Field(2048, ge=16, description="rows per similarity tile; memory per task ~ tile_size^2 * 4 B")
     # kept: each row against the rows kept before it (exact, rows x kept work; refine/dedup/kept_walk.py).
-    # exact: all pairs (every pair for the report; all-pairs work). clustered: k-means partitions, the kept
-    # set made exact by a search among kept rows. auto: kept within auto_exact_budget_s, clustered past it.
+    # exact: all pairs (every pair for the report; all-pairs work). clustered: an exact partition (k-means and
+    # ClusterJoin's bisector rule), or all pairs where that costs less. auto: kept within auto_exact_budget_s,
+    # clustered past it.
     mode: Literal["auto", "kept", "exact", "clustered"] = "auto"
     # exact and clustered hold every pair found while they number at most max_pairs (24 B each in the
     # driver); past it each row keeps its best higher-priority neighbours only (memory rows x this, however
@@ -82,9 +83,6 @@ class DedupConfig(StrictModel):
         description="auto: the exact walk against the kept set while its projected time fits this, clustered past it",
     )
     rows_per_cluster: int = Field(1000, ge=16, description="clustered: k = rows / this")
-    cluster_margin: float = Field(
-        0.08, ge=0.0, le=1.0, description="clustered: also join centroids this close to the nearest"
-    )
     recall_sample: int = Field(5_000, ge=0, description="clustered: rows checked against an exact search on every run")
     timeout_s: float = Field(
         3600.0, gt=0, description="bound on the similarity tasks of one run: dedup and the contamination search"

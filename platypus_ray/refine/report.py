@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 
 from platypus_ray.embedding import report_html as embedding_section
+from platypus_ray.refine.dedup import certificate_line
 from platypus_ray.refine.ledger import Decisions
 from platypus_ray.testsets import BenchmarkItem
 
@@ -168,13 +169,16 @@ def _dedup_section(dedup: dict | None) -> list[str]:
     parts = [f"<h2>Semantic dedup: {html.escape(dedup['mode'])}</h2><p>{html.escape(dedup['why'])}</p>"]
     if dedup["mode"] == "clustered":
         parts.append(
-            f"<p>{dedup['clusters']} k-means clusters, {dedup['assignments_per_row']} clusters per row. "
+            f"<p>{dedup['clusters']} k-means clusters, {dedup['assignments_per_row']} clusters per row by the "
+            f"bisector rule (largest cluster {dedup['largest_cluster']} rows); {dedup['search']} search. "
             "An exact search "
             f"for {dedup['exact_sample_rows']} random rows against all rows found {dedup['exact_pairs']} pairs at or "
             f"above the threshold; the clustered search had {dedup['found_pairs']} of them: <b>pair recall "
             f"{dedup['pair_recall']:.4f}</b>. {dedup['decisions_differing']} sampled rows would be decided differently "
             f"with their exact neighbours: <b>decision agreement {dedup['decision_agreement']:.4f}</b>.</p>"
         )
+    if dedup.get("certificate"):
+        parts.append(f"<p>{html.escape(certificate_line(dedup['certificate']))}</p>")
     return parts
 
 

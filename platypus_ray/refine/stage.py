@@ -35,7 +35,7 @@ from platypus_ray.core.waits import bounded_by
 from platypus_ray.embedding import HASH_BYTES, Embedded, EmbeddingBlocks, check_model, embed, hash_array
 from platypus_ray.refine import contamination as contam
 from platypus_ray.refine.config import SOURCE_EXTENSIONS, RefineConfig, kept_folder
-from platypus_ray.refine.dedup import best_matches, dedup_rows
+from platypus_ray.refine.dedup import best_matches, certificate_line, dedup_rows
 from platypus_ray.refine.languages import check_languages, collapse_check
 from platypus_ray.refine.ledger import Decisions, fetch_texts, summarize, write_rows
 from platypus_ray.refine.report import review_rows, review_uids, write_report, write_review
@@ -109,6 +109,15 @@ class RefineResult:
                 f"{dedup['exact_sample_rows']} sampled rows: pair recall {dedup['pair_recall']:.4f}, "
                 f"decision agreement {dedup['decision_agreement']:.4f}"
             )
+        if dedup.get("resolution"):
+            r = dedup["resolution"]
+            lines.append(
+                f"  semantic dedup decided in {r['rounds']} rounds of {r['parts']} Ray tasks (rows per round "
+                f"{r['decided_per_round']}), {r['tail_rows']} rows in the tail ({r['tail']}); "
+                f"tasks per node {r['tasks_per_node']}"
+            )
+        if dedup.get("certificate"):
+            lines.append("  " + certificate_line(dedup["certificate"]))
         embedding = self.stats.get("embedding") or {}
         if embedding.get("cache"):
             lines.append(

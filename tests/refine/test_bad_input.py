@@ -224,6 +224,8 @@ def test_every_awkward_source_is_accounted_for(awkward_run):
     assert sorted(kept.id) == sorted(ledger[ledger.status == "kept"].id)
     assert "Say\u2028hi" in kept.instruction.tolist()
     assert stats["dedup"]["mode"] == "clustered" and stats["dedup"]["pair_recall"] == 1.0
+    assert stats["dedup"]["certificate"]["holds"] and "semantic dedup certificate holds: 0 pairs" in summary
+    assert "semantic dedup decided in 1 rounds of 2 Ray tasks" in summary
     assert "pair recall" in (output / "report.html").read_text()
 
 

@@ -1,19 +1,22 @@
-"""Clustered semantic dedup for corpora too large for all-pairs: k-means partitions, exact inside.
+"""Clustered semantic dedup: an exact partition (k-means + ClusterJoin's bisector rule), exact inside.
 
-1. **k-means** (spherical, torch) on a random sample of the rows gives ``k`` centroids.
-2. **assign**: each row goes to its nearest centroid and to every other centroid within
-   ``margin`` of that one (up to ``max_assign``), so a pair that straddles a border is
-   still seen together in some cluster. One Ray task per embedding block.
-3. **shuffle**: each block task splits its rows into ``G`` groups of clusters (balanced by
-   size); group ``g``'s task receives only its pieces, never the whole matrix.
-4. **exact inside**: each group task finds every pair >= threshold within each of its
-   clusters (tiled, float64 re-scoring near the threshold as in exact mode). (Comparing only
-   a cluster's nearest-centroid rows with its visitors is ~3x cheaper but measured 0.987
-   pair recall where this reaches 0.998 at the same margin.)
+1. **k-means** (spherical, torch) on a random sample of the rows gives ``k`` unit centroids.
+2. **place** (one Ray task per embedding block): a row ``x`` lives in its nearest centroid's
+   cluster ``h`` (its home) and is copied into cluster ``j`` iff its distance to the bisector of
+   ``c_h`` and ``c_j`` is at most ``eps = sqrt(2 - 2t)``, the distance of unit vectors at cosine
+   ``t``: ``x.c_h - x.c_j <= eps * ||c_j - c_h||`` (ClusterJoin, Das Sarma et al., VLDB 2014).
+   For a pair at distance <= eps, the later row's home is on the far side of that bisector, so
+   the earlier row is in the later row's home cluster: every pair >= t meets there.
+3. **shuffle**: each block task splits its entries into ``G`` groups of clusters (balanced by
+   work); group ``g``'s task receives only its pieces, never the whole matrix.
+4. **exact inside**: in each cluster, each home row is compared with the members of higher
+   priority (float64 re-scoring near the threshold as in exact mode), so every pair is emitted
+   once, by its later row, in that row's home cluster. No closure over kept rows is needed.
 
-The union of pairs feeds the same greedy rule as exact mode. A pair whose rows share no
-cluster is missed: :mod:`platypus_ray.refine.dedup.recall` measures how often on every run.
-The driver holds block references, the centroids, a few ints per row and the pair graph.
+The driver learns the copies per cluster first. At t = 0.8 (eps = 0.63) in 256-384 dimensions
+diverse text copies nearly every row into every cluster, so the partition's work (home rows x
+members, summed) can pass all pairs'; then the tiled all-pairs search runs instead (both exact).
+The driver holds block references, the centroids, the per-cluster counts and the pair graph.
 """
 
 from __future__ import annotations
@@ -26,33 +29,41 @@ import ray
 
 from platypus_ray.core.waits import as_completed, wait_all
 from platypus_ray.embedding import EmbeddingBlocks
-from platypus_ray.refine.dedup.similarity import _EPS, HeldPairs, PairBudget, Pairs, _exact_scores
+from platypus_ray.refine.dedup.similarity import _EPS, HeldPairs, PairBudget, Pairs, _exact_scores, all_pairs_above
 
 if TYPE_CHECKING:  # torch loads in the tasks that use it, not in the driver (1 s of every refine start)
     import torch
+
+# Slack of the bisector test in cosine units, on the side of more copies: float32 products of the
+# placement err by ~1e-6, so a pair at exactly t is never lost to rounding.
+_BISECTOR_SLACK = 1e-4
 
 
 @dataclass(frozen=True)
 class ClusterSettings:
     rows_per_cluster: int = 1000
-    # extra centroids within this cosine of the nearest one; on 1M perturbed Alpaca rows 0.06 found
-    # 0.991 of all pairs, 0.08 0.996 for 2% more time (100k: 0.994 / 0.997, 16% more)
-    margin: float = 0.08
-    max_assign: int = 4
     kmeans_iterations: int = 12
     sample_per_cluster: int = 40  # k-means training rows per centroid
     tile: int = 2048
     seed: int = 0
     per_row: int | None = None  # with a rank: each row's best higher-priority neighbours kept (see similarity)
     max_pairs: int = 0  # ... once more than this many pairs are held (0: from the start)
+    partition_always: bool = False  # tests: the partitioned search even where all pairs cost less
 
 
 @dataclass
 class ClusteredPairs:
     pairs: Pairs
     clusters: int
-    assignments_per_row: float  # mean clusters a row was placed in (cost of the margin)
-    largest_cluster: int
+    assignments_per_row: float  # mean clusters a row is placed in: 1 + the replication factor
+    largest_cluster: int  # members (home rows and copies) of the largest cluster
+    partition_work: float = 0.0  # dot products of the partitioned search: home rows x members, summed
+    all_pairs_work: float = 0.0  # n (n - 1) / 2
+    search: str = "partition"  # or "all_pairs": the partition would have cost more
+
+    @property
+    def replication(self) -> float:
+        return self.assignments_per_row - 1.0
 
 
 def clustered_pairs_above(
@@ -62,43 +73,61 @@ def clustered_pairs_above(
     timeout_s: float,
     rank: np.ndarray | None = None,
 ) -> ClusteredPairs:
-    """Every pair >= threshold whose rows share a cluster; nearest-neighbour cosine within clusters.
+    """Every pair >= threshold (exact: the bisector rule places both rows of each in one cluster).
 
-    With ``rank`` and ``settings.per_row``, each row keeps only its ``per_row`` best neighbours of
-    higher priority, as the exact search does, so a template filled in thousands of times stays
-    linear in memory; ``Pairs.incomplete`` marks the rows that had more."""
+    ``rank``: priority (lower first; input order without it); each pair is found in the home cluster
+    of its lower-priority row. With ``settings.per_row``, each row keeps only its ``per_row`` best
+    neighbours of higher priority, as the exact search does, so a template filled in thousands of
+    times stays linear in memory; ``Pairs.incomplete`` marks the rows that had more."""
     n = blocks.n
+    rank = np.arange(n) if rank is None else rank
     k = max(1, min(n // max(settings.rows_per_cluster, 1), 65536))
     centroids = ray.put(_kmeans(blocks, k, settings, timeout_s))
-    assigned = [_assign.remote(ref, centroids, settings.margin, settings.max_assign) for ref in blocks.refs]
-    clusters_of = wait_all(assigned, timeout_s)  # per block: (rows, max_assign) int32, -1 = none
-    sizes = np.bincount(np.concatenate([c[c >= 0] for c in clusters_of] or [np.empty(0, np.int32)]), minlength=k)
-    del clusters_of
-    groups = max(1, min(k, max(4 * int(ray.cluster_resources().get("CPU", 1)), int(sizes.sum() // 50000) + 1)))
-    group_of_cluster = _balance(sizes, groups)
+    placed = [_place.options(num_returns=2).remote(ref, centroids, threshold) for ref in blocks.refs]
+    counts = wait_all([c for _, c in placed], timeout_s)
+    home = np.sum([c[0] for c in counts], axis=0) if counts else np.zeros(k, np.int64)
+    members = np.sum([c[1] for c in counts], axis=0) if counts else np.zeros(k, np.int64)
+    work, all_pairs = float((home.astype(np.float64) * members).sum()), n * (n - 1) / 2
+    found = ClusteredPairs(
+        Pairs(np.empty(0, np.int64), np.empty(0, np.int64), np.empty(0), np.full(n, -1.0, np.float32)),
+        k,
+        float(members.sum() / max(n, 1)),
+        int(members.max(initial=0)),
+        work,
+        all_pairs,
+    )
+    budget = PairBudget(settings.per_row, settings.max_pairs) if settings.per_row else None
+    if (
+        work > all_pairs and not settings.partition_always
+    ):  # diverse text at t = 0.8: nearly every row is copied into every cluster
+        found.search = "all_pairs"
+        found.pairs = all_pairs_above(
+            blocks, threshold, settings.tile, 0.0, timeout_s, rank, settings.per_row, settings.max_pairs
+        )
+        return found
+    groups = max(1, min(k, max(4 * int(ray.cluster_resources().get("CPU", 1)), int(members.sum() // 50000) + 1)))
+    group_of_cluster = _balance(home.astype(np.float64) * members, groups)
     split = _split.options(num_returns=groups)
     # num_returns=groups: a list of refs, one ref when groups == 1 (Ray's stubs say always one ObjectRef)
     split_refs: list[Any] = [
-        split.remote(ref, a, group_of_cluster, groups, int(start))
-        for ref, a, start in zip(blocks.refs, assigned, blocks.offsets[:-1])
+        split.remote(ref, entries, group_of_cluster, groups, int(start))
+        for ref, (entries, _), start in zip(blocks.refs, placed, blocks.offsets[:-1])
     ]
     pieces = [p if isinstance(p, list) else [p] for p in split_refs]
-    budget = PairBudget(settings.per_row, settings.max_pairs) if settings.per_row and rank is not None else None
-    rank_ref = ray.put(rank if budget else None)
+    rank_ref = ray.put(rank)
     refs = [
         _pairs_in_group.remote(threshold, settings.tile, rank_ref, budget, *[p[g] for p in pieces])
         for g in range(groups)
     ]
-    held = HeldPairs(n, budget, distinct=True)
+    held = HeldPairs(n, budget)
     nearest = np.full(n, -1.0, dtype=np.float32)
-    for i, j, score, near_ids, near, counted_rows, counted, task_bounded in as_completed(refs, timeout_s):
-        held.add(i, j, score, task_bounded)
+    for hi, lo, score, near_ids, near, counted_rows, counted, task_bounded in as_completed(refs, timeout_s):
+        held.add(hi, lo, score, task_bounded)
         np.maximum.at(nearest, near_ids, near)
-        # a pair shared by two clusters counts twice here: "incomplete" errs towards an exact check
         np.add.at(held.counts, counted_rows, counted)
-    i, j, score = held.pairs()
-    pairs = Pairs(np.minimum(i, j), np.maximum(i, j), score, nearest, *held.bound_fields())
-    return ClusteredPairs(pairs, k, float(sizes.sum() / max(n, 1)), int(sizes.max(initial=0)))
+    hi, lo, score = held.pairs()
+    found.pairs = Pairs(np.minimum(hi, lo), np.maximum(hi, lo), score, nearest, *held.bound_fields())
+    return found
 
 
 def _kmeans(blocks: EmbeddingBlocks, k: int, settings: ClusterSettings, timeout_s: float) -> np.ndarray:
@@ -126,83 +155,90 @@ def _argmax_rows(x: torch.Tensor, centroids: torch.Tensor, chunk: int = 16384) -
     return torch.cat([(x[s : s + chunk] @ centroids.T).argmax(dim=1) for s in range(0, len(x), chunk)])
 
 
-def _balance(sizes: np.ndarray, groups: int) -> np.ndarray:
-    """Clusters to groups, largest first onto the lightest group (work ~ size^2)."""
+def _balance(work: np.ndarray, groups: int) -> np.ndarray:
+    """Clusters to groups, the most work first onto the lightest group."""
     load = np.zeros(groups)
-    group_of = np.zeros(len(sizes), dtype=np.int64)
-    for c in np.argsort(-sizes, kind="stable"):
+    group_of = np.zeros(len(work), dtype=np.int64)
+    for c in np.argsort(-work, kind="stable"):
         g = int(np.argmin(load))
         group_of[c] = g
-        load[g] += float(sizes[c]) ** 2
+        load[g] += float(work[c])
     return group_of
 
 
 @ray.remote
-def _assign(block: np.ndarray, centroids: np.ndarray, margin: float, max_assign: int) -> np.ndarray:
-    """Per row: the nearest centroid and the others within ``margin`` (-1 pads)."""
-    import torch
-
-    sims = torch.from_numpy(np.array(block)) @ torch.from_numpy(np.array(centroids)).T  # copies: objects are read-only
-    top = torch.topk(sims, k=min(max_assign, sims.shape[1]), dim=1)
-    within = top.values >= top.values[:, :1] - margin
-    clusters = torch.where(within, top.indices, torch.full_like(top.indices, -1)).numpy().astype(np.int32)
-    return clusters
+def _place(block: np.ndarray, centroids: np.ndarray, threshold: float, chunk: int = 8192):
+    """The block's entries (row in block, cluster, 1 if home) by the bisector rule, and per cluster
+    (home rows, members): the counts the driver plans with."""
+    k = len(centroids)
+    eps = np.sqrt(max(2.0 - 2.0 * (threshold - _EPS), 0.0))
+    rows, clusters, is_home = [], [], []
+    for s in range(0, len(block), chunk):
+        sims = block[s : s + chunk] @ centroids.T
+        home = sims.argmax(axis=1)
+        gap = sims[np.arange(len(sims)), home][:, None] - sims  # (||x-c_j||^2 - ||x-c_h||^2) / 2
+        between = np.sqrt(np.maximum(2.0 - 2.0 * (centroids[home] @ centroids.T), 0.0))  # ||c_j - c_h||: unit
+        r, c = np.nonzero(gap <= eps * between + _BISECTOR_SLACK)
+        rows.append(r + s)
+        clusters.append(c)
+        is_home.append(c == home[r])
+    entries = tuple(np.concatenate(p) if p else np.empty(0, np.int64) for p in (rows, clusters, is_home))
+    counts = (np.bincount(entries[1][entries[2]], minlength=k), np.bincount(entries[1], minlength=k))
+    return entries, counts
 
 
 @ray.remote
-def _split(block: np.ndarray, clusters: np.ndarray, group_of_cluster: np.ndarray, groups: int, start: int):
-    """The block's (row id, cluster, vector) entries, one piece per group of clusters."""
-    rows, slot = np.nonzero(clusters >= 0)
-    cluster = clusters[rows, slot].astype(np.int64)
+def _split(block: np.ndarray, entries: tuple, group_of_cluster: np.ndarray, groups: int, start: int):
+    """The block's (row id, cluster, home flag, vector) entries, one piece per group of clusters."""
+    rows, cluster, is_home = entries
     group = group_of_cluster[cluster]
     order = np.argsort(group, kind="stable")
-    rows, cluster, group = rows[order], cluster[order], group[order]
+    rows, cluster, is_home, group = rows[order], cluster[order], is_home[order], group[order]
     bounds = np.searchsorted(group, np.arange(groups + 1))
-    pieces = [(rows[a:b] + start, cluster[a:b], block[rows[a:b]]) for a, b in zip(bounds[:-1], bounds[1:])]
+    pieces = [
+        (rows[a:b] + start, cluster[a:b], is_home[a:b], block[rows[a:b]]) for a, b in zip(bounds[:-1], bounds[1:])
+    ]
     return pieces if groups > 1 else pieces[0]
 
 
 @ray.remote
-def _pairs_in_group(threshold: float, tile: int, rank: np.ndarray | None, budget: PairBudget | None, *pieces):
-    """Pairs >= threshold inside each cluster of this group, each row's best in-cluster cosine and,
-    with a ``budget``, (row, candidate count) of the lower-priority rows, pairs as (hi, lo) by
-    priority, bounded per row once this task alone holds more than the budget."""
+def _pairs_in_group(threshold: float, tile: int, rank: np.ndarray, budget: PairBudget | None, *pieces):
+    """In each cluster of this group: every pair >= threshold of a home row and a member of higher
+    priority, as (hi, lo) by priority; each home row's best cosine to such a member; and, with a
+    ``budget``, (row, candidate count) of the lo rows, pairs bounded per row once this task alone
+    holds more than the budget."""
     import torch
 
-    ids, cluster = (np.concatenate([p[k] for p in pieces]) for k in range(2))
-    vectors = np.concatenate([p[2] for p in pieces]) if len(ids) else np.zeros((0, 0), np.float32)
+    ids, cluster, is_home = (np.concatenate([p[k] for p in pieces]) for k in range(3))
+    vectors = np.concatenate([p[3] for p in pieces]) if len(ids) else np.zeros((0, 0), np.float32)
     order = np.argsort(cluster, kind="stable")
-    ids, cluster, vectors = ids[order], cluster[order], vectors[order]
+    ids, cluster, is_home, vectors = ids[order], cluster[order], is_home[order], vectors[order]
     bounds = np.flatnonzero(np.diff(cluster, prepend=-1, append=-2))
-    held = HeldPairs(0, budget, distinct=True)  # candidate counts: this task returns its own
+    held = HeldPairs(0, budget)  # candidate counts: this task returns its own
     near_ids, near, counted = [], [], []
     for a, b in zip(bounds[:-1], bounds[1:]):
-        x = torch.from_numpy(vectors[a:b])
-        best = torch.full((b - a,), -1.0)
-        for s in range(0, b - a, tile):
-            sims = x[s : s + tile] @ x.T
-            local = torch.arange(s, s + len(sims))
-            sims[local - s, local] = -2.0  # a row is not its own neighbour
-            best[s : s + len(sims)] = sims.max(dim=1).values
-            ti, tj = torch.nonzero(torch.triu(sims >= threshold - _EPS, diagonal=s + 1), as_tuple=True)
-            li, lj = (ti + s).numpy(), tj.numpy()
-            score = _rescored(vectors[a:b], li, lj, sims[li - s, lj].numpy().astype(np.float64), threshold)
+        members = torch.from_numpy(vectors[a:b])
+        member_rank = torch.from_numpy(rank[ids[a:b]])
+        homes = np.flatnonzero(is_home[a:b])
+        for s in range(0, len(homes), tile):  # a tile of home rows against all members: bounded memory
+            local = homes[s : s + tile]
+            sims = members[torch.from_numpy(local)] @ members.T
+            sims[member_rank[None, :] >= member_rank[torch.from_numpy(local)][:, None]] = -2.0  # earlier only
+            near_ids.append(ids[a:b][local])
+            near.append(sims.max(dim=1).values.numpy())
+            ti, tj = (t.numpy() for t in torch.nonzero(sims >= threshold - _EPS, as_tuple=True))
+            li, lj = local[ti], tj
+            score = _rescored(vectors[a:b], li, lj, sims[ti, tj].numpy().astype(np.float64), threshold)
             exact = score >= threshold
-            gi, gj, score = ids[a:b][li[exact]], ids[a:b][lj[exact]], score[exact]
+            lo, hi, score = ids[a:b][li[exact]], ids[a:b][lj[exact]], score[exact]
             if budget is not None:
-                if rank is None:  # the caller ships the rows' rank with every budget
-                    raise ValueError("a pair budget needs the rows' rank")
-                i_first = rank[gi] < rank[gj]
-                gi, gj = np.where(i_first, gi, gj), np.where(i_first, gj, gi)
-                counted.append(np.unique(gj, return_counts=True))
-            held.add(gi, gj, score)  # bounded while the cluster is walked: a template stays linear
-        near_ids.append(ids[a:b])
-        near.append(best.numpy())
+                counted.append(np.unique(lo, return_counts=True))
+            held.add(hi, lo, score)  # bounded while the cluster is walked: a template stays linear
     cat = lambda parts, dtype: np.concatenate(parts) if parts else np.empty(0, dtype)
-    i, j, score = held.pairs()
+    hi, lo, score = held.pairs()
     return (
-        i,
-        j,
+        hi,
+        lo,
         score,
         cat(near_ids, np.int64),
         cat(near, np.float32),

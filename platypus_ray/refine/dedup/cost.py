@@ -7,7 +7,7 @@ are kept) it clusters instead. ``exact_seconds`` is the all-pairs search's estim
 beside it. The rate is measured, not assumed: one CPU thread multiplying a tile-sized float32
 block, once per process (about 0.2 s; AVX2 and AVX-512 boxes differ 2-5x). On GPU nodes the
 products run on CUDA and the budget is conservative. Every mode's kept set is the exact one
-(clustered: pair_search.close_over_kept), so the choice is about time only.
+(clustered: an exact partition, clustered.py), so the choice is about time only.
 """
 
 from __future__ import annotations

@@ -4,24 +4,24 @@ greedy decision over what it found."""
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 
 import numpy as np
 
 from platypus_ray.embedding import EmbeddingBlocks
 from platypus_ray.refine.config import DedupConfig
+from platypus_ray.refine.dedup.certificate import certify
 from platypus_ray.refine.dedup.clustered import ClusterSettings, clustered_pairs_above
 from platypus_ray.refine.dedup.cost import exact_seconds, gemm_gflops_per_cpu
 from platypus_ray.refine.dedup.greedy import (
     DedupDecision,
-    ExactCheck,
     exact_check_against,
     priority_order,
-    resolve_greedy,
 )
 from platypus_ray.refine.dedup.kept_walk import OverBudget, kept_walk_pairs
 from platypus_ray.refine.dedup.recall import measure_recall
-from platypus_ray.refine.dedup.similarity import Pairs, all_pairs_above, pair_keys
+from platypus_ray.refine.dedup.rounds import resolve_in_rounds
+from platypus_ray.refine.dedup.similarity import Pairs, all_pairs_above
 
 logger = logging.getLogger(__name__)
 
@@ -79,14 +79,38 @@ def choose_mode(
 def dedup_rows(
     vectors: EmbeddingBlocks | np.ndarray, output_len: np.ndarray, cfg: DedupConfig, num_gpus: float
 ) -> DedupOutcome:
-    """Find the near-duplicate pairs among the rows of ``vectors`` and apply the greedy rule in priority order."""
+    """Find the near-duplicate pairs among the rows of ``vectors``, apply the greedy rule in priority
+    order, and check the result's certificate (:mod:`.certificate`: an error when it fails)."""
     blocks = EmbeddingBlocks.of(vectors)
+    order = priority_order(output_len, cfg.keep)
+    rank = np.empty(blocks.n, dtype=np.int64)
+    rank[order] = np.arange(blocks.n)
+    outcome = _search_and_resolve(blocks, order, rank, cfg, num_gpus)
+    certificate = certify(
+        blocks, outcome.decision, rank, cfg.threshold, _tiled_pair_count(cfg, num_gpus), cfg.timeout_s
+    )
+    logger.info("refine: %s", certificate.line())
+    outcome.stats["certificate"] = certificate.as_dict()
+    return outcome
+
+
+def _tiled_pair_count(cfg: DedupConfig, num_gpus: float):
+    """The certificate's search among kept rows: the exact tiled all-pairs search (pairs found, tasks)."""
+
+    def count(kept: EmbeddingBlocks) -> tuple[int, int]:
+        pairs = all_pairs_above(kept, cfg.threshold, cfg.tile_size, num_gpus, cfg.timeout_s)
+        tasks = sum(-(-(end - first) // cfg.tile_size) for _, first, end in kept.spans())
+        return len(pairs.i), tasks
+
+    return count
+
+
+def _search_and_resolve(
+    blocks: EmbeddingBlocks, order: np.ndarray, rank: np.ndarray, cfg: DedupConfig, num_gpus: float
+) -> DedupOutcome:
     n = blocks.n
     cpus, memory = _node_capacity()
     mode, why, estimate = choose_mode(n, blocks.dim, cfg, cpus, node_memory=memory)
-    order = priority_order(output_len, cfg.keep)
-    rank = np.empty(n, dtype=np.int64)
-    rank[order] = np.arange(n)
     if mode == "kept" and n >= 2:
         logger.info("refine: semantic dedup of %d rows: against the kept set (%s)", n, why)
         walked = kept_walk_pairs(
@@ -120,29 +144,33 @@ def dedup_rows(
         pairs = all_pairs_above(
             blocks, cfg.threshold, cfg.tile_size, num_gpus, cfg.timeout_s, rank, cfg.neighbours_per_row, cfg.max_pairs
         )
-        decision = resolve_greedy(n, pairs, order, exact_check_against(blocks, cfg.threshold, cfg.timeout_s))
-        return DedupOutcome(pairs, decision, {"mode": mode, "why": why, **estimate, **_bound_stats(pairs)})
+        check = exact_check_against(blocks, cfg.threshold, cfg.timeout_s)
+        decision, rounds = resolve_in_rounds(n, pairs, order, cfg.timeout_s, check)
+        stats = {"mode": mode, "why": why, **estimate, **_bound_stats(pairs), "resolution": rounds}
+        return DedupOutcome(pairs, decision, stats)
     settings = ClusterSettings(
         rows_per_cluster=cfg.rows_per_cluster,
-        margin=cfg.cluster_margin,
         tile=cfg.tile_size,
         per_row=cfg.neighbours_per_row,
         max_pairs=cfg.max_pairs,
     )
     found = clustered_pairs_above(blocks, cfg.threshold, settings, cfg.timeout_s, rank)
     check = exact_check_against(blocks, cfg.threshold, cfg.timeout_s)
-    pairs, decision, closure = close_over_kept(blocks, found.pairs, order, rank, check, cfg, num_gpus)
+    decision, rounds = resolve_in_rounds(n, found.pairs, order, cfg.timeout_s, check)
     recall = measure_recall(
         blocks, found.pairs, decision.keep, rank, cfg.threshold, cfg.recall_sample, 0, cfg.timeout_s
     )
     logger.info(
-        "refine: clustered dedup: %d clusters, %.2f per row; on %d sampled rows pair recall %.4f, "
-        "decision agreement %.4f against an exact search",
+        "refine: clustered dedup: %d clusters, replication %.2f (largest cluster %d rows): the partition's work "
+        "%.3g dot products against all pairs' %.3g, %s search ran; on %d sampled rows pair recall %.4f",
         found.clusters,
-        found.assignments_per_row,
+        found.replication,
+        found.largest_cluster,
+        found.partition_work,
+        found.all_pairs_work,
+        found.search,
         recall.exact_sample_rows,
         recall.pair_recall,
-        recall.decision_agreement,
     )
     stats = {
         "mode": mode,
@@ -150,77 +178,16 @@ def dedup_rows(
         **estimate,
         "clusters": found.clusters,
         "assignments_per_row": round(found.assignments_per_row, 3),
+        "replication": round(found.replication, 3),
         "largest_cluster": found.largest_cluster,
+        "partition_work": found.partition_work,
+        "all_pairs_work": found.all_pairs_work,
+        "search": found.search,
         **_bound_stats(found.pairs),
         **recall.as_dict(),
-        **closure,
+        "resolution": rounds,
     }
-    return DedupOutcome(pairs, decision, stats)
-
-
-def close_over_kept(
-    blocks: EmbeddingBlocks, pairs: Pairs, order: np.ndarray, rank: np.ndarray, check, cfg: DedupConfig, num_gpus: float
-) -> tuple[Pairs, DedupDecision, dict]:
-    """Make the kept set of a search that may miss pairs (clustered) equal the exact greedy result.
-
-    The exact result is the one set K that (a) holds no pair >= threshold and (b) has, for every
-    row outside it, a higher-priority row in K at or above the threshold (by induction over
-    priority order). The greedy walk over found pairs gives (b) with true pairs; (a) is checked by
-    an exact all-pairs search among the kept rows only (few where duplicates are dense): pairs it
-    finds join the graph and the walk runs again, until the kept rows hold none. A cluster border
-    that split a near-duplicate family then costs a round, not a wrongly kept row."""
-    check = _remembered(check)
-    decision = resolve_greedy(blocks.n, pairs, order, check)
-    # A row the last walk removed that now has no listed kept match is settled by the exact check
-    # (as a row over the neighbour bound is), in this walk: it may have a kept match the clusters
-    # missed, which would otherwise cost one more round for each link of such a chain (over 64
-    # rounds at 1M perturbed rows). Only rows that would flip to kept are checked.
-    suspects = np.zeros(blocks.n, dtype=bool) if pairs.incomplete is None else pairs.incomplete.copy()
-    rounds, added = 0, 0
-    while rounds < _MAX_CLOSURE_ROUNDS:
-        kept = np.flatnonzero(decision.keep)
-        among = all_pairs_above(blocks.take(kept, cfg.timeout_s), cfg.threshold, cfg.tile_size, num_gpus, cfg.timeout_s)
-        rounds += 1
-        if len(among.i) == 0:
-            return pairs, decision, {"kept_check_rounds": rounds, "kept_check_pairs_added": added}
-        added += len(among.i)
-        pairs = _union(pairs, kept[among.i], kept[among.j], among.score)
-        decision = resolve_greedy(blocks.n, replace(pairs, incomplete=suspects | ~decision.keep), order, check)
-    raise RuntimeError(f"semantic dedup: the kept set still held pairs >= threshold after {rounds} exact checks")
-
-
-def _remembered(check: ExactCheck) -> ExactCheck:
-    """``check`` answered once per row across the closure's walks: a row removed by a kept match stays
-    removed while that match is kept; a row the check kept stays kept (were that wrong, the search
-    among kept rows finds the pair and the next walk removes it). Each exact check of a large input
-    is a Ray task round trip: repeating them every round cost more than the search (321k rows)."""
-    answers: dict[int, tuple[int, float]] = {}
-
-    def again(row: int, keep: np.ndarray, rank: np.ndarray) -> tuple[int, float]:
-        known = answers.get(row)
-        if known is None or (known[0] >= 0 and not keep[known[0]]):
-            known = answers[row] = check(row, keep, rank)
-        return known
-
-    return again
-
-
-_MAX_CLOSURE_ROUNDS = 64  # each round removes at least one kept row; measured: 1-3 on perturbed Alpaca
-
-
-def _union(pairs: Pairs, i: np.ndarray, j: np.ndarray, score: np.ndarray) -> Pairs:
-    """``pairs`` plus new pairs (i < j) among kept rows, each pair once."""
-    n = len(pairs.nearest)
-    all_i, all_j = np.concatenate([pairs.i, i]), np.concatenate([pairs.j, j])
-    _, first = np.unique(pair_keys(all_i, all_j, n), return_index=True)
-    first.sort()
-    nearest = pairs.nearest.copy()
-    np.maximum.at(nearest, i, score)
-    np.maximum.at(nearest, j, score)
-    total = None if pairs.total is None else pairs.total + len(i)
-    return Pairs(
-        all_i[first], all_j[first], np.concatenate([pairs.score, score])[first], nearest, pairs.incomplete, total
-    )
+    return DedupOutcome(found.pairs, decision, stats)
 
 
 def _node_capacity() -> tuple[float, float | None]:

@@ -1,4 +1,4 @@
-"""Clustered semantic dedup: finds the planted near-duplicates, measures its own recall honestly."""
+"""Clustered semantic dedup: the exact partition finds every planted pair; recall is measured honestly."""
 
 from __future__ import annotations
 
@@ -30,20 +30,20 @@ def keys(pairs, n):
     return set((np.minimum(pairs.i, pairs.j) * n + np.maximum(pairs.i, pairs.j)).tolist())
 
 
-def test_clustered_finds_the_planted_pairs_and_reports_true_recall(planted):
+def test_clustered_finds_every_planted_pair_and_reports_true_recall(planted):
     blocks, emb, exact = planted
     n = len(emb)
     found = clustered_pairs_above(blocks, 0.8, ClusterSettings(rows_per_cluster=500), timeout_s=300)
-    assert found.clusters == 24 and 1.0 <= found.assignments_per_row <= 4
+    assert found.clusters == 24 and found.assignments_per_row >= 1.0 and found.largest_cluster >= 500
     assert keys(found.pairs, n) <= keys(exact, n)  # never a pair below the threshold
     true_recall = len(keys(found.pairs, n)) / len(keys(exact, n))
-    assert len(exact.i) > 300 and true_recall >= 0.99
+    assert len(exact.i) > 300 and true_recall == 1.0 and len(found.pairs.i) == len(exact.i)  # each pair once
     np.testing.assert_allclose(
         np.sort(found.pairs.score),
         np.sort(exact.score[np.isin(exact.i * n + exact.j, list(keys(found.pairs, n)))]),
         atol=1e-6,
     )
-    # a budget of exactly the distinct pairs holds them all, though rows in two clusters repeat pairs
+    # a budget of exactly the pairs holds them all
     budgeted = clustered_pairs_above(
         blocks,
         0.8,
@@ -51,12 +51,12 @@ def test_clustered_finds_the_planted_pairs_and_reports_true_recall(planted):
         timeout_s=300,
         rank=np.arange(n),
     )
-    assert budgeted.pairs.total > len(found.pairs.i) and not budgeted.pairs.incomplete.any()
+    assert budgeted.pairs.total == len(found.pairs.i) and not budgeted.pairs.incomplete.any()
     assert keys(budgeted.pairs, n) == keys(found.pairs, n)
     order = np.arange(n)
     decision = resolve_greedy(n, found.pairs, order)
     report = measure_recall(blocks, found.pairs, decision.keep, order, 0.8, sample=3000, seed=1, timeout_s=300)
-    assert report.exact_sample_rows == 3000 and report.pair_recall >= 0.98 and report.decision_agreement >= 0.995
+    assert report.exact_sample_rows == 3000 and report.pair_recall == 1.0 and report.decision_agreement == 1.0
     # a search that found nothing is measured as such, not flattered
     nothing = clustered_pairs_above(blocks, 0.8, ClusterSettings(rows_per_cluster=500), timeout_s=300).pairs
     nothing.i, nothing.j, nothing.score = nothing.i[:0], nothing.j[:0], nothing.score[:0]
@@ -79,8 +79,9 @@ def test_auto_mode_and_clustered_decisions_match_exact_on_planted_rows(planted):
     lengths = np.random.default_rng(0).integers(1, 500, len(emb))
     clustered = dedup_rows(emb, lengths, DedupConfig(mode="clustered", rows_per_cluster=500, recall_sample=2000), 0)
     reference = dedup_rows(emb, lengths, DedupConfig(mode="exact"), 0)
-    agreement = (clustered.decision.keep == reference.decision.keep).mean()
-    assert agreement >= 0.998 and clustered.stats["mode"] == "clustered" and clustered.stats["pair_recall"] >= 0.98
+    np.testing.assert_array_equal(clustered.decision.keep, reference.decision.keep)
+    assert clustered.stats["mode"] == "clustered" and clustered.stats["pair_recall"] == 1.0
+    assert clustered.stats["certificate"]["holds"] and clustered.stats["replication"] >= 0.0
 
 
 @pytest.mark.parametrize("max_pairs", [0, 300_000])
@@ -160,8 +161,9 @@ def dense_family(ray_session):
 @pytest.mark.parametrize("rows_per_cluster", [16, 20, 40])
 @pytest.mark.parametrize("keep", ["first", "longest_output"])
 def test_clustered_keeps_exactly_the_brute_force_set_on_a_dense_family(dense_family, rows_per_cluster, keep):
-    """Cluster borders split the families (the walk over the clustered pairs alone kept 1-26 wrong
-    rows of ~35 on these vectors); the exact check among the kept rows makes the kept set exact."""
+    """Cluster borders split the families (the margin assignment this replaced kept 1-26 wrong rows
+    of ~35 on these vectors before a closure over kept rows); the bisector rule's copies make the
+    pairs, and so the kept set, exact with no closure."""
     from platypus_ray.devtools.dedup_reference import greedy_reference
     from platypus_ray.refine.dedup.greedy import exact_check_against, priority_order
 
@@ -181,6 +183,4 @@ def test_clustered_keeps_exactly_the_brute_force_set_on_a_dense_family(dense_fam
         EmbeddingBlocks.of(emb), 0.8, ClusterSettings(rows_per_cluster=rows_per_cluster), 60, rank
     )
     raw = resolve_greedy(len(emb), found.pairs, order, exact_check_against(emb, 0.8))
-    assert outcome.stats["kept_check_rounds"] >= 1
-    if (raw.keep != exact).any():  # the case this guards: the clustered pairs alone were wrong here
-        assert outcome.stats["kept_check_pairs_added"] > 0
+    np.testing.assert_array_equal(raw.keep, exact)

@@ -1,0 +1,76 @@
+"""The certificate checked on every dedup run: it holds on every mode's result and fails, loudly,
+on a kept set that is not the greedy rule's."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from platypus_ray.core.errors import InvariantError
+from platypus_ray.devtools.dedup_reference import greedy_reference
+from platypus_ray.embedding import EmbeddingBlocks
+from platypus_ray.refine.config import DedupConfig
+from platypus_ray.refine.dedup import certificate_line, dedup_rows
+from platypus_ray.refine.dedup.certificate import certify
+from platypus_ray.refine.dedup.greedy import DedupDecision
+from tests.refine.dedup.test_kept_walk import families
+
+
+def _count_by_brute_force(threshold):
+    def count(kept: EmbeddingBlocks) -> tuple[int, int]:
+        x = kept.to_matrix().astype(np.float64)
+        return int(np.triu(x @ x.T >= threshold, k=1).sum()), 1
+
+    return count
+
+
+@pytest.mark.parametrize("mode", ["kept", "exact", "clustered"])
+def test_every_mode_reports_a_certificate_that_holds(ray_session, mode):
+    emb = families(3, 12, 15, 0.2)
+    outcome = dedup_rows(emb, np.ones(len(emb)), DedupConfig(mode=mode, keep="first", rows_per_cluster=16), 0)
+    cert = outcome.stats["certificate"]
+    assert cert["holds"] and cert["kept"] == outcome.decision.keep.sum() and cert["tasks"] >= 1
+    assert cert["kept"] + cert["removed"] == len(emb) and cert["kept_pairs_at_or_above"] == 0
+    assert certificate_line(cert).startswith("semantic dedup certificate holds: 0 pairs of the ")
+
+
+def test_a_wrong_kept_set_fails_the_certificate(ray_session):
+    emb = families(4, 6, 10, 0.2)
+    blocks = EmbeddingBlocks.from_matrix(emb, rows_per_block=17)  # witnesses in other blocks
+    n, order = len(emb), np.random.default_rng(0).permutation(len(emb))
+    rank = np.argsort(order)
+    keep = greedy_reference(emb, order, 0.8)
+    emb64 = emb.astype(np.float64)
+    sims = emb64 @ emb64.T
+    matched = np.full(n, -1)
+    for row in np.flatnonzero(~keep):
+        earlier_kept = np.flatnonzero(keep & (rank < rank[row]))
+        matched[row] = earlier_kept[np.argmax(sims[row, earlier_kept])]
+    right = DedupDecision(keep, matched, np.full(n, np.nan))
+    count = _count_by_brute_force(0.8)
+    assert certify(blocks, right, rank, 0.8, count, 60).holds
+
+    gone = np.flatnonzero(~keep)[0]
+    extra = DedupDecision(keep.copy(), matched.copy(), right.score)  # (a): a removed row kept as well
+    extra.keep[gone], extra.matched[gone] = True, -1
+    with pytest.raises(InvariantError, match=r"certificate FAILS: [1-9]\d* pairs of the .* kept rows >= 0.8; 0 of"):
+        certify(blocks, extra, rank, 0.8, count, 60)
+
+    kept_row = np.flatnonzero(keep)[-1]
+    dropped = DedupDecision(
+        keep.copy(), matched.copy(), right.score
+    )  # (b): a kept row removed, its "match" a far row (its own removed rows lose their witness too)
+    dropped.keep[kept_row] = False
+    dropped.matched[kept_row] = np.flatnonzero(keep)[np.argmin(sims[kept_row, keep])]
+    with pytest.raises(
+        InvariantError, match=r"0 pairs of the .* kept rows >= 0.8; [1-9]\d* of .* removed rows without"
+    ):
+        certify(blocks, dropped, rank, 0.8, count, 60)
+
+    later = DedupDecision(keep.copy(), matched.copy(), right.score)  # (b): a witness of lower priority
+    row = gone
+    later_kept = np.flatnonzero(keep & (rank > rank[row]))
+    if len(later_kept):
+        later.matched[row] = later_kept[0]
+        with pytest.raises(InvariantError, match=r"1 of .* removed rows without an earlier kept row"):
+            certify(blocks, later, rank, 0.8, count, 60)
