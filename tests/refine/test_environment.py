@@ -129,8 +129,8 @@ def test_a_source_that_vanishes_mid_run_is_one_error_naming_it(ray_session, tmp_
     corpus = _corpus(tmp_path / "rows.jsonl")
     listed = stage.list_source_files
 
-    def list_then_lose(sources):
-        files = listed(sources)
+    def list_then_lose(*args, **kwargs):
+        files = listed(*args, **kwargs)
         corpus.unlink()  # after the check, before the read task
         return files
 
