@@ -31,15 +31,15 @@ def encode_pair(
         spaces = len(context) - len(context.rstrip())
         if spaces:
             context, continuation = context[:-spaces], context[-spaces:] + continuation
-    context_ids = _tok_encode(tokenizer, context)
-    whole = _tok_encode(tokenizer, context + continuation)
+    context_ids = tok_encode(tokenizer, context)
+    whole = tok_encode(tokenizer, context + continuation)
     continuation_ids = whole[len(context_ids) :]
     if add_eos and (not continuation_ids or continuation_ids[-1] != tokenizer.eos_token_id):
         continuation_ids = continuation_ids + [tokenizer.eos_token_id]
     return context_ids + continuation_ids, len(continuation_ids)
 
 
-def _tok_encode(tokenizer: Any, text: str) -> list[int]:
+def tok_encode(tokenizer: Any, text: str) -> list[int]:
     """The tokenizer's default special tokens, except for text that already starts with BOS."""
     bos = tokenizer.decode(_prefix_id(tokenizer))
     return tokenizer.encode(text, add_special_tokens=not (bos and text.startswith(bos)))

@@ -104,25 +104,25 @@ def test_unknown_task_and_offline_builtin_fail_naming_the_task_and_the_fix(tiny_
         load_tasks(cfg.benchmarks, cfg.seed, tmp_path / "tasks")
 
 
-def test_a_generation_task_is_refused_before_ray(tiny_model, tmp_path):
-    (tmp_path / "gen").mkdir()
-    (tmp_path / "gen/docs.jsonl").write_text('{"q": "Say hi.", "a": "hi"}\n')
-    (tmp_path / "gen/say.yaml").write_text(
+def test_a_rolling_loglikelihood_task_is_refused_before_ray(tiny_model, tmp_path):
+    (tmp_path / "ppl").mkdir()
+    (tmp_path / "ppl/docs.jsonl").write_text('{"text": "Say hi."}\n')
+    (tmp_path / "ppl/ppl.yaml").write_text(
         json.dumps(
             {
-                "task": "say_hi",
+                "task": "ppl_text",
                 "dataset_path": "json",
-                "dataset_kwargs": {"data_files": {"test": str(tmp_path / "gen/docs.jsonl")}},
+                "dataset_kwargs": {"data_files": {"test": str(tmp_path / "ppl/docs.jsonl")}},
                 "test_split": "test",
-                "output_type": "generate_until",
-                "doc_to_text": "{{q}}",
-                "doc_to_target": "{{a}}",
-                "metric_list": [{"metric": "exact_match"}],
+                "output_type": "loglikelihood_rolling",
+                "doc_to_text": "",
+                "doc_to_target": "{{text}}",
+                "metric_list": [{"metric": "word_perplexity"}],
             }
         )
     )
-    cfg = config(tmp_path, tiny_model, [{"task": "say_hi", "include_path": str(tmp_path / "gen")}])
-    with pytest.raises(TaskLoadError, match="task 'say_hi' .* is a generate_until task"):
+    cfg = config(tmp_path, tiny_model, [{"task": "ppl_text", "include_path": str(tmp_path / "ppl")}])
+    with pytest.raises(TaskLoadError, match="task 'ppl_text' .* is a loglikelihood_rolling task"):
         load_tasks(cfg.benchmarks, cfg.seed, tmp_path / "tasks")
 
 
