@@ -23,13 +23,21 @@ from platypus_ray.evaluate.tasks import LoadedTasks
 
 ScoreFn = Callable[[pd.DataFrame], pd.DataFrame]  # request rows in; logprob, n_tokens, greedy out (same order)
 GenerateFn = Callable[[pd.DataFrame], list[str]]  # rows of context, gen_kwargs, task, doc_id in; texts out (same order)
+RollingFn = Callable[[list[str]], list[float]]  # texts in; each one's summed token log-likelihood out
 _NOT_METRICS = {"alias", "name", "sample_len", " ", "samples"}
 
 
-def pool_lm(score: ScoreFn, generate: GenerateFn | None = None, tokenizer=None, extra: pd.DataFrame | None = None):
-    """An ``lm_eval`` ``LM`` whose log-likelihoods come from ``score`` and generations from
-    ``generate``; ``tokenizer`` renders chat templates (as lm-eval's ``hf`` model does);
-    ``extra`` request rows are scored in the same pass and their scores kept on ``.extra_scores``."""
+def pool_lm(
+    score: ScoreFn,
+    generate: GenerateFn | None = None,
+    rolling: RollingFn | None = None,
+    tokenizer=None,
+    extra: pd.DataFrame | None = None,
+):
+    """An ``lm_eval`` ``LM`` whose log-likelihoods come from ``score`` (``rolling`` for whole texts)
+    and generations from ``generate``; ``tokenizer`` renders chat templates as lm-eval's ``hf``
+    model does. ``extra`` request rows are scored in the first ``loglikelihood`` pass and their
+    scores kept on ``.extra_scores`` (None when the tasks made no log-likelihood request)."""
     from lm_eval.api.model import LM
 
     class PoolLM(LM):
@@ -55,8 +63,9 @@ def pool_lm(score: ScoreFn, generate: GenerateFn | None = None, tokenizer=None, 
                 self.extra_scores = scores.iloc[n:].reset_index(drop=True)
             return [(float(lp), bool(g)) for lp, g in zip(scores["logprob"][:n], scores["greedy"][:n])]
 
-        def loglikelihood_rolling(self, requests, disable_tqdm: bool = False):
-            raise NotImplementedError("evaluate does not score loglikelihood_rolling tasks yet")
+        def loglikelihood_rolling(self, requests, disable_tqdm: bool = False) -> list[float]:
+            require(rolling is not None, "loglikelihood_rolling requests reached a pool without a scorer for them")
+            return rolling([r.args[0] for r in requests]) if requests else []  # type: ignore[misc]
 
         def generate_until(self, requests, disable_tqdm: bool = False) -> list[str]:
             require(generate is not None, "generate_until requests reached a pool without a generator")
@@ -147,8 +156,9 @@ def entry_metrics(results: dict, loaded: LoadedTasks) -> dict[str, dict]:
 def item_rows(results: dict, loaded: LoadedTasks) -> pd.DataFrame:
     """One row per (task, document): lm-eval's target and every per-sample metric the task's
     ``process_results`` returned (acc, acc_norm, mc2, exact_match, ...); for log-likelihood tasks
-    the per-choice log-likelihoods and their argmax, for generation tasks the generated text
-    (``response``) and what the row's ``filter`` made of it (``filtered``): one row per filter."""
+    the per-choice log-likelihoods and their argmax (a rolling task: the text's one), for
+    generation tasks the generated text (``response``) and what the row's ``filter`` made of it
+    (``filtered``): one row per filter."""
     rows = []
     for task, samples in results["samples"].items():
         for sample in samples:
@@ -169,6 +179,8 @@ def item_rows(results: dict, loaded: LoadedTasks) -> pd.DataFrame:
             elif resps and isinstance(resps[0], (list, tuple)):  # loglikelihood: (logprob, greedy) per choice
                 logprobs = [float(r[0]) for r in resps]
                 row.update(logprobs=logprobs, pred=int(np.argmax(logprobs)))
+            elif resps:  # loglikelihood_rolling: the text's summed log-likelihood
+                row.update(logprobs=[float(r) for r in resps])
             row.update({m: float(sample[m]) for m in sample["metrics"] if isinstance(sample.get(m), (int, float))})
             rows.append(row)
     return pd.DataFrame(rows)

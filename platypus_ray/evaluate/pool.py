@@ -1,8 +1,8 @@
 """The Ray Data actor pool that serves lm-eval's requests: rows in, results out in row order.
 
 Requests are sorted by length into batches, one block per batch, and mapped by one model replica
-per actor (:class:`.scoring.Scorer` for log-likelihoods, :class:`.generation.Generator` for
-generation). Generation batches are cut as lm-eval's ``hf`` model cuts them (equal generation
+per actor (:class:`.scoring.Scorer` for log-likelihoods, rolling ones too, :class:`.generation.Generator`
+for generation). Generation batches are cut as lm-eval's ``hf`` model cuts them (equal generation
 kwargs, longest context in tokens first, ties by text), so a batch holds the same contexts and
 the same left padding on both sides. The driver waits a bounded time for each batch: the actors'
 own per-batch deadline (``inference.timeout_s``) plus a margin (for the first batch, the time to
@@ -60,8 +60,42 @@ def _model_kwargs(model: ModelRef, inference: InferenceSettings, device: str) ->
 def score(rows: pd.DataFrame, model: ModelRef, inference: InferenceSettings, device: str) -> pd.DataFrame:
     """``logprob``, ``n_tokens``, ``greedy`` of every request row by ``model``, in row order."""
     table = pa.Table.from_pandas(rows[_REQUEST_COLUMNS].reset_index(drop=True), preserve_index=False)
-    table = table.append_column("request", pa.array(np.arange(len(table), dtype=np.int64)))
     lengths = rows["context"].str.len().to_numpy() + rows["continuation"].str.len().to_numpy()
+    return _score_table(table, lengths, model, inference, device)
+
+
+def score_rolling(
+    texts: list[str], model: ModelRef, inference: InferenceSettings, device: str, tokenizer: Any
+) -> list[float]:
+    """Each text's summed log-likelihood, token by token (lm-eval's ``loglikelihood_rolling``): the
+    text's tokens cut into disjoint windows of the model's context, each window scored given the
+    one before it (the first given the BOS token), the windows' sums added."""
+    from lm_eval.models.utils import resolve_max_length
+    from lm_eval.utils import get_rolling_token_windows, make_disjoint_window
+    from transformers import AutoConfig
+
+    max_length = inference.max_length or resolve_max_length(
+        AutoConfig.from_pretrained(absolute_if_local(model.name_or_path)), tokenizer
+    )
+    prefix = tokenizer.bos_token_id if tokenizer.bos_token_id is not None else tokenizer.eos_token_id
+    ids, n_tokens, owner = [], [], []
+    for i, text in enumerate(texts):
+        windows = get_rolling_token_windows(tok_encode(tokenizer, text), prefix, max_length, context_len=1)
+        for context, continuation in map(make_disjoint_window, windows):
+            ids.append(context + continuation)
+            n_tokens.append(len(continuation))
+            owner.append(i)
+    if not ids:
+        return [0.0] * len(texts)
+    table = pa.table({"ids": pa.array(ids, pa.list_(pa.int64())), "n_tokens": pa.array(n_tokens, pa.int64())})
+    scores = _score_table(table, np.array([len(x) for x in ids]), model, inference, device)
+    return np.bincount(owner, weights=scores["logprob"].to_numpy(), minlength=len(texts)).tolist()
+
+
+def _score_table(
+    table: pa.Table, lengths: np.ndarray, model: ModelRef, inference: InferenceSettings, device: str
+) -> pd.DataFrame:
+    table = table.append_column("request", pa.array(np.arange(len(table), dtype=np.int64)))
     blocks = length_sorted_slices(table, lengths, inference.batch_size)
     scored = actor_pool_map(
         ray.data.from_arrow(blocks),

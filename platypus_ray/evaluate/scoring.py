@@ -8,6 +8,8 @@ context's tokens; an empty context is the BOS (else EOS) token. Sequences longer
 ``max_length`` lose tokens on the left; padding is on the right, so a causal model sees every
 real token exactly as it would alone. Sequences whose inputs are identical (a context scored
 against one-token choices: MMLU's letters) share one forward pass, as lm-eval's logits cache does.
+A batch may instead carry token ids and continuation lengths (``ids``, ``n_tokens``): the windows
+of a rolling log-likelihood, cut by the driver.
 """
 
 from __future__ import annotations
@@ -110,12 +112,15 @@ class Scorer:
 
     @rows_only(SCORED_SCHEMA)
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        encoded = [
-            encode_pair(self.tokenizer, context, continuation, bool(add_eos), bool(move_space))
-            for context, continuation, add_eos, move_space in zip(
-                batch["context"], batch["continuation"], batch["add_eos"], batch["move_space"]
-            )
-        ]
+        if "ids" in batch:  # token windows already cut by the driver (rolling log-likelihoods)
+            encoded = [(list(ids), int(n)) for ids, n in zip(batch["ids"], batch["n_tokens"])]
+        else:
+            encoded = [
+                encode_pair(self.tokenizer, context, continuation, bool(add_eos), bool(move_space))
+                for context, continuation, add_eos, move_space in zip(
+                    batch["context"], batch["continuation"], batch["add_eos"], batch["move_space"]
+                )
+            ]
         scores = score_encoded(self.model, encoded, self.pad_id, self.max_length, self.device)
         return {
             "request": batch["request"],

@@ -27,7 +27,7 @@ from platypus_ray.core.runtime import init_ray
 from platypus_ray.core.stage import Input, Output, Stage
 from platypus_ray.evaluate.config import EvaluateConfig, ModelRef
 from platypus_ray.evaluate.harness import entry_metrics, evaluate_tasks, item_rows, pool_lm, write_samples
-from platypus_ray.evaluate.pool import generate, load_tokenizer, score
+from platypus_ray.evaluate.pool import generate, load_tokenizer, score, score_rolling
 from platypus_ray.evaluate.report import EvaluateResult
 from platypus_ray.evaluate.requests import validation_requests
 from platypus_ray.evaluate.tasks import LoadedTasks, load_tasks
@@ -73,11 +73,14 @@ def _evaluate_model(
         def generate_fn(rows: pd.DataFrame) -> list[str]:
             return generate(rows, model, cfg.inference, device, tokenizer, cfg.seed)
 
-        lm = pool_lm(score_fn, generate_fn, tokenizer, extra=validation)
+        def rolling_fn(texts: list[str]) -> list[float]:
+            return score_rolling(texts, model, cfg.inference, device, tokenizer)
+
+        lm = pool_lm(score_fn, generate_fn, rolling_fn, tokenizer, extra=validation)
         results = evaluate_tasks(loaded, lm, cfg.limit, cfg.prompt)
         summary["benchmarks"] = entry_metrics(results, loaded)
         validation_scores = lm.extra_scores
-    elif validation is not None:
+    if validation is not None and validation_scores is None:  # no log-likelihood pass carried them
         validation_scores = score_fn(validation)
     frame = None
     if validation is not None:

@@ -24,7 +24,7 @@ OFFLINE_FIX = (
     "give its folder as `include_path`"
 )
 
-SCORED_TYPES = ("multiple_choice", "loglikelihood", "generate_until")  # what the pool serves
+SCORED_TYPES = ("multiple_choice", "loglikelihood", "loglikelihood_rolling", "generate_until")  # lm-eval's four
 
 
 class TaskLoadError(InputError):

@@ -1,6 +1,7 @@
 """Local task YAMLs for the output types beyond multiple choice, written here in full (no include):
-a GSM8K-style generation task (``generate_until``, gsm8k's regex filters and exact_match) and its
-chat variant, so the tests run offline."""
+a GSM8K-style generation task (``generate_until``, gsm8k's regex filters and exact_match), its
+chat variant, and a wikitext-style perplexity task (``loglikelihood_rolling``), so the tests run
+offline."""
 
 from __future__ import annotations
 
@@ -80,3 +81,27 @@ def write_gen_tasks(folder: Path, seed: int = 0) -> list[str]:
         task = {"task": name, "dataset_path": "json", "dataset_kwargs": {"data_files": files}, **GSM8K_STYLE}
         (folder / f"{name}.yaml").write_text(yaml.safe_dump(task, sort_keys=False))
     return names
+
+
+def write_rolling_task(folder: Path) -> str:
+    """``local_wikitext``: pages of the sample corpus's answers, one longer than the tiny model's
+    512-token context (so it is scored in several windows), with wikitext's three metrics."""
+    from platypus_ray.samples import sample_rows
+
+    answers = [r["output"] for r in sample_rows() if r["output"].strip()]
+    pages = [" ".join(answers[i : i + 3]) for i in range(0, 15, 3)] + ["\n\n".join(answers * 2)]
+    path = folder / "wikitext.test.jsonl"
+    path.write_text("".join(json.dumps({"page": p}) + "\n" for p in pages))
+    task = {
+        "task": "local_wikitext",
+        "dataset_path": "json",
+        "dataset_kwargs": {"data_files": {"test": str(path)}},
+        "output_type": "loglikelihood_rolling",
+        "test_split": "test",
+        "doc_to_text": "",
+        "doc_to_target": "{{page}}",
+        "metric_list": [{"metric": m} for m in ("word_perplexity", "byte_perplexity", "bits_per_byte")],
+        "metadata": {"version": 1.0},
+    }
+    (folder / "local_wikitext.yaml").write_text(yaml.safe_dump(task, sort_keys=False))
+    return "local_wikitext"

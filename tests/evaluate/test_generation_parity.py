@@ -3,7 +3,10 @@ task (gsm8k's regex filters and exact_match) over local files, run by ``lm_eval.
 (its ``hf`` model, batch size 1) and by this project's Ray Data pool (batch size 1): identical
 prompts, identical generated strings, identical filtered answers and per-sample metrics, and
 aggregates equal to 4 decimals; ``limit`` on both sides. Batches of 4 (left padding) give the
-same strings too; a generation past its timeout fails naming the task and document."""
+same strings too; a generation past its timeout fails naming the task and document. With the
+tokenizer's chat template, few-shot examples as turns and a system instruction, a generation task
+and a multiple-choice task match lm-eval the same way; so does a wikitext-style perplexity task
+(``loglikelihood_rolling``, one page longer than the model's context)."""
 
 from __future__ import annotations
 
@@ -15,7 +18,8 @@ import pytest
 from platypus_ray.core.config import validate_config
 from platypus_ray.evaluate import EvaluateConfig, run
 from platypus_ray.evaluate.pool import GenerationError
-from tests.evaluate.gen_tasks import write_gen_tasks
+from tests.evaluate.gen_tasks import write_gen_tasks, write_rolling_task
+from tests.evaluate.harness_tasks import write_tasks
 
 pytestmark = pytest.mark.slow
 TASK, SHOTS, LIMIT = "local_gsm8k", 2, 6
@@ -25,6 +29,8 @@ TASK, SHOTS, LIMIT = "local_gsm8k", 2, 6
 def gen_folder(tmp_path_factory):
     folder = tmp_path_factory.mktemp("gen_tasks")
     write_gen_tasks(folder)
+    write_tasks(folder)  # the multiple-choice tasks, for a chat-templated log-likelihood task
+    write_rolling_task(folder)
     return folder
 
 
@@ -86,10 +92,19 @@ def assert_same_samples(mine: list[dict], theirs: list[dict]) -> None:
     for a, b in zip(mine, theirs):
         where = f"doc {a['doc_id']} ({a['filter']})"
         assert [list(x) for x in a["arguments"]] == [list(x) for x in b["arguments"]], f"{where}: prompts differ"
-        assert a["resps"] == b["resps"], f"{where}: generations differ"
-        assert a["filtered_resps"] == b["filtered_resps"], f"{where}: filtered answers differ"
-        for metric in b["metrics"]:
-            assert a[metric] == pytest.approx(float(b[metric]), abs=1e-9), f"{where}: {metric}"
+        if isinstance(b["filtered_resps"][0], float):  # rolling: one sum over many tokens
+            assert a["filtered_resps"] == pytest.approx(b["filtered_resps"], rel=1e-6), where
+        elif isinstance(b["filtered_resps"][0], str):  # generations: the very same text
+            assert a["resps"] == b["resps"], f"{where}: generations differ"
+            assert a["filtered_resps"] == b["filtered_resps"], f"{where}: filtered answers differ"
+        else:  # log-likelihoods: within 1e-4, the same greedy flags
+            their_ll = [float(r[0]) for r in b["filtered_resps"]]
+            assert [float(r[0]) for r in a["filtered_resps"]] == pytest.approx(their_ll, abs=1e-4), where
+            assert [bool(r[1]) for r in a["filtered_resps"]] == [bool(r[1]) for r in b["filtered_resps"]], where
+        for metric in b["metrics"]:  # a number, or (log-likelihood, words or bytes) for perplexities
+            expected = b[metric] if isinstance(b[metric], (list, tuple)) else [b[metric]]
+            got = a[metric] if isinstance(a[metric], (list, tuple)) else [a[metric]]
+            assert got == pytest.approx([float(x) for x in expected], rel=1e-6, abs=1e-9), f"{where}: {metric}"
 
 
 def assert_same_aggregates(mine: dict, theirs: dict) -> None:
@@ -159,3 +174,42 @@ def test_generation_past_its_timeout_names_task_and_document(ray_session, tiny_m
     with pytest.raises(GenerationError, match=r"task 'local_gsm8k', doc \d+ .*inference\.timeout_s"):
         inference = {"batch_size": 2, "device": "cpu", "timeout_s": 0.001}
         our_run(tiny_model, gen_folder, tmp_path / "eval", [TASK], inference=inference)
+
+
+CHAT_TASKS = ["local_gsm8k_chat", "local_arc_fs"]
+SYSTEM = "You are a careful tutor."
+
+
+@pytest.fixture(scope="module")
+def chat(ray_session, tiny_model, hf_lm, gen_folder, tmp_path_factory):
+    prompt = {"apply_chat_template": True, "fewshot_as_multiturn": True, "system_instruction": SYSTEM}
+    reference = reference_run(hf_lm, gen_folder, CHAT_TASKS, **prompt)
+    ours = our_run(tiny_model, gen_folder, tmp_path_factory.mktemp("chat") / "eval", CHAT_TASKS, prompt=prompt)
+    return reference, ours
+
+
+@pytest.mark.parametrize("task", CHAT_TASKS)
+def test_chat_template_and_multiturn_fewshot_equal_lm_eval(chat, task):
+    reference, ours = chat
+    assert_same_samples(ours["samples"][task], reference["samples"][task])
+    assert_same_aggregates(ours["summary"][task], reference["results"][task])
+    context = ours["samples"][task][0]["arguments"][0][0]
+    # the template's turns: the system instruction, SHOTS answered user turns, then the open one
+    assert context.startswith(f"<s><|system|>\n{SYSTEM}") and context.count("<|assistant|>") == SHOTS + 1
+
+
+@pytest.fixture(scope="module")
+def rolling(ray_session, tiny_model, hf_lm, gen_folder, tmp_path_factory):
+    reference = reference_run(hf_lm, gen_folder, ["local_wikitext"])
+    ours = our_run(tiny_model, gen_folder, tmp_path_factory.mktemp("ppl") / "eval", ["local_wikitext"])
+    return reference, ours
+
+
+def test_rolling_loglikelihood_perplexities_equal_lm_eval(rolling):
+    reference, ours = rolling
+    samples = ours["samples"]["local_wikitext"]
+    assert len(samples) == LIMIT
+    assert_same_samples(samples, reference["samples"]["local_wikitext"])
+    assert_same_aggregates(ours["summary"]["local_wikitext"], reference["results"]["local_wikitext"])
+    by_doc = sorted(samples, key=lambda s: s["doc_id"])
+    assert ours["items"].sort_values("doc_id")["logprobs"].map(list).tolist() == [s["filtered_resps"] for s in by_doc]
