@@ -98,6 +98,29 @@ class InferenceSettings(StrictModel):
     max_length: int | None = Field(
         None, ge=8, description="tokens per sequence (left-truncated); default: the model's context"
     )
+    timeout_s: float = Field(
+        3600.0, gt=0, description="per batch of requests; a generation past it fails naming its task and document"
+    )
+
+
+class PromptSettings(StrictModel):
+    """How lm-eval renders the prompts (``simple_evaluate``'s arguments of the same names)."""
+
+    apply_chat_template: bool = False  # instruct models: each model's own tokenizer template
+    system_instruction: str | None = None  # a system turn (plain text before the prompt without a template)
+    fewshot_as_multiturn: bool | None = Field(
+        None, description="few-shot examples as user/assistant turns; default: apply_chat_template's value"
+    )
+
+    @property
+    def multiturn(self) -> bool:
+        return self.apply_chat_template if self.fewshot_as_multiturn is None else self.fewshot_as_multiturn
+
+    @model_validator(mode="after")
+    def _multiturn_needs_template(self) -> PromptSettings:
+        if self.fewshot_as_multiturn and not self.apply_chat_template:
+            raise ValueError("fewshot_as_multiturn: true needs apply_chat_template: true (turns need a chat template)")
+        return self
 
 
 class EvaluateConfig(StrictModel):
@@ -108,6 +131,7 @@ class EvaluateConfig(StrictModel):
     benchmarks: list[BenchmarkEntry] = []
     validation: ValidationSettings | None = None
     inference: InferenceSettings = InferenceSettings()
+    prompt: PromptSettings = PromptSettings()  # chat template, system instruction: lm-eval's prompt options
     output: str = "out/eval"
     limit: int | None = Field(
         None, ge=1, description="score only the first N documents of each task (lm-eval's --limit)"

@@ -8,6 +8,8 @@ context's tokens; an empty context is the BOS (else EOS) token. Sequences longer
 ``max_length`` lose tokens on the left; padding is on the right, so a causal model sees every
 real token exactly as it would alone. Sequences whose inputs are identical (a context scored
 against one-token choices: MMLU's letters) share one forward pass, as lm-eval's logits cache does.
+A batch may instead carry token ids and continuation lengths (``ids``, ``n_tokens``): the windows
+of a rolling log-likelihood, cut by the driver.
 """
 
 from __future__ import annotations
@@ -31,15 +33,15 @@ def encode_pair(
         spaces = len(context) - len(context.rstrip())
         if spaces:
             context, continuation = context[:-spaces], context[-spaces:] + continuation
-    context_ids = _tok_encode(tokenizer, context)
-    whole = _tok_encode(tokenizer, context + continuation)
+    context_ids = tok_encode(tokenizer, context)
+    whole = tok_encode(tokenizer, context + continuation)
     continuation_ids = whole[len(context_ids) :]
     if add_eos and (not continuation_ids or continuation_ids[-1] != tokenizer.eos_token_id):
         continuation_ids = continuation_ids + [tokenizer.eos_token_id]
     return context_ids + continuation_ids, len(continuation_ids)
 
 
-def _tok_encode(tokenizer: Any, text: str) -> list[int]:
+def tok_encode(tokenizer: Any, text: str) -> list[int]:
     """The tokenizer's default special tokens, except for text that already starts with BOS."""
     bos = tokenizer.decode(_prefix_id(tokenizer))
     return tokenizer.encode(text, add_special_tokens=not (bos and text.startswith(bos)))
@@ -110,12 +112,15 @@ class Scorer:
 
     @rows_only(SCORED_SCHEMA)
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        encoded = [
-            encode_pair(self.tokenizer, context, continuation, bool(add_eos), bool(move_space))
-            for context, continuation, add_eos, move_space in zip(
-                batch["context"], batch["continuation"], batch["add_eos"], batch["move_space"]
-            )
-        ]
+        if "ids" in batch:  # token windows already cut by the driver (rolling log-likelihoods)
+            encoded = [(list(ids), int(n)) for ids, n in zip(batch["ids"], batch["n_tokens"])]
+        else:
+            encoded = [
+                encode_pair(self.tokenizer, context, continuation, bool(add_eos), bool(move_space))
+                for context, continuation, add_eos, move_space in zip(
+                    batch["context"], batch["continuation"], batch["add_eos"], batch["move_space"]
+                )
+            ]
         scores = score_encoded(self.model, encoded, self.pad_id, self.max_length, self.device)
         return {
             "request": batch["request"],

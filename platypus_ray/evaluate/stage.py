@@ -2,10 +2,10 @@
 
 Before Ray starts, the benchmark entries become lm-eval task objects (:mod:`.tasks`), so an
 unknown task or data that cannot be loaded offline fails at once. Then, per model, lm-eval's
-own evaluation loop runs with the Ray Data actor pool as its model (:mod:`.harness`): every
-request (plus the held-out rows) is sorted by length into batches and scored by one model
-replica per actor, and the per-item results and aggregates are the tasks' own
-``process_results`` and aggregation, so the numbers are the ones ``lm_eval`` prints.
+own evaluation loop runs with the Ray Data actor pool as its model (:mod:`.harness`, :mod:`.pool`):
+every request (plus the held-out rows) is sorted by length into batches and scored or generated
+by one model replica per actor, and the filters, per-item results and aggregates are the tasks'
+own, so the numbers are the ones ``lm_eval`` prints.
 """
 
 from __future__ import annotations
@@ -18,64 +18,23 @@ import time
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pandas as pd
-import pyarrow as pa
-import ray
 
-from platypus_ray.core.batching import actor_pool_map, length_sorted_slices
-from platypus_ray.core.blocks import batches as nonempty_batches
 from platypus_ray.core.config import dump_config
 from platypus_ray.core.devices import resolve_device
-from platypus_ray.core.errors import require
 from platypus_ray.core.outputs import replaced_atomically
-from platypus_ray.core.paths import absolute_if_local
 from platypus_ray.core.runtime import init_ray
 from platypus_ray.core.stage import Input, Output, Stage
-from platypus_ray.evaluate.config import EvaluateConfig, InferenceSettings, ModelRef
+from platypus_ray.evaluate.config import EvaluateConfig, ModelRef
 from platypus_ray.evaluate.harness import entry_metrics, evaluate_tasks, item_rows, pool_lm, write_samples
+from platypus_ray.evaluate.pool import generate, load_tokenizer, score, score_rolling
 from platypus_ray.evaluate.report import EvaluateResult
 from platypus_ray.evaluate.requests import validation_requests
-from platypus_ray.evaluate.scoring import Scorer
 from platypus_ray.evaluate.tasks import LoadedTasks, load_tasks
 
 logger = logging.getLogger(__name__)
 
 __all__ = ["STAGE", "EvaluateResult", "run", "score"]
-_REQUEST_COLUMNS = ["context", "continuation", "add_eos", "move_space"]
-
-
-def score(rows: pd.DataFrame, model: ModelRef, inference: InferenceSettings, device: str) -> pd.DataFrame:
-    """``logprob``, ``n_tokens``, ``greedy`` of every request row by ``model``, in row order."""
-    table = pa.Table.from_pandas(rows[_REQUEST_COLUMNS].reset_index(drop=True), preserve_index=False)
-    table = table.append_column("request", pa.array(np.arange(len(table), dtype=np.int64)))
-    lengths = rows["context"].str.len().to_numpy() + rows["continuation"].str.len().to_numpy()
-    batches = length_sorted_slices(table, lengths, inference.batch_size)
-    kwargs = {
-        "name_or_path": absolute_if_local(model.name_or_path),
-        "adapter": absolute_if_local(model.adapter) if model.adapter else None,
-        "dtype": model.dtype,
-        "device": device,
-        "max_length": inference.max_length,
-    }
-    scored = actor_pool_map(
-        ray.data.from_arrow(batches),
-        Scorer,
-        kwargs,
-        actors=inference.actors,
-        max_actors=len(batches),
-        cpus_per_actor=inference.cpus_per_actor,
-        device=device,
-    )
-    n = len(table)
-    out = {"logprob": np.full(n, np.nan), "n_tokens": np.zeros(n, dtype=np.int64), "greedy": np.zeros(n, dtype=bool)}
-    seen = 0
-    for batch in nonempty_batches(scored, "numpy"):
-        for column in out:
-            out[column][batch["request"]] = batch[column]
-        seen += len(batch["request"])
-    require(seen == n, f"scored {seen} of {n} requests: Ray Data lost or repeated a batch")
-    return pd.DataFrame(out)
 
 
 def _validation_rows(cfg: EvaluateConfig) -> pd.DataFrame | None:
@@ -109,11 +68,19 @@ def _evaluate_model(
     summary: dict[str, Any]
     results, summary, validation_scores = None, {"benchmarks": {}}, None
     if loaded is not None:
-        lm = pool_lm(score_fn, extra=validation)
-        results = evaluate_tasks(loaded, lm, cfg.limit)
+        tokenizer = load_tokenizer(model)
+
+        def generate_fn(rows: pd.DataFrame) -> list[str]:
+            return generate(rows, model, cfg.inference, device, tokenizer, cfg.seed)
+
+        def rolling_fn(texts: list[str]) -> list[float]:
+            return score_rolling(texts, model, cfg.inference, device, tokenizer)
+
+        lm = pool_lm(score_fn, generate_fn, rolling_fn, tokenizer, extra=validation)
+        results = evaluate_tasks(loaded, lm, cfg.limit, cfg.prompt)
         summary["benchmarks"] = entry_metrics(results, loaded)
         validation_scores = lm.extra_scores
-    elif validation is not None:
+    if validation is not None and validation_scores is None:  # no log-likelihood pass carried them
         validation_scores = score_fn(validation)
     frame = None
     if validation is not None:

@@ -24,7 +24,7 @@ OFFLINE_FIX = (
     "give its folder as `include_path`"
 )
 
-SCORED_TYPES = ("multiple_choice", "loglikelihood")  # what the pool computes: log-likelihoods of continuations
+SCORED_TYPES = ("multiple_choice", "loglikelihood", "loglikelihood_rolling", "generate_until")  # lm-eval's four
 
 
 class TaskLoadError(InputError):
@@ -83,7 +83,7 @@ def load_tasks(entries: list[BenchmarkEntry], seed: int, folder: Path) -> Loaded
             if output_type not in SCORED_TYPES:
                 raise TaskLoadError(
                     f"benchmarks: task '{task_name}' (in '{name}') is a {output_type} task; evaluate "
-                    f"scores {' and '.join(SCORED_TYPES)} tasks (run generation tasks with lm-eval itself)"
+                    f"runs {', '.join(SCORED_TYPES)} tasks (run it with lm-eval itself)"
                 )
             _set_fewshot(task, entry.num_fewshot, seed)
         for key in merged:

@@ -104,26 +104,11 @@ def test_unknown_task_and_offline_builtin_fail_naming_the_task_and_the_fix(tiny_
         load_tasks(cfg.benchmarks, cfg.seed, tmp_path / "tasks")
 
 
-def test_a_generation_task_is_refused_before_ray(tiny_model, tmp_path):
-    (tmp_path / "gen").mkdir()
-    (tmp_path / "gen/docs.jsonl").write_text('{"q": "Say hi.", "a": "hi"}\n')
-    (tmp_path / "gen/say.yaml").write_text(
-        json.dumps(
-            {
-                "task": "say_hi",
-                "dataset_path": "json",
-                "dataset_kwargs": {"data_files": {"test": str(tmp_path / "gen/docs.jsonl")}},
-                "test_split": "test",
-                "output_type": "generate_until",
-                "doc_to_text": "{{q}}",
-                "doc_to_target": "{{a}}",
-                "metric_list": [{"metric": "exact_match"}],
-            }
-        )
-    )
-    cfg = config(tmp_path, tiny_model, [{"task": "say_hi", "include_path": str(tmp_path / "gen")}])
-    with pytest.raises(TaskLoadError, match="task 'say_hi' .* is a generate_until task"):
-        load_tasks(cfg.benchmarks, cfg.seed, tmp_path / "tasks")
+def test_multiturn_fewshot_without_a_chat_template_is_a_config_error(tmp_path):
+    from platypus_ray.core.config import ConfigError
+
+    with pytest.raises(ConfigError, match="fewshot_as_multiturn: true needs apply_chat_template: true"):
+        config(tmp_path, "org/model", [{"task": "arc_easy"}], prompt={"fewshot_as_multiturn": True})
 
 
 def test_cli_offline_task_is_one_error_line_before_ray(tiny_model, tmp_path):
