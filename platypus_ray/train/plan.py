@@ -177,7 +177,8 @@ class TrainPlan:
             + (f", {self.truncated_rows} truncated at cutoff_len" if self.truncated_rows else "")
             + ("" if self.template == "alpaca" else f"; {self.template} template"),
             f"  packing      {c.data.packing}: {self.sequences} sequences of <= {c.data.cutoff_len} tokens, "
-            f"efficiency {self.packing_efficiency:.2f} (real tokens / capacity)",
+            f"efficiency {self.packing_efficiency:.2f} (real tokens / capacity)"
+            + (_packed_gpu_attention() if c.data.packing == "packed" and c.cluster.use_gpu else ""),
             f"  steps        {self.total_steps} optimizer steps ({self.steps_per_epoch}/epoch), "
             f"warmup {t.warmup_steps},"
             f" eval + checkpoint every {t.eval_every}",
@@ -229,19 +230,15 @@ class TrainPlan:
             )
 
     def _check_packing(self) -> None:
-        """Packed rows stay apart only through position ids: the model must take them, and on GPU
-        flash-attention 2 (varlen) must be installed."""
+        """Packed rows stay apart only through position ids: the model must take them. On GPU
+        flash-attention 2 varlen runs them when installed, sdpa with transformers' block-diagonal
+        mask (built from the position ids, as on CPU) otherwise (``packed_attention``)."""
         if self.cfg.data.packing != "packed":
             return
         if self.size is not None and not self.size.position_ids:
             raise UserError(
                 f"data.packing: packed needs a model whose forward takes position_ids; "
                 f"{self.cfg.model.name_or_path} does not: set data.packing: none"
-            )
-        if self.cfg.cluster.use_gpu and importlib.util.find_spec("flash_attn") is None:
-            raise UserError(
-                "data.packing: packed on GPU uses flash-attention 2 (varlen), which is not installed: "
-                "pip install flash-attn (see README), or set data.packing: none"
             )
 
     def _params(self) -> str:
@@ -276,3 +273,17 @@ class TrainPlan:
                 cpu_offload_params=self.cfg.deepspeed.offload_params,
             )
         return f"{device_bytes / GIB:.1f} GiB per device"
+
+
+def packed_attention(on_gpu: bool) -> str | None:
+    """The attention implementation a packed run asks for: flash-attention 2 varlen on a GPU that
+    has it installed; otherwise None (transformers' default, sdpa, whose mask it builds
+    block-diagonal from the restarting position ids on any device)."""
+    return "flash_attention_2" if on_gpu and importlib.util.find_spec("flash_attn") is not None else None
+
+
+def _packed_gpu_attention() -> str:
+    # planned on the driver: the GPU nodes' image is expected to match it (cluster.yaml installs the gpu extra)
+    if packed_attention(True):
+        return "; flash-attention 2 varlen"
+    return "; sdpa with a block-diagonal mask from the position ids (flash-attn not installed here)"

@@ -25,7 +25,7 @@ from platypus_ray.core.dtypes import torch_dtype
 from platypus_ray.train.callbacks import InjectedFault, ReportToRay, TrackingCallback
 from platypus_ray.train.config import TrainConfig
 from platypus_ray.train.layout import CHECKPOINT_SUBDIR
-from platypus_ray.train.plan import WorkerPlan
+from platypus_ray.train.plan import WorkerPlan, packed_attention
 from platypus_ray.train.prompts import IGNORE_INDEX
 
 
@@ -50,7 +50,8 @@ def train_loop_per_worker(plan: WorkerPlan) -> None:
     deepspeed.init_distributed(dist_backend=process_group_backend(on_gpu))  # wraps Ray's process group
     args = _training_arguments(cfg, plan, on_gpu)  # registers the ZeRO-3 config for from_pretrained
     packed = cfg.data.packing == "packed"
-    attention = {"attn_implementation": "flash_attention_2"} if packed and on_gpu else {}  # varlen via position ids
+    implementation = packed_attention(on_gpu) if packed else None
+    attention = {"attn_implementation": implementation} if implementation else {}
     base = AutoModelForCausalLM.from_pretrained(
         cfg.model.name_or_path, dtype=torch_dtype(cfg.model.dtype, on_gpu), **attention
     )

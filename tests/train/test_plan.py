@@ -27,13 +27,13 @@ def llama70b(tmp_path_factory):
     return folder
 
 
-def plan_for(folder, tmp_path, workers, checkpointing):
+def plan_for(folder, tmp_path, workers, checkpointing, packing="none"):
     (tmp_path / "kept").mkdir(exist_ok=True)
     cfg = validate_config(
         TrainConfig,
         {
             "model": {"name_or_path": str(folder)},
-            "data": {"path": str(tmp_path / "kept"), "cutoff_len": 4096},
+            "data": {"path": str(tmp_path / "kept"), "cutoff_len": 4096, "packing": packing},
             "training": {"global_batch_size": 16, "micro_batch_size": 1, "gradient_checkpointing": checkpointing},
             "cluster": {"workers": workers, "use_gpu": True, "resources_per_worker": {"GPU": 1, "CPU": 8}},
         },
@@ -64,3 +64,28 @@ def test_too_few_rows_for_one_step_is_refused(llama70b, tmp_path):
     plan.train_rows = 10
     with pytest.raises(UserError, match="give no optimizer step"):
         plan.check()
+
+
+def test_a_packed_gpu_run_without_flash_attn_plans_sdpa_with_the_block_diagonal_mask(llama70b, tmp_path, monkeypatch):
+    """No refusal: sdpa gets transformers' mask from the restarting position ids, as on CPU
+    (tests/train/test_packing.py holds its per-row losses to the unpacked ones)."""
+    import importlib.util
+
+    from platypus_ray.train.plan import packed_attention
+
+    real = importlib.util.find_spec
+
+    def without_flash(name, *args):
+        return None if name == "flash_attn" else real(name, *args)
+
+    def with_flash(name, *args):
+        return object() if name == "flash_attn" else real(name, *args)
+
+    monkeypatch.setattr(importlib.util, "find_spec", without_flash)
+    plan = plan_for(llama70b, tmp_path, workers=16, checkpointing=True, packing="packed")
+    plan.check()
+    assert "sdpa with a block-diagonal mask from the position ids (flash-attn not installed here)" in plan.render()
+    assert packed_attention(True) is None and packed_attention(False) is None
+    monkeypatch.setattr(importlib.util, "find_spec", with_flash)
+    assert packed_attention(True) == "flash_attention_2" and packed_attention(False) is None
+    assert "; flash-attention 2 varlen" in plan.render()
