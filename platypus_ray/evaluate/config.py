@@ -106,8 +106,12 @@ class InferenceSettings(StrictModel):
 class PromptSettings(StrictModel):
     """How lm-eval renders the prompts (``simple_evaluate``'s arguments of the same names)."""
 
-    apply_chat_template: bool = False  # instruct models: each model's own tokenizer template
-    system_instruction: str | None = None  # a system turn (plain text before the prompt without a template)
+    apply_chat_template: bool = Field(
+        False, description="render prompts with each model's own tokenizer chat template (instruct models)"
+    )
+    system_instruction: str | None = Field(
+        None, description="a system turn (without a template: plain text before the prompt), as lm-eval's"
+    )
     fewshot_as_multiturn: bool | None = Field(
         None, description="few-shot examples as user/assistant turns; default: apply_chat_template's value"
     )
@@ -131,7 +135,9 @@ class EvaluateConfig(StrictModel):
     benchmarks: list[BenchmarkEntry] = []
     validation: ValidationSettings | None = None
     inference: InferenceSettings = InferenceSettings()
-    prompt: PromptSettings = PromptSettings()  # chat template, system instruction: lm-eval's prompt options
+    prompt: PromptSettings = Field(
+        PromptSettings(), description="lm-eval's prompt options: chat template, system instruction, multi-turn shots"
+    )
     output: str = "out/eval"
     limit: int | None = Field(
         None, ge=1, description="score only the first N documents of each task (lm-eval's --limit)"

@@ -168,28 +168,47 @@ def _bounded(ds: ray.data.Dataset, timeout_s: float) -> Iterator[dict]:
     plus the model load); past that, a :class:`UserError` naming ``inference.timeout_s``."""
     results: queue.Queue = queue.Queue(maxsize=2)
     done = object()
+    stop = threading.Event()  # the consumer left (an error, the bound): the pump closes the executor
+
+    def hand_over(item: object) -> bool:
+        while not stop.is_set():
+            try:
+                results.put(item, timeout=1.0)
+                return True
+            except queue.Full:
+                continue
+        return False
 
     def pump() -> None:
+        batches = nonempty_batches(ds, "numpy")
         try:
-            for batch in nonempty_batches(ds, "numpy"):
-                results.put(batch)
-            results.put(done)
+            for batch in batches:
+                if not hand_over(batch):
+                    return
+            hand_over(done)
         except BaseException as exc:  # noqa: BLE001 - handed to the driver thread, which raises it
-            results.put(exc)
+            hand_over(exc)
+        finally:
+            close = getattr(batches, "close", None)
+            if close is not None:
+                close()  # shuts Ray Data's executor down: its actors release their CPUs/GPUs
 
     threading.Thread(target=pump, daemon=True, name="evaluate-batches").start()
     wait = timeout_s + _LOAD_MARGIN_S
-    while True:
-        try:
-            item = results.get(timeout=wait)
-        except queue.Empty:
-            raise UserError(
-                f"evaluate: no batch of requests finished within {wait:.0f} s (inference.timeout_s "
-                f"{timeout_s:.0f}); the cluster may lack free CPUs/GPUs for the actors, or raise the bound"
-            ) from None
-        if item is done:
-            return
-        if isinstance(item, BaseException):
-            raise item
-        yield item
-        wait = timeout_s + _BATCH_MARGIN_S
+    try:
+        while True:
+            try:
+                item = results.get(timeout=wait)
+            except queue.Empty:
+                raise UserError(
+                    f"evaluate: no batch of requests finished within {wait:.0f} s (inference.timeout_s "
+                    f"{timeout_s:.0f}); the cluster may lack free CPUs/GPUs for the actors, or raise the bound"
+                ) from None
+            if item is done:
+                return
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+            wait = timeout_s + _BATCH_MARGIN_S
+    finally:
+        stop.set()

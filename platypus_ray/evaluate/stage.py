@@ -22,6 +22,7 @@ import pandas as pd
 
 from platypus_ray.core.config import dump_config
 from platypus_ray.core.devices import resolve_device
+from platypus_ray.core.errors import UserError
 from platypus_ray.core.outputs import replaced_atomically
 from platypus_ray.core.runtime import init_ray
 from platypus_ray.core.stage import Input, Output, Stage
@@ -42,11 +43,14 @@ def _validation_rows(cfg: EvaluateConfig) -> pd.DataFrame | None:
         return None
     import pyarrow.dataset as pads
 
-    rows = (
-        pads.dataset(cfg.validation.path, format="parquet")
-        .head(cfg.validation.rows, columns=["instruction", "input", "output"])
-        .to_pylist()
-    )
+    dataset = pads.dataset(cfg.validation.path, format="parquet")
+    if "messages" in dataset.schema.names:  # refine's kept/ of conversations
+        raise UserError(
+            f"evaluate.validation: '{cfg.validation.path}' holds conversations (a messages column); the held-out "
+            "loss is built with the Alpaca prompt, so it takes Alpaca rows only: drop evaluate.validation (the train "
+            "run's eval_loss already scores held-out conversations with their chat template)"
+        )
+    rows = dataset.head(cfg.validation.rows, columns=["instruction", "input", "output"]).to_pylist()
     return pd.DataFrame(validation_requests(rows, cfg.validation.add_eos_token))
 
 
@@ -69,6 +73,11 @@ def _evaluate_model(
     results, summary, validation_scores = None, {"benchmarks": {}}, None
     if loaded is not None:
         tokenizer = load_tokenizer(model)
+        if cfg.prompt.apply_chat_template and not getattr(tokenizer, "chat_template", None):
+            raise UserError(
+                f"evaluate.prompt.apply_chat_template: {model.display_name}'s tokenizer ({model.name_or_path}) has "
+                "no chat template; evaluate it without the template, or give a model whose tokenizer carries one"
+            )
 
         def generate_fn(rows: pd.DataFrame) -> list[str]:
             return generate(rows, model, cfg.inference, device, tokenizer, cfg.seed)

@@ -28,12 +28,13 @@ class ColumnMapping(StrictModel):
     instruction: str = "instruction"
     input: str = "input"  # optional in the data: a row without it gets input ""
     output: str = "output"
-    messages: str = "messages"  # OpenAI shape: a list of {role, content}
-    conversations: str = "conversations"  # ShareGPT shape: a list of {from, value}
+    messages: str = Field("messages", description="the OpenAI-shape column: a list of {role, content} turns")
+    conversations: str = Field("conversations", description="the ShareGPT-shape column: a list of {from, value} turns")
     role: str | None = Field(None, description="a turn's role key; default: role (messages), from (sharegpt)")
     content: str | None = Field(None, description="a turn's text key; default: content (messages), value (sharegpt)")
-    # source role name -> canonical role, on top of the built-in names (ShareGPT's human/gpt among them)
-    roles: dict[str, Role] = {}
+    roles: dict[str, Role] = Field(
+        {}, description="source role name -> user | assistant | system, on top of the built-in names (human, gpt, ...)"
+    )
 
 
 class SourceConfig(StrictModel):
@@ -42,9 +43,11 @@ class SourceConfig(StrictModel):
     path: str
     name: str | None = Field(None, description="becomes data_source; defaults to the file or folder name")
     format: SourceFormat | None = Field(None, description="inferred from the file extension when omitted")
-    # the row shape; format stays the file format. auto: a file whose records have the `messages`
-    # column is messages, `conversations` sharegpt, else alpaca (columns: names the columns)
-    shape: SourceShape = "auto"
+    shape: SourceShape = Field(
+        "auto",
+        description="the row shape (format stays the file format); auto: from a file's first records, messages "
+        "for the `messages` column, sharegpt for `conversations`, alpaca for instruction + output (columns: names)",
+    )
     columns: ColumnMapping = ColumnMapping()
     # JSON: read the list under this top-level key ({"train": [...]}), as the `datasets` JSON loader's `field`
     field: str | None = None
@@ -119,10 +122,12 @@ class RefineConfig(StrictModel):
     dedup: DedupConfig = DedupConfig()
     contamination: ContaminationConfig = ContaminationConfig()
     output: str = "out/refine"
-    # a conversation's embedded text (what semantic dedup compares): all user turns, one per line, or the
-    # first only. An Alpaca row has one user turn either way. Contamination checks every user turn regardless.
     # all: `first` calls different conversations that share an opener duplicates (bench/embed_turns.py)
-    embed_turns: Literal["all", "first"] = "all"
+    embed_turns: Literal["all", "first"] = Field(
+        "all",
+        description="a conversation's embedded text (what semantic dedup compares): all user turns, one per line, "
+        "or the first only; an Alpaca row has one either way; contamination checks every user turn regardless",
+    )
     allow_empty_benchmark: bool = False  # a benchmark with no items is an error unless this is set
 
     @property

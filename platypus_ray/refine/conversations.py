@@ -36,14 +36,24 @@ TOOL_ROLES = frozenset({"tool", "function", "function_call", "function_response"
 Messages = list[dict[str, str]]
 
 
-def detect_shape(record: Any, columns: ColumnMapping) -> str:
-    """``messages`` when the record has the messages column, ``sharegpt`` the conversations one, else ``alpaca``."""
-    if isinstance(record, dict):
+def record_shape(record: Any, columns: ColumnMapping) -> str:
+    """One record's shape: ``alpaca`` when it has the instruction and output columns (a messages
+    key beside them is extra data), else ``messages`` / ``sharegpt`` by their columns, else ``alpaca``."""
+    if isinstance(record, dict) and not (columns.instruction in record and columns.output in record):
         if columns.messages in record:
             return "messages"
         if columns.conversations in record:
             return "sharegpt"
     return "alpaca"
+
+
+def detect_shape(head: list[Any], columns: ColumnMapping) -> str:
+    """A file's shape from its first objects: the most common record shape (ties: the first
+    record's), so one malformed first record does not decide for the file."""
+    shapes = [record_shape(record, columns) for record in head]
+    if not shapes:
+        return "alpaca"
+    return max(dict.fromkeys(shapes), key=shapes.count)
 
 
 def validate_conversation(record: Any, shape: str, columns: ColumnMapping) -> tuple[Messages | None, str, str]:
@@ -70,7 +80,7 @@ def validate_conversation(record: Any, shape: str, columns: ColumnMapping) -> tu
         name = turn.get(role_key)
         role = names.get(name) if isinstance(name, str) else None
         if role is None:
-            if name in TOOL_ROLES:
+            if isinstance(name, str) and name in TOOL_ROLES:  # a list or dict role is unknown, not unhashable
                 return None, "tool_turn", f"turn {k}: tool turns ('{name}') are not supported; remove them"
             return (
                 None,

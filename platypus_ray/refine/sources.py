@@ -70,7 +70,7 @@ class SourceFile:
     field: str | None = None  # JSON: the top-level key whose list holds the records
     # a piece of a large local JSONL file: (start, stop, newlines before start - 1); see split_large_files
     byte_range: tuple[int, int, int] | None = None
-    shape: str = "auto"  # alpaca, messages, sharegpt; auto: from the file's first record (conversations.py)
+    shape: str = "auto"  # alpaca, messages, sharegpt; auto: from the file's first records (conversations.py)
     embed_turns: str = "all"  # a conversation's embedded text (rows.conversation_text)
 
 
@@ -108,9 +108,23 @@ def split_large_files(files: list[SourceFile], piece_bytes: int | None = None) -
     (rank, row) still sorts rows in input order, and rows keep the line numbers of the file."""
     pieces: list[SourceFile] = []
     for sf in files:
-        for byte_range in _byte_ranges(sf, piece_bytes or PIECE_BYTES):
+        ranges = _byte_ranges(sf, piece_bytes or PIECE_BYTES)
+        if len(ranges) > 1 and sf.shape == "auto":  # one shape for the file, from its head, not one per piece
+            sf = replace(sf, shape=_file_shape(sf))
+        for byte_range in ranges:
             pieces.append(replace(sf, file_rank=len(pieces), byte_range=byte_range))
     return pieces
+
+
+def _file_shape(sf: SourceFile) -> str:
+    records = _records(sf)
+    try:
+        head, _ = _head_objects(records)
+    except Exception:  # noqa: BLE001 - unreadable now: each piece's read task reports it, naming the file
+        return "auto"
+    finally:
+        getattr(records, "close", lambda: None)()  # a generator: its file closes now
+    return detect_shape(head, ColumnMapping(**sf.columns))
 
 
 def _byte_ranges(sf: SourceFile, piece_bytes: int) -> list[tuple[int, int, int] | None]:
@@ -199,8 +213,8 @@ def parse_source_file(sf: SourceFile) -> pa.Table:
     out: dict[str, list[Any]] = {f.name: [] for f in PARSED_SCHEMA}
     records = _records(sf)
     shape = sf.shape
-    if shape == "auto":
-        head, records = _first_object(records)
+    if shape == "auto":  # a file cut into pieces was settled for all of them (split_large_files)
+        head, records = _head_objects(records)
         shape = detect_shape(head, columns)
     for row_in_file, record in enumerate(records):
         row = _parse_record(record, shape, columns, sf.embed_turns)
@@ -246,14 +260,21 @@ def _parse_record(record: Record, shape: str, columns: ColumnMapping, embed_turn
     return row
 
 
-def _first_object(records: Iterator[Record]) -> tuple[Any, Iterator[Record]]:
-    """The first record that is an object (what the shape is detected from), and all the records still in order."""
+SHAPE_HEAD = 16  # objects a file's shape is detected from
+
+
+def _head_objects(records: Iterator[Record]) -> tuple[list[Any], Iterator[Record]]:
+    """The first SHAPE_HEAD records that are objects (what the shape is detected from), and all
+    the records still in order."""
     seen: list[Record] = []
+    head: list[Any] = []
     for record in records:
         seen.append(record)
         if isinstance(record.value, dict):
-            return record.value, itertools.chain(seen, records)
-    return None, iter(seen)
+            head.append(record.value)
+            if len(head) == SHAPE_HEAD:
+                break
+    return head, itertools.chain(seen, records)
 
 
 def _infer_format(path: str) -> str:

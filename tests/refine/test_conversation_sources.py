@@ -140,3 +140,38 @@ def test_the_shipped_chat_sample_is_its_generator_output_and_parses(tmp_path):
         6,
         7,
     }  # 1-3 exchanges, some with a system prompt
+
+
+def test_a_role_that_is_not_a_string_is_an_unknown_role_not_a_crash():
+    for role in (["user"], {"name": "user"}, 7, None):
+        messages, reason, detail = validate_conversation(
+            {"messages": [{"role": role, "content": "Hi"}, ONE[1]]}, "messages", ColumnMapping()
+        )
+        assert messages is None and reason == "unknown_role" and detail.startswith("turn 1: role "), (role, detail)
+
+
+def test_a_file_s_shape_comes_from_its_first_records_not_one(tmp_path):
+    from platypus_ray.refine.conversations import detect_shape
+
+    columns = ColumnMapping()
+    alpaca_with_extra = {"instruction": "Name a fruit.", "output": "Apple.", "messages": ONE}
+    assert detect_shape([alpaca_with_extra] * 3, columns) == "alpaca"  # a messages key beside them is data
+    broken_first = [{"msgs": ONE}] + [{"messages": ONE}] * 4
+    assert detect_shape(broken_first, columns) == "messages"  # one malformed head does not decide the file
+    assert detect_shape([], columns) == "alpaca"
+    path = tmp_path / "a.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in broken_first * 20))
+    rows = parse(path, "jsonl")
+    assert [r["reason"] for r in rows[:5]] == ["missing_field", "", "", "", ""]
+
+
+def test_every_piece_of_a_split_file_takes_the_file_s_shape(tmp_path):
+    """Pieces of a large JSONL start anywhere; the file's shape is settled once, from its head."""
+    from platypus_ray.refine.sources import split_large_files
+
+    path = tmp_path / "big.jsonl"
+    lines = [json.dumps({"messages": ONE})] * 40 + [json.dumps({"instruction": "x", "output": "y"})] * 40
+    path.write_text("\n".join(lines) + "\n")
+    pieces = split_large_files([SourceFile("src", str(path), 0, "jsonl", ColumnMapping().model_dump())], 256)
+    assert len(pieces) > 4 and {p.shape for p in pieces} == {"messages"}
+    assert len({p.byte_range for p in pieces}) == len(pieces)

@@ -166,11 +166,15 @@ def _balance(work: np.ndarray, groups: int) -> np.ndarray:
     return group_of
 
 
+_PLACE_CELLS = 1 << 23  # rows x clusters per step of _place: its three float64 arrays stay near 200 MB
+
+
 @ray.remote
-def _place(block: np.ndarray, centroids: np.ndarray, threshold: float, chunk: int = 8192):
+def _place(block: np.ndarray, centroids: np.ndarray, threshold: float, chunk: int | None = None):
     """The block's entries (row in block, cluster, 1 if home) by the bisector rule, and per cluster
     (home rows, members): the counts the driver plans with."""
     k = len(centroids)
+    chunk = chunk or max(64, _PLACE_CELLS // max(k, 1))  # rows x k per step, whatever k is
     eps = np.sqrt(max(2.0 - 2.0 * (threshold - _EPS), 0.0))
     rows, clusters, is_home = [], [], []
     for s in range(0, len(block), chunk):
