@@ -22,7 +22,7 @@ def right_pad(rows: Sequence[Sequence[int]], fill: int, width: int) -> Any:
 
     out = torch.full((len(rows), width), fill, dtype=torch.long)
     for k, row in enumerate(rows):
-        out[k, : len(row)] = torch.as_tensor(row, dtype=torch.long)
+        out[k, : len(row)] = torch.tensor(row, dtype=torch.long)  # a copy: Ray Data hands read-only arrays
     return out
 
 
