@@ -198,12 +198,15 @@ def check_languages(
     whole run to ``use-multilingual`` (which reads it) or the mismatch is allowed. The rows still
     outside the model used are marked in ``detail`` (the ledger's)."""
     model = embedding.model
-    failing = _failing_sources(meta, model_languages(model, embedding.languages), embedding.allow_language_mismatch)
+    languages = model_languages(model, embedding.languages)
+    per_source, outside = _survey(meta, languages)
+    failing = [] if embedding.allow_language_mismatch else _failing(per_source)
     routed_from = None
-    if failing and _can_route(embedding) and not _failing_sources(meta, USE_LANGUAGES, False):
-        routed_from, model = model, USE_MULTILINGUAL
-    languages = model_languages(model, None if routed_from else embedding.languages)
-    per_source, outside = survey(meta["source"], meta["script"], meta["valid"], covered_scripts(languages))
+    if failing and _can_route(embedding):
+        use_sources, use_outside = _survey(meta, USE_LANGUAGES)
+        if not _failing(use_sources):
+            routed_from, model, languages = model, USE_MULTILINGUAL, USE_LANGUAGES
+            per_source, outside = use_sources, use_outside
     listed = languages or ()  # unknown languages (None) put no row outside: no message below names them
     if failing and not routed_from:
         raise UserError("; ".join(mismatch_message(name, per_source[name], listed, model) for name in failing))
@@ -236,11 +239,12 @@ def check_languages(
     return stats, warnings, model
 
 
-def _failing_sources(meta: dict[str, np.ndarray], languages: tuple[str, ...] | None, allow: bool) -> list[str]:
-    """Sources with more than MISMATCH_ERROR_SHARE of their rows outside ``languages``."""
-    if allow:
-        return []
-    per_source, _ = survey(meta["source"], meta["script"], meta["valid"], covered_scripts(languages))
+def _survey(meta: dict[str, np.ndarray], languages: tuple[str, ...] | None):
+    return survey(meta["source"], meta["script"], meta["valid"], covered_scripts(languages))
+
+
+def _failing(per_source: dict[str, SourceLanguages]) -> list[str]:
+    """Sources with more than MISMATCH_ERROR_SHARE of their rows outside the model."""
     return [name for name, lang in per_source.items() if lang.outside_share > MISMATCH_ERROR_SHARE]
 
 
