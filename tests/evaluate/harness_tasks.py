@@ -130,3 +130,20 @@ def write_tasks(folder: Path, seed: int = 0) -> dict[str, int]:
             (folder / f"{name}.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
             tasks[name] = shots[style] if variant == "fs" else 0
     return tasks
+
+
+def run_outputs(result, cfg, out: Path) -> dict:
+    """What the parity tests compare from one of our evaluate runs: its summary of the model's
+    benchmarks, its lm-eval-style sample records per task, and items.parquet."""
+    import pandas as pd
+
+    label = cfg.model.display_name
+    samples = {
+        path.stem.removeprefix("samples_"): [json.loads(line) for line in path.read_text().splitlines()]
+        for path in (out / "samples" / label).glob("samples_*.jsonl")
+    }
+    return {
+        "summary": result.summary_data["models"][label]["benchmarks"],
+        "samples": samples,
+        "items": pd.read_parquet(out / "items.parquet"),
+    }

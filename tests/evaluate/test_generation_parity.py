@@ -19,7 +19,7 @@ from platypus_ray.core.config import validate_config
 from platypus_ray.evaluate import EvaluateConfig, run
 from platypus_ray.evaluate.pool import GenerationError
 from tests.evaluate.gen_tasks import write_gen_tasks, write_rolling_task
-from tests.evaluate.harness_tasks import write_tasks
+from tests.evaluate.harness_tasks import run_outputs, write_tasks
 
 pytestmark = pytest.mark.slow
 TASK, SHOTS, LIMIT = "local_gsm8k", 2, 6
@@ -68,17 +68,7 @@ def our_run(tiny_model, folder, out, tasks: list[str], **extra) -> dict:
             **extra,
         },
     )
-    result = run(cfg)
-    label = cfg.model.display_name
-    samples = {
-        path.stem.removeprefix("samples_"): [json.loads(line) for line in path.read_text().splitlines()]
-        for path in (out / "samples" / label).glob("samples_*.jsonl")
-    }
-    return {
-        "summary": result.summary_data["models"][label]["benchmarks"],
-        "samples": samples,
-        "items": pd.read_parquet(out / "items.parquet"),
-    }
+    return run_outputs(run(cfg), cfg, out)
 
 
 def assert_same_samples(mine: list[dict], theirs: list[dict]) -> None:

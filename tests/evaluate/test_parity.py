@@ -7,15 +7,13 @@ and TruthfulQA-MC2-style tasks."""
 
 from __future__ import annotations
 
-import json
 import re
 
-import pandas as pd
 import pytest
 
 from platypus_ray.core.config import validate_config
 from platypus_ray.evaluate import EvaluateConfig, run
-from tests.evaluate.harness_tasks import FEWSHOT, write_tasks
+from tests.evaluate.harness_tasks import FEWSHOT, run_outputs, write_tasks
 
 pytestmark = pytest.mark.slow
 
@@ -71,17 +69,7 @@ def ours(ray_session, tiny_model, task_folder, tmp_path_factory):
         },
     )
     result = run(cfg)
-    label = cfg.model.display_name
-    samples = {
-        path.stem.removeprefix("samples_"): [json.loads(line) for line in path.read_text().splitlines()]
-        for path in (out / "samples" / label).glob("samples_*.jsonl")
-    }
-    return {
-        "summary": result.summary_data["models"][label]["benchmarks"],
-        "samples": samples,
-        "items": pd.read_parquet(out / "items.parquet"),
-        "table": result.summary(),
-    }
+    return {**run_outputs(result, cfg, out), "table": result.summary()}
 
 
 TASKS = [
