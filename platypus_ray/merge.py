@@ -11,6 +11,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
+from pydantic import Field
+
 from platypus_ray.core.config import StrictModel
 from platypus_ray.core.stage import Input, Output, Stage
 
@@ -18,10 +20,15 @@ from platypus_ray.core.stage import Input, Output, Stage
 class MergeConfig(StrictModel):
     """Root config of ``platypus-ray merge`` (also given as --base/--adapter/--out flags)."""
 
-    base: str
-    adapter: str
-    out: str = "out/merged"
-    dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"  # auto: the base's saved dtype
+    base: str = Field(
+        description="the base model (hub id or folder): the one the adapter was trained on, or another fine-tune "
+        "of the same base"
+    )
+    adapter: str = Field(description="the LoRA adapter folder (train writes <run folder>/adapter)")
+    out: str = Field("out/merged", description="the folder the merged model and tokenizer are written to (replaced)")
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
+        "auto", description="the dtype the base is loaded and saved in; auto: the base's saved dtype"
+    )
 
 
 @dataclass

@@ -41,22 +41,28 @@ logger = logging.getLogger(__name__)
 class MergeStep(StrictModel):
     """Merge settings; the adapter is the one the train section produces."""
 
-    out: str = "out/merged"
-    base: str | None = None  # default: train.model.name_or_path (or another fine-tune of the same base)
-    dtype: DTypeName = "auto"
+    out: str = Field("out/merged", description="the folder the merged model and tokenizer are written to")
+    base: str | None = Field(
+        None, description="default: train.model.name_or_path (or give another fine-tune of the same base)"
+    )
+    dtype: DTypeName = Field("auto", description="the merge's dtype; auto: the base's saved dtype")
     timeout_s: float = Field(7200.0, gt=0, description="bound on the merge task (it loads and saves the whole model)")
 
 
 class EvaluateStep(StrictModel):
     """Evaluate settings; the model is the pipeline's fine-tune (merged, or base + adapter)."""
 
-    benchmarks: list[BenchmarkEntry] = []  # lm-eval tasks or benchmark files, as in `platypus-ray evaluate`
-    validation: ValidationSettings | None = None
-    inference: InferenceSettings = InferenceSettings()
-    output: str = "out/eval"
-    compare_with_base: bool = True  # also score train.model.name_or_path, side by side
-    limit: int | None = Field(None, ge=1)
-    seed: int = 1234
+    benchmarks: list[BenchmarkEntry] = Field(
+        [], description="lm-eval tasks or benchmark files, or a preset, as in platypus-ray evaluate"
+    )
+    validation: ValidationSettings | None = Field(
+        None, description="held-out loss on rows formatted and masked as training does"
+    )
+    inference: InferenceSettings = Field(InferenceSettings(), description="the Ray Data actor pool that scores")
+    output: str = Field("out/eval", description="the folder evaluate writes, as in platypus-ray evaluate")
+    compare_with_base: bool = Field(True, description="also score train.model.name_or_path, side by side")
+    limit: int | None = Field(None, ge=1, description="score only the first N documents of each task")
+    seed: int = Field(1234, description="lm-eval's fewshot_random_seed")
 
     _preset = field_validator("benchmarks", mode="before")(classmethod(lambda cls, value: expand_preset(value)))
 
@@ -74,11 +80,15 @@ class EvaluateStep(StrictModel):
 class PipelineConfig(StrictModel):
     """Root config of ``platypus-ray pipeline``; every section is optional, in stage order."""
 
-    build_tiny_model: bool = False  # first build the tiny LLaMA at train.model.name_or_path if missing (demo, tests)
-    refine: RefineConfig | None = None
-    train: TrainConfig | None = None
-    merge: MergeStep | None = None
-    evaluate: EvaluateStep | None = None
+    build_tiny_model: bool = Field(
+        False, description="first build the tiny LLaMA at train.model.name_or_path if missing (demo, tests)"
+    )
+    refine: RefineConfig | None = Field(None, description="a refine config, inline or the name of its YAML file")
+    train: TrainConfig | None = Field(
+        None, description="a train config, inline or a YAML file; with refine, data.path is refine's kept/"
+    )
+    merge: MergeStep | None = Field(None, description="fold the trained adapter into the base (needs train)")
+    evaluate: EvaluateStep | None = Field(None, description="score the fine-tune, and the base (needs train)")
 
     @model_validator(mode="before")
     @classmethod

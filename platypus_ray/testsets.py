@@ -37,11 +37,16 @@ _EXTENSIONS: dict[str, tuple[str, ...]] = {
 class BenchmarkConfig(StrictModel):
     """One benchmark file or folder; the same entry serves refine (decontamination) and evaluate."""
 
-    path: str
-    format: BenchmarkFormat
-    name: str | None = None  # defaults to the file or folder name
+    path: str = Field(description="a benchmark file or folder; local or a URI, as sources read")
+    format: BenchmarkFormat = Field(
+        description="mmlu_csv (no header: question,A,B,C,D,answer), arc_jsonl (AI2 or HF layout), hellaswag_jsonl, "
+        "truthfulqa_csv, or questions (jsonl/json/parquet/csv: question, optional choices, answer, id)"
+    )
+    name: str | None = Field(None, description="defaults to the file or folder name")
     num_fewshot: int = Field(0, ge=0, description="few-shot examples per prompt (evaluate only)")
-    fewshot_path: str | None = None  # evaluate only: a dev split in the same format to draw examples from
+    fewshot_path: str | None = Field(
+        None, description="evaluate only: a dev split in the same format to draw examples from"
+    )
     limit: int | None = Field(None, ge=1, description="score only the first N items (evaluate only)")
 
     def inputs(self, key: str) -> list[Input]:

@@ -101,19 +101,19 @@ def pretrain(model, tokenizer, steps: int, seed: int, batch_size: int = 8, max_t
 class TinyModelConfig(StrictModel):
     """Shape of the tiny LLaMA (``--out DIR`` and friends on the command line)."""
 
-    out: str = "out/tiny-llama"
-    hidden_size: int = Field(64, ge=8)
-    intermediate_size: int = Field(176, ge=8)
-    layers: int = Field(2, ge=1)
-    heads: int = Field(4, ge=1)
-    kv_heads: int = Field(2, ge=1)
-    max_length: int = Field(512, ge=16)
+    out: str = Field("out/tiny-llama", description="the folder the model and its tokenizer are written to")
+    hidden_size: int = Field(64, ge=8, description="hidden width")
+    intermediate_size: int = Field(176, ge=8, description="MLP width")
+    layers: int = Field(2, ge=1, description="decoder layers")
+    heads: int = Field(4, ge=1, description="attention heads")
+    kv_heads: int = Field(2, ge=1, description="key/value heads (grouped-query attention)")
+    max_length: int = Field(512, ge=16, description="the longest sequence (max_position_embeddings, the tokenizer's)")
     pretrain_steps: int = Field(
         200,
         ge=0,
         description="full-parameter steps on the sample corpus, so LoRA adapts a model that already knows the format",
     )
-    seed: int = 0
+    seed: int = Field(0, description="seeds the weights and the pretraining")
 
 
 @dataclass

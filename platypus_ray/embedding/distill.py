@@ -31,7 +31,7 @@ UNUSED_TOKENS = r"\[unused\d+\]"
 class DistillConfig(StrictModel):
     """Root config of ``platypus-ray distill-embedder``."""
 
-    model: str = "all-MiniLM-L6-v2"  # a local sentence-transformers folder, or the bundled MiniLM
+    model: str = Field("all-MiniLM-L6-v2", description="a local sentence-transformers folder, or the bundled MiniLM")
     out: str = Field(..., description="folder the static model is written to (replaced if it holds one)")
     pca_dims: int | None = Field(256, ge=2, description="dimensions kept by PCA; null keeps the model's")
     token_remove_pattern: str = Field(UNUSED_TOKENS, description="regex of vocabulary tokens to leave out")

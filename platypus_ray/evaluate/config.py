@@ -21,9 +21,11 @@ from platypus_ray.testsets import BenchmarkConfig
 class TaskEntry(StrictModel):
     """One lm-evaluation-harness task or group, by the name lm-eval knows it by."""
 
-    task: str = Field(min_length=1)
+    task: str = Field(min_length=1, description="the lm-eval task or group (arc_challenge, mmlu, or your own)")
     num_fewshot: int | None = Field(None, ge=0, description="default: the task's own (0 when it sets none)")
-    include_path: str | None = None  # a folder of task YAMLs (your own tasks, or local data_files copies)
+    include_path: str | None = Field(
+        None, description="a folder of task YAMLs (your own tasks, or local data_files copies)"
+    )
 
     def inputs(self, key: str) -> list[Input]:
         """The folder this entry reads (``key``: where it sits in the config, ``benchmarks[0]``)."""
@@ -62,10 +64,12 @@ class ModelRef(StrictModel):
 
     shorthand = "name_or_path"  # `model: out/merged`, as lm-eval's and axolotl's configs write it
 
-    name_or_path: str
-    adapter: str | None = None  # a LoRA adapter folder; merged into the model in each actor
-    dtype: DTypeName = "auto"  # auto: bf16 on GPU, fp32 on CPU
-    label: str | None = None  # column name in the tables; default: the folder or hub name
+    name_or_path: str = Field(description="a hub id or a local model folder (out/merged)")
+    adapter: str | None = Field(None, description="a LoRA adapter folder; merged into the model in each actor")
+    dtype: DTypeName = Field("auto", description="auto: bf16 on GPU, fp32 on CPU")
+    label: str | None = Field(
+        None, description="the model's column in the tables; default: the folder or hub name (+ the adapter's)"
+    )
 
     def inputs(self, key: str) -> list[Input]:
         """The model (and adapter) this entry reads, under ``key`` (``model``, ``compare_with``)."""
@@ -83,18 +87,18 @@ class ModelRef(StrictModel):
 class ValidationSettings(StrictModel):
     """Held-out loss: rows in the kept/ schema, formatted and masked exactly as training does."""
 
-    path: str
+    path: str = Field(description="held-out rows in refine's kept/ schema (a kept/ folder or Parquet file)")
     rows: int = Field(500, ge=1, description="the first N rows are scored")
-    add_eos_token: bool = True
+    add_eos_token: bool = Field(True, description="append EOS after the response, as training does")
 
 
 class InferenceSettings(StrictModel):
     """The Ray Data actor pool that scores: one model replica per actor (one GPU each on a cluster)."""
 
-    actors: ActorCount = 1
+    actors: ActorCount = Field(1, description="actor pool size; one model replica (and one GPU) per actor")
     batch_size: int = Field(8, ge=1, description="sequences per forward pass")
-    device: Literal["auto", "cpu", "cuda"] = "auto"  # auto: cuda when the cluster has GPUs
-    cpus_per_actor: CpusPerActor = 1.0
+    device: Literal["auto", "cpu", "cuda"] = Field("auto", description="auto: cuda when the cluster has GPUs")
+    cpus_per_actor: CpusPerActor = Field(1.0, description="CPUs each actor reserves (its threads on CPU)")
     max_length: int | None = Field(
         None, ge=8, description="tokens per sequence (left-truncated); default: the model's context"
     )
@@ -130,19 +134,33 @@ class PromptSettings(StrictModel):
 class EvaluateConfig(StrictModel):
     """Root config of ``platypus-ray evaluate``."""
 
-    model: ModelRef
-    compare_with: ModelRef | None = None  # e.g. the base model, for a side-by-side table
-    benchmarks: list[BenchmarkEntry] = []
-    validation: ValidationSettings | None = None
-    inference: InferenceSettings = InferenceSettings()
+    model: ModelRef = Field(description="the model scored; a string is its name_or_path")
+    compare_with: ModelRef | None = Field(
+        None, description="a second model (e.g. the base), scored side by side with a delta column"
+    )
+    benchmarks: list[BenchmarkEntry] = Field(
+        [],
+        description="lm-eval task entries and benchmark files, or the preset open_llm_leaderboard (arc_challenge "
+        "25-shot, hellaswag 10, mmlu 5, truthfulqa_mc2 0)",
+    )
+    validation: ValidationSettings | None = Field(
+        None, description="held-out loss on rows formatted and masked as training does"
+    )
+    inference: InferenceSettings = Field(InferenceSettings(), description="the Ray Data actor pool that scores")
     prompt: PromptSettings = Field(
         PromptSettings(), description="lm-eval's prompt options: chat template, system instruction, multi-turn shots"
     )
-    output: str = "out/eval"
+    output: str = Field(
+        "out/eval",
+        description="the folder evaluate writes (items.parquet, samples/, validation.parquet, summary.json), "
+        "replaced whole",
+    )
     limit: int | None = Field(
         None, ge=1, description="score only the first N documents of each task (lm-eval's --limit)"
     )
-    seed: int = 1234  # lm-eval's fewshot_random_seed (its default): the draws of tasks with a random sampler
+    seed: int = Field(
+        1234, description="lm-eval's fewshot_random_seed (its default): the draws of tasks with a random sampler"
+    )
 
     _preset = field_validator("benchmarks", mode="before")(classmethod(lambda cls, value: expand_preset(value)))
 

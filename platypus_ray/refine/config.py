@@ -25,9 +25,12 @@ def kept_folder(output: str) -> str:
 class ColumnMapping(StrictModel):
     """Which source column feeds each canonical field, and for conversations which turn keys and role names."""
 
-    instruction: str = "instruction"
-    input: str = "input"  # optional in the data: a row without it gets input ""
-    output: str = "output"
+    instruction: str = Field("instruction", description="the column read as the instruction (Alpaca rows)")
+    input: str = Field(
+        "input",
+        description='the column read as the input (Alpaca rows); optional in the data: a row without it gets ""',
+    )
+    output: str = Field("output", description="the column read as the output (Alpaca rows)")
     messages: str = Field("messages", description="the OpenAI-shape column: a list of {role, content} turns")
     conversations: str = Field("conversations", description="the ShareGPT-shape column: a list of {from, value} turns")
     role: str | None = Field(None, description="a turn's role key; default: role (messages), from (sharegpt)")
@@ -40,17 +43,27 @@ class ColumnMapping(StrictModel):
 class SourceConfig(StrictModel):
     """One instruction source: a file, a directory of files, or a glob; local or remote."""
 
-    path: str
+    path: str = Field(
+        description="a file, folder or glob: local, s3://, gs://, https:// or hf://datasets/ORG/NAME/FILE; "
+        ".gz, .bz2, .xz or .zst after the format's extension is decompressed as it streams"
+    )
     name: str | None = Field(None, description="becomes data_source; defaults to the file or folder name")
-    format: SourceFormat | None = Field(None, description="inferred from the file extension when omitted")
+    format: SourceFormat | None = Field(
+        None, description="json (an array, or one object per line), jsonl, parquet or csv; default: from the extension"
+    )
     shape: SourceShape = Field(
         "auto",
         description="the row shape (format stays the file format); auto: from a file's first records, messages "
         "for the `messages` column, sharegpt for `conversations`, alpaca for instruction + output (columns: names)",
     )
-    columns: ColumnMapping = ColumnMapping()
-    # JSON: read the list under this top-level key ({"train": [...]}), as the `datasets` JSON loader's `field`
-    field: str | None = None
+    columns: ColumnMapping = Field(
+        ColumnMapping(), description="source column names, where they differ from the defaults"
+    )
+    field: str | None = Field(
+        None,
+        description='JSON: read the list under this top-level key ({"train": [...]}), as the datasets JSON loader\'s '
+        "field",
+    )
 
     @property
     def source_name(self) -> str:
@@ -62,28 +75,37 @@ class SourceConfig(StrictModel):
 class DedupConfig(StrictModel):
     """Semantic dedup: remove a row that is >= threshold to a kept row of higher priority."""
 
-    threshold: float = Field(0.8, gt=0.0, le=1.0)
-    keep: Literal["longest_output", "first"] = "longest_output"  # first = input order (Platypus notebook)
+    threshold: float = Field(0.8, gt=0.0, le=1.0, description="cosine at or above which a row duplicates a kept row")
+    keep: Literal["longest_output", "first"] = Field(
+        "longest_output",
+        description="row priority: longest_output (a longer output first, ties by input order) or first (input "
+        "order: the Platypus notebook's loop)",
+    )
     tile_size: int = Field(2048, ge=16, description="rows per similarity tile; memory per task ~ tile_size^2 * 4 B")
-    # kept: each row against the rows kept before it (exact, rows x kept work; refine/dedup/kept_walk.py).
-    # exact: all pairs (every pair for the report; all-pairs work). clustered: an exact partition (k-means and
-    # ClusterJoin's bisector rule), or all pairs where that costs less. auto: kept within auto_exact_budget_s,
-    # clustered past it.
-    mode: Literal["auto", "kept", "exact", "clustered"] = "auto"
-    # exact and clustered hold every pair found while they number at most max_pairs (24 B each in the
-    # driver); past it each row keeps its best higher-priority neighbours only (memory rows x this, however
-    # dense a template cluster), and a row with more, none of them kept, gets an exact check: decisions stay exact
+    mode: Literal["auto", "kept", "exact", "clustered"] = Field(
+        "auto",
+        description="all exact (the kept set equals brute force). kept: each row against the rows kept before it "
+        "(rows x kept work); exact: all pairs (every pair listed); clustered: an exact partition (k-means and "
+        "ClusterJoin's bisector rule), or all pairs where that costs less; auto: kept while its projected time fits "
+        "auto_exact_budget_s, clustered past it",
+    )
     max_pairs: int = Field(
-        16_000_000, ge=0, description="pairs held before each row keeps only its neighbours_per_row best"
+        16_000_000,
+        ge=0,
+        description="exact and clustered hold every pair found while there are at most this many (24 B each in the "
+        "driver); past it each row keeps only its neighbours_per_row best",
     )
     neighbours_per_row: int = Field(
-        32, ge=1, description="past max_pairs: best higher-priority neighbours kept per row"
+        32,
+        ge=1,
+        description="past max_pairs: the best higher-priority neighbours each row keeps (memory rows x this); a row "
+        "with more, none of them kept, gets an exact check, so decisions stay exact",
     )
-    # auto: the walk against the kept set while its projected GEMM time (measured rate x one node's CPUs) fits this
     auto_exact_budget_s: float = Field(
         60.0,
         ge=0.0,
-        description="auto: the exact walk against the kept set while its projected time fits this, clustered past it",
+        description="auto: the walk against the kept set while its projected similarity time (a GEMM rate measured "
+        "on this machine x one node's CPUs) fits this, clustered past it",
     )
     rows_per_cluster: int = Field(1000, ge=16, description="clustered: k = rows / this")
     recall_sample: int = Field(5_000, ge=0, description="clustered: rows checked against an exact search on every run")
@@ -95,13 +117,29 @@ class DedupConfig(StrictModel):
 class ContaminationConfig(StrictModel):
     """Benchmark decontamination by embedding similarity and verbatim n-gram overlap."""
 
-    threshold: float = Field(0.8, gt=0.0, le=1.0)  # flag a row whose best benchmark match is >= this
+    threshold: float = Field(
+        0.8,
+        gt=0.0,
+        le=1.0,
+        description="flag a row whose best benchmark match has cosine >= this (similar_but_different when nothing "
+        "else applies); at most gray_area_threshold",
+    )
     ngram: int = Field(13, ge=3, description="words per verbatim n-gram (13 as in GPT-3)")
-    gray_area_threshold: float = Field(0.9, gt=0.0, le=1.0)
-    duplicate_threshold: float = Field(0.95, gt=0.0, le=1.0)
-    duplicate_ngram_coverage: float = Field(0.5, gt=0.0, le=1.0)
+    gray_area_threshold: float = Field(
+        0.9,
+        gt=0.0,
+        le=1.0,
+        description="gray_area: cosine >= this, or any shared n-gram; at most duplicate_threshold",
+    )
+    duplicate_threshold: float = Field(0.95, gt=0.0, le=1.0, description="duplicate: cosine >= this")
+    duplicate_ngram_coverage: float = Field(
+        0.5, gt=0.0, le=1.0, description="duplicate also: the row holds this share of the item's distinct n-grams"
+    )
     window_words: int = Field(64, ge=8, description="long benchmark items are also embedded as windows this long")
-    remove: list[ContaminationCategory] = ["duplicate", "gray_area", "similar_but_different"]
+    remove: list[ContaminationCategory] = Field(
+        ["duplicate", "gray_area", "similar_but_different"],
+        description="the categories removed; a flagged row of another category is kept and stays flagged",
+    )
 
     @model_validator(mode="after")
     def _ordered(self) -> ContaminationConfig:
@@ -116,19 +154,27 @@ class ContaminationConfig(StrictModel):
 class RefineConfig(StrictModel):
     """Root config of ``platypus-ray refine``."""
 
-    sources: list[SourceConfig] = Field(min_length=1)
-    benchmarks: list[BenchmarkConfig] = []
-    embedding: EmbeddingConfig = EmbeddingConfig()
-    dedup: DedupConfig = DedupConfig()
-    contamination: ContaminationConfig = ContaminationConfig()
-    output: str = "out/refine"
-    # all: `first` calls different conversations that share an opener duplicates (bench/embed_turns.py)
+    sources: list[SourceConfig] = Field(min_length=1, description="the instruction data, at least one source")
+    benchmarks: list[BenchmarkConfig] = Field(
+        [], description="test sets the rows are checked against (decontamination); none: no check"
+    )
+    embedding: EmbeddingConfig = Field(EmbeddingConfig(), description="the sentence-embedding model and its actors")
+    dedup: DedupConfig = Field(DedupConfig(), description="semantic dedup of the rows")
+    contamination: ContaminationConfig = Field(ContaminationConfig(), description="benchmark decontamination")
+    output: str = Field(
+        "out/refine",
+        description="the folder refine writes (kept/, ledger/, review.csv, stats.json, report.html, config.yaml), "
+        "replaced whole; local or on a shared filesystem",
+    )
     embed_turns: Literal["all", "first"] = Field(
         "all",
         description="a conversation's embedded text (what semantic dedup compares): all user turns, one per line, "
-        "or the first only; an Alpaca row has one either way; contamination checks every user turn regardless",
+        "or the first only (which calls different conversations that share an opener duplicates); an Alpaca row "
+        "has one either way; contamination checks every user turn regardless",
     )
-    allow_empty_benchmark: bool = False  # a benchmark with no items is an error unless this is set
+    allow_empty_benchmark: bool = Field(
+        False, description="run on when a benchmark has no items (--allow-empty-benchmark); else an error"
+    )
 
     @property
     def kept_path(self) -> str:

@@ -13,10 +13,12 @@ from platypus_ray.train.config import TrainConfig
 class SchedulerSettings(StrictModel):
     """ASHA stops trials whose metric trails the others at a rung; rounds = evaluations."""
 
-    type: Literal["asha", "fifo"] = "asha"  # fifo: every trial runs to the end
+    type: Literal["asha", "fifo"] = Field(
+        "asha", description="asha: stop trailing trials early; fifo: every trial runs to the end"
+    )
     grace_period: int = Field(2, ge=1, description="evaluation rounds every trial gets")
     max_t: int = Field(10, ge=1, description="evaluation rounds at most")
-    reduction_factor: float = Field(2, gt=1)
+    reduction_factor: float = Field(2, gt=1, description="ASHA: about 1 in this many trials go on at each rung")
 
     @model_validator(mode="after")
     def _ordered(self) -> SchedulerSettings:
@@ -28,26 +30,37 @@ class SchedulerSettings(StrictModel):
 class SweepSettings(StrictModel):
     """What to search over and how trials share the cluster."""
 
-    # Dotted train key -> a list (grid, or choices for random/optuna) or a distribution
-    # ({loguniform: [lo, hi]}, {uniform: [lo, hi]}, {randint: [lo, hi)}); see sweep/space.py.
     space: dict[str, Any] = Field(
         default_factory=lambda: {"lora.r": [8, 16, 64], "lora.target_modules": ["attention", "mlp", "all"]},
         min_length=1,
+        description="dotted train key -> a list (grid, or choices for random/optuna) or a distribution "
+        "({loguniform: [lo, hi]}, {uniform: [lo, hi]}, {randint: [lo, hi)}); data.*, model.name_or_path and "
+        "training.seed take lists only",
     )
-    search: Literal["grid", "random", "optuna"] = "grid"
+    search: Literal["grid", "random", "optuna"] = Field(
+        "grid", description="grid: every combination of the lists; random: draws; optuna: Optuna's sampler"
+    )
     num_samples: int = Field(1, ge=1, description="grid: repeats of the grid; random/optuna: trials")
-    scheduler: SchedulerSettings = SchedulerSettings()
-    metric: str = "eval_loss"
-    mode: Literal["min", "max"] = "min"
-    max_concurrent_trials: int | Literal["auto"] = "auto"  # auto: cluster capacity / per-trial demand
-    time_budget_s: float | None = Field(None, gt=0, allow_inf_nan=False)
+    scheduler: SchedulerSettings = Field(SchedulerSettings(), description="which trials stop early")
+    metric: str = Field(
+        "eval_loss", description="the reported metric trials are ranked by; eval_* needs data.val_size > 0"
+    )
+    mode: Literal["min", "max"] = Field("min", description="whether a lower or a higher metric is better")
+    max_concurrent_trials: int | Literal["auto"] = Field(
+        "auto", description="auto: the cluster's capacity / one trial's demand"
+    )
+    time_budget_s: float | None = Field(
+        None, gt=0, allow_inf_nan=False, description="stop starting and running trials after this long; null: no limit"
+    )
 
 
 class SweepConfig(TrainConfig):
     """Root config of ``platypus-ray sweep``: every train key (what each trial starts from), plus ``sweep``."""
 
-    sweep: SweepSettings = SweepSettings()
-    resume: bool = False  # continue an interrupted sweep with the same run.name (Tune restore)
+    sweep: SweepSettings = Field(SweepSettings(), description="the search space, the scheduler, concurrency")
+    resume: bool = Field(
+        False, description="continue an interrupted sweep with the same run.name (Tune restore); --resume"
+    )
 
     @model_validator(mode="after")
     def _checked_space(self) -> SweepConfig:

@@ -45,8 +45,8 @@ class TrackingSettings(StrictModel):
         description="true: a SQLite store at run.storage_path/mlflow.db; or a "
         "tracking URI (http://host:5000, sqlite:///path.db, file:/path)",
     )
-    experiment: str | None = None  # default: run.name
-    tensorboard: bool = False  # event files under <run folder>/tensorboard/
+    experiment: str | None = Field(None, description="the MLflow experiment; default: run.name")
+    tensorboard: bool = Field(False, description="TensorBoard event files under <run folder>/tensorboard/ (rank 0)")
 
     def mlflow_uri(self, storage_path: str) -> str | None:
         """The tracking URI, or None when MLflow is off."""
