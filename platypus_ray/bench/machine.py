@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import os
 import platform
+import shlex
+import sys
+from datetime import datetime, timezone
 from pathlib import Path
 
 
@@ -14,3 +18,15 @@ def cpu_model() -> str:
     except OSError:
         pass
     return platform.processor() or "unknown"
+
+
+def provenance(module: str, argv: list[str] | None = None) -> dict:
+    """Where a measurement comes from, for its JSON record (docs/benchmarks/*.json): the command
+    that produced it, the CPU, the date (UTC) and the load average when it started."""
+    return {
+        "command": shlex.join(["python", "-m", module, *(sys.argv[1:] if argv is None else argv)]),
+        "cpu": cpu_model(),
+        "cpus": os.cpu_count(),
+        "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+        "load_average": [round(x, 2) for x in os.getloadavg()],
+    }

@@ -1,6 +1,6 @@
 """Calibrate the multilingual contamination signal on real human translations.
 
-    python -m platypus_ray.bench.multilingual [--json out.json] [--budget 0.002]
+    python -m platypus_ray.bench.multilingual [--json out.json] [--budget 0.002]   # --json: with command, CPU, date
     python -m platypus_ray.bench.multilingual --stage [--rows 5000]   # the encoder's stage rate
 
 ``--stage``: refine's embed stage with ``use-multilingual`` (Ray Data tasks, ``embedding.actors``
@@ -40,7 +40,7 @@ from typing import Any
 
 import numpy as np
 
-from platypus_ray.bench.machine import cpu_model
+from platypus_ray.bench.machine import cpu_model, provenance
 
 HELP = Path("/usr/share/help")
 SHARED = Path(__file__).resolve().parents[3] / "shared" / "data"
@@ -238,13 +238,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--stage", action="store_true", help="measure the embed stage's rate instead")
     parser.add_argument("--rows", type=int, default=5000, help="--stage: Alpaca rows embedded")
     args = parser.parse_args(argv)
+    record = provenance("platypus_ray.bench.multilingual", argv)
     result = stage_rate(args.rows) if args.stage else run(args.budget)
     if result is None:
         return 0
     text = json.dumps(result, indent=1)
     print(text)
-    if args.json:
-        args.json.write_text(text + "\n")
+    if args.json:  # with the command, CPU and date (docs/benchmarks/*.json)
+        args.json.write_text(json.dumps({**record, **result}, indent=1) + "\n")
     return 0
 
 
