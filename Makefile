@@ -46,6 +46,17 @@ bench: setup
 	$(PY) -m platypus_ray.bench.refine
 	$(PY) -m platypus_ray.bench.train
 
+# The docs site (mkdocs.yml): the generated pages (python -m platypus_ray.devtools.docs writes them) must be
+# current, then MkDocs builds it with --strict (a broken link or missing page fails) into out/site/ (git-ignored).
+.PHONY: docs
+docs: $(VENV)/.docs-installed
+	$(PY) -m platypus_ray.devtools.docs --check
+	NO_MKDOCS_2_WARNING=1 $(PY) -m mkdocs build --strict --quiet -d out/site
+
+$(VENV)/.docs-installed: pyproject.toml $(VENV)/.installed
+	$(PY) -m pip install --quiet -e ".[docs]"
+	touch $@
+
 # What the GPU check machine lacks, in .gpu/ (git-ignored; README "On a GPU"). Needs PyPI.
 gpu-bundle: setup
 	scripts/gpu-bundle
