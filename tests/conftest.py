@@ -39,7 +39,8 @@ os.environ.update(
 )
 
 set_hypothesis_home_dir(os.path.join(_SESSION_CACHE, "hypothesis"))  # not .hypothesis/ in the checkout
-settings.register_profile("tests", database=None)
+# No per-example deadline: on a loaded 2-core box an example's time says nothing about its correctness.
+settings.register_profile("tests", database=None, deadline=None)
 settings.load_profile("tests")
 ROOT = Path(__file__).parents[1]
 # Folders tools keep in a checkout (the venv, caches): not written by the tests' code under test.
@@ -106,23 +107,27 @@ def no_reservation_left_behind(request):
 
 
 @pytest.fixture(scope="session")
-def ray_session(tmp_path_factory):
+def ray_session():
     """A 2-CPU local Ray instance shared by every test that needs Ray. The dashboard runs, as
     in the CLI: it serves the state API that Ray Train's placement-group cleaner polls to free
     the resources of a trial Tune has stopped."""
     import ray
 
+    # A short folder of its own: Ray's socket paths must stay under 108 bytes, and pytest's
+    # temporary folders can be too long for them (deep base folders, macOS's /private/var/...).
+    temp_dir = tempfile.mkdtemp(prefix="prs-", dir="/tmp")
     ray.init(
         address="local",
         num_cpus=2,
         include_dashboard=True,
-        _temp_dir=str(tmp_path_factory.mktemp("ray")),
+        _temp_dir=temp_dir,
         runtime_env={"env_vars": {"HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}},
         logging_level="WARNING",
     )
     ray.data.DataContext.get_current().enable_progress_bars = False
     yield ray
     ray.shutdown()
+    shutil.rmtree(temp_dir, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")

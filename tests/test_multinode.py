@@ -1,7 +1,9 @@
 """Two Ray nodes on one machine (`ray start --head` + `ray start --address`, one CPU each, own
-temp dirs, ports and auth token), shared by every test here: the pipeline job submitted with
---working-dir and the project's runtime env, a job with a bad config, then ZeRO-3 training spread
-across the nodes with a node lost mid-run (last: it kills and re-adds a node)."""
+temp dirs, ports and auth token), shared by every test here: the chat pipeline job
+(jobs/configs/demo-chat.yaml: conversations refined, trained with the tiny LLaMA's chat template,
+merged, evaluated) submitted with --working-dir and the project's runtime env, a job with a bad
+config, then ZeRO-3 training spread across the nodes with a node lost mid-run (last: it kills and
+re-adds a node)."""
 
 from __future__ import annotations
 
@@ -35,12 +37,12 @@ def two_nodes():
     assert not cluster.processes(), "teardown left processes of the test cluster running"
 
 
-def submit_pipeline(cluster: LocalCluster, *job_args: str, timeout: float) -> tuple[str, subprocess.CompletedProcess]:
+def submit_pipeline(
+    cluster: LocalCluster, *job_args: str, timeout: float, config: str = "jobs/configs/demo.yaml"
+) -> tuple[str, subprocess.CompletedProcess]:
     """Submit the pipeline job and wait for it (the CLI tails its logs; exit 1 when it FAILED)."""
     submission_id = f"test-{uuid.uuid4().hex[:8]}"
-    command = cluster.job_submit(
-        ["python", "jobs/pipeline.py", "--config", "jobs/configs/demo.yaml", *job_args], submission_id
-    )
+    command = cluster.job_submit(["python", "jobs/pipeline.py", "--config", config, *job_args], submission_id)
     env = {**os.environ, **cluster.client_env}
     done = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)
     return submission_id, done
@@ -57,7 +59,7 @@ def job_status(cluster: LocalCluster, submission_id: str) -> str:
     return done.stdout + done.stderr
 
 
-def test_pipeline_job_succeeds_and_writes_every_stage(two_nodes, tiny_model, tmp_path):
+def test_chat_pipeline_job_succeeds_and_writes_every_stage(two_nodes, tiny_model, tmp_path):
     out = tmp_path / "out"
     submission_id, done = submit_pipeline(
         two_nodes,
@@ -80,6 +82,7 @@ def test_pipeline_job_succeeds_and_writes_every_stage(two_nodes, tiny_model, tmp
         "--set",
         "evaluate.compare_with_base=false",
         timeout=900,
+        config="jobs/configs/demo-chat.yaml",
     )
     (tmp_path / "job.log").write_text(done.stdout)
     assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-2000:]
@@ -97,6 +100,7 @@ def test_pipeline_job_succeeds_and_writes_every_stage(two_nodes, tiny_model, tmp
     for summary in (
         "input rows ->",
         "train plan:",
+        "; chat template",  # the plan line: rows rendered with the tokenizer's own template
         "[train] step 4/4 loss",
         "train: 4 steps in",
         "  adapter ",
@@ -106,11 +110,19 @@ def test_pipeline_job_succeeds_and_writes_every_stage(two_nodes, tiny_model, tmp
     for noise in ("FutureWarning", "DeprecationWarning", "warnings.warn(", "TrainingReport("):
         assert noise not in log, noise
     assert "TrainingReport(" in (out / "logs/pipeline.log").read_text()  # routed, not lost
-    # Every stage's output, where the config said.
+    # Every conversation accounted for: the malformed ones invalid with the turn named, a benchmark
+    # leak and a reworded duplicate removed, the kept rows still conversations.
+    stats = json.loads((out / "refine/stats.json").read_text())
+    ledger = pq.read_table(out / "refine/ledger").to_pandas()
+    assert len(ledger) == stats["input_rows"]
+    invalid = ledger[ledger.status == "invalid"]
+    assert sorted(invalid.reason) == ["no_assistant_turn", "tool_turn"] and invalid.detail.str.contains("turn").all()
+    assert (ledger.reason == "contaminated").sum() >= 1 and (ledger.reason == "near_duplicate").sum() >= 1
     kept = pq.read_table(out / "refine/kept")
-    ledger = pq.read_table(out / "refine/ledger")
-    assert 0 < kept.num_rows < ledger.num_rows
-    adapter = out / "train/tiny-cpu/adapter"
+    assert "messages" in kept.column_names and 0 < kept.num_rows == (ledger.status == "kept").sum()
+    # Every stage's output, where the config said.
+    assert json.loads((out / "train/tiny-chat/result.json").read_text())["step"] == 4
+    adapter = out / "train/tiny-chat/adapter"
     assert (adapter / "adapter_model.safetensors").stat().st_size > 0
     assert (out / "merged/config.json").is_file() and list((out / "merged").glob("*.safetensors"))
     summary = json.loads((out / "eval/summary.json").read_text())

@@ -23,6 +23,7 @@ from tests.evaluate.harness_tasks import run_outputs, write_tasks
 
 pytestmark = pytest.mark.slow
 TASK, SHOTS, LIMIT = "local_gsm8k", 2, 6
+ROLLING = "local_wikitext"  # loglikelihood_rolling: perplexities
 
 
 @pytest.fixture(scope="module")
@@ -108,9 +109,17 @@ def assert_same_aggregates(mine: dict, theirs: dict) -> None:
 
 @pytest.fixture(scope="module")
 def plain(ray_session, tiny_model, hf_lm, gen_folder, tmp_path_factory):
-    reference = reference_run(hf_lm, gen_folder, [TASK])
-    ours = our_run(tiny_model, gen_folder, tmp_path_factory.mktemp("gen") / "eval", [TASK])
+    """One run each of lm-eval and of ours over the generation task and the rolling log-likelihood
+    task (a run mixing request kinds, as a user's run does)."""
+    reference = reference_run(hf_lm, gen_folder, [TASK, ROLLING])
+    ours = our_run(tiny_model, gen_folder, tmp_path_factory.mktemp("gen") / "eval", [TASK, ROLLING])
     return reference, ours
+
+
+def items_of(ours: dict, task: str):
+    items = ours["items"]
+    assert set(items["benchmark"]) == {TASK, ROLLING}
+    return items[items["benchmark"] == task]
 
 
 def test_generation_equals_lm_eval_per_sample_and_in_aggregate(plain):
@@ -125,7 +134,7 @@ def test_generation_equals_lm_eval_per_sample_and_in_aggregate(plain):
 
 def test_items_carry_generated_text_and_filtered_answer(plain):
     reference, ours = plain
-    items = ours["items"]
+    items = items_of(ours, TASK)
     assert set(items["filter"]) == {"strict-match", "flexible-extract"} and len(items) == 2 * LIMIT
     for sample in reference["samples"][TASK]:
         row = items[(items["doc_id"] == sample["doc_id"]) & (items["filter"] == sample["filter"])].iloc[0]
@@ -188,18 +197,12 @@ def test_chat_template_and_multiturn_fewshot_equal_lm_eval(chat, task):
     assert context.startswith(f"<s><|system|>\n{SYSTEM}") and context.count("<|assistant|>") == SHOTS + 1
 
 
-@pytest.fixture(scope="module")
-def rolling(ray_session, tiny_model, hf_lm, gen_folder, tmp_path_factory):
-    reference = reference_run(hf_lm, gen_folder, ["local_wikitext"])
-    ours = our_run(tiny_model, gen_folder, tmp_path_factory.mktemp("ppl") / "eval", ["local_wikitext"])
-    return reference, ours
-
-
-def test_rolling_loglikelihood_perplexities_equal_lm_eval(rolling):
-    reference, ours = rolling
-    samples = ours["samples"]["local_wikitext"]
+def test_rolling_loglikelihood_perplexities_equal_lm_eval(plain):
+    reference, ours = plain
+    samples = ours["samples"][ROLLING]
     assert len(samples) == LIMIT
-    assert_same_samples(samples, reference["samples"]["local_wikitext"])
-    assert_same_aggregates(ours["summary"]["local_wikitext"], reference["results"]["local_wikitext"])
+    assert_same_samples(samples, reference["samples"][ROLLING])
+    assert_same_aggregates(ours["summary"][ROLLING], reference["results"][ROLLING])
     by_doc = sorted(samples, key=lambda s: s["doc_id"])
-    assert ours["items"].sort_values("doc_id")["logprobs"].map(list).tolist() == [s["filtered_resps"] for s in by_doc]
+    logprobs = items_of(ours, ROLLING).sort_values("doc_id")["logprobs"].map(list).tolist()
+    assert logprobs == [s["filtered_resps"] for s in by_doc]

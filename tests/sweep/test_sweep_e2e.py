@@ -67,9 +67,10 @@ def release_after_a_retry(hog, stop: threading.Event, retried: threading.Event, 
     remove_placement_group(hog)
 
 
-def test_four_trial_grid_every_trial_has_a_real_eval_loss(ray_session, tiny_model, kept_folder, tmp_path):
-    # One worker of half a CPU per trial: `auto` runs all four trials side by side on the 2 CPUs
-    # (one round of trial start-up, not two). Two evaluation rounds of 2 steps each.
+def test_grid_every_trial_has_a_real_eval_loss(ray_session, tiny_model, kept_folder, tmp_path):
+    # A grid over a number and a module list (their product is checked without Ray in
+    # test_sweep_config). One worker of half a CPU per trial: `auto` runs both trials side by side
+    # on the 2 CPUs. Two evaluation rounds of 2 steps each.
     cfg = sweep_config(
         tiny_model,
         kept_folder,
@@ -79,29 +80,24 @@ def test_four_trial_grid_every_trial_has_a_real_eval_loss(ray_session, tiny_mode
         tracking={"mlflow": True},
         max_steps=4,
         eval_every=2,
-        space={"lora.r": [4, 8], "lora.target_modules": ["attention", "mlp"]},
+        space={"lora.r": [4, 8], "lora.target_modules": ["mlp"]},
         scheduler={"type": "asha", "grace_period": 2, "max_t": 2},
     )
     cfg.cluster.resources_per_worker = {"CPU": 0.5}
     result = run(cfg)
-    assert len(result.rows) == 4
-    assert {(r.params["lora.r"], r.params["lora.target_modules"]) for r in result.rows} == {
-        (4, "attention"),
-        (8, "attention"),
-        (4, "mlp"),
-        (8, "mlp"),
-    }
+    assert len(result.rows) == 2
+    assert {(r.params["lora.r"], r.params["lora.target_modules"]) for r in result.rows} == {(4, "mlp"), (8, "mlp")}
     for row in result.rows:  # Tune can call a trial TERMINATED that never reported: not here
         assert row.metric is not None and math.isfinite(row.metric) and row.rounds == 2, row
         assert row.status == "completed" and Path(row.adapter, "adapter_model.safetensors").is_file()
     metrics = [r.metric for r in result.rows]
-    assert metrics == sorted(metrics) and [r.rank for r in result.rows] == [1, 2, 3, 4]
+    assert metrics == sorted(metrics) and [r.rank for r in result.rows] == [1, 2]
     with open(Path(result.sweep_dir, "results.csv")) as handle:
-        assert [int(r["rank"]) for r in csv.DictReader(handle)] == [1, 2, 3, 4]
+        assert [int(r["rank"]) for r in csv.DictReader(handle)] == [1, 2]
     assert Path(result.sweep_dir, "eval_loss.png").stat().st_size > 1000
     assert "| 1 |" in result.table
     assert result.best_adapter == result.rows[0].adapter
-    _check_mlflow(result, f"sqlite:///{tmp_path}/mlflow.db")  # tracking.mlflow: true; four trials wrote at once
+    _check_mlflow(result, f"sqlite:///{tmp_path}/mlflow.db")  # tracking.mlflow: true; both trials wrote at once
 
     # best.yaml is the config the best trial ran, under a new name. (Not trained again here: a
     # config determines its run bit for bit, which the train tests' restarted run shows.)
@@ -123,7 +119,7 @@ def _check_mlflow(result, uri):
     assert len(parents) == 1
     parent = parents.iloc[0]
     children = runs[runs["tags.mlflow.parentRunId"] == parent["run_id"]]
-    assert len(children) == 4 and len(runs) == 5
+    assert len(children) == 2 and len(runs) == 3
     by_trial = {row["tags.platypus.trial"]: row for _, row in children.iterrows()}
     for row in result.rows:
         child = by_trial[row.trial]
