@@ -57,7 +57,7 @@ $(VENV)/.docs-installed: pyproject.toml $(VENV)/.installed
 	$(PY) -m pip install --quiet -e ".[docs]"
 	touch $@
 
-# What the GPU check machine lacks, in .gpu/ (git-ignored; README "On a GPU"). Needs PyPI.
+# What the GPU check machine lacks, in .gpu/ (git-ignored; docs/guides/gpu.md). Needs PyPI.
 gpu-bundle: setup
 	scripts/gpu-bundle
 

@@ -1,6 +1,6 @@
 """Ray's real autoscaler on one machine, with the node types of cluster.yaml (autoscaler v1, as
 `ray up` runs it) and of kuberay/rayjob.yaml through KubeRay's translator (v2, as KubeRay runs it):
-jobs submitted with `ray job submit` as the README shows, node launches and removals read back
+jobs submitted with `ray job submit` as docs/guides/clusters.md shows, node launches and removals read back
 from Ray. GPUs are fake (PLATYPUS_RAY_SIMULATE_GPU=1 on the nodes). Each stage's record (node
 types launched, node-seconds, where each task ran) goes to autoscaling-rehearsal.json in pytest's
 temporary folder (its path is printed: `pytest -s tests/test_autoscaling.py`); tests write nothing
@@ -47,7 +47,7 @@ def kuberay_v2():
 @pytest.fixture(scope="module", autouse=True)
 def rehearsal_json(tmp_path_factory):
     yield
-    if RECORDS:  # the numbers behind the README's "On a cluster" table
+    if RECORDS:  # the numbers behind the clusters guide's autoscaling table
         out = tmp_path_factory.getbasetemp() / "autoscaling-rehearsal.json"
         print(f"autoscaling records: {out}")
         out.write_text(json.dumps([r.as_json() for r in RECORDS], indent=1))

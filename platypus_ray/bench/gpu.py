@@ -53,8 +53,8 @@ def verify(bundle: Path) -> dict:
     manifest_path = bundle / "manifest.json"
     if not manifest_path.is_file():
         raise KitError(
-            f"{manifest_path} not found; build it with scripts/gpu-bundle and name '{bundle}' in the "
-            "device call's carry"
+            f"{manifest_path} not found; build it with scripts/gpu-bundle on a machine with PyPI and "
+            f"copy the whole '{bundle.name}' folder into the checkout on the GPU machine (docs/guides/gpu.md)"
         )
     manifest = json.loads(manifest_path.read_text())
     for piece in manifest["pieces"]:
@@ -62,7 +62,7 @@ def verify(bundle: Path) -> dict:
         if not path.is_file() or path.stat().st_size != piece["bytes"] or sha256(path) != piece["sha256"]:
             raise KitError(
                 f"{path}: missing or not the file the manifest names (size/sha256); rebuild with "
-                "scripts/gpu-bundle and carry the whole folder"
+                "scripts/gpu-bundle and copy the whole folder again"
             )
     return manifest
 

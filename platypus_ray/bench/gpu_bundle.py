@@ -1,6 +1,6 @@
 """Build, on a CPU machine with PyPI, what the GPU check machine lacks (``scripts/gpu-bundle``).
 
-    scripts/gpu-bundle            # -> .gpu/ (git-ignored), sizes printed; then see README "On a GPU"
+    scripts/gpu-bundle            # -> .gpu/ (git-ignored), sizes printed; then see docs/guides/gpu.md
 
 The GPU machine (one H200, Python 3.12, torch 2.11 cu130, transformers, peft, sentence-transformers)
 reaches no package index and takes at most 64 MiB of carried files a call. It lacks ray, deepspeed,
@@ -226,7 +226,7 @@ def build(out: Path, limit_mib: float, storage_rows: int) -> dict:
     if total > limit_mib * MIB:
         raise UserError(
             f"gpu-bundle: error: the bundle is {total / MIB:.1f} MiB, over --limit-mib {limit_mib:g}; "
-            "split it into two transfers (README 'On a GPU')"
+            "split it into two transfers (docs/guides/gpu.md)"
         )
     return manifest
 

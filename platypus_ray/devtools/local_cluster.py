@@ -79,7 +79,7 @@ class LocalCluster:
         return {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": self.token, "RAY_ADDRESS": self.address}
 
     def job_submit(self, entrypoint: list[str], submission_id: str | None = None) -> list[str]:
-        """``ray job submit`` of ``entrypoint`` to this cluster as the README shows: the working folder
+        """``ray job submit`` of ``entrypoint`` to this cluster as docs/guides/clusters.md shows: the working folder
         and the project's runtime env (run it from the repo root, with :attr:`client_env`)."""
         named = ["--submission-id", submission_id] if submission_id else []
         address = ["--address", self.dashboard_url]

@@ -54,7 +54,7 @@ def submit(
     env: dict[str, str] | None = None,
 ) -> int:
     """``ray job submit --working-dir . --runtime-env jobs/runtime_env.yaml -- <entrypoint>`` as the
-    README shows; the job's exit code (killed and 124 past ``timeout_s``)."""
+    clusters guide shows; the job's exit code (killed and 124 past ``timeout_s``)."""
     args = cluster.job_submit(entrypoint, submission_id)
     with log.open("w") as out:
         proc = subprocess.Popen(

@@ -40,5 +40,5 @@ def check_cluster_fits(cluster: ClusterSettings, what: str = "train") -> int:
     raise UserError(
         f"cluster: {cluster.workers} workers x {cluster.resources_per_worker} do not fit this Ray instance "
         f"({short}); on a laptop use e.g. --set cluster.workers=2 --set cluster.use_gpu=false "
-        "--set cluster.resources_per_worker.CPU=1 (and drop GPU), or run on the cluster (see README)"
+        "--set cluster.resources_per_worker.CPU=1 (and drop GPU), or run on the cluster (docs/guides/clusters.md)"
     )
