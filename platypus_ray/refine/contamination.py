@@ -19,7 +19,9 @@ strongest any signal gives; the ledger's ``signal`` names every signal that pass
 the embedding signal with the strongest category (the default model's on a tie), else the
 n-gram coverage's (:func:`combine`).
 
-Every flagged row is removed unless its category is left out of ``contamination.remove``;
+Every flagged row is removed unless its category is left out of ``contamination.remove`` (the
+multilingual signal decides on its own category with its own ``remove`` list: by default its
+``similar_but_different`` rows stay, flagged, since on English data they are topic neighbours);
 unlike the Platypus notebook (one nearest training row per test item), all rows that
 match are flagged, so paraphrase clusters go too.
 """
@@ -247,6 +249,7 @@ class EmbeddingSignal:
     threshold: float
     gray_area_threshold: float
     duplicate_threshold: float
+    remove: tuple[str, ...] | None = None  # the categories this signal alone removes; None: contamination.remove
 
     def rank(self) -> np.ndarray:
         """Per row, the index in CATEGORIES this signal alone gives (0: not flagged)."""
@@ -264,6 +267,7 @@ class Combined:
     score: np.ndarray
     item: np.ndarray
     passed: dict[str, np.ndarray]
+    removed: np.ndarray  # flagged rows that a signal's own category and remove list take out
 
     @property
     def flagged(self) -> np.ndarray:
@@ -303,4 +307,15 @@ def combine(
     for name, flags in passed.items():
         names[flags] = np.where(names[flags] == "", name, names[flags] + "+" + name)
     category = np.array(CATEGORIES, dtype=object)[rank]
-    return Combined(category, names, score, item, passed)
+    # Removal: the signals that follow contamination.remove decide on their strongest category together
+    # with the n-grams' (as with one signal); a signal with its own remove list decides on its own category.
+    labels = np.array(CATEGORIES, dtype=object)
+    shared = ngram_rank
+    removed = np.zeros(n, dtype=bool)
+    for s, r in zip(signals, ranks):
+        if s.remove is None:
+            shared = np.maximum(shared, r)
+        else:
+            removed |= (r > 0) & np.isin(labels[r], list(s.remove))
+    removed |= (shared > 0) & np.isin(labels[shared], cfg.remove)
+    return Combined(category, names, score, item, passed, removed)

@@ -518,7 +518,7 @@ def _decontaminate(
         ml_emb, ml_probe_emb, ml_turn_emb = multilingual
         score, item = _best_items(ml_emb, ml_probe_emb, ml_turn_emb, owner, probes, signal.threshold, cfg, num_gpus)
         thresholds = (signal.threshold, signal.gray_area_threshold, signal.duplicate_threshold)
-        signals.append(contam.EmbeddingSignal("multilingual", score, item, *thresholds))
+        signals.append(contam.EmbeddingSignal("multilingual", score, item, *thresholds, remove=tuple(signal.remove)))
 
     index = contam.NgramIndex.build(items, ccfg.ngram)
     ngram = np.full(len(survivors), -1, dtype=np.int64)
@@ -531,7 +531,7 @@ def _decontaminate(
 
     combined = contam.combine(signals, coverage, ngram, ccfg)
     flagged = combined.flagged
-    removed = flagged & np.isin(combined.category, ccfg.remove)
+    removed = combined.removed
     for key in np.flatnonzero(flagged):
         item = items[combined.item[key]]
         decisions.flag(

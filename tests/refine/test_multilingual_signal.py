@@ -91,6 +91,13 @@ def test_signals_combine_per_row_strongest_category_every_name_and_the_strongest
         "multilingual": {"flagged": 4, "only_this_signal": 1},
         "ngram": {"flagged": 2, "only_this_signal": 1},
     }
+    assert got.removed.tolist() == [False] + [True] * 6  # both signals follow contamination.remove
+    # The multilingual signal's own remove list (its default): what it alone puts in similar_but_different
+    # stays flagged and kept; its stronger categories, and rows another signal removes, go.
+    ml.remove = ("duplicate", "gray_area")
+    own = combine([embedding, ml], coverage, ngram_item, cfg)
+    assert own.category.tolist() == got.category.tolist() and own.signal.tolist() == got.signal.tolist()
+    assert own.removed.tolist() == [False, True, False, True, True, True, True]
     # one signal: categorize, as before the second signal
     assert categorize(embedding.score, coverage, cfg).tolist() == [
         "",
