@@ -10,7 +10,7 @@ Categories follow the Platypus paper's review terms; the rule used here is:
 * ``similar_but_different``: cosine >= ``threshold`` (0.8) and nothing verbatim: same
   topic or template, a different question.
 
-A second embedding signal, ``multilingual`` (``contamination.multilingual``, on by default),
+A second embedding signal, ``multilingual`` (``contamination.multilingual.enabled: true``),
 matches the rows against the benchmarks with the multilingual encoder, in its own vector space
 and with its own three thresholds (0.58 / 0.7 / 0.8), so a test question translated into
 another language is found. A row is flagged when any signal passes; its category is the

@@ -103,7 +103,7 @@ class RefineResult:
         for bench, counts in self.stats["contamination"].items():
             lines.append(f"  benchmark {bench}: {counts}")
         signals = self.stats.get("contamination_signals") or {}
-        if signals:
+        if signals.get("multilingual", {}).get("status", "").startswith(("on", "skipped")):  # said when asked for
             lines.append(
                 "  contamination signals (rows flagged, by that signal only): "
                 + ", ".join(
