@@ -15,6 +15,7 @@ from platypus_ray.refine import RefineConfig
 from platypus_ray.refine.config import ContaminationConfig, MultilingualSignal
 from platypus_ray.refine.contamination import EmbeddingSignal, categorize, combine
 from platypus_ray.refine.stage import multilingual_plan
+from tests.refine.test_languages import EN_ROWS
 
 BENCH = [
     "What is the main function of the mitochondria in a eukaryotic cell?",
@@ -31,18 +32,7 @@ PLANTED = [
     "Who is the writer of the book Pride and Prejudice?",  # 3: item 4 paraphrased (0.96 / 0.93)
 ]
 OTHER = [  # best cosine to any item at most 0.49 (MiniLM) and 0.44 (use-multilingual)
-    "Write a haiku about the sea.",
-    "How do vaccines train the immune system?",
-    "Convert 5 miles to kilometres.",
-    "Summarise the plot of Hamlet in two sentences.",
-    "What causes the northern lights?",
-    "Give three tips for a job interview.",
-    "Explain recursion to a ten-year-old.",
-    "Name the largest desert on Earth.",
-    "Draft a tweet announcing a bake sale.",
-    "Why do cats purr?",
-    "List the noble gases.",
-    "What is the difference between weather and climate?",
+    *EN_ROWS,  # the language tests' English rows
     "Describe the causes of the Second World War.",
     "Recommend three novels by Charles Dickens.",
     "Write a short story about a lighthouse keeper.",
