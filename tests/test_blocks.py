@@ -131,8 +131,16 @@ def _cases(tmp_path: Path, tiny_model_path: str) -> dict:
     keyed = _keyed(parsed)
     to_embed = keyed.select(embed_module.TO_EMBED_SCHEMA.names)
     decisions = ledger.Decisions.start(
-        {name: parsed[name].to_numpy(zero_copy_only=False) for name in ("source", "valid", "reason", "detail", "id")}
+        {name: parsed[name].to_numpy(zero_copy_only=False) for name in ("source", "valid", "reason")}
     )
+    # some rows removed as duplicates of others and some flagged, so every ledger column is joined in
+    valid = np.flatnonzero(parsed["valid"].to_numpy(zero_copy_only=False))
+    decisions.remove(valid[1::2], "near_duplicate", matched=valid[0::2][: len(valid[1::2])], score=0.9)
+    decisions.flag(
+        valid[0], remove=False, item_id="b/x:0", benchmark="b", category="gray_area", signal="embedding", score=0.7
+    )
+    decisions.details[2] = "a detail set on the driver"
+    ids = ledger.IdLookup(np.arange(n), parsed["id"].combine_chunks())
     file_table = pa.Table.from_pylist(
         [
             {
@@ -196,6 +204,14 @@ def _cases(tmp_path: Path, tiny_model_path: str) -> dict:
             {"file_offset": np.array([0]), "wanted": np.arange(0, n, 2)},
             rows,
         ),
+        "ledger._id_rows": (
+            ledger._id_rows,
+            parsed,
+            "pyarrow",
+            {"file_offset": np.array([0]), "wanted": np.arange(0, n, 3)},
+            rows,
+        ),
+        "stage._meta_of": (stage._meta_of, parsed, "pyarrow", {}, rows),
         "embedding_cache._write_shard": (
             embedding_cache._write_shard,
             shard,
@@ -210,8 +226,7 @@ def _cases(tmp_path: Path, tiny_model_path: str) -> dict:
             {
                 "staging": str(staging),
                 "file_offset": np.array([0]),
-                "keep": np.arange(n) % 3 == 0,
-                "decided": decisions.table(),
+                "decided": decisions.columns(ids),
             },
             lambda t: (_written(staging / "kept"), _written(staging / "ledger")),
         ),
@@ -311,6 +326,8 @@ CASE_NAMES = [
     "contamination.turn_counts",
     "contamination.turn_rows",
     "ledger._text_rows",
+    "ledger._id_rows",
+    "stage._meta_of",
     "embedding_cache._write_shard",
     "ledger._write_block",
     "train_data.tokenize_batch",

@@ -18,12 +18,11 @@ No row is ever removed for its language.
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable
 from dataclasses import asdict, dataclass
-from typing import Any
 
 import numpy as np
 
+from platypus_ray.core.coded import Coded
 from platypus_ray.core.errors import UserError
 from platypus_ray.embedding import (
     LANGUAGE_SCRIPTS,
@@ -143,21 +142,23 @@ class SourceLanguages:
 
 
 def survey(
-    sources: np.ndarray, scripts: np.ndarray, valid: np.ndarray, covered: set[str] | None
+    sources: Coded | np.ndarray, scripts: Coded | np.ndarray, valid: np.ndarray, covered: set[str] | None
 ) -> tuple[dict[str, SourceLanguages], np.ndarray]:
-    """Per-source script shares, and a mask of the valid rows outside ``covered``."""
-    outside = valid & np.array(
-        [covered is not None and s not in covered and s != NO_LETTERS for s in scripts], dtype=bool
-    )
+    """Per-source script shares (sources by first row), and a mask of the valid rows outside ``covered``."""
+    sources, scripts = Coded.of(sources), Coded.of(scripts)
+    valid = np.asarray(valid, dtype=bool)
+    unread = np.array([covered is not None and s not in covered and s != NO_LETTERS for s in scripts.names], bool)
+    outside = valid & (unread[scripts.codes] if len(unread) else np.zeros(len(valid), dtype=bool))
+    by_name = sorted(range(len(scripts.names)), key=lambda code: scripts.names[code])
     result: dict[str, SourceLanguages] = {}
-    for name in dict.fromkeys(sources.tolist()):
-        mine = (sources == name) & valid
+    for code in sources.in_order_of_appearance():
+        of_source = sources.codes == code
+        mine = of_source & valid
         n = int(mine.sum())
-        names: Iterable[Any]
-        counts: Iterable[Any]
-        names, counts = np.unique(scripts[mine].astype(str), return_counts=True) if n else ([], [])
-        shares = {str(s): round(int(c) / n, 4) for s, c in sorted(zip(names, counts), key=lambda sc: -sc[1])}
-        result[name] = SourceLanguages(n, shares, int((outside & (sources == name)).sum()))
+        counts = np.bincount(scripts.codes[mine], minlength=len(scripts.names))
+        ordered = sorted((c for c in by_name if counts[c]), key=lambda c: -counts[c])  # ties: by name
+        shares = {scripts.names[c]: round(int(counts[c]) / n, 4) for c in ordered}
+        result[sources.names[code]] = SourceLanguages(n, shares, int((outside & of_source).sum()))
     return result, outside
 
 
@@ -190,13 +191,11 @@ def _mean_pairwise(sums: np.ndarray, counts: np.ndarray) -> np.ndarray:
         return np.where(counts >= 2, ((sums**2).sum(axis=1) - counts) / (counts * (counts - 1)), np.nan)
 
 
-def check_languages(
-    meta: dict[str, np.ndarray], detail: np.ndarray, embedding: EmbeddingConfig
-) -> tuple[dict, list[str], str]:
+def check_languages(meta: dict, details: dict[int, str], embedding: EmbeddingConfig) -> tuple[dict, list[str], str]:
     """Before embedding: the model to embed with, per-source stats and warnings. A source mostly
     outside ``embedding.model`` stops the run, unless ``embedding.route_languages`` can hand the
     whole run to ``use-multilingual`` (which reads it) or the mismatch is allowed. The rows still
-    outside the model used are marked in ``detail`` (the ledger's)."""
+    outside the model used are marked in ``details`` (the ledger's, by uid)."""
     model = embedding.model
     languages = model_languages(model, embedding.languages)
     per_source, outside = _survey(meta, languages)
@@ -224,11 +223,14 @@ def check_languages(
         for name, lang in per_source.items()
         if lang.outside
     ]
+    scripts = Coded.of(meta["script"])
+    said = {
+        code: f"script {name} is outside what embedding.model reads ({', '.join(listed)}); "
+        "similarity scores for this row are unreliable"
+        for code, name in enumerate(scripts.names)
+    }
     for uid in np.flatnonzero(outside):
-        detail[uid] = (
-            f"script {meta['script'][uid]} is outside what embedding.model reads ({', '.join(listed)}); "
-            "similarity scores for this row are unreliable"
-        )
+        details[int(uid)] = said[int(scripts.codes[uid])]
     stats = {
         "model": model,
         "routed_from": routed_from,
@@ -239,7 +241,7 @@ def check_languages(
     return stats, warnings, model
 
 
-def _survey(meta: dict[str, np.ndarray], languages: tuple[str, ...] | None):
+def _survey(meta: dict, languages: tuple[str, ...] | None):
     return survey(meta["source"], meta["script"], meta["valid"], covered_scripts(languages))
 
 
@@ -262,7 +264,7 @@ def _can_route(embedding: EmbeddingConfig) -> bool:
 
 
 def collapse_check(
-    vectors: EmbeddingBlocks, row_sources: np.ndarray, near_removed: np.ndarray, nearest: np.ndarray, stats: dict
+    vectors: EmbeddingBlocks, row_sources: Coded, near_removed: np.ndarray, nearest: np.ndarray, stats: dict
 ) -> list[str]:
     """After dedup: per source, how alike its vectors are, next to the corpus; a warning per collapsed source.
 
@@ -271,7 +273,11 @@ def collapse_check(
     cosine follows from the sums, so no pair is ever formed."""
     if vectors.n < 2:
         return []
-    names, groups = np.unique(row_sources.astype(str), return_inverse=True)
+    present = np.unique(row_sources.codes)
+    names = sorted(row_sources.names[c] for c in present)
+    group_of = np.zeros(len(row_sources.names), dtype=np.int64)
+    group_of[present] = [names.index(row_sources.names[c]) for c in present]
+    groups = group_of[row_sources.codes]
     sums = vectors.group_sums(groups, len(names))
     counts = np.bincount(groups, minlength=len(names))
     spread = _mean_pairwise(sums, counts)

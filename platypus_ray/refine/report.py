@@ -11,7 +11,7 @@ import numpy as np
 
 from platypus_ray.embedding import report_html as embedding_section
 from platypus_ray.refine.dedup import certificate_line
-from platypus_ray.refine.ledger import Decisions
+from platypus_ray.refine.ledger import REMOVED, Decisions, IdLookup
 from platypus_ray.testsets import BenchmarkItem
 
 REVIEW_COLUMNS = [
@@ -34,15 +34,16 @@ MAX_BORDERLINE = 2000
 
 
 def review_rows(
-    decisions: Decisions, items: list[BenchmarkItem], texts: dict[int, str], threshold: float
+    decisions: Decisions, items: list[BenchmarkItem], texts: dict[int, str], ids: IdLookup, threshold: float
 ) -> list[dict]:
-    """Every contamination flag, then the borderline near-duplicate removals (lowest score first)."""
+    """Every contamination flag, then the borderline near-duplicate removals (lowest score first).
+    ``texts`` and ``ids`` hold (at least) the rows :func:`review_uids` names."""
     by_item = {item.id: item for item in items}
     rows = []
-    flagged = np.flatnonzero(decisions.category != "")
+    flagged = decisions.flagged()
     for uid in flagged[np.argsort(-decisions.score[flagged], kind="stable")]:
-        item = by_item[decisions.matched_id[uid]]
-        rows.append(_row(decisions, uid, "contamination", texts, matched=item.id, matched_text=item.question))
+        item = by_item[decisions.flags[int(uid)].item_id]
+        rows.append(_row(decisions, uid, "contamination", texts, ids, matched=item.id, matched_text=item.question))
     for uid in _borderline(decisions, threshold):
         match = decisions.matched_uid[uid]
         rows.append(
@@ -51,10 +52,11 @@ def review_rows(
                 uid,
                 "near_duplicate",
                 texts,
-                matched=decisions.ids[match],
+                ids,
+                matched=ids.get(match),
                 matched_text=texts.get(match, ""),
-                matched_source=decisions.sources[match],
-                matched_index=int(decisions.source_index[match]),
+                matched_source=decisions.source.name(match),
+                matched_index=int(decisions.source_index(np.array([match]))[0]),
             )
         )
     return rows
@@ -62,7 +64,7 @@ def review_rows(
 
 def review_uids(decisions: Decisions, threshold: float) -> np.ndarray:
     """Rows whose text the review file and the report show."""
-    flagged = np.flatnonzero(decisions.category != "")
+    flagged = decisions.flagged()
     border = _borderline(decisions, threshold)
     top = _top_pairs(decisions)
     return np.unique(np.concatenate([flagged, border, decisions.matched_uid[border], *top[:2]]).astype(np.int64))
@@ -105,12 +107,13 @@ def write_report(
             )
         )
     i, j, s = _top_pairs(decisions)
+    where = lambda uid: f"{decisions.source.name(uid)}#{decisions.source_index(np.array([uid]))[0]}"
     top_pairs = [
         (
             f"{s[k]:.3f}",
-            f"{decisions.sources[i[k]]}#{decisions.source_index[i[k]]}",
+            where(i[k]),
             texts.get(i[k], ""),
-            f"{decisions.sources[j[k]]}#{decisions.source_index[j[k]]}",
+            where(j[k]),
             texts.get(j[k], ""),
         )
         for k in range(len(s))
@@ -230,30 +233,32 @@ def _row(
     uid: int,
     kind: str,
     texts: dict[int, str],
+    ids: IdLookup,
     matched: str,
     matched_text: str,
     matched_source: str = "",
     matched_index: int = -1,
 ) -> dict:
+    flag = decisions.flags.get(int(uid))
     return {
         "kind": kind,
-        "category": decisions.category[uid],
+        "category": flag.category if flag else "",
         "score": round(float(decisions.score[uid]), 4),
-        "signal": decisions.signal[uid],
-        "source": decisions.sources[uid],
-        "source_index": int(decisions.source_index[uid]),
-        "id": decisions.ids[uid],
+        "signal": flag.signal if flag else "",
+        "source": decisions.source.name(uid),
+        "source_index": int(decisions.source_index(np.array([uid]))[0]),
+        "id": ids.get(uid),
         "text": texts.get(uid, ""),
         "matched": matched,
         "matched_source": matched_source,
         "matched_source_index": matched_index,
         "matched_text": matched_text,
-        "removed": decisions.status[uid] == "removed",
+        "removed": bool(decisions.status[uid] == REMOVED),
     }
 
 
 def _borderline(decisions: Decisions, threshold: float) -> np.ndarray:
-    near = np.flatnonzero((decisions.reason == "near_duplicate") & (decisions.score < threshold + BORDERLINE_MARGIN))
+    near = np.flatnonzero(decisions.has_reason("near_duplicate") & (decisions.score < threshold + BORDERLINE_MARGIN))
     return near[np.argsort(decisions.score[near], kind="stable")][:MAX_BORDERLINE]
 
 

@@ -200,9 +200,9 @@ def _parse_or_report(sf: SourceFile) -> pa.Table:
         return pa.Table.from_pylist([row], schema=PARSED_SCHEMA)
 
 
-def check_readable(reason, detail) -> None:
-    """Raise one InputError naming every file that could not be read as its format."""
-    problems = list(dict.fromkeys(str(d) for r, d in zip(reason, detail) if r == UNREADABLE))  # a file's pieces: once
+def check_readable(problems: list[str]) -> None:
+    """Raise one InputError naming every file that could not be read as its format (the details
+    of the marker rows, a file's pieces once)."""
     if problems:
         raise InputError("; ".join(problems))
 

@@ -21,9 +21,11 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import ray
 
-from platypus_ray.core.blocks import batches, read_columns, rows_only
+from platypus_ray.core.blocks import batches, rows_only
+from platypus_ray.core.coded import Coded
 from platypus_ray.core.config import dump_config
 from platypus_ray.core.conversation import MESSAGES_TYPE
 from platypus_ray.core.devices import resolve_device
@@ -37,11 +39,11 @@ from platypus_ray.refine import contamination as contam
 from platypus_ray.refine.config import SOURCE_EXTENSIONS, RefineConfig, kept_folder
 from platypus_ray.refine.dedup import best_matches, certificate_line, dedup_rows
 from platypus_ray.refine.languages import check_languages, collapse_check
-from platypus_ray.refine.ledger import Decisions, fetch_texts, summarize, write_rows
+from platypus_ray.refine.ledger import Decisions, fetch_ids, fetch_texts, summarize, write_rows
 from platypus_ray.refine.report import review_rows, review_uids, write_report, write_review
 from platypus_ray.refine.rows import row_text
 from platypus_ray.refine.sources import (
-    PARSED_SCHEMA,
+    UNREADABLE,
     check_readable,
     list_source_files,
     read_sources,
@@ -51,20 +53,20 @@ from platypus_ray.testsets import BenchmarkItem, load_benchmark
 
 logger = logging.getLogger(__name__)
 
-_META_COLUMNS = [
-    "source",
-    "file_rank",
-    "row_in_file",
-    "valid",
-    "reason",
-    "detail",
-    "id",
-    "dedup_key",
-    "output_len",
-    "text_len",
-    "script",
-    "conversation",
-]
+# The per-row columns the driver gathers (numbers and codes; strings only for an unreadable file).
+META_SCHEMA = pa.schema(
+    [
+        ("file_rank", pa.int64()),
+        ("row_in_file", pa.int64()),
+        ("valid", pa.bool_()),
+        ("reason", pa.dictionary(pa.int32(), pa.string())),
+        ("script", pa.dictionary(pa.int32(), pa.string())),
+        ("dedup_key", pa.int64()),
+        ("output_len", pa.int64()),
+        ("conversation", pa.bool_()),
+        ("unreadable", pa.string()),  # the detail of an unreadable file's marker row; null elsewhere
+    ]
+)
 
 
 @dataclass
@@ -143,14 +145,23 @@ class RefineResult:
 
 
 class _Timer:
+    """Seconds per step, and the driver's resident memory after each (what the step left behind)."""
+
     def __init__(self) -> None:
         self.timings: dict[str, float] = {}
+        self.rss_mb: dict[str, float] = {}
         self._last = time.perf_counter()
 
     def lap(self, name: str) -> None:
         now = time.perf_counter()
         self.timings[name] = round(now - self._last, 3)
+        self.rss_mb[name] = _current_rss_mb()
         self._last = now
+
+
+def _current_rss_mb() -> float:
+    with open("/proc/self/statm") as handle:  # Linux: pages; elsewhere the step's RSS is not recorded
+        return round(int(handle.read().split()[1]) * resource.getpagesize() / 2**20, 1)
 
 
 class RefineStage(Stage[RefineConfig, "list[BenchmarkItem]", RefineResult]):
@@ -227,13 +238,13 @@ def _refine_data_context():
 def _refine(cfg: RefineConfig, timer: _Timer, items: list[BenchmarkItem], files: list) -> RefineResult:
     pieces = split_large_files(files)
     parsed = read_sources(pieces).materialize()
-    meta = _gather_meta(parsed)
-    check_readable(meta["reason"], meta["detail"])
+    meta, file_offset = _gather_meta(parsed, pieces)
+    check_readable(meta["unreadable"])
     decisions = Decisions.start(meta)
-    languages, warnings, model = check_languages(meta, decisions.detail, cfg.embedding)
+    languages, warnings, model = check_languages(meta, decisions.details, cfg.embedding)
+    del meta["reason"], meta["script"]  # the driver keeps per row only what later steps read
     if model != cfg.embedding.model:  # routed to the multilingual encoder: its own runtime, no calibration
         cfg = cfg.model_copy(update={"embedding": cfg.embedding.model_copy(update={"model": model, "backend": "auto"})})
-    file_offset = _file_offsets(meta, len(pieces))
     timer.lap("read_validate")
 
     survivors = _exact_dedup(meta, decisions)
@@ -244,6 +255,7 @@ def _refine(cfg: RefineConfig, timer: _Timer, items: list[BenchmarkItem], files:
         fn_kwargs={"file_offset": file_offset, "key_of_uid": key_of_uid, "embed_turns": cfg.embed_turns},
         batch_format="pyarrow",
     ).materialize()
+    del key_of_uid, meta["dedup_key"]
     timer.lap("exact_dedup")
 
     probes = contam.make_probes(items, cfg.contamination.window_words)
@@ -291,13 +303,19 @@ def _refine(cfg: RefineConfig, timer: _Timer, items: list[BenchmarkItem], files:
     nearest_per_row = np.full(len(survivors), np.nan)
     nearest_per_row[np.flatnonzero(~flagged)] = np.where(nearest > -1, nearest, np.nan)
     warnings += collapse_check(
-        emb, meta["source"][survivors], decisions.reason[survivors] == "near_duplicate", nearest_per_row, languages
+        emb,
+        decisions.source.take(survivors),
+        decisions.has_reason("near_duplicate", survivors),
+        nearest_per_row,
+        languages,
     )
 
     with replaced_atomically(cfg.output, "refine") as staging:
-        write_rows(staging, parsed, file_offset, decisions, conversations=bool(meta["conversation"].any()))
-        texts = fetch_texts(parsed, file_offset, review_uids(decisions, cfg.dedup.threshold), cfg.embed_turns)
-        review = review_rows(decisions, items, texts, cfg.dedup.threshold)
+        shown = review_uids(decisions, cfg.dedup.threshold)
+        ids = fetch_ids(parsed, file_offset, np.concatenate([decisions.matched_uids(), shown]))
+        write_rows(staging, parsed, file_offset, decisions.columns(ids), conversations=bool(meta["conversation"].any()))
+        texts = fetch_texts(parsed, file_offset, shown, cfg.embed_turns)
+        review = review_rows(decisions, items, texts, ids, cfg.dedup.threshold)
         write_review(staging / "review.csv", review)
         timer.lap("write")
         n_items = {b.benchmark_name: sum(i.benchmark == b.benchmark_name for i in items) for b in cfg.benchmarks}
@@ -319,6 +337,7 @@ def _refine(cfg: RefineConfig, timer: _Timer, items: list[BenchmarkItem], files:
         stats["languages"], stats["dedup"] = languages, dedup_stats
         stats["contamination_signals"] = signal_stats
         # Linux reports kB; the object store (shared memory, other processes) is not counted.
+        stats["driver_rss_mb_after_step"] = timer.rss_mb
         stats["driver_peak_rss_mb"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
         (staging / "stats.json").write_text(json.dumps(stats, indent=2))
         write_report(staging / "report.html", stats, decisions, nearest, contamination_scores, texts, review, cfg)
@@ -426,18 +445,67 @@ def _signal_stats(cfg: RefineConfig, counts: dict[str, dict[str, int]], ml_statu
     return stats
 
 
-def _gather_meta(parsed: ray.data.Dataset) -> dict[str, np.ndarray]:
-    """Compact per-row columns on the driver, in input order (sorted by file, then row)."""
-    table = read_columns(parsed, _META_COLUMNS, PARSED_SCHEMA)
-    order = np.lexsort((table["row_in_file"].to_numpy(), table["file_rank"].to_numpy()))
-    table = table.take(pa.array(order))
-    return {name: table[name].to_numpy(zero_copy_only=False) for name in _META_COLUMNS}
+@rows_only(META_SCHEMA)
+def _meta_of(batch: pa.Table) -> pa.Table:
+    """A block's per-row meta: its strings as a dictionary (a few distinct reasons and scripts)."""
+    reason = pc.fill_null(batch["reason"], "")
+    columns = {
+        "file_rank": batch["file_rank"],
+        "row_in_file": batch["row_in_file"],
+        "valid": pc.fill_null(batch["valid"], False),
+        "reason": pc.dictionary_encode(reason),
+        "script": pc.dictionary_encode(pc.fill_null(batch["script"], "")),
+        "dedup_key": pc.fill_null(batch["dedup_key"], 0),
+        "output_len": pc.fill_null(batch["output_len"], 0),
+        "conversation": pc.fill_null(batch["conversation"], False),
+        "unreadable": pc.if_else(pc.equal(reason, UNREADABLE), batch["detail"], pa.scalar(None, pa.string())),
+    }
+    return pa.table([columns[f.name] for f in META_SCHEMA], schema=META_SCHEMA)
 
 
-def _file_offsets(meta: dict[str, np.ndarray], n_files: int) -> np.ndarray:
-    """uid of each file's first row: uid = file_offset[file_rank] + row_in_file."""
-    counts = np.bincount(meta["file_rank"].astype(np.int64), minlength=n_files)
-    return np.concatenate([[0], np.cumsum(counts)[:-1]]).astype(np.int64)
+def _gather_meta(parsed: ray.data.Dataset, pieces: list) -> tuple[dict, np.ndarray]:
+    """Compact per-row columns on the driver, in input order (by file, then row), and each file's
+    first uid. Tasks encode the strings; the driver reads one block at a time, so what it holds
+    per row is the columns' numbers and codes (``source``, ``reason``, ``script``: :class:`Coded`)."""
+    numbers = ("file_rank", "row_in_file", "valid", "dedup_key", "output_len", "conversation")
+    parts: dict[str, list[np.ndarray]] = {name: [] for name in (*numbers, "reason", "script")}
+    vocabulary: dict[str, dict[str, int]] = {"reason": {}, "script": {}}
+    unreadable: list[str] = []
+    for ref in parsed.map_batches(_meta_of, batch_format="pyarrow").to_arrow_refs():
+        table = ray.get(ref)
+        if not table.num_rows:
+            continue
+        for name in numbers:
+            parts[name].append(table[name].to_numpy())
+        for name, codes in vocabulary.items():
+            for chunk in table[name].chunks:
+                lookup = np.array([codes.setdefault(v, len(codes)) for v in chunk.dictionary.to_pylist()], np.int32)
+                parts[name].append(lookup[chunk.indices.to_numpy()] if len(lookup) else np.zeros(len(chunk), np.int32))
+        unreadable += [d for d in table["unreadable"].to_pylist() if d is not None]
+        del table
+    meta: dict = {
+        name: np.concatenate(parts.pop(name)) if parts[name] else np.empty(0, dtype=np.int64) for name in numbers
+    }
+    for name, codes in vocabulary.items():
+        joined = np.concatenate(parts.pop(name)) if parts[name] else np.empty(0, dtype=np.int32)
+        meta[name] = Coded(joined, list(codes))
+    order = np.lexsort((meta["row_in_file"], meta["file_rank"]))
+    if not np.array_equal(order, np.arange(len(order))):  # blocks arrive in file order; rows within in order
+        for name in numbers:
+            meta[name] = meta[name][order]
+        for name in vocabulary:
+            meta[name] = meta[name].take(order)
+    del order
+    meta["valid"] = meta["valid"].astype(bool)
+    meta["conversation"] = meta["conversation"].astype(bool)
+    source_names = list(dict.fromkeys(piece.source for piece in pieces))
+    piece_source = np.array([source_names.index(piece.source) for piece in pieces], dtype=np.int32)
+    file_rank = meta.pop("file_rank")
+    meta["source"] = Coded(piece_source[file_rank] if len(file_rank) else np.empty(0, np.int32), source_names)
+    meta["unreadable"] = list(dict.fromkeys(unreadable))
+    del meta["row_in_file"]
+    counts = np.bincount(file_rank, minlength=len(pieces))
+    return meta, np.concatenate([[0], np.cumsum(counts)[:-1]]).astype(np.int64)
 
 
 KEYED_SCHEMA = pa.schema(

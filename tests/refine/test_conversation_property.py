@@ -13,9 +13,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from platypus_ray.refine.config import ColumnMapping
-from platypus_ray.refine.ledger import Decisions, summarize
+from platypus_ray.refine.ledger import INVALID, Decisions, summarize
 from platypus_ray.refine.sources import SourceFile, parse_source_file
-from platypus_ray.refine.stage import _META_COLUMNS, _exact_dedup
+from platypus_ray.refine.stage import _exact_dedup
 
 CANONICAL = {"user": "u", "human": "u", "assistant": "a", "gpt": "a", "system": "s"}
 ROLES = [*CANONICAL, "tool", "robot", None]
@@ -75,10 +75,13 @@ def test_every_conversation_is_accounted_for_once_with_a_reason_naming_its_turn(
                 if t["content"].strip()
             ]
 
-    meta = {name: parsed[name].to_numpy(zero_copy_only=False) for name in _META_COLUMNS}
+    meta = {
+        name: parsed[name].to_numpy(zero_copy_only=False)
+        for name in ("source", "valid", "reason", "dedup_key", "output_len")
+    }
     decisions = Decisions.start(meta)
     survivors = _exact_dedup(meta, decisions)
     stats = summarize(decisions, 0, 0.0, {}, ["src"], [])  # raises unless kept + invalid + removed = input rows
     assert stats["input_rows"] == len(rows) and stats["kept"] == len(survivors)
-    assert np.all(decisions.status[meta["valid"] == 0] == "invalid")
+    assert np.all(decisions.status[meta["valid"] == 0] == INVALID)
     assert len(set(meta["dedup_key"][survivors])) == len(survivors)  # one survivor per exact-dedup key

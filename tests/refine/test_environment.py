@@ -156,6 +156,7 @@ def test_the_write_task_reports_a_full_disk_as_a_value(tmp_path, monkeypatch):
             "file_rank": [0],
             "row_in_file": [0],
             "id": ["i"],
+            "detail": [""],
             "instruction": ["a"],
             "input": [""],
             "output": ["b"],
@@ -170,5 +171,5 @@ def test_the_write_task_reports_a_full_disk_as_a_value(tmp_path, monkeypatch):
             "id": np.array(["i"], dtype=object),
         }
     )
-    out = ledger._write_block(batch, str(tmp_path), np.array([0]), np.array([True]), decisions.table())
+    out = ledger._write_block(batch, str(tmp_path), np.array([0]), decisions.columns(ledger.IdLookup.empty()))
     assert "No space left on device" in out["error"][0].as_py() and "another disk" in out["error"][0].as_py()
