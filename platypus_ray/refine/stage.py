@@ -243,24 +243,26 @@ def _refine(cfg: RefineConfig, timer: _Timer, items: list[BenchmarkItem], files:
     decisions = Decisions.start(meta)
     languages, warnings, model = check_languages(meta, decisions.details, cfg.embedding)
     del meta["reason"], meta["script"]  # the driver keeps per row only what later steps read
+    conversations = bool(meta.pop("conversation").any())
     if model != cfg.embedding.model:  # routed to the multilingual encoder: its own runtime, no calibration
         cfg = cfg.model_copy(update={"embedding": cfg.embedding.model_copy(update={"model": model, "backend": "auto"})})
     timer.lap("read_validate")
 
     survivors = _exact_dedup(meta, decisions)
-    key_of_uid = np.full(len(meta["valid"]), -1, dtype=np.int64)
+    key_of_uid = np.full(len(decisions), -1, dtype=np.int64)
     key_of_uid[survivors] = np.arange(len(survivors))
     rows = parsed.map_batches(
         _with_keys,
         fn_kwargs={"file_offset": file_offset, "key_of_uid": key_of_uid, "embed_turns": cfg.embed_turns},
         batch_format="pyarrow",
     ).materialize()
-    del key_of_uid, meta["dedup_key"]
+    meta["priority"] = meta.pop("output_len")[survivors]  # semantic dedup's tie-break, per survivor
+    del key_of_uid, meta["dedup_key"], meta["valid"]
     timer.lap("exact_dedup")
 
     probes = contam.make_probes(items, cfg.contamination.window_words)
     turns = contam.TurnProbes(None, np.empty(0, dtype=np.int64))
-    if items and meta["conversation"].any():  # only conversations have turn probes: Alpaca runs skip the pass
+    if items and conversations:  # only conversations have turn probes: Alpaca runs skip the pass
         first_key = len(survivors) + len(probes.texts)
         turns = contam.TurnProbes.of(rows, len(survivors), first_key, cfg.contamination.window_words)
     emb, probe_emb, turn_emb, embedded = _embed(rows, len(survivors), probes, turns, cfg)
@@ -313,7 +315,7 @@ def _refine(cfg: RefineConfig, timer: _Timer, items: list[BenchmarkItem], files:
     with replaced_atomically(cfg.output, "refine") as staging:
         shown = review_uids(decisions, cfg.dedup.threshold)
         ids = fetch_ids(parsed, file_offset, np.concatenate([decisions.matched_uids(), shown]))
-        write_rows(staging, parsed, file_offset, decisions.columns(ids), conversations=bool(meta["conversation"].any()))
+        write_rows(staging, parsed, file_offset, decisions.columns(ids), conversations=conversations)
         texts = fetch_texts(parsed, file_offset, shown, cfg.embed_turns)
         review = review_rows(decisions, items, texts, ids, cfg.dedup.threshold)
         write_review(staging / "review.csv", review)
@@ -465,46 +467,47 @@ def _meta_of(batch: pa.Table) -> pa.Table:
 
 def _gather_meta(parsed: ray.data.Dataset, pieces: list) -> tuple[dict, np.ndarray]:
     """Compact per-row columns on the driver, in input order (by file, then row), and each file's
-    first uid. Tasks encode the strings; the driver reads one block at a time, so what it holds
-    per row is the columns' numbers and codes (``source``, ``reason``, ``script``: :class:`Coded`)."""
-    numbers = ("file_rank", "row_in_file", "valid", "dedup_key", "output_len", "conversation")
-    parts: dict[str, list[np.ndarray]] = {name: [] for name in (*numbers, "reason", "script")}
+    first uid. Tasks encode the strings; the driver reads one block at a time and keeps per row
+    only numbers and codes (``source``, ``reason``, ``script`` as :class:`Coded`): 20 bytes."""
+    source_names = list(dict.fromkeys(piece.source for piece in pieces))
+    piece_source = np.array([source_names.index(piece.source) for piece in pieces], dtype=np.int32)
     vocabulary: dict[str, dict[str, int]] = {"reason": {}, "script": {}}
+    blocks: list[tuple[tuple[int, int], dict[str, np.ndarray]]] = []
+    counts = np.zeros(len(pieces), dtype=np.int64)
     unreadable: list[str] = []
     for ref in parsed.map_batches(_meta_of, batch_format="pyarrow").to_arrow_refs():
         table = ray.get(ref)
         if not table.num_rows:
             continue
-        for name in numbers:
-            parts[name].append(table[name].to_numpy())
+        file_rank, row_in_file = table["file_rank"].to_numpy(), table["row_in_file"].to_numpy()
+        order = np.lexsort((row_in_file, file_rank))  # a block holds one piece's rows, in order: a no-op
+        part = {
+            "source": piece_source[file_rank][order],
+            "valid": table["valid"].to_numpy(zero_copy_only=False)[order],
+            "dedup_key": table["dedup_key"].to_numpy()[order],
+            "output_len": table["output_len"].to_numpy().astype(np.int32)[order],
+            "conversation": table["conversation"].to_numpy(zero_copy_only=False)[order],
+        }
         for name, codes in vocabulary.items():
-            for chunk in table[name].chunks:
-                lookup = np.array([codes.setdefault(v, len(codes)) for v in chunk.dictionary.to_pylist()], np.int32)
-                parts[name].append(lookup[chunk.indices.to_numpy()] if len(lookup) else np.zeros(len(chunk), np.int32))
+            column = table[name].combine_chunks()
+            lookup = np.array([codes.setdefault(v, len(codes)) for v in column.dictionary.to_pylist()], np.int16)
+            part[name] = (lookup[column.indices.to_numpy()] if len(lookup) else np.zeros(len(column), np.int16))[order]
+        counts += np.bincount(file_rank, minlength=len(pieces))
         unreadable += [d for d in table["unreadable"].to_pylist() if d is not None]
+        blocks.append(((int(file_rank[order[0]]), int(row_in_file[order[0]])), part))
         del table
-    meta: dict = {
-        name: np.concatenate(parts.pop(name)) if parts[name] else np.empty(0, dtype=np.int64) for name in numbers
-    }
+    blocks.sort(key=lambda block: block[0])  # blocks by their first row: input order
+    names = ("source", "valid", "dedup_key", "output_len", "conversation", *vocabulary)
+    empty = {"valid": np.empty(0, bool), "conversation": np.empty(0, bool), "output_len": np.empty(0, np.int32)}
+    meta: dict = {}
+    for name in names:
+        parts = [part.pop(name) for _, part in blocks]
+        meta[name] = np.concatenate(parts) if parts else empty.get(name, np.empty(0, np.int64))
+        del parts
+    meta["source"] = Coded(meta["source"], source_names)
     for name, codes in vocabulary.items():
-        joined = np.concatenate(parts.pop(name)) if parts[name] else np.empty(0, dtype=np.int32)
-        meta[name] = Coded(joined, list(codes))
-    order = np.lexsort((meta["row_in_file"], meta["file_rank"]))
-    if not np.array_equal(order, np.arange(len(order))):  # blocks arrive in file order; rows within in order
-        for name in numbers:
-            meta[name] = meta[name][order]
-        for name in vocabulary:
-            meta[name] = meta[name].take(order)
-    del order
-    meta["valid"] = meta["valid"].astype(bool)
-    meta["conversation"] = meta["conversation"].astype(bool)
-    source_names = list(dict.fromkeys(piece.source for piece in pieces))
-    piece_source = np.array([source_names.index(piece.source) for piece in pieces], dtype=np.int32)
-    file_rank = meta.pop("file_rank")
-    meta["source"] = Coded(piece_source[file_rank] if len(file_rank) else np.empty(0, np.int32), source_names)
+        meta[name] = Coded(meta[name], list(codes))
     meta["unreadable"] = list(dict.fromkeys(unreadable))
-    del meta["row_in_file"]
-    counts = np.bincount(file_rank, minlength=len(pieces))
     return meta, np.concatenate([[0], np.cumsum(counts)[:-1]]).astype(np.int64)
 
 
@@ -631,7 +634,7 @@ def _semantic_dedup(emb, survivors, remaining, meta, decisions: Decisions, cfg: 
     keys = np.flatnonzero(remaining)
     uids = survivors[keys]
     with bounded_by("dedup.timeout_s", "similarity tasks"):
-        outcome = dedup_rows(emb.take(keys, cfg.dedup.timeout_s), meta["output_len"][uids], cfg.dedup, num_gpus)
+        outcome = dedup_rows(emb.take(keys, cfg.dedup.timeout_s), meta["priority"][keys], cfg.dedup, num_gpus)
     decision, pairs = outcome.decision, outcome.pairs
     gone = np.flatnonzero(~decision.keep)
     decisions.remove(uids[gone], "near_duplicate", matched=uids[decision.matched[gone]], score=decision.score[gone])
