@@ -32,3 +32,41 @@ def test_removing_a_row_twice_fails_even_under_python_dash_O():
     proc = subprocess.run([sys.executable, "-O", "-c", script], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "refused: a row is removed at most once" in proc.stdout
+
+
+def test_the_decisions_hold_numbers_per_row_and_the_ledger_joins_names_back():
+    """Per row the driver keeps codes and numbers (no Python string per row); the write tasks'
+    join gives back the names, ids and positions the ledger shows."""
+    import dataclasses
+
+    import numpy as np
+    import pyarrow as pa
+    import pytest
+
+    from platypus_ray.core.errors import InvariantError
+    from platypus_ray.refine.ledger import Decisions, IdLookup
+
+    meta = {
+        "source": np.array(["a", "a", "b", "b", "b"]),
+        "valid": np.array([True, True, True, False, True]),
+        "reason": np.array(["", "", "", "bad_json", ""]),
+    }
+    decisions = Decisions.start(meta)
+    decisions.remove(np.array([1, 4]), "near_duplicate", matched=np.array([0, 2]), score=np.array([0.9, 0.8]))
+    decisions.flag(2, remove=False, item_id="q:7", benchmark="q", category="gray_area", signal="ngram", score=0.6)
+    decisions.details[4] = "set on the driver"
+    per_row = [f.name for f in dataclasses.fields(decisions) if isinstance(getattr(decisions, f.name), np.ndarray)]
+    assert per_row and all(getattr(decisions, name).dtype != object for name in per_row)
+
+    ids = IdLookup(decisions.matched_uids(), pa.array(["id-0", "id-2"]))
+    rows = decisions.columns(ids).rows(np.arange(5), ["", "", "", "line 4: not JSON", ""])
+    assert rows["status"] == ["kept", "removed", "kept", "invalid", "removed"]
+    assert rows["reason"] == ["", "near_duplicate", "", "bad_json", "near_duplicate"]
+    assert rows["matched_id"] == ["", "id-0", "q:7", "", "id-2"]
+    assert rows["matched_source"] == ["", "a", "", "", "b"]
+    assert rows["matched_source_index"].tolist() == [-1, 0, -1, -1, 0]
+    assert rows["source_index"].tolist() == [0, 1, 0, 1, 2]
+    assert rows["detail"] == ["", "", "", "line 4: not JSON", "set on the driver"]
+    assert rows["category"] == ["", "", "gray_area", "", ""] and rows["signal"][2] == "ngram"
+    with pytest.raises(InvariantError, match="not fetched"):
+        IdLookup(np.array([0]), pa.array(["id-0"]))(np.array([2]))
