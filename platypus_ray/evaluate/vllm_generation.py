@@ -8,8 +8,9 @@ The same requests as the transformers path (:mod:`.generation`) and the same out
   ``handle_stop_sequences`` (the EOS text added).
 * **Prompts** are the strings lm-eval built (its chat template already applied, or none): the
   processor's own chat-template and tokenize stages are off, and the driver encodes each context
-  with the transformers path's own function (special tokens unless it starts with BOS, left-truncated
-  to leave room for ``max_gen_toks``), so both engines see the same token ids.
+  by the transformers path's own rule (:func:`.generation.special_tokens`: special tokens unless it
+  starts with BOS; left-truncated to leave room for ``max_gen_toks``), so both engines see the same
+  token ids.
 * **Text** is the new tokens decoded as HFLM decodes them (Ray's detokenize stage: ``batch_decode``
   without special tokens; lm-eval's ``vllm`` model keeps them, which would make the two engines
   differ), then cut at the first stop string by lm-eval's ``postprocess_generated_text``.
@@ -31,7 +32,7 @@ import ray
 from platypus_ray.core.dtypes import resolve_dtype
 from platypus_ray.core.paths import absolute_if_local
 from platypus_ray.evaluate.config import InferenceSettings, ModelRef
-from platypus_ray.evaluate.generation import DEFAULT_MAX_GEN_TOKS, encode_left_padded
+from platypus_ray.evaluate.generation import DEFAULT_MAX_GEN_TOKS, special_tokens
 from platypus_ray.evaluate.pool import bounded_batches, collect_texts, context_length, finished_texts
 
 ERROR_COLUMN = "__inference_error__"  # Ray Data LLM's column of a failed row (should_continue_on_error)
@@ -60,8 +61,9 @@ def request_rows(rows: pd.DataFrame, tokenizer: Any, max_length: int) -> list[di
     out = []
     for request, (context, gen_kwargs) in enumerate(zip(rows["context"], rows["gen_kwargs"])):
         params, until, max_context = sampling_plan(gen_kwargs, eos_text, max_length)
-        ids, _ = encode_left_padded(tokenizer, [str(context)], max_context)
-        out.append({"request": request, "tokenized_prompt": ids[0].tolist(), "sampling_params": params, "until": until})
+        # unpadded: the driver's tokenizer may have no pad token (the actors' get one from lm-eval)
+        ids = tokenizer(str(context), **special_tokens(tokenizer, str(context)))["input_ids"][-max_context:]
+        out.append({"request": request, "tokenized_prompt": list(ids), "sampling_params": params, "until": until})
     return out
 
 

@@ -5,6 +5,7 @@ from the config."""
 
 from __future__ import annotations
 
+import copy
 import json
 import os
 import random
@@ -93,6 +94,9 @@ def test_request_rows_carry_the_transformers_token_ids(hf):
     for row, context in zip(out, rows["context"]):  # the transformers path's own encoding, batch of one
         assert row["tokenized_prompt"] == encode_left_padded(tokenizer, [context], 128 - 24)[0][0].tolist()
         assert row["sampling_params"]["stop"] == row["until"] == ["Question:", "</s>"]
+    unpadded = copy.deepcopy(tokenizer)
+    unpadded.pad_token = None  # LLaMA-2's tokenizer, as the driver loads it: no pad token
+    assert request_rows(rows, unpadded, max_length=128) == out
 
 
 def test_stop_strings_cut_the_text_where_the_transformers_path_cuts_it(hf):
