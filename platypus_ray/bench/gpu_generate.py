@@ -27,6 +27,7 @@ import os
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[2]
@@ -84,7 +85,7 @@ def check(args: argparse.Namespace) -> dict:
 
     out = Path(args.out).resolve()
     model = str(Path(args.model).resolve()) if args.model and Path(args.model).exists() else args.model
-    with contextlib.chdir(REPO):  # the task YAML's data_files are relative to the repository root
+    with _working_dir(REPO):  # the task YAML's data_files are relative to the repository root
         model = model or default_model(Path(tempfile.mkdtemp(prefix="platypus-gpu-generate-")), args.dry_run)
         device = "cpu" if args.dry_run else "cuda"
         line: dict = {"check": "vllm-generation", "model": model, "dtype": args.dtype, "device": device}
@@ -98,6 +99,17 @@ def check(args: argparse.Namespace) -> dict:
         started = time.perf_counter()
         texts, line["vllm"] = responses(evaluate_with("vllm", model, args.dtype, device, out, args.limit))
     return line | {"vllm_s": round(time.perf_counter() - started, 1), **compare(reference, texts)}
+
+
+@contextlib.contextmanager
+def _working_dir(folder: Path) -> Iterator[None]:
+    """``contextlib.chdir`` of Python 3.11, for 3.10."""
+    before = os.getcwd()
+    os.chdir(folder)
+    try:
+        yield
+    finally:
+        os.chdir(before)
 
 
 def main(argv: list[str] | None = None) -> int:
