@@ -129,3 +129,40 @@ def test_carried_minilm_keeps_vectors_and_refuses_other_tokens(tmp_path):
     assert 0 < np.abs(ref - got).max() < 1e-3
     with pytest.raises(UserError, match="not in the carried MiniLM vocabulary"):
         check_tokens(folder, ["zebra quantum"])
+
+
+def test_generation_check_compares_strings_per_document():
+    from platypus_ray.bench.gpu_generate import compare
+
+    ours = compare({0: "4", 1: "7 #### 7", 2: "x"}, {0: "4", 1: "7 #### 8", 2: "x"})
+    assert ours == {
+        "documents": 3,
+        "equal": 2,
+        "differing": [{"doc_id": 1, "transformers": "7 #### 7", "vllm": "7 #### 8"}],
+    }
+    assert compare({0: "a"}, {})["equal"] == 0  # a document vLLM did not return is a difference
+
+
+def test_generation_check_without_gpu_or_vllm_says_so(capsys):
+    from platypus_ray.bench import gpu_generate
+
+    assert gpu_generate.main([]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("gpu_generate: error: ") and (
+        "no CUDA device visible" in err or "vllm is not installed" in err
+    )
+
+
+@pytest.mark.slow
+def test_generation_check_dry_run_runs_the_transformers_side(ray_session, tiny_model, tmp_path, capsys):
+    from platypus_ray.bench import gpu_generate
+
+    argv = ["--dry-run", "--model", tiny_model, "--limit", "2", "--out", str(tmp_path)]
+    assert gpu_generate.main(argv) == 0
+    line = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert (
+        line["device"] == "cpu"
+        and line["vllm"].startswith("not run")
+        and "exact_match,strict-match" in line["transformers"]
+    )
+    assert (tmp_path / "transformers" / "items.parquet").is_file()

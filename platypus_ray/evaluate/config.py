@@ -92,6 +92,17 @@ class ValidationSettings(StrictModel):
     add_eos_token: bool = Field(True, description="append EOS after the response, as training does")
 
 
+class VllmSettings(StrictModel):
+    """The vLLM engine of generation requests (``inference.engine: vllm``, or ``auto`` on GPUs)."""
+
+    tensor_parallel_size: int = Field(
+        1, ge=1, description="GPUs per vLLM engine (one model split across them); engines: inference.actors"
+    )
+    gpu_memory_utilization: float = Field(
+        0.9, gt=0, le=1, description="share of each GPU's memory vLLM takes for weights and KV cache"
+    )
+
+
 class InferenceSettings(StrictModel):
     """The Ray Data actor pool that scores: one model replica per actor (one GPU each on a cluster)."""
 
@@ -100,11 +111,19 @@ class InferenceSettings(StrictModel):
     device: Literal["auto", "cpu", "cuda"] = Field("auto", description="auto: cuda when the cluster has GPUs")
     cpus_per_actor: CpusPerActor = Field(1.0, description="CPUs each actor reserves (its threads on CPU)")
     max_length: int | None = Field(
-        None, ge=8, description="tokens per sequence (left-truncated); default: the model's context"
+        None,
+        ge=8,
+        description="tokens per sequence (left-truncated; vLLM's max_model_len); default: the model's context",
     )
     timeout_s: float = Field(
         3600.0, gt=0, description="per batch of requests; a generation past it fails naming its task and document"
     )
+    engine: Literal["auto", "transformers", "vllm"] = Field(
+        "auto",
+        description="what generates (generate_until): auto: vllm when it is installed and the run has GPUs, else "
+        "transformers; log-likelihoods are always scored by transformers",
+    )
+    vllm: VllmSettings = Field(VllmSettings(), description="the vLLM engine, when it generates")
 
 
 class PromptSettings(StrictModel):

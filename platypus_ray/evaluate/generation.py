@@ -48,11 +48,16 @@ def generation_plan(gen_kwargs: dict, eos_text: str, max_length: int) -> tuple[d
     return kwargs, until, max_gen_toks, max_length - max_gen_toks
 
 
-def encode_left_padded(tokenizer: Any, contexts: list[str], max_context: int) -> tuple[Any, Any]:
-    """Input ids and attention mask, padded on the left and left-truncated to ``max_context``."""
+def special_tokens(tokenizer: Any, context: str) -> dict:
+    """The tokenizer's special tokens, except for a context that already starts with BOS (a chat template's)."""
     from lm_eval.models.utils import has_bos_prefix
 
-    special = {"add_special_tokens": False} if has_bos_prefix(contexts[0], tokenizer.bos_token) else {}
+    return {"add_special_tokens": False} if has_bos_prefix(context, tokenizer.bos_token) else {}
+
+
+def encode_left_padded(tokenizer: Any, contexts: list[str], max_context: int) -> tuple[Any, Any]:
+    """Input ids and attention mask, padded on the left and left-truncated to ``max_context``."""
+    special = special_tokens(tokenizer, contexts[0])  # HFLM decides once per batch, by its first context
     encoding = tokenizer(contexts, padding="longest", padding_side="left", return_tensors="pt", **special)
     return encoding["input_ids"][:, -max_context:], encoding["attention_mask"][:, -max_context:]
 

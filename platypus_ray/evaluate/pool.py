@@ -57,6 +57,16 @@ def _model_kwargs(model: ModelRef, inference: InferenceSettings, device: str) ->
     }
 
 
+def context_length(model: ModelRef, inference: InferenceSettings, tokenizer: Any) -> int:
+    """Tokens per sequence: ``inference.max_length``, else the model's context as lm-eval reads it."""
+    from lm_eval.models.utils import resolve_max_length
+    from transformers import AutoConfig
+
+    if inference.max_length:
+        return inference.max_length
+    return resolve_max_length(AutoConfig.from_pretrained(absolute_if_local(model.name_or_path)), tokenizer)
+
+
 def score(rows: pd.DataFrame, model: ModelRef, inference: InferenceSettings, device: str) -> pd.DataFrame:
     """``logprob``, ``n_tokens``, ``greedy`` of every request row by ``model``, in row order."""
     table = pa.Table.from_pandas(rows[_REQUEST_COLUMNS].reset_index(drop=True), preserve_index=False)
@@ -70,13 +80,9 @@ def score_rolling(
     """Each text's summed log-likelihood, token by token (lm-eval's ``loglikelihood_rolling``): the
     text's tokens cut into disjoint windows of the model's context, each window scored given the
     one before it (the first given the BOS token), the windows' sums added."""
-    from lm_eval.models.utils import resolve_max_length
     from lm_eval.utils import get_rolling_token_windows, make_disjoint_window
-    from transformers import AutoConfig
 
-    max_length = inference.max_length or resolve_max_length(
-        AutoConfig.from_pretrained(absolute_if_local(model.name_or_path)), tokenizer
-    )
+    max_length = context_length(model, inference, tokenizer)
     prefix = tokenizer.bos_token_id if tokenizer.bos_token_id is not None else tokenizer.eos_token_id
     ids, n_tokens, owner = [], [], []
     for i, text in enumerate(texts):
@@ -109,7 +115,7 @@ def _score_table(
     n = len(table)
     out = {"logprob": np.full(n, np.nan), "n_tokens": np.zeros(n, dtype=np.int64), "greedy": np.zeros(n, dtype=bool)}
     seen = 0
-    for batch in _bounded(scored, inference.timeout_s):
+    for batch in bounded_batches(scored, inference.timeout_s):
         for column in out:
             out[column][batch["request"]] = batch[column]
         seen += len(batch["request"])
@@ -149,7 +155,14 @@ def generate(
         device=device,
     )
     texts: list[str | None] = [None] * len(rows)
-    for batch in _bounded(generated, inference.timeout_s):
+    collect_texts(bounded_batches(generated, inference.timeout_s), rows, texts)
+    return finished_texts(texts)
+
+
+def collect_texts(batches: Iterator[dict], rows: pd.DataFrame, texts: list[str | None]) -> None:
+    """Each batch's ``text`` into ``texts`` at its ``request`` index; a batch ``error`` raises a
+    :class:`GenerationError` naming the request's task, document and the end of its context."""
+    for batch in batches:
         for request, text, error in zip(batch["request"], batch["text"], batch["error"]):
             if error:
                 row = rows.iloc[int(request)]
@@ -158,12 +171,16 @@ def generate(
                     f"(request {int(request)}, context {str(row['context'])[-60:]!r}): {error}"
                 )
             texts[int(request)] = str(text)
+
+
+def finished_texts(texts: list[str | None]) -> list[str]:
+    """``texts`` once every request has one (else an invariant error: a batch was lost)."""
     missing = [i for i, t in enumerate(texts) if t is None]
     require(not missing, f"generated {len(texts) - len(missing)} of {len(texts)} requests: Ray Data lost a batch")
     return [str(t) for t in texts]
 
 
-def _bounded(ds: ray.data.Dataset, timeout_s: float) -> Iterator[dict]:
+def bounded_batches(ds: ray.data.Dataset, timeout_s: float) -> Iterator[dict]:
     """``ds``'s batches (numpy), each waited for at most ``timeout_s`` plus a margin (the first
     plus the model load); past that, a :class:`UserError` naming ``inference.timeout_s``."""
     results: queue.Queue = queue.Queue(maxsize=2)

@@ -27,6 +27,7 @@ from platypus_ray.core.outputs import replaced_atomically
 from platypus_ray.core.runtime import init_ray
 from platypus_ray.core.stage import Input, Output, Stage
 from platypus_ray.evaluate.config import EvaluateConfig, ModelRef
+from platypus_ray.evaluate.engines import choose_engine, vllm_installed
 from platypus_ray.evaluate.harness import entry_metrics, evaluate_tasks, item_rows, pool_lm, write_samples
 from platypus_ray.evaluate.pool import generate, load_tokenizer, score, score_rolling
 from platypus_ray.evaluate.report import EvaluateResult
@@ -62,9 +63,15 @@ def _validation_summary(rows: pd.DataFrame, scores: pd.DataFrame) -> tuple[pd.Da
 
 
 def _evaluate_model(
-    model: ModelRef, cfg: EvaluateConfig, loaded: LoadedTasks | None, validation: pd.DataFrame | None, device: str
+    model: ModelRef,
+    cfg: EvaluateConfig,
+    loaded: LoadedTasks | None,
+    validation: pd.DataFrame | None,
+    device: str,
+    engine: str = "transformers",
 ) -> tuple[dict | None, pd.DataFrame | None, dict]:
-    """lm-eval's results (or None without benchmarks), validation scores, and this model's summary."""
+    """lm-eval's results (or None without benchmarks), validation scores, and this model's summary;
+    ``engine`` generates (``transformers`` or ``vllm``), the transformers pool scores."""
 
     def score_fn(rows: pd.DataFrame) -> pd.DataFrame:
         return score(rows, model, cfg.inference, device)
@@ -80,6 +87,10 @@ def _evaluate_model(
             )
 
         def generate_fn(rows: pd.DataFrame) -> list[str]:
+            if engine == "vllm":
+                from platypus_ray.evaluate.vllm_generation import generate_vllm
+
+                return generate_vllm(rows, model, cfg.inference, tokenizer, cfg.seed)
             return generate(rows, model, cfg.inference, device, tokenizer, cfg.seed)
 
         def rolling_fn(texts: list[str]) -> list[float]:
@@ -130,6 +141,8 @@ class EvaluateStage(Stage[EvaluateConfig, LoadedEntries, EvaluateResult]):
         return [Output("output", cfg.output)]
 
     def check(self, cfg: EvaluateConfig, planned: frozenset[str]) -> LoadedEntries:
+        if cfg.inference.engine == "vllm":  # before Ray starts; an `auto` device is checked once resolved
+            choose_engine("vllm", cfg.inference.device, vllm_installed(), _models(cfg))
         return LoadedEntries(cfg)
 
     def execute(self, cfg: EvaluateConfig, checked: LoadedEntries) -> EvaluateResult:
@@ -137,6 +150,10 @@ class EvaluateStage(Stage[EvaluateConfig, LoadedEntries, EvaluateResult]):
             return _evaluate(cfg, checked)
         finally:
             checked.close()
+
+
+def _models(cfg: EvaluateConfig) -> list[ModelRef]:
+    return [cfg.model] + ([cfg.compare_with] if cfg.compare_with is not None else [])
 
 
 STAGE = EvaluateStage()
@@ -149,14 +166,15 @@ def _evaluate(cfg: EvaluateConfig, entries: LoadedEntries) -> EvaluateResult:
     validation = _validation_rows(cfg)
     init_ray()
     device = resolve_device(cfg.inference.device)
-    models = [cfg.model] + ([cfg.compare_with] if cfg.compare_with is not None else [])
-    summary: dict = {"models": {}, "device": device, "limit": cfg.limit, "seed": cfg.seed}
+    models = _models(cfg)
+    engine = choose_engine(cfg.inference.engine, device, vllm_installed(), models)
+    summary: dict = {"models": {}, "device": device, "generation_engine": engine, "limit": cfg.limit, "seed": cfg.seed}
     item_frames, validation_frames, all_results = [], [], {}
     for index, model in enumerate(models):
         logger.info("evaluate: scoring with %s on %d actor(s)", model.display_name, cfg.inference.actors)
         tasks = loaded if index == 0 else entries.load()
         results, validation_frame, summary["models"][model.display_name] = _evaluate_model(
-            model, cfg, tasks, validation, device
+            model, cfg, tasks, validation, device, engine
         )
         if results is not None and tasks is not None:  # results come only from loaded tasks
             item_frames.append(item_rows(results, tasks).assign(model=model.display_name))

@@ -29,10 +29,10 @@ def test_a_kept_folder_of_conversations_is_refused_as_validation_rows(tmp_path):
 
 
 def test_the_batch_pump_stops_when_its_consumer_leaves(ray_session):
-    from platypus_ray.evaluate.pool import _bounded
+    from platypus_ray.evaluate.pool import bounded_batches
 
     ds = ray_session.data.range(40, override_num_blocks=20)
-    batches = _bounded(ds, timeout_s=60)
+    batches = bounded_batches(ds, timeout_s=60)
     assert len(next(batches)["id"]) > 0
     pump = next(t for t in threading.enumerate() if t.name == "evaluate-batches")
     batches.close()  # the consumer leaves after one batch (an error, the bound)
