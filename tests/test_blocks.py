@@ -211,7 +211,7 @@ def _cases(tmp_path: Path, tiny_model_path: str) -> dict:
             {"file_offset": np.array([0]), "wanted": np.arange(0, n, 3)},
             rows,
         ),
-        "stage._meta_of": (stage._meta_of, parsed, "pyarrow", {}, rows),
+        "stage._meta_of": (stage._meta_of, parsed, "pyarrow", {"source_of_file": np.zeros(4, np.int16)}, rows),
         "embedding_cache._write_shard": (
             embedding_cache._write_shard,
             shard,

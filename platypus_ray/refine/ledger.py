@@ -328,7 +328,7 @@ def write_rows(
         fn_kwargs={
             "staging": str(staging),
             "file_offset": file_offset,
-            "decided": decided,
+            "decided": ray.put(decided),  # once in the object store, not inside every task's function (N-sized)
             "kept_schema": KEPT_CHAT_SCHEMA if conversations else KEPT_SCHEMA,
         },
         batch_size=None,
@@ -350,15 +350,16 @@ def _write_block(
     batch: pa.Table,
     staging: str,
     file_offset: np.ndarray,
-    decided: LedgerColumns,
+    decided: LedgerColumns | ray.ObjectRef,
     kept_schema: pa.Schema = KEPT_SCHEMA,
 ) -> pa.Table:
+    columns: LedgerColumns = ray.get(decided) if isinstance(decided, ray.ObjectRef) else decided
     name = f"part-{int(_uids(batch, file_offset).min()):012d}.parquet"
-    kept = _kept_rows(batch, file_offset, decided.status, kept_schema)
+    kept = _kept_rows(batch, file_offset, columns.status, kept_schema)
     try:
         if kept.num_rows:
             pq.write_table(kept, f"{staging}/kept/{name}")
-        pq.write_table(_ledger_rows(batch, file_offset, decided), f"{staging}/ledger/{name}")
+        pq.write_table(_ledger_rows(batch, file_offset, columns), f"{staging}/ledger/{name}")
     except OSError as exc:
         return pa.table(
             {"error": [describe_os_error(exc, f"{staging}/{name}") or f"{exc} ({staging})"]}, schema=WRITTEN_SCHEMA

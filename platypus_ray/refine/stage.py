@@ -29,7 +29,7 @@ from platypus_ray.core.coded import Coded
 from platypus_ray.core.config import dump_config
 from platypus_ray.core.conversation import MESSAGES_TYPE
 from platypus_ray.core.devices import resolve_device
-from platypus_ray.core.errors import UserError
+from platypus_ray.core.errors import UserError, require
 from platypus_ray.core.outputs import inside, read_back, replaced_atomically
 from platypus_ray.core.runtime import init_ray
 from platypus_ray.core.stage import Input, Output, Stage
@@ -53,20 +53,22 @@ from platypus_ray.testsets import BenchmarkItem, load_benchmark
 
 logger = logging.getLogger(__name__)
 
-# The per-row columns the driver gathers (numbers and codes; strings only for an unreadable file).
+# The per-row columns the driver gathers: numbers and codes, about 28 bytes a row through the object store.
+_CODE = pa.dictionary(pa.int16(), pa.string())
 META_SCHEMA = pa.schema(
     [
-        ("file_rank", pa.int64()),
-        ("row_in_file", pa.int64()),
+        ("position", pa.int64()),  # file rank << ROW_BITS | row in file: input order
+        ("source", pa.int16()),  # the source's position among the run's sources
         ("valid", pa.bool_()),
-        ("reason", pa.dictionary(pa.int32(), pa.string())),
-        ("script", pa.dictionary(pa.int32(), pa.string())),
+        ("reason", _CODE),
+        ("script", _CODE),
         ("dedup_key", pa.int64()),
-        ("output_len", pa.int64()),
+        ("output_len", pa.int32()),
         ("conversation", pa.bool_()),
-        ("unreadable", pa.string()),  # the detail of an unreadable file's marker row; null elsewhere
+        ("unreadable", _CODE),  # the detail of an unreadable file's marker row; null elsewhere
     ]
 )
+ROW_BITS = 40  # rows per file below 2**40; files below 2**23
 
 
 @dataclass
@@ -448,66 +450,74 @@ def _signal_stats(cfg: RefineConfig, counts: dict[str, dict[str, int]], ml_statu
 
 
 @rows_only(META_SCHEMA)
-def _meta_of(batch: pa.Table) -> pa.Table:
-    """A block's per-row meta: its strings as a dictionary (a few distinct reasons and scripts)."""
+def _meta_of(batch: pa.Table, source_of_file: np.ndarray) -> pa.Table:
+    """A block's per-row meta: strings as dictionary codes (a few distinct reasons and scripts)."""
     reason = pc.fill_null(batch["reason"], "")
+    file_rank = batch["file_rank"].to_numpy()
+    code = lambda column: pc.dictionary_encode(column).cast(_CODE)
     columns = {
-        "file_rank": batch["file_rank"],
-        "row_in_file": batch["row_in_file"],
+        "position": (file_rank << ROW_BITS) + (batch["row_in_file"].to_numpy() + 1),  # a marker row is -1
+        "source": source_of_file[file_rank],
         "valid": pc.fill_null(batch["valid"], False),
-        "reason": pc.dictionary_encode(reason),
-        "script": pc.dictionary_encode(pc.fill_null(batch["script"], "")),
+        "reason": code(reason),
+        "script": code(pc.fill_null(batch["script"], "")),
         "dedup_key": pc.fill_null(batch["dedup_key"], 0),
-        "output_len": pc.fill_null(batch["output_len"], 0),
+        "output_len": pc.fill_null(batch["output_len"], 0).cast(pa.int32()),
         "conversation": pc.fill_null(batch["conversation"], False),
-        "unreadable": pc.if_else(pc.equal(reason, UNREADABLE), batch["detail"], pa.scalar(None, pa.string())),
+        "unreadable": code(pc.if_else(pc.equal(reason, UNREADABLE), batch["detail"], pa.scalar(None, pa.string()))),
     }
     return pa.table([columns[f.name] for f in META_SCHEMA], schema=META_SCHEMA)
 
 
 def _gather_meta(parsed: ray.data.Dataset, pieces: list) -> tuple[dict, np.ndarray]:
     """Compact per-row columns on the driver, in input order (by file, then row), and each file's
-    first uid. Tasks encode the strings; the driver reads one block at a time and keeps per row
-    only numbers and codes (``source``, ``reason``, ``script`` as :class:`Coded`): 20 bytes."""
+    first uid. Tasks encode the strings; the driver copies one block at a time into arrays made
+    once, so it holds per row only numbers and codes (``source``, ``reason``, ``script`` as
+    :class:`Coded`): 20 bytes."""
     source_names = list(dict.fromkeys(piece.source for piece in pieces))
-    piece_source = np.array([source_names.index(piece.source) for piece in pieces], dtype=np.int32)
-    vocabulary: dict[str, dict[str, int]] = {"reason": {}, "script": {}}
-    blocks: list[tuple[tuple[int, int], dict[str, np.ndarray]]] = []
+    source_of_file = np.array([source_names.index(piece.source) for piece in pieces], dtype=np.int16)
+    n = parsed.count()
+    meta: dict = {
+        "source": np.empty(n, np.int16),
+        "valid": np.empty(n, bool),
+        "dedup_key": np.empty(n, np.int64),
+        "output_len": np.empty(n, np.int32),
+        "conversation": np.empty(n, bool),
+        "reason": np.empty(n, np.int16),
+        "script": np.empty(n, np.int16),
+    }
+    vocabulary: dict[str, dict[str, int]] = {"reason": {}, "script": {}, "unreadable": {}}
+    spans: list[tuple[int, int, int]] = []  # (first position, at, rows) of each block, in arrival order
     counts = np.zeros(len(pieces), dtype=np.int64)
-    unreadable: list[str] = []
-    for ref in parsed.map_batches(_meta_of, batch_format="pyarrow").to_arrow_refs():
+    at = 0
+    meta_blocks = parsed.map_batches(_meta_of, fn_kwargs={"source_of_file": source_of_file}, batch_format="pyarrow")
+    for ref in meta_blocks.to_arrow_refs():
         table = ray.get(ref)
-        if not table.num_rows:
+        rows = table.num_rows
+        if not rows:
             continue
-        file_rank, row_in_file = table["file_rank"].to_numpy(), table["row_in_file"].to_numpy()
-        order = np.lexsort((row_in_file, file_rank))  # a block holds one piece's rows, in order: a no-op
-        part = {
-            "source": piece_source[file_rank][order],
-            "valid": table["valid"].to_numpy(zero_copy_only=False)[order],
-            "dedup_key": table["dedup_key"].to_numpy()[order],
-            "output_len": table["output_len"].to_numpy().astype(np.int32)[order],
-            "conversation": table["conversation"].to_numpy(zero_copy_only=False)[order],
-        }
+        require(at + rows <= n, "the meta blocks hold the parsed rows, no more")
+        position = table["position"].to_numpy()
+        require(bool((position[1:] > position[:-1]).all()), "a parsed block's rows are in file order")
+        spans.append((int(position[0]), at, rows))
+        counts += np.bincount(position >> ROW_BITS, minlength=len(pieces))
+        for name in ("source", "valid", "dedup_key", "output_len", "conversation"):
+            meta[name][at : at + rows] = table[name].to_numpy(zero_copy_only=False)
         for name, codes in vocabulary.items():
             column = table[name].combine_chunks()
             lookup = np.array([codes.setdefault(v, len(codes)) for v in column.dictionary.to_pylist()], np.int16)
-            part[name] = (lookup[column.indices.to_numpy()] if len(lookup) else np.zeros(len(column), np.int16))[order]
-        counts += np.bincount(file_rank, minlength=len(pieces))
-        unreadable += [d for d in table["unreadable"].to_pylist() if d is not None]
-        blocks.append(((int(file_rank[order[0]]), int(row_in_file[order[0]])), part))
-        del table
-    blocks.sort(key=lambda block: block[0])  # blocks by their first row: input order
-    names = ("source", "valid", "dedup_key", "output_len", "conversation", *vocabulary)
-    empty = {"valid": np.empty(0, bool), "conversation": np.empty(0, bool), "output_len": np.empty(0, np.int32)}
-    meta: dict = {}
-    for name in names:
-        parts = [part.pop(name) for _, part in blocks]
-        meta[name] = np.concatenate(parts) if parts else empty.get(name, np.empty(0, np.int64))
-        del parts
+            if name in meta:
+                meta[name][at : at + rows] = lookup[column.indices.to_numpy()] if len(lookup) else 0
+        at += rows
+        del table, position
+    require(at == n, "the meta blocks hold every parsed row")
+    if [first for first, _, _ in spans] != sorted(first for first, _, _ in spans):  # blocks came out of order
+        order = np.concatenate([np.arange(start, start + rows) for _, start, rows in sorted(spans)])
+        meta = {name: column[order] for name, column in meta.items()}
     meta["source"] = Coded(meta["source"], source_names)
-    for name, codes in vocabulary.items():
-        meta[name] = Coded(meta[name], list(codes))
-    meta["unreadable"] = list(dict.fromkeys(unreadable))
+    for name in ("reason", "script"):
+        meta[name] = Coded(meta[name], list(vocabulary[name]))
+    meta["unreadable"] = list(vocabulary["unreadable"])
     return meta, np.concatenate([[0], np.cumsum(counts)[:-1]]).astype(np.int64)
 
 
@@ -554,14 +564,18 @@ def _exact_dedup(meta: dict[str, np.ndarray], decisions: Decisions) -> np.ndarra
     input order. Returns the uids of the rows that remain, in input order."""
     valid = np.flatnonzero(meta["valid"])
     keys = meta["dedup_key"][valid]
-    order = valid[np.lexsort((valid, -meta["output_len"][valid], keys))]
-    sorted_keys = meta["dedup_key"][order]
+    order = np.lexsort((-meta["output_len"][valid], keys))  # a stable sort: ties stay in input order
+    keys = keys[order]
+    order = valid[order]
+    del valid  # the driver's peak here is a few arrays of the valid rows: each freed once used
     first = np.ones(len(order), dtype=bool)
-    first[1:] = sorted_keys[1:] != sorted_keys[:-1]
-    winner_of_group = order[first][np.cumsum(first) - 1]
+    first[1:] = keys[1:] != keys[:-1]
+    del keys
+    group = np.cumsum(first) - 1
+    winners = order[first]
     losers = ~first
-    decisions.remove(order[losers], "exact_duplicate", matched=winner_of_group[losers], score=1.0)
-    return np.sort(order[first])
+    decisions.remove(order[losers], "exact_duplicate", matched=winners[group[losers]], score=1.0)
+    return np.sort(winners)
 
 
 def _decontaminate(
