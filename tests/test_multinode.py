@@ -179,13 +179,17 @@ from platypus_ray.devtools.dedup_reference import greedy_reference
 from platypus_ray.refine.config import DedupConfig
 from platypus_ray.refine.dedup import dedup_rows
 rng = np.random.default_rng(0)
-emb = np.repeat(rng.normal(size=(40, 16)), 10, axis=0) + 0.3 * rng.normal(size=(400, 16))
+emb = np.repeat(rng.normal(size=(300, 16)), 10, axis=0) + 0.3 * rng.normal(size=(3000, 16))
 emb = (emb / np.linalg.norm(emb, axis=1, keepdims=True)).astype(np.float32)
 order = rng.permutation(len(emb))
 rank = np.argsort(order)
 outcome = dedup_rows(emb, len(emb) - rank, DedupConfig(mode="exact", keep="longest_output"), 0)
+kept = dedup_rows(emb, len(emb) - rank, DedupConfig(mode="kept", keep="longest_output"), 0)
+reference = greedy_reference(emb, order, 0.8)
 print(json.dumps({
-    "same": bool((outcome.decision.keep == greedy_reference(emb, order, 0.8)).all()),
+    "same": bool((outcome.decision.keep == reference).all()),
+    "kept_same": bool((kept.decision.keep == reference).all()),
+    "kept_shards": kept.stats["kept_shards"],
     "removed": int((~outcome.decision.keep).sum()),
     "certificate": outcome.stats["certificate"]["holds"],
     "tasks_per_node": outcome.stats["resolution"]["tasks_per_node"],
@@ -193,9 +197,10 @@ print(json.dumps({
 """
 
 
-def test_dedup_rounds_run_on_every_node_and_decide_as_brute_force(two_nodes):
-    """The greedy rule's rounds (refine/dedup/rounds.py) spread over both nodes; the kept set is the
-    brute-force one and the certificate holds."""
+def test_dedup_rounds_and_the_kept_walk_run_on_every_node_and_decide_as_brute_force(two_nodes):
+    """The greedy rule's rounds (refine/dedup/rounds.py) and the walk's kept shards
+    (refine/dedup/kept_shards.py: one a node by default) spread over both nodes; both kept sets
+    are the brute-force one and the certificate holds."""
     env = {**os.environ, **two_nodes.client_env}
     done = subprocess.run(
         [sys.executable, "-c", DEDUP_DRIVER], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300
@@ -204,6 +209,9 @@ def test_dedup_rounds_run_on_every_node_and_decide_as_brute_force(two_nodes):
     result = json.loads(done.stdout.strip().splitlines()[-1])
     assert result["same"] and result["certificate"] and result["removed"] > 100
     assert len(result["tasks_per_node"]) == 2 and min(result["tasks_per_node"].values()) >= 1
+    shards = result["kept_shards"]
+    assert result["kept_same"] and shards["shards"] == 2 and min(shards["rows_per_shard"]) > 0
+    assert len(shards["chunks_answered_per_node"]) == 2 and min(shards["chunks_answered_per_node"].values()) >= 1
 
 
 def test_zero3_job_across_two_nodes_survives_losing_one(two_nodes, tiny_model, kept_folder, tmp_path):

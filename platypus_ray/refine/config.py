@@ -95,6 +95,13 @@ class DedupConfig(StrictModel):
         description="exact and clustered hold every pair found while there are at most this many (24 B each in the "
         "driver); past it each row keeps only its neighbours_per_row best",
     )
+    kept_shards: int | None = Field(
+        None,
+        ge=0,
+        description="the walk against the kept set (mode kept) with its kept rows on this many actors, spread over "
+        "the nodes, each doing its share of the products; null: one a node when the cluster has more than one "
+        "node with CPUs, else a single task; 0 or 1: a single task",
+    )
     neighbours_per_row: int = Field(
         32,
         ge=1,

@@ -11,7 +11,9 @@ only when the earlier row was kept). Float32 products within ``_EPS`` of the thr
 re-scored in float64, so the kept set is the float64 brute-force reference's, row for row.
 
 The walk runs as one Ray task that takes the vector blocks from the object store and uses a
-node's cores (numpy's BLAS threads) or its GPU (torch); the driver gets back four numbers per row. What it
+node's cores (numpy's BLAS threads) or its GPU (torch); the driver gets back four numbers per row.
+On a cluster of several nodes the kept rows are spread over one actor a node and the products run
+there (:mod:`.kept_shards`); the walk task then only orders and settles. What it
 does not give is every pair above the threshold: a removed row's pairs with other removed
 rows are never computed (``exact`` mode enumerates them, at all-pairs cost).
 """
@@ -24,6 +26,7 @@ import ray
 from platypus_ray.core.waits import wait_all
 from platypus_ray.embedding import EmbeddingBlocks
 from platypus_ray.refine.dedup.greedy import DedupDecision
+from platypus_ray.refine.dedup.kept_shards import ShardedKept, start_shards, stop_shards
 from platypus_ray.refine.dedup.similarity import _EPS, Pairs
 
 CHUNK_ROWS = 2048  # rows settled per step; their own greedy walk is chunk x chunk
@@ -100,6 +103,7 @@ def walk_against_kept(
     kept_tile: int = KEPT_TILE,
     device: str = "cpu",
     max_products: float | None = None,
+    sharded: ShardedKept | None = None,
 ) -> tuple[DedupDecision, np.ndarray, int]:
     """The greedy rule over ``emb`` (n x dim unit vectors) with rows visited in ``order``.
 
@@ -108,14 +112,16 @@ def walk_against_kept(
     of dot products computed. With ``max_products``, raises :class:`OverBudget` as soon as the
     work done plus the remaining rows times the rows kept so far plus the next chunk's own
     pairs (a lower bound of what is left) passes it. ``device``: ``cpu`` (numpy) or a torch
-    CUDA device."""
+    CUDA device; ``sharded``: the kept rows and their products on :mod:`.kept_shards`' actors."""
     n, dim = emb.shape if emb.ndim == 2 else (len(emb), 0)
     keep = np.zeros(n, dtype=bool)
     matched = np.full(n, -1, dtype=np.int64)
     score = np.full(n, np.nan)
     nearest = np.full(n, -1.0)
     kept_rows = np.empty(n, dtype=np.int64)
-    products_of: _Numpy | _Torch = _Numpy(n, dim) if device == "cpu" else _Torch(n, dim, device)
+    products_of: _Numpy | _Torch | ShardedKept = (
+        sharded if sharded is not None else _Numpy(n, dim) if device == "cpu" else _Torch(n, dim, device)
+    )
     n_kept, products = 0, 0
     for start in range(0, n, chunk_rows):
         rows = order[start : start + chunk_rows]
@@ -211,7 +217,14 @@ def _settle_among(
 
 @ray.remote
 def _walk_task(
-    refs: list, order: np.ndarray, threshold: float, use_gpu: bool, threads: int, max_products: float | None
+    refs: list,
+    order: np.ndarray,
+    threshold: float,
+    use_gpu: bool,
+    threads: int,
+    max_products: float | None,
+    shards: list | None = None,
+    timeout_s: float = 0.0,
 ):
     from threadpoolctl import threadpool_limits
 
@@ -219,11 +232,15 @@ def _walk_task(
 
     emb = np.concatenate([ray.get(ref) for ref in refs]) if refs else np.zeros((0, 0), dtype=np.float32)
     device = actor_device("cuda" if use_gpu else "cpu")
+    sharded = ShardedKept(shards, timeout_s) if shards else None
     try:
         with threadpool_limits(limits=max(1, threads)):  # a worker's BLAS starts at one thread (OMP_NUM_THREADS)
-            return walk_against_kept(emb, order, threshold, device=device, max_products=max_products)
+            decision, nearest, products = walk_against_kept(
+                emb, order, threshold, device=device, max_products=max_products, sharded=sharded
+            )
     except OverBudget as over:  # a value, not an error: Ray would print a traceback for a raised one
         return over
+    return decision, nearest, products, sharded.finish() if sharded else {}
 
 
 def kept_walk_pairs(
@@ -234,17 +251,26 @@ def kept_walk_pairs(
     cpus: int,
     timeout_s: float,
     max_products: float | None = None,
-) -> tuple[DedupDecision, Pairs, int] | OverBudget:
+    shards: tuple[int, float] = (0, 0.0),
+) -> tuple[DedupDecision, Pairs, int, dict] | OverBudget:
     """:func:`walk_against_kept` over object-store blocks in one Ray task on ``cpus`` cores of one
-    node (its BLAS threads) or one GPU. The pairs are each removed row with its kept match."""
-    task = _walk_task.options(num_cpus=cpus if not num_gpus else 1, num_gpus=1 if num_gpus else 0)
-    ref = task.remote(blocks.refs, order, threshold, bool(num_gpus), cpus, max_products)
-    (result,) = wait_all([ref], timeout_s)
+    node (its BLAS threads) or one GPU; with ``shards`` (count, CPUs each), count >= 2, the kept
+    rows and their products on that many actors spread over the nodes (the walk task then holds
+    no CPU). The pairs are each removed row with its kept match; the dict says where the shards ran."""
+    count, shard_cpus = shards
+    actors = start_shards(count, blocks.dim, shard_cpus, timeout_s) if count >= 2 and not num_gpus else []
+    try:
+        walk_cpus = 0 if actors else cpus if not num_gpus else 1
+        task = _walk_task.options(num_cpus=walk_cpus, num_gpus=1 if num_gpus else 0)
+        ref = task.remote(blocks.refs, order, threshold, bool(num_gpus), cpus, max_products, actors or None, timeout_s)
+        (result,) = wait_all([ref], timeout_s)
+    finally:
+        stop_shards(actors)
     if isinstance(result, OverBudget):
         return result
-    decision, nearest, products = result
+    decision, nearest, products, shard_stats = result
     gone = np.flatnonzero(~decision.keep)
     hi, lo = decision.matched[gone], gone
     i, j = np.minimum(hi, lo), np.maximum(hi, lo)
     pairs = Pairs(i, j, decision.score[gone], nearest.astype(np.float32))
-    return decision, pairs, products
+    return decision, pairs, products, shard_stats

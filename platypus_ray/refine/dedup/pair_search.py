@@ -114,10 +114,17 @@ def _search_and_resolve(
     if mode == "kept" and n >= 2:
         logger.info("refine: semantic dedup of %d rows: against the kept set (%s)", n, why)
         walked = kept_walk_pairs(
-            blocks, order, cfg.threshold, num_gpus, int(cpus), cfg.timeout_s, estimate.pop("max_products", None)
+            blocks,
+            order,
+            cfg.threshold,
+            num_gpus,
+            int(cpus),
+            cfg.timeout_s,
+            estimate.pop("max_products", None),
+            kept_shards(cfg.kept_shards),
         )
         if not isinstance(walked, OverBudget):
-            decision, pairs, products = walked
+            decision, pairs, products, shard_stats = walked
             return DedupOutcome(
                 pairs,
                 decision,
@@ -128,6 +135,7 @@ def _search_and_resolve(
                     "dot_products": int(products),
                     "pairs_found": pairs.count,
                     "pairs": "each removed row with its kept match",
+                    **({"kept_shards": shard_stats} if shard_stats else {}),
                 },
             )
         mode, why = (
@@ -203,6 +211,22 @@ def _node_capacity() -> tuple[float, float | None]:
     cpus = max((r.get("CPU", 0.0) for r in nodes), default=0.0) or 1.0
     memory = max((r.get("memory", 0.0) for r in nodes), default=0.0) or None
     return float(cpus), memory
+
+
+def kept_shards(configured: int | None) -> tuple[int, float]:
+    """(shards, CPUs each) for the walk against the kept set: ``dedup.kept_shards``, or with None one
+    a node when more than one node has CPUs (none on one node: a single task has no hand-over to
+    pay). Each shard takes the smallest node's CPUs, or its share when more shards than nodes."""
+    import ray
+
+    if not ray.is_initialized():
+        return 0, 0.0
+    cpus = [node["Resources"].get("CPU", 0.0) for node in ray.nodes() if node.get("Alive")]
+    cpus = [c for c in cpus if c > 0]
+    count = len(cpus) if configured is None and len(cpus) > 1 else configured or 0
+    if count < 2 or not cpus:
+        return 0, 0.0
+    return count, min(min(cpus), sum(cpus) / count)
 
 
 def _bound_stats(pairs: Pairs) -> dict:
