@@ -41,7 +41,11 @@ def review_rows(
     rows = []
     flagged = np.flatnonzero(decisions.category != "")
     for uid in flagged[np.argsort(-decisions.score[flagged], kind="stable")]:
-        item = by_item[decisions.matched_id[uid]]
+        item = by_item.get(decisions.matched_id[uid])
+        if item is None:  # flagged and kept (a category out of `remove`), then removed as a near-duplicate,
+            # whose match now holds matched_id: the flag's benchmark is still known, its item is not
+            rows.append(_row(decisions, uid, "contamination", texts, matched=decisions.benchmark[uid], matched_text=""))
+            continue
         rows.append(_row(decisions, uid, "contamination", texts, matched=item.id, matched_text=item.question))
     for uid in _borderline(decisions, threshold):
         match = decisions.matched_uid[uid]

@@ -194,3 +194,22 @@ def test_a_translated_benchmark_question_is_removed_by_the_multilingual_signal_o
     assert result.stats["contamination_signals"]["multilingual"] == {"status": "off (contamination.multilingual)"}
     assert "embed_multilingual" not in result.timings_s and "contamination signals" not in result.summary()
     assert result.stats["embedding"]["from_cache"] > 0  # MiniLM's vectors came from the first run's cache
+
+
+def test_a_flag_kept_then_removed_as_a_near_duplicate_still_reaches_the_review_file():
+    """A category out of ``remove`` (the multilingual signal's similar_but_different by default) keeps a
+    flagged row in semantic dedup; removed there, its matched_id names the other row, not an item."""
+    from platypus_ray.refine.ledger import Decisions
+    from platypus_ray.refine.report import review_rows
+    from platypus_ray.testsets import BenchmarkItem
+
+    blank = np.array(["", "", ""])
+    meta = {"source": np.array(["s"] * 3), "valid": np.ones(3, bool), "reason": blank, "detail": blank}
+    decisions = Decisions.start({**meta, "id": np.array(["a", "b", "c"])})
+    items = [BenchmarkItem("mmlu/x:0", "mmlu", "Who wrote Pride and Prejudice?")]
+    for uid in (1, 2):
+        decisions.flag(uid, False, "mmlu/x:0", "mmlu", "similar_but_different", "multilingual", 0.6)
+    decisions.remove(np.array([2]), "near_duplicate", matched=np.array([0]), score=0.95)
+    review = review_rows(decisions, items, {}, threshold=0.9)
+    flags = {r["id"]: r["matched"] for r in review if r["kind"] == "contamination"}
+    assert flags == {"b": "mmlu/x:0", "c": "mmlu"}
