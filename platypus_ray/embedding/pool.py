@@ -282,9 +282,9 @@ def _in_actor_pool(
     if spec.backend in LOADS_IN_A_MOMENT or (device == "cpu" and n <= cfg.batch_size):
         rows_per_call = min(STATIC_ROWS_PER_CALL, max(cfg.batch_size, -(-n // (4 * max(cfg.actors, 1)))))
         workers = max(1, min(cfg.actors, -(-n // rows_per_call)))
-        warming = _warm(embedder, ctor, workers, cfg.cpus_per_actor) if spec.backend in WARM_FIRST else []
+        if spec.backend in WARM_FIRST:  # done before the cut: a Ray Data job started with every CPU held warns
+            ray.get(_warm(embedder, ctor, workers, cfg.cpus_per_actor))
         rows = ds.repartition(target_num_rows_per_block=rows_per_call).materialize()
-        ray.get(warming)
         return rows.map_batches(
             embed_in_task,
             fn_kwargs={"embedder": embedder, "ctor": ctor},
@@ -331,8 +331,8 @@ def embed_in_task(batch: dict[str, np.ndarray], embedder: type[Embedder], ctor: 
 
 
 def _warm(embedder: type[Embedder], ctor: dict, workers: int, cpus: float) -> list:
-    """``workers`` tasks at once (so on as many worker processes) that build the embedder and encode one text,
-    while the driver cuts the rows: the task pool that follows finds the model loaded in each process."""
+    """``workers`` tasks at once (so on as many worker processes) that build the embedder and encode one text:
+    the task pool that follows finds the model loaded in each process."""
     task = ray.remote(num_cpus=cpus)(_warm_one)
     return [task.remote(embedder, ctor) for _ in range(workers)]
 
