@@ -10,9 +10,9 @@ Categories follow the Platypus paper's review terms; the rule used here is:
 * ``similar_but_different``: cosine >= ``threshold`` (0.8) and nothing verbatim: same
   topic or template, a different question.
 
-A second embedding signal, ``multilingual`` (``contamination.multilingual.enabled: true``),
+A second embedding signal, ``multilingual`` (on by default; ``contamination.multilingual``),
 matches the rows against the benchmarks with the multilingual encoder, in its own vector space
-and with its own three thresholds (0.58 / 0.7 / 0.8), so a test question translated into
+and with its own three thresholds (0.6 / 0.7 / 0.8), so a test question translated into
 another language is found. A row is flagged when any signal passes; its category is the
 strongest any signal gives; the ledger's ``signal`` names every signal that passed
 (``embedding+multilingual+ngram``, in that order), and its score and matched item are those of
@@ -20,9 +20,9 @@ the embedding signal with the strongest category (the default model's on a tie),
 n-gram coverage's (:func:`combine`).
 
 Every flagged row is removed unless its category is left out of ``contamination.remove`` (the
-multilingual signal decides on its own category with its own ``remove`` list: by default its
-``similar_but_different`` rows stay, flagged, since on English data they are topic neighbours);
-unlike the Platypus notebook (one nearest training row per test item), all rows that
+multilingual signal decides on its own category with its own ``remove`` list, all three
+categories by default: a translation scores lower than a paraphrase, so its similar_but_different
+band still holds leaks). Unlike the Platypus notebook (one nearest training row per test item), all rows that
 match are flagged, so paraphrase clusters go too.
 """
 

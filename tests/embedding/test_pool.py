@@ -84,3 +84,33 @@ def test_one_input_block_is_cut_into_batches_that_every_actor_shares(ray_session
     assert len(np.unique(calls[:, 0])) == 2, "both actors took batches"
     assert calls[:, 5].max() <= 8 and calls[:, 5].sum() == len(texts)
     np.testing.assert_allclose(np.linalg.norm(vectors, axis=1), 1.0, atol=1e-5)
+
+
+def test_a_warmed_worker_process_reuses_its_loaded_encoder_for_the_task_pool():
+    """pool._warm_one builds the embedder and loads the model (one encode) in the worker process;
+    embed_in_task with the same arguments then finds it there instead of building another."""
+    import numpy as np
+
+    from platypus_ray.embedding import pool
+
+    built, encoded = [], []
+
+    class Fake:
+        def __init__(self, **ctor):
+            built.append(ctor)
+            self.encoder = self
+            self.keep_hash = False
+
+        def encode(self, texts):
+            encoded.append(list(texts))
+            return np.ones((len(texts), 2), dtype=np.float32)
+
+        def __call__(self, batch):
+            return {"key": batch["key"], "embedding": self.encode(list(batch["text"]))}
+
+    ctor = {"model": "m", "device": "cpu", "batch_size": 4}
+    pool._warm_one(Fake, ctor)
+    out = pool.embed_in_task({"key": np.arange(2), "text": np.array(["a", "b"])}, embedder=Fake, ctor=ctor)
+    assert built == [ctor] and encoded == [["warm"], ["a", "b"]]
+    assert out["embedding"].shape == (2, 2)
+    assert pool.WARM_FIRST == ("usem3",)  # only the encoder whose first encode loads its weights

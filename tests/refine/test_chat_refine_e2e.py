@@ -96,7 +96,8 @@ def test_every_row_lands_where_expected(refined):
     by_key = {(r["source"], r["source_index"]): r for r in ledger}
     assert [by_key[("sharegpt", k)]["id"] for k in range(3)] == [by_key[("messages", k)]["id"] for k in range(3)]
     assert by_key[("messages", 2)]["matched_id"] == "mmlu/bio_test:0"
-    assert by_key[("messages", 2)]["signal"] == "embedding"  # a paraphrase: no shared 13-gram
+    # a paraphrase: no shared 13-gram; both embedding signals (MiniLM and use-multilingual) find it
+    assert by_key[("messages", 2)]["signal"] == "embedding+multilingual"
     assert (
         by_key[("messages", 3)]["detail"] == "line 4: turn 3 (user): the conversation ends without an assistant answer"
     )

