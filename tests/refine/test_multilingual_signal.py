@@ -219,8 +219,10 @@ def test_without_the_multilingual_extra_refine_runs_on_with_one_warning_line(ray
 
 def test_a_flag_kept_then_removed_as_a_near_duplicate_still_reaches_the_review_file():
     """A category out of ``remove`` (``remove: [duplicate]``, say) keeps a flagged row in semantic dedup;
-    removed there, its matched_id names the other row, not an item."""
-    from platypus_ray.refine.ledger import Decisions
+    removed there, its ledger matched_id names the other row, while the flag (kept apart) still names its item."""
+    import pyarrow as pa
+
+    from platypus_ray.refine.ledger import Decisions, IdLookup
     from platypus_ray.refine.report import review_rows
     from platypus_ray.testsets import BenchmarkItem
 
