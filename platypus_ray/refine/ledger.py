@@ -70,6 +70,7 @@ class Decisions:
     write the ledger. Contamination flags and details set here (few rows) are kept by uid."""
 
     source: Coded
+    source_first: np.ndarray  # per source code: its first uid (0 for a source without rows)
     status: np.ndarray  # int8: KEPT, INVALID, REMOVED
     reason: np.ndarray  # int16 codes into ``reasons``
     reasons: list[str]
@@ -85,8 +86,12 @@ class Decisions:
         """From the gathered ``source``, ``valid`` and ``reason`` columns (strings or :class:`Coded`)."""
         source, reason = Coded.of(meta["source"]), Coded.of(meta["reason"])
         n = len(meta["valid"])
+        first = np.zeros(len(source.names), dtype=np.int64)
+        present, at = np.unique(source.codes, return_index=True)
+        first[present] = at
         return cls(
             source=source,
+            source_first=first,
             status=np.where(np.asarray(meta["valid"], dtype=bool), KEPT, INVALID).astype(np.int8),
             reason=reason.codes.astype(np.int16),
             reasons=list(reason.names),
@@ -109,14 +114,7 @@ class Decisions:
 
     def source_index(self, uids: np.ndarray) -> np.ndarray:
         """Each row's position within its source (sources are contiguous in uid order)."""
-        return uids - self.source_start()[self.source.codes[uids]]
-
-    def source_start(self) -> np.ndarray:
-        """The first uid of each source code (0 for a source without rows)."""
-        start = np.zeros(len(self.source.names), dtype=np.int64)
-        present, first = np.unique(self.source.codes, return_index=True)
-        start[present] = first
-        return start
+        return uids - self.source_first[self.source.codes[uids]]
 
     def remove(self, uids: np.ndarray, reason: str, matched: np.ndarray, score) -> None:
         """Mark rows removed as duplicates of the rows ``matched`` (uids)."""
@@ -160,7 +158,7 @@ class Decisions:
             score=self.score,
             source_code=self.source.codes,
             source_names=tuple(self.source.names),
-            source_start=self.source_start(),
+            source_start=self.source_first,
             flags=self.flags,
             details=self.details,
             ids=ids,
