@@ -29,13 +29,8 @@ together flagging at most ``--budget`` of the Alpaca rows) and reported on the o
 from __future__ import annotations
 
 import argparse
-import hashlib
-import html
 import json
 import os
-import re
-import shutil
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -44,50 +39,7 @@ from typing import Any
 import numpy as np
 
 from platypus_ray.bench.machine import cpu_model, provenance
-
-HELP = Path("/usr/share/help")
-SHARED = Path(__file__).resolve().parents[3] / "shared" / "data"
-MIN_WORDS = 8
-_PARAGRAPH = re.compile(r"<p(?:\s[^>]*)?>(.*?)</p>", re.DOTALL)
-_TAG = re.compile(r"<[^>]+>")
-
-
-def ensure_docs() -> bool:
-    """The English and Chinese GNOME help, installed with apt when absent and allowed."""
-    if (HELP / "zh_CN" / "gnome-help").is_dir():
-        return True
-    if os.geteuid() != 0 or shutil.which("apt-get") is None:
-        print("skip: gnome-user-docs is not installed and this process cannot apt-get it (needs root)")
-        return False
-    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-    for command in (["apt-get", "update", "-qq"], ["apt-get", "install", "-y", "-qq", "gnome-user-docs"]):
-        done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=900)
-        if done.returncode != 0:
-            print(f"skip: {' '.join(command)} failed: {done.stderr.strip()[-300:]}")
-            return False
-    return (HELP / "zh_CN" / "gnome-help").is_dir()
-
-
-def paragraphs(page: Path) -> list[str]:
-    """The text of each ``<p>`` of a Mallard page, markup removed, whitespace collapsed."""
-    text = page.read_text(encoding="utf-8")
-    return [" ".join(html.unescape(_TAG.sub("", p)).split()) for p in _PARAGRAPH.findall(text)]
-
-
-def translation_pairs(root: Path = HELP) -> list[tuple[str, str]]:
-    """(English, Chinese) paragraphs paired by page and position, one pair per English text."""
-    from platypus_ray.refine.languages import dominant_script
-
-    pairs: dict[str, str] = {}
-    english = root / "C" / "gnome-help"
-    for zh_page in sorted((root / "zh_CN" / "gnome-help").glob("*.page")):
-        en, zh = paragraphs(english / zh_page.name) if (english / zh_page.name).exists() else [], paragraphs(zh_page)
-        if len(en) != len(zh):
-            continue
-        for e, z in zip(en, zh):
-            if len(e.split()) >= MIN_WORDS and dominant_script(z) == "han" and e not in pairs:
-                pairs[e] = z
-    return list(pairs.items())
+from platypus_ray.bench.translations import SHARED, ensure_docs, in_dev, translation_pairs
 
 
 def mmlu_questions() -> list[str]:
@@ -114,10 +66,6 @@ def best_scores(encoder, rows: list[str], items: list[str]) -> tuple[np.ndarray,
     return sims.max(axis=1), sims.argmax(axis=1)
 
 
-def _in_dev(text: str) -> bool:
-    return hashlib.sha256(text.encode()).digest()[0] % 2 == 0
-
-
 def choose_threshold(
     found_other: np.ndarray, scores: np.ndarray, alpaca_other: np.ndarray, alpaca: np.ndarray, budget: float
 ) -> float:
@@ -139,7 +87,7 @@ def run(budget: float) -> dict | None:
     english, chinese = [e for e, _ in pairs], [z for _, z in pairs]
     items = english + mmlu_questions()
     alpaca = alpaca_texts()
-    dev = np.array([_in_dev(e) for e in english])
+    dev = np.array([in_dev(e) for e in english])
     default_threshold = ContaminationConfig().threshold
     signals, timing = {}, {}
     for name, spec in (

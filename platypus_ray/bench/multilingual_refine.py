@@ -45,7 +45,7 @@ CANDIDATES = [round(t, 2) for t in np.arange(0.50, 0.801, 0.01)]
 def write_dev_set(work: Path, pairs: list[tuple[str, str]], alpaca: list[dict]) -> tuple[dict[str, Any], list[str]]:
     """The benchmark file, the source (translations at seeded places among the Alpaca rows), the config's
     paths, and what each source row is (``alpaca-<i>``, ``zh-<pair>``: refine's ids are content hashes)."""
-    from platypus_ray.bench.multilingual import SHARED
+    from platypus_ray.bench.translations import SHARED
 
     gnome = work / "gnome-help.jsonl"
     with gnome.open("w", encoding="utf-8") as out:
@@ -154,14 +154,14 @@ def read_run(ledger: pd.DataFrame, dev: pd.Series) -> dict:
 def run_refine_calibration(budget: float, keep: Path | None = None) -> dict | None:
     """The three runs and the table (``keep``: leave the outputs there instead of a temporary folder)."""
     from platypus_ray.bench.machine import cpu_model
-    from platypus_ray.bench.multilingual import SHARED, _in_dev, ensure_docs, translation_pairs
+    from platypus_ray.bench.translations import SHARED, ensure_docs, in_dev, translation_pairs
     from platypus_ray.refine.config import ContaminationConfig
 
     if not ensure_docs():
         return None
     pairs = translation_pairs()
     alpaca = json.loads((SHARED / "alpaca_5000.json").read_text())
-    dev = pd.Series({f"zh-{n}": _in_dev(e) for n, (e, _) in enumerate(pairs)})
+    dev = pd.Series({f"zh-{n}": in_dev(e) for n, (e, _) in enumerate(pairs)})
     with tempfile.TemporaryDirectory() as scratch:
         work = keep or Path(scratch)
         work.mkdir(parents=True, exist_ok=True)

@@ -20,6 +20,7 @@ import numpy as np
 import ray
 
 from platypus_ray.core.waits import wait_all
+from platypus_ray.refine.dedup.similarity import best_over_tiles
 
 
 class KeptShard:
@@ -44,12 +45,10 @@ class KeptShard:
         """Each chunk row's best float32 cosine to this shard's rows (-2.0 without rows) and that row's position."""
         from threadpoolctl import threadpool_limits
 
-        from platypus_ray.refine.dedup.kept_walk import _best_over_tiles
-
         self.calls += 1
         with threadpool_limits(limits=self.threads):
             tiles = ((at, self.vectors[at : min(at + kept_tile, self.n)]) for at in range(0, self.n, kept_tile))
-            best, arg = _best_over_tiles(chunk, tiles)
+            best, arg = best_over_tiles(chunk, tiles)
         return best, np.where(best > -2.0, self.positions[np.minimum(arg, max(self.n - 1, 0))], 0)
 
     def report(self) -> tuple[str, int, int]:

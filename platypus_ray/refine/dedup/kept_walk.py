@@ -27,7 +27,7 @@ from platypus_ray.core.waits import wait_all
 from platypus_ray.embedding import EmbeddingBlocks
 from platypus_ray.refine.dedup.greedy import DedupDecision
 from platypus_ray.refine.dedup.kept_shards import ShardedKept, start_shards, stop_shards
-from platypus_ray.refine.dedup.similarity import _EPS, Pairs
+from platypus_ray.refine.dedup.similarity import _EPS, Pairs, best_over_tiles
 
 CHUNK_ROWS = 2048  # rows settled per step; their own greedy walk is chunk x chunk
 KEPT_TILE = 16384  # kept rows per GEMM: a chunk x tile float32 product is 128 MiB
@@ -52,7 +52,7 @@ class _Numpy:
 
     def best_kept(self, chunk: np.ndarray, n_kept: int, kept_tile: int) -> tuple[np.ndarray, np.ndarray]:
         """Each chunk row's best float32 cosine to the kept rows and its position among them."""
-        return _best_over_tiles(
+        return best_over_tiles(
             chunk, ((first, self.kept[first : min(first + kept_tile, n_kept)]) for first in range(0, n_kept, kept_tile))
         )
 
@@ -154,27 +154,13 @@ def _best_kept64(
     emb: np.ndarray, kept_rows: np.ndarray, queries64: np.ndarray, kept_tile: int
 ) -> tuple[np.ndarray, np.ndarray]:
     """The best kept row in float64 for a few rows, a tile of kept rows at a time (bounded memory)."""
-    return _best_over_tiles(
+    return best_over_tiles(
         queries64,
         (
             (first, emb[kept_rows[first : first + kept_tile]].astype(np.float64))
             for first in range(0, len(kept_rows), kept_tile)
         ),
     )
-
-
-def _best_over_tiles(queries: np.ndarray, tiles) -> tuple[np.ndarray, np.ndarray]:
-    """Each query's best cosine over ``tiles`` ((position of the tile's first row, its vectors), in
-    order) and the position of the row that gave it; -2.0 and 0 with no tiles."""
-    best = np.full(len(queries), -2.0)
-    arg = np.zeros(len(queries), dtype=np.int64)
-    for first, kept in tiles:
-        scores = queries @ kept.T
-        tile_arg = scores.argmax(axis=1)
-        tile_best = scores[np.arange(len(scores)), tile_arg]
-        better = tile_best > best
-        best[better], arg[better] = tile_best[better], tile_arg[better] + first
-    return best, arg
 
 
 def _settle_among(

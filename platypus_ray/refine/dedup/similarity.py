@@ -345,3 +345,17 @@ def _exact_scores_between(a: np.ndarray, b: np.ndarray, i: np.ndarray, j: np.nda
         right = b[j[start : start + 65536]].astype(np.float64)
         out[start : start + 65536] = np.einsum("ij,ij->i", left, right)
     return out
+
+
+def best_over_tiles(queries: np.ndarray, tiles) -> tuple[np.ndarray, np.ndarray]:
+    """Each query's best cosine over ``tiles`` ((position of the tile's first row, its vectors), in
+    order) and the position of the row that gave it; -2.0 and 0 with no tiles."""
+    best = np.full(len(queries), -2.0)
+    arg = np.zeros(len(queries), dtype=np.int64)
+    for first, kept in tiles:
+        scores = queries @ kept.T
+        tile_arg = scores.argmax(axis=1)
+        tile_best = scores[np.arange(len(scores)), tile_arg]
+        better = tile_best > best
+        best[better], arg[better] = tile_best[better], tile_arg[better] + first
+    return best, arg
