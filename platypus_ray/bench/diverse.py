@@ -408,7 +408,7 @@ def run(
     json_path: Path | None,
     corpus_copy: Path | None,
 ) -> dict | None:
-    from platypus_ray.bench.versus_semhash import _difference, measure_on_corpus
+    from platypus_ray.bench.versus_semhash import _difference, _reference_kept, _static_model_folder, measure_on_corpus
 
     record = provenance("platypus_ray.bench.diverse")
     print(f"packages: {', '.join(packages)}; load average {record['load_average']}", flush=True)
@@ -435,69 +435,67 @@ def run(
         n = corpus["rows"]
         print(f"refine, then SemHash, on {n} rows (threshold {threshold}, mode {mode or 'auto'}) ...", flush=True)
         measured = measure_on_corpus(
-            corpus_path,
-            folder,
-            "debian-docs",
-            threshold,
-            reference,
-            dedup={"mode": mode} if mode else None,
-            greedy=_checked_blocked,
+            corpus_path, folder, "debian-docs", threshold, reference=False, dedup={"mode": mode} if mode else None
         )
-    stats = measured.stats
-    dedup = stats.get("dedup") or {}
-    result: dict[str, Any] = {
-        "rows": n,
-        "threshold": threshold,
-        "packages": versions,
-        "corpus": corpus,
-        "refine_wall_s": round(measured.refine_s, 1),
-        "semhash_wall_s": round(measured.semhash_s, 1),
-        "speed_vs_semhash": round(measured.semhash_s / measured.refine_s, 2),  # above 1: refine is faster
-        "refine": {
-            "kept": len(measured.ours),
-            "mode_asked": mode or "auto",
-            "dedup_mode": dedup.get("mode"),
-            "timings_s": stats["timings_s"],
-            "driver_peak_rss_mb": stats["driver_peak_rss_mb"],
-            "exact_duplicates_removed": (stats.get("removed") or {}).get("exact_duplicate"),
-            "dedup": _dedup_summary(dedup),
-        },
-        "semhash": {"kept": len(measured.theirs)},
-        "refine_vs_semhash_differs": len(measured.ours ^ measured.theirs),
-    }
-    if measured.truth is not None:
-        result["brute_force_kept"] = len(measured.truth)
-        result["brute_force_s"] = round(measured.reference_s or 0.0, 1)
-        result["brute_force"] = dict(_CHECKED)
-        result["refine"].update(_difference(measured.ours, measured.truth))
-        result["semhash"].update(_difference(measured.theirs, measured.truth))
-    print(
-        f"diverse, {n} rows at {threshold}: refine {measured.refine_s:.1f} s (dedup {dedup.get('mode')}), SemHash "
-        f"{measured.semhash_s:.1f} s: refine at {result['speed_vs_semhash']}x SemHash's speed"
-    )
-    print(f"  why: {dedup.get('why')}")
-    print(
-        f"  kept: refine {len(measured.ours)}, SemHash {len(measured.theirs)}"
-        + (
-            f", brute force {len(measured.truth)} ({result['brute_force_s']} s); differ from it: refine "
-            f"{result['refine']['kept_differs']}, SemHash {result['semhash']['kept_differs']}"
-            if measured.truth is not None
-            else ""
+        stats = measured.stats
+        dedup = stats.get("dedup") or {}
+        result: dict[str, Any] = {
+            "rows": n,
+            "threshold": threshold,
+            "packages": versions,
+            "corpus": corpus,
+            "refine_wall_s": round(measured.refine_s, 1),
+            "semhash_wall_s": round(measured.semhash_s, 1),
+            "speed_vs_semhash": round(measured.semhash_s / measured.refine_s, 2),  # above 1: refine is faster
+            "refine": {
+                "kept": len(measured.ours),
+                "mode_asked": mode or "auto",
+                "dedup_mode": dedup.get("mode"),
+                "timings_s": stats["timings_s"],
+                "driver_peak_rss_mb": stats["driver_peak_rss_mb"],
+                "exact_duplicates_removed": (stats.get("removed") or {}).get("exact_duplicate"),
+                "dedup": _dedup_summary(dedup),
+            },
+            "semhash": {"kept": len(measured.theirs)},
+            "refine_vs_semhash_differs": len(measured.ours ^ measured.theirs),
+        }
+        print(
+            f"diverse, {n} rows at {threshold}: refine {measured.refine_s:.1f} s (dedup {dedup.get('mode')}), "
+            f"SemHash {measured.semhash_s:.1f} s: refine at {result['speed_vs_semhash']}x SemHash's speed",
+            flush=True,
         )
-    )
-    if _CHECKED.get("blocked_equals_greedy_reference") is not None:
-        print(f"  blocked reference equals greedy_reference: {_CHECKED['blocked_equals_greedy_reference']}")
-    print(
-        "  refine steps (s): "
-        + ", ".join(f"{k} {v}" for k, v in stats["timings_s"].items())
-        + f"; driver peak RSS {stats['driver_peak_rss_mb']} MB"
-    )
-    if dedup.get("certificate"):
-        print(f"  certificate: {dedup['certificate']}")
+        print(f"  why: {dedup.get('why')}")
+        print(
+            "  refine steps (s): "
+            + ", ".join(f"{k} {v}" for k, v in stats["timings_s"].items())
+            + f"; driver peak RSS {stats['driver_peak_rss_mb']} MB"
+        )
+        if dedup.get("certificate"):
+            print(f"  certificate: {dedup['certificate']}")
+        print(f"  kept: refine {len(measured.ours)}, SemHash {len(measured.theirs)}", flush=True)
+        _write(json_path, record, result)  # the comparison stands on its own before the brute force runs
+        if reference:
+            start = time.perf_counter()
+            truth, _ = _reference_kept(corpus_path, _static_model_folder(), threshold, _checked_blocked)
+            result["brute_force_kept"] = len(truth)
+            result["brute_force_s"] = round(time.perf_counter() - start, 1)
+            result["brute_force"] = dict(_CHECKED)
+            result["refine"].update(_difference(measured.ours, truth))
+            result["semhash"].update(_difference(measured.theirs, truth))
+            print(
+                f"  brute force keeps {len(truth)} ({result['brute_force_s']} s); differ from it: refine "
+                f"{result['refine']['kept_differs']}, SemHash {result['semhash']['kept_differs']}"
+            )
+            if _CHECKED.get("blocked_equals_greedy_reference") is not None:
+                print(f"  blocked reference equals greedy_reference: {_CHECKED['blocked_equals_greedy_reference']}")
+            _write(json_path, record, result)
+    return result
+
+
+def _write(json_path: Path | None, record: dict, result: dict) -> None:
     if json_path:
         json_path.parent.mkdir(parents=True, exist_ok=True)
         json_path.write_text(json.dumps({**record, "diverse": result}, indent=1) + "\n")
-    return result
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -135,7 +135,6 @@ def measure_on_corpus(
     threshold: float,
     reference: bool = True,
     dedup: dict | None = None,
-    greedy: Callable[..., np.ndarray] | None = None,
 ) -> Measured:
     """One refine process and one SemHash process on ``corpus`` (an Alpaca JSONL), then the brute-force
     kept set unless ``reference`` is false; ``dedup`` adds keys to refine's ``dedup`` section."""
@@ -155,7 +154,7 @@ def measure_on_corpus(
     truth, bare, reference_s = None, None, None
     if reference:
         start = time.perf_counter()
-        truth, bare = _reference_kept(corpus, model_dir, threshold, greedy)
+        truth, bare = _reference_kept(corpus, model_dir, threshold)
         reference_s = time.perf_counter() - start
     return Measured(refine_s, semhash_s, stats, ours, theirs, truth, bare, reference_s)
 
