@@ -20,6 +20,8 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -79,10 +81,13 @@ def _difference(kept: set[str], truth: set[str]) -> dict:
     return {"kept": len(kept), "kept_differs": differ, "kept_difference": round(differ / max(len(truth), 1), 5)}
 
 
-def _reference_kept(corpus: Path, model_dir: str, threshold: float) -> tuple[set[str], dict]:
+def _reference_kept(
+    corpus: Path, model_dir: str, threshold: float, greedy: Callable[..., np.ndarray] | None = None
+) -> tuple[set[str], dict]:
     """The brute-force greedy rule (removed iff similar to an earlier kept row) over the rows refine's
     validation and exact dedup leave (of equal normalised instruction + input, the longest output, then the first),
-    in input order, with the same static vectors."""
+    in input order, with the same static vectors. ``greedy`` (default: devtools' ``greedy_reference``)
+    takes (vectors, order, threshold) and gives the keep mask."""
     from model2vec import StaticModel
 
     from platypus_ray.devtools.dedup_reference import greedy_reference
@@ -105,29 +110,63 @@ def _reference_kept(corpus: Path, model_dir: str, threshold: float) -> tuple[set
     vectors = model.encode(texts, batch_size=1024).astype(np.float32)
     bare = {"texts": len(texts), "bare_encode_s": round(time.perf_counter() - start, 2)}
     vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
-    keep = greedy_reference(vectors, np.arange(len(texts)), threshold)
+    keep = (greedy or greedy_reference)(vectors, np.arange(len(texts)), threshold)
     return {normalize(t) for t, k in zip(texts, keep) if k}, bare
 
 
-def run_versus(source: Path, rows: int, threshold: float, json_path: Path | None, reference: bool = True) -> dict:
+@dataclass
+class Measured:
+    """One comparison on one corpus: both walls, refine's stats, the three kept sets (normalised texts)."""
+
+    refine_s: float
+    semhash_s: float
+    stats: dict
+    ours: set[str]
+    theirs: set[str]
+    truth: set[str] | None
+    bare: dict | None
+    reference_s: float | None
+
+
+def measure_on_corpus(
+    corpus: Path,
+    folder: Path,
+    name: str,
+    threshold: float,
+    reference: bool = True,
+    dedup: dict | None = None,
+) -> Measured:
+    """One refine process and one SemHash process on ``corpus`` (an Alpaca JSONL), then the brute-force
+    kept set unless ``reference`` is false; ``dedup`` adds keys to refine's ``dedup`` section."""
     from platypus_ray.refine.rows import normalize
 
     model_dir = _static_model_folder()  # exported once, before either clock starts
+    config = {
+        "sources": [{"path": str(corpus), "name": name}],
+        "embedding": {"backend": "static", "cache": False},
+        "dedup": {"threshold": threshold, "keep": "first", **(dedup or {})},
+        "output": str(folder / "out"),
+    }
+    refine_s, stats = refine_process(config, folder, "refine", timeout_s=4 * 3600)
+    semhash_s = semhash_process(corpus, model_dir, threshold, folder / "semhash.jsonl", timeout_s=4 * 3600)
+    ours = {normalize(t) for t in _refine_kept_texts(folder / "out")}
+    theirs = {normalize(json.loads(line)) for line in (folder / "semhash.jsonl").open()}
+    truth, bare, reference_s = None, None, None
+    if reference:
+        start = time.perf_counter()
+        truth, bare = _reference_kept(corpus, model_dir, threshold)
+        reference_s = time.perf_counter() - start
+    return Measured(refine_s, semhash_s, stats, ours, theirs, truth, bare, reference_s)
+
+
+def run_versus(source: Path, rows: int, threshold: float, json_path: Path | None, reference: bool = True) -> dict:
     with tempfile.TemporaryDirectory(prefix="platypus-ray-versus-") as tmp:
         folder = Path(tmp)
         corpus = folder / "corpus.jsonl"
         write_corpus(source, rows, corpus)
-        config = {
-            "sources": [{"path": str(corpus), "name": "alpaca-perturbed"}],
-            "embedding": {"backend": "static", "cache": False},
-            "dedup": {"threshold": threshold, "keep": "first"},
-            "output": str(folder / "out"),
-        }
-        refine_s, stats = refine_process(config, folder, "refine", timeout_s=4 * 3600)
-        semhash_s = semhash_process(corpus, model_dir, threshold, folder / "semhash.jsonl", timeout_s=4 * 3600)
-        ours = {normalize(t) for t in _refine_kept_texts(folder / "out")}
-        theirs = {normalize(json.loads(line)) for line in (folder / "semhash.jsonl").open()}
-        truth, bare = _reference_kept(corpus, model_dir, threshold) if reference else (None, None)
+        measured = measure_on_corpus(corpus, folder, "alpaca-perturbed", threshold, reference)
+    refine_s, semhash_s, stats = measured.refine_s, measured.semhash_s, measured.stats
+    ours, theirs, truth, bare = measured.ours, measured.theirs, measured.truth, measured.bare
     import platform
 
     result: dict[str, Any] = {

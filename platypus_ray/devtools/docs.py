@@ -472,6 +472,41 @@ def _multilingual_stage(r: dict) -> tuple[str, list[str], list[list[str]]]:
     return about, ["what", "rows/s", "x best bare"], rows
 
 
+def _diverse(r: dict) -> tuple[str, list[str], list[list[str]]]:
+    d = r["diverse"]
+    refine, semhash, corpus = d["refine"], d["semhash"], d["corpus"]
+    brute = "brute_force_kept" in d
+
+    def differs(side: dict) -> str:
+        return f"{side['kept_differs']:,}" if brute else "not run"
+
+    rows = [
+        [
+            f"refine (`{refine['dedup_mode']}`, asked `{refine['mode_asked']}`)",
+            f"{d['refine_wall_s']:g}",
+            f"{refine['kept']:,}",
+            differs(refine),
+            f"{refine['driver_peak_rss_mb']:g} MB",
+        ],
+        ["SemHash 0.5.0", f"{d['semhash_wall_s']:g}", f"{semhash['kept']:,}", differs(semhash), ""],
+    ]
+    if brute:
+        rows.append(
+            ["brute-force greedy rule (blocked)", f"{d['brute_force_s']:g}", f"{d['brute_force_kept']:,}", "", ""]
+        )
+    groups = ", ".join(f"{name} {g['in_corpus']:,}" for name, g in corpus["per_group"].items())
+    certificate = (refine.get("dedup") or {}).get("certificate") or {}
+    about = (
+        f"{d['rows']:,} paragraphs of Debian's documentation (drawn with a seed from {corpus['distinct_paragraphs']:,} "
+        f"distinct ones of >= 8 words; rows per source: {groups}). One `platypus-ray refine` process (static "
+        f"encoder, threshold {d['threshold']:g}, keep first, cache off) against one SemHash process on the same file "
+        f"and model2vec model, each timed from process start to exit: refine at {d['speed_vs_semhash']:g}x "
+        f"SemHash's speed (above 1: refine is faster). Refine's certificate "
+        f"{'holds' if certificate.get('holds') else 'does not hold'}; its mode: {refine['dedup'].get('why', '')}."
+    )
+    return about, ["process", "wall (s)", "kept", "kept rows differing from brute force", "driver peak RSS"], rows
+
+
 def _generic(r: dict) -> tuple[str, list[str], list[list[str]]]:
     rows = [[f"`{key}`", f"`{_yaml(value)}`"] for key, value in _flatten(r)]
     return "", ["measure", "value"], rows
@@ -490,6 +525,7 @@ RENDERERS: dict[str, tuple[str, Callable[[dict], tuple[str, list[str], list[list
     "multilingual-translations": ("Languages: translated benchmark items", _multilingual),
     "multilingual-stage": ("Languages: the multilingual encoder's stage rate", _multilingual_stage),
     "multilingual-refine": ("Languages: both contamination signals through refine", _multilingual_refine),
+    "diverse-vs-semhash": ("Semantic dedup: diverse real text against SemHash", _diverse),
 }
 
 
