@@ -37,9 +37,9 @@ DECISION_COLUMNS = ["status", "reason", "matched_source_index", "category"]
 
 
 def _tasks_per_node(cluster: LocalCluster) -> dict[str, dict[str, int]]:
-    """Finished Ray tasks by node (the names the nodes were started with) and by function, from the
-    cluster's task records; asked in a process of its own, since Ray reads the cluster's token
-    from the environment once per process."""
+    """Finished Ray tasks and kept-shard calls, by node (the names the nodes were started with) and
+    by function, from the cluster's task records; asked in a process of its own, since Ray reads
+    the cluster's token from the environment once per process."""
     done = subprocess.run(
         [sys.executable, "-m", "platypus_ray.bench.nodes", "--count-tasks", cluster.dashboard_url],
         capture_output=True,
@@ -59,7 +59,8 @@ def _count_tasks(address: str) -> dict[str, dict[str, int]]:
     by_node: dict[str, Counter] = {}
     finished: list[tuple[str, str, str | bool | int | float]] = [("state", "=", "FINISHED")]
     for task in list_tasks(address=address, filters=finished, limit=100_000, raise_on_missing_output=False):
-        if task.type != "NORMAL_TASK":  # not the actor calls of Ray Data's own bookkeeping
+        shard_call = task.type == "ACTOR_TASK" and task.func_or_class_name.startswith("KeptShard.")
+        if task.type != "NORMAL_TASK" and not shard_call:  # not the actor calls of Ray Data's own bookkeeping
             continue
         node = names.get(task.node_id or "", task.node_id or "?")
         by_node.setdefault(node, Counter())[task.func_or_class_name.split(".")[-1][:60]] += 1
@@ -119,6 +120,7 @@ def run_nodes(
                 "driver_peak_rss_mb": stats["driver_peak_rss_mb"],
                 "resolution_tasks_per_node": ((stats.get("dedup") or {}).get("resolution") or {}).get("tasks_per_node"),
                 "certificate": ((stats.get("dedup") or {}).get("certificate") or {}).get("holds"),
+                "kept_shards": (stats.get("dedup") or {}).get("kept_shards"),
                 "tasks_per_node": tasks,
             }
         ledgers = [pq.read_table(folder / name / "ledger", columns=DECISION_COLUMNS) for name in ("one_node", "nodes")]
