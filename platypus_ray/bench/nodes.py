@@ -20,17 +20,15 @@ import os
 import subprocess
 import sys
 import tempfile
-import time
 from collections import Counter
 from pathlib import Path
 from typing import Any
 
 import pyarrow.parquet as pq
-import yaml
 
 from platypus_ray.bench.machine import provenance
 from platypus_ray.bench.refine import DEFAULT_SOURCE
-from platypus_ray.bench.refine_e2e import write_corpus
+from platypus_ray.bench.refine_e2e import refine_process, write_corpus
 from platypus_ray.devtools.local_cluster import LocalCluster
 
 DECISION_COLUMNS = ["status", "reason", "matched_source_index", "category"]
@@ -73,24 +71,6 @@ def _node_name(resources: dict) -> str | None:
     return own[0] if own else None
 
 
-def _refine_on(cluster: LocalCluster, config: dict, folder: Path, name: str, timeout_s: float) -> tuple[float, dict]:
-    path = folder / f"{name}.yaml"
-    path.write_text(yaml.safe_dump(config))
-    env = {**os.environ, **cluster.client_env}
-    start = time.perf_counter()
-    done = subprocess.run(
-        [sys.executable, "-m", "platypus_ray", "refine", "--config", str(path)],
-        capture_output=True,
-        text=True,
-        timeout=timeout_s,
-        env=env,
-    )
-    seconds = time.perf_counter() - start
-    if done.returncode != 0:
-        raise SystemExit(f"refine on {name} failed:\n{done.stderr[-3000:]}")
-    return seconds, json.loads((Path(config["output"]) / "stats.json").read_text())
-
-
 def run_nodes(
     source: Path, rows: int, nodes: int, cpus_per_node: int, mode: str, timeout_s: float, argv: list[str] | None
 ) -> dict:
@@ -108,7 +88,7 @@ def run_nodes(
             }
             env = {"HF_HUB_OFFLINE": "1", "RAY_DEDUP_LOGS": "0", "RAY_MAX_LIMIT_FROM_API_SERVER": "100000"}
             with LocalCluster(cpus_per_node=shape[1], env=env).start(shape[0]) as cluster:
-                wall, stats = _refine_on(cluster, config, folder, name, timeout_s)
+                wall, stats = refine_process(config, folder, name, timeout_s, {**os.environ, **cluster.client_env})
                 tasks = _tasks_per_node(cluster)
             runs[name] = {
                 "nodes": shape[0],

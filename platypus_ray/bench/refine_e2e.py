@@ -57,9 +57,11 @@ def mmlu_benchmarks(source: Path) -> list[dict]:
     ]
 
 
-def refine_process(config: dict, folder: Path, name: str, timeout_s: float) -> tuple[float, dict]:
+def refine_process(
+    config: dict, folder: Path, name: str, timeout_s: float, env: dict[str, str] | None = None
+) -> tuple[float, dict]:
     """Run `platypus-ray refine` on ``config`` in its own process, as a user would: (wall seconds
-    from process start to exit, its stats.json)."""
+    from process start to exit, its stats.json). ``env``: its environment (default: this process's)."""
     path = folder / f"{name}.yaml"
     path.write_text(yaml.safe_dump(config))
     start = time.perf_counter()
@@ -68,6 +70,7 @@ def refine_process(config: dict, folder: Path, name: str, timeout_s: float) -> t
         capture_output=True,
         text=True,
         timeout=timeout_s,
+        env=env,
     )
     seconds = time.perf_counter() - start
     if done.returncode != 0:
