@@ -25,13 +25,6 @@ class Coded:
     def __len__(self) -> int:
         return len(self.codes)
 
-    def code(self, name: str) -> int:
-        """``name``'s code, or -1 (matches no row) when no row holds it."""
-        return self.names.index(name) if name in self.names else -1
-
-    def where(self, name: str) -> np.ndarray:
-        return self.codes == self.code(name)
-
     def take(self, rows: np.ndarray) -> Coded:
         return Coded(self.codes[rows], self.names)
 
