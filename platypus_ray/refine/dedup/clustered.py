@@ -81,7 +81,7 @@ def clustered_pairs_above(
     times stays linear in memory; ``Pairs.incomplete`` marks the rows that had more."""
     n = blocks.n
     rank = np.arange(n) if rank is None else rank
-    k = max(1, min(n // max(settings.rows_per_cluster, 1), 65536))
+    k = clusters_for(n, settings)
     centroids = ray.put(_kmeans(blocks, k, settings, timeout_s))
     placed = [_place.options(num_returns=2).remote(ref, centroids, threshold) for ref in blocks.refs]
     counts = wait_all([c for _, c in placed], timeout_s)
@@ -130,14 +130,46 @@ def clustered_pairs_above(
     return found
 
 
+def clusters_for(rows: int, settings: ClusterSettings) -> int:
+    return max(1, min(rows // max(settings.rows_per_cluster, 1), 65536))
+
+
+def estimated_partition_work(
+    blocks: EmbeddingBlocks, threshold: float, settings: ClusterSettings, timeout_s: float, sample_rows: int = 50_000
+) -> float:
+    """The partition's work (home rows x members, summed over clusters: dot products) projected from
+    a random sample: k-means as the full run does, the sample placed by the bisector rule, each
+    count scaled by n / sample. One Ray task; the driver sends the sample (rows x dim floats)."""
+    n = blocks.n
+    k = clusters_for(n, settings)
+    rng = np.random.default_rng(settings.seed + 1)
+    picks = np.sort(rng.choice(n, size=min(n, max(sample_rows, k * settings.sample_per_cluster)), replace=False))
+    (work,) = wait_all([_sampled_work.remote(blocks.gather(picks, timeout_s), k, threshold, settings)], timeout_s)
+    scale = n / max(len(picks), 1)
+    return float(work * scale * scale)
+
+
+@ray.remote
+def _sampled_work(sample: np.ndarray, k: int, threshold: float, settings: ClusterSettings) -> float:
+    centroids = _kmeans_on(sample, k, settings)
+    _, (home, members) = place_rows(sample, centroids, threshold)
+    return float((home.astype(np.float64) * members).sum())
+
+
 def _kmeans(blocks: EmbeddingBlocks, k: int, settings: ClusterSettings, timeout_s: float) -> np.ndarray:
     """Spherical k-means on a random sample of rows (gathered from every block)."""
-    import torch
-
     rng = np.random.default_rng(settings.seed)
     want = min(blocks.n, k * settings.sample_per_cluster)
     picks = np.sort(rng.choice(blocks.n, size=want, replace=False))
-    sample = torch.from_numpy(blocks.gather(picks, timeout_s))
+    return _kmeans_on(blocks.gather(picks, timeout_s), k, settings)
+
+
+def _kmeans_on(rows: np.ndarray, k: int, settings: ClusterSettings) -> np.ndarray:
+    import torch
+
+    rng = np.random.default_rng(settings.seed)
+    want = k * settings.sample_per_cluster
+    sample = torch.from_numpy(rows if len(rows) <= want else rows[np.sort(rng.choice(len(rows), want, replace=False))])
     generator = torch.Generator().manual_seed(settings.seed)
     centroids = sample[torch.randperm(len(sample), generator=generator)[:k]].clone()
     for _ in range(settings.kmeans_iterations):
@@ -169,8 +201,7 @@ def _balance(work: np.ndarray, groups: int) -> np.ndarray:
 _PLACE_CELLS = 1 << 23  # rows x clusters per step of _place: its three float64 arrays stay near 200 MB
 
 
-@ray.remote
-def _place(block: np.ndarray, centroids: np.ndarray, threshold: float, chunk: int | None = None):
+def place_rows(block: np.ndarray, centroids: np.ndarray, threshold: float, chunk: int | None = None):
     """The block's entries (row in block, cluster, 1 if home) by the bisector rule, and per cluster
     (home rows, members): the counts the driver plans with."""
     k = len(centroids)
@@ -189,6 +220,9 @@ def _place(block: np.ndarray, centroids: np.ndarray, threshold: float, chunk: in
     entries = tuple(np.concatenate(p) if p else np.empty(0, np.int64) for p in (rows, clusters, is_home))
     counts = (np.bincount(entries[1][entries[2]], minlength=k), np.bincount(entries[1], minlength=k))
     return entries, counts
+
+
+_place = ray.remote(place_rows)
 
 
 @ray.remote

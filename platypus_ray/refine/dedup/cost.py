@@ -35,6 +35,28 @@ def gemm_gflops_per_cpu(dim: int, tile: int = 2048) -> float:
     return 2.0 * tile * tile * max(dim, 1) / seconds / 1e9
 
 
+@functools.lru_cache(maxsize=8)
+def bf16_gemm_gflops_per_cpu(dim: int, tile: int = 2048) -> float:
+    """The same product in bfloat16 (torch on CPU, as the walk's bfloat16 products run it): twice
+    float32's rate with AVX512-BF16 or AMX, a fraction of it where bfloat16 is emulated."""
+    import torch
+
+    a = torch.from_numpy(np.random.default_rng(0).standard_normal((tile, max(dim, 1)), dtype=np.float32))
+    a = a.to(torch.bfloat16)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        (a @ a.T).amax(dim=1)  # warm-up
+        reps, start = 0, time.perf_counter()
+        while reps < 3 or time.perf_counter() - start < 0.1:
+            (a @ a.T).amax(dim=1)
+            reps += 1
+        seconds = (time.perf_counter() - start) / reps
+    finally:
+        torch.set_num_threads(threads)
+    return 2.0 * tile * tile * max(dim, 1) / seconds / 1e9
+
+
 def exact_seconds(rows: int, dim: int, cpus: float, gflops_per_cpu: float) -> float:
     """Estimated seconds of exact mode's similarity GEMM (the rest of the search is linear in pairs found)."""
     pairs = rows * (rows - 1) / 2

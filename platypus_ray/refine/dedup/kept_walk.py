@@ -10,6 +10,12 @@ of the all-pairs search, and never more than half of it (each pair is looked at 
 only when the earlier row was kept). Float32 products within ``_EPS`` of the threshold are
 re-scored in float64, so the kept set is the float64 brute-force reference's, row for row.
 
+On CPUs with bfloat16 dot products (AVX512-BF16, AMX) the products can run in bfloat16 at about
+twice float32's rate (``dedup.products``; ``auto`` measures both on the walk's node): each score
+is then off by at most :func:`bf16_margin` (~0.012), so every kept row within that margin of the
+threshold or above is re-scored in float64. Decisions and matches stay the reference's exactly;
+only the ``nearest`` cosine of a row with no such candidate is the bfloat16 one.
+
 The walk runs as one Ray task that takes the vector blocks from the object store and uses a
 node's cores (numpy's BLAS threads) or its GPU (torch); the driver gets back four numbers per row.
 On a cluster of several nodes the kept rows are spread over one actor a node and the products run
@@ -19,6 +25,8 @@ rows are never computed (``exact`` mode enumerates them, at all-pairs cost).
 """
 
 from __future__ import annotations
+
+from typing import Any
 
 import numpy as np
 import ray
@@ -30,6 +38,8 @@ from platypus_ray.refine.dedup.kept_shards import ShardedKept, start_shards, sto
 from platypus_ray.refine.dedup.similarity import _EPS, Pairs, best_over_tiles
 
 CHUNK_ROWS = 2048  # rows settled per step; their own greedy walk is chunk x chunk
+BF16_MIN_ROWS = 50_000
+BF16_MIN_GAIN = 1.3
 KEPT_TILE = 16384  # kept rows per GEMM: a chunk x tile float32 product is 128 MiB
 
 
@@ -62,6 +72,69 @@ class _Numpy:
 
     def keep(self, chunk: np.ndarray, rows: np.ndarray, at: int) -> None:
         self.kept[at : at + len(rows)] = chunk[rows]
+
+
+def bf16_margin(dim: int) -> float:
+    """A bound on |bfloat16 product - exact cosine| for unit vectors: each factor rounded to 8
+    significant bits (unit roundoff u = 2^-8) gives (2u + u^2) |x||y|; the float32 accumulation of
+    ``dim`` terms at most dim * 2^-24; the bfloat16 result one more u. Doubled where cheap."""
+    u = 2.0**-8
+    return 3 * u + 2 * u * u + 2 * dim * 2.0**-24 + 1e-6
+
+
+class _Bf16:
+    """:class:`_Numpy`'s interface with the products against the kept rows in bfloat16 (torch on
+    CPU), and the kept rows that could be >= threshold re-scored in float64 from ``emb``."""
+
+    exact_candidates = True  # best_kept's scores at or near the threshold are float64 already
+
+    def __init__(self, emb: np.ndarray, kept_rows: np.ndarray, threshold: float):
+        import torch
+
+        self.torch, self.emb, self.kept_rows, self.threshold = torch, emb, kept_rows, threshold
+        self.kept = torch.empty((len(emb), emb.shape[1] if emb.ndim == 2 else 0), dtype=torch.bfloat16)
+        self.low = threshold - bf16_margin(self.kept.shape[1])
+        self.rescored = 0  # pairs re-scored in float64
+
+    def put(self, picked: np.ndarray) -> tuple:
+        picked = np.ascontiguousarray(picked, dtype=np.float32)
+        return self.torch.from_numpy(picked).to(self.torch.bfloat16), picked
+
+    def best_kept(self, chunk: tuple, n_kept: int, kept_tile: int) -> tuple[np.ndarray, np.ndarray]:
+        """Each chunk row's best cosine to the kept rows and its position among them: float64 and
+        exact for a row with a kept row at or above ``threshold - margin`` in bfloat16; for the
+        others the bfloat16 best (below the threshold) and position 0, which the walk never reads."""
+        torch, (queries, queries32) = self.torch, chunk
+        best = np.full(len(queries32), -2.0)
+        arg = np.zeros(len(queries32), dtype=np.int64)
+        rows, positions = [], []
+        for first in range(0, n_kept, kept_tile):
+            scores = queries @ self.kept[first : min(first + kept_tile, n_kept)].T
+            # no argmax (slow on bfloat16): a row's match is among its candidates, re-scored below
+            tile_best = scores.amax(dim=1).float().numpy()
+            np.maximum(best, tile_best, out=best)
+            hot = np.flatnonzero(tile_best >= self.low)
+            if len(hot):
+                r, c = (t.numpy() for t in torch.nonzero(scores[torch.from_numpy(hot)] >= self.low, as_tuple=True))
+                rows.append(hot[r])
+                positions.append(c + first)
+        if rows:
+            r, c = np.concatenate(rows), np.concatenate(positions)
+            exact = np.einsum(
+                "ij,ij->i", queries32[r].astype(np.float64), self.emb[self.kept_rows[c]].astype(np.float64)
+            )
+            self.rescored += len(r)
+            order = np.lexsort((c, -exact, r))  # per row: the highest, the earliest kept on a tie
+            first_of_row = order[np.r_[True, r[order][1:] != r[order][:-1]]]
+            best[r[first_of_row]], arg[r[first_of_row]] = exact[first_of_row], c[first_of_row]
+        return best, arg
+
+    def among(self, chunk: tuple, rows: np.ndarray) -> np.ndarray:
+        picked = chunk[1][rows]
+        return (picked @ picked.T).astype(np.float64)
+
+    def keep(self, chunk: tuple, rows: np.ndarray, at: int) -> None:
+        self.kept[at : at + len(rows)] = chunk[0][self.torch.from_numpy(rows)]
 
 
 class _Torch:
@@ -104,6 +177,8 @@ def walk_against_kept(
     device: str = "cpu",
     max_products: float | None = None,
     sharded: ShardedKept | None = None,
+    precision: str = "float32",
+    counters: dict | None = None,
 ) -> tuple[DedupDecision, np.ndarray, int]:
     """The greedy rule over ``emb`` (n x dim unit vectors) with rows visited in ``order``.
 
@@ -112,16 +187,23 @@ def walk_against_kept(
     of dot products computed. With ``max_products``, raises :class:`OverBudget` as soon as the
     work done plus the remaining rows times the rows kept so far plus the next chunk's own
     pairs (a lower bound of what is left) passes it. ``device``: ``cpu`` (numpy) or a torch
-    CUDA device; ``sharded``: the kept rows and their products on :mod:`.kept_shards`' actors."""
+    CUDA device; ``sharded``: the kept rows and their products on :mod:`.kept_shards`' actors;
+    ``precision`` of the products: ``float32`` or ``bfloat16`` (CPU only, see :class:`_Bf16`), which
+    counts its float64 re-scores into ``counters["rescored_pairs"]``."""
     n, dim = emb.shape if emb.ndim == 2 else (len(emb), 0)
     keep = np.zeros(n, dtype=bool)
     matched = np.full(n, -1, dtype=np.int64)
     score = np.full(n, np.nan)
     nearest = np.full(n, -1.0)
     kept_rows = np.empty(n, dtype=np.int64)
-    products_of: _Numpy | _Torch | ShardedKept = (
-        sharded if sharded is not None else _Numpy(n, dim) if device == "cpu" else _Torch(n, dim, device)
-    )
+    products_of: _Numpy | _Bf16 | _Torch | ShardedKept
+    if sharded is not None:
+        products_of = sharded
+    elif device != "cpu":
+        products_of = _Torch(n, dim, device)
+    else:
+        products_of = _Bf16(emb, kept_rows, threshold) if precision == "bfloat16" else _Numpy(n, dim)
+    exact_near = getattr(products_of, "exact_candidates", False)
     n_kept, products = 0, 0
     for start in range(0, n, chunk_rows):
         rows = order[start : start + chunk_rows]
@@ -130,11 +212,11 @@ def walk_against_kept(
             raise OverBudget(start, n_kept, projected)
         picked = emb[rows]  # one gather of the chunk's vectors, used in both precisions
         chunk64 = picked.astype(np.float64)
-        chunk = products_of.put(picked)
+        chunk: Any = products_of.put(picked)  # each products class reads back what its put gave
         best, arg = products_of.best_kept(chunk, n_kept, kept_tile)
         products += len(rows) * n_kept
         near = np.flatnonzero(np.abs(best - threshold) < _EPS)  # float64 decides these, as in the reference
-        if len(near):
+        if len(near) and not exact_near:
             best[near], arg[near] = _best_kept64(emb, kept_rows[:n_kept], chunk64[near], kept_tile)
         gone = best >= threshold
         matched[rows[gone]] = kept_rows[arg[gone]]
@@ -147,6 +229,8 @@ def walk_against_kept(
         kept_rows[n_kept : n_kept + len(newly)] = rows[newly]
         products_of.keep(chunk, newly, n_kept)
         n_kept += len(newly)
+    if counters is not None and isinstance(products_of, _Bf16):
+        counters["rescored_pairs"] = products_of.rescored
     return DedupDecision(keep, matched, score), nearest, products
 
 
@@ -211,6 +295,7 @@ def _walk_task(
     max_products: float | None,
     shards: list | None = None,
     timeout_s: float = 0.0,
+    precision: str = "float32",
 ):
     from threadpoolctl import threadpool_limits
 
@@ -219,14 +304,50 @@ def _walk_task(
     emb = np.concatenate([ray.get(ref) for ref in refs]) if refs else np.zeros((0, 0), dtype=np.float32)
     device = actor_device("cuda" if use_gpu else "cpu")
     sharded = ShardedKept(shards, timeout_s) if shards else None
+    stats: dict = {}
     try:
         with threadpool_limits(limits=max(1, threads)):  # a worker's BLAS starts at one thread (OMP_NUM_THREADS)
+            if device == "cpu" and not sharded:
+                precision, stats["products"] = choose_precision(
+                    precision, len(emb), emb.shape[-1] if emb.ndim == 2 else 0
+                )
+            else:
+                precision = "float32"
             decision, nearest, products = walk_against_kept(
-                emb, order, threshold, device=device, max_products=max_products, sharded=sharded
+                emb,
+                order,
+                threshold,
+                device=device,
+                max_products=max_products,
+                sharded=sharded,
+                precision=precision,
+                counters=stats.get("products"),
             )
     except OverBudget as over:  # a value, not an error: Ray would print a traceback for a raised one
         return over
-    return decision, nearest, products, sharded.finish() if sharded else {}
+    if sharded:
+        stats["kept_shards"] = sharded.finish()
+    return decision, nearest, products, stats
+
+
+def choose_precision(asked: str, rows: int, dim: int) -> tuple[str, dict]:
+    """``dedup.products`` on this node: ``auto`` is bfloat16 where its measured rate is at least
+    ``BF16_MIN_GAIN`` x float32's and the walk has at least ``BF16_MIN_ROWS`` rows (below that the
+    walk takes seconds and torch's import alone two)."""
+    if asked != "auto":
+        return asked, {"precision": asked, "why": f"dedup.products: {asked}"}
+    if rows < BF16_MIN_ROWS:
+        return "float32", {"precision": "float32", "why": f"auto: fewer than {BF16_MIN_ROWS} rows"}
+    from platypus_ray.refine.dedup.cost import bf16_gemm_gflops_per_cpu, gemm_gflops_per_cpu
+
+    float32, bf16 = gemm_gflops_per_cpu(dim), bf16_gemm_gflops_per_cpu(dim)
+    precision = "bfloat16" if bf16 >= BF16_MIN_GAIN * float32 else "float32"
+    why = f"auto: bfloat16 {bf16:.0f} GFLOP/s per CPU against float32's {float32:.0f} (needs {BF16_MIN_GAIN}x)"
+    return precision, {
+        "precision": precision,
+        "why": why,
+        "gflops_per_cpu": {"float32": round(float32, 1), "bfloat16": round(bf16, 1)},
+    }
 
 
 def kept_walk_pairs(
@@ -238,25 +359,29 @@ def kept_walk_pairs(
     timeout_s: float,
     max_products: float | None = None,
     shards: tuple[int, float] = (0, 0.0),
+    precision: str = "auto",
 ) -> tuple[DedupDecision, Pairs, int, dict] | OverBudget:
     """:func:`walk_against_kept` over object-store blocks in one Ray task on ``cpus`` cores of one
     node (its BLAS threads) or one GPU; with ``shards`` (count, CPUs each), count >= 2, the kept
     rows and their products on that many actors spread over the nodes (the walk task then holds
-    no CPU). The pairs are each removed row with its kept match; the dict says where the shards ran."""
+    no CPU). The pairs are each removed row with its kept match; the dict says where the shards ran
+    (``kept_shards``) and which ``products`` precision ran and why."""
     count, shard_cpus = shards
     actors = start_shards(count, blocks.dim, shard_cpus, timeout_s) if count >= 2 and not num_gpus else []
     try:
         walk_cpus = 0 if actors else cpus if not num_gpus else 1
         task = _walk_task.options(num_cpus=walk_cpus, num_gpus=1 if num_gpus else 0)
-        ref = task.remote(blocks.refs, order, threshold, bool(num_gpus), cpus, max_products, actors or None, timeout_s)
+        ref = task.remote(
+            blocks.refs, order, threshold, bool(num_gpus), cpus, max_products, actors or None, timeout_s, precision
+        )
         (result,) = wait_all([ref], timeout_s)
     finally:
         stop_shards(actors)
     if isinstance(result, OverBudget):
         return result
-    decision, nearest, products, shard_stats = result
+    decision, nearest, products, walk_stats = result
     gone = np.flatnonzero(~decision.keep)
     hi, lo = decision.matched[gone], gone
     i, j = np.minimum(hi, lo), np.maximum(hi, lo)
     pairs = Pairs(i, j, decision.score[gone], nearest.astype(np.float32))
-    return decision, pairs, products, shard_stats
+    return decision, pairs, products, walk_stats

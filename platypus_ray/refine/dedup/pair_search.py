@@ -11,7 +11,7 @@ import numpy as np
 from platypus_ray.embedding import EmbeddingBlocks
 from platypus_ray.refine.config import DedupConfig
 from platypus_ray.refine.dedup.certificate import certify
-from platypus_ray.refine.dedup.clustered import ClusterSettings, clustered_pairs_above
+from platypus_ray.refine.dedup.clustered import ClusterSettings, clustered_pairs_above, estimated_partition_work
 from platypus_ray.refine.dedup.cost import exact_seconds, gemm_gflops_per_cpu
 from platypus_ray.refine.dedup.greedy import (
     DedupDecision,
@@ -111,7 +111,14 @@ def _search_and_resolve(
     n = blocks.n
     cpus, memory = _node_capacity()
     mode, why, estimate = choose_mode(n, blocks.dim, cfg, cpus, node_memory=memory)
+    settings = ClusterSettings(
+        rows_per_cluster=cfg.rows_per_cluster,
+        tile=cfg.tile_size,
+        per_row=cfg.neighbours_per_row,
+        max_pairs=cfg.max_pairs,
+    )
     if mode == "kept" and n >= 2:
+        max_products = _walk_limit(blocks, cfg, settings, estimate)
         logger.info("refine: semantic dedup of %d rows: against the kept set (%s)", n, why)
         walked = kept_walk_pairs(
             blocks,
@@ -120,11 +127,12 @@ def _search_and_resolve(
             num_gpus,
             int(cpus),
             cfg.timeout_s,
-            estimate.pop("max_products", None),
+            max_products,
             kept_shards(cfg.kept_shards),
+            cfg.products,
         )
         if not isinstance(walked, OverBudget):
-            decision, pairs, products, shard_stats = walked
+            decision, pairs, products, walk_stats = walked
             return DedupOutcome(
                 pairs,
                 decision,
@@ -135,7 +143,7 @@ def _search_and_resolve(
                     "dot_products": int(products),
                     "pairs_found": pairs.count,
                     "pairs": "each removed row with its kept match",
-                    **({"kept_shards": shard_stats} if shard_stats else {}),
+                    **walk_stats,
                 },
             )
         mode, why = (
@@ -143,7 +151,8 @@ def _search_and_resolve(
             (
                 f"the walk against the kept set had {walked.kept} rows kept after {walked.rows_done} of {n}; "
                 f"its projected work ({walked.projected_products:.3g} dot products) passed "
-                f"dedup.auto_exact_budget_s ({cfg.auto_exact_budget_s:g} s)"
+                f"dedup.auto_exact_budget_s ({cfg.auto_exact_budget_s:g} s) and the clustered search's estimate "
+                f"({estimate.get('clustered_estimate_products', 0):.3g})"
             ),
         )
     logger.info("refine: semantic dedup of %d rows: %s (%s)", n, mode, why)
@@ -156,12 +165,6 @@ def _search_and_resolve(
         decision, rounds = resolve_in_rounds(n, pairs, order, cfg.timeout_s, check)
         stats = {"mode": mode, "why": why, **estimate, **_bound_stats(pairs), "resolution": rounds}
         return DedupOutcome(pairs, decision, stats)
-    settings = ClusterSettings(
-        rows_per_cluster=cfg.rows_per_cluster,
-        tile=cfg.tile_size,
-        per_row=cfg.neighbours_per_row,
-        max_pairs=cfg.max_pairs,
-    )
     found = clustered_pairs_above(blocks, cfg.threshold, settings, cfg.timeout_s, rank)
     check = exact_check_against(blocks, cfg.threshold, cfg.timeout_s)
     decision, rounds = resolve_in_rounds(n, found.pairs, order, cfg.timeout_s, check)
@@ -196,6 +199,23 @@ def _search_and_resolve(
         "resolution": rounds,
     }
     return DedupOutcome(found.pairs, decision, stats)
+
+
+def _walk_limit(blocks: EmbeddingBlocks, cfg: DedupConfig, settings: ClusterSettings, estimate: dict) -> float | None:
+    """The dot products auto lets the walk against the kept set run to: its time budget, or what the
+    clustered search would cost instead where that is more (a sampled estimate, taken only when the
+    walk could pass the budget: it never computes more than all pairs). On diverse text the
+    partition copies most rows into most clusters and the clustered search is all pairs, so the
+    walk, at most as much work, runs to the end."""
+    budget = estimate.pop("max_products", None)
+    n = blocks.n
+    all_pairs = n * (n - 1) / 2
+    if budget is None or all_pairs <= budget:
+        return budget
+    partition = estimated_partition_work(blocks, cfg.threshold, settings, cfg.timeout_s)
+    clustered = min(partition, all_pairs)
+    estimate["clustered_estimate_products"] = clustered
+    return max(budget, clustered)
 
 
 def _node_capacity() -> tuple[float, float | None]:

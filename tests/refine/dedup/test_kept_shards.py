@@ -25,7 +25,8 @@ def test_sharded_walk_decides_as_the_single_walk_and_brute_force(ray_session, se
     single, _, _ = walk_against_kept(emb, order, 0.8)
     walked = kept_walk_pairs(EmbeddingBlocks.of(emb), order, 0.8, 0, 1, 120.0, shards=(3, 0.5))
     assert not isinstance(walked, Exception)
-    decision, _pairs, _products, where = walked
+    decision, _pairs, _products, stats = walked
+    where = stats["kept_shards"]
     assert (decision.keep == greedy_reference(emb, order, 0.8)).all()
     assert (decision.keep == single.keep).all() and (decision.matched == single.matched).all()
     assert np.allclose(decision.score, single.score, equal_nan=True, atol=1e-6)
