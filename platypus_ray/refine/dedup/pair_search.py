@@ -13,11 +13,8 @@ from platypus_ray.refine.config import DedupConfig
 from platypus_ray.refine.dedup.certificate import certify
 from platypus_ray.refine.dedup.clustered import ClusterSettings, clustered_pairs_above, estimated_partition_work
 from platypus_ray.refine.dedup.cost import exact_seconds, gemm_gflops_per_cpu
-from platypus_ray.refine.dedup.greedy import (
-    DedupDecision,
-    exact_check_against,
-    priority_order,
-)
+from platypus_ray.refine.dedup.greedy import DedupDecision, priority_order
+from platypus_ray.refine.dedup.kept_check import KeptCheck
 from platypus_ray.refine.dedup.kept_walk import OverBudget, kept_walk_pairs
 from platypus_ray.refine.dedup.recall import measure_recall
 from platypus_ray.refine.dedup.rounds import resolve_in_rounds
@@ -161,12 +158,12 @@ def _search_and_resolve(
         pairs = all_pairs_above(
             blocks, cfg.threshold, cfg.tile_size, num_gpus, cfg.timeout_s, rank, cfg.neighbours_per_row, cfg.max_pairs
         )
-        check = exact_check_against(blocks, cfg.threshold, cfg.timeout_s)
+        check = KeptCheck(blocks, cfg.threshold, cfg.timeout_s)
         decision, rounds = resolve_in_rounds(n, pairs, order, cfg.timeout_s, check)
         stats = {"mode": mode, "why": why, **estimate, **_bound_stats(pairs), "resolution": rounds}
         return DedupOutcome(pairs, decision, stats)
     found = clustered_pairs_above(blocks, cfg.threshold, settings, cfg.timeout_s, rank)
-    check = exact_check_against(blocks, cfg.threshold, cfg.timeout_s)
+    check = KeptCheck(blocks, cfg.threshold, cfg.timeout_s)
     decision, rounds = resolve_in_rounds(n, found.pairs, order, cfg.timeout_s, check)
     recall = measure_recall(
         blocks, found.pairs, decision.keep, rank, cfg.threshold, cfg.recall_sample, 0, cfg.timeout_s
