@@ -110,10 +110,11 @@ class DedupConfig(StrictModel):
     )
     products: Literal["auto", "float32", "bfloat16"] = Field(
         "auto",
-        description="precision of the walk against the kept set's products on CPU: bfloat16 runs ~2x float32 where "
-        "the CPU has bfloat16 dot products (AVX512-BF16, AMX), and every score within its error bound (~0.012) of "
-        "the threshold is re-scored in float64, so decisions are the same; auto: bfloat16 where measured >= 1.3x "
-        "faster on the walk's node and the walk has >= 50,000 rows",
+        description="precision of the products of the walk against the kept set and of the certificate's search "
+        "among kept rows, on CPU: bfloat16 runs faster where the CPU has bfloat16 dot products (AVX512-BF16, AMX), "
+        "and every score within its error bound (~0.012) of the threshold is re-scored in float64, so decisions "
+        "and counts are the same; auto: bfloat16 where measured >= 1.3x float32 on the node and there are >= "
+        "50,000 rows",
     )
     auto_exact_budget_s: float = Field(
         60.0,

@@ -61,3 +61,25 @@ def exact_seconds(rows: int, dim: int, cpus: float, gflops_per_cpu: float) -> fl
     """Estimated seconds of exact mode's similarity GEMM (the rest of the search is linear in pairs found)."""
     pairs = rows * (rows - 1) / 2
     return float(np.float64(pairs) * 2 * dim / (gflops_per_cpu * 1e9 * max(cpus, 1.0)))
+
+
+BF16_MIN_ROWS = 50_000
+BF16_MIN_GAIN = 1.3
+
+
+def choose_precision(asked: str, rows: int, dim: int) -> tuple[str, dict]:
+    """``dedup.products`` on this node: ``auto`` is bfloat16 where its measured rate is at least
+    ``BF16_MIN_GAIN`` x float32's and the walk has at least ``BF16_MIN_ROWS`` rows (below that the
+    walk takes seconds and torch's import alone two)."""
+    if asked != "auto":
+        return asked, {"precision": asked, "why": f"dedup.products: {asked}"}
+    if rows < BF16_MIN_ROWS:
+        return "float32", {"precision": "float32", "why": f"auto: fewer than {BF16_MIN_ROWS} rows"}
+    float32, bf16 = gemm_gflops_per_cpu(dim), bf16_gemm_gflops_per_cpu(dim)
+    precision = "bfloat16" if bf16 >= BF16_MIN_GAIN * float32 else "float32"
+    why = f"auto: bfloat16 {bf16:.0f} GFLOP/s per CPU against float32's {float32:.0f} (needs {BF16_MIN_GAIN}x)"
+    return precision, {
+        "precision": precision,
+        "why": why,
+        "gflops_per_cpu": {"float32": round(float32, 1), "bfloat16": round(bf16, 1)},
+    }

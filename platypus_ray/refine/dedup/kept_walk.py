@@ -33,13 +33,12 @@ import ray
 
 from platypus_ray.core.waits import wait_all
 from platypus_ray.embedding import EmbeddingBlocks
+from platypus_ray.refine.dedup.cost import choose_precision
 from platypus_ray.refine.dedup.greedy import DedupDecision
 from platypus_ray.refine.dedup.kept_shards import ShardedKept, start_shards, stop_shards
-from platypus_ray.refine.dedup.similarity import _EPS, Pairs, best_over_tiles
+from platypus_ray.refine.dedup.similarity import _EPS, Pairs, best_over_tiles, bf16_margin
 
 CHUNK_ROWS = 2048  # rows settled per step; their own greedy walk is chunk x chunk
-BF16_MIN_ROWS = 50_000
-BF16_MIN_GAIN = 1.3
 KEPT_TILE = 16384  # kept rows per GEMM: a chunk x tile float32 product is 128 MiB
 
 
@@ -72,14 +71,6 @@ class _Numpy:
 
     def keep(self, chunk: np.ndarray, rows: np.ndarray, at: int) -> None:
         self.kept[at : at + len(rows)] = chunk[rows]
-
-
-def bf16_margin(dim: int) -> float:
-    """A bound on |bfloat16 product - exact cosine| for unit vectors: each factor rounded to 8
-    significant bits (unit roundoff u = 2^-8) gives (2u + u^2) |x||y|; the float32 accumulation of
-    ``dim`` terms at most dim * 2^-24; the bfloat16 result one more u. Doubled where cheap."""
-    u = 2.0**-8
-    return 3 * u + 2 * u * u + 2 * dim * 2.0**-24 + 1e-6
 
 
 class _Bf16:
@@ -328,26 +319,6 @@ def _walk_task(
     if sharded:
         stats["kept_shards"] = sharded.finish()
     return decision, nearest, products, stats
-
-
-def choose_precision(asked: str, rows: int, dim: int) -> tuple[str, dict]:
-    """``dedup.products`` on this node: ``auto`` is bfloat16 where its measured rate is at least
-    ``BF16_MIN_GAIN`` x float32's and the walk has at least ``BF16_MIN_ROWS`` rows (below that the
-    walk takes seconds and torch's import alone two)."""
-    if asked != "auto":
-        return asked, {"precision": asked, "why": f"dedup.products: {asked}"}
-    if rows < BF16_MIN_ROWS:
-        return "float32", {"precision": "float32", "why": f"auto: fewer than {BF16_MIN_ROWS} rows"}
-    from platypus_ray.refine.dedup.cost import bf16_gemm_gflops_per_cpu, gemm_gflops_per_cpu
-
-    float32, bf16 = gemm_gflops_per_cpu(dim), bf16_gemm_gflops_per_cpu(dim)
-    precision = "bfloat16" if bf16 >= BF16_MIN_GAIN * float32 else "float32"
-    why = f"auto: bfloat16 {bf16:.0f} GFLOP/s per CPU against float32's {float32:.0f} (needs {BF16_MIN_GAIN}x)"
-    return precision, {
-        "precision": precision,
-        "why": why,
-        "gflops_per_cpu": {"float32": round(float32, 1), "bfloat16": round(bf16, 1)},
-    }
 
 
 def kept_walk_pairs(

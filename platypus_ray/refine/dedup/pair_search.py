@@ -18,7 +18,7 @@ from platypus_ray.refine.dedup.kept_check import KeptCheck
 from platypus_ray.refine.dedup.kept_walk import OverBudget, kept_walk_pairs
 from platypus_ray.refine.dedup.recall import measure_recall
 from platypus_ray.refine.dedup.rounds import resolve_in_rounds
-from platypus_ray.refine.dedup.similarity import Pairs, all_pairs_above
+from platypus_ray.refine.dedup.similarity import Pairs, all_pairs_above, count_pairs_above
 
 logger = logging.getLogger(__name__)
 
@@ -95,9 +95,7 @@ def _tiled_pair_count(cfg: DedupConfig, num_gpus: float):
     """The certificate's search among kept rows: the exact tiled all-pairs search (pairs found, tasks)."""
 
     def count(kept: EmbeddingBlocks) -> tuple[int, int]:
-        pairs = all_pairs_above(kept, cfg.threshold, cfg.tile_size, num_gpus, cfg.timeout_s)
-        tasks = sum(-(-(end - first) // cfg.tile_size) for _, first, end in kept.spans())
-        return len(pairs.i), tasks
+        return count_pairs_above(kept, cfg.threshold, cfg.tile_size, num_gpus, cfg.timeout_s, cfg.products)
 
     return count
 

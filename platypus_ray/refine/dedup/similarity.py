@@ -30,6 +30,14 @@ _EPS = 1e-5
 warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
 
 
+def bf16_margin(dim: int) -> float:
+    """A bound on |bfloat16 product - exact cosine| for unit vectors: each factor rounded to 8
+    significant bits (unit roundoff u = 2^-8) gives (2u + u^2) |x||y|; the float32 accumulation of
+    ``dim`` terms at most dim * 2^-24; the bfloat16 result one more u. Doubled where cheap."""
+    u = 2.0**-8
+    return 3 * u + 2 * u * u + 2 * dim * 2.0**-24 + 1e-6
+
+
 @dataclass
 class Pairs:
     """Pairs ``i < j`` with cosine ``score >= threshold``, and each row's nearest-neighbour cosine.
@@ -282,6 +290,86 @@ def _pairs_in_row_block(
     i, j, score = held.pairs()
     counts = held.counts if budget is not None else None
     return start, i, j, score, row_max.cpu().numpy(), col_max.cpu().numpy(), counts, held.bounding
+
+
+COUNT_TILE = 8192  # columns per product of count_pairs_above: a 2048 x 8192 float32 tile is 64 MiB
+
+
+def count_pairs_above(
+    vectors: EmbeddingBlocks | np.ndarray,
+    threshold: float,
+    tile: int,
+    num_gpus: float = 0.0,
+    timeout_s: float = 3600.0,
+    precision: str = "auto",
+) -> tuple[int, int]:
+    """(pairs i < j with float64 cosine >= threshold, tasks): the certificate's search among kept
+    rows, which needs a count only. One task per ``tile`` rows against every later row; products in
+    float32, or bfloat16 on CPU (``precision``: ``auto`` as :func:`.cost.choose_precision` measures
+    it on each worker) with every candidate within :func:`bf16_margin` of the threshold re-scored
+    in float64 (float32: within ``_EPS``), so the count is the float64 one."""
+    blocks = EmbeddingBlocks.of(vectors)
+    task = _count_in_row_block.options(num_gpus=num_gpus)
+    refs = [
+        task.remote(blocks.refs, blocks.offsets, b, start, min(start + tile, end), threshold, precision)
+        for b, first, end in blocks.spans()
+        for start in range(first, end, tile)
+    ]
+    return int(sum(as_completed(refs, timeout_s))), len(refs)
+
+
+@ray.remote
+def _count_in_row_block(
+    refs: list, offsets: np.ndarray, b: int, start: int, stop: int, threshold: float, precision: str
+) -> int:
+    from threadpoolctl import threadpool_limits
+
+    from platypus_ray.refine.dedup.cost import choose_precision
+
+    n = int(offsets[-1])
+    block = ray.get(refs[b])
+    rows32 = np.ascontiguousarray(block[start - offsets[b] : stop - offsets[b]])
+    gpu = bool(ray.get_gpu_ids())
+    if gpu:
+        precision = "float32"
+    else:
+        precision, _ = choose_precision(precision, n, rows32.shape[1])
+    products = _TileProducts(rows32, precision, _device(gpu) if gpu or precision == "bfloat16" else None)
+    low = threshold - (bf16_margin(rows32.shape[1]) if precision == "bfloat16" else _EPS)
+    found = 0
+    threads = max(1, int(ray.get_runtime_context().get_assigned_resources().get("CPU", 1)))
+    with threadpool_limits(limits=threads):
+        for c in range(b, len(refs)):
+            columns = block if c == b else ray.get(refs[c])
+            for col in range(start if c == b else int(offsets[c]), int(offsets[c + 1]), COUNT_TILE):
+                cols = columns[col - offsets[c] : min(col + COUNT_TILE, int(offsets[c + 1])) - offsets[c]]
+                i, j = products.candidates(cols, low)
+                keep = (j + col) > (i + start)  # each pair once: j > i
+                i, j = i[keep], j[keep]
+                exact = np.einsum("ij,ij->i", rows32[i].astype(np.float64), cols[j].astype(np.float64))
+                found += int((exact >= threshold).sum())
+    return found
+
+
+class _TileProducts:
+    """A task's rows against column tiles: (row, column) of every product >= ``low``."""
+
+    def __init__(self, rows: np.ndarray, precision: str, device):
+        self.rows, self.device = rows, device
+        if device is not None:
+            import torch
+
+            dtype = torch.bfloat16 if precision == "bfloat16" else torch.float32
+            self.torch, self.dtype = torch, dtype
+            self.on_device = torch.from_numpy(rows).to(device=device, dtype=dtype)
+
+    def candidates(self, cols: np.ndarray, low: float) -> tuple[np.ndarray, np.ndarray]:
+        if self.device is None:  # numpy's BLAS: float32 on CPU
+            return np.nonzero(self.rows @ cols.T >= low)
+        torch = self.torch
+        sims = self.on_device @ torch.from_numpy(np.array(cols)).to(device=self.device, dtype=self.dtype).T
+        i, j = torch.nonzero(sims >= low, as_tuple=True)
+        return i.cpu().numpy(), j.cpu().numpy()
 
 
 @ray.remote

@@ -13,7 +13,9 @@ from platypus_ray.refine.config import DedupConfig
 from platypus_ray.refine.dedup import certificate_line, dedup_rows
 from platypus_ray.refine.dedup.certificate import certify
 from platypus_ray.refine.dedup.greedy import DedupDecision
+from platypus_ray.refine.dedup.similarity import count_pairs_above
 from tests.refine.dedup.test_kept_walk import families
+from tests.refine.dedup.test_partition import with_pairs_at
 
 
 def _count_by_brute_force(threshold):
@@ -74,3 +76,15 @@ def test_a_wrong_kept_set_fails_the_certificate(ray_session):
         later.matched[row] = later_kept[0]
         with pytest.raises(InvariantError, match=r"1 of .* removed rows without an earlier kept row"):
             certify(blocks, later, rank, 0.8, count, 60)
+
+
+@pytest.mark.parametrize("precision", ["float32", "bfloat16"])
+@pytest.mark.parametrize("tile", [7, 64])
+def test_the_certificates_pair_count_is_the_float64_count(ray_session, precision, tile):
+    """count_pairs_above against a float64 brute-force count, blocks and tiles not dividing the rows,
+    with 30 pairs built at exactly the threshold (float32 and bfloat16 land on both sides of it)."""
+    emb = with_pairs_at(families(11, 20, 6, 0.3, dim=32), 0.8, 30, 11)
+    blocks = EmbeddingBlocks.from_matrix(emb, rows_per_block=50)
+    expected, _ = _count_by_brute_force(0.8)(blocks)
+    found, tasks = count_pairs_above(blocks, 0.8, tile, precision=precision)
+    assert found == expected > 30 and tasks == sum(-(-(e - f) // tile) for _, f, e in blocks.spans())

@@ -10,8 +10,10 @@ from hypothesis import strategies as st
 from platypus_ray.devtools.dedup_reference import greedy_reference
 from platypus_ray.refine.config import DedupConfig
 from platypus_ray.refine.dedup import dedup_rows
+from platypus_ray.refine.dedup.cost import choose_precision
 from platypus_ray.refine.dedup.greedy import priority_order
-from platypus_ray.refine.dedup.kept_walk import OverBudget, bf16_margin, choose_precision, walk_against_kept
+from platypus_ray.refine.dedup.kept_walk import OverBudget, walk_against_kept
+from platypus_ray.refine.dedup.similarity import bf16_margin
 from tests.helpers import dense_family_vectors
 
 
