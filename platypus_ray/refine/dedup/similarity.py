@@ -365,7 +365,8 @@ class _TileProducts:
 
     def candidates(self, cols: np.ndarray, low: float) -> tuple[np.ndarray, np.ndarray]:
         if self.device is None:  # numpy's BLAS: float32 on CPU
-            return np.nonzero(self.rows @ cols.T >= low)
+            i, j = np.nonzero(self.rows @ cols.T >= low)
+            return i, j
         torch = self.torch
         sims = self.on_device @ torch.from_numpy(np.array(cols)).to(device=self.device, dtype=self.dtype).T
         i, j = torch.nonzero(sims >= low, as_tuple=True)
