@@ -272,9 +272,9 @@ def _pairs_in_row_block(
             sims = rows @ torch.from_numpy(np.array(cols)).to(device).T  # a copy: object-store arrays are read-only
             if col == start:  # diagonal tile: only j > i counts
                 sims = torch.triu(sims, diagonal=1) + torch.tril(torch.full_like(sims, -2.0))
-            row_max = torch.maximum(row_max, sims.max(dim=1).values)
+            row_max = torch.maximum(row_max, sims.amax(dim=1))  # amax: max(dim=0) is ~10x slower on CPU
             col_max[col - start : col_stop - start] = torch.maximum(
-                col_max[col - start : col_stop - start], sims.max(dim=0).values
+                col_max[col - start : col_stop - start], sims.amax(dim=0)
             )
             hit_i, hit_j = (h.cpu().numpy() for h in torch.nonzero(sims >= threshold - _EPS, as_tuple=True))
             score = np.einsum("ij,ij->i", rows64[hit_i], cols[hit_j].astype(np.float64))
