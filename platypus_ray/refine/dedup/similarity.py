@@ -364,13 +364,18 @@ class _TileProducts:
             self.on_device = torch.from_numpy(rows).to(device=device, dtype=dtype)
 
     def candidates(self, cols: np.ndarray, low: float) -> tuple[np.ndarray, np.ndarray]:
+        """Each row's maximum first, then the comparison on the rows that reach ``low`` only: among
+        kept rows few do, and a full comparison costs as much as the product in bfloat16."""
         if self.device is None:  # numpy's BLAS: float32 on CPU
-            i, j = np.nonzero(self.rows @ cols.T >= low)
-            return i, j
+            sims = self.rows @ cols.T
+            hot = np.flatnonzero(sims.max(axis=1) >= low)
+            i, j = np.nonzero(sims[hot] >= low)
+            return hot[i], j
         torch = self.torch
         sims = self.on_device @ torch.from_numpy(np.array(cols)).to(device=self.device, dtype=self.dtype).T
-        i, j = torch.nonzero(sims >= low, as_tuple=True)
-        return i.cpu().numpy(), j.cpu().numpy()
+        hot = torch.nonzero(sims.amax(dim=1) >= low, as_tuple=True)[0]
+        i, j = torch.nonzero(sims[hot] >= low, as_tuple=True)
+        return hot[i].cpu().numpy(), j.cpu().numpy()
 
 
 @ray.remote
