@@ -134,26 +134,20 @@ def clusters_for(rows: int, settings: ClusterSettings) -> int:
     return max(1, min(rows // max(settings.rows_per_cluster, 1), 65536))
 
 
-def estimated_partition_work(
-    blocks: EmbeddingBlocks, threshold: float, settings: ClusterSettings, timeout_s: float, sample_rows: int = 50_000
+def sampled_partition_work(
+    emb: np.ndarray, threshold: float, settings: ClusterSettings, sample_rows: int = 50_000
 ) -> float:
     """The partition's work (home rows x members, summed over clusters: dot products) projected from
-    a random sample: k-means as the full run does, the sample placed by the bisector rule, each
-    count scaled by n / sample. One Ray task; the driver sends the sample (rows x dim floats)."""
-    n = blocks.n
+    a random sample of ``emb``: k-means as the full run does it, the sample placed by the bisector
+    rule, each count scaled by n / sample. Run where the vectors are (the walk's task)."""
+    n = len(emb)
     k = clusters_for(n, settings)
     rng = np.random.default_rng(settings.seed + 1)
     picks = np.sort(rng.choice(n, size=min(n, max(sample_rows, k * settings.sample_per_cluster)), replace=False))
-    (work,) = wait_all([_sampled_work.remote(blocks.gather(picks, timeout_s), k, threshold, settings)], timeout_s)
+    sample = np.ascontiguousarray(emb[picks])
+    _, (home, members) = place_rows(sample, _kmeans_on(sample, k, settings), threshold)
     scale = n / max(len(picks), 1)
-    return float(work * scale * scale)
-
-
-@ray.remote
-def _sampled_work(sample: np.ndarray, k: int, threshold: float, settings: ClusterSettings) -> float:
-    centroids = _kmeans_on(sample, k, settings)
-    _, (home, members) = place_rows(sample, centroids, threshold)
-    return float((home.astype(np.float64) * members).sum())
+    return float((home.astype(np.float64) * members).sum() * scale * scale)
 
 
 def _kmeans(blocks: EmbeddingBlocks, k: int, settings: ClusterSettings, timeout_s: float) -> np.ndarray:

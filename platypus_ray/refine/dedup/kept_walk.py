@@ -26,6 +26,7 @@ rows are never computed (``exact`` mode enumerates them, at all-pairs cost).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -33,6 +34,7 @@ import ray
 
 from platypus_ray.core.waits import wait_all
 from platypus_ray.embedding import EmbeddingBlocks
+from platypus_ray.refine.dedup.clustered import ClusterSettings, sampled_partition_work
 from platypus_ray.refine.dedup.cost import choose_precision
 from platypus_ray.refine.dedup.greedy import DedupDecision
 from platypus_ray.refine.dedup.kept_shards import ShardedKept, start_shards, stop_shards
@@ -45,9 +47,10 @@ KEPT_TILE = 16384  # kept rows per GEMM: a chunk x tile float32 product is 128 M
 class OverBudget(Exception):
     """The walk's projected work passed its budget (``dedup.mode: auto`` then clusters instead)."""
 
-    def __init__(self, rows_done: int, kept: int, projected_products: float):
-        super().__init__(rows_done, kept, projected_products)
+    def __init__(self, rows_done: int, kept: int, projected_products: float, alternative: float | None = None):
+        super().__init__(rows_done, kept, projected_products, alternative)
         self.rows_done, self.kept, self.projected_products = rows_done, kept, projected_products
+        self.alternative = alternative  # the other search's estimated dot products, when it was asked
 
 
 class _Numpy:
@@ -170,6 +173,7 @@ def walk_against_kept(
     sharded: ShardedKept | None = None,
     precision: str = "float32",
     counters: dict | None = None,
+    alternative: Callable[[], float] | None = None,
 ) -> tuple[DedupDecision, np.ndarray, int]:
     """The greedy rule over ``emb`` (n x dim unit vectors) with rows visited in ``order``.
 
@@ -180,7 +184,9 @@ def walk_against_kept(
     pairs (a lower bound of what is left) passes it. ``device``: ``cpu`` (numpy) or a torch
     CUDA device; ``sharded``: the kept rows and their products on :mod:`.kept_shards`' actors;
     ``precision`` of the products: ``float32`` or ``bfloat16`` (CPU only, see :class:`_Bf16`), which
-    counts its float64 re-scores into ``counters["rescored_pairs"]``."""
+    counts its float64 re-scores into ``counters["rescored_pairs"]``. ``alternative``: asked once,
+    when the projection first passes ``max_products``, for the dot products the other search would
+    cost; the walk goes on while its projection stays below that too."""
     n, dim = emb.shape if emb.ndim == 2 else (len(emb), 0)
     keep = np.zeros(n, dtype=bool)
     matched = np.full(n, -1, dtype=np.int64)
@@ -196,11 +202,16 @@ def walk_against_kept(
         products_of = _Bf16(emb, kept_rows, threshold) if precision == "bfloat16" else _Numpy(n, dim)
     exact_near = getattr(products_of, "exact_candidates", False)
     n_kept, products = 0, 0
+    other: float | None = None
     for start in range(0, n, chunk_rows):
         rows = order[start : start + chunk_rows]
         projected = products + (n - start) * n_kept + len(rows) * (len(rows) - 1) // 2
         if max_products is not None and projected > max_products:
-            raise OverBudget(start, n_kept, projected)
+            if alternative is not None and other is None:
+                other = alternative()
+                max_products = max(max_products, other)
+            if projected > max_products:
+                raise OverBudget(start, n_kept, projected, other)
         picked = emb[rows]  # one gather of the chunk's vectors, used in both precisions
         chunk64 = picked.astype(np.float64)
         chunk: Any = products_of.put(picked)  # each products class reads back what its put gave
@@ -222,6 +233,8 @@ def walk_against_kept(
         n_kept += len(newly)
     if counters is not None and isinstance(products_of, _Bf16):
         counters["rescored_pairs"] = products_of.rescored
+    if counters is not None and other is not None:
+        counters["clustered_estimate_products"] = other
     return DedupDecision(keep, matched, score), nearest, products
 
 
@@ -287,6 +300,7 @@ def _walk_task(
     shards: list | None = None,
     timeout_s: float = 0.0,
     precision: str = "float32",
+    clusters: ClusterSettings | None = None,
 ):
     from threadpoolctl import threadpool_limits
 
@@ -304,6 +318,10 @@ def _walk_task(
                 )
             else:
                 precision = "float32"
+            n = len(emb)
+            alternative = (
+                (lambda: min(sampled_partition_work(emb, threshold, clusters), n * (n - 1) / 2)) if clusters else None
+            )
             decision, nearest, products = walk_against_kept(
                 emb,
                 order,
@@ -312,10 +330,13 @@ def _walk_task(
                 max_products=max_products,
                 sharded=sharded,
                 precision=precision,
-                counters=stats.get("products"),
+                counters=stats,
+                alternative=alternative,
             )
     except OverBudget as over:  # a value, not an error: Ray would print a traceback for a raised one
         return over
+    if "rescored_pairs" in stats:
+        stats["products"]["rescored_pairs"] = stats.pop("rescored_pairs")
     if sharded:
         stats["kept_shards"] = sharded.finish()
     return decision, nearest, products, stats
@@ -331,19 +352,31 @@ def kept_walk_pairs(
     max_products: float | None = None,
     shards: tuple[int, float] = (0, 0.0),
     precision: str = "auto",
+    clusters: ClusterSettings | None = None,
 ) -> tuple[DedupDecision, Pairs, int, dict] | OverBudget:
     """:func:`walk_against_kept` over object-store blocks in one Ray task on ``cpus`` cores of one
     node (its BLAS threads) or one GPU; with ``shards`` (count, CPUs each), count >= 2, the kept
     rows and their products on that many actors spread over the nodes (the walk task then holds
     no CPU). The pairs are each removed row with its kept match; the dict says where the shards ran
-    (``kept_shards``) and which ``products`` precision ran and why."""
+    (``kept_shards``) and which ``products`` precision ran and why. With ``clusters``, the walk that
+    passes ``max_products`` first estimates the clustered search from a sample of its vectors
+    (:func:`.clustered.sampled_partition_work`, capped at all pairs) and goes on below that."""
     count, shard_cpus = shards
     actors = start_shards(count, blocks.dim, shard_cpus, timeout_s) if count >= 2 and not num_gpus else []
     try:
         walk_cpus = 0 if actors else cpus if not num_gpus else 1
         task = _walk_task.options(num_cpus=walk_cpus, num_gpus=1 if num_gpus else 0)
         ref = task.remote(
-            blocks.refs, order, threshold, bool(num_gpus), cpus, max_products, actors or None, timeout_s, precision
+            blocks.refs,
+            order,
+            threshold,
+            bool(num_gpus),
+            cpus,
+            max_products,
+            actors or None,
+            timeout_s,
+            precision,
+            clusters,
         )
         (result,) = wait_all([ref], timeout_s)
     finally:

@@ -11,7 +11,7 @@ import numpy as np
 from platypus_ray.embedding import EmbeddingBlocks
 from platypus_ray.refine.config import DedupConfig
 from platypus_ray.refine.dedup.certificate import certify
-from platypus_ray.refine.dedup.clustered import ClusterSettings, clustered_pairs_above, estimated_partition_work
+from platypus_ray.refine.dedup.clustered import ClusterSettings, clustered_pairs_above
 from platypus_ray.refine.dedup.cost import exact_seconds, gemm_gflops_per_cpu
 from platypus_ray.refine.dedup.greedy import DedupDecision, priority_order
 from platypus_ray.refine.dedup.kept_check import KeptCheck
@@ -113,7 +113,7 @@ def _search_and_resolve(
         max_pairs=cfg.max_pairs,
     )
     if mode == "kept" and n >= 2:
-        max_products = _walk_limit(blocks, cfg, settings, estimate)
+        max_products = estimate.pop("max_products", None)
         logger.info("refine: semantic dedup of %d rows: against the kept set (%s)", n, why)
         walked = kept_walk_pairs(
             blocks,
@@ -125,6 +125,7 @@ def _search_and_resolve(
             max_products,
             kept_shards(cfg.kept_shards),
             cfg.products,
+            settings if cfg.mode == "auto" else None,
         )
         if not isinstance(walked, OverBudget):
             decision, pairs, products, walk_stats = walked
@@ -147,7 +148,7 @@ def _search_and_resolve(
                 f"the walk against the kept set had {walked.kept} rows kept after {walked.rows_done} of {n}; "
                 f"its projected work ({walked.projected_products:.3g} dot products) passed "
                 f"dedup.auto_exact_budget_s ({cfg.auto_exact_budget_s:g} s) and the clustered search's estimate "
-                f"({estimate.get('clustered_estimate_products', 0):.3g})"
+                f"({walked.alternative or 0:.3g})"
             ),
         )
     logger.info("refine: semantic dedup of %d rows: %s (%s)", n, mode, why)
@@ -194,23 +195,6 @@ def _search_and_resolve(
         "resolution": rounds,
     }
     return DedupOutcome(found.pairs, decision, stats)
-
-
-def _walk_limit(blocks: EmbeddingBlocks, cfg: DedupConfig, settings: ClusterSettings, estimate: dict) -> float | None:
-    """The dot products auto lets the walk against the kept set run to: its time budget, or what the
-    clustered search would cost instead where that is more (a sampled estimate, taken only when the
-    walk could pass the budget: it never computes more than all pairs). On diverse text the
-    partition copies most rows into most clusters and the clustered search is all pairs, so the
-    walk, at most as much work, runs to the end."""
-    budget = estimate.pop("max_products", None)
-    n = blocks.n
-    all_pairs = n * (n - 1) / 2
-    if budget is None or all_pairs <= budget:
-        return budget
-    partition = estimated_partition_work(blocks, cfg.threshold, settings, cfg.timeout_s)
-    clustered = min(partition, all_pairs)
-    estimate["clustered_estimate_products"] = clustered
-    return max(budget, clustered)
 
 
 def _node_capacity() -> tuple[float, float | None]:
