@@ -504,6 +504,18 @@ def _diverse(r: dict) -> tuple[str, list[str], list[list[str]]]:
         f"SemHash's speed (above 1: refine is faster). Refine's certificate "
         f"{'holds' if certificate.get('holds') else 'does not hold'}; its mode: {refine['dedup'].get('why', '')}."
     )
+    steps = refine.get("timings_s") or {}
+    if steps:
+        about += " Refine's steps (s): " + ", ".join(f"{name.replace('_', ' ')} {t:g}" for name, t in steps.items())
+        if certificate.get("seconds") is not None:
+            about += f" (the certificate {certificate['seconds']:g} of semantic dedup)"
+        about += "."
+    products = (refine.get("dedup") or {}).get("products") or {}
+    if products:
+        about += (
+            f" The walk's products: {products['precision']} ({products.get('why', '')}; "
+            f"{products.get('rescored_pairs', 0):,} pairs re-scored in float64)."
+        )
     return about, ["process", "wall (s)", "kept", "kept rows differing from brute force", "driver peak RSS"], rows
 
 
