@@ -4,7 +4,7 @@
     python -m platypus_ray.bench.multilingual --stage [--rows 5000] [--repeats 3]   # the encoder's stage rate
     python -m platypus_ray.bench.multilingual --refine [--keep DIR]   # through refine: bench/multilingual_refine.py
 
-``--stage``: refine's embed stage with ``use-multilingual`` (Ray Data tasks, ``embedding.actors``
+``--stage``: refine's embed stage with ``use-multilingual`` (plain Ray tasks, ``embedding.actors``
 2, one CPU each) on the Alpaca rows, against the package's bare ``encode`` in a fresh process on
 every core: one call on the whole list, and passes of 64 rows (the faster is the baseline).
 
@@ -175,6 +175,7 @@ def stage_rate(rows: int, repeats: int = 3) -> dict:
     texts = alpaca_texts()[:rows]
     runs: list[dict] = []
     for _ in range(repeats):
+        load = [round(x, 2) for x in os.getloadavg()]  # a shared machine: what else ran, per repeat
         bare = {}
         for label, per_call in (("one_call", None), ("passes_of_64", 64)):
             with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as pool:
@@ -188,7 +189,8 @@ def stage_rate(rows: int, repeats: int = 3) -> dict:
         finally:
             ray.shutdown()
         stage = round(len(texts) / total, 1)
-        runs.append({"bare_rows_per_s": bare, "stage_rows_per_s": stage, "ratio": round(stage / max(bare.values()), 3)})
+        ratio = round(stage / max(bare.values()), 3)
+        runs.append({"bare_rows_per_s": bare, "stage_rows_per_s": stage, "ratio": ratio, "load_average": load})
     median = sorted(runs, key=lambda r: r["ratio"])[len(runs) // 2]
     return {
         "cpu": cpu_model(),

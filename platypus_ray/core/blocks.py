@@ -12,6 +12,7 @@ never asked for columns.
   ``map_batches`` call site in the package passes a wrapped function).
 * :func:`has_rows` is the test for one block in any batch format (tasks that take block refs).
 * :func:`read_columns` and :func:`batches` read blocks on the driver.
+* :func:`block_spans` lists the blocks with rows by reference (tasks that take block refs).
 """
 
 from __future__ import annotations
@@ -25,6 +26,9 @@ import pyarrow as pa
 
 if TYPE_CHECKING:
     import ray.data
+    from ray import ObjectRef
+
+BlockSpan = tuple["ObjectRef", int, int]  # a block, and the rows [start, stop) of it that belong to the dataset
 
 ROWS_ONLY = "__rows_only__"  # attribute marking a wrapped map function (checked by tests/test_blocks.py)
 
@@ -79,3 +83,17 @@ def batches(ds: ray.data.Dataset, batch_format: str) -> Iterator[Any]:
     for batch in ds.iter_batches(batch_format=batch_format, batch_size=None):
         if has_rows(batch):
             yield batch
+
+
+def block_spans(ds: ray.data.Dataset) -> list[BlockSpan]:
+    """``ds``'s rows as (block reference, start, stop) in dataset order, from the blocks' metadata
+    (no block passes through the driver); blocks without rows are left out."""
+    spans = []
+    for bundle in ds.iter_internal_ref_bundles():
+        for entry, part in zip(bundle.blocks, bundle.slices, strict=True):
+            start, stop = (0, entry.metadata.num_rows) if part is None else (part.start_offset, part.end_offset)
+            if stop is None:  # materialised blocks always know their rows
+                raise RuntimeError(f"a block of {ds} has no row count in its metadata")
+            if stop > start:
+                spans.append((entry.ref, start, stop))
+    return spans

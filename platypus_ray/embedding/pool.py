@@ -34,9 +34,11 @@ from platypus_ray.embedding.encoders import (
     resolve_precision,
 )
 from platypus_ray.embedding.models import is_use
+from platypus_ray.embedding.tasks import embed_in_tasks, task_embedder
 from platypus_ray.embedding.vectors import DimensionMismatch, EmbeddingBlocks, assemble
 
 STATIC_ROWS_PER_CALL = 16384
+PLAIN_TASKS = ("usem3",)  # its calls run as plain Ray tasks (embedding/tasks.py), not Ray Data's task pool
 # What embed_texts takes: a dense key, the text, its hash (for the cache) and its length (for the sort).
 TO_EMBED_SCHEMA = pa.schema(
     [("key", pa.int64()), ("text", pa.string()), ("text_hash", pa.binary(HASH_BYTES)), ("text_len", pa.int64())]
@@ -274,6 +276,10 @@ def _in_actor_pool(
     each worker process (:func:`embed_in_task`), while an actor pool's start and release
     cost 3 s of a 65k-row run's 8 (fresh processes, then CPUs held until they exit).
 
+    ``usem3`` (``use-multilingual``) cuts its calls the same way but runs them as plain Ray tasks
+    (:mod:`platypus_ray.embedding.tasks`): no repartition job, and both CPUs' workers load the
+    model at once (Ray Data's task pool started one task first).
+
     A CPU run with at most one batch to embed (an incremental rerun over a warm cache) takes
     the task path too, whatever the backend: one call has nothing to balance, and a worker
     process that embedded before in this Ray session still holds the model, where a new actor
@@ -281,9 +287,9 @@ def _in_actor_pool(
     ctor = {"model": cfg.model, "device": device, "batch_size": cfg.batch_size, "spec": spec, "keep_hash": keep_hash}
     if spec.backend in LOADS_IN_A_MOMENT or (device == "cpu" and n <= cfg.batch_size):
         rows_per_call = min(STATIC_ROWS_PER_CALL, max(cfg.batch_size, -(-n // (4 * max(cfg.actors, 1)))))
+        if spec.backend in PLAIN_TASKS:
+            return embed_in_tasks(ds, embedder, ctor, rows_per_call, cfg.cpus_per_actor)
         workers = max(1, min(cfg.actors, -(-n // rows_per_call)))
-        if spec.backend in WARM_FIRST:  # done before the cut: a Ray Data job started with every CPU held warns
-            ray.get(_warm(embedder, ctor, workers, cfg.cpus_per_actor))
         rows = ds.repartition(target_num_rows_per_block=rows_per_call).materialize()
         return rows.map_batches(
             embed_in_task,
@@ -309,36 +315,11 @@ def _in_actor_pool(
     )
 
 
-_TASK_EMBEDDERS: dict = {}  # (embedder class, its arguments) -> the embedder, once per worker process
-# usem3 reads its weights on its first encode (1-3 s on 2 cores). Ray Data starts a task pool with one task
-# while its input operator still holds a CPU budget, so the second worker's load began only when the first
-# worker's first call (its load included) was done: two loads in a row where the bare encode has one.
-WARM_FIRST = ("usem3",)
-
-
-def _task_embedder(embedder: type[Embedder], ctor: dict) -> Embedder:
-    identity = (embedder, tuple(sorted(ctor.items())))
-    if identity not in _TASK_EMBEDDERS:
-        _TASK_EMBEDDERS[identity] = embedder(**ctor)
-    return _TASK_EMBEDDERS[identity]
-
-
 @rows_only(lambda: {"key": np.empty(0, np.int64)})
 def embed_in_task(batch: dict[str, np.ndarray], embedder: type[Embedder], ctor: dict) -> dict[str, np.ndarray]:
     """:class:`Embedder` as a Ray Data task function, for encoders that load in a moment (static):
     the worker process builds it on its first batch and keeps it for the next ones."""
-    return _task_embedder(embedder, ctor)(batch)
-
-
-def _warm(embedder: type[Embedder], ctor: dict, workers: int, cpus: float) -> list:
-    """``workers`` tasks at once (so on as many worker processes) that build the embedder and encode one text:
-    the task pool that follows finds the model loaded in each process."""
-    task = ray.remote(num_cpus=cpus)(_warm_one)
-    return [task.remote(embedder, ctor) for _ in range(workers)]
-
-
-def _warm_one(embedder: type[Embedder], ctor: dict) -> None:
-    _task_embedder(embedder, ctor).encoder.encode(["warm"])
+    return task_embedder(embedder, ctor)(batch)
 
 
 def _keys_and_hashes(ds: ray.data.Dataset) -> tuple[np.ndarray, np.ndarray]:

@@ -219,7 +219,8 @@ class ContaminationConfig(StrictModel):
         MultilingualSignal(),
         description="the second embedding signal, on by default: the benchmarks matched by a multilingual encoder "
         "too, so a test question translated into another language is found; null (or enabled: false): off. "
-        "Skipped when embedding.model is that encoder already (configured or routed)",
+        "Skipped when embedding.model is that encoder already (configured or routed; a routed run cuts the embedding "
+        "signal's categories at this signal's thresholds)",
     )
 
     @model_validator(mode="after")

