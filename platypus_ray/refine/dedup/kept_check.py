@@ -18,6 +18,7 @@ import ray
 
 from platypus_ray.core.waits import wait_all
 from platypus_ray.embedding import EmbeddingBlocks
+from platypus_ray.refine.dedup.greedy import _best_in_segments
 from platypus_ray.refine.dedup.similarity import _EPS
 
 QUERY_ROWS = 16384  # queries sent per pass: 16384 x dim float32 (25 MB at 384 dims)
@@ -85,9 +86,9 @@ def _best_in_block(
             exact = np.einsum("ij,ij->i", q_vec[i].astype(np.float64), k_vec[j].astype(np.float64))
             at = exact >= threshold
             i, j, exact = i[at], j[at], exact[at]
-            order = np.lexsort((k_ids[j], -exact, i))  # per query: the highest, the lowest id on a tie
-            first = order[np.r_[True, i[order][1:] != i[order][:-1]]] if len(order) else order
-            qi, best_ids, best = i[first] + q, k_ids[j[first]], exact[first]
+            # per query: the highest, the lowest id on a tie (nonzero lists a query's ids ascending)
+            hit, first = _best_in_segments(i, exact)
+            qi, best_ids, best = hit + q, k_ids[j[first]], exact[first]
             better = (match[qi] < 0) | (best > score[qi]) | ((best == score[qi]) & (best_ids < match[qi]))
             match[qi[better]], score[qi[better]] = best_ids[better], best[better]
     return match, np.where(match >= 0, score, np.nan)

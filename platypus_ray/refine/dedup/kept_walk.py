@@ -36,7 +36,7 @@ from platypus_ray.core.waits import wait_all
 from platypus_ray.embedding import EmbeddingBlocks
 from platypus_ray.refine.dedup.clustered import ClusterSettings, sampled_partition_work
 from platypus_ray.refine.dedup.cost import choose_precision
-from platypus_ray.refine.dedup.greedy import DedupDecision
+from platypus_ray.refine.dedup.greedy import DedupDecision, _best_in_segments
 from platypus_ray.refine.dedup.kept_shards import ShardedKept, start_shards, stop_shards
 from platypus_ray.refine.dedup.similarity import _EPS, Pairs, best_over_tiles, bf16_margin
 
@@ -118,9 +118,9 @@ class _Bf16:
                 "ij,ij->i", queries32[r].astype(np.float64), self.emb[self.kept_rows[c]].astype(np.float64)
             )
             self.rescored += len(r)
-            order = np.lexsort((c, -exact, r))  # per row: the highest, the earliest kept on a tie
-            first_of_row = order[np.r_[True, r[order][1:] != r[order][:-1]]]
-            best[r[first_of_row]], arg[r[first_of_row]] = exact[first_of_row], c[first_of_row]
+            # per row: the highest, the earliest kept on a tie (a row's candidates are listed by position)
+            hit, top = _best_in_segments(r, exact)
+            best[hit], arg[hit] = exact[top], c[top]
         return best, arg
 
     def among(self, chunk: tuple, rows: np.ndarray) -> np.ndarray:

@@ -92,7 +92,7 @@ def dedup_rows(
 
 
 def _tiled_pair_count(cfg: DedupConfig, num_gpus: float):
-    """The certificate's search among kept rows: the exact tiled all-pairs search (pairs found, tasks)."""
+    """The certificate's search among kept rows: an exact tiled count (pairs found, tasks)."""
 
     def count(kept: EmbeddingBlocks) -> tuple[int, int]:
         return count_pairs_above(kept, cfg.threshold, cfg.tile_size, num_gpus, cfg.timeout_s, cfg.products)
