@@ -32,7 +32,7 @@ from platypus_ray.core.blocks import ROWS_ONLY
 from platypus_ray.embedding import cache as embedding_cache
 from platypus_ray.embedding import pool as embed_module
 from platypus_ray.embedding.cache import hash_array
-from platypus_ray.refine import contamination, ledger, sources, stage
+from platypus_ray.refine import contamination, input_rows, ledger, sources
 from platypus_ray.refine.config import ColumnMapping
 from platypus_ray.refine.sources import PARSED_SCHEMA, SourceFile, parse_source_file
 from platypus_ray.testsets import BenchmarkItem
@@ -44,7 +44,7 @@ PACKAGE = Path(platypus_ray.__file__).parent
 FOREIGN = [
     pa.schema([]),
     PARSED_SCHEMA,
-    stage.KEYED_SCHEMA,
+    input_rows.KEYED_SCHEMA,
     embed_module.TO_EMBED_SCHEMA,
     pa.schema([("embedding", pa.list_(pa.float32()))]),
 ]
@@ -106,8 +106,8 @@ def _parsed(tmp_path: Path) -> pa.Table:
 
 def _keyed(parsed: pa.Table) -> pa.Table:
     n = parsed.num_rows
-    key_of_uid = np.where(np.arange(n) % 4 == 3, -1, np.arange(n))
-    return stage._with_keys(parsed, file_offset=np.array([0]), key_of_uid=key_of_uid)
+    survivor = np.arange(n) % 4 != 3
+    return input_rows.keyed_rows(parsed.filter(pa.array(survivor)), np.flatnonzero(survivor), "all")
 
 
 def _chat_keyed(tmp_path: Path) -> pa.Table:
@@ -121,7 +121,7 @@ def _chat_keyed(tmp_path: Path) -> pa.Table:
     path = tmp_path / "chat.jsonl"
     path.write_text("".join(json.dumps({"messages": turns(i)}) + "\n" for i in range(17)))
     parsed = parse_source_file(SourceFile("c", str(path), 0, "jsonl", ColumnMapping().model_dump()))
-    return stage._with_keys(parsed, file_offset=np.array([0]), key_of_uid=np.arange(parsed.num_rows))
+    return input_rows.keyed_rows(parsed, np.arange(parsed.num_rows), "all")
 
 
 def _cases(tmp_path: Path, tiny_model_path: str) -> dict:
@@ -130,17 +130,6 @@ def _cases(tmp_path: Path, tiny_model_path: str) -> dict:
     n = parsed.num_rows
     keyed = _keyed(parsed)
     to_embed = keyed.select(embed_module.TO_EMBED_SCHEMA.names)
-    decisions = ledger.Decisions.start(
-        {name: parsed[name].to_numpy(zero_copy_only=False) for name in ("source", "valid", "reason")}
-    )
-    # some rows removed as duplicates of others and some flagged, so every ledger column is joined in
-    valid = np.flatnonzero(parsed["valid"].to_numpy(zero_copy_only=False))
-    decisions.remove(valid[1::2], "near_duplicate", matched=valid[0::2][: len(valid[1::2])], score=0.9)
-    decisions.flag(
-        valid[0], remove=False, item_id="b/x:0", benchmark="b", category="gray_area", signal="embedding", score=0.7
-    )
-    decisions.details[2] = "a detail set on the driver"
-    ids = ledger.IdLookup(np.arange(n), parsed["id"].combine_chunks())
     file_table = pa.Table.from_pylist(
         [
             {
@@ -163,18 +152,10 @@ def _cases(tmp_path: Path, tiny_model_path: str) -> dict:
     )
     rows = lambda t: sorted(map(repr, t.to_pylist()))
     chat_keyed = _chat_keyed(tmp_path)
-    shard_dir, staging = tmp_path / "shards", tmp_path / "staging"
-    for folder in (shard_dir, staging / "kept", staging / "ledger"):
-        folder.mkdir(parents=True)
+    shard_dir = tmp_path / "shards"
+    shard_dir.mkdir(parents=True)
     return {
         "sources._parse_files": (sources._parse_files, file_table, "pyarrow", {}, rows),
-        "stage._with_keys": (
-            stage._with_keys,
-            parsed,
-            "pyarrow",
-            {"file_offset": np.array([0]), "key_of_uid": np.where(np.arange(n) % 4 == 3, -1, np.arange(n))},
-            rows,
-        ),
         "embed._rows_of_keys": (
             embed_module._rows_of_keys,
             to_embed,
@@ -211,24 +192,12 @@ def _cases(tmp_path: Path, tiny_model_path: str) -> dict:
             {"file_offset": np.array([0]), "wanted": np.arange(0, n, 3)},
             rows,
         ),
-        "stage._meta_of": (stage._meta_of, parsed, "pyarrow", {"source_of_file": np.zeros(4, np.int16)}, rows),
         "embedding_cache._write_shard": (
             embedding_cache._write_shard,
             shard,
             "numpy",
             {"fs": pafs.LocalFileSystem(), "folder": str(shard_dir)},
             lambda t: _written(shard_dir),
-        ),
-        "ledger._write_block": (
-            ledger._write_block,
-            parsed,
-            "pyarrow",
-            {
-                "staging": str(staging),
-                "file_offset": np.array([0]),
-                "decided": decisions.columns(ids),
-            },
-            lambda t: (_written(staging / "kept"), _written(staging / "ledger")),
         ),
         "train_data.tokenize_batch": (
             train_data.tokenize_batch,
@@ -319,7 +288,6 @@ def cases(tmp_path_factory, tiny_model):
 
 CASE_NAMES = [
     "sources._parse_files",
-    "stage._with_keys",
     "embed._rows_of_keys",
     "embed.embed_in_task",
     "contamination.ngram_matches",
@@ -327,9 +295,7 @@ CASE_NAMES = [
     "contamination.turn_rows",
     "ledger._text_rows",
     "ledger._id_rows",
-    "stage._meta_of",
     "embedding_cache._write_shard",
-    "ledger._write_block",
     "train_data.tokenize_batch",
     "train_data._token_counts",
     "packing.pack_batch",
@@ -388,7 +354,7 @@ def test_driver_readers_and_vector_assembly_ignore_blocks_without_rows(ray_sessi
     from platypus_ray.core.blocks import batches, read_columns
     from platypus_ray.embedding.vectors import assemble
 
-    keyed = _keyed(cases["stage._with_keys"][1])
+    keyed = _keyed(cases["ledger._id_rows"][1])
     table = keyed.select(embed_module.TO_EMBED_SCHEMA.names)
     ds = ray.data.from_arrow_refs([ray.put(b) for b in _as_blocks(table, split)])
     keys, hashes = embed_module._keys_and_hashes(ds)

@@ -141,25 +141,21 @@ class SourceLanguages:
         return self.outside / self.rows if self.rows else 0.0
 
 
-def survey(
-    sources: Coded | np.ndarray, scripts: Coded | np.ndarray, valid: np.ndarray, covered: set[str] | None
-) -> tuple[dict[str, SourceLanguages], np.ndarray]:
-    """Per-source script shares (sources by first row), and a mask of the valid rows outside ``covered``."""
-    sources, scripts = Coded.of(sources), Coded.of(scripts)
-    valid = np.asarray(valid, dtype=bool)
-    unread = np.array([covered is not None and s not in covered and s != NO_LETTERS for s in scripts.names], bool)
-    outside = valid & (unread[scripts.codes] if len(unread) else np.zeros(len(valid), dtype=bool))
-    by_name = sorted(range(len(scripts.names)), key=lambda code: scripts.names[code])
+def survey(scripts: dict[str, dict[str, int]], covered: set[str] | None) -> dict[str, SourceLanguages]:
+    """Per-source script shares from ``scripts`` (source -> script -> valid rows; sources in order of
+    their first row), and how many of each source's valid rows are outside ``covered``."""
     result: dict[str, SourceLanguages] = {}
-    for code in sources.in_order_of_appearance():
-        of_source = sources.codes == code
-        mine = of_source & valid
-        n = int(mine.sum())
-        counts = np.bincount(scripts.codes[mine], minlength=len(scripts.names))
-        ordered = sorted((c for c in by_name if counts[c]), key=lambda c: -counts[c])  # ties: by name
-        shares = {scripts.names[c]: round(int(counts[c]) / n, 4) for c in ordered}
-        result[sources.names[code]] = SourceLanguages(n, shares, int((outside & of_source).sum()))
-    return result, outside
+    for name, counts in scripts.items():
+        n = sum(counts.values())
+        ordered = sorted((script for script in counts if counts[script]), key=lambda s: (-counts[s], s))
+        shares = {script: round(counts[script] / n, 4) for script in ordered}
+        outside = sum(count for script, count in counts.items() if _unread(script, covered))
+        result[name] = SourceLanguages(n, shares, outside)
+    return result
+
+
+def _unread(script: str, covered: set[str] | None) -> bool:
+    return covered is not None and script not in covered and script != NO_LETTERS
 
 
 def mismatch_message(name: str, lang: SourceLanguages, languages: tuple[str, ...], model: str) -> str:
@@ -191,21 +187,23 @@ def _mean_pairwise(sums: np.ndarray, counts: np.ndarray) -> np.ndarray:
         return np.where(counts >= 2, ((sums**2).sum(axis=1) - counts) / (counts * (counts - 1)), np.nan)
 
 
-def check_languages(meta: dict, details: dict[int, str], embedding: EmbeddingConfig) -> tuple[dict, list[str], str]:
-    """Before embedding: the model to embed with, per-source stats and warnings. A source mostly
-    outside ``embedding.model`` stops the run, unless ``embedding.route_languages`` can hand the
-    whole run to ``use-multilingual`` (which reads it) or the mismatch is allowed. The rows still
-    outside the model used are marked in ``details`` (the ledger's, by uid)."""
+def check_languages(
+    scripts: dict[str, dict[str, int]], embedding: EmbeddingConfig
+) -> tuple[dict, list[str], str, dict[str, str]]:
+    """Before embedding, from each source's valid rows per script: the model to embed with, per-source
+    stats and warnings. A source mostly outside ``embedding.model`` stops the run, unless
+    ``embedding.route_languages`` can hand the whole run to ``use-multilingual`` (which reads it) or
+    the mismatch is allowed. Last, the ledger detail of the rows still outside the model used, by script."""
     model = embedding.model
     languages = model_languages(model, embedding.languages)
-    per_source, outside = _survey(meta, languages)
+    per_source = survey(scripts, covered_scripts(languages))
     failing = [] if embedding.allow_language_mismatch else _failing(per_source)
     routed_from = None
     if failing and _can_route(embedding):
-        use_sources, use_outside = _survey(meta, USE_LANGUAGES)
+        use_sources = survey(scripts, covered_scripts(USE_LANGUAGES))
         if not _failing(use_sources):
             routed_from, model, languages = model, USE_MULTILINGUAL, USE_LANGUAGES
-            per_source, outside = use_sources, use_outside
+            per_source = use_sources
     listed = languages or ()  # unknown languages (None) put no row outside: no message below names them
     if failing and not routed_from:
         raise UserError("; ".join(mismatch_message(name, per_source[name], listed, model) for name in failing))
@@ -223,14 +221,13 @@ def check_languages(meta: dict, details: dict[int, str], embedding: EmbeddingCon
         for name, lang in per_source.items()
         if lang.outside
     ]
-    scripts = Coded.of(meta["script"])
-    said = {
-        code: f"script {name} is outside what embedding.model reads ({', '.join(listed)}); "
+    covered = covered_scripts(languages)
+    details = {
+        script: f"script {script} is outside what embedding.model reads ({', '.join(listed)}); "
         "similarity scores for this row are unreliable"
-        for code, name in enumerate(scripts.names)
+        for script in dict.fromkeys(s for counts in scripts.values() for s in counts)
+        if _unread(script, covered)
     }
-    for uid in np.flatnonzero(outside):
-        details[int(uid)] = said[int(scripts.codes[uid])]
     stats = {
         "model": model,
         "routed_from": routed_from,
@@ -238,11 +235,7 @@ def check_languages(meta: dict, details: dict[int, str], embedding: EmbeddingCon
         "model_languages": list(languages) if languages else "unknown (set embedding.languages)",
         "per_source": {name: asdict(lang) for name, lang in per_source.items()},
     }
-    return stats, warnings, model
-
-
-def _survey(meta: dict, languages: tuple[str, ...] | None):
-    return survey(meta["source"], meta["script"], meta["valid"], covered_scripts(languages))
+    return stats, warnings, model, details
 
 
 def _failing(per_source: dict[str, SourceLanguages]) -> list[str]:

@@ -15,6 +15,8 @@ from platypus_ray.core.blocks import batches, read_columns, rows_only
 from platypus_ray.core.coded import Coded
 from platypus_ray.core.conversation import MESSAGES, MESSAGES_TYPE
 from platypus_ray.core.errors import EnvironmentFailure, describe_os_error, require
+from platypus_ray.core.waits import wait_all
+from platypus_ray.refine.input_rows import INVALID, KEPT, REMOVED, Counts, InputBlocks
 from platypus_ray.refine.rows import CANONICAL_COLUMNS, row_text
 
 LEDGER_SCHEMA = pa.schema(
@@ -46,8 +48,7 @@ KEPT_CHAT_SCHEMA = KEPT_SCHEMA.append(pa.field(MESSAGES, MESSAGES_TYPE))
 TEXT_SCHEMA = pa.schema([("uid", pa.int64()), ("text", pa.string())])
 
 
-STATUS_NAMES = ("kept", "invalid", "removed")
-KEPT, INVALID, REMOVED = range(3)
+STATUS_NAMES = ("kept", "invalid", "removed")  # by status code (input_rows.KEPT, INVALID, REMOVED)
 TOP_PAIRS = 20  # the near-duplicate pairs the report shows
 
 
@@ -63,19 +64,22 @@ class Flag:
 
 @dataclass
 class Decisions:
-    """What happens to every input row, indexed by uid (the row's position in input order).
+    """What happens to the rows the driver decides on (in a run: the survivors of exact dedup), by
+    position; ``uids`` names each position's row (sorted; None: position i is uid i). The other rows'
+    fates stay in their blocks (:mod:`.input_rows`) and reach the stats as counts.
 
     Per row the driver holds only numbers (status, reason code, matched uid, score, source code:
-    23 bytes); ids, details and texts stay in the parsed blocks and are joined in by the tasks that
-    write the ledger. Contamination flags and details set here (few rows) are kept by uid."""
+    23 bytes, and the uid); ids, details and texts stay in the parsed blocks and are joined in by
+    the tasks that write the ledger. Contamination flags and details set here (few rows) are kept by uid."""
 
     source: Coded
-    source_first: np.ndarray  # per source code: its first uid (0 for a source without rows)
+    source_first: np.ndarray  # per source code: its first uid (-1 for a source without rows)
     status: np.ndarray  # int8: KEPT, INVALID, REMOVED
     reason: np.ndarray  # int16 codes into ``reasons``
     reasons: list[str]
     matched_uid: np.ndarray
     score: np.ndarray
+    uids: np.ndarray | None = None
     flags: dict[int, Flag] = field(default_factory=dict)
     details: dict[int, str] = field(default_factory=dict)  # set on the driver, over the parsed row's own
     near_pairs: tuple[np.ndarray, np.ndarray, np.ndarray] | None = field(default=None)
@@ -83,10 +87,10 @@ class Decisions:
 
     @classmethod
     def start(cls, meta: dict) -> Decisions:
-        """From the gathered ``source``, ``valid`` and ``reason`` columns (strings or :class:`Coded`)."""
+        """Every row, from the ``source``, ``valid`` and ``reason`` columns (strings or :class:`Coded`)."""
         source, reason = Coded.of(meta["source"]), Coded.of(meta["reason"])
         n = len(meta["valid"])
-        first = np.zeros(len(source.names), dtype=np.int64)
+        first = np.full(len(source.names), -1, dtype=np.int64)
         present, at = np.unique(source.codes, return_index=True)
         first[present] = at
         return cls(
@@ -99,8 +103,38 @@ class Decisions:
             score=np.full(n, np.nan),
         )
 
+    @classmethod
+    def of_rows(cls, uids: np.ndarray, source: Coded, source_first: np.ndarray) -> Decisions:
+        """Valid rows ``uids`` (sorted), all kept so far, with their sources."""
+        n = len(uids)
+        return cls(
+            source=source,
+            source_first=source_first,
+            status=np.full(n, KEPT, dtype=np.int8),
+            reason=np.zeros(n, dtype=np.int16),
+            reasons=[""],
+            matched_uid=np.full(n, -1, dtype=np.int64),
+            score=np.full(n, np.nan),
+            uids=np.asarray(uids, dtype=np.int64),
+        )
+
     def __len__(self) -> int:
         return len(self.status)
+
+    def at(self, uids) -> np.ndarray:
+        """The positions of rows ``uids`` (each must be one of the decided rows)."""
+        uids = np.asarray(uids, dtype=np.int64)
+        if self.uids is None:
+            return uids
+        at = np.searchsorted(self.uids, uids)
+        require(
+            len(uids) == 0 or bool((self.uids[np.minimum(at, len(self.uids) - 1)] == uids).all()),
+            "a row was looked up that the driver does not decide on",
+        )
+        return at
+
+    def uid_at(self, positions: np.ndarray) -> np.ndarray:
+        return np.asarray(positions, dtype=np.int64) if self.uids is None else self.uids[positions]
 
     def reason_code(self, name: str) -> int:
         """``name``'s code, added to the table when new."""
@@ -108,31 +142,49 @@ class Decisions:
             self.reasons.append(name)
         return self.reasons.index(name)
 
-    def has_reason(self, name: str, rows: np.ndarray | None = None) -> np.ndarray:
-        codes = self.reason if rows is None else self.reason[rows]
-        return codes == (self.reasons.index(name) if name in self.reasons else -1)
+    def has_reason(self, name: str) -> np.ndarray:
+        """Per position: the row's reason is ``name``."""
+        return self.reason == (self.reasons.index(name) if name in self.reasons else -1)
+
+    def source_of(self, uids: np.ndarray) -> np.ndarray:
+        """Each row's source code (any input row: sources are contiguous in uid order)."""
+        return source_of(np.asarray(uids, dtype=np.int64), self.source_first)
+
+    def source_name(self, uid: int) -> str:
+        return self.source.names[int(self.source_of(np.array([uid]))[0])]
 
     def source_index(self, uids: np.ndarray) -> np.ndarray:
-        """Each row's position within its source (sources are contiguous in uid order)."""
-        return uids - self.source_first[self.source.codes[uids]]
+        """Each row's position within its source."""
+        return uids - self.source_first[self.source_of(uids)]
+
+    def score_of(self, uids) -> np.ndarray:
+        return self.score[self.at(uids)]
+
+    def matched_of(self, uids) -> np.ndarray:
+        return self.matched_uid[self.at(uids)]
+
+    def status_of(self, uid: int) -> int:
+        return int(self.status[self.at(np.array([uid]))[0]])
 
     def remove(self, uids: np.ndarray, reason: str, matched: np.ndarray, score) -> None:
         """Mark rows removed as duplicates of the rows ``matched`` (uids)."""
-        require((self.status[uids] == KEPT).all(), "a row is removed at most once")
-        self.status[uids] = REMOVED
-        self.reason[uids] = self.reason_code(reason)
-        self.matched_uid[uids] = matched
-        self.score[uids] = score
+        at = self.at(uids)
+        require((self.status[at] == KEPT).all(), "a row is removed at most once")
+        self.status[at] = REMOVED
+        self.reason[at] = self.reason_code(reason)
+        self.matched_uid[at] = matched
+        self.score[at] = score
 
     def flag(
         self, uid: int, remove: bool, item_id: str, benchmark: str, category: str, signal: str, score: float
     ) -> None:
         """Record a contamination flag; the row is removed unless its category is kept by config."""
+        at = self.at(np.array([uid]))[0]
         if remove:
-            self.status[uid] = REMOVED
-            self.reason[uid] = self.reason_code("contaminated")
+            self.status[at] = REMOVED
+            self.reason[at] = self.reason_code("contaminated")
         self.flags[int(uid)] = Flag(item_id, benchmark, category, signal)
-        self.score[uid] = score
+        self.score[at] = score
 
     def flagged(self) -> np.ndarray:
         """uids with a contamination flag, in uid order."""
@@ -148,6 +200,12 @@ class Decisions:
         """Every row some removed row points at (whose id the ledger names), once each."""
         return np.unique(self.matched_uid[self.matched_uid >= 0])
 
+    def counts(self) -> Counts:
+        """Rows per (source, status, reason), with each group's first uid."""
+        counts = Counts()
+        counts.add_rows(self.source.codes, self.status, self.reason, self.reasons, self.uid_at(np.arange(len(self))))
+        return counts
+
     def columns(self, ids: IdLookup) -> LedgerColumns:
         """What the write tasks join with the parsed rows to build the ledger."""
         return LedgerColumns(
@@ -156,13 +214,22 @@ class Decisions:
             reasons=tuple(self.reasons),
             matched_uid=self.matched_uid,
             score=self.score,
-            source_code=self.source.codes,
+            uids=self.uids,
             source_names=tuple(self.source.names),
-            source_start=self.source_first,
+            source_first=self.source_first,
             flags=self.flags,
             details=self.details,
             ids=ids,
         )
+
+
+def source_of(uids: np.ndarray, source_first: np.ndarray) -> np.ndarray:
+    """Source codes of ``uids`` from each source's first uid (-1: a source without rows)."""
+    present = np.flatnonzero(source_first >= 0)
+    present = present[np.argsort(source_first[present], kind="stable")]
+    if len(present) == 0:
+        return np.zeros(len(uids), dtype=np.int64)
+    return present[np.maximum(np.searchsorted(source_first[present], uids, side="right") - 1, 0)]
 
 
 @dataclass(frozen=True)
@@ -190,26 +257,49 @@ class IdLookup:
 
 @dataclass(frozen=True)
 class LedgerColumns:
-    """The decisions as the write tasks see them (numbers per row; flags, details and ids by uid)."""
+    """The decided rows as the write tasks see them (numbers per row; flags, details and ids by uid)."""
 
     status: np.ndarray
     reason: np.ndarray
     reasons: tuple[str, ...]
     matched_uid: np.ndarray
     score: np.ndarray
-    source_code: np.ndarray
+    uids: np.ndarray | None
     source_names: tuple[str, ...]
-    source_start: np.ndarray
+    source_first: np.ndarray
     flags: dict[int, Flag]
     details: dict[int, str]
     ids: IdLookup
 
+    def at(self, uids: np.ndarray) -> np.ndarray:
+        """Positions of ``uids`` among the decided rows; -1 for a row not decided here."""
+        uids = np.asarray(uids, dtype=np.int64)
+        if self.uids is None:
+            return np.where(uids < len(self.status), uids, -1)
+        if not len(self.uids):
+            return np.full(len(uids), -1, dtype=np.int64)
+        at = np.minimum(np.searchsorted(self.uids, uids), len(self.uids) - 1)
+        return np.where(self.uids[at] == uids, at, -1)
+
     def rows(self, uid: np.ndarray, detail: list[str]) -> dict[str, Any]:
-        """The ledger's decided columns for rows ``uid`` (whose parsed details are ``detail``)."""
-        names = lambda table, codes: np.asarray(table, dtype=object)[codes].tolist() if len(codes) else []
-        matched = self.matched_uid[uid]
+        """The ledger's decided columns for decided rows ``uid`` (whose parsed details are ``detail``)."""
+        at = self.at(uid)
+        require(bool((at >= 0).all()), "the ledger is joined only for decided rows here")
+        return self.joined(
+            uid,
+            self.status[at],
+            np.asarray(self.reasons, dtype=object)[self.reason[at]].tolist() if len(at) else [],
+            self.matched_uid[at],
+            self.score[at],
+            detail,
+        )
+
+    def joined(
+        self, uid: np.ndarray, status: np.ndarray, reason: list[str], matched: np.ndarray, score, detail: list[str]
+    ) -> dict[str, Any]:
+        """The ledger's decided columns from per-row numbers (ids, sources and flags joined by uid)."""
         has_match = matched >= 0
-        matched_code = self.source_code[np.maximum(matched, 0)]
+        matched_code = source_of(np.maximum(matched, 0), self.source_first)
         flags = [self.flags.get(int(u)) for u in uid] if self.flags else [None] * len(uid)
         matched_id = np.full(len(uid), "", dtype=object)
         matched_id[has_match] = self.ids(matched[has_match]).to_numpy(zero_copy_only=False)
@@ -217,16 +307,16 @@ class LedgerColumns:
             if flag is not None and not has_match[k]:
                 matched_id[k] = flag.item_id
         return {
-            "source_index": uid - self.source_start[self.source_code[uid]],
-            "status": names(STATUS_NAMES, self.status[uid]),
-            "reason": names(self.reasons, self.reason[uid]),
+            "source_index": uid - self.source_first[source_of(uid, self.source_first)],
+            "status": np.asarray(STATUS_NAMES, dtype=object)[status].tolist() if len(status) else [],
+            "reason": reason,
             "detail": [self.details.get(int(u), d) for u, d in zip(uid, detail)] if self.details else detail,
             "matched_id": matched_id.tolist(),
             "matched_source": np.where(
                 has_match, np.asarray(self.source_names, dtype=object)[matched_code], ""
             ).tolist(),
-            "matched_source_index": np.where(has_match, matched - self.source_start[matched_code], -1),
-            "score": self.score[uid],
+            "matched_source_index": np.where(has_match, matched - self.source_first[matched_code], -1),
+            "score": score,
             "benchmark": [f.benchmark if f else "" for f in flags],
             "category": [f.category if f else "" for f in flags],
             "signal": [f.signal if f else "" for f in flags],
@@ -235,18 +325,6 @@ class LedgerColumns:
 
 def _uids(batch: pa.Table, file_offset: np.ndarray) -> np.ndarray:
     return file_offset[batch["file_rank"].to_numpy()] + batch["row_in_file"].to_numpy()
-
-
-def _ledger_rows(batch: pa.Table, file_offset: np.ndarray, decided: LedgerColumns) -> pa.Table:
-    columns = {"source": batch["source"], "file": batch["file"], "id": batch["id"]}
-    columns.update(decided.rows(_uids(batch, file_offset), batch["detail"].to_pylist()))
-    return pa.table([columns[name] for name in LEDGER_COLUMNS], schema=LEDGER_SCHEMA)
-
-
-def _kept_rows(batch: pa.Table, file_offset: np.ndarray, status: np.ndarray, schema: pa.Schema) -> pa.Table:
-    kept = batch.filter(pa.array(status[_uids(batch, file_offset)] == KEPT))
-    columns = [kept["id"], kept["instruction"], kept["input"], kept["output"], kept["source"]]
-    return pa.table(columns + [kept[MESSAGES]] if MESSAGES in schema.names else columns, schema=schema)
 
 
 @rows_only(TEXT_SCHEMA)
@@ -309,60 +387,85 @@ WRITTEN_SCHEMA = pa.schema([("error", pa.string())])
 
 def write_rows(
     staging: Path,
-    parsed: ray.data.Dataset,
-    file_offset: np.ndarray,
+    blocks: InputBlocks,
     decided: LedgerColumns,
     conversations: bool = False,
+    script_details: dict[str, str] | None = None,
 ) -> None:
     """Write ``kept/`` (canonical schema, input order; plus ``messages`` when
-    ``conversations``: some valid row is one) and ``ledger/`` (every input row) as Parquet,
-    one part of each per block of ``parsed``, named by the block's first row so that file order is
-    input order. A write that fails (a full disk) comes back as a value, not a task traceback, and
-    is raised here as one :class:`EnvironmentFailure`."""
+    ``conversations``: some valid row is one) and ``ledger/`` (every input row) as Parquet, one
+    part of each per parsed block, named by the block's first row so that file order is input
+    order. One task a block joins the parsed rows, their state (:mod:`.input_rows`) and the
+    driver's ``decided`` rows; ``script_details`` (script -> detail) marks the valid rows written
+    in a script the model does not read. A write that fails (a full disk) comes back as a value,
+    not a task traceback, and is raised here as one :class:`EnvironmentFailure`."""
     for folder in ("kept", "ledger"):
         (staging / folder).mkdir()
-    written = parsed.map_batches(
-        _write_block,
-        fn_kwargs={
-            "staging": str(staging),
-            "file_offset": file_offset,
-            "decided": ray.put(decided),  # once in the object store, not inside every task's function (N-sized)
-            "kept_schema": KEPT_CHAT_SCHEMA if conversations else KEPT_SCHEMA,
-        },
-        batch_size=None,
-        batch_format="pyarrow",
-    )
-    problems = [e for e in read_columns(written, ["error"], WRITTEN_SCHEMA)["error"].to_pylist() if e]
+    kept_schema = KEPT_CHAT_SCHEMA if conversations else KEPT_SCHEMA
+    shared = ray.put(decided)  # once in the object store, not inside every task's arguments
+    written = [
+        _write_task.remote(block, start, stop, state, shared, (str(staging), kept_schema, script_details or {}))
+        for (block, start, stop), state in zip(blocks.spans, blocks.states)
+    ]
+    problems = [e for e in wait_all(written, blocks.timeout_s) if e]
     if problems:
         raise EnvironmentFailure(
             f"writing the output: {problems[0]}"
             + (f" (and {len(problems) - 1} more parts)" if len(problems) > 1 else "")
         )
-    for folder, schema in (("kept", KEPT_CHAT_SCHEMA if conversations else KEPT_SCHEMA), ("ledger", LEDGER_SCHEMA)):
+    for folder, schema in (("kept", kept_schema), ("ledger", LEDGER_SCHEMA)):
         if not any((staging / folder).glob("*.parquet")):  # readers of an empty output still need the schema
             pq.write_table(schema.empty_table(), staging / folder / "empty.parquet")
 
 
-@rows_only(WRITTEN_SCHEMA)
-def _write_block(
+@ray.remote(num_cpus=1)
+def _write_task(block: pa.Table, start: int, stop: int, state: dict, decided: LedgerColumns, settings: tuple):
+    staging, kept_schema, script_details = settings
+    return write_block(block.slice(start, stop - start), state, staging, decided, kept_schema, script_details)
+
+
+def write_block(
     batch: pa.Table,
+    state: dict,
     staging: str,
-    file_offset: np.ndarray,
-    decided: LedgerColumns | ray.ObjectRef,
+    decided: LedgerColumns,
     kept_schema: pa.Schema = KEPT_SCHEMA,
-) -> pa.Table:
-    columns: LedgerColumns = ray.get(decided) if isinstance(decided, ray.ObjectRef) else decided
-    name = f"part-{int(_uids(batch, file_offset).min()):012d}.parquet"
-    kept = _kept_rows(batch, file_offset, columns.status, kept_schema)
+    script_details: dict[str, str] | None = None,
+) -> str:
+    """Write one block's ``kept/`` and ``ledger/`` parts; returns "" or what went wrong."""
+    uid = state["uid"]
+    name = f"part-{int(uid.min()):012d}.parquet"
+    at = decided.at(uid)
+    mine = at >= 0
+    status = state["status"].copy()
+    status[mine] = decided.status[at[mine]]
+    reasons = np.asarray([*state["reasons"], "exact_duplicate"], dtype=object)
+    reason = reasons[np.where(state["status"] == REMOVED, len(reasons) - 1, state["reason"])]
+    reason[mine] = np.asarray(decided.reasons, dtype=object)[decided.reason[at[mine]]]
+    matched = state["matched_uid"].copy()
+    matched[mine] = decided.matched_uid[at[mine]]
+    score = np.where(state["status"] == REMOVED, 1.0, np.nan)
+    score[mine] = decided.score[at[mine]]
+    detail = batch["detail"].to_pylist()
+    if script_details:
+        scripts = np.asarray(state["scripts"], dtype=object)
+        for k in np.flatnonzero(state["valid"]):
+            said = script_details.get(scripts[state["script"][k]])
+            detail[k] = said if said is not None else detail[k]
+    columns = {"source": batch["source"], "file": batch["file"], "id": batch["id"]}
+    columns.update(decided.joined(uid, status, reason.tolist(), matched, score, detail))
+    kept = batch.filter(pa.array(status == KEPT))
+    kept_columns = [kept["id"], kept["instruction"], kept["input"], kept["output"], kept["source"]]
+    kept = pa.table(
+        kept_columns + [kept[MESSAGES]] if MESSAGES in kept_schema.names else kept_columns, schema=kept_schema
+    )
     try:
         if kept.num_rows:
             pq.write_table(kept, f"{staging}/kept/{name}")
-        pq.write_table(_ledger_rows(batch, file_offset, columns), f"{staging}/ledger/{name}")
+        pq.write_table(pa.table([columns[n] for n in LEDGER_COLUMNS], schema=LEDGER_SCHEMA), f"{staging}/ledger/{name}")
     except OSError as exc:
-        return pa.table(
-            {"error": [describe_os_error(exc, f"{staging}/{name}") or f"{exc} ({staging})"]}, schema=WRITTEN_SCHEMA
-        )
-    return pa.table({"error": [""]}, schema=WRITTEN_SCHEMA)
+        return describe_os_error(exc, f"{staging}/{name}") or f"{exc} ({staging})"
+    return ""
 
 
 def summarize(
@@ -372,35 +475,42 @@ def summarize(
     n_items: dict[str, int],
     source_names: list[str],
     warnings: list[str],
+    others: Counts | None = None,
 ) -> dict:
-    """Counts per source and reason; they reconcile with the ledger by construction and by check.
+    """Counts per source and reason of the decided rows and of ``others`` (the rows decided in their
+    blocks: invalid ones, exact duplicates); they reconcile with the ledger by construction and by check.
 
     ``source_names``: every source the run read, so one with 0 rows (an empty, blank-only or
     header-only file) is counted, and named in a warning, rather than missing."""
-    status, source = decisions.status, decisions.source
+    counts = decisions.counts()
+    if others is not None:
+        counts.add(others)
+    entries = sorted(counts.entries.items(), key=lambda item: item[1][1])  # groups by first uid
+    source = decisions.source
     per_source = {}
     codes = {name: code for code, name in enumerate(source.names)}
-    for name in dict.fromkeys([*source_names, *(source.names[c] for c in source.in_order_of_appearance())]):
-        mine = source.codes == codes.get(name, -1)
+    appearing = list(dict.fromkeys(source.names[code] for (code, _, _), _ in entries))
+    for name in dict.fromkeys([*source_names, *appearing]):
+        mine = [(key, value) for key, value in entries if key[0] == codes.get(name, -1)]
         per_source[name] = {
-            "rows": int(mine.sum()),
-            "kept": int((mine & (status == KEPT)).sum()),
-            "invalid": int((mine & (status == INVALID)).sum()),
-            "removed": _reason_counts(decisions, mine & (status == REMOVED)),
+            "rows": sum(count for _, (count, _) in mine),
+            "kept": _total(mine, KEPT),
+            "invalid": _total(mine, INVALID),
+            "removed": _reason_counts(mine, REMOVED),
         }
     contamination: dict[str, dict[str, int]] = {}
     for uid in decisions.flagged():
         flag = decisions.flags[int(uid)]
         entry = contamination.setdefault(flag.benchmark, {"flagged": 0, "removed": 0})
         entry["flagged"] += 1
-        entry["removed"] += int(status[uid] == REMOVED)
+        entry["removed"] += int(decisions.status_of(uid) == REMOVED)
         entry[flag.category] = entry.get(flag.category, 0) + 1
     stats: dict[str, Any] = {
-        "input_rows": len(status),
-        "kept": int((status == KEPT).sum()),
-        "invalid": int((status == INVALID).sum()),
-        "removed": _reason_counts(decisions, status == REMOVED),
-        "invalid_reasons": _reason_counts(decisions, status == INVALID),
+        "input_rows": sum(count for _, (count, _) in entries),
+        "kept": _total(entries, KEPT),
+        "invalid": _total(entries, INVALID),
+        "removed": _reason_counts(entries, REMOVED),
+        "invalid_reasons": _reason_counts(entries, INVALID),
         "per_source": per_source,
         "warnings": [f"source '{name}': 0 rows" for name, s in per_source.items() if s["rows"] == 0] + warnings,
         "benchmark_items": n_items,
@@ -417,8 +527,16 @@ def summarize(
     return stats
 
 
-def _reason_counts(decisions: Decisions, rows: np.ndarray) -> dict[str, int]:
-    """Rows per reason among ``rows`` (a mask), by each reason's first row in uid order."""
-    uids = np.flatnonzero(rows)
-    codes, first, counts = np.unique(decisions.reason[uids], return_index=True, return_counts=True)
-    return {decisions.reasons[codes[k]]: int(counts[k]) for k in np.argsort(first, kind="stable")}
+def _total(entries: list, status: int) -> int:
+    return sum(count for (_, st, _), (count, _) in entries if st == status)
+
+
+def _reason_counts(entries: list, status: int) -> dict[str, int]:
+    """Rows per reason among the groups of ``status`` (``entries`` by first uid): reasons by their first row."""
+    out: dict[str, list[int]] = {}
+    for (_, st, reason), (count, first) in entries:
+        if st == status:
+            entry = out.setdefault(reason, [0, first])
+            entry[0] += count
+            entry[1] = min(entry[1], first)
+    return {reason: count for reason, (count, _) in sorted(out.items(), key=lambda item: item[1][1])}

@@ -41,11 +41,11 @@ def review_rows(
     by_item = {item.id: item for item in items}
     rows = []
     flagged = decisions.flagged()
-    for uid in flagged[np.argsort(-decisions.score[flagged], kind="stable")]:
+    for uid in flagged[np.argsort(-decisions.score_of(flagged), kind="stable")]:
         item = by_item[decisions.flags[int(uid)].item_id]
         rows.append(_row(decisions, uid, "contamination", texts, ids, matched=item.id, matched_text=item.question))
     for uid in _borderline(decisions, threshold):
-        match = decisions.matched_uid[uid]
+        match = int(decisions.matched_of(np.array([uid]))[0])
         rows.append(
             _row(
                 decisions,
@@ -55,7 +55,7 @@ def review_rows(
                 ids,
                 matched=ids.get(match),
                 matched_text=texts.get(match, ""),
-                matched_source=decisions.source.name(match),
+                matched_source=decisions.source_name(match),
                 matched_index=int(decisions.source_index(np.array([match]))[0]),
             )
         )
@@ -67,7 +67,7 @@ def review_uids(decisions: Decisions, threshold: float) -> np.ndarray:
     flagged = decisions.flagged()
     border = _borderline(decisions, threshold)
     top = _top_pairs(decisions)
-    return np.unique(np.concatenate([flagged, border, decisions.matched_uid[border], *top[:2]]).astype(np.int64))
+    return np.unique(np.concatenate([flagged, border, decisions.matched_of(border), *top[:2]]).astype(np.int64))
 
 
 def write_review(path: Path, rows: list[dict]) -> None:
@@ -107,7 +107,7 @@ def write_report(
             )
         )
     i, j, s = _top_pairs(decisions)
-    where = lambda uid: f"{decisions.source.name(uid)}#{decisions.source_index(np.array([uid]))[0]}"
+    where = lambda uid: f"{decisions.source_name(uid)}#{decisions.source_index(np.array([uid]))[0]}"
     top_pairs = [
         (
             f"{s[k]:.3f}",
@@ -243,9 +243,9 @@ def _row(
     return {
         "kind": kind,
         "category": flag.category if flag else "",
-        "score": round(float(decisions.score[uid]), 4),
+        "score": round(float(decisions.score_of(np.array([uid]))[0]), 4),
         "signal": flag.signal if flag else "",
-        "source": decisions.source.name(uid),
+        "source": decisions.source_name(uid),
         "source_index": int(decisions.source_index(np.array([uid]))[0]),
         "id": ids.get(uid),
         "text": texts.get(uid, ""),
@@ -253,13 +253,13 @@ def _row(
         "matched_source": matched_source,
         "matched_source_index": matched_index,
         "matched_text": matched_text,
-        "removed": bool(decisions.status[uid] == REMOVED),
+        "removed": decisions.status_of(uid) == REMOVED,
     }
 
 
 def _borderline(decisions: Decisions, threshold: float) -> np.ndarray:
     near = np.flatnonzero(decisions.has_reason("near_duplicate") & (decisions.score < threshold + BORDERLINE_MARGIN))
-    return near[np.argsort(decisions.score[near], kind="stable")][:MAX_BORDERLINE]
+    return decisions.uid_at(near[np.argsort(decisions.score[near], kind="stable")][:MAX_BORDERLINE])
 
 
 def _top_pairs(decisions: Decisions, k: int = 20):

@@ -1,9 +1,11 @@
 """``platypus-ray refine``: validate → exact dedup → embed → decontaminate → semantic dedup → write.
 
 Heavy per-row work (parsing, hashing, embedding, n-grams, similarity tiles, writing) runs
-on Ray. Decisions that need a global view (which exact duplicate wins, the greedy
-near-duplicate walk) run on the driver over compact per-row numbers, never over text;
-the vectors stay in object-store blocks (:mod:`platypus_ray.embedding`).
+on Ray. Every input row's state lives in object-store blocks beside its parsed block
+(:mod:`.input_rows`): exact dedup is a shuffle of tasks, the ledger and ``kept/`` are written
+by tasks, and the driver holds counts. From exact dedup on, the driver holds compact numbers
+per survivor (never text) for the steps that decide over them all (decontamination, the
+greedy near-duplicate walk); the vectors stay in object-store blocks (:mod:`platypus_ray.embedding`).
 
 Contamination is checked before semantic dedup, so a contaminated row can never be the
 reason a clean paraphrase of it was dropped.
@@ -21,29 +23,26 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.compute as pc
 import ray
 
-from platypus_ray.core.blocks import batches, rows_only
+from platypus_ray.core.blocks import batches
 from platypus_ray.core.coded import Coded
 from platypus_ray.core.config import dump_config
-from platypus_ray.core.conversation import MESSAGES_TYPE
 from platypus_ray.core.devices import resolve_device
-from platypus_ray.core.errors import UserError, require
+from platypus_ray.core.errors import UserError
 from platypus_ray.core.outputs import inside, read_back, replaced_atomically
 from platypus_ray.core.runtime import init_ray
 from platypus_ray.core.stage import Input, Output, Stage
 from platypus_ray.core.waits import bounded_by
-from platypus_ray.embedding import HASH_BYTES, Embedded, EmbeddingBlocks, check_model, embed, hash_array, is_use
+from platypus_ray.embedding import Embedded, EmbeddingBlocks, check_model, embed, hash_array, is_use
 from platypus_ray.refine import contamination as contam
+from platypus_ray.refine import input_rows
 from platypus_ray.refine.config import SOURCE_EXTENSIONS, MultilingualSignal, RefineConfig, kept_folder
 from platypus_ray.refine.dedup import best_matches, certificate_line, dedup_rows
 from platypus_ray.refine.languages import check_languages, collapse_check
 from platypus_ray.refine.ledger import Decisions, fetch_ids, fetch_texts, summarize, write_rows
 from platypus_ray.refine.report import review_rows, review_uids, write_report, write_review
-from platypus_ray.refine.rows import row_text
 from platypus_ray.refine.sources import (
-    UNREADABLE,
     check_readable,
     list_source_files,
     read_sources,
@@ -52,23 +51,6 @@ from platypus_ray.refine.sources import (
 from platypus_ray.testsets import BenchmarkItem, load_benchmark
 
 logger = logging.getLogger(__name__)
-
-# The per-row columns the driver gathers: numbers and codes, about 28 bytes a row through the object store.
-_CODE = pa.dictionary(pa.int16(), pa.string())
-META_SCHEMA = pa.schema(
-    [
-        ("position", pa.int64()),  # file rank << ROW_BITS | row in file: input order
-        ("source", pa.int16()),  # the source's position among the run's sources
-        ("valid", pa.bool_()),
-        ("reason", _CODE),
-        ("script", _CODE),
-        ("dedup_key", pa.int64()),
-        ("output_len", pa.int32()),
-        ("conversation", pa.bool_()),
-        ("unreadable", _CODE),  # the detail of an unreadable file's marker row; null elsewhere
-    ]
-)
-ROW_BITS = 40  # rows per file below 2**40; files below 2**23
 
 
 @dataclass
@@ -240,31 +222,25 @@ def _refine_data_context():
 def _refine(cfg: RefineConfig, timer: _Timer, items: list[BenchmarkItem], files: list) -> RefineResult:
     pieces = split_large_files(files)
     parsed = read_sources(pieces).materialize()
-    meta, file_offset = _gather_meta(parsed, pieces)
-    check_readable(meta["unreadable"])
-    decisions = Decisions.start(meta)
-    languages, warnings, model = check_languages(meta, decisions.details, cfg.embedding)
-    del meta["reason"], meta["script"]  # the driver keeps per row only what later steps read
-    conversations = bool(meta.pop("conversation").any())
+    with bounded_by("dedup.timeout_s", "read and exact dedup tasks"):
+        blocks = input_rows.start(parsed, pieces, cfg.dedup.timeout_s)
+    summary = blocks.summary
+    check_readable(summary.unreadable)
+    languages, warnings, model, script_details = check_languages(_scripts_by_source(blocks), cfg.embedding)
     if model != cfg.embedding.model:
         cfg = routed_config(cfg, model)
     timer.lap("read_validate")
 
-    survivors = _exact_dedup(meta, decisions)
-    key_of_uid = np.full(len(decisions), -1, dtype=np.int64)
-    key_of_uid[survivors] = np.arange(len(survivors))
-    rows = parsed.map_batches(
-        _with_keys,
-        fn_kwargs={"file_offset": file_offset, "key_of_uid": key_of_uid, "embed_turns": cfg.embed_turns},
-        batch_format="pyarrow",
-    ).materialize()
-    meta["priority"] = meta.pop("output_len")[survivors]  # semantic dedup's tie-break, per survivor
-    del key_of_uid, meta["dedup_key"], meta["valid"]
+    with bounded_by("dedup.timeout_s", "exact dedup tasks"):
+        settled = input_rows.settle(blocks, cfg.embed_turns, _reducers())
+    survivors, rows = settled.survivors, settled.keyed
+    decisions = Decisions.of_rows(survivors, Coded(settled.source, blocks.source_names), blocks.source_first_uid())
+    meta = {"priority": settled.output_len}  # semantic dedup's tie-break, per survivor
     timer.lap("exact_dedup")
 
     probes = contam.make_probes(items, cfg.contamination.window_words)
     turns = contam.TurnProbes(None, np.empty(0, dtype=np.int64))
-    if items and conversations:  # only conversations have turn probes: Alpaca runs skip the pass
+    if items and summary.conversation:  # only conversations have turn probes: Alpaca runs skip the pass
         first_key = len(survivors) + len(probes.texts)
         turns = contam.TurnProbes.of(rows, len(survivors), first_key, cfg.contamination.window_words)
     emb, probe_emb, turn_emb, embedded = _embed(rows, len(survivors), probes, turns, cfg)
@@ -307,17 +283,16 @@ def _refine(cfg: RefineConfig, timer: _Timer, items: list[BenchmarkItem], files:
     nearest_per_row = np.full(len(survivors), np.nan)
     nearest_per_row[np.flatnonzero(~flagged)] = np.where(nearest > -1, nearest, np.nan)
     warnings += collapse_check(
-        emb,
-        decisions.source.take(survivors),
-        decisions.has_reason("near_duplicate", survivors),
-        nearest_per_row,
-        languages,
+        emb, decisions.source, decisions.has_reason("near_duplicate"), nearest_per_row, languages
     )
 
+    file_offset = blocks.file_offset
     with replaced_atomically(cfg.output, "refine") as staging:
         shown = review_uids(decisions, cfg.dedup.threshold)
-        ids = fetch_ids(parsed, file_offset, np.concatenate([decisions.matched_uids(), shown]))
-        write_rows(staging, parsed, file_offset, decisions.columns(ids), conversations=conversations)
+        named = np.concatenate([decisions.matched_uids(), settled.matched, shown])
+        ids = fetch_ids(parsed, file_offset, named)
+        with bounded_by("dedup.timeout_s", "write tasks"):
+            write_rows(staging, blocks, decisions.columns(ids), summary.conversation, script_details)
         texts = fetch_texts(parsed, file_offset, shown, cfg.embed_turns)
         review = review_rows(decisions, items, texts, ids, cfg.dedup.threshold)
         write_review(staging / "review.csv", review)
@@ -330,6 +305,7 @@ def _refine(cfg: RefineConfig, timer: _Timer, items: list[BenchmarkItem], files:
             n_items,
             source_names=[f.source for f in files],
             warnings=warnings,
+            others=settled.counts,
         )
         stats["timings_s"] = timer.timings
         stats["embedding"] = {
@@ -339,6 +315,7 @@ def _refine(cfg: RefineConfig, timer: _Timer, items: list[BenchmarkItem], files:
             **(embedded.backend.as_stats() if embedded.backend else {}),
         }
         stats["languages"], stats["dedup"] = languages, dedup_stats
+        stats["exact_dedup"] = settled.stats
         stats["contamination_signals"] = signal_stats
         # Linux reports kB; the object store (shared memory, other processes) is not counted.
         stats["driver_rss_mb_after_step"] = timer.rss_mb
@@ -469,133 +446,20 @@ def _signal_stats(cfg: RefineConfig, counts: dict[str, dict[str, int]], ml_statu
     return stats
 
 
-@rows_only(META_SCHEMA)
-def _meta_of(batch: pa.Table, source_of_file: np.ndarray) -> pa.Table:
-    """A block's per-row meta: strings as dictionary codes (a few distinct reasons and scripts)."""
-    reason = pc.fill_null(batch["reason"], "")
-    file_rank = batch["file_rank"].to_numpy()
-    code = lambda column: pc.dictionary_encode(column).cast(_CODE)
-    columns = {
-        "position": (file_rank << ROW_BITS) + (batch["row_in_file"].to_numpy() + 1),  # a marker row is -1
-        "source": source_of_file[file_rank],
-        "valid": pc.fill_null(batch["valid"], False),
-        "reason": code(reason),
-        "script": code(pc.fill_null(batch["script"], "")),
-        "dedup_key": pc.fill_null(batch["dedup_key"], 0),
-        "output_len": pc.fill_null(batch["output_len"], 0).cast(pa.int32()),
-        "conversation": pc.fill_null(batch["conversation"], False),
-        "unreadable": code(pc.if_else(pc.equal(reason, UNREADABLE), batch["detail"], pa.scalar(None, pa.string()))),
-    }
-    return pa.table([columns[f.name] for f in META_SCHEMA], schema=META_SCHEMA)
+def _scripts_by_source(blocks: input_rows.InputBlocks) -> dict[str, dict[str, int]]:
+    """Valid rows per script of each source with rows, sources by their first row."""
+    summary = blocks.summary
+    by_first = sorted(summary.source_first, key=lambda code: summary.source_first[code])
+    scripts: dict[str, dict[str, int]] = {blocks.source_names[code]: {} for code in by_first}
+    for (code, script), count in summary.scripts.items():
+        mine = scripts[blocks.source_names[code]]
+        mine[script] = mine.get(script, 0) + count
+    return scripts
 
 
-def _gather_meta(parsed: ray.data.Dataset, pieces: list) -> tuple[dict, np.ndarray]:
-    """Compact per-row columns on the driver, in input order (by file, then row), and each file's
-    first uid. Tasks encode the strings; the driver copies one block at a time into arrays made
-    once, so it holds per row only numbers and codes (``source``, ``reason``, ``script`` as
-    :class:`Coded`): 20 bytes."""
-    source_names = list(dict.fromkeys(piece.source for piece in pieces))
-    source_of_file = np.array([source_names.index(piece.source) for piece in pieces], dtype=np.int16)
-    n = parsed.count()
-    meta: dict = {
-        "source": np.empty(n, np.int16),
-        "valid": np.empty(n, bool),
-        "dedup_key": np.empty(n, np.int64),
-        "output_len": np.empty(n, np.int32),
-        "conversation": np.empty(n, bool),
-        "reason": np.empty(n, np.int16),
-        "script": np.empty(n, np.int16),
-    }
-    vocabulary: dict[str, dict[str, int]] = {"reason": {}, "script": {}, "unreadable": {}}
-    spans: list[tuple[int, int, int]] = []  # (first position, at, rows) of each block, in arrival order
-    counts = np.zeros(len(pieces), dtype=np.int64)
-    at = 0
-    meta_blocks = parsed.map_batches(_meta_of, fn_kwargs={"source_of_file": source_of_file}, batch_format="pyarrow")
-    for ref in meta_blocks.to_arrow_refs():
-        table = ray.get(ref)
-        rows = table.num_rows
-        if not rows:
-            continue
-        require(at + rows <= n, "the meta blocks hold the parsed rows, no more")
-        position = table["position"].to_numpy()
-        require(bool((position[1:] > position[:-1]).all()), "a parsed block's rows are in file order")
-        spans.append((int(position[0]), at, rows))
-        counts += np.bincount(position >> ROW_BITS, minlength=len(pieces))
-        for name in ("source", "valid", "dedup_key", "output_len", "conversation"):
-            meta[name][at : at + rows] = table[name].to_numpy(zero_copy_only=False)
-        for name, codes in vocabulary.items():
-            column = table[name].combine_chunks()
-            lookup = np.array([codes.setdefault(v, len(codes)) for v in column.dictionary.to_pylist()], np.int16)
-            if name in meta:
-                meta[name][at : at + rows] = lookup[column.indices.to_numpy()] if len(lookup) else 0
-        at += rows
-        del table, position
-    require(at == n, "the meta blocks hold every parsed row")
-    if [first for first, _, _ in spans] != sorted(first for first, _, _ in spans):  # blocks came out of order
-        order = np.concatenate([np.arange(start, start + rows) for _, start, rows in sorted(spans)])
-        meta = {name: column[order] for name, column in meta.items()}
-    meta["source"] = Coded(meta["source"], source_names)
-    for name in ("reason", "script"):
-        meta[name] = Coded(meta[name], list(vocabulary[name]))
-    meta["unreadable"] = list(vocabulary["unreadable"])
-    return meta, np.concatenate([[0], np.cumsum(counts)[:-1]]).astype(np.int64)
-
-
-KEYED_SCHEMA = pa.schema(
-    [
-        ("key", pa.int64()),
-        ("text", pa.string()),
-        ("text_hash", pa.binary(HASH_BYTES)),
-        ("text_len", pa.int64()),
-        ("instruction", pa.string()),
-        ("input", pa.string()),
-        ("output", pa.string()),
-        ("messages", MESSAGES_TYPE),
-    ]
-)
-
-
-@rows_only(KEYED_SCHEMA)
-def _with_keys(batch: pa.Table, file_offset: np.ndarray, key_of_uid: np.ndarray, embed_turns: str = "all") -> pa.Table:
-    """Rows that survived exact dedup, with their dense key and embedded text."""
-    uid = file_offset[batch["file_rank"].to_numpy()] + batch["row_in_file"].to_numpy()
-    key = key_of_uid[uid]
-    mask = key >= 0
-    batch = batch.filter(pa.array(mask))
-    texts = [
-        row_text(i, x, m, embed_turns)
-        for i, x, m in zip(batch["instruction"].to_pylist(), batch["input"].to_pylist(), batch["messages"].to_pylist())
-    ]
-    columns = [
-        key[mask],
-        texts,
-        hash_array(texts),
-        batch["text_len"],
-        batch["instruction"],
-        batch["input"],
-        batch["output"],
-        batch["messages"],
-    ]
-    return pa.table(columns, schema=KEYED_SCHEMA)
-
-
-def _exact_dedup(meta: dict[str, np.ndarray], decisions: Decisions) -> np.ndarray:
-    """Collapse rows with equal normalised instruction+input; keep the longest output, ties by
-    input order. Returns the uids of the rows that remain, in input order."""
-    valid = np.flatnonzero(meta["valid"])
-    keys = meta["dedup_key"][valid]
-    order = np.lexsort((-meta["output_len"][valid], keys))  # a stable sort: ties stay in input order
-    keys = keys[order]
-    order = valid[order]
-    del valid  # the driver's peak here is a few arrays of the valid rows: each freed once used
-    first = np.ones(len(order), dtype=bool)
-    first[1:] = keys[1:] != keys[:-1]
-    del keys
-    group = np.cumsum(first) - 1
-    winners = order[first]
-    losers = ~first
-    decisions.remove(order[losers], "exact_duplicate", matched=winners[group[losers]], score=1.0)
-    return np.sort(winners)
+def _reducers() -> int:
+    """Exact dedup's reducers: two a CPU of the cluster, so each node gets some."""
+    return max(1, int(2 * ray.cluster_resources().get("CPU", 1)))
 
 
 def _decontaminate(

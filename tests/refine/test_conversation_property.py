@@ -13,9 +13,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from platypus_ray.refine.config import ColumnMapping
+from platypus_ray.refine.input_rows import exact_winners
 from platypus_ray.refine.ledger import INVALID, Decisions, summarize
 from platypus_ray.refine.sources import SourceFile, parse_source_file
-from platypus_ray.refine.stage import _exact_dedup
 
 CANONICAL = {"user": "u", "human": "u", "assistant": "a", "gpt": "a", "system": "s"}
 ROLES = [*CANONICAL, "tool", "robot", None]
@@ -80,7 +80,9 @@ def test_every_conversation_is_accounted_for_once_with_a_reason_naming_its_turn(
         for name in ("source", "valid", "reason", "dedup_key", "output_len")
     }
     decisions = Decisions.start(meta)
-    survivors = _exact_dedup(meta, decisions)
+    valid = np.flatnonzero(meta["valid"])
+    losers, survivors, _ = exact_winners(meta["dedup_key"][valid], meta["output_len"][valid], valid)
+    decisions.remove(losers[0], "exact_duplicate", matched=losers[1], score=1.0)
     stats = summarize(decisions, 0, 0.0, {}, ["src"], [])  # raises unless kept + invalid + removed = input rows
     assert stats["input_rows"] == len(rows) and stats["kept"] == len(survivors)
     assert np.all(decisions.status[meta["valid"] == 0] == INVALID)

@@ -12,7 +12,6 @@ import subprocess
 from pathlib import Path
 
 import numpy as np
-import pyarrow as pa
 import pytest
 
 from platypus_ray.cli import main
@@ -143,33 +142,20 @@ def test_a_source_that_vanishes_mid_run_is_one_error_naming_it(ray_session, tmp_
 
 def test_the_write_task_reports_a_full_disk_as_a_value(tmp_path, monkeypatch):
     """The same failure where no tmpfs can be mounted: ENOSPC injected into the write task itself."""
-    from platypus_ray.refine import ledger
+    from platypus_ray.core.coded import Coded
+    from platypus_ray.refine import input_rows, ledger
+    from platypus_ray.refine.config import ColumnMapping
+    from platypus_ray.refine.sources import SourceFile, parse_source_file
 
     def full(*args, **kwargs):
         raise OSError(errno.ENOSPC, "No space left on device", str(args[1]))
 
     monkeypatch.setattr(ledger.pq, "write_table", full)
-    batch = pa.table(
-        {
-            "source": ["s"],
-            "file": ["f"],
-            "file_rank": [0],
-            "row_in_file": [0],
-            "id": ["i"],
-            "detail": [""],
-            "instruction": ["a"],
-            "input": [""],
-            "output": ["b"],
-        }
-    )
-    decisions = ledger.Decisions.start(
-        {
-            "source": np.array(["s"], dtype=object),
-            "valid": np.array([True]),
-            "reason": np.array([""], dtype=object),
-            "detail": np.array([""], dtype=object),
-            "id": np.array(["i"], dtype=object),
-        }
-    )
-    out = ledger._write_block(batch, str(tmp_path), np.array([0]), decisions.columns(ledger.IdLookup.empty()))
-    assert "No space left on device" in out["error"][0].as_py() and "another disk" in out["error"][0].as_py()
+    path = tmp_path / "rows.jsonl"
+    path.write_text('{"instruction": "a", "output": "b"}\n')
+    batch = parse_source_file(SourceFile("s", str(path), 0, "jsonl", ColumnMapping().model_dump()))
+    state, _ = input_rows.start_state(batch, np.zeros(1, dtype=np.int16))
+    state = input_rows.settle_state(batch, state, np.array([0]), 0, "all", [])[0]
+    decisions = ledger.Decisions.of_rows(np.array([0]), Coded(np.array([0]), ["s"]), np.array([0]))
+    out = ledger.write_block(batch, state, str(tmp_path), decisions.columns(ledger.IdLookup.empty()))
+    assert "No space left on device" in out and "another disk" in out
