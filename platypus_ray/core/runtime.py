@@ -91,3 +91,20 @@ def _start_or_join(dashboard: bool) -> None:
         global _started_here
         _started_here = True
     logging.getLogger("ray.data").setLevel(logging.WARNING)  # one INFO block per dataset execution otherwise
+
+
+def return_large_frees_to_the_os(threshold_bytes: int = 1 << 20) -> bool:
+    """Serve every allocation of ``threshold_bytes`` or more with a mapping of its own (glibc's
+    ``mallopt(M_MMAP_THRESHOLD)``), so a driver's large temporary arrays go back to the OS when
+    freed. By default glibc raises that threshold to 32 MiB after the first large free, and the
+    arrays below it stay in the heap as resident memory (measured: 29 MB of the refine driver's
+    heap at 1M rows). Returns whether it took effect: not on another C library or OS."""
+    import ctypes
+    import ctypes.util
+
+    m_mmap_threshold = -3  # malloc.h
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        return bool(libc.mallopt(m_mmap_threshold, threshold_bytes))
+    except (OSError, AttributeError):
+        return False

@@ -81,13 +81,18 @@ class Counts:
     entries: dict[tuple[int, int, str], list[int]] = field(default_factory=dict)
 
     def add_rows(self, source: np.ndarray, status: np.ndarray, reason: np.ndarray, names: list, uid: np.ndarray):
-        """Count rows given as arrays (``reason``: codes into ``names``; ``uid`` ascending)."""
+        """Count rows given as arrays (``reason``: codes into ``names``; ``uid`` ascending). One int64
+        code a row and one mask at a time: the groups are few, the rows many."""
         if not len(uid):
             return
-        groups = np.stack([source.astype(np.int64), status.astype(np.int64), reason.astype(np.int64)])
-        kinds, first, counts = np.unique(groups, axis=1, return_index=True, return_counts=True)
-        for (s, st, r), f, c in zip(kinds.T.tolist(), first.tolist(), counts.tolist()):
-            self._add(s, st, names[r], c, int(uid[f]))
+        n_status, n_reasons = 3, max(len(names), int(reason.max()) + 1)
+        code = (source.astype(np.int64) * n_status + status) * n_reasons + reason
+        counts = np.bincount(code)
+        for c in np.flatnonzero(counts).tolist():
+            first = int(np.argmax(code == c))
+            self._add(
+                c // (n_status * n_reasons), c // n_reasons % n_status, names[c % n_reasons], counts[c], int(uid[first])
+            )
 
     def add(self, other: Counts) -> None:
         for key, (count, first) in other.entries.items():
@@ -110,6 +115,12 @@ class InputBlocks:
     file_offset: np.ndarray  # each file piece's first uid
     source_names: list[str]
     timeout_s: float
+    # once settled: the (uid, id) of every exact-dedup winner that beat a row, in uid order, as a few
+    # object-store tables (one per run of consecutive blocks) that the write tasks read
+    winner_ids: list = field(default_factory=list)
+
+    def first_uids(self) -> np.ndarray:
+        return np.array([self.uid_of_position(first) for first in self.firsts], dtype=np.int64)
 
     @property
     def n(self) -> int:
@@ -196,14 +207,13 @@ def start_state(table: pa.Table, source_of_file: np.ndarray) -> tuple[dict, tupl
 @dataclass
 class Settled:
     """Exact dedup's result: the survivors (sorted uids) with their priorities and sources, the
-    keyed rows (the embedding's input, by survivor key), the exact duplicates' winners (whose ids the
-    ledger names) and the counts of every row that did not survive."""
+    keyed rows (the embedding's input, by survivor key) and the counts of every row that did not
+    survive. The winners' ids stay in the object store (:attr:`InputBlocks.winner_ids`)."""
 
     survivors: np.ndarray
     output_len: np.ndarray
     source: np.ndarray
     keyed: ray.data.Dataset
-    matched: np.ndarray
     counts: Counts
     stats: dict  # reducers, tasks (the map, reduce and settle steps), and per node the reduce and settle tasks
 
@@ -224,29 +234,32 @@ def settle(blocks: InputBlocks, embed_turns: str, reducers: int) -> Settled:
     winners = wait_all([w for _, w, _ in reduced], timeout_s)
     nodes = Counter(node for _, node in winners)
     survivors = np.sort(np.concatenate([w for w, _ in winners])) if winners else np.empty(0, dtype=np.int64)
-    matched = np.unique(np.concatenate(wait_all([m for _, _, m in reduced], timeout_s)))
+    matched = [m for _, _, m in reduced]
     del winners
-    key_start = [int(np.searchsorted(survivors, blocks.uid_of_position(first))) for first in blocks.firsts]
+    key_start = np.searchsorted(survivors, blocks.first_uids()).tolist()
     made: list[Any] = [
-        _settle_block.options(num_returns=4).remote(*span, state, blocks.file_offset, k, embed_turns, *losers)
+        _settle_block.options(num_returns=5).remote(
+            *span, state, blocks.file_offset, k, embed_turns, len(losers), *losers, *matched
+        )
         for span, state, k in zip(blocks.spans, blocks.states, key_start)
     ]
-    blocks.states = [state for state, _, _, _ in made]
-    per_block = wait_all([out for _, _, out, _ in made], timeout_s)
+    blocks.states = [state for state, *_ in made]
+    blocks.winner_ids = [
+        _concat_ids.remote(*[made[b][4] for b in group]) for group in np.array_split(np.arange(len(made)), parts)
+    ]
+    per_block = wait_all([out for _, _, out, _, _ in made], timeout_s)
     counts = Counts()
-    for c in wait_all([c for _, _, _, c in made], timeout_s):
+    for c in wait_all([c for _, _, _, c, _ in made], timeout_s):
         counts.add(c)
-    nodes.update(node for _, _, node in per_block)
-    output_len = np.concatenate([o for o, _, _ in per_block]) if per_block else np.empty(0, np.int64)
-    source = np.concatenate([s for _, s, _ in per_block]) if per_block else np.empty(0, np.int16)
+    nodes.update(node for *_, node in per_block)
+    output_len = np.concatenate([o for o, *_ in per_block]) if per_block else np.empty(0, np.int64)
+    source = np.concatenate([s for _, s, *_ in per_block]) if per_block else np.empty(0, np.int16)
     require(len(output_len) == len(survivors), "every survivor of exact dedup is keyed once")
     keyed = (
-        ray.data.from_arrow_refs([k for _, k, _, _ in made])
-        if made
-        else ray.data.from_arrow(KEYED_SCHEMA.empty_table())
+        ray.data.from_arrow_refs([k for _, k, *_ in made]) if made else ray.data.from_arrow(KEYED_SCHEMA.empty_table())
     )
     stats = {"reducers": parts, "tasks": len(made) * 2 + parts, "tasks_per_node": dict(sorted(nodes.items()))}
-    return Settled(survivors, output_len, source, keyed, matched, counts, stats)
+    return Settled(survivors, output_len, source, keyed, counts, stats)
 
 
 def _uids(state: dict, file_offset: np.ndarray) -> np.ndarray:
@@ -298,12 +311,36 @@ def _settle_block(
     file_offset: np.ndarray,
     key_start: int,
     embed_turns: str,
-    *losers,
+    reducers: int,
+    *losers_and_winners,
 ):
-    state, keyed, (output_len, source), counts = settle_state(
-        block.slice(start, stop - start), state, file_offset, key_start, embed_turns, losers
-    )
-    return state, keyed, (output_len, source, _node()), counts
+    table = block.slice(start, stop - start)
+    losers, winners = losers_and_winners[:reducers], losers_and_winners[reducers:]
+    state, keyed, (output_len, source), counts = settle_state(table, state, file_offset, key_start, embed_turns, losers)
+    return state, keyed, (output_len, source, _node()), counts, winner_ids(table, state["uid"], winners)
+
+
+ID_SCHEMA = pa.schema([("uid", pa.int64()), ("id", pa.string())])
+
+
+@ray.remote(num_cpus=0.25)
+def _concat_ids(*tables: pa.Table) -> pa.Table:
+    """Consecutive blocks' winner ids as one table: a handful of object-store tables for the write
+    tasks to read, where each block's own small table would sit inline in the driver and travel
+    inside every write task's arguments."""
+    return pa.concat_tables(tables) if tables else ID_SCHEMA.empty_table()
+
+
+def winner_ids(table: pa.Table, uid: np.ndarray, winners) -> pa.Table:
+    """(uid, id) of this block's rows among ``winners`` (each reducer's winners that beat a row, sorted)."""
+    if not len(uid):
+        return ID_SCHEMA.empty_table()
+    found = []
+    for part in winners:
+        lo, hi = np.searchsorted(part, [uid[0], uid[-1] + 1])
+        found.append(np.searchsorted(uid, part[lo:hi]))
+    at = np.sort(np.concatenate(found)) if found else np.empty(0, dtype=np.int64)
+    return pa.table([uid[at], table["id"].take(pa.array(at, type=pa.int64()))], schema=ID_SCHEMA)
 
 
 def _node() -> str:

@@ -31,7 +31,7 @@ from platypus_ray.core.config import dump_config
 from platypus_ray.core.devices import resolve_device
 from platypus_ray.core.errors import UserError
 from platypus_ray.core.outputs import inside, read_back, replaced_atomically
-from platypus_ray.core.runtime import init_ray
+from platypus_ray.core.runtime import init_ray, return_large_frees_to_the_os
 from platypus_ray.core.stage import Input, Output, Stage
 from platypus_ray.core.waits import bounded_by
 from platypus_ray.embedding import Embedded, EmbeddingBlocks, check_model, embed, hash_array, is_use
@@ -40,7 +40,7 @@ from platypus_ray.refine import input_rows
 from platypus_ray.refine.config import SOURCE_EXTENSIONS, MultilingualSignal, RefineConfig, kept_folder
 from platypus_ray.refine.dedup import best_matches, certificate_line, dedup_rows
 from platypus_ray.refine.languages import check_languages, collapse_check
-from platypus_ray.refine.ledger import Decisions, fetch_ids, fetch_texts, summarize, write_rows
+from platypus_ray.refine.ledger import TOP_PAIRS, Decisions, fetch_ids, fetch_texts, summarize, write_rows
 from platypus_ray.refine.report import review_rows, review_uids, write_report, write_review
 from platypus_ray.refine.sources import (
     check_readable,
@@ -176,6 +176,7 @@ class RefineStage(Stage[RefineConfig, "list[BenchmarkItem]", RefineResult]):
     def execute(self, cfg: RefineConfig, checked: list[BenchmarkItem]) -> RefineResult:
         """Run the refine stage end to end and write its outputs under ``cfg.output``."""
         timer = _Timer()
+        return_large_frees_to_the_os()
         files = list_source_files(cfg.sources, cfg.embed_turns)
         init_ray(dashboard=False)  # a no-op where Ray is up already (a pipeline, a submitted job)
         with _refine_data_context():
@@ -289,8 +290,7 @@ def _refine(cfg: RefineConfig, timer: _Timer, items: list[BenchmarkItem], files:
     file_offset = blocks.file_offset
     with replaced_atomically(cfg.output, "refine") as staging:
         shown = review_uids(decisions, cfg.dedup.threshold)
-        named = np.concatenate([decisions.matched_uids(), settled.matched, shown])
-        ids = fetch_ids(parsed, file_offset, named)
+        ids = fetch_ids(parsed, file_offset, np.concatenate([decisions.matched_uids(), shown]))
         with bounded_by("dedup.timeout_s", "write tasks"):
             write_rows(staging, blocks, decisions.columns(ids), summary.conversation, script_details)
         texts = fetch_texts(parsed, file_offset, shown, cfg.embed_turns)
@@ -528,13 +528,20 @@ def _best_items(
 
 
 def _semantic_dedup(emb, survivors, remaining, meta, decisions: Decisions, cfg: RefineConfig, num_gpus):
-    """Pair search on the remaining rows (exact or clustered), then the greedy walk in priority order."""
-    keys = np.flatnonzero(remaining)
-    uids = survivors[keys]
+    """Pair search on the remaining rows (exact or clustered), then the greedy walk in priority order.
+    ``decisions`` are by survivor key, so the keys index them directly (no per-row uid lookups); with
+    every survivor remaining (no row contaminated), a row's index is its key."""
+    keys = None if remaining.all() else np.flatnonzero(remaining)
+    key = (lambda rows: rows) if keys is None else keys.__getitem__  # a searched row's survivor key
+    priority = meta["priority"] if keys is None else meta["priority"][keys]
     with bounded_by("dedup.timeout_s", "similarity tasks"):
-        outcome = dedup_rows(emb.take(keys, cfg.dedup.timeout_s), meta["priority"][keys], cfg.dedup, num_gpus)
+        vectors = emb if keys is None else emb.take(keys, cfg.dedup.timeout_s)
+        outcome = dedup_rows(vectors, priority, cfg.dedup, num_gpus)
     decision, pairs = outcome.decision, outcome.pairs
     gone = np.flatnonzero(~decision.keep)
-    decisions.remove(uids[gone], "near_duplicate", matched=uids[decision.matched[gone]], score=decision.score[gone])
-    decisions.record_pairs(uids[pairs.i], uids[pairs.j], pairs.score, pairs.count)
+    matched = survivors[key(decision.matched[gone])]
+    decisions.remove_at(key(gone), "near_duplicate", matched=matched, score=decision.score[gone])
+    del gone, matched
+    top = np.argsort(-pairs.score, kind="stable")[:TOP_PAIRS]  # the report's pairs: only these get uids
+    decisions.record_pairs(survivors[key(pairs.i[top])], survivors[key(pairs.j[top])], pairs.score[top], pairs.count)
     return pairs.nearest, outcome.stats

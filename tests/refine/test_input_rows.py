@@ -92,8 +92,10 @@ def test_the_shuffle_decides_as_one_block_on_any_split_and_reducer_count(ray_ses
     survivors = sorted(u for u, w in expected.items() if u == w)
     assert settled.survivors.tolist() == survivors
     assert settled.output_len.tolist() == table["output_len"].to_numpy(zero_copy_only=False)[survivors].tolist()
-    assert sorted(settled.matched.tolist()) == sorted({w for u, w in expected.items() if u != w})
-    assert settled.stats["reducers"] == reducers
+    winners = sorted({w for u, w in expected.items() if u != w})  # whose ids the ledger names, found in their blocks
+    ids = pa.concat_tables(ray.get(state.winner_ids))
+    assert ids["uid"].to_pylist() == winners and ids["id"].to_pylist() == table["id"].take(winners).to_pylist()
+    assert settled.stats["reducers"] == reducers and len(state.winner_ids) == reducers
     assert sum(settled.stats["tasks_per_node"].values()) == reducers + len(blocks)
     keyed = pa.concat_tables(ray.get(r) for r in settled.keyed.to_arrow_refs())
     assert keyed["key"].to_pylist() == list(range(len(survivors)))

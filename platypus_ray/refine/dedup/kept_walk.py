@@ -292,7 +292,7 @@ def _settle_among(
 @ray.remote
 def _walk_task(
     refs: list,
-    order: np.ndarray,
+    order: np.ndarray | None,
     threshold: float,
     use_gpu: bool,
     threads: int,
@@ -307,6 +307,7 @@ def _walk_task(
     from platypus_ray.core.devices import actor_device
 
     emb = np.concatenate([ray.get(ref) for ref in refs]) if refs else np.zeros((0, 0), dtype=np.float32)
+    order = np.arange(len(emb)) if order is None else order
     device = actor_device("cuda" if use_gpu else "cpu")
     sharded = ShardedKept(shards, timeout_s) if shards else None
     stats: dict = {}
@@ -339,12 +340,12 @@ def _walk_task(
         stats["products"]["rescored_pairs"] = stats.pop("rescored_pairs")
     if sharded:
         stats["kept_shards"] = sharded.finish()
-    return decision, nearest, products, stats
+    return decision, nearest.astype(np.float32), products, stats  # the pairs keep nearest in float32
 
 
 def kept_walk_pairs(
     blocks: EmbeddingBlocks,
-    order: np.ndarray,
+    order: np.ndarray | None,
     threshold: float,
     num_gpus: float,
     cpus: int,
@@ -358,7 +359,8 @@ def kept_walk_pairs(
     node (its BLAS threads) or one GPU; with ``shards`` (count, CPUs each), count >= 2, the kept
     rows and their products on that many actors spread over the nodes (the walk task then holds
     no CPU). The pairs are each removed row with its kept match; the dict says where the shards ran
-    (``kept_shards``) and which ``products`` precision ran and why. With ``clusters``, the walk that
+    (``kept_shards``) and which ``products`` precision ran and why. ``order`` None: input order
+    (the task makes it, so the driver neither holds nor sends it). With ``clusters``, the walk that
     passes ``max_products`` first estimates the clustered search from a sample of its vectors
     (:func:`.clustered.sampled_partition_work`, capped at all pairs) and goes on below that."""
     count, shard_cpus = shards
@@ -387,5 +389,5 @@ def kept_walk_pairs(
     gone = np.flatnonzero(~decision.keep)
     hi, lo = decision.matched[gone], gone
     i, j = np.minimum(hi, lo), np.maximum(hi, lo)
-    pairs = Pairs(i, j, decision.score[gone], nearest.astype(np.float32))
+    pairs = Pairs(i, j, decision.score[gone], nearest)
     return decision, pairs, products, walk_stats

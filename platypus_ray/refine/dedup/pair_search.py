@@ -80,8 +80,11 @@ def dedup_rows(
     order, and check the result's certificate (:mod:`.certificate`: an error when it fails)."""
     blocks = EmbeddingBlocks.of(vectors)
     order = priority_order(output_len, cfg.keep)
-    rank = np.empty(blocks.n, dtype=np.int64)
-    rank[order] = np.arange(blocks.n)
+    if cfg.keep == "first":  # input order is its own rank: one array, not two
+        rank = order
+    else:
+        rank = np.empty(blocks.n, dtype=np.int64)
+        rank[order] = np.arange(blocks.n)
     outcome = _search_and_resolve(blocks, order, rank, cfg, num_gpus)
     certificate = certify(
         blocks, outcome.decision, rank, cfg.threshold, _tiled_pair_count(cfg, num_gpus), cfg.timeout_s
@@ -117,7 +120,7 @@ def _search_and_resolve(
         logger.info("refine: semantic dedup of %d rows: against the kept set (%s)", n, why)
         walked = kept_walk_pairs(
             blocks,
-            order,
+            None if cfg.keep == "first" else order,
             cfg.threshold,
             num_gpus,
             int(cpus),
