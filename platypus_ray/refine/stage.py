@@ -233,7 +233,7 @@ def _refine(cfg: RefineConfig, timer: _Timer, items: list[BenchmarkItem], files:
     timer.lap("read_validate")
 
     with bounded_by("dedup.timeout_s", "exact dedup tasks"):
-        settled = input_rows.settle(blocks, cfg.embed_turns, _reducers())
+        settled = input_rows.settle(blocks, cfg.embed_turns, _reducers(len(blocks.spans)))
     survivors, rows = settled.survivors, settled.keyed
     decisions = Decisions.of_rows(survivors, Coded(settled.source, blocks.source_names), blocks.source_first_uid())
     meta = {"priority": settled.output_len}  # semantic dedup's tie-break, per survivor
@@ -457,9 +457,11 @@ def _scripts_by_source(blocks: input_rows.InputBlocks) -> dict[str, dict[str, in
     return scripts
 
 
-def _reducers() -> int:
-    """Exact dedup's reducers: two a CPU of the cluster, so each node gets some."""
-    return max(1, int(2 * ray.cluster_resources().get("CPU", 1)))
+def _reducers(blocks: int) -> int:
+    """Exact dedup's reducers: two a CPU of the cluster, so each node gets some, but no more than
+    the input has blocks: on an autoscaling cluster a burst of idle-bound reducers for a small
+    input asked for a node that arrived after they were done."""
+    return max(1, min(blocks, int(2 * ray.cluster_resources().get("CPU", 1))))
 
 
 def _decontaminate(
