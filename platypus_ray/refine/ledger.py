@@ -16,7 +16,7 @@ from platypus_ray.core.coded import Coded
 from platypus_ray.core.conversation import MESSAGES, MESSAGES_TYPE
 from platypus_ray.core.errors import EnvironmentFailure, describe_os_error, require
 from platypus_ray.core.waits import wait_all
-from platypus_ray.refine.input_rows import INVALID, KEPT, REMOVED, Counts, InputBlocks
+from platypus_ray.refine.input_rows import ID_SCHEMA, INVALID, KEPT, REMOVED, Counts, InputBlocks
 from platypus_ray.refine.rows import CANONICAL_COLUMNS, row_text
 
 LEDGER_SCHEMA = pa.schema(
@@ -364,9 +364,6 @@ def fetch_texts(
     for batch in batches(found, "pyarrow"):
         out.update(zip(batch["uid"].to_pylist(), batch["text"].to_pylist()))
     return out
-
-
-ID_SCHEMA = pa.schema([("uid", pa.int64()), ("id", pa.string())])
 
 
 @rows_only(ID_SCHEMA)
