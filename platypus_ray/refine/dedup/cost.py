@@ -43,13 +43,14 @@ def bf16_gemm_gflops_per_cpu(dim: int, tile: int = 2048) -> float:
 
     a = torch.from_numpy(np.random.default_rng(0).standard_normal((tile, max(dim, 1)), dtype=np.float32))
     a = a.to(torch.bfloat16)
+    out = torch.empty((tile, tile), dtype=torch.bfloat16)  # reused, as the searches' ProductBuffer
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        (a @ a.T).amax(dim=1)  # warm-up
+        torch.matmul(a, a.T, out=out).amax(dim=1)  # warm-up
         reps, start = 0, time.perf_counter()
         while reps < 3 or time.perf_counter() - start < 0.1:
-            (a @ a.T).amax(dim=1)
+            torch.matmul(a, a.T, out=out).amax(dim=1)
             reps += 1
         seconds = (time.perf_counter() - start) / reps
     finally:

@@ -38,7 +38,7 @@ from platypus_ray.refine.dedup.clustered import ClusterSettings, sampled_partiti
 from platypus_ray.refine.dedup.cost import choose_precision
 from platypus_ray.refine.dedup.greedy import DedupDecision, _best_in_segments
 from platypus_ray.refine.dedup.kept_shards import ShardedKept, start_shards, stop_shards
-from platypus_ray.refine.dedup.similarity import _EPS, Pairs, best_over_tiles, bf16_margin
+from platypus_ray.refine.dedup.similarity import _EPS, Pairs, ProductBuffer, best_over_tiles, bf16_margin
 
 CHUNK_ROWS = 2048  # rows settled per step; their own greedy walk is chunk x chunk
 KEPT_TILE = 16384  # kept rows per GEMM: a chunk x tile float32 product is 128 MiB
@@ -88,6 +88,7 @@ class _Bf16:
         self.torch, self.emb, self.kept_rows, self.threshold = torch, emb, kept_rows, threshold
         self.kept = torch.empty((len(emb), emb.shape[1] if emb.ndim == 2 else 0), dtype=torch.bfloat16)
         self.low = threshold - bf16_margin(self.kept.shape[1])
+        self.buffer = ProductBuffer()
         self.rescored = 0  # pairs re-scored in float64
 
     def put(self, picked: np.ndarray) -> tuple:
@@ -103,7 +104,7 @@ class _Bf16:
         arg = np.zeros(len(queries32), dtype=np.int64)
         rows, positions = [], []
         for first in range(0, n_kept, kept_tile):
-            scores = queries @ self.kept[first : min(first + kept_tile, n_kept)].T
+            scores = self.buffer.product(queries, self.kept[first : min(first + kept_tile, n_kept)].T)
             # no argmax (slow on bfloat16): a row's match is among its candidates, re-scored below
             tile_best = scores.amax(dim=1).float().numpy()
             np.maximum(best, tile_best, out=best)
