@@ -211,15 +211,17 @@ class Settled:
     survive. The winners' ids stay in the object store (:attr:`InputBlocks.winner_ids`)."""
 
     survivors: np.ndarray
-    output_len: np.ndarray
+    output_len: np.ndarray | None  # None when not asked for
     source: np.ndarray
     keyed: ray.data.Dataset
     counts: Counts
     stats: dict  # reducers, tasks (the map, reduce and settle steps), and per node the reduce and settle tasks
 
 
-def settle(blocks: InputBlocks, embed_turns: str, reducers: int) -> Settled:
-    """Exact dedup over all blocks (a hash shuffle of tasks), then each block's rows keyed."""
+def settle(blocks: InputBlocks, embed_turns: str, reducers: int, priorities: bool = True) -> Settled:
+    """Exact dedup over all blocks (a hash shuffle of tasks), then each block's rows keyed.
+    ``priorities``: fetch the survivors' output lengths (``keep: longest_output`` orders by them;
+    ``first`` does not, and its driver then holds none)."""
     timeout_s = blocks.timeout_s
     parts = max(1, reducers)
     sent: list[Any] = [
@@ -239,7 +241,7 @@ def settle(blocks: InputBlocks, embed_turns: str, reducers: int) -> Settled:
     key_start = np.searchsorted(survivors, blocks.first_uids()).tolist()
     made: list[Any] = [
         _settle_block.options(num_returns=5).remote(
-            *span, state, blocks.file_offset, k, embed_turns, len(losers), *losers, *matched
+            *span, state, blocks.file_offset, k, embed_turns, priorities, len(losers), *losers, *matched
         )
         for span, state, k in zip(blocks.spans, blocks.states, key_start)
     ]
@@ -252,9 +254,11 @@ def settle(blocks: InputBlocks, embed_turns: str, reducers: int) -> Settled:
     for c in wait_all([c for _, _, _, c, _ in made], timeout_s):
         counts.add(c)
     nodes.update(node for *_, node in per_block)
-    output_len = np.concatenate([o for o, *_ in per_block]) if per_block else np.empty(0, np.int64)
     source = np.concatenate([s for _, s, *_ in per_block]) if per_block else np.empty(0, np.int16)
-    require(len(output_len) == len(survivors), "every survivor of exact dedup is keyed once")
+    require(len(source) == len(survivors), "every survivor of exact dedup is keyed once")
+    output_len = None
+    if priorities:
+        output_len = np.concatenate([o for o, *_ in per_block]) if per_block else np.empty(0, np.int64)
     keyed = (
         ray.data.from_arrow_refs([k for _, k, *_ in made]) if made else ray.data.from_arrow(KEYED_SCHEMA.empty_table())
     )
@@ -311,12 +315,14 @@ def _settle_block(
     file_offset: np.ndarray,
     key_start: int,
     embed_turns: str,
+    priorities: bool,
     reducers: int,
     *losers_and_winners,
 ):
     table = block.slice(start, stop - start)
     losers, winners = losers_and_winners[:reducers], losers_and_winners[reducers:]
     state, keyed, (output_len, source), counts = settle_state(table, state, file_offset, key_start, embed_turns, losers)
+    output_len = output_len if priorities else None
     return state, keyed, (output_len, source, _node()), counts, winner_ids(table, state["uid"], winners)
 
 

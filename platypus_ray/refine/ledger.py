@@ -195,13 +195,16 @@ class Decisions:
 
     def record_pairs(self, i: np.ndarray, j: np.ndarray, score: np.ndarray, total: int) -> None:
         """The highest-scoring pairs (for the report), and how many the search found."""
-        top = np.argsort(-score, kind="stable")[:TOP_PAIRS]
+        top = top_scores(score, TOP_PAIRS)
         self.near_pairs = (i[top], j[top], score[top])
         self.near_pairs_total = total
 
     def matched_uids(self) -> np.ndarray:
-        """Every row some removed row points at (whose id the ledger names), once each."""
-        return np.unique(self.matched_uid[self.matched_uid >= 0])
+        """Every row some removed row points at (whose id the ledger names), once each: unique per
+        slice first, so the transient is a slice, not a sorted copy of every survivor's match."""
+        step = 1 << 16
+        parts = [np.unique(m[m >= 0]) for m in (self.matched_uid[s : s + step] for s in range(0, len(self), step))]
+        return np.unique(np.concatenate(parts)) if parts else np.empty(0, dtype=np.int64)
 
     def counts(self) -> Counts:
         """Rows per (source, status, reason), with each group's first uid."""
@@ -217,13 +220,22 @@ class Decisions:
             reasons=tuple(self.reasons),
             matched_uid=self.matched_uid,
             score=self.score,
-            uids=self.uids,
             source_names=tuple(self.source.names),
             source_first=self.source_first,
             flags=self.flags,
             details=self.details,
             ids=ids,
         )
+
+
+def top_scores(score: np.ndarray, k: int) -> np.ndarray:
+    """Positions of the ``k`` highest scores, highest first, ties in position order: a stable
+    ``argsort(-score)[:k]`` without sorting (or copying twice) every score."""
+    if len(score) <= k:
+        return np.argsort(-score, kind="stable")
+    kth = np.partition(score, len(score) - k)[len(score) - k]
+    candidates = np.flatnonzero(score >= kth)  # every tie of the k-th score, in position order
+    return candidates[np.argsort(-score[candidates], kind="stable")[:k]]
 
 
 def source_of(uids: np.ndarray, source_first: np.ndarray) -> np.ndarray:
@@ -267,34 +279,25 @@ class IdLookup:
 
 @dataclass(frozen=True)
 class LedgerColumns:
-    """The decided rows as the write tasks see them (numbers per row; flags, details and ids by uid)."""
+    """The decided rows as the write tasks see them: numbers by position, which a settled block's
+    state holds per row as its survivor ``key`` (no uid array: the object-store pages the driver
+    writes count in its memory); flags, details and ids by uid."""
 
     status: np.ndarray
     reason: np.ndarray
     reasons: tuple[str, ...]
     matched_uid: np.ndarray
     score: np.ndarray
-    uids: np.ndarray | None
     source_names: tuple[str, ...]
     source_first: np.ndarray
     flags: dict[int, Flag]
     details: dict[int, str]
     ids: IdLookup
 
-    def at(self, uids: np.ndarray) -> np.ndarray:
-        """Positions of ``uids`` among the decided rows; -1 for a row not decided here."""
-        uids = np.asarray(uids, dtype=np.int64)
-        if self.uids is None:
-            return np.where(uids < len(self.status), uids, -1)
-        if not len(self.uids):
-            return np.full(len(uids), -1, dtype=np.int64)
-        at = np.minimum(np.searchsorted(self.uids, uids), len(self.uids) - 1)
-        return np.where(self.uids[at] == uids, at, -1)
-
-    def rows(self, uid: np.ndarray, detail: list[str]) -> dict[str, Any]:
-        """The ledger's decided columns for decided rows ``uid`` (whose parsed details are ``detail``)."""
-        at = self.at(uid)
-        require(bool((at >= 0).all()), "the ledger is joined only for decided rows here")
+    def rows(self, at: np.ndarray, uid: np.ndarray, detail: list[str]) -> dict[str, Any]:
+        """The ledger's decided columns for the decided rows at positions ``at``, which are the rows
+        ``uid`` (whose parsed details are ``detail``)."""
+        require(bool((at >= 0).all() and (at < len(self.status)).all()), "the ledger is joined only for decided rows")
         return self.joined(
             uid,
             self.status[at],
@@ -453,7 +456,7 @@ def write_block(
     """Write one block's ``kept/`` and ``ledger/`` parts; returns "" or what went wrong."""
     uid = state["uid"]
     name = f"part-{int(uid.min()):012d}.parquet"
-    at = decided.at(uid)
+    at = state["key"]  # a survivor's position among the decided rows; -1 for the rows settled in the block
     mine = at >= 0
     status = state["status"].copy()
     status[mine] = decided.status[at[mine]]

@@ -40,7 +40,15 @@ from platypus_ray.refine import input_rows
 from platypus_ray.refine.config import SOURCE_EXTENSIONS, MultilingualSignal, RefineConfig, kept_folder
 from platypus_ray.refine.dedup import best_matches, certificate_line, dedup_rows
 from platypus_ray.refine.languages import check_languages, collapse_check
-from platypus_ray.refine.ledger import TOP_PAIRS, Decisions, fetch_ids, fetch_texts, summarize, write_rows
+from platypus_ray.refine.ledger import (
+    TOP_PAIRS,
+    Decisions,
+    fetch_ids,
+    fetch_texts,
+    summarize,
+    top_scores,
+    write_rows,
+)
 from platypus_ray.refine.report import review_rows, review_uids, write_report, write_review
 from platypus_ray.refine.sources import (
     check_readable,
@@ -233,10 +241,12 @@ def _refine(cfg: RefineConfig, timer: _Timer, items: list[BenchmarkItem], files:
     timer.lap("read_validate")
 
     with bounded_by("dedup.timeout_s", "exact dedup tasks"):
-        settled = input_rows.settle(blocks, cfg.embed_turns, _reducers(len(blocks.spans)))
-    survivors, rows = settled.survivors, settled.keyed
+        settled = input_rows.settle(
+            blocks, cfg.embed_turns, _reducers(len(blocks.spans)), priorities=cfg.dedup.keep != "first"
+        )
+    survivors, rows, exact_counts, exact_stats = settled.survivors, settled.keyed, settled.counts, settled.stats
     decisions = Decisions.of_rows(survivors, Coded(settled.source, blocks.source_names), blocks.source_first_uid())
-    meta = {"priority": settled.output_len}  # semantic dedup's tie-break, per survivor
+    meta = {"priority": settled.output_len}  # semantic dedup's order per survivor (None: input order)
     timer.lap("exact_dedup")
 
     probes = contam.make_probes(items, cfg.contamination.window_words)
@@ -280,12 +290,9 @@ def _refine(cfg: RefineConfig, timer: _Timer, items: list[BenchmarkItem], files:
     timer.lap("contamination")
 
     nearest, dedup_stats = _semantic_dedup(emb, survivors, ~flagged, meta, decisions, cfg, num_gpus)
+    del meta, settled  # per-survivor arrays the rest does not read (the driver's peak is in the write)
     timer.lap("semantic_dedup")
-    nearest_per_row = np.full(len(survivors), np.nan)
-    nearest_per_row[np.flatnonzero(~flagged)] = np.where(nearest > -1, nearest, np.nan)
-    warnings += collapse_check(
-        emb, decisions.source, decisions.has_reason("near_duplicate"), nearest_per_row, languages
-    )
+    warnings += _collapse_check(emb, decisions, flagged, nearest, languages)
 
     file_offset = blocks.file_offset
     with replaced_atomically(cfg.output, "refine") as staging:
@@ -305,7 +312,7 @@ def _refine(cfg: RefineConfig, timer: _Timer, items: list[BenchmarkItem], files:
             n_items,
             source_names=[f.source for f in files],
             warnings=warnings,
-            others=settled.counts,
+            others=exact_counts,
         )
         stats["timings_s"] = timer.timings
         stats["embedding"] = {
@@ -315,7 +322,7 @@ def _refine(cfg: RefineConfig, timer: _Timer, items: list[BenchmarkItem], files:
             **(embedded.backend.as_stats() if embedded.backend else {}),
         }
         stats["languages"], stats["dedup"] = languages, dedup_stats
-        stats["exact_dedup"] = settled.stats
+        stats["exact_dedup"] = exact_stats
         stats["contamination_signals"] = signal_stats
         # Linux reports kB; the object store (shared memory, other processes) is not counted.
         stats["driver_rss_mb_after_step"] = timer.rss_mb
@@ -332,6 +339,13 @@ def _refine(cfg: RefineConfig, timer: _Timer, items: list[BenchmarkItem], files:
         timings_s=timer.timings,
         stats=stats,
     )
+
+
+def _collapse_check(emb, decisions: Decisions, flagged: np.ndarray, nearest: np.ndarray, languages: dict) -> list[str]:
+    """:func:`collapse_check` with each survivor's nearest cosine (nan where it was not searched)."""
+    nearest_per_row = np.full(len(flagged), np.nan)
+    nearest_per_row[np.flatnonzero(~flagged)] = np.where(nearest > -1, nearest, np.nan)
+    return collapse_check(emb, decisions.source, decisions.has_reason("near_duplicate"), nearest_per_row, languages)
 
 
 def _embed(
@@ -535,7 +549,7 @@ def _semantic_dedup(emb, survivors, remaining, meta, decisions: Decisions, cfg: 
     every survivor remaining (no row contaminated), a row's index is its key."""
     keys = None if remaining.all() else np.flatnonzero(remaining)
     key = (lambda rows: rows) if keys is None else keys.__getitem__  # a searched row's survivor key
-    priority = meta["priority"] if keys is None else meta["priority"][keys]
+    priority = meta["priority"] if keys is None or meta["priority"] is None else meta["priority"][keys]
     with bounded_by("dedup.timeout_s", "similarity tasks"):
         vectors = emb if keys is None else emb.take(keys, cfg.dedup.timeout_s)
         outcome = dedup_rows(vectors, priority, cfg.dedup, num_gpus)
@@ -544,6 +558,6 @@ def _semantic_dedup(emb, survivors, remaining, meta, decisions: Decisions, cfg: 
     matched = survivors[key(decision.matched[gone])]
     decisions.remove_at(key(gone), "near_duplicate", matched=matched, score=decision.score[gone])
     del gone, matched
-    top = np.argsort(-pairs.score, kind="stable")[:TOP_PAIRS]  # the report's pairs: only these get uids
+    top = top_scores(pairs.score, TOP_PAIRS)  # the report's pairs: only these get uids
     decisions.record_pairs(survivors[key(pairs.i[top])], survivors[key(pairs.j[top])], pairs.score[top], pairs.count)
     return pairs.nearest, outcome.stats

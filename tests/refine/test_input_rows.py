@@ -82,7 +82,8 @@ def test_the_shuffle_decides_as_one_block_on_any_split_and_reducer_count(ray_ses
 
     state = input_rows.start(parsed, [piece], timeout_s=300)
     assert state.n == n and state.summary.valid == n - 3 and len(state.spans) == len(blocks)
-    settled = input_rows.settle(state, "all", reducers)
+    priorities = reducers != 3  # keep: first asks for none
+    settled = input_rows.settle(state, "all", reducers, priorities=priorities)
 
     valid = table["valid"].to_numpy(zero_copy_only=False)
     uid = np.arange(n)[valid]
@@ -91,7 +92,10 @@ def test_the_shuffle_decides_as_one_block_on_any_split_and_reducer_count(ray_ses
     expected = _reference(key, output_len, uid)
     survivors = sorted(u for u, w in expected.items() if u == w)
     assert settled.survivors.tolist() == survivors
-    assert settled.output_len.tolist() == table["output_len"].to_numpy(zero_copy_only=False)[survivors].tolist()
+    if priorities:
+        assert settled.output_len.tolist() == table["output_len"].to_numpy(zero_copy_only=False)[survivors].tolist()
+    else:
+        assert settled.output_len is None and len(settled.source) == len(survivors)
     winners = sorted({w for u, w in expected.items() if u != w})  # whose ids the ledger names, found in their blocks
     ids = pa.concat_tables(ray.get(state.winner_ids))
     assert ids["uid"].to_pylist() == winners and ids["id"].to_pylist() == table["id"].take(winners).to_pylist()

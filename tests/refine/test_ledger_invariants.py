@@ -59,7 +59,7 @@ def test_the_decisions_hold_numbers_per_row_and_the_ledger_joins_names_back():
     assert per_row and all(getattr(decisions, name).dtype != object for name in per_row)
 
     ids = IdLookup(decisions.matched_uids(), pa.array(["id-0", "id-2"]))
-    rows = decisions.columns(ids).rows(np.arange(5), ["", "", "", "line 4: not JSON", ""])
+    rows = decisions.columns(ids).rows(np.arange(5), np.arange(5), ["", "", "", "line 4: not JSON", ""])
     assert rows["status"] == ["kept", "removed", "kept", "invalid", "removed"]
     assert rows["reason"] == ["", "near_duplicate", "", "bad_json", "near_duplicate"]
     assert rows["matched_id"] == ["", "id-0", "q:7", "", "id-2"]
@@ -70,3 +70,16 @@ def test_the_decisions_hold_numbers_per_row_and_the_ledger_joins_names_back():
     assert rows["category"] == ["", "", "gray_area", "", ""] and rows["signal"][2] == "ngram"
     with pytest.raises(InvariantError, match="not fetched"):
         IdLookup(np.array([0]), pa.array(["id-0"]))(np.array([2]))
+
+
+def test_top_scores_is_a_stable_argsort_of_the_highest():
+    """top_scores against ``argsort(-score, kind="stable")[:k]`` on random scores with many ties."""
+    import numpy as np
+
+    from platypus_ray.refine.ledger import top_scores
+
+    rng = np.random.default_rng(0)
+    for _ in range(200):
+        n, k = int(rng.integers(0, 60)), int(rng.integers(1, 25))
+        score = rng.integers(0, 6, n) / 5.0  # few distinct values: ties at the k-th score
+        assert top_scores(score, k).tolist() == np.argsort(-score, kind="stable")[:k].tolist()

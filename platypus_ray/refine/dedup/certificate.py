@@ -57,12 +57,13 @@ def certificate_line(stats: dict) -> str:
 def certify(
     blocks: EmbeddingBlocks,
     decision: DedupDecision,
-    rank: np.ndarray,
+    rank: np.ndarray | None,
     threshold: float,
     kept_pairs_above,
     timeout_s: float,
 ) -> Certificate:
     """Check (a) and (b) for ``decision`` over ``blocks``; raise :class:`InvariantError` when either fails.
+    ``rank``: each row's place in priority order; None when that is input order (``keep: first``).
 
     ``kept_pairs_above(kept_blocks) -> (pairs, tasks)``: the number of pairs >= threshold among the
     given rows, counted exactly (the caller picks the search: tiled all-pairs or the exact partition)."""
@@ -85,10 +86,13 @@ def certify(
 
 
 def _unwitnessed(
-    blocks: EmbeddingBlocks, decision: DedupDecision, rank: np.ndarray, threshold: float, timeout_s: float
+    blocks: EmbeddingBlocks, decision: DedupDecision, rank: np.ndarray | None, threshold: float, timeout_s: float
 ) -> tuple[int, int]:
-    """(removed rows without a valid witness, tasks): one task per block of removed rows."""
-    shared = ray.put((decision.keep, decision.matched, rank))
+    """(removed rows without a valid witness, tasks): one task per block of removed rows. What the
+    tasks share is as small as it can be (the driver's own pages of the object store count in its
+    memory): positions as int32 below 2^31 rows, no rank array for input order."""
+    matched = decision.matched.astype(np.int32) if blocks.n < 2**31 else decision.matched
+    shared = ray.put((decision.keep, matched, rank))
     refs = [
         _witness_task.remote(blocks.refs, blocks.offsets, b, shared, threshold)
         for b, first, end in blocks.spans()
@@ -104,9 +108,10 @@ def _witness_task(refs: list, offsets: np.ndarray, b: int, shared: tuple, thresh
     keep, matched, rank = shared
     first, end = int(offsets[b]), int(offsets[b + 1])
     rows = first + np.flatnonzero(~keep[first:end])
-    witness = matched[rows]
+    witness = matched[rows].astype(np.int64)
     valid = witness >= 0
-    valid[valid] = keep[witness[valid]] & (rank[witness[valid]] < rank[rows[valid]])
+    earlier = witness[valid] < rows[valid] if rank is None else rank[witness[valid]] < rank[rows[valid]]
+    valid[valid] = keep[witness[valid]] & earlier
     block = ray.get(refs[b])
     cosine = np.full(len(rows), -2.0)
     owner = np.searchsorted(offsets, witness, side="right") - 1

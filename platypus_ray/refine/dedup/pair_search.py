@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from platypus_ray.core.errors import require
 from platypus_ray.embedding import EmbeddingBlocks
 from platypus_ray.refine.config import DedupConfig
 from platypus_ray.refine.dedup.certificate import certify
@@ -74,20 +75,27 @@ def choose_mode(
 
 
 def dedup_rows(
-    vectors: EmbeddingBlocks | np.ndarray, output_len: np.ndarray, cfg: DedupConfig, num_gpus: float
+    vectors: EmbeddingBlocks | np.ndarray, output_len: np.ndarray | None, cfg: DedupConfig, num_gpus: float
 ) -> DedupOutcome:
     """Find the near-duplicate pairs among the rows of ``vectors``, apply the greedy rule in priority
-    order, and check the result's certificate (:mod:`.certificate`: an error when it fails)."""
+    order, and check the result's certificate (:mod:`.certificate`: an error when it fails).
+    ``output_len`` orders ``keep: longest_output``; ``first`` needs none."""
     blocks = EmbeddingBlocks.of(vectors)
-    order = priority_order(output_len, cfg.keep)
     if cfg.keep == "first":  # input order is its own rank: one array, not two
-        rank = order
+        order = rank = np.arange(blocks.n)
     else:
+        require(output_len is not None, f"dedup.keep: {cfg.keep} orders rows by output length, and none was given")
+        order = priority_order(output_len, cfg.keep)
         rank = np.empty(blocks.n, dtype=np.int64)
         rank[order] = np.arange(blocks.n)
     outcome = _search_and_resolve(blocks, order, rank, cfg, num_gpus)
     certificate = certify(
-        blocks, outcome.decision, rank, cfg.threshold, _tiled_pair_count(cfg, num_gpus), cfg.timeout_s
+        blocks,
+        outcome.decision,
+        None if cfg.keep == "first" else rank,
+        cfg.threshold,
+        _tiled_pair_count(cfg, num_gpus),
+        cfg.timeout_s,
     )
     logger.info("refine: %s", certificate.line())
     outcome.stats["certificate"] = certificate.as_dict()

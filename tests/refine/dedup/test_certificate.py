@@ -88,3 +88,25 @@ def test_the_certificates_pair_count_is_the_float64_count(ray_session, precision
     expected, _ = _count_by_brute_force(0.8)(blocks)
     found, tasks = count_pairs_above(blocks, 0.8, tile, precision=precision)
     assert found == expected > 30 and tasks == sum(-(-(e - f) // tile) for _, f, e in blocks.spans())
+
+
+def test_input_order_needs_no_rank_and_still_catches_a_later_witness(ray_session):
+    """``keep: first`` passes no rank (input order is the priority): the same decision certifies,
+    and a removed row whose witness comes after it in the input fails (b)."""
+    emb = families(4, 6, 10, 0.2)
+    blocks = EmbeddingBlocks.from_matrix(emb, rows_per_block=17)
+    n = len(emb)
+    keep = greedy_reference(emb, np.arange(n), 0.8)
+    emb64 = emb.astype(np.float64)
+    sims = emb64 @ emb64.T
+    matched = np.full(n, -1)
+    for row in np.flatnonzero(~keep):
+        earlier_kept = np.flatnonzero(keep[:row])
+        matched[row] = earlier_kept[np.argmax(sims[row, earlier_kept])]
+    count = _count_by_brute_force(0.8)
+    assert certify(blocks, DedupDecision(keep, matched, np.full(n, np.nan)), None, 0.8, count, 60).holds
+    row = next(r for r in np.flatnonzero(~keep) if keep[r + 1 :].any())
+    later = matched.copy()
+    later[row] = row + 1 + np.flatnonzero(keep[row + 1 :])[0]  # a kept row after it
+    with pytest.raises(InvariantError, match=r"1 of .* removed rows without an earlier kept row"):
+        certify(blocks, DedupDecision(keep, later, np.full(n, np.nan)), None, 0.8, count, 60)
