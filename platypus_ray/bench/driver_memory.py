@@ -96,8 +96,8 @@ def main(argv: list[str] | None = None) -> int:
     )
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
-        result = {"provenance": record, "runs": runs, "peak_ratio": ratio, "target_met": meets}
-        args.json.write_text(json.dumps({"driver_memory": result}, indent=2) + "\n")
+        result = {"runs": runs, "peak_ratio": ratio, "target_ratio": TARGET_RATIO, "target_met": meets}
+        args.json.write_text(json.dumps({**record, "driver_memory": result}, indent=2) + "\n")
     return 0
 
 

@@ -322,8 +322,8 @@ def _settle_block(
     table = block.slice(start, stop - start)
     losers, winners = losers_and_winners[:reducers], losers_and_winners[reducers:]
     state, keyed, (output_len, source), counts = settle_state(table, state, file_offset, key_start, embed_turns, losers)
-    output_len = output_len if priorities else None
-    return state, keyed, (output_len, source, _node()), counts, winner_ids(table, state["uid"], winners)
+    priority = output_len if priorities else None
+    return state, keyed, (priority, source, _node()), counts, winner_ids(table, state["uid"], winners)
 
 
 ID_SCHEMA = pa.schema([("uid", pa.int64()), ("id", pa.string())])

@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from platypus_ray.core.errors import require
+from platypus_ray.core.errors import InvariantError
 from platypus_ray.embedding import EmbeddingBlocks
 from platypus_ray.refine.config import DedupConfig
 from platypus_ray.refine.dedup.certificate import certify
@@ -84,7 +84,8 @@ def dedup_rows(
     if cfg.keep == "first":  # input order is its own rank: one array, not two
         order = rank = np.arange(blocks.n)
     else:
-        require(output_len is not None, f"dedup.keep: {cfg.keep} orders rows by output length, and none was given")
+        if output_len is None:
+            raise InvariantError(f"dedup.keep: {cfg.keep} orders rows by output length, and none was given")
         order = priority_order(output_len, cfg.keep)
         rank = np.empty(blocks.n, dtype=np.int64)
         rank[order] = np.arange(blocks.n)

@@ -45,7 +45,7 @@ class ProductBuffer:
     the buffer, valid until the next one."""
 
     def __init__(self) -> None:
-        self.flat = None
+        self.flat: torch.Tensor | None = None
 
     def product(self, left: torch.Tensor, right_t: torch.Tensor) -> torch.Tensor:
         import torch
